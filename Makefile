@@ -1,0 +1,46 @@
+# maaskit: `make lab` opens the notebooks, `make test` runs everything CI runs.
+# Both create .venv with the tested package set on first use (a few minutes: torch is large).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.maaskit-installed
+PYTEST_NOTEBOOKS := --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg
+
+.PHONY: install lab test test-fast notebooks pins doctor clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements/pins.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "maaskit needs Python 3.10 or newer, found " + sys.version.split()[0])'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): on Debian/Ubuntu, apt-get install python3-venv"; exit 1; }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --constraint requirements/pins.txt --editable ".[lab,dev]"
+	@touch $@
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab --notebook-dir=notebooks
+
+# Unit tests, every notebook under papermill, and nbval over every notebook, in one pytest run.
+# --dist loadfile keeps each notebook's cells on one worker (nbval shares one kernel per notebook).
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile --timeout 900 tests notebooks $(PYTEST_NOTEBOOKS)
+
+# The unit tests alone: seconds, for the edit-test loop.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not notebook" tests
+
+# Re-execute the notebooks and keep only the outputs nbval checks (after editing a notebook).
+notebooks: $(STAMP)
+	$(BIN)/python tools/refresh_notebooks.py notebooks/*.ipynb
+
+# Record the installed set as the new tested pins.
+pins: $(STAMP)
+	{ sed -n '/^#/p' requirements/pins.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^maaskit'; } > requirements/pins.txt.new
+	mv requirements/pins.txt.new requirements/pins.txt
+
+doctor: $(STAMP)
+	$(BIN)/maaskit doctor
+
+clean:
+	rm -rf $(VENV) artifacts .pytest_cache

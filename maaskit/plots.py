@@ -1,0 +1,117 @@
+"""Figures for the notebooks, built with matplotlib's object API.
+
+Every function returns a ``matplotlib.figure.Figure`` and touches no pyplot state, so
+figures never pile up across cells, work the same under papermill and in scripts, and
+can be saved with ``fig.savefig(...)``. In a notebook, a returned figure is displayed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+__all__ = ["function_grid", "history", "image_grid"]
+
+
+def _display_figures_in_ipython() -> None:
+    """Let IPython render a returned ``Figure`` as PNG.
+
+    IPython registers that formatter only once pyplot's inline backend is loaded; these
+    figures never touch pyplot, so without this a notebook would print ``<Figure ...>``.
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import select_figure_formats
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "display_formatter"):
+        select_figure_formats(shell, {"png"})
+
+
+_display_figures_in_ipython()
+
+
+def _array(v):
+    return v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
+
+
+def function_grid(x, panels: Mapping[str, Mapping[str, object]], *, ncols: int = 3, size=(3.6, 2.8)) -> Figure:
+    """One panel per entry of ``panels``, each plotting its named curves against ``x``.
+
+    ``function_grid(z, {"sigmoid": {"σ(z)": s, "σ'(z)": ds}, "tanh": {...}})``
+    """
+    ncols = min(ncols, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    x = _array(x)
+    for ax, (title, curves) in zip(axes, panels.items()):
+        for label, y in curves.items():
+            ax.plot(x, _array(y), label=label)
+        ax.axhline(0, color="0.8", lw=0.8, zorder=0)
+        ax.axvline(0, color="0.8", lw=0.8, zorder=0)
+        ax.set_title(title)
+        ax.legend(fontsize="small")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    return fig
+
+
+def history(hist: Mapping[str, Sequence[float]], *, x: str | None = None, size=(4.2, 3.0)) -> Figure:
+    """Training curves: one panel for the losses, one for the accuracies.
+
+    ``hist`` maps names such as ``train_loss``, ``val_loss``, ``train_acc`` to one value
+    per step or epoch; ``x`` names the entry to use as the horizontal axis (else 1, 2, ...).
+    """
+    groups = {"loss": [k for k in hist if "loss" in k and k != x],
+              "accuracy": [k for k in hist if "acc" in k and k != x]}
+    groups = {k: v for k, v in groups.items() if v}
+    if not groups:
+        raise ValueError(f"nothing to plot: expected keys containing 'loss' or 'acc', got {list(hist)}")
+    fig = Figure(figsize=(size[0] * len(groups), size[1]), layout="constrained")
+    for ax, (title, keys) in zip(fig.subplots(1, len(groups), squeeze=False)[0], groups.items()):
+        for k in keys:
+            y = _array(hist[k])
+            ax.plot(_array(hist[x]) if x else np.arange(1, len(y) + 1), y, label=k)
+        ax.set_title(title)
+        ax.set_xlabel(x or "epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return fig
+
+
+def image_grid(images, labels=None, predictions=None, *, classes: Sequence[str] | None = None,
+               ncols: int = 8, size: float = 1.2) -> Figure:
+    """A grid of images (N x C x H x W or N x H x W), titled with labels and predictions.
+
+    Mistakes (prediction differs from label) get a red title so they stand out.
+    """
+    images = _array(images)
+    if images.ndim == 4:
+        images = images.transpose(0, 2, 3, 1)
+        if images.shape[-1] == 1:
+            images = images[..., 0]
+    n = len(images)
+    ncols = min(ncols, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(size * ncols, (size + 0.25) * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    name = (lambda i: classes[int(i)]) if classes is not None else (lambda i: str(int(i)))
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= n:
+            continue
+        img = images[i]
+        lo, hi = float(img.min()), float(img.max())
+        ax.imshow((img - lo) / (hi - lo or 1), cmap="gray_r" if img.ndim == 2 else None)
+        if predictions is not None:
+            wrong = labels is not None and int(predictions[i]) != int(labels[i])
+            title = f"{name(predictions[i])}" + (f" (is {name(labels[i])})" if wrong else "")
+            ax.set_title(title, fontsize="small", color="tab:red" if wrong else "black")
+        elif labels is not None:
+            ax.set_title(name(labels[i]), fontsize="small")
+    return fig

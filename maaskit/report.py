@@ -1,0 +1,64 @@
+"""A notebook's key numbers, published as one machine-readable output.
+
+A notebook ends with ``publish_metrics({...})``. The executed notebook then carries a
+display of MIME type ``application/vnd.maaskit.metrics+json`` that tests and
+papermill users read with :func:`read_metrics`, instead of scraping printed text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+
+__all__ = ["METRICS_MIME", "publish_metrics", "read_metrics"]
+
+METRICS_MIME = "application/vnd.maaskit.metrics+json"
+
+
+def _plain(value):
+    """Tensors, NumPy scalars and tuples as JSON values; NaN and infinity as strings JSON can carry."""
+    if hasattr(value, "tolist"):  # torch.Tensor, np.ndarray, np.generic
+        value = value.tolist()
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if math.isfinite(value) else str(value)
+    raise TypeError(f"metric values must be numbers, strings, lists or dicts, got {type(value).__name__}")
+
+
+def publish_metrics(metrics: dict) -> dict:
+    """Display ``metrics`` as the notebook's machine-readable result (and as text for people)."""
+    from IPython.display import display
+
+    data = _plain(dict(metrics))
+    text = "\n".join(f"{k}: {v}" for k, v in data.items())
+    display({METRICS_MIME: data, "text/plain": text}, raw=True)
+    return data
+
+
+def read_metrics(notebook) -> dict:
+    """The metrics an executed notebook published: from a path or an ``nbformat`` node.
+
+    Raises ``LookupError`` when the notebook published none (it failed before the end,
+    or was never executed).
+    """
+    if isinstance(notebook, (str, os.PathLike)):
+        with open(notebook, encoding="utf-8") as f:
+            notebook = json.load(f)
+    found = [out["data"][METRICS_MIME]
+             for cell in notebook["cells"] if cell.get("cell_type") == "code"
+             for out in cell.get("outputs", []) if METRICS_MIME in out.get("data", {})]
+    if not found:
+        raise LookupError("the notebook published no metrics (did it run to the end?)")
+    if len(found) > 1:
+        raise LookupError(f"the notebook published metrics {len(found)} times; expected once")
+    return found[0]
