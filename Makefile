@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.maaskit-installed
-PYTEST_NOTEBOOKS := --nbval-lax --nbval-current-env --sanitize-with tests/nbval_sanitize.cfg
+PYTEST_NOTEBOOKS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: install lab test test-fast notebooks pins doctor clean
 

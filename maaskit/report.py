@@ -35,14 +35,13 @@ def _plain(value):
     raise TypeError(f"metric values must be numbers, strings, lists or dicts, got {type(value).__name__}")
 
 
-def publish_metrics(metrics: dict) -> dict:
+def publish_metrics(metrics: dict) -> None:
     """Display ``metrics`` as the notebook's machine-readable result (and as text for people)."""
     from IPython.display import display
 
     data = _plain(dict(metrics))
     text = "\n".join(f"{k}: {v}" for k, v in data.items())
     display({METRICS_MIME: data, "text/plain": text}, raw=True)
-    return data
 
 
 def read_metrics(notebook) -> dict:
