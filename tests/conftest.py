@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny datasets written in the official on-disk formats, so that
+torchvision's real readers run without any download."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_idx(path: Path, array: np.ndarray, *, compress: bool = False) -> None:
+    """An IDX file (the MNIST format): big-endian magic 0x0000 0x08 ndim, the sizes, then uint8 data."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if compress else payload)
+
+
+def make_mnist_like(root: Path, folder: str, n_train: int = 30, n_test: int = 10, seed: int = 0):
+    """Writes <root>/<folder>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte; returns the arrays."""
+    rng = np.random.default_rng(seed)
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    arrays = {}
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+        arrays[prefix] = (images, labels)
+    return arrays
+
+
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def make_cifar10_like(root: Path, per_batch: int = 6, seed: int = 0):
+    """Writes <root>/cifar-10-batches-py/ as CIFAR-10's python pickles: 5 train batches,
+    a test batch and batches.meta. Returns the arrays and each file's md5 (torchvision
+    checks the official md5s, which tiny files cannot match)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    md5, arrays = {}, {}
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for k, name in enumerate(names):
+        data = rng.integers(0, 256, size=(per_batch, 3 * 32 * 32), dtype=np.uint8)  # rows: R plane, G, B
+        labels = [(k + i) % 10 for i in range(per_batch)]
+        (folder / name).write_bytes(pickle.dumps({"batch_label": name, "data": data, "labels": labels}))
+        arrays[name] = (data, labels)
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": CIFAR_CLASSES, "num_vis": 3072}))
+    for f in folder.iterdir():
+        md5[f.name] = hashlib.md5(f.read_bytes()).hexdigest()
+    return arrays, md5
+
+
+@pytest.fixture
+def cifar10_root(tmp_path, monkeypatch):
+    """A tiny CIFAR-10 on disk, with torchvision told the tiny files' checksums."""
+    from torchvision.datasets import CIFAR10
+
+    arrays, md5 = make_cifar10_like(tmp_path)
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": md5["batches.meta"]})
+    return tmp_path, arrays
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any download attempt by torchvision fails the way it does on an offline machine."""
+    import urllib.request
+    from urllib.error import URLError
+
+    def refuse(*args, **kwargs):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(urllib.request.OpenerDirector, "open", refuse)

@@ -1,0 +1,80 @@
+"""Every notebook, executed headless by papermill with its defaults and with other
+parameters; results are read from the metrics the notebook publishes."""
+
+import math
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+from conftest import make_mnist_like
+from maaskit import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+OUT = ROOT / "artifacts" / "notebooks"  # executed copies, kept for inspection (git-ignored)
+
+pytestmark = pytest.mark.notebook
+
+
+def run(name: str, tag: str, **parameters) -> dict:
+    OUT.mkdir(parents=True, exist_ok=True)
+    output = OUT / f"{Path(name).stem}.{tag}.ipynb"
+    pm.execute_notebook(NOTEBOOKS / name, output, parameters=parameters, cwd=NOTEBOOKS,
+                        kernel_name="python3", progress_bar=False)
+    return read_metrics(output)
+
+
+def test_every_notebook_is_covered_here():
+    tested = {"01_forward_pass.ipynb", "02_backpropagation.ipynb"}
+    assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == tested
+
+
+def test_01_forward_pass_defaults():
+    m = run("01_forward_pass.ipynb", "defaults")
+    assert m["neuron_activation"] == pytest.approx(1 / (1 + math.exp(0.7)), abs=1e-6)
+    assert m["layer_sizes"] == [64, 32, 16, 10]
+    assert m["mlp_logits_shape"] == [8, 10]
+    assert m["mlp_max_abs_diff_vs_torch"] < 1e-5
+    assert m["mlp_parameters"] == 64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10
+    assert abs(m["cross_entropy_untrained"] - math.log(10)) < 0.5  # untrained: near chance
+    assert m["stable_cross_entropy_of_confident_mistake"] == pytest.approx(200.0)
+
+
+def test_01_forward_pass_other_parameters():
+    m = run("01_forward_pass.ipynb", "seed1-hidden16", seed=1, hidden=[16], batch_size=4)
+    assert m["layer_sizes"] == [64, 16, 10]
+    assert m["mlp_logits_shape"] == [4, 10]
+    assert m["mlp_parameters"] == 64 * 16 + 16 + 16 * 10 + 10
+    assert m["mlp_max_abs_diff_vs_torch"] < 1e-5
+
+
+def test_01_forward_pass_on_mnist_files(tmp_path, monkeypatch):
+    make_mnist_like(tmp_path, "MNIST", n_train=40, n_test=10)
+    monkeypatch.setenv("MAASKIT_DATA", str(tmp_path))  # the kernel inherits it
+    m = run("01_forward_pass.ipynb", "mnist", dataset="mnist")
+    assert m["layer_sizes"] == [784, 32, 16, 10]
+    assert m["mlp_max_abs_diff_vs_torch"] < 1e-5
+
+
+def test_02_backpropagation_defaults():
+    m = run("02_backpropagation.ipynb", "defaults")
+    assert m["chain_rule_df_dw0"] == pytest.approx(-0.196612, abs=1e-6)
+    assert m["grad_max_abs_diff_vs_autograd"] < 1e-6
+    assert m["gradcheck_max_rel_error"] < 1e-6 and m["gradcheck_entries"] == 40
+    assert m["final_train_loss"] < 0.25 * m["initial_train_loss"]
+    assert m["test_accuracy"] > 0.9  # measured 0.96 with the defaults
+
+
+def test_02_backpropagation_relu_and_two_hidden_layers():
+    m = run("02_backpropagation.ipynb", "relu-64-32", seed=1, activation="relu", hidden=[64, 32], lr=0.1, epochs=100)
+    assert m["gradcheck_max_rel_error"] < 1e-6 and m["gradcheck_entries"] == 60
+    assert m["epochs"] == 100
+    assert m["final_train_loss"] < 0.5 * m["initial_train_loss"]
+    assert m["test_accuracy"] > 0.8
+
+
+def test_a_failing_notebook_is_reported_with_the_failing_cell(tmp_path):
+    # A wrong derivation must stop the notebook: prove the harness sees the assert.
+    with pytest.raises(pm.PapermillExecutionError, match="AssertionError"):
+        run("02_backpropagation.ipynb", "broken-lr", lr=0.0, epochs=2)

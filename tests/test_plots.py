@@ -1,0 +1,47 @@
+import matplotlib.colors as mcolors
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from maaskit import plots
+
+
+def test_function_grid_one_panel_per_function():
+    z = torch.linspace(-3, 3, 50)
+    fig = plots.function_grid(z, {"a": {"f": z, "f'": torch.ones(50)}, "b": {"g": z ** 2},
+                                  "c": {"h": -z}, "d": {"k": z}}, ncols=3)
+    assert isinstance(fig, Figure)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == ["a", "b", "c", "d"]
+    assert len(visible[0].get_lines()) == 2 + 2  # two curves and the two zero axes
+    assert len(fig.axes) == 6  # 2 x 3 grid, the two spare panels hidden
+
+
+def test_history_groups_losses_and_accuracies():
+    fig = plots.history({"epoch": [1, 2, 3], "train_loss": [3, 2, 1], "val_loss": [3, 2.5, 2], "val_acc": [.1, .5, .9]},
+                        x="epoch")
+    loss, acc = fig.axes
+    assert loss.get_title() == "loss" and acc.get_title() == "accuracy"
+    assert [l.get_label() for l in loss.get_lines()] == ["train_loss", "val_loss"]
+    assert list(acc.get_lines()[0].get_xdata()) == [1, 2, 3]
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plots.history({"lr": [0.1]})
+
+
+def test_image_grid_marks_mistakes_in_red():
+    images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
+    fig = plots.image_grid(images, labels=[0, 1, 2, 3, 4], predictions=[0, 1, 9, 3, 7],
+                           classes=[str(i) for i in range(10)], ncols=3)
+    titles = [ax.title for ax in fig.axes if ax.images]
+    assert [t.get_text() for t in titles] == ["0", "1", "9 (is 2)", "3", "7 (is 4)"]
+    red = mcolors.to_rgba("tab:red")
+    assert [mcolors.to_rgba(t.get_color()) == red for t in titles] == [False, False, True, False, True]
+    assert len(fig.axes) == 6  # 2 rows of 3
+
+
+def test_image_grid_color_images_and_saving(tmp_path):
+    fig = plots.image_grid(np.random.rand(2, 3, 16, 16), labels=[1, 2], classes=["a", "b", "c"])
+    assert fig.axes[0].images[0].get_array().shape == (16, 16, 3)
+    fig.savefig(tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").stat().st_size > 1000
