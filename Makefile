@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.maaskit-installed
+# Jupyter refuses to run as root unless told; containers and CI machines often are root.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_NOTEBOOKS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: install lab test test-fast notebooks pins doctor clean
@@ -19,7 +21,7 @@ $(STAMP): pyproject.toml requirements/pins.txt
 	@touch $@
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_FLAGS)
 
 # Unit tests, every notebook under papermill, and nbval over every notebook, in one pytest run.
 # --dist loadfile keeps each notebook's cells on one worker (nbval shares one kernel per notebook).
