@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["function_grid", "history", "image_grid"]
+__all__ = ["function_grid", "history", "image_grid", "optimizer_paths", "png_bytes"]
 
 
 def _display_figures_in_ipython() -> None:
@@ -33,6 +33,15 @@ def _display_figures_in_ipython() -> None:
 
 
 _display_figures_in_ipython()
+
+
+def png_bytes(fig: Figure, dpi: int = 80) -> bytes:
+    """The figure as PNG bytes, for an ``ipywidgets.Image`` or a MIME bundle."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
 
 
 def _array(v):
@@ -114,4 +123,48 @@ def image_grid(images, labels=None, predictions=None, *, classes: Sequence[str] 
             ax.set_title(title, fontsize="small", color="tab:red" if wrong else "black")
         elif labels is not None:
             ax.set_title(name(labels[i]), fontsize="small")
+    return fig
+
+
+def optimizer_paths(surface, paths, *, size=(5.0, 4.0), title: str | None = None) -> Figure:
+    """Contours of a 2-D surface with each optimizer's path, beside the loss at each step.
+
+    ``surface`` is a :class:`maaskit.surfaces.Surface`; ``paths`` are
+    :class:`maaskit.surfaces.Path`. A diverged path ends in a cross and says where.
+    """
+    import torch
+    from matplotlib.colors import LogNorm
+
+    fig = Figure(figsize=(size[0] * 2, size[1]), layout="constrained")
+    ax, ax_loss = fig.subplots(1, 2)
+    xs = torch.linspace(*surface.xlim, 200, dtype=torch.float64)
+    ys = torch.linspace(*surface.ylim, 200, dtype=torch.float64)
+    gx, gy = torch.meshgrid(xs, ys, indexing="xy")
+    z = surface(gx, gy).numpy()
+    floor = max(float(z.min()), 1e-3)
+    ax.contourf(xs.numpy(), ys.numpy(), np.maximum(z, floor), levels=np.geomspace(floor, z.max(), 25),
+                norm=LogNorm(), cmap="Blues_r", alpha=0.85)
+    ax.plot(*surface.minimum, marker="*", color="gold", markersize=14, markeredgecolor="k", zorder=5)
+    for i, path in enumerate(paths):
+        color = f"C{i + 1}"
+        label = path.label + (f" — {path.status}" if path.diverged_at is not None else "")
+        pts = np.array(path.points).reshape(-1, 2)
+        ax.plot(pts[:, 0], pts[:, 1], "-o", color=color, markersize=2.5, linewidth=1.4, label=label)
+        if path.diverged_at is not None and len(pts):
+            ax.plot(*pts[-1], marker="X", color=color, markersize=11, markeredgecolor="k")
+        steps = np.arange(len(path.losses))
+        ax_loss.plot(steps, np.maximum(np.asarray(path.losses) - surface(*map(torch.tensor, surface.minimum)).item(),
+                                       1e-12), color=color, label=label)
+    ax.set_xlim(*surface.xlim)
+    ax.set_ylim(*surface.ylim)
+    ax.set_title(title or surface.name)
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    if paths:
+        ax.legend(fontsize="small", loc="upper right")
+        ax_loss.legend(fontsize="small")
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_title("f(x, y) − f(minimum)")
+    ax_loss.grid(alpha=0.3)
     return fig

@@ -1,0 +1,6 @@
+"""Interactive widgets. Each one is plain Python over maaskit's tools plus ipywidgets controls,
+and falls back to a static figure and text where no widget front end is running."""
+
+from .playground import OptimizerPlayground
+
+__all__ = ["OptimizerPlayground"]

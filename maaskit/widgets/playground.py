@@ -1,0 +1,160 @@
+"""OptimizerPlayground: move a slider, watch real ``torch.optim`` optimizers take a different path."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import html
+import math
+
+import ipywidgets as w
+
+from .. import plots
+from ..surfaces import OPTIMIZERS, SURFACES, make_optimizer, run_path
+
+__all__ = ["OptimizerPlayground"]
+
+
+class OptimizerPlayground:
+    """Compare optimizers on a 2-D test function.
+
+    In JupyterLab it is a widget: controls on the left, the contour with one path per
+    optimizer and the loss per step on the right, redrawn in place (debounced) when a
+    control moves. Anywhere else — papermill, nbval, a console — displaying it gives one
+    static figure and a text table instead of a widget that nothing renders.
+    """
+
+    def __init__(self, surface: str = "rosenbrock", optimizers=("SGD", "Momentum", "Adam"), *, lr: float = 2e-3,
+                 momentum: float = 0.9, betas=(0.9, 0.999), steps: int = 150, start=None, debounce: float = 0.15):
+        if surface not in SURFACES:
+            raise ValueError(f"unknown surface {surface!r}; expected one of {', '.join(SURFACES)}")
+        unknown = [o for o in optimizers if o not in OPTIMIZERS]
+        if unknown:
+            raise ValueError(f"unknown optimizer(s) {', '.join(map(repr, unknown))}; expected any of {', '.join(OPTIMIZERS)}")
+        self.debounce = debounce
+        self.renders = 0  # how many times the figure was drawn (tests and curious learners)
+        self.paths = []
+        self._pending = None
+        self._quiet = False
+
+        style = {"description_width": "110px"}
+        layout = w.Layout(width="340px")
+        self.surface_w = w.Dropdown(options=list(SURFACES), value=surface, description="function", style=style, layout=layout)
+        self.optimizers_w = w.SelectMultiple(options=list(OPTIMIZERS), value=tuple(optimizers), rows=len(OPTIMIZERS),
+                                             description="optimizers", style=style, layout=layout)
+        self.lr_w = w.FloatLogSlider(value=lr, base=10, min=-4, max=0, step=0.05, readout_format=".2g",
+                                     description="learning rate", style=style, layout=layout)
+        self.momentum_w = w.FloatSlider(value=momentum, min=0, max=0.99, step=0.01, description="momentum",
+                                        style=style, layout=layout)
+        self.beta1_w = w.FloatSlider(value=betas[0], min=0, max=0.99, step=0.01, description="Adam β₁",
+                                     style=style, layout=layout)
+        self.beta2_w = w.FloatSlider(value=betas[1], min=0.9, max=0.9999, step=0.0001, readout_format=".4f",
+                                     description="Adam β₂", style=style, layout=layout)
+        self.steps_w = w.IntSlider(value=steps, min=10, max=500, step=10, description="steps", style=style, layout=layout)
+        self.x0_w = w.FloatSlider(description="start x", step=0.05, style=style, layout=layout)
+        self.y0_w = w.FloatSlider(description="start y", step=0.05, style=style, layout=layout)
+        self._fit_start_sliders(start)
+        self.image = w.Image(format="png", layout=w.Layout(width="760px"))
+        self.status = w.HTML()
+        controls = [self.surface_w, self.optimizers_w, self.lr_w, self.momentum_w, self.beta1_w, self.beta2_w,
+                    self.steps_w, self.x0_w, self.y0_w]
+        self.widget = w.HBox([w.VBox(controls), w.VBox([self.image, self.status])])
+        self.widget.add_class("maaskit-optimizer-playground")
+
+        self.surface_w.observe(self._on_surface, names="value")
+        for control in controls[1:]:
+            control.observe(self._schedule, names="value")
+        self.render()
+
+    # --- reacting to controls -------------------------------------------------------------
+
+    def _fit_start_sliders(self, start=None):
+        """Give the start sliders the current surface's window and put them at its start point."""
+        s = SURFACES[self.surface_w.value]
+        x, y = start or s.start
+        for slider, (lo, hi), value in ((self.x0_w, s.xlim, x), (self.y0_w, s.ylim, y)):
+            # widen first, then narrow, so the value is never clamped on the way
+            slider.min, slider.max = min(slider.min, lo), max(slider.max, hi)
+            slider.value = value
+            slider.min, slider.max = lo, hi
+
+    def _on_surface(self, _change):
+        self._quiet = True  # moving the start sliders would schedule renders of their own
+        try:
+            self._fit_start_sliders()
+        finally:
+            self._quiet = False
+        self._schedule()
+
+    def _schedule(self, _change=None):
+        """Redraw once the controls have been still for ``debounce`` seconds.
+
+        Dragging a slider sends a stream of changes; each would otherwise cost a full
+        redraw. Without a running event loop (tests, scripts) redraw at once.
+        """
+        if self._quiet:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.render()
+            return
+        if self._pending is not None:
+            self._pending.cancel()
+        self._pending = loop.call_later(self.debounce, self.render)
+
+    # --- drawing --------------------------------------------------------------------------
+
+    def run(self):
+        """One path per selected optimizer, with the current settings."""
+        surface = SURFACES[self.surface_w.value]
+        hyper = {"lr": self.lr_w.value, "momentum": self.momentum_w.value,
+                 "betas": (self.beta1_w.value, self.beta2_w.value)}
+        return [run_path(surface, lambda params, name=name: make_optimizer(name, params, **hyper), self.steps_w.value,
+                         start=(self.x0_w.value, self.y0_w.value), label=name)
+                for name in self.optimizers_w.value]
+
+    def render(self):
+        self._pending = None
+        surface = SURFACES[self.surface_w.value]
+        self.paths = self.run()
+        title = f"{surface.name}, learning rate {self.lr_w.value:.2g}"
+        self.figure = plots.optimizer_paths(surface, self.paths, title=title)
+        self.image.value = plots.png_bytes(self.figure)
+        self.status.value = self._table_html()
+        self.renders += 1
+
+    def rows(self) -> list[tuple[str, int, float, float, str]]:
+        """(optimizer, steps taken, final f, distance to the minimum, status) for each path."""
+        surface = SURFACES[self.surface_w.value]
+        out = []
+        for p in self.paths:
+            x, y = p.points[-1] if p.points else (math.nan, math.nan)
+            distance = math.dist((x, y), surface.minimum)
+            out.append((p.label, len(p.points) - 1, p.losses[-1] if p.losses else math.nan, distance, p.status))
+        return out
+
+    def _table_html(self) -> str:
+        if not self.paths:
+            return "<b>Choose at least one optimizer.</b>"
+        cells = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{steps}</td><td>{f:.3g}</td><td>{d:.3g}</td>"
+            f"<td style='color:{'#c00' if status != 'ok' else 'inherit'}'>{status}</td></tr>"
+            for name, steps, f, d, status in self.rows())
+        return ("<table class='maaskit-table'><tr><th>optimizer</th><th>steps</th><th>final f</th>"
+                f"<th>distance to minimum</th><th>status</th></tr>{cells}</table>")
+
+    def __str__(self) -> str:
+        if not self.paths:
+            return "Choose at least one optimizer."
+        lines = [f"{'optimizer':<10} {'steps':>5} {'final f':>10} {'to minimum':>10}  status"]
+        lines += [f"{n:<10} {s:>5} {f:>10.3g} {d:>10.3g}  {st}" for n, s, f, d, st in self.rows()]
+        return "\n".join(lines)
+
+    def _repr_mimebundle_(self, **kwargs):
+        # The widget for front ends that render widgets; a picture and a table for the rest
+        # (papermill and nbval outputs, nbconvert, consoles).
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        bundle["image/png"] = base64.b64encode(bytes(self.image.value)).decode("ascii")
+        bundle["text/plain"] = str(self)
+        return bundle
