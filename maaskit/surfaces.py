@@ -89,12 +89,14 @@ class Path:
 
 
 def run_path(surface: Surface, make: Callable[[list[torch.Tensor]], object], steps: int, *,
-             start: tuple[float, float] | None = None, label: str = "") -> Path:
+             start: tuple[float, float] | None = None, label: str = "", margin: float = 0.5) -> Path:
     """Run ``steps`` optimizer steps from ``start`` and record the path.
 
     ``make(params)`` returns the optimizer. A step that produces a non-finite loss or leaves
-    the surface's window (widened by half its size) ends the run as diverged, so a learning
-    rate that is too large shows up as a short path and a message, never as a crash.
+    the surface's window widened by ``margin`` of its size on every side ends the run as
+    diverged, so a learning rate that is too large shows up as a short path and a message,
+    never as a crash. (Momentum can swing far out and still come back: widen ``margin``
+    to tell that from divergence.)
     """
     xy = torch.tensor(start or surface.start, dtype=torch.float64, requires_grad=True)
     optimizer = make([xy])
@@ -102,7 +104,7 @@ def run_path(surface: Surface, make: Callable[[list[torch.Tensor]], object], ste
     for step in range(steps + 1):
         loss = surface(xy[0], xy[1])
         x, y, value = xy[0].item(), xy[1].item(), loss.item()
-        if not (math.isfinite(value) and surface.contains(x, y)):
+        if not (math.isfinite(value) and surface.contains(x, y, margin)):
             path.diverged_at = step
             break
         path.points.append((x, y))

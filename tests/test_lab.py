@@ -45,7 +45,7 @@ def test_make_lab_serves_the_notebooks_with_the_widgets_extension(tmp_path):
             raise AssertionError("JupyterLab did not answer within 60 s")
         contents = json.loads(get(f"{base}/api/contents?token={token}"))
         names = {item["name"] for item in contents["content"]}
-        assert {"01_forward_pass.ipynb", "02_backpropagation.ipynb"} <= names
+        assert {"01_forward_pass.ipynb", "02_backpropagation.ipynb", "03_optimizers.ipynb"} <= names
         assert b"@jupyter-widgets/jupyterlab-manager" in get(f"{base}/lab?token={token}")
         kernels = json.loads(get(f"{base}/api/kernelspecs?token={token}"))
         assert "python3" in kernels["kernelspecs"]

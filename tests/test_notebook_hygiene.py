@@ -15,7 +15,7 @@ def cells(path):
 
 def test_notebooks_exist_and_are_numbered_in_reading_order():
     names = [p.name for p in NOTEBOOKS]
-    assert names[:2] == ["01_forward_pass.ipynb", "02_backpropagation.ipynb"]
+    assert names[:3] == ["01_forward_pass.ipynb", "02_backpropagation.ipynb", "03_optimizers.ipynb"]
     assert [n[:2] for n in names] == [f"{i:02d}" for i in range(1, len(names) + 1)]
 
 

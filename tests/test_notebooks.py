@@ -26,7 +26,7 @@ def run(name: str, tag: str, **parameters) -> dict:
 
 
 def test_every_notebook_is_covered_here():
-    tested = {"01_forward_pass.ipynb", "02_backpropagation.ipynb"}
+    tested = {"01_forward_pass.ipynb", "02_backpropagation.ipynb", "03_optimizers.ipynb"}
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == tested
 
 
@@ -78,3 +78,35 @@ def test_a_failing_notebook_is_reported_with_the_failing_cell(tmp_path):
     # A wrong derivation must stop the notebook: prove the harness sees the assert.
     with pytest.raises(pm.PapermillExecutionError, match="AssertionError"):
         run("02_backpropagation.ipynb", "broken-lr", lr=0.0, epochs=2)
+
+
+def check_optimizers(m, steps):
+    assert set(m["optimizer_max_abs_diff_vs_torch"]) == {"SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop",
+                                                          "Adam", "AdamW"}
+    assert max(m["optimizer_max_abs_diff_vs_torch"].values()) < 1e-10
+    assert m["optimizer_check_steps"] == steps
+    assert max(m["schedule_max_abs_diff_vs_torch"].values()) < 1e-9
+    # the measured stability limits sit within one grid step below the theory
+    for kind in ("gd", "momentum"):
+        theory, measured = m[f"{kind}_lr_limit_theory"], m[f"{kind}_lr_limit_measured"]
+        assert theory / 1.07 < measured <= theory
+    assert m["early_stopping_restored_val_loss"] == m["early_stopping_best_val_loss"]
+
+
+def test_03_optimizers_defaults():
+    m = run("03_optimizers.ipynb", "defaults")
+    check_optimizers(m, 60)
+    assert m["early_stopping_stopped_epoch"] == m["early_stopping_best_epoch"] + 5
+    losses = m["batch_regime_final_loss"]
+    # same number of examples: more, smaller steps get further
+    assert losses["stochastic (1)"] < losses["mini-batch (32)"] < losses["full batch (1294)"]
+    assert [row[0] for row in m["playground"]] == ["SGD", "Momentum", "Adam"]
+    assert all(row[4] == "ok" for row in m["playground"])
+
+
+def test_03_optimizers_other_parameters():
+    m = run("03_optimizers.ipynb", "seed1-beale", seed=1, check_steps=50, surface="beale", patience=3,
+            budget_epochs=2)
+    check_optimizers(m, 50)
+    assert m["early_stopping_stopped_epoch"] == m["early_stopping_best_epoch"] + 3
+    assert len(m["playground"]) == 3
