@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.maaskit-installed
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_NOTEBOOKS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: install lab test test-fast notebooks pins doctor clean
+.PHONY: install lab test test-fast notebooks pins doctor clean chromium
 
 install: $(STAMP)
 
@@ -23,9 +23,19 @@ $(STAMP): pyproject.toml requirements/pins.txt
 lab: $(STAMP)
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_FLAGS)
 
-# Unit tests, every notebook under papermill, and nbval over every notebook, in one pytest run.
-# --dist loadfile keeps each notebook's cells on one worker (nbval shares one kernel per notebook).
-test: $(STAMP)
+# The browser tests drive Debian's Chromium (never a downloaded one). Installed here when we
+# are root on a Debian-like machine (CI); elsewhere install it yourself, or the browser tests
+# are skipped with a note (and fail where CI=true).
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else echo "note: /usr/bin/chromium missing; install Debian's chromium to run the browser tests"; fi
+
+# Unit tests, every notebook under papermill, nbval over every notebook, and the browser tests,
+# in one pytest run. --dist loadfile keeps each notebook's cells on one worker (nbval shares a kernel).
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -n 2 --dist loadfile --timeout 900 tests notebooks $(PYTEST_NOTEBOOKS)
 
 # The unit tests alone: seconds, for the edit-test loop.

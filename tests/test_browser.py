@@ -1,0 +1,125 @@
+"""JupyterLab for real, in headless Chromium: run a notebook, move a widget, see it respond.
+
+Screenshots and timings land in artifacts/browser/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from labserver import free_port, lab_flags, running_lab
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts" / "browser"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def _cannot_start(why: str):
+    message = (f"browser tests cannot start: {why}. Install Debian's Chromium (`apt-get install chromium`, "
+               "as `.ci/run` and `make test` do when run as root) and the dev extra (`pip install -e .[dev]`).")
+    if os.environ.get("CI"):
+        pytest.fail(message, pytrace=False)  # never a silent skip in CI
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _cannot_start("the playwright package is not installed")
+    if not os.access(CHROMIUM, os.X_OK):
+        _cannot_start(f"{CHROMIUM} not found")
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab on 127.0.0.1 with a token, serving a temporary copy of the notebooks."""
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    port, token = free_port(), secrets.token_hex(16)
+    argv = [sys.executable, "-m", "jupyter", "lab", *lab_flags(port, token), f"--ServerApp.root_dir={root / 'notebooks'}",
+            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run commands as the menus do
+            "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]  # offline
+    env = {"JUPYTER_RUNTIME_DIR": str(root / "runtime"), "JUPYTERLAB_WORKSPACES_DIR": str(root / "workspaces")}
+    with running_lab(argv, cwd=root, port=port, token=token, env=env) as server:
+        yield server
+
+
+@pytest.fixture
+def page(browser):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    yield page
+    page.close()
+
+
+def open_and_run_all(page, lab, notebook: str) -> tuple[str, dict]:
+    """Open ``notebook``, run all cells, and wait — by asking the server — for the kernel to finish."""
+    timings = {}
+    start = time.monotonic()
+    page.goto(lab.url(f"/lab/tree/{notebook}?reset"))
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    kernel = lab.kernel_for(notebook)
+    lab.wait_idle(kernel, timeout=120)
+    timings["open_s"] = round(time.monotonic() - start, 1)
+    before = lab.api(f"kernels/{kernel}")["last_activity"]
+    # Not awaited on purpose: the REST API, not the page, says when the kernel is done.
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    timings["run_all_s"] = round(lab.wait_idle(kernel, since=before, timeout=600), 1)
+    return kernel, timings
+
+
+def assert_ran_cleanly(page):
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    assert errors.count() == 0, errors.first.inner_text()[:2000]
+    prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_text_contents()  # off-screen cells too
+    assert prompts and all(re.fullmatch(r"\[\d+\]:", p.strip()) for p in prompts), prompts
+
+
+def test_optimizer_playground_responds_in_jupyterlab(page, lab):
+    kernel, timings = open_and_run_all(page, lab, "03_optimizers.ipynb")
+    assert_ran_cleanly(page)
+
+    playground = page.locator(".maaskit-optimizer-playground")
+    playground.scroll_into_view_if_needed()
+    image = playground.locator("img")
+    image.wait_for(timeout=30_000)
+    before = image.get_attribute("src")
+    page.screenshot(path=str(ARTIFACTS / "03_playground_before.png"))
+
+    slider = playground.locator(".widget-hslider", has_text="learning rate")
+    readout = slider.locator(".widget-readout")
+    old_lr = readout.inner_text()
+    box = slider.locator(".noUi-handle").bounding_box()
+    start = time.monotonic()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 60, box["y"] + box["height"] / 2, steps=8)  # a drag: a stream of values
+    page.mouse.up()
+    page.wait_for_function("([img, old]) => img.getAttribute('src') !== old", arg=[image.element_handle(), before],
+                           timeout=30_000)
+    timings["redraw_after_drag_s"] = round(time.monotonic() - start, 2)
+    lab.wait_idle(kernel, timeout=60)
+    page.screenshot(path=str(ARTIFACTS / "03_playground_after.png"))
+
+    new_lr = readout.inner_text()
+    assert float(new_lr) > float(old_lr), (old_lr, new_lr)
+    assert "diverged" in playground.inner_text() or "ok" in playground.inner_text()
+    assert_ran_cleanly(page)
+    (ARTIFACTS / "03_timings.json").write_text(json.dumps(timings, indent=1))
+    print("browser timings:", timings)
