@@ -36,7 +36,7 @@ chromium:
 # Unit tests, every notebook under papermill, nbval over every notebook, and the browser tests,
 # in one pytest run. --dist loadfile keeps each notebook's cells on one worker (nbval shares a kernel).
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -n 2 --dist loadfile --timeout 900 tests notebooks $(PYTEST_NOTEBOOKS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile --timeout 900 --durations 12 tests notebooks $(PYTEST_NOTEBOOKS)
 
 # The unit tests alone: seconds, for the edit-test loop.
 test-fast: $(STAMP)
