@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .data import DATASETS, cache_dir
+from .data import cache_dir
 
 __all__ = ["report"]
 
@@ -57,8 +57,9 @@ def _datasets() -> str:
     root = cache_dir()
     if not root.is_dir():
         return f"{root} (empty; digits ships with scikit-learn and needs no download)"
+    # the folders torchvision creates under the cache for each downloadable dataset
     folders = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "cifar-10-batches-py"}
-    present = [name for name in DATASETS[1:] if (root / folders[name]).exists()]
+    present = [name for name, folder in folders.items() if (root / folder).exists()]
     return f"{root} (found: {', '.join(present) or 'none'})"
 
 

@@ -145,6 +145,7 @@ def optimizer_paths(surface, paths, *, size=(5.0, 4.0), title: str | None = None
     ax.contourf(xs.numpy(), ys.numpy(), np.maximum(z, floor), levels=np.geomspace(floor, z.max(), 25),
                 norm=LogNorm(), cmap="Blues_r", alpha=0.85)
     ax.plot(*surface.minimum, marker="*", color="gold", markersize=14, markeredgecolor="k", zorder=5)
+    lowest = surface(*map(torch.tensor, surface.minimum)).item()
     for i, path in enumerate(paths):
         color = f"C{i + 1}"
         label = path.label + (f" — {path.status}" if path.diverged_at is not None else "")
@@ -153,8 +154,7 @@ def optimizer_paths(surface, paths, *, size=(5.0, 4.0), title: str | None = None
         if path.diverged_at is not None and len(pts):
             ax.plot(*pts[-1], marker="X", color=color, markersize=11, markeredgecolor="k")
         steps = np.arange(len(path.losses))
-        ax_loss.plot(steps, np.maximum(np.asarray(path.losses) - surface(*map(torch.tensor, surface.minimum)).item(),
-                                       1e-12), color=color, label=label)
+        ax_loss.plot(steps, np.maximum(np.asarray(path.losses) - lowest, 1e-12), color=color, label=label)
     ax.set_xlim(*surface.xlim)
     ax.set_ylim(*surface.ylim)
     ax.set_title(title or surface.name)
