@@ -1,0 +1,95 @@
+"""A trained model on disk: ``model.safetensors`` plus ``manifest.json``. Never pickle.
+
+The manifest says how to rebuild the network from maaskit's registry (architecture name
+and arguments), what goes in and comes out (tensor names, datatypes, shapes with -1 for
+the batch), the class labels, the input normalization, the versions it was made with,
+and the sha256 of the weights, which loading checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from ..models import MODELS, build_model
+
+__all__ = ["ArtifactError", "FORMAT", "load_artifact", "save_artifact"]
+
+FORMAT = "maaskit-artifact/1"
+WEIGHTS, MANIFEST = "model.safetensors", "manifest.json"
+
+
+class ArtifactError(ValueError):
+    """A directory that is not a usable maaskit artifact: missing, tampered with, or unknown."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_artifact(model: torch.nn.Module, directory, *, classes, mean, std, name: str | None = None,
+                  metrics: dict | None = None) -> Path:
+    """Write ``model`` (built by :func:`maaskit.build_model`) to ``directory`` and return the path."""
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    config = getattr(model, "maaskit_config", None)
+    if config is None:
+        raise ArtifactError("save_artifact needs a model made by maaskit.build_model (it records how to rebuild it)")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, directory / WEIGHTS)
+    c, h, w = config["in_shape"]
+    manifest = {
+        "format": FORMAT,
+        "name": name or f"{config['name']}",
+        "architecture": {**config, "kwargs": json.loads(json.dumps(config["kwargs"]))},  # tuples -> lists
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, c, h, w]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, config["num_classes"]]}],
+        "classes": list(classes),
+        "normalization": {"scale": 1 / 255, "mean": list(mean), "std": list(std),
+                          "note": "input = (uint8 pixels / 255 - mean) / std, per channel"},
+        "versions": {"maaskit": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "weights": {"file": WEIGHTS, "sha256": _sha256(directory / WEIGHTS)},
+        "metrics": metrics or {},
+    }
+    if len(manifest["classes"]) != config["num_classes"]:
+        raise ArtifactError(f"{len(manifest['classes'])} class labels for a model with {config['num_classes']} outputs")
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return directory
+
+
+def load_artifact(directory, *, device="cpu") -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model from ``directory`` after checking its weights' hash; returns (model, manifest)."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    for f in (MANIFEST, WEIGHTS):
+        if not (directory / f).is_file():
+            raise ArtifactError(f"{directory} is not a maaskit artifact: {f} is missing")
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{directory / MANIFEST} is not valid JSON: {err}") from None
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{directory} has format {manifest.get('format')!r}; this maaskit reads {FORMAT!r}")
+    actual = _sha256(directory / WEIGHTS)
+    if actual != manifest["weights"]["sha256"]:
+        raise ArtifactError(f"{directory / WEIGHTS} does not match its manifest (sha256 {actual[:12]}… , "
+                            f"expected {manifest['weights']['sha256'][:12]}…): the file was changed or corrupted")
+    arch = manifest["architecture"]
+    if arch["name"] not in MODELS:
+        raise ArtifactError(f"unknown architecture {arch['name']!r}; this maaskit knows {', '.join(MODELS)}")
+    model = build_model(arch["name"], arch["in_shape"], arch["num_classes"], **arch["kwargs"])
+    model.load_state_dict(load_file(directory / WEIGHTS))
+    return model.to(device).eval(), manifest

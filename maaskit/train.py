@@ -1,0 +1,409 @@
+"""``fit()``: the training loop, its events, and the callbacks that ship with maaskit.
+
+The loop has no UI. It tells callbacks what happens (fit, epoch and batch start and end);
+a widget is one such callback. Loss and accuracy accumulate in tensors on the device and
+are read back once per epoch, or when a callback asks (a dashboard, a few times a
+second), so a step never waits for the host.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .device import pick_device, seed_everything
+
+__all__ = ["Callback", "Checkpoint", "EarlyStopping", "History", "PrintProgress", "Run", "fit"]
+
+OPTIMIZERS = {
+    "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd),
+    "adam": lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
+    "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd or 0.01),
+    "rmsprop": lambda params, lr, wd: torch.optim.RMSprop(params, lr=lr, weight_decay=wd),
+}
+SCHEDULERS = {
+    "cosine": lambda opt, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
+    "onecycle": lambda opt, steps: torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps),
+}
+
+
+class History(Mapping):
+    """One record per epoch; ``history["val_acc"]`` is that column as a list.
+
+    ``stopped`` says why training ended early (``"early stopping"``, ``"stop requested"``,
+    ``"interrupted"``) or is ``None``. A record with ``complete=False`` is an epoch cut short.
+    """
+
+    def __init__(self, records: Sequence[dict] = ()):
+        self.records = [dict(r) for r in records]
+        self.stopped: str | None = None
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+
+    def __getitem__(self, key):
+        if not self.records or key not in self.records[0]:
+            raise KeyError(key)
+        return [r[key] for r in self.records]
+
+    def __iter__(self):
+        return iter(self.records[0] if self.records else ())
+
+    def __len__(self):
+        return len(self.records[0]) if self.records else 0
+
+    @property
+    def last(self) -> dict:
+        return self.records[-1] if self.records else {}
+
+    def __repr__(self):
+        last = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.last.items())
+        return f"History({len(self.records)} epochs; last: {last}{'; stopped: ' + self.stopped if self.stopped else ''})"
+
+
+class Run:
+    """What a callback sees of one ``fit()`` call while it runs."""
+
+    def __init__(self, model, optimizer, scheduler, data, device, epochs, steps_per_epoch, batch_size):
+        self.model, self.optimizer, self.scheduler, self.data = model, optimizer, scheduler, data
+        self.device, self.epochs, self.steps_per_epoch, self.batch_size = device, epochs, steps_per_epoch, batch_size
+        self.history = History()
+        self.epoch = 0          # the epoch running now, from 1; after resuming, the last one saved
+        self.step = 0           # optimizer steps since the start of training
+        self.epoch_step = 0     # steps into the current epoch
+        self.loss = None        # the last batch's loss, a tensor on the device
+        self.batch = None       # the last (inputs, labels)
+        self.stop_reason: str | None = None
+        self._stop = threading.Event()
+        self._loss_sum = torch.zeros((), device=device)
+        self._correct = torch.zeros((), device=device, dtype=torch.long)
+        self._seen = 0
+        self._epoch_start = time.perf_counter()
+        self._fit_start = time.perf_counter()
+        self.elapsed_before = 0.0  # wall time of earlier (resumed) runs
+        self.train_generator = None
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        """Ask training to end after the current batch. Safe to call from any thread."""
+        if not self._stop.is_set():
+            self.stop_reason = reason
+            self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    def running_metrics(self) -> dict:
+        """This epoch so far: mean loss, accuracy, images/s. Reads from the device: call it sparingly."""
+        seconds = time.perf_counter() - self._epoch_start
+        seen = max(self._seen, 1)
+        return {"epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step,
+                "train_loss": self._loss_sum.item() / seen, "train_acc": self._correct.item() / seen,
+                "images_per_s": self._seen / seconds if seconds > 0 else 0.0,
+                "wall_time": self.elapsed_before + time.perf_counter() - self._fit_start}
+
+    def _reset_epoch(self):
+        self._loss_sum.zero_()
+        self._correct.zero_()
+        self._seen, self.epoch_step = 0, 0
+        self._epoch_start = time.perf_counter()
+
+
+class Callback:
+    """Override the events you need. ``run`` is the :class:`Run` in progress."""
+
+    def on_fit_start(self, run: Run): ...
+    def on_epoch_start(self, run: Run): ...
+    def on_batch_start(self, run: Run): ...
+    def on_batch_end(self, run: Run): ...
+    def on_epoch_end(self, run: Run): ...
+    def on_fit_end(self, run: Run): ...
+
+
+class PrintProgress(Callback):
+    """One line per epoch: for scripts, the CLI and headless runs."""
+
+    def __init__(self, file=None):
+        self.file = file
+
+    def on_epoch_end(self, run):
+        r = run.history.last
+        print(f"epoch {r['epoch']:>3}/{run.epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.2%}  "
+              f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.2%}  {r['images_per_s']:,.0f} img/s", file=self.file,
+              flush=True)
+
+    def on_fit_end(self, run):
+        if run.stop_reason:
+            print(f"stopped after epoch {run.epoch}: {run.stop_reason}", file=self.file, flush=True)
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs; put the best weights back."""
+
+    def __init__(self, patience: int = 5, monitor: str = "val_loss", mode: str = "min", restore_best: bool = True):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.patience, self.monitor, self.mode, self.restore_best = patience, monitor, mode, restore_best
+        self.best, self.best_epoch, self.best_state, self.waited = None, 0, None, 0
+
+    def on_epoch_end(self, run):
+        value = run.history.last[self.monitor]
+        if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
+            self.best, self.best_epoch, self.waited = value, run.epoch, 0
+            if self.restore_best:
+                self.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        else:
+            self.waited += 1
+            if self.waited >= self.patience:
+                run.request_stop("early stopping")
+
+    def on_fit_end(self, run):
+        if self.restore_best and self.best_state is not None and run.stop_reason == "early stopping":
+            run.model.load_state_dict(self.best_state)
+
+
+class Checkpoint(Callback):
+    """After every ``every`` epochs, save what resuming needs into ``directory``.
+
+    ``model.safetensors`` (weights), ``optimizer.safetensors`` (optimizer tensors and random
+    number generator states) and ``state.json`` (epoch, step, hyper-parameters, scheduler,
+    history). Nothing is pickled. Resume with ``fit(..., resume_from=directory)``.
+    """
+
+    def __init__(self, directory, every: int = 1):
+        self.directory, self.every = Path(directory), every
+
+    def on_epoch_end(self, run):
+        if run.epoch % self.every == 0 or run.epoch == run.epochs or run.stop_requested:
+            save_checkpoint(run, self.directory)
+
+
+def save_checkpoint(run: Run, directory) -> Path:
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in run.model.state_dict().items()},
+              directory / "model.safetensors")
+    opt_state = run.optimizer.state_dict()
+    tensors, plain = {}, {}
+    for pid, state in opt_state["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{pid}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                plain.setdefault(str(pid), {})[key] = value
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if run.train_generator is not None:
+        tensors["rng.loader"] = run.train_generator.get_state().cpu()
+    if run.device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(run.device)
+    save_file(tensors, directory / "optimizer.safetensors")
+    state = {
+        "epoch": run.epoch, "step": run.step, "wall_time": run.running_metrics()["wall_time"],
+        "optimizer": {"param_groups": opt_state["param_groups"], "state": plain},
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "history": run.history.records,
+    }
+    (directory / "state.json").write_text(json.dumps(state, indent=1, default=_json_default))
+    return directory
+
+
+def _json_default(value):
+    if torch.is_tensor(value):
+        return value.tolist()
+    raise TypeError(f"cannot save {type(value).__name__} in a checkpoint's state.json")
+
+
+def load_checkpoint(run: Run, directory) -> None:
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    missing = [f for f in ("model.safetensors", "optimizer.safetensors", "state.json") if not (directory / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} is not a maaskit checkpoint: missing {', '.join(missing)}")
+    state = json.loads((directory / "state.json").read_text())
+    run.model.load_state_dict(load_file(directory / "model.safetensors", device=str(run.device)))
+    tensors = load_file(directory / "optimizer.safetensors")
+    opt_state = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
+    for pid, plain in state["optimizer"]["state"].items():
+        opt_state["state"].setdefault(int(pid), {}).update(plain)
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, pid, key = name.split(".", 2)
+            opt_state["state"].setdefault(int(pid), {})[key] = value
+    run.optimizer.load_state_dict(opt_state)
+    if run.scheduler is not None and state["scheduler"] is not None:
+        run.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.loader" in tensors and run.train_generator is not None:
+        run.train_generator.set_state(tensors["rng.loader"].to(run.train_generator.device))
+    if "rng.cuda" in tensors and run.device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng.cuda"], run.device)
+    run.epoch, run.step, run.elapsed_before = state["epoch"], state["step"], state["wall_time"]
+    run.history = History(state["history"])
+
+
+def _make_optimizer(optimizer, model, lr, weight_decay):
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return optimizer
+    if callable(optimizer):
+        return optimizer(model.parameters())
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}, "
+                         "a torch.optim.Optimizer or a function of the parameters")
+    return OPTIMIZERS[optimizer](model.parameters(), lr, weight_decay)
+
+
+def _make_scheduler(scheduler, optimizer, total_steps):
+    if scheduler is None:
+        return None
+    if callable(scheduler):
+        return scheduler(optimizer, total_steps)
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {', '.join(SCHEDULERS)}, "
+                         "None, or a function (optimizer, total_steps) -> scheduler")
+    return SCHEDULERS[scheduler](optimizer, total_steps)
+
+
+@contextmanager
+def _graceful_interrupt(run: Run):
+    """In the main thread, the first Ctrl-C (or Jupyter's interrupt) finishes the current batch
+    and stops; a second one interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if run.stop_requested:
+            raise KeyboardInterrupt
+        run.request_stop("interrupted")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@torch.no_grad()
+def _validate(model, loader, autocast) -> tuple[float, float]:
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=loader.device)
+    correct = torch.zeros((), device=loader.device, dtype=torch.long)
+    for xb, yb in loader:
+        with autocast():
+            out = model(xb)
+        loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
+        correct += (out.argmax(1) == yb).sum()
+    model.train(was_training)
+    n = max(loader.num_examples, 1)
+    return loss_sum.item() / n, correct.item() / n
+
+
+def fit(model: nn.Module, data, *, optimizer="adam", lr: float = 1e-3, epochs: int = 5, batch_size: int = 128,
+        scheduler=None, device="auto", callbacks: Sequence[Callback] = (), early_stopping: int | None = None,
+        amp="auto", channels_last="auto", compile: bool = False, seed: int = 0, augment: bool = False,
+        weight_decay: float = 0.0, grad_clip: float | None = None, resume_from=None) -> History:
+    """Train ``model`` on ``data`` (a :class:`maaskit.data.Dataset`) and return its :class:`History`.
+
+    - ``optimizer``: ``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9), ``"rmsprop"``, an optimizer
+      instance, or a function of the parameters. ``scheduler``: ``None``, ``"cosine"``,
+      ``"onecycle"`` or ``f(optimizer, total_steps)``; stepped after every batch.
+    - ``amp``, ``channels_last``: ``"auto"`` turns bf16 autocast and channels-last memory on for
+      CUDA (channels-last only for convolutional models) and off elsewhere. ``compile`` wraps the
+      model in ``torch.compile``.
+    - ``early_stopping=N`` stops after N epochs without a better validation loss and restores the
+      best weights. ``grad_clip`` clips the global gradient norm.
+    - Stopping — ``run.request_stop()`` from a callback or another thread, or Ctrl-C / Jupyter's
+      interrupt — ends training after the current batch; the model and the history are kept.
+    - ``resume_from`` continues from a :class:`Checkpoint` directory up to ``epochs`` in all.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    device = pick_device(device)
+    seed_everything(seed)
+    use_amp = device.type == "cuda" if amp == "auto" else bool(amp)
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    use_cl = (device.type == "cuda" and has_conv) if channels_last == "auto" else bool(channels_last)
+    model.to(device, memory_format=torch.channels_last if use_cl else torch.preserve_format)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
+
+    train_loader = data.loader("train", batch_size=batch_size, augment=augment, device=device, seed=seed)
+    val_loader = data.loader("val", batch_size=max(batch_size, 512), device=device)
+    opt = _make_optimizer(optimizer, model, lr, weight_decay)
+    sched = _make_scheduler(scheduler, opt, epochs * len(train_loader))
+    net = torch.compile(model) if compile else model
+
+    run = Run(model, opt, sched, data, device, epochs, len(train_loader), batch_size)
+    run.train_generator = train_loader.generator
+    run.settings = {"optimizer": optimizer if isinstance(optimizer, str) else type(opt).__name__, "lr": lr,
+                    "batch_size": batch_size, "device": str(device), "amp": use_amp, "channels_last": use_cl,
+                    "compile": compile, "seed": seed, "augment": augment}
+    if resume_from is not None:
+        load_checkpoint(run, resume_from)
+    callbacks = list(callbacks) + ([EarlyStopping(early_stopping)] if early_stopping else [])
+
+    def fire(event):
+        for cb in callbacks:
+            getattr(cb, event)(run)
+
+    model.train()
+    with _graceful_interrupt(run):
+        fire("on_fit_start")
+        try:
+            for epoch in range(run.epoch + 1, epochs + 1):
+                if run.stop_requested:
+                    break
+                run.epoch = epoch
+                run._reset_epoch()
+                fire("on_epoch_start")
+                for xb, yb in train_loader:
+                    if use_cl:
+                        xb = xb.contiguous(memory_format=torch.channels_last)
+                    run.batch = (xb, yb)
+                    fire("on_batch_start")
+                    with autocast():
+                        out = net(xb)
+                    loss = F.cross_entropy(out.float(), yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                    opt.step()
+                    if sched is not None:
+                        sched.step()
+                    run._loss_sum += loss.detach() * len(yb)   # stays on the device: no sync
+                    run._correct += (out.detach().argmax(1) == yb).sum()
+                    run._seen += len(yb)
+                    run.step += 1
+                    run.epoch_step += 1
+                    run.loss = loss.detach()
+                    fire("on_batch_end")
+                    if run.stop_requested:
+                        break
+                record = run.running_metrics()  # the one read from the device this epoch
+                record.pop("epoch_step")
+                record["val_loss"], record["val_acc"] = _validate(model, val_loader, autocast)
+                record["lr"] = opt.param_groups[0]["lr"]
+                record["complete"] = run.epoch_step == len(train_loader)
+                run.history.append(record)
+                fire("on_epoch_end")
+        finally:
+            run.history.stopped = run.stop_reason
+            fire("on_fit_end")
+    model.eval()
+    return run.history
