@@ -13,7 +13,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["function_grid", "history", "image_grid", "optimizer_paths", "png_bytes"]
+__all__ = ["confusion_matrix", "function_grid", "history", "image_grid", "optimizer_paths", "png_bytes",
+           "training_curves"]
 
 
 def _display_figures_in_ipython() -> None:
@@ -94,10 +95,11 @@ def history(hist: Mapping[str, Sequence[float]], *, x: str | None = None, size=(
 
 
 def image_grid(images, labels=None, predictions=None, *, classes: Sequence[str] | None = None,
-               ncols: int = 8, size: float = 1.2) -> Figure:
+               ncols: int = 8, size: float = 1.2, fig=None) -> Figure:
     """A grid of images (N x C x H x W or N x H x W), titled with labels and predictions.
 
-    Mistakes (prediction differs from label) get a red title so they stand out.
+    Mistakes (prediction differs from label) get a red title so they stand out. ``fig`` draws
+    into an existing figure or subfigure instead of a new one.
     """
     images = _array(images)
     if images.ndim == 4:
@@ -107,7 +109,7 @@ def image_grid(images, labels=None, predictions=None, *, classes: Sequence[str] 
     n = len(images)
     ncols = min(ncols, n)
     nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(size * ncols, (size + 0.25) * nrows), layout="constrained")
+    fig = fig or Figure(figsize=(size * ncols, (size + 0.25) * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     name = (lambda i: classes[int(i)]) if classes is not None else (lambda i: str(int(i)))
     for i, ax in enumerate(axes):
@@ -167,4 +169,49 @@ def optimizer_paths(surface, paths, *, size=(5.0, 4.0), title: str | None = None
     ax_loss.set_xlabel("step")
     ax_loss.set_title("f(x, y) − f(minimum)")
     ax_loss.grid(alpha=0.3)
+    return fig
+
+
+def confusion_matrix(confusion, classes: Sequence[str], *, ax=None) -> Figure:
+    """Counts of (true class, predicted class); the diagonal is what the model gets right."""
+    confusion = _array(confusion)
+    if ax is None:
+        fig = Figure(figsize=(4.2, 3.8), layout="constrained")
+        ax = fig.subplots()
+    image = ax.imshow(confusion, cmap="Blues")
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, [str(c)[:10] for c in classes], rotation=90 if len(classes) > 10 or
+                  max(len(str(c)) for c in classes) > 2 else 0)
+    ax.set_yticks(ticks, [str(c)[:10] for c in classes])
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")
+    threshold = confusion.max() / 2
+    for (i, j), count in np.ndenumerate(confusion):
+        if count:
+            ax.text(j, i, int(count), ha="center", va="center", fontsize="x-small",
+                    color="white" if count > threshold else "black")
+    ax.figure.colorbar(image, ax=ax, shrink=0.8)
+    return ax.figure
+
+
+def training_curves(records: Sequence[Mapping], live: Mapping[str, Sequence[float]] | None = None, *,
+                    epochs: int | None = None, fig=None) -> Figure:
+    """Loss and accuracy per epoch (train and validation), with the running training values
+    between epochs (``live``: ``x`` in fractional epochs, ``train_loss``, ``train_acc``)."""
+    fig = fig or Figure(figsize=(8.4, 3.0), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    x = [r["epoch"] for r in records]
+    for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        if live and live.get("x"):
+            ax.plot(live["x"], live[f"train_{key}"], color="C0", alpha=0.35, lw=1, label="train (running)")
+        if records:
+            ax.plot(x, [r[f"train_{key}"] for r in records], "o-", color="C0", ms=3, label="train")
+            ax.plot(x, [r[f"val_{key}"] for r in records], "s-", color="C1", ms=3, label="validation")
+        ax.set(title=title, xlabel="epoch")
+        if epochs:
+            ax.set_xlim(0, epochs)
+        ax.grid(alpha=0.3)
+        if records or (live and live.get("x")):
+            ax.legend(fontsize="small")
+    if records or (live and live.get("x")):
+        ax_loss.set_yscale("log")
     return fig

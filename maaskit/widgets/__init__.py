@@ -1,6 +1,7 @@
 """Interactive widgets. Each one is plain Python over maaskit's tools plus ipywidgets controls,
 and falls back to a static figure and text where no widget front end is running."""
 
+from .dashboard import TrainingDashboard
 from .playground import OptimizerPlayground
 
-__all__ = ["OptimizerPlayground"]
+__all__ = ["OptimizerPlayground", "TrainingDashboard"]

@@ -1,0 +1,276 @@
+"""TrainingDashboard: train with buttons and watch the curves, or attach it to any ``fit()``."""
+
+from __future__ import annotations
+
+import base64
+import html
+import threading
+import time
+
+import ipywidgets as w
+import numpy as np
+from matplotlib.figure import Figure
+
+from .. import plots
+from ..data import DATASETS, load_dataset
+from ..device import available_devices, seed_everything
+from ..evaluate import evaluate
+from ..models import MODELS, build_model
+from ..train import OPTIMIZERS, Callback, fit
+from .svgchart import line_chart
+
+__all__ = ["TrainingDashboard"]
+
+
+class TrainingDashboard(Callback):
+    """Controls, Train/Stop, live progress and curves, and at the end a confusion matrix and
+    sample predictions.
+
+    - **Train** runs ``fit()`` in a background thread: the kernel stays free and **Stop**
+      ends training within a batch.
+    - ``dashboard.fit()`` trains with the controls' settings in the calling thread (blocking;
+      what papermill and scripts use); ``fit(model, data, callbacks=[dashboard])`` shows any run.
+    - Curves redraw in place at most every ``redraw_every`` seconds, reading the device then only.
+    - Where no widget front end runs, displaying it gives one static figure and a summary.
+    """
+
+    def __init__(self, data=None, *, dataset: str = "digits", model: str = "lenet", optimizer: str = "adamw",
+                 lr: float = 1e-2, batch_size: int = 32, epochs: int = 10, device: str = "auto",
+                 augment: bool = True, seed: int = 0, redraw_every: float = 0.25):
+        self.data = data
+        self._datasets = {data.name: data} if data is not None else {}
+        self.seed, self.redraw_every = seed, redraw_every
+        self.model = self.history = self.evaluation = self.run = self.error = None
+        self.redraws = 0
+        self._thread = None
+        self._last_draw = 0.0
+        self._live = {"x": [], "train_loss": [], "train_acc": []}
+        self._handle = None
+
+        style, layout = {"description_width": "90px"}, w.Layout(width="300px")
+        devices = ["auto", *available_devices()]
+        self.dataset_w = w.Dropdown(options=list(DATASETS), value=data.name if data is not None else dataset,
+                                    description="dataset", style=style, layout=layout, disabled=data is not None)
+        self.model_w = w.Dropdown(options=list(MODELS), value=model, description="model", style=style, layout=layout)
+        self.optimizer_w = w.Dropdown(options=list(OPTIMIZERS), value=optimizer, description="optimizer",
+                                      style=style, layout=layout)
+        self.lr_w = w.FloatLogSlider(value=lr, base=10, min=-5, max=0, step=0.1, readout_format=".1e",
+                                     description="learning rate", style=style, layout=layout)
+        self.batch_size_w = w.Dropdown(options=[8, 16, 32, 64, 128, 256, 512], value=batch_size,
+                                       description="batch size", style=style, layout=layout)
+        self.epochs_w = w.IntSlider(value=epochs, min=1, max=200, description="epochs", style=style, layout=layout)
+        self.device_w = w.Dropdown(options=devices, value=device if device in devices else "auto",
+                                   description="device", style=style, layout=layout)
+        self.augment_w = w.Checkbox(value=augment, description="augment (random crops)", indent=False)
+        self.train_button = w.Button(description="Train", button_style="success", icon="play")
+        self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
+        self.train_button.on_click(lambda _: self.start())
+        self.stop_button.on_click(lambda _: self.stop())
+
+        self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="560px"))
+        self.status = w.HTML("Set the controls and press <b>Train</b>.")
+        self.curves = w.HTML()  # live SVG: cheap enough to redraw while training (see svgchart)
+        self.final = w.Image(format="png", layout=w.Layout(width="760px", display="none"))
+        self.summary = w.HTML()
+        controls = w.VBox([self.dataset_w, self.model_w, self.optimizer_w, self.lr_w, self.batch_size_w,
+                           self.epochs_w, self.device_w, self.augment_w,
+                           w.HBox([self.train_button, self.stop_button])])
+        self.widget = w.HBox([controls, w.VBox([self.progress, self.status, self.curves, self.final, self.summary])])
+        self.widget.add_class("maaskit-training-dashboard")
+        self._draw_curves()
+
+    # --- starting and stopping ------------------------------------------------------------
+
+    def _settings(self) -> dict:
+        return {"optimizer": self.optimizer_w.value, "lr": self.lr_w.value, "batch_size": self.batch_size_w.value,
+                "epochs": self.epochs_w.value, "device": self.device_w.value, "augment": self.augment_w.value,
+                "seed": self.seed}
+
+    def _prepare(self):
+        name = self.dataset_w.value
+        if name not in self._datasets:
+            self.status.value = f"loading {html.escape(name)} …"
+            self._datasets[name] = load_dataset(name)
+        self.data = self._datasets[name]
+        seed_everything(self.seed)
+        self.model = build_model(self.model_w.value, self.data.in_shape, self.data.num_classes)
+
+    def fit(self, **overrides):
+        """Train with the controls' settings (``overrides`` win) in this thread; returns the history."""
+        self._prepare()
+        settings = {**self._settings(), **overrides}
+        return fit(self.model, self.data, callbacks=[self], **settings)
+
+    def start(self):
+        """What the Train button does: train in a background thread."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self.train_button.disabled, self.stop_button.disabled = True, False
+        self.error = None
+        self._thread = threading.Thread(target=self._train_in_background, name="maaskit-training", daemon=True)
+        self._thread.start()
+
+    def _train_in_background(self):
+        try:
+            self.fit()
+        except Exception as err:  # shown in the dashboard: a background thread has nowhere else to report
+            self.error = err
+            self.status.value = f"<span style='color:#c00'><b>{type(err).__name__}:</b> {html.escape(str(err))}</span>"
+        finally:
+            self.train_button.disabled, self.stop_button.disabled = False, True
+
+    def stop(self):
+        """What the Stop button does: end training after the current batch."""
+        if self.run is not None:
+            self.run.request_stop()
+        self.stop_button.disabled = True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until background training ends; True if it has."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    @property
+    def training(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- the callback ---------------------------------------------------------------------
+
+    def on_fit_start(self, run):
+        self.run, self.data, self.model = run, run.data, run.model
+        self.history = run.history
+        self.train_button.disabled, self.stop_button.disabled = True, False
+        self._live = {"x": [], "train_loss": [], "train_acc": []}
+        self.progress.max = run.epochs * run.steps_per_epoch
+        self.progress.value = run.step
+        self.final.layout.display = "none"
+        self.summary.value = ""
+        self._last_draw = 0.0
+        self._draw_curves()
+
+    def on_batch_end(self, run):
+        now = time.monotonic()
+        if now - self._last_draw < self.redraw_every:
+            return  # most steps: nothing read from the device, nothing drawn
+        self._last_draw = now
+        metrics = run.running_metrics()
+        self._live["x"].append(run.epoch - 1 + run.epoch_step / run.steps_per_epoch)
+        self._live["train_loss"].append(metrics["train_loss"])
+        self._live["train_acc"].append(metrics["train_acc"])
+        self._show_progress(run, metrics)
+        self._draw_curves()
+
+    def on_epoch_end(self, run):
+        self.history = run.history
+        if time.monotonic() - self._last_draw >= self.redraw_every:
+            self._last_draw = time.monotonic()
+            self._show_progress(run, run.history.last)
+            self._draw_curves()
+
+    def on_fit_end(self, run):
+        self.history = run.history
+        self.progress.value = run.step
+        self._draw_curves()
+        self.evaluation = evaluate(run.model, run.data)
+        self._draw_final()
+        self.summary.value = self._summary_html()
+        self.status.value = html.escape(self._status_line(run))
+        self.train_button.disabled, self.stop_button.disabled = False, True
+        print(str(self))
+        if self._handle is not None:  # headless: the displayed output becomes the final picture
+            self._handle.update(self._bundle(), raw=True)
+
+    # --- drawing --------------------------------------------------------------------------
+
+    def _status_line(self, run, metrics=None) -> str:
+        metrics = metrics or run.history.last
+        total = run.epochs * run.steps_per_epoch
+        rate = metrics.get("images_per_s", 0.0)
+        left = (total - run.step) * run.batch_size / rate if rate else float("nan")
+        state = f"stopped: {run.stop_reason}" if run.stop_reason else ("done" if run.step >= total else "training")
+        return (f"epoch {run.epoch}/{run.epochs} · step {run.step}/{total} · {rate:,.0f} img/s · "
+                + (f"ETA {left:.0f} s · " if state == "training" and np.isfinite(left) else "") + state)
+
+    def _show_progress(self, run, metrics):
+        self.progress.value = run.step
+        self.status.value = html.escape(self._status_line(run, metrics))
+
+    def _draw_curves(self):
+        epochs = self.run.epochs if self.run is not None else self.epochs_w.value
+        records = self.history.records if self.history is not None else []
+        x = [r["epoch"] for r in records]
+        charts = []
+        for key, title in (("loss", "loss"), ("acc", "accuracy")):
+            series = {"train (running)": (self._live["x"], self._live[f"train_{key}"], "faint", 0),
+                      "train": (x, [r[f"train_{key}"] for r in records], "points", 0),
+                      "validation": (x, [r[f"val_{key}"] for r in records], "points", 1)}
+            charts.append(line_chart(series, title=title, xlabel="epoch", xlim=(0, epochs), log_y=key == "loss"))
+        self.curves.value = f"<div class='maaskit-curves' style='display:flex;gap:8px'>{''.join(charts)}</div>"
+        self.redraws += 1
+
+    def _draw_final(self):
+        ev, data = self.evaluation, self.data
+        wrong = np.flatnonzero(ev.predictions != ev.labels)[:8]
+        right = np.flatnonzero(ev.predictions == ev.labels)[:16 - len(wrong)]
+        show = np.concatenate([wrong, right])
+        fig = Figure(figsize=(10, 4.2), layout="constrained")
+        left, right_fig = fig.subfigures(1, 2, width_ratios=[1, 1.5])
+        plots.confusion_matrix(ev.confusion, data.classes, ax=left.subplots())
+        plots.image_grid(data.test.x[show], ev.labels[show], ev.predictions[show], classes=data.classes,
+                         ncols=4, fig=right_fig)
+        right_fig.suptitle("test predictions (mistakes in red)")
+        self.final_figure = fig
+        self.final.value = plots.png_bytes(fig)
+        self.final.layout.display = None
+
+    def figure(self) -> Figure:
+        """One static figure of the whole run: curves, confusion matrix, sample predictions."""
+        fig = Figure(figsize=(10, 7.5), layout="constrained")
+        top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.4])
+        records = self.history.records if self.history is not None else []
+        plots.training_curves(records, self._live, fig=top)
+        if self.evaluation is not None:
+            ev, data = self.evaluation, self.data
+            left, right = bottom.subfigures(1, 2, width_ratios=[1, 1.5])
+            plots.confusion_matrix(ev.confusion, data.classes, ax=left.subplots())
+            show = np.concatenate([np.flatnonzero(ev.predictions != ev.labels)[:6],
+                                   np.flatnonzero(ev.predictions == ev.labels)[:6]])
+            plots.image_grid(data.test.x[show], ev.labels[show], ev.predictions[show], classes=data.classes,
+                             ncols=4, fig=right)
+        return fig
+
+    def _summary_html(self) -> str:
+        return "<pre>" + html.escape(str(self)) + "</pre>"
+
+    def __str__(self) -> str:
+        if self.history is None or not self.history.records:
+            return "TrainingDashboard: not trained yet"
+        last = self.history.last
+        lines = [f"{len(self.history.records)} epochs, {last['step']} steps, {last['wall_time']:.1f} s, "
+                 f"{last['images_per_s']:,.0f} img/s"
+                 + (f" — stopped: {self.history.stopped}" if self.history.stopped else ""),
+                 f"final: train loss {last['train_loss']:.4f} acc {last['train_acc']:.2%} · "
+                 f"val loss {last['val_loss']:.4f} acc {last['val_acc']:.2%}"]
+        if self.evaluation is not None:
+            ev = self.evaluation
+            weakest = int(np.argmin(ev.per_class_accuracy))
+            lines.append(f"test accuracy {ev.accuracy:.2%} on {len(ev.labels)} images; weakest class "
+                         f"{ev.classes[weakest]!r} at {ev.per_class_accuracy[weakest]:.0%}")
+        return "\n".join(lines)
+
+    # --- display --------------------------------------------------------------------------
+
+    def _bundle(self, **kwargs) -> dict:
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        bundle["image/png"] = base64.b64encode(plots.png_bytes(self.figure())).decode("ascii")
+        bundle["text/plain"] = str(self)
+        return bundle
+
+    def _ipython_display_(self):
+        # The widget where widgets render, a picture and a summary elsewhere. Displayed with an
+        # id so that, when training ends, a headless run's output is replaced by the final state.
+        from IPython.display import display
+
+        self._handle = display(self._bundle(), raw=True, display_id=True)
