@@ -15,25 +15,13 @@ import statistics
 import time
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from maaskit.baseline import PerItemDataset
 from maaskit.data import DeviceLoader, Split
 from maaskit.device import pick_device
 
 MEAN, STD = (0.1307,), (0.3081,)
-
-
-class PerItemDataset(Dataset):
-    """The tutorial pattern: each item is converted and normalized on its own, on the CPU."""
-
-    def __init__(self, split: Split):
-        self.x, self.y = split.x, split.y
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return (self.x[i].float() / 255 - MEAN[0]) / STD[0], self.y[i]
 
 
 def sync(device):
@@ -68,7 +56,7 @@ def main():
                   torch.randint(0, 10, (args.n,), generator=gen))
 
     device_loader = DeviceLoader(split, mean=MEAN, std=STD, batch_size=args.batch_size, device=device)
-    per_item = DataLoader(PerItemDataset(split), batch_size=args.batch_size, shuffle=True,
+    per_item = DataLoader(PerItemDataset(split, MEAN, STD), batch_size=args.batch_size, shuffle=True,
                           pin_memory=device.type == "cuda")
     contestants = {
         "torch DataLoader, per-item transform (baseline)": lambda: per_item,
