@@ -49,6 +49,7 @@ class History(Mapping):
     def __init__(self, records: Sequence[dict] = ()):
         self.records = [dict(r) for r in records]
         self.stopped: str | None = None
+        self.settings: dict = {}  # what fit() ran with: device, amp, channels_last, compile, ...
 
     def append(self, record: dict) -> None:
         self.records.append(record)
@@ -249,11 +250,12 @@ def load_checkpoint(run: Run, directory) -> None:
         run.scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(tensors["rng.cpu"])
     if "rng.loader" in tensors and run.train_generator is not None:
-        run.train_generator.set_state(tensors["rng.loader"].to(run.train_generator.device))
+        run.train_generator.set_state(tensors["rng.loader"])  # a CPU byte tensor, for any device
     if "rng.cuda" in tensors and run.device.type == "cuda":
         torch.cuda.set_rng_state(tensors["rng.cuda"], run.device)
     run.epoch, run.step, run.elapsed_before = state["epoch"], state["step"], state["wall_time"]
     run.history = History(state["history"])
+    run.history.settings = getattr(run, "settings", {})
 
 
 def _make_optimizer(optimizer, model, lr, weight_decay):
@@ -353,6 +355,7 @@ def fit(model: nn.Module, data, *, optimizer="adam", lr: float = 1e-3, epochs: i
     run.settings = {"optimizer": optimizer if isinstance(optimizer, str) else type(opt).__name__, "lr": lr,
                     "batch_size": batch_size, "device": str(device), "amp": use_amp, "channels_last": use_cl,
                     "compile": compile, "seed": seed, "augment": augment}
+    run.history.settings = run.settings
     if resume_from is not None:
         load_checkpoint(run, resume_from)
     callbacks = list(callbacks) + ([EarlyStopping(early_stopping)] if early_stopping else [])

@@ -49,7 +49,8 @@ class TrainingDashboard(Callback):
 
         style, layout = {"description_width": "90px"}, w.Layout(width="300px")
         devices = ["auto", *available_devices()]
-        self.dataset_w = w.Dropdown(options=list(DATASETS), value=data.name if data is not None else dataset,
+        names = list(DATASETS) + [n for n in self._datasets if n not in DATASETS]  # a dataset of your own too
+        self.dataset_w = w.Dropdown(options=names, value=data.name if data is not None else dataset,
                                     description="dataset", style=style, layout=layout, disabled=data is not None)
         self.model_w = w.Dropdown(options=list(MODELS), value=model, description="model", style=style, layout=layout)
         self.optimizer_w = w.Dropdown(options=list(OPTIMIZERS), value=optimizer, description="optimizer",
