@@ -123,3 +123,59 @@ def test_optimizer_playground_responds_in_jupyterlab(page, lab):
     assert_ran_cleanly(page)
     (ARTIFACTS / "03_timings.json").write_text(json.dumps(timings, indent=1))
     print("browser timings:", timings)
+
+
+def dashboard_step(dashboard) -> int:
+    match = re.search(r"step (\d+)/", dashboard.locator(".maaskit-status").inner_text())
+    return int(match.group(1)) if match else -1
+
+
+def test_training_dashboard_trains_and_stops_in_jupyterlab(page, lab):
+    kernel, timings = open_and_run_all(page, lab, "04_training_cnns.ipynb")
+    assert_ran_cleanly(page)
+    dashboard = page.locator(".maaskit-training-dashboard")
+    dashboard.scroll_into_view_if_needed()
+    status = dashboard.locator(".maaskit-status")
+    # the notebook's own blocking fit ran to the end (the view renders a moment after scrolling)
+    page.wait_for_function("el => el.innerText.endsWith('done')", arg=status.element_handle(), timeout=30_000)
+
+    # Ask for far more epochs than the test will wait for, through the slider's readout.
+    readout = dashboard.locator(".widget-slider", has_text="epochs").locator(".widget-readout")
+    readout.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("200")
+    page.keyboard.press("Enter")
+    assert readout.inner_text().strip() == "200"
+
+    start = time.monotonic()
+    dashboard.get_by_role("button", name="Train").click()
+    page.wait_for_function("el => /epoch \\d+\\/200 · step [1-9]/.test(el.innerText)",
+                           arg=status.element_handle(), timeout=60_000)
+    timings["first_step_shown_s"] = round(time.monotonic() - start, 2)
+    step, curves = dashboard_step(dashboard), dashboard.locator(".maaskit-curves").inner_html()
+    # The kernel is not blocked while the background thread trains: the server sees it idle.
+    assert lab.api(f"kernels/{kernel}")["execution_state"] == "idle"
+    assert dashboard.get_by_role("button", name="Train").is_disabled()
+    # (the SVG is replaced on each redraw, so look it up afresh rather than hold on to one node)
+    page.wait_for_function("old => document.querySelector('.maaskit-training-dashboard .maaskit-curves')"
+                           ".innerHTML !== old", arg=curves, timeout=30_000)
+    page.wait_for_timeout(1500)
+    assert dashboard_step(dashboard) > step
+    page.screenshot(path=str(ARTIFACTS / "04_dashboard_training.png"))
+
+    start = time.monotonic()
+    dashboard.get_by_role("button", name="Stop").click()
+    page.wait_for_function("el => el.innerText.includes('stopped: stop requested')",
+                           arg=status.element_handle(), timeout=60_000)
+    timings["stop_shown_s"] = round(time.monotonic() - start, 2)
+    lab.wait_idle(kernel, timeout=60)
+    stopped_at = dashboard_step(dashboard)
+    page.wait_for_timeout(1000)
+    assert dashboard_step(dashboard) == stopped_at  # nothing trains on after Stop
+    summary = dashboard.locator(".maaskit-summary").inner_text()
+    assert "stopped: stop requested" in summary and "test accuracy" in summary  # the history is kept
+    assert dashboard.get_by_role("button", name="Train").is_enabled()
+    page.screenshot(path=str(ARTIFACTS / "04_dashboard_stopped.png"))
+    assert_ran_cleanly(page)
+    (ARTIFACTS / "04_timings.json").write_text(json.dumps(timings, indent=1))
+    print("browser timings:", timings)

@@ -8,7 +8,9 @@ import papermill as pm
 import pytest
 
 from conftest import make_mnist_like
-from maaskit import read_metrics
+from maaskit import load_dataset, read_metrics
+from maaskit.evaluate import evaluate
+from maaskit.serving.artifact import load_artifact
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -26,7 +28,7 @@ def run(name: str, tag: str, **parameters) -> dict:
 
 
 def test_every_notebook_is_covered_here():
-    tested = {"01_forward_pass.ipynb", "02_backpropagation.ipynb", "03_optimizers.ipynb"}
+    tested = {"01_forward_pass.ipynb", "02_backpropagation.ipynb", "03_optimizers.ipynb", "04_training_cnns.ipynb"}
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == tested
 
 
@@ -110,3 +112,29 @@ def test_03_optimizers_other_parameters():
     check_optimizers(m, 50)
     assert m["early_stopping_stopped_epoch"] == m["early_stopping_best_epoch"] + 3
     assert len(m["playground"]) == 3
+
+
+def check_training(m, out_dir: Path):
+    assert m["tutorial_net_parameters"] == 62_006
+    assert m["nll_on_logits_lowest_loss"] < 0 and m["cross_entropy_test_accuracy"] > m["nll_on_logits_test_accuracy"]
+    assert set(m["images_per_s"]) == {"tutorial loop, batch 4", "tutorial loop, batch 128", "maaskit fit, batch 4",
+                                      "maaskit fit, batch 128"}
+    assert all(v > 0 for v in m["images_per_s"].values())
+    # the saved model is the trained one: reload it and score the test set again
+    model, manifest = load_artifact(out_dir)
+    assert manifest["architecture"]["name"] == m["model"]
+    assert evaluate(model, load_dataset(m["dataset"], seed=m["seed"])).accuracy == pytest.approx(m["test_accuracy"], abs=1e-9)
+
+
+def test_04_training_cnns_defaults():
+    m = run("04_training_cnns.ipynb", "defaults")
+    assert m["dataset"] == "digits" and m["model"] == "lenet" and m["parameters"] == 21_386
+    assert m["epochs"] == 30 and m["test_accuracy"] >= 0.97  # measured 0.9805
+    check_training(m, NOTEBOOKS / m["saved_to"])
+
+
+def test_04_training_cnns_other_parameters(tmp_path):
+    m = run("04_training_cnns.ipynb", "mlp-seed1", seed=1, model_name="mlp", epochs=12, batch_size=64, lr=3e-3,
+            min_test_accuracy=0.85, tutorial_batches=20, save_to=str(tmp_path / "mlp"))
+    assert m["model"] == "mlp" and m["epochs"] == 12 and m["test_accuracy"] >= 0.85
+    check_training(m, tmp_path / "mlp")

@@ -16,7 +16,7 @@ from ..data import DATASETS, load_dataset
 from ..device import available_devices, seed_everything
 from ..evaluate import evaluate
 from ..models import MODELS, build_model
-from ..train import OPTIMIZERS, Callback, fit
+from ..train import OPTIMIZERS, SCHEDULERS, Callback, fit
 from .svgchart import line_chart
 
 __all__ = ["TrainingDashboard"]
@@ -35,7 +35,8 @@ class TrainingDashboard(Callback):
     """
 
     def __init__(self, data=None, *, dataset: str = "digits", model: str = "lenet", optimizer: str = "adamw",
-                 lr: float = 1e-2, batch_size: int = 32, epochs: int = 10, device: str = "auto",
+                 lr: float = 1e-2, batch_size: int = 32, epochs: int = 10, scheduler: str | None = "onecycle",
+                 device: str = "auto",
                  augment: bool = True, seed: int = 0, redraw_every: float = 0.25):
         self.data = data
         self._datasets = {data.name: data} if data is not None else {}
@@ -57,6 +58,8 @@ class TrainingDashboard(Callback):
                                       style=style, layout=layout)
         self.lr_w = w.FloatLogSlider(value=lr, base=10, min=-5, max=0, step=0.1, readout_format=".1e",
                                      description="learning rate", style=style, layout=layout)
+        self.scheduler_w = w.Dropdown(options=["none", *SCHEDULERS], value=scheduler or "none",
+                                      description="lr schedule", style=style, layout=layout)
         self.batch_size_w = w.Dropdown(options=[8, 16, 32, 64, 128, 256, 512], value=batch_size,
                                        description="batch size", style=style, layout=layout)
         self.epochs_w = w.IntSlider(value=epochs, min=1, max=200, description="epochs", style=style, layout=layout)
@@ -73,8 +76,10 @@ class TrainingDashboard(Callback):
         self.curves = w.HTML()  # live SVG: cheap enough to redraw while training (see svgchart)
         self.final = w.Image(format="png", layout=w.Layout(width="760px", display="none"))
         self.summary = w.HTML()
-        controls = w.VBox([self.dataset_w, self.model_w, self.optimizer_w, self.lr_w, self.batch_size_w,
-                           self.epochs_w, self.device_w, self.augment_w,
+        self.status.add_class("maaskit-status")  # names for the browser tests (and custom CSS)
+        self.summary.add_class("maaskit-summary")
+        controls = w.VBox([self.dataset_w, self.model_w, self.optimizer_w, self.lr_w, self.scheduler_w,
+                           self.batch_size_w, self.epochs_w, self.device_w, self.augment_w,
                            w.HBox([self.train_button, self.stop_button])])
         self.widget = w.HBox([controls, w.VBox([self.progress, self.status, self.curves, self.final, self.summary])])
         self.widget.add_class("maaskit-training-dashboard")
@@ -83,7 +88,9 @@ class TrainingDashboard(Callback):
     # --- starting and stopping ------------------------------------------------------------
 
     def _settings(self) -> dict:
-        return {"optimizer": self.optimizer_w.value, "lr": self.lr_w.value, "batch_size": self.batch_size_w.value,
+        scheduler = None if self.scheduler_w.value == "none" else self.scheduler_w.value
+        return {"optimizer": self.optimizer_w.value, "lr": self.lr_w.value, "scheduler": scheduler,
+                "batch_size": self.batch_size_w.value,
                 "epochs": self.epochs_w.value, "device": self.device_w.value, "augment": self.augment_w.value,
                 "seed": self.seed}
 
