@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "MLP", "LeNet5", "SmallResNet", "build_model", "summary"]
+__all__ = ["MODELS", "MLP", "Residual", "LeNet5", "SmallResNet", "build_model", "summary"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -16,21 +16,28 @@ def _activation(name: str) -> nn.Module:
     return _ACTIVATIONS[name]()
 
 
+class Residual(nn.Sequential):
+    """``x + layers(x)``: the shortcut carries the signal, and the gradient, past the layers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + super().forward(x)
+
+
 class MLP(nn.Sequential):
     """Flatten, then ``Linear -> activation`` for each hidden width, then a ``Linear`` to the classes.
 
     ``MLP(784, 10, hidden=(128, 64))`` is the 784-128-64-10 network of the classic tutorials.
+    ``batch_norm=True`` puts batch norm before each activation; ``residual=True`` wraps every
+    hidden layer after the first whose width does not change in a :class:`Residual` shortcut.
     """
 
     def __init__(self, in_features: int, num_classes: int, hidden=(128, 64), activation: str = "relu",
-                 batch_norm: bool = False):
+                 batch_norm: bool = False, residual: bool = False):
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
-        for h in hidden:
-            layers.append(nn.Linear(width, h))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(h))
-            layers.append(_activation(activation))
+        for i, h in enumerate(hidden):
+            block = [nn.Linear(width, h)] + ([nn.BatchNorm1d(h)] if batch_norm else []) + [_activation(activation)]
+            layers.extend([Residual(*block)] if residual and i > 0 and h == width else block)
             width = h
         layers.append(nn.Linear(width, num_classes))
         super().__init__(*layers)

@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["confusion_matrix", "function_grid", "history", "image_grid", "optimizer_paths", "png_bytes",
-           "training_curves"]
+__all__ = ["confusion_matrix", "function_grid", "gradient_inspection", "history", "image_grid", "optimizer_paths",
+           "png_bytes", "training_curves"]
 
 
 def _display_figures_in_ipython() -> None:
@@ -214,4 +214,69 @@ def training_curves(records: Sequence[Mapping], live: Mapping[str, Sequence[floa
             ax.legend(fontsize="small")
     if records or (live and live.get("x")):
         ax_loss.set_yscale("log")
+    return fig
+
+
+def gradient_inspection(record, layer: int = 0, index: int = -1, *, fig=None, healthy_update: float = 1e-3) -> Figure:
+    """Six panels of a :class:`maaskit.diagnostics.Record` for weight tensor ``layer`` at record
+    ``index``: its gradient histogram, the gradient flow through all layers, the update/weight
+    ratios; over time, the histograms of its gradient and of the activation it feeds (fastai's
+    "colorful dimension"), and that activation's dead or saturated fraction."""
+    fig = fig or Figure(figsize=(12.5, 6.4), layout="constrained")
+    axes = fig.subplots(2, 3)
+    r = record
+    if not len(r):
+        raise ValueError("nothing recorded yet: train with the monitor for at least one step")
+    index = index % len(r)
+    step, name = r.steps[index], r.layers[layer]
+    lo, hi = r.grad_range
+    edges = np.linspace(lo, hi, r.grad_hist.shape[-1] + 1)
+
+    ax = axes[0, 0]
+    ax.stairs(r.grad_hist[0, layer], edges, color="0.6", label=f"step {r.steps[0]}")
+    ax.stairs(r.grad_hist[index, layer], edges, fill=True, alpha=0.7, color="C0", label=f"step {step}")
+    ax.set(title=f"{name}: gradient histogram", xlabel="log10 |grad|", ylabel="fraction of entries")
+    ax.legend(fontsize="small")
+
+    ax = axes[0, 1]
+    flow = np.maximum(r.grad_abs_mean[index], 1e-30)
+    ax.bar(range(len(flow)), flow, color=["C3" if j == layer else "C0" for j in range(len(flow))])
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(flow)), [n.removesuffix(".weight") for n in r.layers], rotation=90, fontsize="x-small")
+    ax.set(title=f"gradient flow at step {step}", ylabel="mean |grad|")
+
+    ax = axes[0, 2]
+    for j in range(len(r.layers)):
+        ax.plot(r.steps, np.maximum(r.update_ratio[:, j], 1e-12), color="C3" if j == layer else "0.7",
+                lw=2 if j == layer else 0.8, zorder=3 if j == layer else 2)
+    ax.axhline(healthy_update, ls="--", color="k", lw=0.8, label=f"rule of thumb {healthy_update:g}")
+    ax.axvline(step, color="C1", lw=0.8)
+    ax.set_yscale("log")
+    ax.set(title="update / weight per step", xlabel="step")
+    ax.legend(fontsize="small")
+
+    def heat(ax, hist, extent, title, ylabel):
+        ax.imshow(np.log10(hist.T + 1e-4), origin="lower", aspect="auto", extent=extent, cmap="viridis",
+                  vmin=-4, vmax=0)
+        ax.axvline(step, color="w", lw=0.8)
+        ax.set(title=title, xlabel="step", ylabel=ylabel)
+
+    x0, x1 = r.steps[0], r.steps[-1] + max(1, (r.steps[-1] - r.steps[0]) // max(len(r) - 1, 1))
+    heat(axes[1, 0], r.grad_hist[:, layer], (x0, x1, lo, hi), f"{name}: log10 |grad| over time", "log10 |grad|")
+    act = r.activation_after[layer]
+    if act is None:
+        for ax in axes[1, 1:]:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, "no activation after this layer", ha="center", va="center", transform=ax.transAxes)
+    else:
+        a_lo, a_hi = r.activation_ranges[act]
+        heat(axes[1, 1], r.act_hist[:, act], (x0, x1, a_lo, a_hi),
+             f"{r.activations[act]} ({r.activation_kinds[act]}): outputs over time", "output")
+        ax = axes[1, 2]
+        ax.plot(r.steps, r.act_inactive[:, act], color="C3")
+        ax.axvline(step, color="C1", lw=0.8)
+        what = "dead" if r.activation_kinds[act] == "relu" else "saturated"
+        ax.set(title=f"{r.activations[act]}: fraction {what}", xlabel="step", ylim=(-0.02, 1.02))
+    for ax in axes.flat:
+        ax.grid(alpha=0.2)
     return fig

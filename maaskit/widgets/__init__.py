@@ -2,6 +2,7 @@
 and falls back to a static figure and text where no widget front end is running."""
 
 from .dashboard import TrainingDashboard
+from .inspector import GradientInspector
 from .playground import OptimizerPlayground
 
-__all__ = ["OptimizerPlayground", "TrainingDashboard"]
+__all__ = ["GradientInspector", "OptimizerPlayground", "TrainingDashboard"]

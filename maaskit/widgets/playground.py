@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import html
 import math
@@ -11,6 +10,7 @@ import ipywidgets as w
 
 from .. import plots
 from ..surfaces import OPTIMIZERS, SURFACES, make_optimizer, run_path
+from .debounce import Debouncer
 
 __all__ = ["OptimizerPlayground"]
 
@@ -31,10 +31,9 @@ class OptimizerPlayground:
         unknown = [o for o in optimizers if o not in OPTIMIZERS]
         if unknown:
             raise ValueError(f"unknown optimizer(s) {', '.join(map(repr, unknown))}; expected any of {', '.join(OPTIMIZERS)}")
-        self.debounce = debounce
+        self._redraw = Debouncer(self.render, debounce)
         self.renders = 0  # how many times the figure was drawn (tests and curious learners)
         self.paths = []
-        self._pending = None
         self._quiet = False
 
         style = {"description_width": "110px"}
@@ -87,21 +86,8 @@ class OptimizerPlayground:
         self._schedule()
 
     def _schedule(self, _change=None):
-        """Redraw once the controls have been still for ``debounce`` seconds.
-
-        Dragging a slider sends a stream of changes; each would otherwise cost a full
-        redraw. Without a running event loop (tests, scripts) redraw at once.
-        """
-        if self._quiet:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.render()
-            return
-        if self._pending is not None:
-            self._pending.cancel()
-        self._pending = loop.call_later(self.debounce, self.render)
+        if not self._quiet:
+            self._redraw()
 
     # --- drawing --------------------------------------------------------------------------
 
@@ -115,7 +101,6 @@ class OptimizerPlayground:
                 for name in self.optimizers_w.value]
 
     def render(self):
-        self._pending = None
         surface = SURFACES[self.surface_w.value]
         self.paths = self.run()
         title = f"{surface.name}, learning rate {self.lr_w.value:.2g}"

@@ -1,0 +1,98 @@
+"""GradientInspector: browse what a GradientMonitor recorded, layer by layer and step by step."""
+
+from __future__ import annotations
+
+import base64
+import html
+
+import ipywidgets as w
+
+from .. import plots
+from ..diagnostics import GradientMonitor
+from .debounce import Debouncer
+
+__all__ = ["GradientInspector"]
+
+
+class GradientInspector:
+    """A run dropdown (when given several monitors), a layer dropdown and a step slider over
+    six panels (see :func:`maaskit.plots.gradient_inspection`), with the monitor's diagnosis.
+
+    ``GradientInspector(monitor)`` or ``GradientInspector({"sigmoid": m1, "relu": m2})``.
+    Headless it shows one still picture and the diagnosis as text.
+    """
+
+    def __init__(self, monitors, *, run: str | None = None, layer: int = 0, debounce: float = 0.15):
+        if isinstance(monitors, GradientMonitor):
+            monitors = {"run": monitors}
+        if not monitors:
+            raise ValueError("give at least one GradientMonitor")
+        empty = [name for name, m in monitors.items() if not len(m.record)]
+        if empty:
+            raise ValueError(f"nothing recorded yet for {', '.join(empty)}: train with the monitor first")
+        self.monitors = dict(monitors)
+        self.renders = 0
+        self._redraw = Debouncer(self.render, debounce)
+        style, layout = {"description_width": "60px"}, w.Layout(width="420px")
+        self.run_w = w.Dropdown(options=list(self.monitors), value=run or next(iter(self.monitors)),
+                                description="run", style=style, layout=layout)
+        self.layer_w = w.Dropdown(description="layer", style=style, layout=layout)
+        self.step_w = w.SelectionSlider(options=[0], description="step", style=style,
+                                        layout=w.Layout(width="520px"), continuous_update=True)
+        self.image = w.Image(format="png", layout=w.Layout(width="1000px"))
+        self.messages = w.HTML()
+        self.messages.add_class("maaskit-diagnosis")
+        self._quiet = False
+        self._set_run(layer)
+        self.run_w.observe(lambda _: (self._set_run(0), self._redraw()), names="value")
+        self.layer_w.observe(self._changed, names="value")
+        self.step_w.observe(self._changed, names="value")
+        controls = w.HBox([self.run_w, self.layer_w, self.step_w]) if len(self.monitors) > 1 else \
+            w.HBox([self.layer_w, self.step_w])
+        self.widget = w.VBox([controls, self.image, self.messages])
+        self.widget.add_class("maaskit-gradient-inspector")
+        self.render()
+
+    @property
+    def monitor(self) -> GradientMonitor:
+        return self.monitors[self.run_w.value]
+
+    def _set_run(self, layer: int):
+        record = self.monitor.record
+        self._quiet = True  # new options move the values: one redraw afterwards, not one per change
+        try:
+            self.layer_w.options = [(name, j) for j, name in enumerate(record.layers)]
+            self.layer_w.value = layer % len(record.layers)
+            self.step_w.options = [int(s) for s in record.steps]
+            self.step_w.value = self.step_w.options[-1]
+        finally:
+            self._quiet = False
+
+    def _changed(self, _change=None):
+        if not self._quiet:
+            self._redraw()
+
+    def render(self):
+        record = self.monitor.record
+        index = list(record.steps).index(self.step_w.value)
+        self.figure = plots.gradient_inspection(record, self.layer_w.value, index)
+        self.image.value = plots.png_bytes(self.figure, dpi=72)
+        self.messages.value = self._messages_html()
+        self.renders += 1
+
+    def _messages_html(self) -> str:
+        found = self.monitor.diagnose()
+        if not found:
+            return f"<b>{html.escape(self.run_w.value)}</b>: nothing wrong seen."
+        items = "".join(f"<li>{html.escape(m)}</li>" for m in found)
+        return f"<b>{html.escape(self.run_w.value)}</b>:<ul style='margin:0'>{items}</ul>"
+
+    def __str__(self) -> str:
+        found = self.monitor.diagnose()
+        return f"{self.run_w.value}: " + ("nothing wrong seen" if not found else "\n  " + "\n  ".join(found))
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})
+        bundle["image/png"] = base64.b64encode(bytes(self.image.value)).decode("ascii")
+        bundle["text/plain"] = str(self)
+        return bundle
