@@ -13,7 +13,7 @@ Use it as a ``fit()`` callback, or around a loop of your own::
         for step, (x, y) in enumerate(batches):
             monitor.start_step(step)          # before the forward pass
             ...forward, backward, optimizer.step()...
-            monitor.end_step()                # after the optimizer step
+            monitor.end_step(loss)            # after the optimizer step
     print(monitor.diagnose())
 """
 
@@ -48,6 +48,7 @@ class Record:
     """Everything recorded, as NumPy arrays: R records x P weight tensors (or A activations)."""
 
     steps: np.ndarray          # R
+    loss: np.ndarray           # R: the batch's loss (NaN where not given)
     layers: list[str]          # P weight tensors, input side first
     numel: np.ndarray          # P
     grad_norm: np.ndarray      # R x P
@@ -140,8 +141,8 @@ class GradientMonitor(Callback):
             self._before = [p.detach().clone() for _, p in self.weights]
             self._acts = {}
 
-    def end_step(self) -> None:
-        """Call after ``optimizer.step()``: the gradients are still in ``.grad``."""
+    def end_step(self, loss: torch.Tensor | None = None) -> None:
+        """Call after ``optimizer.step()`` (the gradients are still in ``.grad``), with the batch's loss."""
         if self._step is None:
             return
         stats, hists = [], []
@@ -156,7 +157,8 @@ class GradientMonitor(Callback):
         acts = [self._acts.get(i) for i in range(len(self.activation_modules))]
         empty = torch.zeros(3 + self.bins, device=stats[0].device)
         acts = torch.stack([a.to(empty.device) if a is not None else empty for a in acts]) if acts else None
-        self._pending.append((self._step, torch.stack(stats), torch.stack(hists), acts))
+        loss = loss.detach().float().reshape(()) if loss is not None else torch.full((), float("nan"))
+        self._pending.append((self._step, torch.stack(stats), torch.stack(hists), acts, loss))
         self._record = None
         self._step, self._before = None, []
 
@@ -184,7 +186,7 @@ class GradientMonitor(Callback):
         self.start_step(run.step)
 
     def on_batch_end(self, run):
-        self.end_step()
+        self.end_step(run.loss)
 
     def on_fit_end(self, run):
         self.close()
@@ -201,15 +203,16 @@ class GradientMonitor(Callback):
     def _materialize(self) -> Record:
         P, A, B = len(self.weights), len(self.activation_modules), self.bins
         steps = np.array([s for s, *_ in self._pending], dtype=np.int64)
-        stats = np.stack([s.cpu().numpy() for _, s, _, _ in self._pending]) if self._pending else np.zeros((0, P, 6))
-        ghist = np.stack([h.cpu().numpy() for _, _, h, _ in self._pending]) if self._pending else np.zeros((0, P, B))
+        stats = np.stack([s.cpu().numpy() for _, s, *_ in self._pending]) if self._pending else np.zeros((0, P, 6))
+        ghist = np.stack([h.cpu().numpy() for _, _, h, *_ in self._pending]) if self._pending else np.zeros((0, P, B))
+        loss = np.array([float(value.cpu()) for *_, value in self._pending])
         if A and self._pending:
-            acts = np.stack([a.cpu().numpy() for *_, a in self._pending])
+            acts = np.stack([a.cpu().numpy() for *_, a, _ in self._pending])
         else:
             acts = np.zeros((len(steps), A, 3 + B))
         numel = np.array([p.numel() for _, p in self.weights])
         return Record(
-            steps=steps, layers=[n for n, _ in self.weights], numel=numel,
+            steps=steps, loss=loss, layers=[n for n, _ in self.weights], numel=numel,
             grad_norm=stats[..., 0], grad_mean=stats[..., 1], grad_std=stats[..., 2], grad_abs_mean=stats[..., 3],
             weight_norm=stats[..., 4], update_ratio=stats[..., 5], grad_hist=ghist, grad_range=_GRAD_LOG_RANGE,
             activations=[n for n, *_ in self.activation_modules],
@@ -231,14 +234,18 @@ class GradientMonitor(Callback):
         """The global gradient norm (what ``clip_grad_norm_`` clips) at each record."""
         return np.sqrt((self.record.grad_norm ** 2).sum(axis=1))
 
-    def diagnose(self, last: int = 5, *, vanishing: float = 1e-2, exploding: float = 10.0,
-                 inactive: float = 0.5) -> list[str]:
+    def diagnose(self, last: int = 5, *, vanishing: float = 1e-2, exploding: float = 5.0,
+                 exploding_update: float = 0.1, inactive: float = 0.5) -> list[str]:
         """Plain-language warnings (an empty list: nothing wrong seen).
 
         Explosions are looked for over the whole run (they happen once and leave the damage);
         vanishing gradients and dead or saturated units over the last ``last`` records. The
-        thresholds are the ones notebook 05 measures: a flow ratio under ``vanishing``, a global
-        gradient norm growing ``exploding`` times its first value, over ``inactive`` of a layer's units.
+        thresholds come from notebook 05's measurements, each about 2x away from the cases on
+        either side: a flow ratio under ``vanishing``; a global gradient norm growing
+        ``exploding`` times its first value *and* an update larger than ``exploding_update`` of a
+        layer's weights (a deep net whose gradients start tiny sees them grow 80x as it learns,
+        with updates under 6%; a too-high learning rate gives 9-16x and 27-48%); over
+        ``inactive`` of a layer's units dead or saturated.
         """
         r = self.record
         if not len(r):
@@ -246,16 +253,17 @@ class GradientMonitor(Callback):
         out = []
         bad = ~np.isfinite(r.grad_norm)
         total = self.grad_total_norm()
+        updates = np.nan_to_num(r.update_ratio, nan=0.0)
         if bad.any():
             i, j = np.argwhere(bad)[0]
             out.append(f"exploding gradients: the gradient of {r.layers[j]!r} became NaN or infinite at step "
                        f"{r.steps[i]}; training has diverged — lower the learning rate or clip the gradient norm")
-        elif len(r) > 1 and total[0] > 0 and total.max() > exploding * total[0]:
+        elif total[0] > 0 and total.max() > exploding * total[0] and updates.max() > exploding_update:
             i = int(np.argmax(total))
-            j = int(np.argmax(r.grad_norm[i] / np.maximum(r.grad_norm[0], 1e-30)))
+            k, j = np.unravel_index(np.argmax(updates), updates.shape)
             out.append(f"exploding gradients: the gradient norm grew {total[i] / total[0]:.0f}x to {total[i]:.3g} by "
-                       f"step {r.steps[i]}, fastest in {r.layers[j]!r} — lower the learning rate or clip the "
-                       "gradient norm")
+                       f"step {r.steps[i]}, and one step changed {r.layers[j]!r} by {updates[k, j]:.0%} of its size "
+                       f"(healthy is about {UPDATE_RATIO_HEALTHY:g}) — lower the learning rate or clip the gradient norm")
         ratio = self.flow_ratio(last)
         if ratio == 0:
             out.append(f"no gradient reaches the first layer {r.layers[0]!r} at all: units in between are dead")

@@ -179,3 +179,36 @@ def test_training_dashboard_trains_and_stops_in_jupyterlab(page, lab):
     assert_ran_cleanly(page)
     (ARTIFACTS / "04_timings.json").write_text(json.dumps(timings, indent=1))
     print("browser timings:", timings)
+
+
+def test_gradient_inspector_follows_the_step_slider_in_jupyterlab(page, lab):
+    kernel, timings = open_and_run_all(page, lab, "05_inspecting_gradients.ipynb")
+    assert_ran_cleanly(page)
+    inspector = page.locator(".maaskit-gradient-inspector").first
+    inspector.scroll_into_view_if_needed()
+    image = inspector.locator("img")
+    image.wait_for(timeout=30_000)
+    diagnosis = inspector.locator(".maaskit-diagnosis")
+    page.wait_for_function("el => el.innerText.includes('vanishing gradients')", arg=diagnosis.element_handle(),
+                           timeout=30_000)  # the first run shown is the sigmoid net
+    before = image.get_attribute("src")
+    slider = inspector.locator(".widget-hslider", has_text="step")
+    readout = slider.locator(".widget-readout")
+    assert readout.inner_text().strip() == "405"  # the last record: 41 steps x 10 epochs, every 5th
+    page.screenshot(path=str(ARTIFACTS / "05_inspector_before.png"))
+
+    box = slider.locator(".noUi-handle").bounding_box()
+    start = time.monotonic()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] - 200, box["y"] + box["height"] / 2, steps=10)  # drag towards the first steps
+    page.mouse.up()
+    page.wait_for_function("([img, old]) => img.getAttribute('src') !== old", arg=[image.element_handle(), before],
+                           timeout=30_000)
+    timings["redraw_after_drag_s"] = round(time.monotonic() - start, 2)
+    lab.wait_idle(kernel, timeout=60)
+    assert int(readout.inner_text()) < 405
+    page.screenshot(path=str(ARTIFACTS / "05_inspector_after.png"))
+    assert_ran_cleanly(page)
+    (ARTIFACTS / "05_timings.json").write_text(json.dumps(timings, indent=1))
+    print("browser timings:", timings)

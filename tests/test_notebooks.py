@@ -28,7 +28,8 @@ def run(name: str, tag: str, **parameters) -> dict:
 
 
 def test_every_notebook_is_covered_here():
-    tested = {"01_forward_pass.ipynb", "02_backpropagation.ipynb", "03_optimizers.ipynb", "04_training_cnns.ipynb"}
+    tested = {"01_forward_pass.ipynb", "02_backpropagation.ipynb", "03_optimizers.ipynb", "04_training_cnns.ipynb",
+              "05_inspecting_gradients.ipynb"}
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == tested
 
 
@@ -138,3 +139,27 @@ def test_04_training_cnns_other_parameters(tmp_path):
             min_test_accuracy=0.85, tutorial_batches=20, save_to=str(tmp_path / "mlp"))
     assert m["model"] == "mlp" and m["epochs"] == 12 and m["test_accuracy"] >= 0.85
     check_training(m, tmp_path / "mlp")
+
+
+def check_gradients(m):
+    flow, accuracy = m["flow_ratio"], m["test_accuracy"]
+    assert flow["sigmoid"] < 1e-4 and m["sigmoid_shrink_per_layer"] < 0.25
+    assert min(flow["ReLU + batch norm"], flow["residual"]) > 1e-1
+    assert accuracy["sigmoid"] < 0.3 and min(accuracy["ReLU + batch norm"], accuracy["residual"]) > 0.9
+    assert m["diagnosis"]["sigmoid"][0].startswith("vanishing gradients")
+    assert not any("vanishing" in d for d in m["diagnosis"]["ReLU + batch norm"] + m["diagnosis"]["residual"])
+    unclipped, clipped = m["exploding_diagnosis"].values()
+    assert unclipped[0].startswith("exploding gradients") and not any("exploding" in d for d in clipped)
+
+
+def test_05_inspecting_gradients_defaults():
+    m = run("05_inspecting_gradients.ipynb", "defaults")
+    check_gradients(m)
+    assert m["depth"] == 8 and m["records"] == 82  # 41 steps x 10 epochs, every 5th
+    assert m["flow_ratio"]["sigmoid"] < 1e-6  # measured 3.3e-7
+
+
+def test_05_inspecting_gradients_other_parameters():
+    m = run("05_inspecting_gradients.ipynb", "seed1-depth6", seed=1, depth=6, every=10, model_path="no-such-model")
+    check_gradients(m)
+    assert m["depth"] == 6 and m["records"] == 41
