@@ -78,10 +78,37 @@ def open_and_run_all(page, lab, notebook: str) -> tuple[str, dict]:
     lab.wait_idle(kernel, timeout=120)
     timings["open_s"] = round(time.monotonic() - start, 1)
     before = lab.api(f"kernels/{kernel}")["last_activity"]
+    start = time.monotonic()
     # Not awaited on purpose: the REST API, not the page, says when the kernel is done.
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-    timings["run_all_s"] = round(lab.wait_idle(kernel, since=before, timeout=600), 1)
+    lab.wait_idle(kernel, since=before, timeout=600)
+    # Idle between two cells is not done: a loaded machine can leave the front end seconds
+    # behind the kernel. Done is no cell queued or running ([*]), and the kernel idle after that.
+    page.wait_for_function(
+        "() => ![...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
+        ".some(e => e.textContent.includes('*'))", timeout=600_000)
+    lab.wait_idle(kernel, timeout=120)
+    timings["run_all_s"] = round(time.monotonic() - start, 1)
     return kernel, timings
+
+
+def run_and_find(page, lab, notebook: str, widget_css: str):
+    """Run all of ``notebook``, check it ran cleanly, and scroll to the first widget of that class."""
+    kernel, timings = open_and_run_all(page, lab, notebook)
+    assert_ran_cleanly(page)
+    widget = page.locator(widget_css).first
+    widget.scroll_into_view_if_needed()
+    return kernel, timings, widget
+
+
+def drag(page, slider, dx: float) -> None:
+    """Drag an ipywidgets slider's handle ``dx`` pixels, as a hand would: a stream of values."""
+    box = slider.locator(".noUi-handle").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] / 2, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + dx, y, steps=10)
+    page.mouse.up()
 
 
 def assert_ran_cleanly(page):
@@ -92,11 +119,7 @@ def assert_ran_cleanly(page):
 
 
 def test_optimizer_playground_responds_in_jupyterlab(page, lab):
-    kernel, timings = open_and_run_all(page, lab, "03_optimizers.ipynb")
-    assert_ran_cleanly(page)
-
-    playground = page.locator(".maaskit-optimizer-playground")
-    playground.scroll_into_view_if_needed()
+    kernel, timings, playground = run_and_find(page, lab, "03_optimizers.ipynb", ".maaskit-optimizer-playground")
     image = playground.locator("img")
     image.wait_for(timeout=30_000)
     before = image.get_attribute("src")
@@ -105,12 +128,8 @@ def test_optimizer_playground_responds_in_jupyterlab(page, lab):
     slider = playground.locator(".widget-hslider", has_text="learning rate")
     readout = slider.locator(".widget-readout")
     old_lr = readout.inner_text()
-    box = slider.locator(".noUi-handle").bounding_box()
     start = time.monotonic()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.mouse.down()
-    page.mouse.move(box["x"] + 60, box["y"] + box["height"] / 2, steps=8)  # a drag: a stream of values
-    page.mouse.up()
+    drag(page, slider, 60)
     page.wait_for_function("([img, old]) => img.getAttribute('src') !== old", arg=[image.element_handle(), before],
                            timeout=30_000)
     timings["redraw_after_drag_s"] = round(time.monotonic() - start, 2)
@@ -131,10 +150,7 @@ def dashboard_step(dashboard) -> int:
 
 
 def test_training_dashboard_trains_and_stops_in_jupyterlab(page, lab):
-    kernel, timings = open_and_run_all(page, lab, "04_training_cnns.ipynb")
-    assert_ran_cleanly(page)
-    dashboard = page.locator(".maaskit-training-dashboard")
-    dashboard.scroll_into_view_if_needed()
+    kernel, timings, dashboard = run_and_find(page, lab, "04_training_cnns.ipynb", ".maaskit-training-dashboard")
     status = dashboard.locator(".maaskit-status")
     # the notebook's own blocking fit ran to the end (the view renders a moment after scrolling)
     page.wait_for_function("el => el.innerText.endsWith('done')", arg=status.element_handle(), timeout=30_000)
@@ -182,10 +198,8 @@ def test_training_dashboard_trains_and_stops_in_jupyterlab(page, lab):
 
 
 def test_gradient_inspector_follows_the_step_slider_in_jupyterlab(page, lab):
-    kernel, timings = open_and_run_all(page, lab, "05_inspecting_gradients.ipynb")
-    assert_ran_cleanly(page)
-    inspector = page.locator(".maaskit-gradient-inspector").first
-    inspector.scroll_into_view_if_needed()
+    kernel, timings, inspector = run_and_find(page, lab, "05_inspecting_gradients.ipynb",
+                                              ".maaskit-gradient-inspector")
     image = inspector.locator("img")
     image.wait_for(timeout=30_000)
     diagnosis = inspector.locator(".maaskit-diagnosis")
@@ -197,12 +211,8 @@ def test_gradient_inspector_follows_the_step_slider_in_jupyterlab(page, lab):
     assert readout.inner_text().strip() == "405"  # the last record: 41 steps x 10 epochs, every 5th
     page.screenshot(path=str(ARTIFACTS / "05_inspector_before.png"))
 
-    box = slider.locator(".noUi-handle").bounding_box()
     start = time.monotonic()
-    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.mouse.down()
-    page.mouse.move(box["x"] - 200, box["y"] + box["height"] / 2, steps=10)  # drag towards the first steps
-    page.mouse.up()
+    drag(page, slider, -200)  # towards the first steps
     page.wait_for_function("([img, old]) => img.getAttribute('src') !== old", arg=[image.element_handle(), before],
                            timeout=30_000)
     timings["redraw_after_drag_s"] = round(time.monotonic() - start, 2)
