@@ -44,7 +44,7 @@ def pip_section(path: Path) -> tuple[dict[str, str], list[str]]:
         if line.startswith("-"):
             continue  # pip options (-e ., --extra-index-url)
         name, _, version = line.partition("==")
-        packages[norm(name)] = version
+        packages[norm(name.split("[")[0])] = version
     return packages, conda, pip
 
 

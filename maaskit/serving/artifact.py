@@ -17,7 +17,7 @@ import torch
 
 from ..models import MODELS, build_model
 
-__all__ = ["ArtifactError", "FORMAT", "load_artifact", "save_artifact"]
+__all__ = ["ArtifactError", "FORMAT", "load_artifact", "make_manifest", "save_artifact"]
 
 FORMAT = "maaskit-artifact/1"
 WEIGHTS, MANIFEST = "model.safetensors", "manifest.json"
@@ -35,20 +35,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_artifact(model: torch.nn.Module, directory, *, classes, mean, std, name: str | None = None,
-                  metrics: dict | None = None) -> Path:
-    """Write ``model`` (built by :func:`maaskit.build_model`) to ``directory`` and return the path."""
-    from safetensors.torch import save_file
-
+def make_manifest(model: torch.nn.Module, *, classes, mean, std, name: str | None = None,
+                  metrics: dict | None = None) -> dict:
+    """The manifest of ``model`` (built by :func:`maaskit.build_model`), without the weights' hash."""
     from .. import __version__
 
     config = getattr(model, "maaskit_config", None)
     if config is None:
-        raise ArtifactError("save_artifact needs a model made by maaskit.build_model (it records how to rebuild it)")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, directory / WEIGHTS)
+        raise ArtifactError("a served or saved model must come from maaskit.build_model (it records how to rebuild it)")
     c, h, w = config["in_shape"]
     manifest = {
         "format": FORMAT,
@@ -60,11 +54,24 @@ def save_artifact(model: torch.nn.Module, directory, *, classes, mean, std, name
         "normalization": {"scale": 1 / 255, "mean": list(mean), "std": list(std),
                           "note": "input = (uint8 pixels / 255 - mean) / std, per channel"},
         "versions": {"maaskit": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "weights": {"file": WEIGHTS, "sha256": _sha256(directory / WEIGHTS)},
         "metrics": metrics or {},
     }
     if len(manifest["classes"]) != config["num_classes"]:
         raise ArtifactError(f"{len(manifest['classes'])} class labels for a model with {config['num_classes']} outputs")
+    return manifest
+
+
+def save_artifact(model: torch.nn.Module, directory, *, classes, mean, std, name: str | None = None,
+                  metrics: dict | None = None) -> Path:
+    """Write ``model`` (built by :func:`maaskit.build_model`) to ``directory`` and return the path."""
+    from safetensors.torch import save_file
+
+    manifest = make_manifest(model, classes=classes, mean=mean, std=std, name=name, metrics=metrics)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, directory / WEIGHTS)
+    manifest["weights"] = {"file": WEIGHTS, "sha256": _sha256(directory / WEIGHTS)}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return directory
 

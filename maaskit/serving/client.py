@@ -1,0 +1,218 @@
+"""A client for inference endpoints: maaskit's own server, Triton, KServe, MLServer (V2) and
+TF Serving (V1). Arrays in, NumPy arrays out; the server's error message in every exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+
+from .protocol import HEADER_LENGTH, decode_tensor, encode_body, encode_tensor, split_body
+
+__all__ = ["Client", "EndpointError", "LoadTestResult", "load_test"]
+
+
+class EndpointError(RuntimeError):
+    """The endpoint answered with an error (``status`` set) or could not be reached (``status`` None)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+def _as_array(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
+class Client:
+    """``Client("http://127.0.0.1:8000")``; ``protocol="auto"`` asks ``/v2/health/ready`` and falls back to V1.
+
+    Connection errors and 503s are retried ``retries`` times with exponential back-off; a 4xx
+    never is (the request itself is wrong, and the exception carries the server's message).
+    """
+
+    def __init__(self, url: str, *, token: str | None = None, protocol: str = "auto", timeout: float = 30.0,
+                 retries: int = 3, backoff: float = 0.2):
+        if protocol not in ("auto", "v2", "v1"):
+            raise ValueError(f"protocol must be auto, v2 or v1, got {protocol!r}")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"the endpoint URL must start with http:// or https://, got {url!r}")
+        self.url, self.retries, self.backoff = url.rstrip("/"), retries, backoff
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._protocol = None if protocol == "auto" else protocol
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kw) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._http.request(method, path, **kw)
+            except httpx.TransportError as err:
+                if attempt == self.retries:
+                    raise EndpointError(f"cannot reach {self.url}{path}: {type(err).__name__}: {err}") from None
+            else:
+                if response.status_code != 503 or attempt == self.retries:
+                    if response.status_code >= 400:
+                        raise EndpointError(f"{method} {path} -> {response.status_code}: {_message(response)}",
+                                            response.status_code)
+                    return response
+            time.sleep(self.backoff * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    @property
+    def protocol(self) -> str:
+        if self._protocol is None:
+            try:
+                self._request("GET", "/v2/health/ready")
+                self._protocol = "v2"
+            except EndpointError as err:
+                if err.status is None:
+                    raise
+                self._protocol = "v1"
+        return self._protocol
+
+    # --- the API --------------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return self._request("GET", "/v2/health/live").status_code == 200
+
+    def ready(self) -> bool:
+        return self._request("GET", "/v2/health/ready").status_code == 200
+
+    def models(self) -> list[str]:
+        """Model names (Triton's and maaskit's repository index)."""
+        return sorted({m["name"] for m in self._request("POST", "/v2/repository/index").json()})
+
+    def metadata(self, model: str, version: str | None = None) -> dict:
+        if self.protocol == "v1":
+            return self._request("GET", f"/v1/models/{model}" + (f"/versions/{version}" if version else "")).json()
+        return self._request("GET", _v2_path(model, version)).json()
+
+    def infer(self, model: str, inputs, *, version: str | None = None, binary: bool = False,
+              outputs: list[str] | None = None, request_id: str | None = None) -> dict[str, np.ndarray]:
+        """Run ``model`` on ``inputs`` — an array (for a one-input model) or ``{name: array}`` —
+        and return ``{output name: array}``. ``binary=True`` uses Triton's binary tensor format."""
+        if self.protocol == "v1":
+            array = _as_array(next(iter(inputs.values())) if isinstance(inputs, dict) else inputs)
+            path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":predict"
+            reply = self._request("POST", path, json={"instances": array.tolist()}).json()
+            return {"predictions": np.asarray(reply["predictions"])}
+        if not isinstance(inputs, dict):
+            meta = self.metadata(model, version)
+            inputs = {meta["inputs"][0]["name"]: inputs}
+        specs, chunks = zip(*(encode_tensor(name, _as_array(x), binary=binary) for name, x in inputs.items()))
+        header = {"inputs": list(specs)}
+        if request_id is not None:
+            header["id"] = request_id
+        if outputs or binary:
+            names = outputs or [o["name"] for o in self.metadata(model, version)["outputs"]]
+            header["outputs"] = [{"name": n, "parameters": {"binary_data": binary}} for n in names]
+        body, headers = encode_body(header, list(chunks))
+        response = self._request("POST", _v2_path(model, version) + "/infer", content=body, headers=headers)
+        reply, raw = split_body(response.content, response.headers.get(HEADER_LENGTH))
+        result, offset = {}, 0
+        for spec in reply["outputs"]:
+            result[spec["name"]], offset = decode_tensor(spec, memoryview(raw), offset)
+        return result
+
+    def predict(self, model: str, images, *, top_k: int = 3, version: str | None = None) -> list[list[tuple]]:
+        """Class labels and probabilities, best first, for each image (uint8 pixels N x C x H x W,
+        or normalized floats)."""
+        images = _as_array(images)
+        meta = self.metadata(model, version)
+        classes = (meta.get("parameters") or {}).get("classes")
+        if images.dtype not in (np.uint8, np.float32):
+            images = images.astype(np.float32)
+        logits = next(iter(self.infer(model, images, version=version).values()))
+        z = logits - logits.max(axis=1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        top = np.argsort(-probs, axis=1)[:, :top_k]
+        return [[(classes[j] if classes else int(j), float(p[j])) for j in row] for p, row in zip(probs, top)]
+
+    def close(self):
+        self._http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _v2_path(model: str, version: str | None) -> str:
+    return f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text))
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+
+
+@dataclass
+class LoadTestResult:
+    requests: int
+    failures: int
+    seconds: float
+    latencies_ms: list[float]
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+    def __repr__(self):
+        return (f"LoadTestResult({self.requests} requests, {self.failures} failed, {self.requests_per_s:,.0f} req/s, "
+                f"p50 {self.percentile(50):.1f} ms, p95 {self.percentile(95):.1f} ms, p99 {self.percentile(99):.1f} ms)")
+
+
+def load_test(url: str, model: str, images, *, requests: int = 200, concurrency: int = 8,
+              token: str | None = None, timeout: float = 30.0) -> LoadTestResult:
+    """Send ``requests`` V2 requests of one image each, ``concurrency`` at a time; bounded, it stops by itself."""
+    images = _as_array(images)
+    if requests < 1 or concurrency < 1:
+        raise ValueError("requests and concurrency must be at least 1")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with Client(url, token=token, protocol="v2", timeout=timeout) as client:
+        input_name = client.metadata(model)["inputs"][0]["name"]
+
+    async def run():
+        latencies, failures = [], 0
+        queue = asyncio.Queue()
+        for i in range(requests):
+            queue.put_nowait(i)
+
+        async def worker(http):
+            nonlocal failures
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                spec, _ = encode_tensor(input_name, images[i % len(images)][None])
+                start = time.perf_counter()
+                try:
+                    response = await http.post(f"/v2/models/{model}/infer", json={"inputs": [spec]})
+                    ok = response.status_code == 200
+                except httpx.TransportError:
+                    ok = False
+                latencies.append((time.perf_counter() - start) * 1000)
+                failures += not ok
+
+        async with httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as http:
+            start = time.perf_counter()
+            await asyncio.gather(*(worker(http) for _ in range(min(concurrency, requests))))
+            return LoadTestResult(requests, failures, time.perf_counter() - start, latencies)
+
+    with ThreadPoolExecutor(1) as pool:  # its own event loop: works inside Jupyter's running one too
+        return pool.submit(asyncio.run, run()).result()
+

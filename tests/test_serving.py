@@ -1,0 +1,318 @@
+"""The inference server for real on 127.0.0.1: V2 and V1, binary tensors, errors, auth, limits,
+dynamic batching, versions, metrics; maaskit's client and NVIDIA's tritonclient against it;
+``maaskit serve`` and ``maaskit predict`` as subprocesses."""
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+import maaskit
+from maaskit.serving.artifact import save_artifact
+from maaskit.serving.batching import DynamicBatcher
+from maaskit.serving.client import Client, EndpointError, load_test
+from maaskit.serving.protocol import ProtocolError, decode_tensor, encode_body, encode_tensor, split_body
+from maaskit.serving.server import serve
+
+from labserver import free_port
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return maaskit.load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def artifact(digits, tmp_path_factory):
+    maaskit.seed_everything(0)
+    model = maaskit.build_model("lenet", digits.in_shape, digits.num_classes)
+    path = save_artifact(model, tmp_path_factory.mktemp("art") / "lenet", classes=digits.classes, mean=digits.mean,
+                         std=digits.std, name="digits")
+    return path, model.eval()
+
+
+@pytest.fixture(scope="module")
+def server(artifact):
+    with serve(artifact[0], max_delay_ms=20) as running:
+        yield running
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+
+
+def local_logits(model, x):
+    with torch.no_grad():
+        return model(torch.as_tensor(x)).numpy()
+
+
+def infer_body(x, datatype="FP32", name="input", **extra):
+    return {"inputs": [{"name": name, "datatype": datatype, "shape": list(x.shape), "data": x.reshape(-1).tolist()}],
+            **extra}
+
+
+# --- the protocol codecs ----------------------------------------------------------------------
+
+def test_tensors_round_trip_as_json_and_as_binary():
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    for binary in (False, True):
+        spec, raw = encode_tensor("t", x, binary=binary)
+        body, headers = encode_body({"inputs": [spec]}, [raw])
+        header, rest = split_body(body, headers.get("Inference-Header-Content-Length"))
+        y, offset = decode_tensor(header["inputs"][0], memoryview(rest))
+        assert np.array_equal(x, y) and y.dtype == np.float32 and offset == len(rest)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"name": "t", "datatype": "FP128", "shape": [1], "data": [1]}, "datatype 'FP128' is not one of"),
+    ({"name": "t", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3]}, r"shape \[2, 2\] needs 4 values"),
+    ({"name": "t", "datatype": "FP32", "shape": [-1], "data": [1]}, "non-negative integers"),
+    ({"name": "t", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}, "8 bytes announced, 0 left"),
+    ({"name": "t", "datatype": "INT32", "shape": [1], "data": ["x"]}, "data is not INT32"),
+])
+def test_bad_tensors_say_what_was_expected(spec, message):
+    with pytest.raises(ProtocolError, match=message):
+        decode_tensor(spec)
+
+
+# --- dynamic batching ---------------------------------------------------------------------------
+
+def test_concurrent_requests_share_a_forward_pass_and_get_their_own_rows():
+    sizes = []
+
+    async def main():
+        batcher = DynamicBatcher(lambda x: x * 10, max_batch_size=6, max_delay_ms=50,
+                                 on_batch=lambda n, _s: sizes.append(n))
+        rows = [np.full((1, 2), i, dtype=np.float32) for i in range(8)]
+        out = await asyncio.gather(*(batcher.submit(r) for r in rows))
+        await batcher.close()
+        return rows, out
+
+    rows, out = asyncio.run(main())
+    assert all(np.array_equal(o, r * 10) for r, o in zip(rows, out))
+    assert sizes == [6, 2]  # full at 6, then the rest after the delay
+
+
+def test_a_failing_forward_fails_every_request_of_its_batch():
+    def boom(_x):
+        raise RuntimeError("out of memory")
+
+    async def main():
+        batcher = DynamicBatcher(boom, max_delay_ms=20)
+        results = await asyncio.gather(*(batcher.submit(np.zeros((1, 2))) for _ in range(3)), return_exceptions=True)
+        await batcher.close()
+        return results
+
+    assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
+
+
+# --- V2 -------------------------------------------------------------------------------------------
+
+def test_v2_health_server_and_model_metadata(http):
+    assert http.get("/v2/health/live").json() == {"live": True}
+    assert http.get("/v2/health/ready").json() == {"ready": True}
+    assert "binary_tensor_data" in http.get("/v2").json()["extensions"]
+    meta = http.get("/v2/models/digits").json()
+    assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 8, 8]}]
+    assert meta["outputs"] == [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}]
+    assert http.get("/v2/models/digits/versions/1").json()["versions"] == ["1"]
+    assert http.get("/v2/models/digits/ready").status_code == 200
+    assert http.post("/v2/repository/index").json() == [{"name": "digits", "version": "1", "state": "READY"}]
+
+
+def test_v2_infer_matches_the_model_for_floats_and_for_pixels(http, artifact, digits):
+    _, model = artifact
+    pixels = digits.test.x[:5].numpy()
+    x = digits.normalize(digits.test.x[:5]).numpy()
+    reply = http.post("/v2/models/digits/infer", json=infer_body(x, id="req-7")).json()
+    assert reply["id"] == "req-7" and reply["model_name"] == "digits" and reply["model_version"] == "1"
+    out = reply["outputs"][0]
+    assert out["name"] == "logits" and out["shape"] == [5, 10]
+    expected = local_logits(model, x)
+    np.testing.assert_allclose(np.reshape(out["data"], (5, 10)), expected, rtol=1e-5, atol=1e-5)
+    raw = http.post("/v2/models/digits/infer", json=infer_body(pixels, "UINT8")).json()["outputs"][0]["data"]
+    np.testing.assert_allclose(np.reshape(raw, (5, 10)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_v2_binary_tensors_and_classification(http, artifact, digits):
+    x = digits.normalize(digits.test.x[:3]).numpy()
+    spec, raw = encode_tensor("input", x, binary=True)
+    body, headers = encode_body({"inputs": [spec], "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]},
+                                [raw])
+    response = http.post("/v2/models/digits/infer", content=body, headers=headers)
+    header, rest = split_body(response.content, response.headers["Inference-Header-Content-Length"])
+    logits, _ = decode_tensor(header["outputs"][0], memoryview(rest))
+    np.testing.assert_allclose(logits, local_logits(artifact[1], x), rtol=1e-5, atol=1e-5)
+    top = http.post("/v2/models/digits/infer", json=infer_body(
+        x, outputs=[{"name": "logits", "parameters": {"classification": 2}}])).json()["outputs"][0]
+    assert top["datatype"] == "BYTES" and top["shape"] == [3, 2]
+    score, index, label = top["data"][0].split(":")
+    assert int(index) == int(logits[0].argmax()) and label == digits.classes[int(index)] and 0 < float(score) < 1
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (infer_body(np.zeros((1, 1, 8, 9), np.float32)), 400, r"must have shape \[N, 1, 8, 8\]"),
+    (infer_body(np.zeros((1, 1, 8, 8), np.int64), "INT64"), 400, "must be FP32 .* or UINT8"),
+    (infer_body(np.zeros((1, 1, 8, 8), np.float32), name="image"), 400, "one input named 'input', got 'image'"),
+    (infer_body(np.full((1, 1, 8, 8), np.inf, np.float32)), 400, "NaN or infinity"),
+    ({"inputs": []}, 400, "exactly one input"),
+    (infer_body(np.zeros((1, 1, 8, 8), np.float32), outputs=[{"name": "probs"}]), 400, "one output, 'logits'"),
+])
+def test_client_mistakes_get_a_400_that_says_what_was_expected(http, body, status, message):
+    response = http.post("/v2/models/digits/infer", content=json.dumps(body))  # (Python's json writes Infinity)
+    assert response.status_code == status
+    assert re.search(message, response.json()["error"]), response.json()
+
+
+def test_malformed_json_unknown_models_and_versions(http):
+    assert http.post("/v2/models/digits/infer", content=b"{nope").status_code == 400
+    missing = http.get("/v2/models/cats")
+    assert missing.status_code == 404 and "unknown model 'cats'; this server has: digits" in missing.json()["error"]
+    assert http.get("/v2/models/digits/versions/9").status_code == 404
+    assert http.post("/v2/models/cats/infer", json={}).status_code == 404
+
+
+# --- V1 -------------------------------------------------------------------------------------------
+
+def test_v1_predict_classify_and_status(http, artifact, digits):
+    x = digits.normalize(digits.test.x[:2]).numpy()
+    expected = local_logits(artifact[1], x)
+    rows = http.post("/v1/models/digits:predict", json={"instances": x.tolist()}).json()["predictions"]
+    np.testing.assert_allclose(rows, expected, rtol=1e-5, atol=1e-5)
+    cols = http.post("/v1/models/digits/versions/1:predict", json={"inputs": {"input": x.tolist()}}).json()["outputs"]
+    np.testing.assert_allclose(cols, expected, rtol=1e-5, atol=1e-5)
+    results = http.post("/v1/models/digits:classify", json={"instances": x.tolist()}).json()["results"]
+    assert results[0][0][0] == digits.classes[int(expected[0].argmax())] and len(results[0]) == 5
+    status = http.get("/v1/models/digits").json()["model_version_status"]
+    assert status == [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
+    assert http.post("/v1/models/digits:explain", json={}).status_code == 404
+    assert http.post("/v1/models/digits:predict", json={"instances": [[1, 2]]}).status_code == 400
+
+
+# --- maaskit's client, tritonclient, batching, versions, metrics ----------------------------------
+
+def test_maaskit_client(server, artifact, digits):
+    x = digits.normalize(digits.test.x[:4])  # a torch tensor is fine too
+    with Client(server.url) as client:
+        assert client.protocol == "v2" and client.live() and client.ready() and client.models() == ["digits"]
+        for binary in (False, True):
+            out = client.infer("digits", x, binary=binary)["logits"]
+            np.testing.assert_allclose(out, local_logits(artifact[1], x.numpy()), rtol=1e-5, atol=1e-5)
+        top = client.predict("digits", digits.test.x[:2], top_k=3)
+        assert len(top) == 2 and len(top[0]) == 3 and top[0][0][0] in digits.classes
+        assert top[0][0][1] >= top[0][1][1] >= top[0][2][1]
+        with pytest.raises(EndpointError, match="400: input 'input' must have shape") as err:
+            client.infer("digits", np.zeros((1, 1, 4, 4), np.float32))
+        assert err.value.status == 400
+    with Client(server.url, protocol="v1") as v1:
+        assert v1.infer("digits", x.numpy())["predictions"].shape == (4, 10)
+
+
+def test_an_unreachable_endpoint_is_a_clear_error_after_bounded_retries():
+    client = Client(f"http://127.0.0.1:{free_port()}", retries=2, backoff=0.01, timeout=2)
+    start = time.monotonic()
+    with pytest.raises(EndpointError, match="cannot reach") as err:
+        client.metadata("digits")
+    assert err.value.status is None and time.monotonic() - start < 10
+
+
+def test_tritonclient_talks_to_our_server(server, artifact, digits):
+    tritonclient = pytest.importorskip("tritonclient.http")
+    client = tritonclient.InferenceServerClient(server.url.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits")
+    assert client.get_model_metadata("digits")["inputs"][0]["name"] == "input"
+    x = digits.normalize(digits.test.x[:3]).numpy()
+    for binary in (True, False):  # tritonclient sends binary tensors by default
+        inp = tritonclient.InferInput("input", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        result = client.infer("digits", [inp], outputs=[tritonclient.InferRequestedOutput("logits", binary_data=binary)],
+                              request_id="t1")
+        np.testing.assert_allclose(result.as_numpy("logits"), local_logits(artifact[1], x), rtol=1e-5, atol=1e-5)
+        assert result.get_response()["id"] == "t1"
+    classes = client.infer("digits", [inp], outputs=[tritonclient.InferRequestedOutput("logits", class_count=2)])
+    assert classes.as_numpy("logits").shape == (3, 2)
+
+
+def test_concurrent_requests_are_batched_and_counted(server, digits, http):
+    served = server.repository.get("digits")
+    served.batch_sizes.clear()
+    result = load_test(server.url, "digits", digits.test.x[:32], requests=96, concurrency=16)
+    assert result.failures == 0 and len(result.latencies_ms) == 96
+    assert sum(served.batch_sizes) == 96 and max(served.batch_sizes) > 1  # merged forward passes
+    metrics = http.get("/metrics").text
+    assert 'maaskit_requests_total{model="digits",protocol="v2"}' in metrics
+    assert "maaskit_batch_size_bucket" in metrics
+
+
+def test_a_new_version_is_served_without_a_restart(tmp_path, digits):
+    maaskit.seed_everything(1)
+    other = maaskit.build_model("mlp", digits.in_shape, digits.num_classes)
+    v2 = save_artifact(other, tmp_path / "v2", classes=digits.classes, mean=digits.mean, std=digits.std, name="digits")
+    maaskit.seed_everything(0)
+    first = save_artifact(maaskit.build_model("lenet", digits.in_shape, 10), tmp_path / "v1", classes=digits.classes,
+                          mean=digits.mean, std=digits.std, name="digits")
+    with serve(first) as running, Client(running.url) as client:
+        x = digits.normalize(digits.test.x[:2]).numpy()
+        before = client.infer("digits", x)["logits"]
+        running.repository.add(v2)
+        assert client.metadata("digits")["versions"] == ["1", "2"]
+        np.testing.assert_allclose(client.infer("digits", x)["logits"], local_logits(other.eval(), x), rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_allclose(client.infer("digits", x, version="1")["logits"], before)
+
+
+# --- safety and limits ---------------------------------------------------------------------------
+
+def test_token_body_limit_and_loopback_only(artifact, digits):
+    with serve(artifact[0], token="s3cret", max_body_bytes=10_000) as running:
+        with httpx.Client(base_url=running.url) as http:
+            assert http.get("/v2/health/ready").status_code == 200  # probes need no token
+            refused = http.get("/v2/models/digits")
+            assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
+            auth = {"Authorization": "Bearer s3cret"}
+            assert http.get("/v2/models/digits", headers=auth).status_code == 200
+            big = infer_body(np.zeros((40, 1, 8, 8), np.float32))  # ~ 12 kB of JSON
+            too_big = http.post("/v2/models/digits/infer", json=big, headers=auth)
+            assert too_big.status_code == 413 and "limit of 10,000" in too_big.json()["error"]
+    with pytest.raises(ValueError, match="refusing to serve on 0.0.0.0 without a token"):
+        serve(artifact[0], host="0.0.0.0")
+
+
+def test_serve_and_predict_from_the_command_line(artifact, digits, tmp_path):
+    port = free_port()
+    images = tmp_path / "three.npy"
+    np.save(images, digits.test.x[0].numpy())
+    env = {**os.environ, "MAASKIT_TOKEN": "cli-token"}
+    server = subprocess.Popen([sys.executable, "-m", "maaskit", "serve", str(artifact[0]), "--port", str(port)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, "maaskit serve did not start"
+                time.sleep(0.3)
+        predict = subprocess.run([sys.executable, "-m", "maaskit", "predict", f"http://127.0.0.1:{port}", str(images),
+                                  "--model", "digits", "--token", "cli-token", "--top-k", "2"],
+                                 capture_output=True, text=True, timeout=60)
+        assert predict.returncode == 0, predict.stderr
+        assert predict.stdout.startswith(f"{images}: ") and predict.stdout.count("%") == 2
+        refused = subprocess.run([sys.executable, "-m", "maaskit", "predict", f"http://127.0.0.1:{port}", str(images),
+                                  "--model", "digits"], capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "401" in refused.stderr
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=30)
+    assert "serving digits version 1" in output
