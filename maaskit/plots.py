@@ -13,8 +13,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["confusion_matrix", "function_grid", "gradient_inspection", "history", "image_grid", "optimizer_paths",
-           "png_bytes", "training_curves"]
+__all__ = ["confusion_matrix", "function_grid", "gradient_inspection", "history", "image_grid", "latency_histogram",
+           "optimizer_paths", "png_bytes", "prediction", "training_curves"]
 
 
 def _display_figures_in_ipython() -> None:
@@ -279,4 +279,33 @@ def gradient_inspection(record, layer: int = 0, index: int = -1, *, fig=None, he
         ax.set(title=f"{r.activations[act]}: fraction {what}", xlabel="step", ylim=(-0.02, 1.02))
     for ax in axes.flat:
         ax.grid(alpha=0.2)
+    return fig
+
+
+def prediction(image, top: Sequence[tuple[str, float]], *, latency_ms: float | None = None) -> Figure:
+    """An image beside its top-k classes as bars (what an endpoint answered)."""
+    fig = Figure(figsize=(6.4, 2.4), layout="constrained")
+    ax_img, ax_bar = fig.subplots(1, 2, width_ratios=[1, 2])
+    img = _array(image)
+    img = img[0] if img.ndim == 3 and img.shape[0] == 1 else (img.transpose(1, 2, 0) if img.ndim == 3 else img)
+    ax_img.imshow(img, cmap="gray_r" if img.ndim == 2 else None)
+    ax_img.set_axis_off()
+    labels, probs = [str(label) for label, _ in top][::-1], [p for _, p in top][::-1]
+    ax_bar.barh(labels, probs, color=["C0"] * (len(probs) - 1) + ["C2"])
+    ax_bar.set(xlim=(0, 1), xlabel="probability",
+               title="top classes" + (f" · {latency_ms:.1f} ms" if latency_ms is not None else ""))
+    return fig
+
+
+def latency_histogram(latencies_ms: Sequence[float], *, title: str = "") -> Figure:
+    """Request latencies with the 50th, 95th and 99th percentiles marked."""
+    fig = Figure(figsize=(6.4, 2.6), layout="constrained")
+    ax = fig.subplots()
+    lat = np.asarray(latencies_ms, dtype=float)
+    ax.hist(lat, bins=min(40, max(5, len(lat) // 5)), color="C0", alpha=0.8)
+    for q, style in ((50, "-"), (95, "--"), (99, ":")):
+        value = np.percentile(lat, q)
+        ax.axvline(value, color="C3", ls=style, label=f"p{q} {value:.1f} ms")
+    ax.set(xlabel="latency (ms)", ylabel="requests", title=title)
+    ax.legend(fontsize="small")
     return fig

@@ -316,3 +316,60 @@ def test_serve_and_predict_from_the_command_line(artifact, digits, tmp_path):
         server.terminate()
         output, _ = server.communicate(timeout=30)
     assert "serving digits version 1" in output
+
+
+# --- exports for Triton and KServe ----------------------------------------------------------------
+
+def test_onnx_and_torchscript_exports_give_the_models_outputs(artifact, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from maaskit.serving.export import export_onnx, export_torchscript
+
+    path, difference = export_onnx(artifact[0], tmp_path / "model.onnx")
+    assert path.stat().st_size > 1000 and difference < 1e-5
+    scripted = torch.jit.load(str(export_torchscript(artifact[0], tmp_path / "model.pt")))
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(scripted(x), artifact[1](x))
+
+
+def test_triton_repository_and_kserve_manifest(artifact, tmp_path, digits):
+    yaml = pytest.importorskip("yaml")
+    from maaskit.serving.export import kserve_manifest, triton_repository
+
+    folder = triton_repository(artifact[0], tmp_path / "repo", max_batch_size=16)
+    assert (folder / "1" / "model.onnx").is_file()
+    assert (folder / "labels.txt").read_text().split() == list(digits.classes)
+    config = (folder / "config.pbtxt").read_text()
+    for line in ('name: "digits"', 'backend: "onnxruntime"', "max_batch_size: 16", "dims: [ 1, 8, 8 ]",
+                 "dynamic_batching"):
+        assert line in config
+    service = yaml.safe_load(kserve_manifest("digits", "gs://models/repo", gpu=True))
+    model = service["spec"]["predictor"]["model"]
+    assert service["kind"] == "InferenceService" and model["protocolVersion"] == "v2"
+    assert model["storageUri"] == "gs://models/repo" and model["resources"]["limits"] == {"nvidia.com/gpu": 1}
+
+
+# --- the EndpointConsole, without a browser --------------------------------------------------------
+
+def test_endpoint_console_connects_sends_and_load_tests(artifact, digits):
+    from maaskit.widgets import EndpointConsole
+
+    with serve(artifact[0], token="tok") as running:
+        console = EndpointConsole(running.url, images=digits.test.x[:50], labels=digits.test.y[:50],
+                                  classes=digits.classes)
+        assert console.connect() == [] and console.error.status == 401
+        assert "wants a token" in console.status.value
+        console.token_w.value = "tok"
+        console.connect_button.click()
+        assert list(console.model_w.options) == ["digits"] and console.model_w.value == "digits"
+        console.index_w.value = 3
+        console.send_button.click()
+        top = console.last_prediction["top"]
+        assert len(top) == 3 and console.last_prediction["label"] == digits.classes[int(digits.test.y[3])]
+        assert bytes(console.image.value).startswith(b"\x89PNG") and " ms" in console.status.value
+        console.requests_w.value, console.concurrency_w.value = 40, 4
+        console.load_button.click()
+        assert console.last_load.requests == 40 and console.last_load.failures == 0
+        assert "requests/s" in console.status.value and "p99" in console.status.value
+        assert "last load test" in str(console)
+    console.send()  # the server is gone: a readable error, no exception
+    assert console.error.status is None and "is the server running" in console.status.value
