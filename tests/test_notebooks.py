@@ -8,7 +8,9 @@ import papermill as pm
 import pytest
 
 from conftest import make_mnist_like
-from maaskit import load_dataset, read_metrics
+from maaskit import build_model, load_dataset, read_metrics
+from maaskit.serving import serve
+from maaskit.train import fit
 from maaskit.evaluate import evaluate
 from maaskit.serving.artifact import load_artifact
 
@@ -29,7 +31,7 @@ def run(name: str, tag: str, **parameters) -> dict:
 
 def test_every_notebook_is_covered_here():
     tested = {"01_forward_pass.ipynb", "02_backpropagation.ipynb", "03_optimizers.ipynb", "04_training_cnns.ipynb",
-              "05_inspecting_gradients.ipynb"}
+              "05_inspecting_gradients.ipynb", "06_serving.ipynb"}
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == tested
 
 
@@ -163,3 +165,33 @@ def test_05_inspecting_gradients_other_parameters():
     m = run("05_inspecting_gradients.ipynb", "seed1-depth6", seed=1, depth=6, every=10, model_path="no-such-model")
     check_gradients(m)
     assert m["depth"] == 6 and m["records"] == 41
+
+
+def check_serving(m):
+    assert m["remote_accuracy"] > 0.8
+    assert m["bad_request_status"] == 400
+    assert m["body_bytes"]["binary"] < m["body_bytes"]["JSON"]
+    assert all(v > 0 for v in m["requests_per_s"].values())
+    assert m["console_top"] and len(m["console_top"]) == 3
+    assert m["onnx_max_difference"] < 1e-4
+
+
+def test_06_serving_defaults():
+    m = run("06_serving.ipynb", "defaults")
+    check_serving(m)
+    assert m["endpoint"] == "local" and m["remote_accuracy"] == m["local_accuracy"]
+    assert m["mean_batch"]["1"] == 1.0 and m["mean_batch"]["16"] > 1  # concurrent requests were batched
+
+
+def test_06_serving_calls_a_remote_endpoint(tmp_path):
+    # "remote": a server this test starts, with a token, that the notebook only calls
+    digits = load_dataset("digits")
+    model = build_model("mlp", digits.in_shape, 10)
+    fit(model, digits, epochs=15, lr=3e-3)
+    with serve(model, data=digits, name="remote-digits", token="t0k") as remote:
+        m = run("06_serving.ipynb", "remote", endpoint_url=remote.url, token="t0k", model_name="remote-digits",
+                model_path=str(tmp_path / "stand-in"), load_requests=40, concurrency=4,
+                export_dir=str(tmp_path / "exports"))
+    check_serving(m)
+    assert m["endpoint"] == "remote" and m["model_name"] == "remote-digits" and m["local_accuracy"] is None
+    assert m["mean_batch"] == {"1": None, "4": None}
