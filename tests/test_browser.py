@@ -222,3 +222,32 @@ def test_gradient_inspector_follows_the_step_slider_in_jupyterlab(page, lab):
     assert_ran_cleanly(page)
     (ARTIFACTS / "05_timings.json").write_text(json.dumps(timings, indent=1))
     print("browser timings:", timings)
+
+
+def test_endpoint_console_sends_an_image_in_jupyterlab(page, lab):
+    kernel, timings, console = run_and_find(page, lab, "06_serving.ipynb", ".maaskit-endpoint-console")
+    status = console.locator(".maaskit-console-status")
+    # the notebook's own console.send() ran; now send another test image with the buttons
+    page.wait_for_function("el => / ms/.test(el.innerText)", arg=status.element_handle(), timeout=30_000)
+    slider = console.locator(".widget-slider", has_text="test image")
+    readout = slider.locator(".widget-readout")
+    readout.click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type("7")
+    page.keyboard.press("Enter")
+    before = status.inner_text()
+    start = time.monotonic()
+    console.get_by_role("button", name="Send").click()
+    page.wait_for_function("([el, old]) => el.innerText !== old && / ms/.test(el.innerText)",
+                           arg=[status.element_handle(), before], timeout=30_000)
+    timings["send_shown_s"] = round(time.monotonic() - start, 2)
+    assert "true label" in status.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "06_console_send.png"))
+    console.locator(".widget-text", has_text="requests").locator("input").fill("50")
+    console.get_by_role("button", name="Load test").click()
+    page.wait_for_function("el => el.innerText.includes('requests/s')", arg=status.element_handle(), timeout=60_000)
+    assert "0 failed" in status.inner_text()
+    lab.wait_idle(kernel, timeout=60)
+    page.screenshot(path=str(ARTIFACTS / "06_console_load_test.png"))
+    (ARTIFACTS / "06_timings.json").write_text(json.dumps(timings, indent=1))
+    print("browser timings:", timings)
