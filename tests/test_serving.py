@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -373,3 +374,34 @@ def test_endpoint_console_connects_sends_and_load_tests(artifact, digits):
         assert "last load test" in str(console)
     console.send()  # the server is gone: a readable error, no exception
     assert console.error.status is None and "is the server running" in console.status.value
+
+
+def test_several_models_at_once_and_a_graceful_stop(tmp_path, digits):
+    maaskit.seed_everything(0)
+    paths = [save_artifact(maaskit.build_model(arch, digits.in_shape, 10), tmp_path / arch, classes=digits.classes,
+                           mean=digits.mean, std=digits.std, name=f"{arch}-digits") for arch in ("lenet", "mlp")]
+    running = serve(*paths)
+    with Client(running.url) as client:
+        assert client.models() == ["lenet-digits", "mlp-digits"]
+    served = running.repository.get("mlp-digits")
+    forward = served.batcher.fn
+
+    def slow(x):  # a request still in flight when the stop comes
+        time.sleep(1.0)
+        return forward(x)
+
+    served.batcher.fn = slow
+    result = {}
+
+    def call():
+        with Client(running.url, retries=0) as client:
+            result["logits"] = client.infer("mlp-digits", digits.normalize(digits.test.x[:2]))["logits"]
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.3)
+    running.stop()
+    caller.join(10)
+    assert result["logits"].shape == (2, 10)  # finished, not cut off
+    with pytest.raises(EndpointError, match="cannot reach"):
+        Client(running.url, retries=0, timeout=2).live()
