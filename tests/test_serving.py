@@ -129,6 +129,8 @@ def test_v2_health_server_and_model_metadata(http):
     assert http.get("/v2/models/digits/versions/1").json()["versions"] == ["1"]
     assert http.get("/v2/models/digits/ready").status_code == 200
     assert http.post("/v2/repository/index").json() == [{"name": "digits", "version": "1", "state": "READY"}]
+    openapi = http.get("/openapi.json").json()  # the OpenAPI docs at /docs are built from it
+    assert "/v2/models/{name}/infer" in openapi["paths"] and http.get("/docs").status_code == 200
 
 
 def test_v2_infer_matches_the_model_for_floats_and_for_pixels(http, artifact, digits):
@@ -168,6 +170,10 @@ def test_v2_binary_tensors_and_classification(http, artifact, digits):
     (infer_body(np.full((1, 1, 8, 8), np.inf, np.float32)), 400, "NaN or infinity"),
     ({"inputs": []}, 400, "exactly one input"),
     (infer_body(np.zeros((1, 1, 8, 8), np.float32), outputs=[{"name": "probs"}]), 400, "one output, 'logits'"),
+    (infer_body(np.zeros((1, 1, 8, 8), np.float32), outputs="logits"), 400, "'outputs' must be a list"),
+    (infer_body(np.zeros((1, 1, 8, 8), np.float32), outputs=[{"name": "logits", "parameters": {"classification": "2"}}]),
+     400, "'classification' must be a positive integer"),
+    (infer_body(np.zeros((1, 1, 8, 8), np.float32), parameters=[1]), 400, "parameters must be a JSON object"),
 ])
 def test_client_mistakes_get_a_400_that_says_what_was_expected(http, body, status, message):
     response = http.post("/v2/models/digits/infer", content=json.dumps(body))  # (Python's json writes Infinity)

@@ -195,12 +195,12 @@ def create_app(repository: ModelRepository, *, token: str | None = None, max_bod
         return await call_next(request)
 
     async def body_of(request: Request) -> bytes:
-        body = b""
-        async for chunk in request.stream():
+        body = bytearray()
+        async for chunk in request.stream():  # counted as it arrives: a missing Content-Length is no way round
             body += chunk
             if len(body) > max_body_bytes:
                 raise HTTPError(413, f"request body is over this server's limit of {max_body_bytes:,} bytes")
-        return body
+        return bytes(body)
 
     repository.listeners.append(lambda size, _seconds: batch_hist.observe(size))
 
@@ -247,17 +247,22 @@ def create_app(repository: ModelRepository, *, token: str | None = None, max_bod
         array, _ = decode_tensor(inputs[0], memoryview(binary))
         x = served.prepare(array, inputs[0]["datatype"], inputs[0].get("name"))
         logits = await served.batcher.submit(x)
-        all_binary = bool((header.get("parameters") or {}).get("binary_data_output"))
+        all_binary = bool(_object(header.get("parameters"), "parameters").get("binary_data_output"))
         wanted = header.get("outputs") or [{"name": served.output_name}]
+        if not isinstance(wanted, list):
+            raise ProtocolError("'outputs' must be a list of objects like {\"name\": \"logits\"}")
         outputs, chunks = [], []
         for spec in wanted:
-            out_name, params = spec.get("name"), spec.get("parameters") or {}
+            spec = _object(spec, "each requested output")
+            out_name, params = spec.get("name"), _object(spec.get("parameters"), "an output's parameters")
             if out_name != served.output_name:
                 raise ProtocolError(f"model {name!r} has one output, {served.output_name!r}; got a request for {out_name!r}")
             binary_out = bool(params.get("binary_data", all_binary))
             if "classification" in params:
-                tensor, raw = _classification(out_name, logits, int(params["classification"]),
-                                              served.manifest["classes"], binary_out)
+                k = params["classification"]
+                if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+                    raise ProtocolError(f"'classification' must be a positive integer (how many classes), got {k!r}")
+                tensor, raw = _classification(out_name, logits, k, served.manifest["classes"], binary_out)
             else:
                 tensor, raw = encode_tensor(out_name, logits, binary=binary_out)
             outputs.append(tensor)
@@ -300,7 +305,7 @@ def create_app(repository: ModelRepository, *, token: str | None = None, max_bod
             if isinstance(rows, dict):
                 raise ProtocolError(f"model {served.name!r} takes one input, {served.input_name!r}")
         if isinstance(rows, list) and rows and isinstance(rows[0], dict):
-            rows = [r.get(served.input_name) for r in rows]
+            rows = [r.get(served.input_name) if isinstance(r, dict) else r for r in rows]
         try:
             array = np.asarray(rows, dtype=np.float32)
         except (TypeError, ValueError) as err:
@@ -322,6 +327,14 @@ def create_app(repository: ModelRepository, *, token: str | None = None, max_bod
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _object(value, what: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{what} must be a JSON object, got {value!r:.60}")
+    return value
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
