@@ -38,6 +38,11 @@ def export_torchscript(artifact, path) -> Path:
 def export_onnx(artifact, path, *, check: bool = True) -> tuple[Path, float | None]:
     """ONNX with a variable batch dimension. With ``check`` and onnxruntime installed, runs both
     and returns the largest difference from PyTorch's output (else None)."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"exporting ONNX needs {' and '.join(missing)}: pip install onnx onnxscript onnxruntime")
     model, manifest = load_artifact(artifact)
     x = _example(manifest)
     path = Path(path)
