@@ -223,6 +223,8 @@ def test_maaskit_client(server, artifact, digits):
         assert err.value.status == 400
     with Client(server.url, protocol="v1") as v1:
         assert v1.infer("digits", x.numpy())["predictions"].shape == (4, 10)
+        with pytest.raises(ValueError, match="does not describe its input normalization"):
+            v1.predict("digits", digits.test.x[:2])  # raw pixels would be silently wrong
 
 
 def test_an_unreachable_endpoint_is_a_clear_error_after_bounded_retries():

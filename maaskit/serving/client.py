@@ -125,6 +125,10 @@ class Client:
         """Class labels and probabilities, best first, for each image (uint8 pixels N x C x H x W,
         or normalized floats)."""
         images = _as_array(images)
+        if self.protocol == "v1" and images.dtype == np.uint8:
+            # a V1 endpoint does not say how it normalizes: sending raw pixels would quietly give wrong answers
+            raise ValueError("a V1 (TF Serving) endpoint does not describe its input normalization: "
+                             "pass normalized float images (e.g. data.normalize(images))")
         meta = self.metadata(model, version)
         classes = (meta.get("parameters") or {}).get("classes")
         if images.dtype not in (np.uint8, np.float32):
