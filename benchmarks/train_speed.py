@@ -26,6 +26,7 @@ import time
 import torch
 
 from maaskit.baseline import tutorial_epoch
+from maaskit.cli import build_parser
 from maaskit.data import Dataset, Split, load_dataset
 from maaskit.device import pick_device, seed_everything
 from maaskit.evaluate import evaluate
@@ -66,12 +67,13 @@ def tutorial_images_per_s(data, device, batch_size, batches, repeats=3) -> float
 
 def digits_target(device) -> tuple[float, float]:
     """``maaskit train``'s defaults: test accuracy and seconds, loading included."""
+    args = build_parser().parse_args(["train", "--out", "-"])  # the CLI's defaults, not a copy of them
     start = time.perf_counter()
-    data = load_dataset("digits")
-    seed_everything(0)
-    model = build_model("lenet", data.in_shape, data.num_classes)
-    fit(model, data, optimizer="adamw", lr=1e-2, batch_size=32, epochs=30, scheduler="onecycle",
-        augment=True, device=device)
+    data = load_dataset(args.dataset)
+    seed_everything(args.seed)
+    model = build_model(args.model, data.in_shape, data.num_classes)
+    fit(model, data, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
+        scheduler=args.scheduler, augment=args.augment, device=device, seed=args.seed)
     accuracy = evaluate(model, data).accuracy
     return accuracy, time.perf_counter() - start
 

@@ -49,7 +49,6 @@ def _train(args) -> int:
 
 def _serve(args) -> int:
     import os
-    import time
 
     from .serving.artifact import ArtifactError
     from .serving.server import serve
@@ -66,8 +65,7 @@ def _serve(args) -> int:
         print(f"serving {m['name']} version {m['version']}: {server.url}/v2/models/{m['name']}/infer", flush=True)
     print(f"OpenAPI docs at {server.url}/docs; Ctrl-C stops (requests in flight are finished)", flush=True)
     try:
-        while server._thread.is_alive():
-            time.sleep(0.5)
+        server.wait()
     except KeyboardInterrupt:
         server.stop()
     return 0

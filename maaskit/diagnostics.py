@@ -13,7 +13,7 @@ Use it as a ``fit()`` callback, or around a loop of your own::
         for step, (x, y) in enumerate(batches):
             monitor.start_step(step)          # before the forward pass
             ...forward, backward, optimizer.step()...
-            monitor.end_step(loss)            # after the optimizer step
+            monitor.end_step()                # after the optimizer step
     print(monitor.diagnose())
 """
 
@@ -48,7 +48,6 @@ class Record:
     """Everything recorded, as NumPy arrays: R records x P weight tensors (or A activations)."""
 
     steps: np.ndarray          # R
-    loss: np.ndarray           # R: the batch's loss (NaN where not given)
     layers: list[str]          # P weight tensors, input side first
     numel: np.ndarray          # P
     grad_norm: np.ndarray      # R x P
@@ -141,8 +140,8 @@ class GradientMonitor(Callback):
             self._before = [p.detach().clone() for _, p in self.weights]
             self._acts = {}
 
-    def end_step(self, loss: torch.Tensor | None = None) -> None:
-        """Call after ``optimizer.step()`` (the gradients are still in ``.grad``), with the batch's loss."""
+    def end_step(self) -> None:
+        """Call after ``optimizer.step()``: the gradients are still in ``.grad``."""
         if self._step is None:
             return
         stats, hists = [], []
@@ -156,9 +155,8 @@ class GradientMonitor(Callback):
             hists.append(torch.histc(logs, self.bins, lo, hi) / logs.numel())  # fractions
         acts = [self._acts.get(i) for i in range(len(self.activation_modules))]
         empty = torch.zeros(3 + self.bins, device=stats[0].device)
-        acts = torch.stack([a.to(empty.device) if a is not None else empty for a in acts]) if acts else None
-        loss = loss.detach().float().reshape(()) if loss is not None else torch.full((), float("nan"))
-        self._pending.append((self._step, torch.stack(stats), torch.stack(hists), acts, loss))
+        acts = torch.stack([a.to(empty.device) if a is not None else empty for a in acts]) if acts else empty[:0]
+        self._pending.append((self._step, torch.stack(stats), torch.stack(hists), acts))
         self._record = None
         self._step, self._before = None, []
 
@@ -186,7 +184,7 @@ class GradientMonitor(Callback):
         self.start_step(run.step)
 
     def on_batch_end(self, run):
-        self.end_step(run.loss)
+        self.end_step()
 
     def on_fit_end(self, run):
         self.close()
@@ -203,16 +201,13 @@ class GradientMonitor(Callback):
     def _materialize(self) -> Record:
         P, A, B = len(self.weights), len(self.activation_modules), self.bins
         steps = np.array([s for s, *_ in self._pending], dtype=np.int64)
-        stats = np.stack([s.cpu().numpy() for _, s, *_ in self._pending]) if self._pending else np.zeros((0, P, 6))
-        ghist = np.stack([h.cpu().numpy() for _, _, h, *_ in self._pending]) if self._pending else np.zeros((0, P, B))
-        loss = np.array([float(value.cpu()) for *_, value in self._pending])
-        if A and self._pending:
-            acts = np.stack([a.cpu().numpy() for *_, a, _ in self._pending])
+        if self._pending:  # one copy from the device per kind of statistic, not one per record
+            stats, ghist, acts = (torch.stack(column).cpu().numpy() for column in list(zip(*self._pending))[1:])
         else:
-            acts = np.zeros((len(steps), A, 3 + B))
+            stats, ghist, acts = np.zeros((0, P, 6)), np.zeros((0, P, B)), np.zeros((0, A, 3 + B))
         numel = np.array([p.numel() for _, p in self.weights])
         return Record(
-            steps=steps, loss=loss, layers=[n for n, _ in self.weights], numel=numel,
+            steps=steps, layers=[n for n, _ in self.weights], numel=numel,
             grad_norm=stats[..., 0], grad_mean=stats[..., 1], grad_std=stats[..., 2], grad_abs_mean=stats[..., 3],
             weight_norm=stats[..., 4], update_ratio=stats[..., 5], grad_hist=ghist, grad_range=_GRAD_LOG_RANGE,
             activations=[n for n, *_ in self.activation_modules],

@@ -46,22 +46,20 @@ class DynamicBatcher:
 
     async def _run(self):
         loop = asyncio.get_running_loop()
+        carry = None  # a request that did not fit the last batch starts the next one
         while True:
-            first = await self._queue.get()
+            first, carry = carry or await self._queue.get(), None
             items, size = [first], len(first[0])
             deadline = loop.time() + self.max_delay
             while size < self.max_batch_size:
+                left = deadline - loop.time()
                 try:
-                    item = self._queue.get_nowait() if deadline <= loop.time() else \
-                        await asyncio.wait_for(self._queue.get(), deadline - loop.time())
+                    item = await asyncio.wait_for(self._queue.get(), left) if left > 0 else self._queue.get_nowait()
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
                 if size + len(item[0]) > self.max_batch_size:
-                    items_next = item  # does not fit: it starts the next batch
-                    await self._forward(loop, items)
-                    items, size = [items_next], len(items_next[0])
-                    deadline = loop.time() + self.max_delay
-                    continue
+                    carry = item
+                    break
                 items.append(item)
                 size += len(item[0])
             await self._forward(loop, items)

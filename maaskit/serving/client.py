@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 
-from .protocol import HEADER_LENGTH, decode_tensor, encode_body, encode_tensor, split_body
+from .protocol import HEADER_LENGTH, decode_tensor, encode_body, encode_tensor, softmax, split_body
 
 __all__ = ["Client", "EndpointError", "LoadTestResult", "load_test"]
 
@@ -95,23 +95,26 @@ class Client:
         return self._request("GET", _v2_path(model, version)).json()
 
     def infer(self, model: str, inputs, *, version: str | None = None, binary: bool = False,
-              outputs: list[str] | None = None, request_id: str | None = None) -> dict[str, np.ndarray]:
+              outputs: list[str] | None = None, request_id: str | None = None,
+              metadata: dict | None = None) -> dict[str, np.ndarray]:
         """Run ``model`` on ``inputs`` — an array (for a one-input model) or ``{name: array}`` —
-        and return ``{output name: array}``. ``binary=True`` uses Triton's binary tensor format."""
+        and return ``{output name: array}``. ``binary=True`` uses Triton's binary tensor format.
+        ``metadata`` (from :meth:`metadata`) saves asking the endpoint for names again."""
         if self.protocol == "v1":
             array = _as_array(next(iter(inputs.values())) if isinstance(inputs, dict) else inputs)
             path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":predict"
             reply = self._request("POST", path, json={"instances": array.tolist()}).json()
             return {"predictions": np.asarray(reply["predictions"])}
+        if not isinstance(inputs, dict) or binary and not outputs:
+            metadata = metadata or self.metadata(model, version)  # asked once, whatever needs it
         if not isinstance(inputs, dict):
-            meta = self.metadata(model, version)
-            inputs = {meta["inputs"][0]["name"]: inputs}
+            inputs = {metadata["inputs"][0]["name"]: inputs}
         specs, chunks = zip(*(encode_tensor(name, _as_array(x), binary=binary) for name, x in inputs.items()))
         header = {"inputs": list(specs)}
         if request_id is not None:
             header["id"] = request_id
         if outputs or binary:
-            names = outputs or [o["name"] for o in self.metadata(model, version)["outputs"]]
+            names = outputs or [o["name"] for o in metadata["outputs"]]
             header["outputs"] = [{"name": n, "parameters": {"binary_data": binary}} for n in names]
         body, headers = encode_body(header, list(chunks))
         response = self._request("POST", _v2_path(model, version) + "/infer", content=body, headers=headers)
@@ -121,7 +124,8 @@ class Client:
             result[spec["name"]], offset = decode_tensor(spec, memoryview(raw), offset)
         return result
 
-    def predict(self, model: str, images, *, top_k: int = 3, version: str | None = None) -> list[list[tuple]]:
+    def predict(self, model: str, images, *, top_k: int = 3, version: str | None = None,
+                metadata: dict | None = None) -> list[list[tuple]]:
         """Class labels and probabilities, best first, for each image (uint8 pixels N x C x H x W,
         or normalized floats)."""
         images = _as_array(images)
@@ -129,13 +133,12 @@ class Client:
             # a V1 endpoint does not say how it normalizes: sending raw pixels would quietly give wrong answers
             raise ValueError("a V1 (TF Serving) endpoint does not describe its input normalization: "
                              "pass normalized float images (e.g. data.normalize(images))")
-        meta = self.metadata(model, version)
+        meta = metadata or self.metadata(model, version)
         classes = (meta.get("parameters") or {}).get("classes")
         if images.dtype not in (np.uint8, np.float32):
             images = images.astype(np.float32)
-        logits = next(iter(self.infer(model, images, version=version).values()))
-        z = logits - logits.max(axis=1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+        logits = next(iter(self.infer(model, images, version=version, metadata=meta).values()))
+        probs = softmax(logits)
         top = np.argsort(-probs, axis=1)[:, :top_k]
         return [[(classes[j] if classes else int(j), float(p[j])) for j in row] for p, row in zip(probs, top)]
 

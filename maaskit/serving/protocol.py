@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 __all__ = ["DATATYPES", "HEADER_LENGTH", "ProtocolError", "decode_tensor", "encode_body", "encode_tensor",
-           "split_body", "to_datatype"]
+           "softmax", "split_body", "to_datatype"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -102,3 +102,9 @@ def encode_body(header: dict, chunks: list[bytes]) -> tuple[bytes, dict]:
     if not any(chunks):
         return text, {"Content-Type": "application/json"}
     return text + b"".join(chunks), {"Content-Type": "application/octet-stream", HEADER_LENGTH: str(len(text))}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities from the ``logits`` a classifier returns (row by row, overflow-safe)."""
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

@@ -29,7 +29,7 @@ from .. import __version__
 from ..device import pick_device
 from .artifact import load_artifact, make_manifest
 from .batching import DynamicBatcher
-from .protocol import HEADER_LENGTH, ProtocolError, decode_tensor, encode_body, encode_tensor, split_body
+from .protocol import HEADER_LENGTH, ProtocolError, decode_tensor, encode_body, encode_tensor, softmax, split_body
 
 __all__ = ["ModelRepository", "RunningServer", "ServedModel", "create_app", "serve"]
 
@@ -315,7 +315,7 @@ def create_app(repository: ModelRepository, *, token: str | None = None, max_bod
         requests_total.labels(served.name, "v1").inc()
         latency.labels("v1").observe(time.perf_counter() - start)
         if match["verb"] == "classify":
-            probs = _softmax(logits)
+            probs = softmax(logits)
             top = np.argsort(-probs, axis=1)[:, :5]
             classes = served.manifest["classes"]
             return {"results": [[[classes[j], float(p[j])] for j in t] for p, t in zip(probs, top)]}
@@ -337,15 +337,9 @@ def _object(value, what: str) -> dict:
     return value
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _classification(name, logits, k, classes, binary):
     """Triton's classification extension: the top ``k`` per example as ``"score:index:label"`` strings."""
-    probs = _softmax(logits)
+    probs = softmax(logits)
     top = np.argsort(-probs, axis=1)[:, :max(1, k)]
     strings = [[f"{probs[i, j]:.6f}:{j}:{classes[j]}" for j in row] for i, row in enumerate(top)]
     spec = {"name": name, "datatype": "BYTES", "shape": [len(strings), top.shape[1]]}
@@ -367,6 +361,11 @@ class RunningServer:
         """Finish the requests in flight, then stop."""
         self._server.should_exit = True
         self._thread.join(timeout)
+
+    def wait(self) -> None:
+        """Block until the server stops (Ctrl-C still reaches the caller)."""
+        while self._thread.is_alive():
+            self._thread.join(0.5)
 
     def __enter__(self):
         return self

@@ -133,7 +133,7 @@ class EndpointConsole:
             meta = self.client.metadata(self.model_w.value)
             image = self._image_for(meta)
             start = time.perf_counter()
-            top = self.client.predict(self.model_w.value, image[None], top_k=self.top_k)[0]
+            top = self.client.predict(self.model_w.value, image[None], top_k=self.top_k, metadata=meta)[0]
             latency = (time.perf_counter() - start) * 1000
         except (EndpointError, ValueError, OSError) as err:
             self._fail(err)
