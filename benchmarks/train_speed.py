@@ -29,7 +29,7 @@ from maaskit.baseline import tutorial_epoch
 from maaskit.cli import build_parser
 from maaskit.data import Dataset, Split, load_dataset
 from maaskit.device import pick_device, seed_everything
-from maaskit.evaluate import evaluate
+from maaskit.evaluation import evaluate
 from maaskit.models import build_model
 from maaskit.train import fit
 

@@ -1,11 +1,32 @@
-"""The ``maaskit`` command line."""
+"""The ``maaskit`` command line. ``maaskit --version`` and ``--help`` import no PyTorch."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from collections.abc import Iterator
 
-from . import __version__
+from ._version import __version__
+from .recipes import default_recipe
+
+
+class _Names:
+    """The names of a registry (``"data.DATASETS"``), read when argparse first needs them:
+    for checking a value or printing help, not when the parser is built."""
+
+    def __init__(self, where: str, *extra: str):
+        self.where, self.extra = where, extra
+
+    def _names(self) -> list[str]:
+        module, attr = self.where.rsplit(".", 1)
+        return [*getattr(importlib.import_module(f".{module}", __package__), attr), *self.extra]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._names()
 
 
 def _doctor(_args) -> int:
@@ -21,7 +42,7 @@ def _doctor(_args) -> int:
 def _train(args) -> int:
     from .data import DatasetUnavailableError, load_dataset
     from .device import DeviceNotAvailableError, seed_everything
-    from .evaluate import evaluate
+    from .evaluation import evaluate
     from .models import build_model
     from .serving.artifact import save_artifact
     from .train import PrintProgress, fit
@@ -41,8 +62,7 @@ def _train(args) -> int:
     print(f"test accuracy {result.accuracy:.2%} (loss {result.loss:.4f}) on {len(result.labels)} images")
     metrics = {"test_accuracy": result.accuracy, "test_loss": result.loss, "epochs": len(history.records),
                "wall_time_s": history.last.get("wall_time")}
-    out = save_artifact(model, args.out, classes=data.classes, mean=data.mean, std=data.std,
-                        name=f"{args.model}-{data.name}", metrics=metrics)
+    out = save_artifact(model, args.out, data, name=f"{args.model}-{data.name}", metrics=metrics)
     print(f"saved to {out}/ (model.safetensors, manifest.json)")
     return 0
 
@@ -74,10 +94,11 @@ def _serve(args) -> int:
 def _predict(args) -> int:
     import numpy as np
 
+    from .images import read_image
     from .serving.client import Client, EndpointError
 
     try:
-        images = np.stack([_read_image(path) for path in args.files])
+        images = np.stack([read_image(path) for path in args.files])
         with Client(args.url, token=args.token, protocol="v2") as client:
             results = client.predict(args.model, images, top_k=args.top_k)
     except (EndpointError, OSError, ValueError) as err:
@@ -88,65 +109,56 @@ def _predict(args) -> int:
     return 0
 
 
-def _read_image(path: str):
-    """An image file (PNG, JPEG, ...) as uint8 C x H x W, or a .npy array as it is."""
-    import numpy as np
-
-    if path.endswith(".npy"):
-        return np.load(path, allow_pickle=False)
-    from PIL import Image
-
-    with Image.open(path) as im:
-        array = np.asarray(im.convert("L") if im.mode in ("L", "LA", "P", "1") else im.convert("RGB"))
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-
-
 def build_parser() -> argparse.ArgumentParser:
+    helpful = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}  # every option says its default
     parser = argparse.ArgumentParser(prog="maaskit", description="Models as a service, from the forward pass to the endpoint.")
     parser.add_argument("--version", action="version", version=f"maaskit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     doctor = sub.add_parser("doctor", help="report versions, devices, the widgets extension and the dataset cache")
     doctor.set_defaults(func=_doctor)
 
-    from .data import DATASETS
-    from .models import MODELS
-    from .train import OPTIMIZERS, SCHEDULERS
-
-    train = sub.add_parser("train", help="train a model headless and save it as an artifact",
+    recipe = default_recipe("digits")  # the defaults: maaskit.recipes, shared with the notebooks and the dashboard
+    train = sub.add_parser("train", help="train a model headless and save it as an artifact", **helpful,
                            description="Train a model, print the test accuracy, and save it to --out.")
-    train.add_argument("--dataset", default="digits", choices=DATASETS)
-    train.add_argument("--model", default="lenet", choices=list(MODELS))
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS))
-    train.add_argument("--lr", type=float, default=1e-2)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--scheduler", default="onecycle", choices=[*SCHEDULERS, "none"])
-    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True)
+    train.add_argument("--dataset", default="digits", choices=_Names("data.DATASETS"), metavar="NAME",
+                       help="the dataset: %(choices)s")
+    train.add_argument("--model", default=recipe.model, choices=_Names("models.MODELS"), metavar="NAME",
+                       help="the architecture: %(choices)s")
+    train.add_argument("--epochs", type=int, default=recipe.epochs, help="passes over the training split")
+    train.add_argument("--optimizer", default=recipe.optimizer, choices=_Names("train.OPTIMIZERS"), metavar="NAME",
+                       help="%(choices)s")
+    train.add_argument("--lr", type=float, default=recipe.lr, help="learning rate (the peak, under onecycle)")
+    train.add_argument("--batch-size", type=int, default=recipe.batch_size, help="images per optimizer step")
+    train.add_argument("--scheduler", default=recipe.scheduler or "none", choices=_Names("train.SCHEDULERS", "none"),
+                       metavar="NAME", help="learning-rate schedule, stepped every batch: %(choices)s")
+    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=recipe.augment,
+                       help="random crops of the training images (and flips for cifar10)")
     train.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="seeds the weights, the shuffle and the augmentation")
     train.add_argument("--out", required=True, help="directory for model.safetensors and manifest.json")
     train.set_defaults(func=_train)
 
     serve = sub.add_parser("serve", help="serve artifacts over the V2 (KServe/Triton) and V1 (TF Serving) APIs",
-                           description="Serve one or more artifact directories until Ctrl-C.")
+                           description="Serve one or more artifact directories until Ctrl-C.", **helpful)
     serve.add_argument("artifacts", nargs="+", metavar="DIR", help="directories written by maaskit train")
     serve.add_argument("--name", help="the model's name (one artifact only; default: from its manifest)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (loopback: only this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free one)")
     serve.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (or set MAASKIT_TOKEN)")
     serve.add_argument("--allow-insecure", action="store_true", help="bind a non-loopback address without a token")
-    serve.add_argument("--device", default="auto")
-    serve.add_argument("--max-batch-size", type=int, default=32)
-    serve.add_argument("--max-delay-ms", type=float, default=5.0)
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    serve.add_argument("--max-batch-size", type=int, default=32, help="most images in one forward pass")
+    serve.add_argument("--max-delay-ms", type=float, default=5.0,
+                       help="how long a request may wait for others to share its forward pass")
     serve.set_defaults(func=_serve)
 
-    predict = sub.add_parser("predict", help="send images to an endpoint and print the top classes")
+    predict = sub.add_parser("predict", help="send images to an endpoint and print the top classes", **helpful)
     predict.add_argument("url", help="the endpoint's base URL, e.g. http://127.0.0.1:8000")
     predict.add_argument("files", nargs="+", metavar="FILE", help="image files or .npy arrays (C x H x W)")
-    predict.add_argument("--model", required=True)
-    predict.add_argument("--token", default=None)
-    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--model", required=True, help="the model's name on the endpoint")
+    predict.add_argument("--token", default=None, help="bearer token, if the endpoint wants one")
+    predict.add_argument("--top-k", type=int, default=3, help="how many classes to print per image")
     predict.set_defaults(func=_predict)
     return parser
 

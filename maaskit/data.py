@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from .device import pick_device
+from .normalization import Normalization
 
 __all__ = [
     "DATASETS",
     "DatasetUnavailableError",
-    "Dataset",
     "DeviceLoader",
+    "ImageDataset",
     "Split",
     "cache_dir",
     "load_dataset",
@@ -63,33 +65,43 @@ class Split:
 
 
 @dataclass(frozen=True)
-class Dataset:
-    """A dataset split into train/validation/test, with what a model needs to know about it."""
+class ImageDataset:
+    """A dataset split into train/validation/test, with what a model needs to know about it.
+
+    (Not a ``torch.utils.data.Dataset``: it holds whole splits and batches them on the device.)
+    """
 
     name: str
     train: Split
     val: Split
     test: Split
     classes: tuple[str, ...]
-    mean: tuple[float, ...]  # per channel, of the training images scaled to [0, 1]
-    std: tuple[float, ...]
+    normalization: Normalization  # per-channel statistics of the training images
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])
+        c, h, w = self.train.x.shape[1:]
+        return int(c), int(h), int(w)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return self.normalization.mean
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return self.normalization.std
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 images to float, scaled to [0, 1] and standardized per channel."""
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x.float() / 255 - mean) / std
+        """uint8 images to float, scaled to [0, 1] and standardized per channel, as training sees them."""
+        return self.normalization.to_float(x)
 
     def loader(self, split: str = "train", *, batch_size: int = 128, shuffle: bool | None = None,
-               augment: bool = False, device="auto", seed: int = 0, drop_last: bool = False) -> "DeviceLoader":
+               augment: bool = False, device: str | torch.device = "auto", seed: int = 0,
+               drop_last: bool = False) -> DeviceLoader:
         """A :class:`DeviceLoader` over one split. Training batches are shuffled unless told otherwise;
         ``augment=True`` adds random crops (and horizontal flips for CIFAR-10, where mirror images
         are still the same class; a mirrored digit is not)."""
@@ -97,27 +109,29 @@ class Dataset:
             raise ValueError(f"unknown split {split!r}; expected one of train, val, test")
         padding = max(1, self.in_shape[-1] // 8) if augment else 0
         return DeviceLoader(
-            getattr(self, split), mean=self.mean, std=self.std, batch_size=batch_size,
+            getattr(self, split), self.normalization, batch_size=batch_size,
             shuffle=(split == "train") if shuffle is None else shuffle, drop_last=drop_last,
             crop_padding=padding, flip=augment and self.name == "cifar10", device=device, seed=seed,
         )
 
     def __repr__(self) -> str:
         c, h, w = self.in_shape
-        return (f"Dataset({self.name!r}: {c}x{h}x{w}, {self.num_classes} classes, "
+        return (f"ImageDataset({self.name!r}: {c}x{h}x{w}, {self.num_classes} classes, "
                 f"train={len(self.train)}, val={len(self.val)}, test={len(self.test)})")
 
 
 def load_dataset(name: str = "digits", *, root: str | os.PathLike | None = None, val_fraction: float = 0.1,
-                 seed: int = 0, download: bool = True) -> Dataset:
-    """Load ``digits``, ``mnist``, ``fashion-mnist`` or ``cifar10`` as a :class:`Dataset`.
+                 seed: int = 0, download: bool = True) -> ImageDataset:
+    """Load ``digits``, ``mnist``, ``fashion-mnist`` or ``cifar10`` as an :class:`ImageDataset`.
 
     The validation split is a seeded random ``val_fraction`` of the official training
     set (digits has no official test set, so a fifth of it is held out as test first).
     ``root`` defaults to :func:`cache_dir`; without network the error says which files
     to put where.
     """
-    key = name.strip().lower().replace("_", "-") if isinstance(name, str) else name
+    if not isinstance(name, str):
+        raise TypeError(f"dataset name must be a string (one of {', '.join(DATASETS)}), got {type(name).__name__}")
+    key = name.strip().lower().replace("_", "-")
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
     if not 0 <= val_fraction < 1:
@@ -136,10 +150,7 @@ def load_dataset(name: str = "digits", *, root: str | os.PathLike | None = None,
     val_idx, train_idx = _split_indices(len(train_all), val_fraction, gen)
     train = Split(train_all.x[train_idx], train_all.y[train_idx])
     val = Split(train_all.x[val_idx], train_all.y[val_idx])
-    scaled = train.x.float().div_(255)
-    mean = tuple(scaled.mean(dim=(0, 2, 3)).tolist())
-    std = tuple(scaled.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist())
-    return Dataset(key, train, val, test, tuple(classes), mean, std)
+    return ImageDataset(key, train, val, test, tuple(classes), Normalization.of(train.x))
 
 
 def _split_indices(n: int, fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,20 +242,17 @@ class DeviceLoader:
     The shuffle comes from a generator on the device, seeded, so an epoch sequence repeats.
     """
 
-    def __init__(self, split: Split, *, mean, std, batch_size: int = 128, shuffle: bool = True,
-                 drop_last: bool = False, crop_padding: int = 0, flip: bool = False, device="auto",
-                 seed: int = 0, dtype: torch.dtype = torch.float32):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    def __init__(self, split: Split, normalization: Normalization, *, batch_size: int = 128, shuffle: bool = True,
+                 drop_last: bool = False, crop_padding: int = 0, flip: bool = False,
+                 device: str | torch.device = "auto", seed: int = 0, dtype: torch.dtype = torch.float32):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
         self.device = pick_device(device)
         self.x = split.x.to(self.device)
         self.y = split.y.to(self.device)
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.crop_padding, self.flip, self.dtype = crop_padding, flip, dtype
-        std = torch.tensor(std, dtype=torch.float32)
-        # (x / 255 - mean) / std folded into one multiply-add
-        self._scale = (1 / (255 * std)).view(1, -1, 1, 1).to(self.device, dtype)
-        self._shift = (-torch.tensor(mean) / std).view(1, -1, 1, 1).to(self.device, dtype)
+        self._scale, self._shift = normalization.scale_shift(self.device, dtype)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def __len__(self) -> int:
@@ -255,7 +263,7 @@ class DeviceLoader:
     def num_examples(self) -> int:
         return len(self.y)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
         order = (torch.randperm(n, device=self.device, generator=self.generator) if self.shuffle
                  else torch.arange(n, device=self.device))

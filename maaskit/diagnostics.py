@@ -79,8 +79,11 @@ class GradientMonitor(Callback):
     """
 
     def __init__(self, model: nn.Module, *, every: int = 10, bins: int = 40):
-        if every < 1:
-            raise ValueError(f"every must be at least 1, got {every}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"GradientMonitor watches a torch.nn.Module, got {type(model).__name__}")
+        for name, value in (("every", every), ("bins", bins)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
         self.model, self.every, self.bins = model, every, bins
         self.weights = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
         if not self.weights:

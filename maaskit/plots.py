@@ -72,20 +72,26 @@ def function_grid(x, panels: Mapping[str, Mapping[str, object]], *, ncols: int =
 
 
 def history(hist: Mapping[str, Sequence[float]], *, x: str | None = None, size=(4.2, 3.0)) -> Figure:
-    """Training curves: one panel for the losses, one for the accuracies.
+    """Training curves, one line per series: every series given is drawn, none is dropped.
 
-    ``hist`` maps names such as ``train_loss``, ``val_loss``, ``train_acc`` to one value
-    per step or epoch; ``x`` names the entry to use as the horizontal axis (else 1, 2, ...).
+    ``hist`` maps names to one value per step or epoch (a dict, or a :class:`maaskit.History`);
+    ``x`` names the entry to use as the horizontal axis (else 1, 2, ...). Series whose names say
+    "loss" share one panel and those that say "acc" another; the rest get a panel of their own
+    (a record's ``lr``, say, or two losses under names of your choosing).
     """
-    groups = {"loss": [k for k in hist if "loss" in k and k != x],
-              "accuracy": [k for k in hist if "acc" in k and k != x]}
-    groups = {k: v for k, v in groups.items() if v}
-    if not groups:
-        raise ValueError(f"nothing to plot: expected keys containing 'loss' or 'acc', got {list(hist)}")
+    names = [k for k in hist.keys() if k != x]
+    numeric = {k: _array(hist[k]) for k in names}
+    numeric = {k: v for k, v in numeric.items() if v.dtype.kind in "iuf"}  # not flags such as "complete"
+    if not numeric:
+        raise ValueError(f"nothing to plot: expected series of numbers, got {list(hist.keys())}")
+    groups: dict[str, list[str]] = {}
+    for k in numeric:
+        group = "loss" if "loss" in k else "accuracy" if "acc" in k else k
+        groups.setdefault(group, []).append(k)
     fig = Figure(figsize=(size[0] * len(groups), size[1]), layout="constrained")
     for ax, (title, keys) in zip(fig.subplots(1, len(groups), squeeze=False)[0], groups.items()):
         for k in keys:
-            y = _array(hist[k])
+            y = numeric[k]
             ax.plot(_array(hist[x]) if x else np.arange(1, len(y) + 1), y, label=k)
         ax.set_title(title)
         ax.set_xlabel(x or "epoch")
@@ -102,6 +108,9 @@ def image_grid(images, labels=None, predictions=None, *, classes: Sequence[str] 
     into an existing figure or subfigure instead of a new one.
     """
     images = _array(images)
+    if images.ndim not in (3, 4) or not len(images):
+        raise ValueError(f"image_grid needs at least one image, as N x C x H x W or N x H x W; got shape "
+                         f"{list(images.shape)}")
     if images.ndim == 4:
         images = images.transpose(0, 2, 3, 1)
         if images.shape[-1] == 1:
@@ -132,7 +141,7 @@ def optimizer_paths(surface, paths, *, size=(5.0, 4.0), title: str | None = None
     """Contours of a 2-D surface with each optimizer's path, beside the loss at each step.
 
     ``surface`` is a :class:`maaskit.surfaces.Surface`; ``paths`` are
-    :class:`maaskit.surfaces.Path`. A diverged path ends in a cross and says where.
+    :class:`maaskit.surfaces.OptimizerPath`. A diverged path ends in a cross and says where.
     """
     import torch
     from matplotlib.colors import LogNorm

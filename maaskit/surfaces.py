@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["SURFACES", "OPTIMIZERS", "Path", "Surface", "make_optimizer", "run_path"]
+__all__ = ["PATH_OPTIMIZERS", "SURFACES", "OptimizerPath", "Surface", "make_optimizer", "run_path"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ SURFACES = {
     ]
 }
 
-# name -> (torch.optim class, which of the shared hyper-parameters it takes)
-OPTIMIZERS = {
+# name -> (torch.optim class, which of the shared hyper-parameters it takes); the playground's menu
+PATH_OPTIMIZERS = {
     "SGD": (torch.optim.SGD, ()),
     "Momentum": (torch.optim.SGD, ("momentum",)),
     "Nesterov": (torch.optim.SGD, ("momentum", "nesterov")),
@@ -61,9 +61,9 @@ OPTIMIZERS = {
 
 def make_optimizer(name: str, params, *, lr: float, momentum: float = 0.9, betas=(0.9, 0.999)):
     """The real ``torch.optim`` optimizer behind ``name``, with the hyper-parameters it uses."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
-    cls, takes = OPTIMIZERS[name]
+    if name not in PATH_OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(PATH_OPTIMIZERS)}")
+    cls, takes = PATH_OPTIMIZERS[name]
     kwargs = {"lr": lr}
     if "momentum" in takes:
         kwargs["momentum"] = momentum
@@ -75,7 +75,7 @@ def make_optimizer(name: str, params, *, lr: float, momentum: float = 0.9, betas
 
 
 @dataclass
-class Path:
+class OptimizerPath:
     """Where an optimizer went: the points (steps + 1 of them), the loss at each, and whether it diverged."""
 
     label: str
@@ -89,7 +89,7 @@ class Path:
 
 
 def run_path(surface: Surface, make: Callable[[list[torch.Tensor]], object], steps: int, *,
-             start: tuple[float, float] | None = None, label: str = "", margin: float = 0.5) -> Path:
+             start: tuple[float, float] | None = None, label: str = "", margin: float = 0.5) -> OptimizerPath:
     """Run ``steps`` optimizer steps from ``start`` and record the path.
 
     ``make(params)`` returns the optimizer. A step that produces a non-finite loss or leaves
@@ -100,7 +100,7 @@ def run_path(surface: Surface, make: Callable[[list[torch.Tensor]], object], ste
     """
     xy = torch.tensor(start or surface.start, dtype=torch.float64, requires_grad=True)
     optimizer = make([xy])
-    path = Path(label)
+    path = OptimizerPath(label)
     for step in range(steps + 1):
         loss = surface(xy[0], xy[1])
         x, y, value = xy[0].item(), xy[1].item(), loss.item()

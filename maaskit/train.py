@@ -14,17 +14,19 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data import ImageDataset
 from .device import pick_device, seed_everything
 
-__all__ = ["Callback", "Checkpoint", "EarlyStopping", "History", "PrintProgress", "Run", "fit"]
+__all__ = ["Callback", "Checkpoint", "EarlyStopping", "History", "PrintProgress", "Recorder", "Run", "fit"]
 
 OPTIMIZERS = {
     "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd),
@@ -39,12 +41,17 @@ SCHEDULERS = {
 }
 
 
-class History(Mapping):
-    """One record per epoch; ``history["val_acc"]`` is that column as a list.
+class History:
+    """One record per epoch. ``len(history)`` is the number of epochs, ``history[-1]`` the last record,
+    ``history["val_acc"]`` that column as a list, ``history.keys()`` the column names.
 
     ``stopped`` says why training ended early (``"early stopping"``, ``"stop requested"``,
     ``"interrupted"``) or is ``None``. A record with ``complete=False`` is an epoch cut short.
     """
+
+    # what fit() records each epoch; the numeric ones can be monitored by EarlyStopping
+    COLUMNS = ("epoch", "step", "train_loss", "train_acc", "images_per_s", "wall_time", "val_loss", "val_acc", "lr",
+               "complete")
 
     def __init__(self, records: Sequence[dict] = ()):
         self.records = [dict(r) for r in records]
@@ -54,22 +61,32 @@ class History(Mapping):
     def append(self, record: dict) -> None:
         self.records.append(record)
 
-    def __getitem__(self, key):
-        if not self.records or key not in self.records[0]:
-            raise KeyError(key)
-        return [r[key] for r in self.records]
+    @overload
+    def __getitem__(self, key: str) -> list: ...
+    @overload
+    def __getitem__(self, key: int) -> dict: ...
 
-    def __iter__(self):
-        return iter(self.records[0] if self.records else ())
+    def __getitem__(self, key: str | int) -> list | dict:
+        if isinstance(key, str):
+            if not self.records or key not in self.records[0]:
+                raise KeyError(f"{key!r}: the history has columns {', '.join(self.keys()) or '(none yet)'}")
+            return [r[key] for r in self.records]
+        return self.records[key]
 
-    def __len__(self):
-        return len(self.records[0]) if self.records else 0
+    def keys(self) -> list[str]:
+        return list(self.records[0]) if self.records else []
+
+    def __iter__(self) -> Iterator[dict]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
 
     @property
     def last(self) -> dict:
         return self.records[-1] if self.records else {}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         last = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.last.items())
         return f"History({len(self.records)} epochs; last: {last}{'; stopped: ' + self.stopped if self.stopped else ''})"
 
@@ -84,8 +101,11 @@ class Run:
         self.epoch = 0          # the epoch running now, from 1; after resuming, the last one saved
         self.step = 0           # optimizer steps since the start of training
         self.epoch_step = 0     # steps into the current epoch
-        self.loss = None        # the last batch's loss, a tensor on the device
-        self.batch = None       # the last (inputs, labels)
+        self.loss: torch.Tensor | None = None    # the last batch's loss, a tensor on the device
+        self.output: torch.Tensor | None = None  # the last batch's logits
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None  # the last (inputs, labels)
+        self.val_loader: Any = None
+        self.autocast: Callable[[], Any] = nullcontext
         self.stop_reason: str | None = None
         self._stop = threading.Event()
         self._loss_sum = torch.zeros((), device=device)
@@ -123,7 +143,13 @@ class Run:
 
 
 class Callback:
-    """Override the events you need. ``run`` is the :class:`Run` in progress."""
+    """Override the events you need. ``run`` is the :class:`Run` in progress.
+
+    Callbacks are told of each event in ``order``, lowest first (ties: the order given to ``fit``);
+    the :class:`Recorder` goes first so that the others see the epoch's record.
+    """
+
+    order: int = 0
 
     def on_fit_start(self, run: Run): ...
     def on_epoch_start(self, run: Run): ...
@@ -131,6 +157,31 @@ class Callback:
     def on_batch_end(self, run: Run): ...
     def on_epoch_end(self, run: Run): ...
     def on_fit_end(self, run: Run): ...
+
+
+class Recorder(Callback):
+    """Keeps the epoch's running loss and accuracy on the device and, at its end, validates and
+    appends the record to ``run.history``. ``fit`` always adds one (fastai's Recorder idea)."""
+
+    order = -100
+
+    def on_epoch_start(self, run: Run) -> None:
+        run._reset_epoch()
+
+    def on_batch_end(self, run: Run) -> None:
+        assert run.batch is not None and run.loss is not None and run.output is not None
+        labels = run.batch[1]
+        run._loss_sum += run.loss * len(labels)  # stays on the device: no sync
+        run._correct += (run.output.argmax(1) == labels).sum()
+        run._seen += len(labels)
+
+    def on_epoch_end(self, run: Run) -> None:
+        record = run.running_metrics()  # the one read from the device this epoch
+        record.pop("epoch_step")
+        record["val_loss"], record["val_acc"] = _validate(run.model, run.val_loader, run.autocast)
+        record["lr"] = run.optimizer.param_groups[0]["lr"]
+        record["complete"] = run.epoch_step == run.steps_per_epoch
+        run.history.append(record)
 
 
 class PrintProgress(Callback):
@@ -153,9 +204,18 @@ class PrintProgress(Callback):
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved for ``patience`` epochs; put the best weights back."""
 
-    def __init__(self, patience: int = 5, monitor: str = "val_loss", mode: str = "min", restore_best: bool = True):
+    _MONITORABLE = ("train_loss", "train_acc", "val_loss", "val_acc")
+
+    def __init__(self, patience: int = 5, monitor: str = "val_loss", mode: str = "auto", restore_best: bool = True):
+        if monitor not in self._MONITORABLE:
+            raise ValueError(f"EarlyStopping cannot monitor {monitor!r}: fit() records "
+                             f"{', '.join(self._MONITORABLE)}")
+        if mode == "auto":  # losses should fall, accuracies rise
+            mode = "max" if monitor.endswith("acc") else "min"
         if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+            raise ValueError(f"mode must be 'min', 'max' or 'auto', got {mode!r}")
+        if not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be a whole number of epochs, at least 1, got {patience!r}")
         self.patience, self.monitor, self.mode, self.restore_best = patience, monitor, mode, restore_best
         self.best, self.best_epoch, self.best_state, self.waited = None, 0, None, 0
 
@@ -316,11 +376,36 @@ def _validate(model, loader, autocast) -> tuple[float, float]:
     return loss_sum.item() / n, correct.item() / n
 
 
-def fit(model: nn.Module, data, *, optimizer="adam", lr: float = 1e-3, epochs: int = 5, batch_size: int = 128,
-        scheduler=None, device="auto", callbacks: Sequence[Callback] = (), early_stopping: int | None = None,
-        amp="auto", channels_last="auto", compile: bool = False, seed: int = 0, augment: bool = False,
-        weight_decay: float = 0.0, grad_clip: float | None = None, resume_from=None) -> History:
-    """Train ``model`` on ``data`` (a :class:`maaskit.data.Dataset`) and return its :class:`History`.
+def _check_inputs(model: Any, data: Any, epochs: Any, batch_size: Any, lr: Any, callbacks: Any) -> None:
+    """Mistakes that would otherwise surface an epoch later, or as an AttributeError deep inside."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"fit() trains a torch.nn.Module (e.g. from maaskit.build_model), got {type(model).__name__}")
+    if isinstance(data, str):
+        raise TypeError(f"fit() takes the data, not its name: pass maaskit.load_dataset({data!r})")
+    if not isinstance(data, ImageDataset):
+        hint = (" (a torch.utils.data.Dataset holds one example at a time; maaskit keeps whole splits on the device)"
+                if isinstance(data, torch.utils.data.Dataset) else "")
+        raise TypeError(f"fit() needs a maaskit ImageDataset from maaskit.load_dataset(...), got "
+                        f"{type(data).__name__}{hint}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    for cb in callbacks:
+        if isinstance(cb, type):
+            raise TypeError(f"callbacks takes instances: write {cb.__name__}(), not {cb.__name__}")
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks must be maaskit.Callback instances, got {type(cb).__name__}")
+
+
+def fit(model: nn.Module, data: ImageDataset, *, optimizer: str | torch.optim.Optimizer | Callable = "adam",
+        lr: float = 1e-3, epochs: int = 5, batch_size: int = 128, scheduler: str | Callable | None = None,
+        device: str | torch.device = "auto", callbacks: Sequence[Callback] = (), early_stopping: int | None = None,
+        amp: bool | str = "auto", channels_last: bool | str = "auto", compile: bool = False, seed: int = 0,
+        augment: bool = False, weight_decay: float = 0.0, grad_clip: float | None = None,
+        resume_from: str | Path | None = None) -> History:
+    """Train ``model`` on ``data`` (an :class:`maaskit.ImageDataset`) and return its :class:`History`.
 
     - ``optimizer``: ``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9), ``"rmsprop"``, an optimizer
       instance, or a function of the parameters. ``scheduler``: ``None``, ``"cosine"``,
@@ -333,9 +418,10 @@ def fit(model: nn.Module, data, *, optimizer="adam", lr: float = 1e-3, epochs: i
     - Stopping — ``run.request_stop()`` from a callback or another thread, or Ctrl-C / Jupyter's
       interrupt — ends training after the current batch; the model and the history are kept.
     - ``resume_from`` continues from a :class:`Checkpoint` directory up to ``epochs`` in all.
+    - An exception in a callback propagates with a note naming the callback and the event.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    callbacks = list(callbacks)
+    _check_inputs(model, data, epochs, batch_size, lr, callbacks)
     device = pick_device(device)
     seed_everything(seed)
     use_amp = device.type == "cuda" if amp == "auto" else bool(amp)
@@ -345,24 +431,31 @@ def fit(model: nn.Module, data, *, optimizer="adam", lr: float = 1e-3, epochs: i
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
 
     train_loader = data.loader("train", batch_size=batch_size, augment=augment, device=device, seed=seed)
-    val_loader = data.loader("val", batch_size=max(batch_size, 512), device=device)
     opt = _make_optimizer(optimizer, model, lr, weight_decay)
     sched = _make_scheduler(scheduler, opt, epochs * len(train_loader))
     net = torch.compile(model) if compile else model
 
     run = Run(model, opt, sched, data, device, epochs, len(train_loader), batch_size)
     run.train_generator = train_loader.generator
+    run.val_loader = data.loader("val", batch_size=max(batch_size, 512), device=device)
+    run.autocast = autocast
     run.settings = {"optimizer": optimizer if isinstance(optimizer, str) else type(opt).__name__, "lr": lr,
                     "batch_size": batch_size, "device": str(device), "amp": use_amp, "channels_last": use_cl,
                     "compile": compile, "seed": seed, "augment": augment}
     run.history.settings = run.settings
     if resume_from is not None:
         load_checkpoint(run, resume_from)
-    callbacks = list(callbacks) + ([EarlyStopping(early_stopping)] if early_stopping else [])
+    callbacks = [Recorder(), *callbacks] + ([EarlyStopping(early_stopping)] if early_stopping else [])
+    callbacks.sort(key=lambda cb: cb.order)  # stable: equal orders keep the order given
 
-    def fire(event):
+    def fire(event: str) -> None:
         for cb in callbacks:
-            getattr(cb, event)(run)
+            try:
+                getattr(cb, event)(run)
+            except Exception as err:
+                if hasattr(err, "add_note"):  # Python 3.11+: shown under the traceback, the type unchanged
+                    err.add_note(f"(raised in callback {type(cb).__name__}.{event})")
+                raise
 
     model.train()
     with _graceful_interrupt(run):
@@ -372,7 +465,6 @@ def fit(model: nn.Module, data, *, optimizer="adam", lr: float = 1e-3, epochs: i
                 if run.stop_requested:
                     break
                 run.epoch = epoch
-                run._reset_epoch()
                 fire("on_epoch_start")
                 for xb, yb in train_loader:
                     if use_cl:
@@ -389,21 +481,12 @@ def fit(model: nn.Module, data, *, optimizer="adam", lr: float = 1e-3, epochs: i
                     opt.step()
                     if sched is not None:
                         sched.step()
-                    run._loss_sum += loss.detach() * len(yb)   # stays on the device: no sync
-                    run._correct += (out.detach().argmax(1) == yb).sum()
-                    run._seen += len(yb)
+                    run.loss, run.output = loss.detach(), out.detach()
                     run.step += 1
                     run.epoch_step += 1
-                    run.loss = loss.detach()
                     fire("on_batch_end")
                     if run.stop_requested:
                         break
-                record = run.running_metrics()  # the one read from the device this epoch
-                record.pop("epoch_step")
-                record["val_loss"], record["val_acc"] = _validate(model, val_loader, autocast)
-                record["lr"] = opt.param_groups[0]["lr"]
-                record["complete"] = run.epoch_step == len(train_loader)
-                run.history.append(record)
                 fire("on_epoch_end")
         finally:
             run.history.stopped = run.stop_reason

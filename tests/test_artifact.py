@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import maaskit
+from maaskit import Normalization
 from maaskit.serving import ArtifactError, load_artifact, save_artifact
 
 
@@ -16,7 +17,7 @@ def digits():
 
 def test_round_trip_rebuilds_the_same_network(digits, tmp_path):
     model = maaskit.build_model("mlp", digits.in_shape, 10, hidden=(32, 16), activation="tanh")
-    path = save_artifact(model, tmp_path / "a", classes=digits.classes, mean=digits.mean, std=digits.std,
+    path = save_artifact(model, tmp_path / "a", data=digits,
                          metrics={"test_accuracy": 0.5})
     loaded, manifest = load_artifact(path)
     x = digits.normalize(digits.test.x[:7])
@@ -31,8 +32,7 @@ def test_round_trip_rebuilds_the_same_network(digits, tmp_path):
 
 
 def test_tampered_weights_are_refused(digits, tmp_path):
-    path = save_artifact(maaskit.build_model("lenet", digits.in_shape, 10), tmp_path, classes=digits.classes,
-                         mean=digits.mean, std=digits.std)
+    path = save_artifact(maaskit.build_model("lenet", digits.in_shape, 10), tmp_path, data=digits)
     data = bytearray((path / "model.safetensors").read_bytes())
     data[-1] ^= 0xFF
     (path / "model.safetensors").write_bytes(bytes(data))
@@ -43,17 +43,18 @@ def test_tampered_weights_are_refused(digits, tmp_path):
 def test_missing_files_unknown_architectures_and_foreign_models(digits, tmp_path):
     with pytest.raises(ArtifactError, match="manifest.json is missing"):
         load_artifact(tmp_path)
-    path = save_artifact(maaskit.build_model("mlp", digits.in_shape, 10), tmp_path / "m", classes=digits.classes,
-                         mean=digits.mean, std=digits.std)
+    path = save_artifact(maaskit.build_model("mlp", digits.in_shape, 10), tmp_path / "m", data=digits)
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["architecture"]["name"] = "vgg"
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="unknown architecture 'vgg'"):
         load_artifact(path)
     with pytest.raises(ArtifactError, match="build_model"):
-        save_artifact(torch.nn.Linear(2, 2), tmp_path / "x", classes=["a", "b"], mean=[0], std=[1])
+        save_artifact(torch.nn.Linear(2, 2), tmp_path / "x", classes=["a", "b"],
+                      normalization=Normalization((0,), (1,)))
     with pytest.raises(ArtifactError, match="3 class labels for a model with 10 outputs"):
-        save_artifact(maaskit.build_model("mlp", digits.in_shape, 10), tmp_path / "y", classes="abc", mean=[0], std=[1])
+        save_artifact(maaskit.build_model("mlp", digits.in_shape, 10), tmp_path / "y", classes=list("abc"),
+                      normalization=Normalization((0,), (1,)))
 
 
 def test_maaskit_train_trains_evaluates_and_saves(tmp_path):

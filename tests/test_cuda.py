@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import maaskit
-from maaskit.evaluate import evaluate
+from maaskit.evaluation import evaluate
 from maaskit.train import Callback, Checkpoint, fit
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

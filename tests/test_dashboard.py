@@ -78,7 +78,7 @@ def test_headless_display_is_a_final_figure_and_a_summary(digits):
     dash = TrainingDashboard(digits, model="mlp", epochs=2)
     assert "not trained yet" in str(dash)
     dash.fit()
-    bundle = dash._bundle()
+    bundle = dash._repr_mimebundle_()
     assert base64.b64decode(bundle["image/png"]).startswith(PNG)
     assert bundle["text/plain"].startswith("2 epochs")
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == dash.widget.model_id

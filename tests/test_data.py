@@ -147,7 +147,7 @@ def test_drop_last_and_batch_size_checks(digits):
     assert len(digits.loader(batch_size=100, drop_last=True, device="cpu")) == 12
     assert all(len(y) == 100 for _, y in digits.loader(batch_size=100, drop_last=True, device="cpu"))
     with pytest.raises(ValueError, match="batch_size"):
-        DeviceLoader(digits.train, mean=digits.mean, std=digits.std, batch_size=0, device="cpu")
+        DeviceLoader(digits.train, digits.normalization, batch_size=0, device="cpu")
     with pytest.raises(ValueError, match="unknown split"):
         digits.loader("validation")
 

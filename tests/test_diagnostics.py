@@ -146,7 +146,7 @@ def test_diagnosis_names_exploding_gradients_and_clipping_quiets_it(digits):
 
 
 def test_bad_arguments(digits):
-    with pytest.raises(ValueError, match="every must be at least 1"):
+    with pytest.raises(ValueError, match="every must be a whole number of at least 1"):
         GradientMonitor(mlp(digits), every=0)
     with pytest.raises(ValueError, match="no weight"):
         GradientMonitor(nn.Sequential(nn.ReLU()))

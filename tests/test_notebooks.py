@@ -8,10 +8,11 @@ import papermill as pm
 import pytest
 
 from conftest import make_mnist_like
-from maaskit import build_model, load_dataset, read_metrics
+from maaskit import build_model, load_dataset
+from maaskit.report import read_metrics
 from maaskit.serving import serve
 from maaskit.train import fit
-from maaskit.evaluate import evaluate
+from maaskit.evaluation import evaluate
 from maaskit.serving.artifact import load_artifact
 
 ROOT = Path(__file__).resolve().parents[1]

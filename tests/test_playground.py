@@ -6,7 +6,7 @@ import base64
 import pytest
 import torch
 
-from maaskit.surfaces import OPTIMIZERS, SURFACES, make_optimizer, run_path
+from maaskit.surfaces import PATH_OPTIMIZERS, SURFACES, make_optimizer, run_path
 from maaskit.widgets import OptimizerPlayground
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -91,7 +91,7 @@ def test_optimizer_selection_and_hyper_parameters(pg):
 
 
 def test_every_optimizer_name_builds_its_torch_class():
-    for name, (cls, _) in OPTIMIZERS.items():
+    for name, (cls, _) in PATH_OPTIMIZERS.items():
         opt = make_optimizer(name, [torch.zeros(2, requires_grad=True)], lr=0.1, betas=(0.8, 0.99))
         assert type(opt) is cls
     assert make_optimizer("Nesterov", [torch.zeros(2, requires_grad=True)], lr=0.1).param_groups[0]["nesterov"]

@@ -4,6 +4,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+import maaskit
 from maaskit import plots
 
 
@@ -26,7 +27,19 @@ def test_history_groups_losses_and_accuracies():
     assert [l.get_label() for l in loss.get_lines()] == ["train_loss", "val_loss"]
     assert list(acc.get_lines()[0].get_xdata()) == [1, 2, 3]
     with pytest.raises(ValueError, match="nothing to plot"):
-        plots.history({"lr": [0.1]})
+        plots.history({"epoch": [1, 2]}, x="epoch")
+
+
+def test_history_draws_every_series_it_is_given():
+    series = {"nll_loss on logits (bug)": [2, -5, -40], "cross_entropy (fix)": [2.3, 1, 0.4], "lr": [.1, .1, .01]}
+    fig = plots.history(series)
+    drawn = [line.get_label() for ax in fig.axes for line in ax.get_lines()]
+    assert sorted(drawn) == sorted(series)  # none dropped, whatever the names say
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "cross_entropy (fix)", "lr"]
+    history = maaskit.History([{"epoch": 1, "train_loss": 1.0, "val_acc": .5, "complete": True},
+                               {"epoch": 2, "train_loss": .5, "val_acc": .7, "complete": True}])
+    fig = plots.history(history, x="epoch")  # a fit() History too; the complete flags are not numbers to draw
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy"]
 
 
 def test_image_grid_marks_mistakes_in_red():

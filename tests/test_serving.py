@@ -35,8 +35,7 @@ def digits():
 def artifact(digits, tmp_path_factory):
     maaskit.seed_everything(0)
     model = maaskit.build_model("lenet", digits.in_shape, digits.num_classes)
-    path = save_artifact(model, tmp_path_factory.mktemp("art") / "lenet", classes=digits.classes, mean=digits.mean,
-                         std=digits.std, name="digits")
+    path = save_artifact(model, tmp_path_factory.mktemp("art") / "lenet", data=digits, name="digits")
     return path, model.eval()
 
 
@@ -266,10 +265,9 @@ def test_concurrent_requests_are_batched_and_counted(server, digits, http):
 def test_a_new_version_is_served_without_a_restart(tmp_path, digits):
     maaskit.seed_everything(1)
     other = maaskit.build_model("mlp", digits.in_shape, digits.num_classes)
-    v2 = save_artifact(other, tmp_path / "v2", classes=digits.classes, mean=digits.mean, std=digits.std, name="digits")
+    v2 = save_artifact(other, tmp_path / "v2", data=digits, name="digits")
     maaskit.seed_everything(0)
-    first = save_artifact(maaskit.build_model("lenet", digits.in_shape, 10), tmp_path / "v1", classes=digits.classes,
-                          mean=digits.mean, std=digits.std, name="digits")
+    first = save_artifact(maaskit.build_model("lenet", digits.in_shape, 10), tmp_path / "v1", data=digits, name="digits")
     with serve(first) as running, Client(running.url) as client:
         x = digits.normalize(digits.test.x[:2]).numpy()
         before = client.infer("digits", x)["logits"]
@@ -386,8 +384,7 @@ def test_endpoint_console_connects_sends_and_load_tests(artifact, digits):
 
 def test_several_models_at_once_and_a_graceful_stop(tmp_path, digits):
     maaskit.seed_everything(0)
-    paths = [save_artifact(maaskit.build_model(arch, digits.in_shape, 10), tmp_path / arch, classes=digits.classes,
-                           mean=digits.mean, std=digits.std, name=f"{arch}-digits") for arch in ("lenet", "mlp")]
+    paths = [save_artifact(maaskit.build_model(arch, digits.in_shape, 10), tmp_path / arch, data=digits, name=f"{arch}-digits") for arch in ("lenet", "mlp")]
     running = serve(*paths)
     with Client(running.url) as client:
         assert client.models() == ["lenet-digits", "mlp-digits"]

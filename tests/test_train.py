@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import maaskit
-from maaskit.evaluate import evaluate
+from maaskit.evaluation import evaluate
 from maaskit.train import Callback, Checkpoint, EarlyStopping, History, fit
 
 
@@ -41,7 +41,7 @@ def test_fit_learns_and_records_every_epoch(digits):
     history = fit(model, digits, epochs=3, lr=3e-3, batch_size=64)
     assert isinstance(history, History) and len(history.records) == 3
     assert history["epoch"] == [1, 2, 3] and history["step"] == [21, 42, 63]
-    assert set(history) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "wall_time"}
+    assert set(history.keys()) >= {"train_loss", "train_acc", "val_loss", "val_acc", "lr", "images_per_s", "wall_time"}
     assert history["train_loss"][2] < history["train_loss"][0]
     assert history.last["val_acc"] > 0.85 and history.stopped is None
     assert all(history["complete"]) and history["wall_time"] == sorted(history["wall_time"])
@@ -168,8 +168,8 @@ def test_resume_from_a_folder_that_is_not_a_checkpoint(digits, tmp_path):
 
 
 def test_early_stopping_restores_the_best_weights(digits):
-    small = maaskit.data.Dataset("digits", maaskit.data.Split(digits.train.x[:100], digits.train.y[:100]),
-                                 digits.val, digits.test, digits.classes, digits.mean, digits.std)
+    small = maaskit.ImageDataset("digits", maaskit.Split(digits.train.x[:100], digits.train.y[:100]),
+                                 digits.val, digits.test, digits.classes, digits.normalization)
     model = model_for(small, "mlp")
     stopper = EarlyStopping(patience=2)
     history = fit(model, small, epochs=200, lr=1e-2, batch_size=16, callbacks=[stopper])
@@ -185,7 +185,7 @@ def test_unknown_names_and_bad_values(digits):
         fit(model, digits, optimizer="lion")
     with pytest.raises(ValueError, match="expected one of cosine, onecycle"):
         fit(model, digits, scheduler="warm")
-    with pytest.raises(ValueError, match="epochs must be at least 1"):
+    with pytest.raises(ValueError, match="epochs must be a whole number of at least 1"):
         fit(model, digits, epochs=0)
     with pytest.raises(ValueError, match="unknown device"):
         fit(model, digits, device="tpu")

@@ -1,24 +1,37 @@
 """Taking a model out of the notebook: artifacts on disk, an inference server, a client.
 
-The server and client need FastAPI, uvicorn and httpx; they are imported when first used,
-so ``import maaskit`` stays quick.
+Names are imported on first use: the client and the protocol need only NumPy and httpx,
+the server and the artifacts need PyTorch.
 """
 
-from .artifact import ArtifactError, load_artifact, make_manifest, save_artifact
+from __future__ import annotations
 
-__all__ = ["ArtifactError", "Client", "load_artifact", "make_manifest", "save_artifact", "serve"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "ArtifactError": "artifact", "load_artifact": "artifact", "make_manifest": "artifact",
+    "save_artifact": "artifact",
+    "serve": "server", "RunningServer": "server", "ModelRepository": "server",
+    "Client": "client", "EndpointError": "client", "load_test": "client",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .artifact import ArtifactError, load_artifact, make_manifest, save_artifact
+    from .client import Client, EndpointError, load_test
+    from .server import ModelRepository, RunningServer, serve
 
 
-def serve(*sources, **kwargs):
-    """Serve artifacts or models in the background; see :func:`maaskit.serving.server.serve`."""
-    from .server import serve as _serve
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'maaskit.serving' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
-    return _serve(*sources, **kwargs)
 
-
-def __getattr__(name):
-    if name == "Client":
-        from .client import Client
-
-        return Client
-    raise AttributeError(name)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

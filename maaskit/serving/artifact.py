@@ -11,11 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .._version import __version__
 from ..models import MODELS, build_model
+from ..normalization import Normalization
+
+if TYPE_CHECKING:
+    from ..data import ImageDataset
 
 __all__ = ["ArtifactError", "FORMAT", "load_artifact", "make_manifest", "save_artifact"]
 
@@ -35,11 +42,28 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def make_manifest(model: torch.nn.Module, *, classes, mean, std, name: str | None = None,
-                  metrics: dict | None = None) -> dict:
-    """The manifest of ``model`` (built by :func:`maaskit.build_model`), without the weights' hash."""
-    from .. import __version__
+def _labels_and_normalization(data: ImageDataset | None, classes: Sequence[str] | None,
+                               normalization: Normalization | None) -> tuple[list[str], Normalization]:
+    if data is not None:
+        return list(data.classes), data.normalization
+    if classes is None or normalization is None:
+        raise TypeError("say what the model was trained on: pass the ImageDataset (data=...), "
+                        "or both classes=[...] and normalization=Normalization(...)")
+    if isinstance(classes, str) or not isinstance(classes, Sequence):
+        raise TypeError(f"classes must be a list of labels, got {type(classes).__name__}")
+    if not isinstance(normalization, Normalization):
+        raise TypeError(f"normalization must be a maaskit.Normalization, got {type(normalization).__name__}")
+    return [str(c) for c in classes], normalization
 
+
+def make_manifest(model: torch.nn.Module, data: ImageDataset | None = None, *,
+                  classes: Sequence[str] | None = None, normalization: Normalization | None = None,
+                  name: str | None = None, metrics: dict | None = None) -> dict[str, Any]:
+    """The manifest of ``model`` (built by :func:`maaskit.build_model`), without the weights' hash.
+
+    Class labels and normalization come from ``data``, the dataset it was trained on, or are
+    given as ``classes`` and ``normalization``."""
+    labels, norm = _labels_and_normalization(data, classes, normalization)
     config = getattr(model, "maaskit_config", None)
     if config is None:
         raise ArtifactError("a served or saved model must come from maaskit.build_model (it records how to rebuild it)")
@@ -50,9 +74,8 @@ def make_manifest(model: torch.nn.Module, *, classes, mean, std, name: str | Non
         "architecture": {**config, "kwargs": json.loads(json.dumps(config["kwargs"]))},  # tuples -> lists
         "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, c, h, w]}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, config["num_classes"]]}],
-        "classes": list(classes),
-        "normalization": {"scale": 1 / 255, "mean": list(mean), "std": list(std),
-                          "note": "input = (uint8 pixels / 255 - mean) / std, per channel"},
+        "classes": labels,
+        "normalization": norm.as_manifest(),
         "versions": {"maaskit": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "metrics": metrics or {},
     }
@@ -61,12 +84,15 @@ def make_manifest(model: torch.nn.Module, *, classes, mean, std, name: str | Non
     return manifest
 
 
-def save_artifact(model: torch.nn.Module, directory, *, classes, mean, std, name: str | None = None,
-                  metrics: dict | None = None) -> Path:
-    """Write ``model`` (built by :func:`maaskit.build_model`) to ``directory`` and return the path."""
+def save_artifact(model: torch.nn.Module, directory: str | Path, data: ImageDataset | None = None, *,
+                  classes: Sequence[str] | None = None, normalization: Normalization | None = None,
+                  name: str | None = None, metrics: dict | None = None) -> Path:
+    """Write ``model`` (built by :func:`maaskit.build_model`) and what it was trained on (``data``, or
+    ``classes`` and ``normalization``) to ``directory``; returns the path."""
     from safetensors.torch import save_file
 
-    manifest = make_manifest(model, classes=classes, mean=mean, std=std, name=name, metrics=metrics)
+    manifest = make_manifest(model, data, classes=classes, normalization=normalization, name=name,
+                             metrics=metrics)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -76,7 +102,7 @@ def save_artifact(model: torch.nn.Module, directory, *, classes, mean, std, name
     return directory
 
 
-def load_artifact(directory, *, device="cpu") -> tuple[torch.nn.Module, dict]:
+def load_artifact(directory: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model from ``directory`` after checking its weights' hash; returns (model, manifest)."""
     from safetensors.torch import load_file
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import httpx
 import numpy as np
 
-from .protocol import HEADER_LENGTH, decode_tensor, encode_body, encode_tensor, softmax, split_body
+from .protocol import HEADER_LENGTH, decode_tensor, encode_body, encode_tensor, split_body
+from .protocol import top_k as _top_k  # predict() has a parameter named top_k
 
 __all__ = ["Client", "EndpointError", "LoadTestResult", "load_test"]
 
@@ -138,9 +139,7 @@ class Client:
         if images.dtype not in (np.uint8, np.float32):
             images = images.astype(np.float32)
         logits = next(iter(self.infer(model, images, version=version, metadata=meta).values()))
-        probs = softmax(logits)
-        top = np.argsort(-probs, axis=1)[:, :top_k]
-        return [[(classes[j] if classes else int(j), float(p[j])) for j in row] for p, row in zip(probs, top)]
+        return _top_k(logits, top_k, classes or None)
 
     def close(self):
         self._http.close()

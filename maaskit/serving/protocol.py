@@ -10,11 +10,12 @@ Nothing here knows about HTTP servers or models: the server and the client both 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = ["DATATYPES", "HEADER_LENGTH", "ProtocolError", "decode_tensor", "encode_body", "encode_tensor",
-           "softmax", "split_body", "to_datatype"]
+           "softmax", "split_body", "to_datatype", "top_k"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -108,3 +109,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     """Class probabilities from the ``logits`` a classifier returns (row by row, overflow-safe)."""
     e = np.exp(logits - logits.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
+
+
+def top_k(logits: np.ndarray, k: int, classes: Sequence[str] | None = None) -> list[list[tuple[str | int, float]]]:
+    """The ``k`` most probable classes of each row of ``logits``, best first, as ``(label, probability)``;
+    the label is ``classes[j]``, or the class index ``j`` without ``classes``."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    logits = np.asarray(logits)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be N x classes, got shape {list(logits.shape)}")
+    probs = softmax(logits)
+    best = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    label = (lambda j: classes[j]) if classes is not None else int
+    return [[(label(j), float(p[j])) for j in row] for p, row in zip(probs, best)]

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
 import torch
@@ -25,13 +26,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
-from .. import __version__
+from .._version import __version__
 from ..device import pick_device
+from ..normalization import Normalization
 from .artifact import load_artifact, make_manifest
 from .batching import DynamicBatcher
-from .protocol import HEADER_LENGTH, ProtocolError, decode_tensor, encode_body, encode_tensor, softmax, split_body
+from .protocol import HEADER_LENGTH, ProtocolError, decode_tensor, encode_body, encode_tensor, split_body, top_k
+
+if TYPE_CHECKING:
+    from ..data import ImageDataset
 
 __all__ = ["ModelRepository", "RunningServer", "ServedModel", "create_app", "serve"]
+
+# what can be served: an artifact directory, a model from build_model (with data=), or (model, manifest)
+ModelSource = Union[str, Path, torch.nn.Module, tuple[torch.nn.Module, dict]]
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
@@ -59,10 +67,7 @@ class ServedModel:
         spec = self.manifest["inputs"][0]
         self.input_name, self.input_shape = spec["name"], spec["shape"]
         self.output_name = self.manifest["outputs"][0]["name"]
-        norm = self.manifest["normalization"]
-        c = self.input_shape[1]
-        self._mean = np.array(norm["mean"], np.float32).reshape(1, c, 1, 1)
-        self._std = np.array(norm["std"], np.float32).reshape(1, c, 1, 1)
+        self.normalization = Normalization.from_manifest(self.manifest["normalization"])
         self.model = self.model.to(self.device).eval()
         self.batch_sizes = deque(maxlen=10_000)  # the latest forward passes' sizes
         self.batcher = DynamicBatcher(self._forward, max_batch_size=self.max_batch_size,
@@ -88,7 +93,7 @@ class ServedModel:
             raise ProtocolError(f"input {name!r} must have shape [N, {', '.join(map(str, expected))}] with N >= 1, "
                                 f"got {list(array.shape)}")
         if datatype == "UINT8":
-            return ((array.astype(np.float32) / 255 - self._mean) / self._std).astype(np.float32)
+            return self.normalization.to_float(array)
         if datatype != "FP32":
             raise ProtocolError(f"input {name!r} must be FP32 (normalized) or UINT8 (pixels), got {datatype}")
         if not np.isfinite(array).all():
@@ -112,18 +117,22 @@ class ModelRepository:
         self._lock = threading.Lock()
         self.listeners: list = []  # told of every forward pass of every model (metrics)
 
-    def add(self, source, *, name: str | None = None, version: str | int | None = None, data=None) -> ServedModel:
+    def add(self, source: ModelSource, *, name: str | None = None, version: str | int | None = None,
+            data: ImageDataset | None = None) -> ServedModel:
         """Serve an artifact directory, a ``(model, manifest)`` pair as :func:`load_artifact` returns,
-        or a model from ``build_model`` with the ``data`` (a Dataset) it was trained on."""
+        or a model from ``build_model`` with the ``data`` (an ImageDataset) it was trained on."""
         if isinstance(source, (str, Path)):
             model, manifest = load_artifact(source)
         elif isinstance(source, torch.nn.Module):
             if data is None:
-                raise ValueError("serving a model needs data= (its Dataset: class names and normalization)")
-            model, manifest = source, make_manifest(source, classes=data.classes, mean=data.mean, std=data.std,
-                                                    name=name)
-        else:
+                raise ValueError("serving a model needs data= (its ImageDataset: class names and normalization)")
+            model, manifest = source, make_manifest(source, data, name=name)
+        elif (isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], torch.nn.Module)
+              and isinstance(source[1], dict)):
             model, manifest = source
+        else:
+            raise TypeError(f"cannot serve a {type(source).__name__}: pass an artifact directory, a model from "
+                            "maaskit.build_model with data=..., or the (model, manifest) pair load_artifact returns")
         name = name or manifest["name"]
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"model name {name!r}: use letters, digits, '_', '.' and '-' only")
@@ -315,10 +324,7 @@ def create_app(repository: ModelRepository, *, token: str | None = None, max_bod
         requests_total.labels(served.name, "v1").inc()
         latency.labels("v1").observe(time.perf_counter() - start)
         if match["verb"] == "classify":
-            probs = softmax(logits)
-            top = np.argsort(-probs, axis=1)[:, :5]
-            classes = served.manifest["classes"]
-            return {"results": [[[classes[j], float(p[j])] for j in t] for p, t in zip(probs, top)]}
+            return {"results": [[list(pair) for pair in row] for row in top_k(logits, 5, served.manifest["classes"])]}
         key = "predictions" if "instances" in body else "outputs"
         return {key: logits.tolist()}
 
@@ -339,10 +345,8 @@ def _object(value, what: str) -> dict:
 
 def _classification(name, logits, k, classes, binary):
     """Triton's classification extension: the top ``k`` per example as ``"score:index:label"`` strings."""
-    probs = softmax(logits)
-    top = np.argsort(-probs, axis=1)[:, :max(1, k)]
-    strings = [[f"{probs[i, j]:.6f}:{j}:{classes[j]}" for j in row] for i, row in enumerate(top)]
-    spec = {"name": name, "datatype": "BYTES", "shape": [len(strings), top.shape[1]]}
+    strings = [[f"{p:.6f}:{j}:{classes[j]}" for j, p in row] for row in top_k(logits, min(k, logits.shape[1]))]
+    spec = {"name": name, "datatype": "BYTES", "shape": [len(strings), len(strings[0]) if strings else 0]}
     if not binary:
         spec["data"] = [s for row in strings for s in row]
         return spec, b""
@@ -384,9 +388,10 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def serve(*sources, data=None, name: str | None = None, host: str = "127.0.0.1", port: int = 0, token: str | None = None,
-          allow_insecure: bool = False, device="auto", max_batch_size: int = 32, max_delay_ms: float = 5.0,
-          max_body_bytes: int = MAX_BODY_BYTES, log_level: str = "warning") -> RunningServer:
+def serve(*sources: ModelSource, data: ImageDataset | None = None, name: str | None = None, host: str = "127.0.0.1",
+          port: int = 0, token: str | None = None, allow_insecure: bool = False, device: str | torch.device = "auto",
+          max_batch_size: int = 32, max_delay_ms: float = 5.0, max_body_bytes: int = MAX_BODY_BYTES,
+          log_level: str = "warning") -> RunningServer:
     """Serve artifact directories (or models with ``data=``, or ``(model, manifest)`` pairs) in a
     background thread.
 

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import time
 
 import ipywidgets as w
 import numpy as np
 
 from .. import plots
+from ..images import read_image
 from ..serving.client import Client, EndpointError, load_test
+from .base import WidgetBase
 
 __all__ = ["EndpointConsole"]
 
 
-class EndpointConsole:
+class EndpointConsole(WidgetBase):
     """URL, token and protocol; a model list from the endpoint; **Send** one test image (or an
     uploaded one) and see the top classes and the latency; **Load test** N requests at
     concurrency C and see the latency histogram, p50/p95/p99 and requests/s.
@@ -105,9 +105,7 @@ class EndpointConsole:
         files = change["new"]
         if not files:
             return
-        from PIL import Image
-
-        self._uploaded = Image.open(io.BytesIO(bytes(files[0]["content"])))
+        self._uploaded = bytes(files[0]["content"])
         self.status.value = f"uploaded {html.escape(files[0]['name'])}: press <b>Send</b>"
 
     def _image_for(self, meta) -> np.ndarray:
@@ -117,9 +115,7 @@ class EndpointConsole:
         else:
             c, h, wd = meta["inputs"][0]["shape"][1:]
         if self._uploaded is not None:
-            img = self._uploaded.convert("L" if c == 1 else "RGB").resize((wd, h))
-            array = np.asarray(img, dtype=np.uint8)
-            return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+            return read_image(self._uploaded, channels=c, size=(h, wd))
         if self.images is None:
             raise ValueError("no test images given and nothing uploaded")
         return self.images[self.index_w.value]
@@ -192,9 +188,5 @@ class EndpointConsole:
             lines.append(f"last load test: {self.last_load!r}")
         return "\n".join(lines)
 
-    def _repr_mimebundle_(self, **kwargs):
-        bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})
-        if self.image.value:
-            bundle["image/png"] = base64.b64encode(bytes(self.image.value)).decode("ascii")
-        bundle["text/plain"] = str(self)
-        return bundle
+    def still_png(self) -> bytes | None:
+        return bytes(self.image.value) or None

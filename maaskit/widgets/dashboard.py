@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import threading
 import time
@@ -12,17 +11,19 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .. import plots
-from ..data import DATASETS, load_dataset
+from ..data import DATASETS, ImageDataset, load_dataset
 from ..device import available_devices, seed_everything
-from ..evaluate import evaluate
+from ..evaluation import evaluate
 from ..models import MODELS, build_model
+from ..recipes import Recipe, default_recipe
 from ..train import OPTIMIZERS, SCHEDULERS, Callback, fit
+from .base import WidgetBase
 from .svgchart import line_chart
 
 __all__ = ["TrainingDashboard"]
 
 
-class TrainingDashboard(Callback):
+class TrainingDashboard(WidgetBase, Callback):
     """Controls, Train/Stop, live progress and curves, and at the end a confusion matrix and
     sample predictions.
 
@@ -34,10 +35,15 @@ class TrainingDashboard(Callback):
     - Where no widget front end runs, displaying it gives one static figure and a summary.
     """
 
-    def __init__(self, data=None, *, dataset: str = "digits", model: str = "lenet", optimizer: str = "adamw",
-                 lr: float = 1e-2, batch_size: int = 32, epochs: int = 10, scheduler: str | None = "onecycle",
-                 device: str = "auto",
-                 augment: bool = True, seed: int = 0, redraw_every: float = 0.25):
+    def __init__(self, data: ImageDataset | None = None, *, dataset: str = "digits", recipe: Recipe | None = None,
+                 model: str | None = None, optimizer: str | None = None, lr: float | None = None,
+                 batch_size: int | None = None, epochs: int | None = None, scheduler: str | None = None,
+                 augment: bool | None = None, device: str = "auto", seed: int = 0, redraw_every: float = 0.25):
+        # the controls start at the dataset's default recipe (maaskit.recipes); arguments given win
+        given = {"model": model, "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "epochs": epochs,
+                 "scheduler": scheduler, "augment": augment}
+        r = self.recipe = (recipe or default_recipe(data.name if data is not None else dataset)).but(
+            **{k: v for k, v in given.items() if v is not None})
         self.data = data
         self._datasets = {data.name: data} if data is not None else {}
         self.seed, self.redraw_every = seed, redraw_every
@@ -53,19 +59,19 @@ class TrainingDashboard(Callback):
         names = list(DATASETS) + [n for n in self._datasets if n not in DATASETS]  # a dataset of your own too
         self.dataset_w = w.Dropdown(options=names, value=data.name if data is not None else dataset,
                                     description="dataset", style=style, layout=layout, disabled=data is not None)
-        self.model_w = w.Dropdown(options=list(MODELS), value=model, description="model", style=style, layout=layout)
-        self.optimizer_w = w.Dropdown(options=list(OPTIMIZERS), value=optimizer, description="optimizer",
+        self.model_w = w.Dropdown(options=list(MODELS), value=r.model, description="model", style=style, layout=layout)
+        self.optimizer_w = w.Dropdown(options=list(OPTIMIZERS), value=r.optimizer, description="optimizer",
                                       style=style, layout=layout)
-        self.lr_w = w.FloatLogSlider(value=lr, base=10, min=-5, max=0, step=0.1, readout_format=".1e",
+        self.lr_w = w.FloatLogSlider(value=r.lr, base=10, min=-5, max=0, step=0.1, readout_format=".1e",
                                      description="learning rate", style=style, layout=layout)
-        self.scheduler_w = w.Dropdown(options=["none", *SCHEDULERS], value=scheduler or "none",
+        self.scheduler_w = w.Dropdown(options=["none", *SCHEDULERS], value=r.scheduler or "none",
                                       description="lr schedule", style=style, layout=layout)
-        self.batch_size_w = w.Dropdown(options=[8, 16, 32, 64, 128, 256, 512], value=batch_size,
+        self.batch_size_w = w.Dropdown(options=[8, 16, 32, 64, 128, 256, 512], value=r.batch_size,
                                        description="batch size", style=style, layout=layout)
-        self.epochs_w = w.IntSlider(value=epochs, min=1, max=200, description="epochs", style=style, layout=layout)
+        self.epochs_w = w.IntSlider(value=r.epochs, min=1, max=200, description="epochs", style=style, layout=layout)
         self.device_w = w.Dropdown(options=devices, value=device if device in devices else "auto",
                                    description="device", style=style, layout=layout)
-        self.augment_w = w.Checkbox(value=augment, description="augment (random crops)", indent=False)
+        self.augment_w = w.Checkbox(value=r.augment, description="augment (random crops)", indent=False)
         self.train_button = w.Button(description="Train", button_style="success", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.train_button.on_click(lambda _: self.start())
@@ -188,7 +194,7 @@ class TrainingDashboard(Callback):
         self.train_button.disabled, self.stop_button.disabled = False, True
         print(str(self))
         if self._handle is not None:  # headless: the displayed output becomes the final picture
-            self._handle.update(self._bundle(), raw=True)
+            self._handle.update(self._repr_mimebundle_(), raw=True)
 
     # --- drawing --------------------------------------------------------------------------
 
@@ -270,15 +276,12 @@ class TrainingDashboard(Callback):
 
     # --- display --------------------------------------------------------------------------
 
-    def _bundle(self, **kwargs) -> dict:
-        bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})
-        bundle["image/png"] = base64.b64encode(plots.png_bytes(self.figure())).decode("ascii")
-        bundle["text/plain"] = str(self)
-        return bundle
+    def still_png(self) -> bytes:
+        return plots.png_bytes(self.figure())
 
     def _ipython_display_(self):
-        # The widget where widgets render, a picture and a summary elsewhere. Displayed with an
-        # id so that, when training ends, a headless run's output is replaced by the final state.
+        # Displayed with an id so that, when training ends, a headless run's output is replaced
+        # by the final state.
         from IPython.display import display
 
-        self._handle = display(self._bundle(), raw=True, display_id=True)
+        self._handle = display(self._repr_mimebundle_(), raw=True, display_id=True)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import base64
 import html
 
 import ipywidgets as w
 
 from .. import plots
 from ..diagnostics import GradientMonitor
-from .debounce import Debouncer
+from .base import WidgetBase
 
 __all__ = ["GradientInspector"]
 
 
-class GradientInspector:
+class GradientInspector(WidgetBase):
     """A run dropdown (when given several monitors), a layer dropdown and a step slider over
     six panels (see :func:`maaskit.plots.gradient_inspection`), with the monitor's diagnosis.
 
@@ -32,7 +31,7 @@ class GradientInspector:
             raise ValueError(f"nothing recorded yet for {', '.join(empty)}: train with the monitor first")
         self.monitors = dict(monitors)
         self.renders = 0
-        self._redraw = Debouncer(self.render, debounce)
+        self._debounce(self.render, debounce)
         style, layout = {"description_width": "60px"}, w.Layout(width="420px")
         self.run_w = w.Dropdown(options=list(self.monitors), value=run or next(iter(self.monitors)),
                                 description="run", style=style, layout=layout)
@@ -42,11 +41,10 @@ class GradientInspector:
         self.image = w.Image(format="png", layout=w.Layout(width="1000px"))
         self.messages = w.HTML()
         self.messages.add_class("maaskit-diagnosis")
-        self._quiet = False
         self._set_run(layer)
         self.run_w.observe(lambda _: (self._set_run(0), self._redraw()), names="value")
-        self.layer_w.observe(self._changed, names="value")
-        self.step_w.observe(self._changed, names="value")
+        self.layer_w.observe(self._schedule, names="value")
+        self.step_w.observe(self._schedule, names="value")
         controls = w.HBox([self.run_w, self.layer_w, self.step_w]) if len(self.monitors) > 1 else \
             w.HBox([self.layer_w, self.step_w])
         self.widget = w.VBox([controls, self.image, self.messages])
@@ -59,18 +57,11 @@ class GradientInspector:
 
     def _set_run(self, layer: int):
         record = self.monitor.record
-        self._quiet = True  # new options move the values: one redraw afterwards, not one per change
-        try:
+        with self._quietly():  # new options move the values: one redraw afterwards, not one per change
             self.layer_w.options = [(name, j) for j, name in enumerate(record.layers)]
             self.layer_w.value = layer % len(record.layers)
             self.step_w.options = [int(s) for s in record.steps]
             self.step_w.value = self.step_w.options[-1]
-        finally:
-            self._quiet = False
-
-    def _changed(self, _change=None):
-        if not self._quiet:
-            self._redraw()
 
     def render(self):
         record = self.monitor.record
@@ -91,8 +82,5 @@ class GradientInspector:
         found = self.monitor.diagnose()
         return f"{self.run_w.value}: " + ("nothing wrong seen" if not found else "\n  " + "\n  ".join(found))
 
-    def _repr_mimebundle_(self, **kwargs):
-        bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})
-        bundle["image/png"] = base64.b64encode(bytes(self.image.value)).decode("ascii")
-        bundle["text/plain"] = str(self)
-        return bundle
+    def still_png(self) -> bytes:
+        return bytes(self.image.value)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import math
 
 import ipywidgets as w
 
 from .. import plots
-from ..surfaces import OPTIMIZERS, SURFACES, make_optimizer, run_path
-from .debounce import Debouncer
+from ..surfaces import PATH_OPTIMIZERS, SURFACES, make_optimizer, run_path
+from .base import WidgetBase
 
 __all__ = ["OptimizerPlayground"]
 
 
-class OptimizerPlayground:
+class OptimizerPlayground(WidgetBase):
     """Compare optimizers on a 2-D test function.
 
     In JupyterLab it is a widget: controls on the left, the contour with one path per
@@ -28,18 +27,17 @@ class OptimizerPlayground:
                  momentum: float = 0.9, betas=(0.9, 0.999), steps: int = 150, start=None, debounce: float = 0.15):
         if surface not in SURFACES:
             raise ValueError(f"unknown surface {surface!r}; expected one of {', '.join(SURFACES)}")
-        unknown = [o for o in optimizers if o not in OPTIMIZERS]
+        unknown = [o for o in optimizers if o not in PATH_OPTIMIZERS]
         if unknown:
-            raise ValueError(f"unknown optimizer(s) {', '.join(map(repr, unknown))}; expected any of {', '.join(OPTIMIZERS)}")
-        self._redraw = Debouncer(self.render, debounce)
+            raise ValueError(f"unknown optimizer(s) {', '.join(map(repr, unknown))}; expected any of {', '.join(PATH_OPTIMIZERS)}")
+        self._debounce(self.render, debounce)
         self.renders = 0  # how many times the figure was drawn (tests and curious learners)
-        self.paths = []
-        self._quiet = False
+        self.paths: list = []
 
         style = {"description_width": "110px"}
         layout = w.Layout(width="340px")
         self.surface_w = w.Dropdown(options=list(SURFACES), value=surface, description="function", style=style, layout=layout)
-        self.optimizers_w = w.SelectMultiple(options=list(OPTIMIZERS), value=tuple(optimizers), rows=len(OPTIMIZERS),
+        self.optimizers_w = w.SelectMultiple(options=list(PATH_OPTIMIZERS), value=tuple(optimizers), rows=len(PATH_OPTIMIZERS),
                                              description="optimizers", style=style, layout=layout)
         self.lr_w = w.FloatLogSlider(value=lr, base=10, min=-4, max=0, step=0.05, readout_format=".2g",
                                      description="learning rate", style=style, layout=layout)
@@ -78,16 +76,9 @@ class OptimizerPlayground:
             slider.min, slider.max = lo, hi
 
     def _on_surface(self, _change):
-        self._quiet = True  # moving the start sliders would schedule renders of their own
-        try:
+        with self._quietly():  # moving the start sliders would schedule renders of their own
             self._fit_start_sliders()
-        finally:
-            self._quiet = False
         self._schedule()
-
-    def _schedule(self, _change=None):
-        if not self._quiet:
-            self._redraw()
 
     # --- drawing --------------------------------------------------------------------------
 
@@ -136,10 +127,5 @@ class OptimizerPlayground:
         lines += [f"{n:<10} {s:>5} {f:>10.3g} {d:>10.3g}  {st}" for n, s, f, d, st in self.rows()]
         return "\n".join(lines)
 
-    def _repr_mimebundle_(self, **kwargs):
-        # The widget for front ends that render widgets; a picture and a table for the rest
-        # (papermill and nbval outputs, nbconvert, consoles).
-        bundle = dict(self.widget._repr_mimebundle_(**kwargs) or {})
-        bundle["image/png"] = base64.b64encode(bytes(self.image.value)).decode("ascii")
-        bundle["text/plain"] = str(self)
-        return bundle
+    def still_png(self) -> bytes:
+        return bytes(self.image.value)
