@@ -8,10 +8,13 @@ STAMP  := $(VENV)/.maaskit-installed
 # Jupyter refuses to run as root unless told; containers and CI machines often are root.
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_NOTEBOOKS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
+# JupyterLab settings for this kit (no "get notified about Jupyter news?" pop-up), in the venv, not in $HOME
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/maaskit.json
+LINTED := maaskit tests benchmarks tools
 
-.PHONY: install lab test test-fast notebooks pins doctor clean chromium
+.PHONY: install lab test test-fast lint notebooks pins doctor clean chromium
 
-install: $(STAMP)
+install: $(STAMP) $(LAB_SETTINGS)
 
 $(STAMP): pyproject.toml requirements/pins.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "maaskit needs Python 3.10 or newer, found " + sys.version.split()[0])'
@@ -20,7 +23,11 @@ $(STAMP): pyproject.toml requirements/pins.txt
 	$(BIN)/python -m pip install --quiet --constraint requirements/pins.txt --editable ".[lab,dev]"
 	@touch $@
 
-lab: $(STAMP)
+$(LAB_SETTINGS): binder/overrides.json $(STAMP)
+	@mkdir -p $(dir $@)
+	cp $< $@
+
+lab: install
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_FLAGS)
 
 # The browser tests drive Debian's Chromium (never a downloaded one). Installed here when we
@@ -33,10 +40,16 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "note: /usr/bin/chromium missing; install Debian's chromium to run the browser tests"; fi
 
-# Unit tests, every notebook under papermill, nbval over every notebook, and the browser tests,
-# in one pytest run. --dist loadfile keeps each notebook's cells on one worker (nbval shares a kernel).
-test: $(STAMP) chromium
+# Lint, format check and types; then unit tests, every notebook under papermill, nbval over every
+# notebook, and the browser tests, in one pytest run. --dist loadfile keeps each notebook's cells on
+# one worker (nbval shares a kernel).
+test: install chromium lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile --timeout 900 --durations 12 tests notebooks $(PYTEST_NOTEBOOKS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED) notebooks
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy
 
 # The unit tests alone: seconds, for the edit-test loop.
 test-fast: $(STAMP)

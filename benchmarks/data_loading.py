@@ -52,27 +52,34 @@ def main():
     args = parser.parse_args()
     device = pick_device(args.device)
     gen = torch.Generator().manual_seed(0)
-    split = Split(torch.randint(0, 256, (args.n, 1, 28, 28), dtype=torch.uint8, generator=gen),
-                  torch.randint(0, 10, (args.n,), generator=gen))
+    split = Split(
+        torch.randint(0, 256, (args.n, 1, 28, 28), dtype=torch.uint8, generator=gen),
+        torch.randint(0, 10, (args.n,), generator=gen),
+    )
 
     device_loader = DeviceLoader(split, mean=MEAN, std=STD, batch_size=args.batch_size, device=device)
-    per_item = DataLoader(PerItemDataset(split, MEAN, STD), batch_size=args.batch_size, shuffle=True,
-                          pin_memory=device.type == "cuda")
+    per_item = DataLoader(
+        PerItemDataset(split, MEAN, STD), batch_size=args.batch_size, shuffle=True, pin_memory=device.type == "cuda"
+    )
     contestants = {
         "torch DataLoader, per-item transform (baseline)": lambda: per_item,
         "maaskit DeviceLoader": lambda: device_loader,
         "maaskit DeviceLoader + random crop": lambda: DeviceLoader(
-            split, mean=MEAN, std=STD, batch_size=args.batch_size, device=device, crop_padding=3),
+            split, mean=MEAN, std=STD, batch_size=args.batch_size, device=device, crop_padding=3
+        ),
     }
-    print(f"device {device}, {args.n:,} images of 1x28x28, batch {args.batch_size}, "
-          f"median of {args.epochs} epochs after one warm-up")
+    print(
+        f"device {device}, {args.n:,} images of 1x28x28, batch {args.batch_size}, "
+        f"median of {args.epochs} epochs after one warm-up"
+    )
     baseline = None
     for name, make in contestants.items():
         loader = make()
-        seconds = epoch_seconds(lambda: loader, device, args.epochs)
+        seconds = epoch_seconds(lambda loader=loader: loader, device, args.epochs)
         baseline = baseline or seconds
-        print(f"  {name:<48} {seconds * 1000:9.1f} ms/epoch  {args.n / seconds:12,.0f} img/s  "
-              f"x{baseline / seconds:6.1f}")
+        print(
+            f"  {name:<48} {seconds * 1000:9.1f} ms/epoch  {args.n / seconds:12,.0f} img/s  x{baseline / seconds:6.1f}"
+        )
 
 
 if __name__ == "__main__":

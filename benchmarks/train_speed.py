@@ -40,18 +40,22 @@ def cifar_shaped(n: int) -> Dataset:
     gen = torch.Generator().manual_seed(0)
 
     def split(k):
-        return Split(torch.randint(0, 256, (k, 3, 32, 32), dtype=torch.uint8, generator=gen),
-                     torch.randint(0, 10, (k,), generator=gen))
+        return Split(
+            torch.randint(0, 256, (k, 3, 32, 32), dtype=torch.uint8, generator=gen),
+            torch.randint(0, 10, (k,), generator=gen),
+        )
 
-    return Dataset("cifar10-shaped", split(n), split(max(n // 10, 512)), split(512),
-                   tuple(str(i) for i in range(10)), MEAN, STD)
+    return Dataset(
+        "cifar10-shaped", split(n), split(max(n // 10, 512)), split(512), tuple(str(i) for i in range(10)), MEAN, STD
+    )
 
 
 def fit_images_per_s(data, device, epochs, callbacks=(), **kw) -> float:
     seed_everything(0)
     model = build_model("lenet", data.in_shape, data.num_classes)
-    history = fit(model, data, optimizer="sgd", lr=0.01, epochs=epochs, batch_size=128, device=device,
-                  callbacks=callbacks, **kw)
+    history = fit(
+        model, data, optimizer="sgd", lr=0.01, epochs=epochs, batch_size=128, device=device, callbacks=callbacks, **kw
+    )
     return statistics.median(history["images_per_s"][1:])
 
 
@@ -60,8 +64,18 @@ def tutorial_images_per_s(data, device, batch_size, batches, repeats=3) -> float
     for _ in range(repeats + 1):
         seed_everything(0)
         model = build_model("lenet", data.in_shape, data.num_classes)
-        rates.append(tutorial_epoch(model, data.train, mean=MEAN, std=STD, batch_size=batch_size, lr=1e-3,
-                                    device=device, max_batches=batches)["images_per_s"])
+        rates.append(
+            tutorial_epoch(
+                model,
+                data.train,
+                mean=MEAN,
+                std=STD,
+                batch_size=batch_size,
+                lr=1e-3,
+                device=device,
+                max_batches=batches,
+            )["images_per_s"]
+        )
     return statistics.median(rates[1:])
 
 
@@ -72,8 +86,18 @@ def digits_target(device) -> tuple[float, float]:
     data = load_dataset(args.dataset)
     seed_everything(args.seed)
     model = build_model(args.model, data.in_shape, data.num_classes)
-    fit(model, data, optimizer=args.optimizer, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
-        scheduler=args.scheduler, augment=args.augment, device=device, seed=args.seed)
+    fit(
+        model,
+        data,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        scheduler=args.scheduler,
+        augment=args.augment,
+        device=device,
+        seed=args.seed,
+    )
     accuracy = evaluate(model, data).accuracy
     return accuracy, time.perf_counter() - start
 
@@ -108,8 +132,9 @@ def main():
         c_runs.append(with_dashboard())
     rows["(b) fit(), device-resident data, batch 128"] = statistics.median(b_runs)
     if args.variants and device.type == "cuda":  # elsewhere these are off already
-        rows["(b) fit(), fp32, contiguous"] = fit_images_per_s(data, device, args.epochs, amp=False,
-                                                              channels_last=False)
+        rows["(b) fit(), fp32, contiguous"] = fit_images_per_s(
+            data, device, args.epochs, amp=False, channels_last=False
+        )
         rows["(b) fit(), torch.compile"] = fit_images_per_s(data, device, args.epochs, compile=True)
     rows["(c) fit() + TrainingDashboard"] = statistics.median(c_runs)
 
@@ -118,13 +143,17 @@ def main():
     for label, rate in rows.items():
         print(f"{label:46} {rate:12,.0f} {rate / base:16.2f}x")
     b, c = rows["(b) fit(), device-resident data, batch 128"], rows["(c) fit() + TrainingDashboard"]
-    print(f"(c)/(b) = {c / b:.3f}   (target >= 0.95; medians of {args.repeats} alternating runs, "
-          f"(b) {min(b_runs):,.0f}..{max(b_runs):,.0f}, (c) {min(c_runs):,.0f}..{max(c_runs):,.0f} img/s)")
+    print(
+        f"(c)/(b) = {c / b:.3f}   (target >= 0.95; medians of {args.repeats} alternating runs, "
+        f"(b) {min(b_runs):,.0f}..{max(b_runs):,.0f}, (c) {min(c_runs):,.0f}..{max(c_runs):,.0f} img/s)"
+    )
     print(f"(b)/(a, batch 128) = {b / base:.2f}   (target on a GPU >= 5)")
 
     accuracy, seconds = digits_target(device)
-    print(f"(d) LeNet on digits, maaskit train defaults: test accuracy {accuracy:.2%} in {seconds:.1f} s "
-          "(target >= 97% in < 20 s on CPU)")
+    print(
+        f"(d) LeNet on digits, maaskit train defaults: test accuracy {accuracy:.2%} in {seconds:.1f} s "
+        "(target >= 97% in < 20 s on CPU)"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,16 @@ class PerItemDataset(torch.utils.data.Dataset):
         return self.normalization.to_float(self.x[i]), self.y[i]
 
 
-def tutorial_epoch(model: torch.nn.Module, split: Split, normalization: Normalization, *, batch_size: int = 4,
-                   lr: float = 1e-3, device: str | torch.device = "cpu", max_batches: int | None = None) -> dict:
+def tutorial_epoch(
+    model: torch.nn.Module,
+    split: Split,
+    normalization: Normalization,
+    *,
+    batch_size: int = 4,
+    lr: float = 1e-3,
+    device: str | torch.device = "cpu",
+    max_batches: int | None = None,
+) -> dict:
     """Train ``model`` for one epoch (or ``max_batches``) the tutorial way; returns images/s and the mean loss."""
     loader = DataLoader(PerItemDataset(split, normalization), batch_size=batch_size, shuffle=True)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
@@ -62,27 +70,55 @@ def tutorial_epoch(model: torch.nn.Module, split: Split, normalization: Normaliz
     return {"images_per_s": seen / seconds, "seconds": seconds, "images": seen, "loss": running / max(steps, 1)}
 
 
-def fit_images_per_s(data: ImageDataset, *, model: str = "lenet", device: str | torch.device = "auto",
-                     epochs: int = 3, batch_size: int = 128, seed: int = 0, callbacks: Sequence[Callback] = (),
-                     **fit_kwargs: Any) -> float:
+def fit_images_per_s(
+    data: ImageDataset,
+    *,
+    model: str = "lenet",
+    device: str | torch.device = "auto",
+    epochs: int = 3,
+    batch_size: int = 128,
+    seed: int = 0,
+    callbacks: Sequence[Callback] = (),
+    **fit_kwargs: Any,
+) -> float:
     """Median images/s of :func:`maaskit.fit` (SGD, lr 0.01) over the epochs after the first, which warms up."""
     if epochs < 2:
         raise ValueError("fit_images_per_s needs at least 2 epochs: the first one only warms up")
     seed_everything(seed)
     net = build_model(model, data.in_shape, data.num_classes)
-    history = fit(net, data, optimizer="sgd", lr=0.01, epochs=epochs, batch_size=batch_size, device=device,
-                  callbacks=callbacks, seed=seed, **fit_kwargs)
+    history = fit(
+        net,
+        data,
+        optimizer="sgd",
+        lr=0.01,
+        epochs=epochs,
+        batch_size=batch_size,
+        device=device,
+        callbacks=callbacks,
+        seed=seed,
+        **fit_kwargs,
+    )
     return statistics.median(history["images_per_s"][1:])
 
 
-def tutorial_images_per_s(data: ImageDataset, *, model: str = "lenet", device: str | torch.device = "cpu",
-                          batch_size: int = 4, max_batches: int | None = 150, repeats: int = 1,
-                          seed: int = 0) -> float:
+def tutorial_images_per_s(
+    data: ImageDataset,
+    *,
+    model: str = "lenet",
+    device: str | torch.device = "cpu",
+    batch_size: int = 4,
+    max_batches: int | None = 150,
+    repeats: int = 1,
+    seed: int = 0,
+) -> float:
     """Median images/s of :func:`tutorial_epoch` over ``repeats`` runs (after one warm-up run when repeating)."""
     rates = []
     for _ in range(repeats + (repeats > 1)):
         seed_everything(seed)
         net = build_model(model, data.in_shape, data.num_classes)
-        rates.append(tutorial_epoch(net, data.train, data.normalization, batch_size=batch_size, device=device,
-                                    max_batches=max_batches)["images_per_s"])
+        rates.append(
+            tutorial_epoch(
+                net, data.train, data.normalization, batch_size=batch_size, device=device, max_batches=max_batches
+            )["images_per_s"]
+        )
     return statistics.median(rates[1:] if repeats > 1 else rates)

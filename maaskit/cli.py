@@ -1,4 +1,4 @@
-"""The ``maaskit`` command line. ``maaskit --version`` and ``--help`` import no PyTorch."""
+"""The ``maaskit`` command line. ``maaskit --version`` and ``maaskit --help`` import no PyTorch."""
 
 from __future__ import annotations
 
@@ -52,16 +52,31 @@ def _train(args) -> int:
         seed_everything(args.seed)
         model = build_model(args.model, data.in_shape, data.num_classes)
         print(f"training {args.model} on {data!r}", flush=True)
-        history = fit(model, data, optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
-                      batch_size=args.batch_size, scheduler=args.scheduler, device=args.device, seed=args.seed,
-                      augment=args.augment, compile=args.compile, callbacks=[PrintProgress()])
+        history = fit(
+            model,
+            data,
+            optimizer=args.optimizer,
+            lr=args.lr,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            scheduler=args.scheduler,
+            device=args.device,
+            seed=args.seed,
+            augment=args.augment,
+            compile=args.compile,
+            callbacks=[PrintProgress()],
+        )
     except (ValueError, DatasetUnavailableError, DeviceNotAvailableError) as err:
         print(f"maaskit train: {err}", file=sys.stderr)
         return 2
     result = evaluate(model, data)
     print(f"test accuracy {result.accuracy:.2%} (loss {result.loss:.4f}) on {len(result.labels)} images")
-    metrics = {"test_accuracy": result.accuracy, "test_loss": result.loss, "epochs": len(history.records),
-               "wall_time_s": history.last.get("wall_time")}
+    metrics = {
+        "test_accuracy": result.accuracy,
+        "test_loss": result.loss,
+        "epochs": len(history.records),
+        "wall_time_s": history.last.get("wall_time"),
+    }
     out = save_artifact(model, args.out, data, name=f"{args.model}-{data.name}", metrics=metrics)
     print(f"saved to {out}/ (model.safetensors, manifest.json)")
     return 0
@@ -75,9 +90,18 @@ def _serve(args) -> int:
 
     token = args.token or os.environ.get("MAASKIT_TOKEN")
     try:
-        server = serve(*args.artifacts, name=args.name, host=args.host, port=args.port, token=token,
-                       allow_insecure=args.allow_insecure, device=args.device, max_batch_size=args.max_batch_size,
-                       max_delay_ms=args.max_delay_ms, log_level="info")
+        server = serve(
+            *args.artifacts,
+            name=args.name,
+            host=args.host,
+            port=args.port,
+            token=token,
+            allow_insecure=args.allow_insecure,
+            device=args.device,
+            max_batch_size=args.max_batch_size,
+            max_delay_ms=args.max_delay_ms,
+            log_level="info",
+        )
     except (ValueError, ArtifactError, OSError) as err:
         print(f"maaskit serve: {err}", file=sys.stderr)
         return 2
@@ -110,37 +134,63 @@ def _predict(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    helpful = {"formatter_class": argparse.ArgumentDefaultsHelpFormatter}  # every option says its default
-    parser = argparse.ArgumentParser(prog="maaskit", description="Models as a service, from the forward pass to the endpoint.")
+    helpful = argparse.ArgumentDefaultsHelpFormatter  # every option says its default
+    parser = argparse.ArgumentParser(
+        prog="maaskit", description="Models as a service, from the forward pass to the endpoint."
+    )
     parser.add_argument("--version", action="version", version=f"maaskit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     doctor = sub.add_parser("doctor", help="report versions, devices, the widgets extension and the dataset cache")
     doctor.set_defaults(func=_doctor)
 
     recipe = default_recipe("digits")  # the defaults: maaskit.recipes, shared with the notebooks and the dashboard
-    train = sub.add_parser("train", help="train a model headless and save it as an artifact", **helpful,
-                           description="Train a model, print the test accuracy, and save it to --out.")
-    train.add_argument("--dataset", default="digits", choices=_Names("data.DATASETS"), metavar="NAME",
-                       help="the dataset: %(choices)s")
-    train.add_argument("--model", default=recipe.model, choices=_Names("models.MODELS"), metavar="NAME",
-                       help="the architecture: %(choices)s")
+    train = sub.add_parser(
+        "train",
+        help="train a model headless and save it as an artifact",
+        formatter_class=helpful,
+        description="Train a model, print the test accuracy, and save it to --out.",
+    )
+    train.add_argument(
+        "--dataset", default="digits", choices=_Names("data.DATASETS"), metavar="NAME", help="the dataset: %(choices)s"
+    )
+    train.add_argument(
+        "--model",
+        default=recipe.model,
+        choices=_Names("models.MODELS"),
+        metavar="NAME",
+        help="the architecture: %(choices)s",
+    )
     train.add_argument("--epochs", type=int, default=recipe.epochs, help="passes over the training split")
-    train.add_argument("--optimizer", default=recipe.optimizer, choices=_Names("train.OPTIMIZERS"), metavar="NAME",
-                       help="%(choices)s")
+    train.add_argument(
+        "--optimizer", default=recipe.optimizer, choices=_Names("train.OPTIMIZERS"), metavar="NAME", help="%(choices)s"
+    )
     train.add_argument("--lr", type=float, default=recipe.lr, help="learning rate (the peak, under onecycle)")
     train.add_argument("--batch-size", type=int, default=recipe.batch_size, help="images per optimizer step")
-    train.add_argument("--scheduler", default=recipe.scheduler or "none", choices=_Names("train.SCHEDULERS", "none"),
-                       metavar="NAME", help="learning-rate schedule, stepped every batch: %(choices)s")
-    train.add_argument("--augment", action=argparse.BooleanOptionalAction, default=recipe.augment,
-                       help="random crops of the training images (and flips for cifar10)")
+    train.add_argument(
+        "--scheduler",
+        default=recipe.scheduler or "none",
+        choices=_Names("train.SCHEDULERS", "none"),
+        metavar="NAME",
+        help="learning-rate schedule, stepped every batch: %(choices)s",
+    )
+    train.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=recipe.augment,
+        help="random crops of the training images (and flips for cifar10)",
+    )
     train.add_argument("--compile", action="store_true", help="wrap the model in torch.compile")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     train.add_argument("--seed", type=int, default=0, help="seeds the weights, the shuffle and the augmentation")
     train.add_argument("--out", required=True, help="directory for model.safetensors and manifest.json")
     train.set_defaults(func=_train)
 
-    serve = sub.add_parser("serve", help="serve artifacts over the V2 (KServe/Triton) and V1 (TF Serving) APIs",
-                           description="Serve one or more artifact directories until Ctrl-C.", **helpful)
+    serve = sub.add_parser(
+        "serve",
+        help="serve artifacts over the V2 (KServe/Triton) and V1 (TF Serving) APIs",
+        description="Serve one or more artifact directories until Ctrl-C.",
+        formatter_class=helpful,
+    )
     serve.add_argument("artifacts", nargs="+", metavar="DIR", help="directories written by maaskit train")
     serve.add_argument("--name", help="the model's name (one artifact only; default: from its manifest)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (loopback: only this machine)")
@@ -149,11 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-insecure", action="store_true", help="bind a non-loopback address without a token")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     serve.add_argument("--max-batch-size", type=int, default=32, help="most images in one forward pass")
-    serve.add_argument("--max-delay-ms", type=float, default=5.0,
-                       help="how long a request may wait for others to share its forward pass")
+    serve.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=5.0,
+        help="how long a request may wait for others to share its forward pass",
+    )
     serve.set_defaults(func=_serve)
 
-    predict = sub.add_parser("predict", help="send images to an endpoint and print the top classes", **helpful)
+    predict = sub.add_parser(
+        "predict", help="send images to an endpoint and print the top classes", formatter_class=helpful
+    )
     predict.add_argument("url", help="the endpoint's base URL, e.g. http://127.0.0.1:8000")
     predict.add_argument("files", nargs="+", metavar="FILE", help="image files or .npy arrays (C x H x W)")
     predict.add_argument("--model", required=True, help="the model's name on the endpoint")

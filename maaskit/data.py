@@ -99,9 +99,17 @@ class ImageDataset:
         """uint8 images to float, scaled to [0, 1] and standardized per channel, as training sees them."""
         return self.normalization.to_float(x)
 
-    def loader(self, split: str = "train", *, batch_size: int = 128, shuffle: bool | None = None,
-               augment: bool = False, device: str | torch.device = "auto", seed: int = 0,
-               drop_last: bool = False) -> DeviceLoader:
+    def loader(
+        self,
+        split: str = "train",
+        *,
+        batch_size: int = 128,
+        shuffle: bool | None = None,
+        augment: bool = False,
+        device: str | torch.device = "auto",
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> DeviceLoader:
         """A :class:`DeviceLoader` over one split. Training batches are shuffled unless told otherwise;
         ``augment=True`` adds random crops (and horizontal flips for CIFAR-10, where mirror images
         are still the same class; a mirrored digit is not)."""
@@ -109,19 +117,33 @@ class ImageDataset:
             raise ValueError(f"unknown split {split!r}; expected one of train, val, test")
         padding = max(1, self.in_shape[-1] // 8) if augment else 0
         return DeviceLoader(
-            getattr(self, split), self.normalization, batch_size=batch_size,
-            shuffle=(split == "train") if shuffle is None else shuffle, drop_last=drop_last,
-            crop_padding=padding, flip=augment and self.name == "cifar10", device=device, seed=seed,
+            getattr(self, split),
+            self.normalization,
+            batch_size=batch_size,
+            shuffle=(split == "train") if shuffle is None else shuffle,
+            drop_last=drop_last,
+            crop_padding=padding,
+            flip=augment and self.name == "cifar10",
+            device=device,
+            seed=seed,
         )
 
     def __repr__(self) -> str:
         c, h, w = self.in_shape
-        return (f"ImageDataset({self.name!r}: {c}x{h}x{w}, {self.num_classes} classes, "
-                f"train={len(self.train)}, val={len(self.val)}, test={len(self.test)})")
+        return (
+            f"ImageDataset({self.name!r}: {c}x{h}x{w}, {self.num_classes} classes, "
+            f"train={len(self.train)}, val={len(self.val)}, test={len(self.test)})"
+        )
 
 
-def load_dataset(name: str = "digits", *, root: str | os.PathLike | None = None, val_fraction: float = 0.1,
-                 seed: int = 0, download: bool = True) -> ImageDataset:
+def load_dataset(
+    name: str = "digits",
+    *,
+    root: str | os.PathLike | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    download: bool = True,
+) -> ImageDataset:
     """Load ``digits``, ``mnist``, ``fashion-mnist`` or ``cifar10`` as an :class:`ImageDataset`.
 
     The validation split is a seeded random ``val_fraction`` of the official training
@@ -204,12 +226,18 @@ def _where_to_put(cls, root: Path, reason: str) -> str:
         folder = root / name / "raw"
         files = ", ".join(f for f, _ in cls.resources)
         source = cls.mirrors[0]
-        what = (f"put {files} (from {source}) in {folder}/ — gunzipped, or gzipped and then call "
-                "load_dataset again with download=True to unpack them")
+        what = (
+            f"put {files} (from {source}) in {folder}/ — gunzipped, or gzipped and then call "
+            "load_dataset again with download=True to unpack them"
+        )
     else:  # CIFAR-10: one tarball
-        what = (f"put {cls.filename} (from {cls.url}) in {root}/ and call load_dataset with download=True, "
-                f"or unpack it so that {root / cls.base_folder}/ holds data_batch_1..5, test_batch and batches.meta")
-    return f"{name} is not on this machine ({reason}). To use it offline, {what}. Set MAASKIT_DATA to use another folder."
+        what = (
+            f"put {cls.filename} (from {cls.url}) in {root}/ and call load_dataset with download=True, "
+            f"or unpack it so that {root / cls.base_folder}/ holds data_batch_1..5, test_batch and batches.meta"
+        )
+    return (
+        f"{name} is not on this machine ({reason}). To use it offline, {what}. Set MAASKIT_DATA to use another folder."
+    )
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -242,9 +270,20 @@ class DeviceLoader:
     The shuffle comes from a generator on the device, seeded, so an epoch sequence repeats.
     """
 
-    def __init__(self, split: Split, normalization: Normalization, *, batch_size: int = 128, shuffle: bool = True,
-                 drop_last: bool = False, crop_padding: int = 0, flip: bool = False,
-                 device: str | torch.device = "auto", seed: int = 0, dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        split: Split,
+        normalization: Normalization,
+        *,
+        batch_size: int = 128,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        crop_padding: int = 0,
+        flip: bool = False,
+        device: str | torch.device = "auto",
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
         self.device = pick_device(device)
@@ -265,10 +304,13 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
-        order = (torch.randperm(n, device=self.device, generator=self.generator) if self.shuffle
-                 else torch.arange(n, device=self.device))
+        order = (
+            torch.randperm(n, device=self.device, generator=self.generator)
+            if self.shuffle
+            else torch.arange(n, device=self.device)
+        )
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             xb = self.x[idx]
             if self.crop_padding:
                 xb = random_crop(xb, self.crop_padding, self.generator)

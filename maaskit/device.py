@@ -52,7 +52,9 @@ def pick_device(spec: str | torch.device = "auto") -> torch.device:
     if kind == "cpu":
         return torch.device("cpu")
     if kind == "mps" and not _mps_available():
-        raise DeviceNotAvailableError(f"device 'mps' is not available here; available: {', '.join(available_devices())}")
+        raise DeviceNotAvailableError(
+            f"device 'mps' is not available here; available: {', '.join(available_devices())}"
+        )
     if kind == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if int(index or 0) >= count:

@@ -33,39 +33,44 @@ __all__ = ["GradientMonitor", "Record", "UPDATE_RATIO_HEALTHY"]
 UPDATE_RATIO_HEALTHY = 1e-3  # |update| / |weight| per step: the usual rule of thumb (Karpathy's cs231n notes)
 
 # activation module -> (kind, histogram range)
-_ACTIVATIONS = {nn.ReLU: ("relu", (0.0, 4.0)), nn.GELU: ("relu", (-0.5, 4.0)), nn.LeakyReLU: ("relu", (-1.0, 4.0)),
-                nn.Sigmoid: ("sigmoid", (0.0, 1.0)), nn.Tanh: ("tanh", (-1.0, 1.0))}
+_ACTIVATIONS = {
+    nn.ReLU: ("relu", (0.0, 4.0)),
+    nn.GELU: ("relu", (-0.5, 4.0)),
+    nn.LeakyReLU: ("relu", (-1.0, 4.0)),
+    nn.Sigmoid: ("sigmoid", (0.0, 1.0)),
+    nn.Tanh: ("tanh", (-1.0, 1.0)),
+}
 _SATURATED = 0.98  # sigmoid output beyond 0.02..0.98 (tanh beyond +-0.98): the derivative is under ~0.02
 _GRAD_LOG_RANGE = (-12.0, 2.0)  # histogram of log10 |grad|
 
 # which monitor owns a model's hooks: a second monitor on the same model replaces the first,
 # so re-running a notebook cell never stacks hooks
-_OWNERS: "weakref.WeakKeyDictionary[nn.Module, GradientMonitor]" = weakref.WeakKeyDictionary()
+_OWNERS: weakref.WeakKeyDictionary[nn.Module, GradientMonitor] = weakref.WeakKeyDictionary()
 
 
 @dataclass
 class Record:
     """Everything recorded, as NumPy arrays: R records x P weight tensors (or A activations)."""
 
-    steps: np.ndarray          # R
-    layers: list[str]          # P weight tensors, input side first
-    numel: np.ndarray          # P
-    grad_norm: np.ndarray      # R x P
+    steps: np.ndarray  # R
+    layers: list[str]  # P weight tensors, input side first
+    numel: np.ndarray  # P
+    grad_norm: np.ndarray  # R x P
     grad_mean: np.ndarray
     grad_std: np.ndarray
     grad_abs_mean: np.ndarray  # "gradient flow"
     weight_norm: np.ndarray
-    update_ratio: np.ndarray   # |w_after - w_before| / |w_before|
-    grad_hist: np.ndarray      # R x P x bins: fraction of entries per bin of log10 |grad| in grad_range
+    update_ratio: np.ndarray  # |w_after - w_before| / |w_before|
+    grad_hist: np.ndarray  # R x P x bins: fraction of entries per bin of log10 |grad| in grad_range
     grad_range: tuple[float, float]
-    activations: list[str]     # A activation modules
+    activations: list[str]  # A activation modules
     activation_kinds: list[str]
     activation_ranges: list[tuple[float, float]]
     activation_after: list[int | None]  # for each weight tensor, the activation it feeds (if any)
-    act_mean: np.ndarray       # R x A
+    act_mean: np.ndarray  # R x A
     act_std: np.ndarray
-    act_inactive: np.ndarray   # dead (ReLU) or saturated (sigmoid, tanh) fraction
-    act_hist: np.ndarray       # R x A x bins
+    act_inactive: np.ndarray  # dead (ReLU) or saturated (sigmoid, tanh) fraction
+    act_hist: np.ndarray  # R x A x bins
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -88,8 +93,9 @@ class GradientMonitor(Callback):
         self.weights = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
         if not self.weights:
             raise ValueError("the model has no weight matrices or kernels to monitor")
-        self.activation_modules = [(n, m, *_ACTIVATIONS[type(m)]) for n, m in model.named_modules()
-                                   if type(m) in _ACTIVATIONS]
+        self.activation_modules = [
+            (n, m, *_ACTIVATIONS[type(m)]) for n, m in model.named_modules() if type(m) in _ACTIVATIONS
+        ]
         # the activation each weight feeds (the next one in module order), for the inspector
         order = {name: i for i, (name, _) in enumerate(model.named_modules())}
         act_pos = [order[n] for n, *_ in self.activation_modules]
@@ -110,7 +116,7 @@ class GradientMonitor(Callback):
     def open(self) -> bool:
         return bool(self._handles)
 
-    def attach(self) -> "GradientMonitor":
+    def attach(self) -> GradientMonitor:
         if self.open:
             return self
         previous = _OWNERS.get(self.model)
@@ -152,13 +158,23 @@ class GradientMonitor(Callback):
         for (_, p), before in zip(self.weights, self._before):
             g = p.grad.detach().float() if p.grad is not None else torch.zeros_like(p, dtype=torch.float32)
             w = before.float()
-            stats.append(torch.stack([g.norm(), g.mean(), g.std() if g.numel() > 1 else g.new_zeros(()),
-                                      g.abs().mean(), w.norm(), (p.detach().float() - w).norm() / w.norm()]))
+            stats.append(
+                torch.stack(
+                    [
+                        g.norm(),
+                        g.mean(),
+                        g.std() if g.numel() > 1 else g.new_zeros(()),
+                        g.abs().mean(),
+                        w.norm(),
+                        (p.detach().float() - w).norm() / w.norm(),
+                    ]
+                )
+            )
             logs = torch.log10(g.abs().flatten() + 1e-30).clamp_(lo, hi)
             hists.append(torch.histc(logs, self.bins, lo, hi) / logs.numel())  # fractions
-        acts = [self._acts.get(i) for i in range(len(self.activation_modules))]
+        found = [self._acts.get(i) for i in range(len(self.activation_modules))]
         empty = torch.zeros(3 + self.bins, device=stats[0].device)
-        acts = torch.stack([a.to(empty.device) if a is not None else empty for a in acts]) if acts else empty[:0]
+        acts = torch.stack([a.to(empty.device) if a is not None else empty for a in found]) if found else empty[:0]
         self._pending.append((self._step, torch.stack(stats), torch.stack(hists), acts))
         self._record = None
         self._step, self._before = None, []
@@ -176,6 +192,7 @@ class GradientMonitor(Callback):
                 inactive = (z.abs() > edge).float().mean()
             hist = torch.histc(y.clamp(*span), self.bins, *span)
             self._acts[index] = torch.cat([torch.stack([y.mean(), y.std(), inactive]), hist / max(y.numel(), 1)])
+
         return hook
 
     # --- as a fit() callback --------------------------------------------------------------
@@ -210,13 +227,25 @@ class GradientMonitor(Callback):
             stats, ghist, acts = np.zeros((0, P, 6)), np.zeros((0, P, B)), np.zeros((0, A, 3 + B))
         numel = np.array([p.numel() for _, p in self.weights])
         return Record(
-            steps=steps, layers=[n for n, _ in self.weights], numel=numel,
-            grad_norm=stats[..., 0], grad_mean=stats[..., 1], grad_std=stats[..., 2], grad_abs_mean=stats[..., 3],
-            weight_norm=stats[..., 4], update_ratio=stats[..., 5], grad_hist=ghist, grad_range=_GRAD_LOG_RANGE,
+            steps=steps,
+            layers=[n for n, _ in self.weights],
+            numel=numel,
+            grad_norm=stats[..., 0],
+            grad_mean=stats[..., 1],
+            grad_std=stats[..., 2],
+            grad_abs_mean=stats[..., 3],
+            weight_norm=stats[..., 4],
+            update_ratio=stats[..., 5],
+            grad_hist=ghist,
+            grad_range=_GRAD_LOG_RANGE,
             activations=[n for n, *_ in self.activation_modules],
             activation_kinds=[k for *_, k, _ in self.activation_modules],
-            activation_ranges=[s for *_, s in self.activation_modules], activation_after=self.activation_after,
-            act_mean=acts[..., 0], act_std=acts[..., 1], act_inactive=acts[..., 2], act_hist=acts[..., 3:],
+            activation_ranges=[s for *_, s in self.activation_modules],
+            activation_after=self.activation_after,
+            act_mean=acts[..., 0],
+            act_std=acts[..., 1],
+            act_inactive=acts[..., 2],
+            act_hist=acts[..., 3:],
         )
 
     def flow_ratio(self, last: int = 5) -> float:
@@ -230,10 +259,17 @@ class GradientMonitor(Callback):
 
     def grad_total_norm(self) -> np.ndarray:
         """The global gradient norm (what ``clip_grad_norm_`` clips) at each record."""
-        return np.sqrt((self.record.grad_norm ** 2).sum(axis=1))
+        return np.sqrt((self.record.grad_norm**2).sum(axis=1))
 
-    def diagnose(self, last: int = 5, *, vanishing: float = 1e-2, exploding: float = 5.0,
-                 exploding_update: float = 0.1, inactive: float = 0.5) -> list[str]:
+    def diagnose(
+        self,
+        last: int = 5,
+        *,
+        vanishing: float = 1e-2,
+        exploding: float = 5.0,
+        exploding_update: float = 0.1,
+        inactive: float = 0.5,
+    ) -> list[str]:
         """Plain-language warnings (an empty list: nothing wrong seen).
 
         Explosions are looked for over the whole run (they happen once and leave the damage);
@@ -254,32 +290,46 @@ class GradientMonitor(Callback):
         updates = np.nan_to_num(r.update_ratio, nan=0.0)
         if bad.any():
             i, j = np.argwhere(bad)[0]
-            out.append(f"exploding gradients: the gradient of {r.layers[j]!r} became NaN or infinite at step "
-                       f"{r.steps[i]}; training has diverged — lower the learning rate or clip the gradient norm")
+            out.append(
+                f"exploding gradients: the gradient of {r.layers[j]!r} became NaN or infinite at step "
+                f"{r.steps[i]}; training has diverged — lower the learning rate or clip the gradient norm"
+            )
         elif total[0] > 0 and total.max() > exploding * total[0] and updates.max() > exploding_update:
             i = int(np.argmax(total))
             k, j = np.unravel_index(np.argmax(updates), updates.shape)
-            out.append(f"exploding gradients: the gradient norm grew {total[i] / total[0]:.0f}x to {total[i]:.3g} by "
-                       f"step {r.steps[i]}, and one step changed {r.layers[j]!r} by {updates[k, j]:.0%} of its size "
-                       f"(healthy is about {UPDATE_RATIO_HEALTHY:g}) — lower the learning rate or clip the gradient norm")
+            out.append(
+                f"exploding gradients: the gradient norm grew {total[i] / total[0]:.0f}x to {total[i]:.3g} by "
+                f"step {r.steps[i]}, and one step changed {r.layers[j]!r} by {updates[k, j]:.0%} of its size "
+                f"(healthy is about {UPDATE_RATIO_HEALTHY:g}) — lower the learning rate or clip the gradient norm"
+            )
         ratio = self.flow_ratio(last)
         if ratio == 0:
             out.append(f"no gradient reaches the first layer {r.layers[0]!r} at all: units in between are dead")
         elif np.isfinite(ratio) and ratio < vanishing:
-            out.append(f"vanishing gradients: the first layer {r.layers[0]!r} gets {ratio:.1e} times the mean |grad| "
-                       f"of the last, {r.layers[-1]!r}, so it barely learns — try ReLU, batch norm or residual "
-                       "connections")
+            out.append(
+                f"vanishing gradients: the first layer {r.layers[0]!r} gets {ratio:.1e} times the mean |grad| "
+                f"of the last, {r.layers[-1]!r}, so it barely learns — try ReLU, batch norm or residual "
+                "connections"
+            )
         if r.activations:
             frac = np.median(r.act_inactive[-last:], axis=0)
-            for kind, what in (("relu", "dead (zero for the whole batch)"), ("sigmoid", "saturated"),
-                               ("tanh", "saturated")):
-                hits = [f"{frac[a]:.0%} in {r.activations[a]!r}" for a in np.flatnonzero(frac > inactive)
-                        if r.activation_kinds[a] == kind]
+            for kind, what in (
+                ("relu", "dead (zero for the whole batch)"),
+                ("sigmoid", "saturated"),
+                ("tanh", "saturated"),
+            ):
+                hits = [
+                    f"{frac[a]:.0%} in {r.activations[a]!r}"
+                    for a in np.flatnonzero(frac > inactive)
+                    if r.activation_kinds[a] == kind
+                ]
                 if hits:
                     out.append(f"{kind} units {what}: " + ", ".join(hits))
         return out
 
     def __repr__(self) -> str:
         n = len(self._pending)
-        return (f"GradientMonitor({len(self.weights)} weight tensors, {len(self.activation_modules)} activations, "
-                f"every {self.every} steps, {n} records, {'open' if self.open else 'closed'})")
+        return (
+            f"GradientMonitor({len(self.weights)} weight tensors, {len(self.activation_modules)} activations, "
+            f"every {self.every} steps, {n} records, {'open' if self.open else 'closed'})"
+        )

@@ -14,8 +14,19 @@ from .data import cache_dir
 
 __all__ = ["report"]
 
-_PACKAGES = ("maaskit", "torch", "torchvision", "numpy", "matplotlib", "scikit-learn",
-             "ipywidgets", "jupyterlab", "ipykernel", "papermill", "nbval")
+_PACKAGES = (
+    "maaskit",
+    "torch",
+    "torchvision",
+    "numpy",
+    "matplotlib",
+    "scikit-learn",
+    "ipywidgets",
+    "jupyterlab",
+    "ipykernel",
+    "papermill",
+    "nbval",
+)
 _WIDGETS_EXTENSION = "@jupyter-widgets/jupyterlab-manager"
 
 

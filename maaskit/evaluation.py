@@ -15,22 +15,25 @@ __all__ = ["Evaluation", "evaluate"]
 class Evaluation:
     loss: float
     accuracy: float
-    confusion: np.ndarray           # confusion[true, predicted] = count
+    confusion: np.ndarray  # confusion[true, predicted] = count
     per_class_accuracy: np.ndarray  # recall of each class
     predictions: np.ndarray
     labels: np.ndarray
-    worst: np.ndarray               # indices of the examples with the highest loss, worst first
+    worst: np.ndarray  # indices of the examples with the highest loss, worst first
     classes: tuple[str, ...]
 
     def __repr__(self):
         weakest = int(np.argmin(self.per_class_accuracy))
-        return (f"Evaluation(accuracy={self.accuracy:.2%}, loss={self.loss:.4f}, n={len(self.labels)}; "
-                f"weakest class {self.classes[weakest]!r} at {self.per_class_accuracy[weakest]:.0%})")
+        return (
+            f"Evaluation(accuracy={self.accuracy:.2%}, loss={self.loss:.4f}, n={len(self.labels)}; "
+            f"weakest class {self.classes[weakest]!r} at {self.per_class_accuracy[weakest]:.0%})"
+        )
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data, split: str = "test", *, batch_size: int = 512, worst: int = 16,
-             device=None) -> Evaluation:
+def evaluate(
+    model: torch.nn.Module, data, split: str = "test", *, batch_size: int = 512, worst: int = 16, device=None
+) -> Evaluation:
     """Loss, accuracy, confusion matrix, per-class accuracy and the worst-classified examples
     of ``model`` on one split of ``data`` (a :class:`maaskit.data.Dataset`)."""
     device = device or next(model.parameters()).device
@@ -49,6 +52,12 @@ def evaluate(model: torch.nn.Module, data, split: str = "test", *, batch_size: i
     per_class = confusion.diag().double() / confusion.sum(1).clamp_min(1)
     order = torch.argsort(loss, descending=True)[:worst]
     return Evaluation(
-        loss=loss.mean().item(), accuracy=(pred == y).double().mean().item(),
-        confusion=confusion.cpu().numpy(), per_class_accuracy=per_class.cpu().numpy(),
-        predictions=pred.cpu().numpy(), labels=y.cpu().numpy(), worst=order.cpu().numpy(), classes=data.classes)
+        loss=loss.mean().item(),
+        accuracy=(pred == y).double().mean().item(),
+        confusion=confusion.cpu().numpy(),
+        per_class_accuracy=per_class.cpu().numpy(),
+        predictions=pred.cpu().numpy(),
+        labels=y.cpu().numpy(),
+        worst=order.cpu().numpy(),
+        classes=data.classes,
+    )

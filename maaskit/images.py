@@ -10,8 +10,9 @@ import numpy as np
 __all__ = ["read_image"]
 
 
-def read_image(source: str | Path | bytes, *, channels: int | None = None,
-               size: tuple[int, int] | None = None) -> np.ndarray:
+def read_image(
+    source: str | Path | bytes, *, channels: int | None = None, size: tuple[int, int] | None = None
+) -> np.ndarray:
     """An image file (PNG, JPEG, …, by path or as bytes) as uint8 ``C x H x W``; a ``.npy`` file as it is.
 
     ``channels`` (1 or 3) converts to grey or RGB, else grey images stay grey and the rest become

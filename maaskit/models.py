@@ -31,8 +31,15 @@ class MLP(nn.Sequential):
     hidden layer after the first whose width does not change in a :class:`Residual` shortcut.
     """
 
-    def __init__(self, in_features: int, num_classes: int, hidden=(128, 64), activation: str = "relu",
-                 batch_norm: bool = False, residual: bool = False):
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        hidden=(128, 64),
+        activation: str = "relu",
+        batch_norm: bool = False,
+        residual: bool = False,
+    ):
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features
         for i, h in enumerate(hidden):
@@ -61,13 +68,19 @@ class LeNet5(nn.Module):
         if size < 1:
             raise ValueError(f"LeNet5 needs images of at least 4 pixels, got {in_size}")
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5, padding=pad1), _activation(activation), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5, padding=pad2), _activation(activation), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 6, 5, padding=pad1),
+            _activation(activation),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5, padding=pad2),
+            _activation(activation),
+            nn.MaxPool2d(2),
         )
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(16 * size * size, 120), _activation(activation),
-            nn.Linear(120, 84), _activation(activation),
+            nn.Linear(16 * size * size, 120),
+            _activation(activation),
+            nn.Linear(120, 84),
+            _activation(activation),
             nn.Linear(84, num_classes),
         )
 
@@ -81,11 +94,17 @@ class _BasicBlock(nn.Module):
     def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
-            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out),
+            nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(c_out),
         )
-        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        self.shortcut = (
+            nn.Identity()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        )
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,8 +117,11 @@ class SmallResNet(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 16, blocks=(1, 1, 1)):
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
-                                   nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        ]
         c = width
         for stage, n in enumerate(blocks):
             c_out = width * 2**stage
@@ -144,8 +166,7 @@ def build_model(name: str, in_shape, num_classes: int, **kwargs) -> nn.Module:
     if len(in_shape) != 3:
         raise ValueError(f"in_shape must be (channels, height, width), got {in_shape}")
     model = MODELS[name](in_shape, int(num_classes), **kwargs)
-    model.maaskit_config = {"name": name, "in_shape": list(in_shape), "num_classes": int(num_classes),
-                            "kwargs": kwargs}
+    model.maaskit_config = {"name": name, "in_shape": list(in_shape), "num_classes": int(num_classes), "kwargs": kwargs}
     return model
 
 
@@ -155,17 +176,17 @@ def summary(model: nn.Module, in_shape, *, device=None) -> str:
     Runs one forward pass on a zero batch of size 1 and records each leaf module's output.
     """
     device = device or next(model.parameters()).device
-    rows: list[tuple[str, str, str, int]] = []
+    rows: list[tuple[str, str, str, int]] = []  # name, type, output shape, own parameters
 
     def record(name):
         def hook(module, _inputs, output):
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else "?"
             own = sum(p.numel() for p in module.parameters(recurse=False))
             rows.append((name, type(module).__name__, str(shape), own))
+
         return hook
 
-    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules()
-               if n and not list(m.children())]
+    handles = [m.register_forward_hook(record(n)) for n, m in model.named_modules() if n and not list(m.children())]
     was_training = model.training
     try:
         model.eval()
@@ -178,7 +199,8 @@ def summary(model: nn.Module, in_shape, *, device=None) -> str:
 
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    widths = [max(len(r[i]) for r in rows + [("layer", "type", "output shape")]) for i in range(3)]
+    header = ("layer", "type", "output shape")
+    widths = [max(len(header[i]), *(len(str(r[i])) for r in rows)) for i in range(3)]
     line = lambda a, b, c, d: f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c:<{widths[2]}}  {d:>10}"  # noqa: E731
     out = [line("layer", "type", "output shape", "params"), "-" * (sum(widths) + 16)]
     out += [line(n, t, s, f"{p:,}") for n, t, s, p in rows]

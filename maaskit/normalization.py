@@ -88,8 +88,12 @@ class Normalization:
 
     def as_manifest(self) -> dict[str, Any]:
         """The ``normalization`` entry of an artifact's manifest."""
-        return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std),
-                "note": "input = (uint8 pixels * scale - mean) / std, per channel"}
+        return {
+            "scale": self.scale,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "note": "input = (uint8 pixels * scale - mean) / std, per channel",
+        }
 
     @classmethod
     def from_manifest(cls, entry: Mapping[str, Any]) -> Normalization:
@@ -100,4 +104,3 @@ class Normalization:
     def __repr__(self) -> str:
         fmt = lambda values: "(" + ", ".join(f"{v:.4f}" for v in values) + ")"  # noqa: E731
         return f"Normalization(mean={fmt(self.mean)}, std={fmt(self.std)})"
-

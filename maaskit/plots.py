@@ -13,8 +13,18 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-__all__ = ["confusion_matrix", "function_grid", "gradient_inspection", "history", "image_grid", "latency_histogram",
-           "optimizer_paths", "png_bytes", "prediction", "training_curves"]
+__all__ = [
+    "confusion_matrix",
+    "function_grid",
+    "gradient_inspection",
+    "history",
+    "image_grid",
+    "latency_histogram",
+    "optimizer_paths",
+    "png_bytes",
+    "prediction",
+    "training_curves",
+]
 
 
 def _display_figures_in_ipython() -> None:
@@ -66,7 +76,7 @@ def function_grid(x, panels: Mapping[str, Mapping[str, object]], *, ncols: int =
         ax.axvline(0, color="0.8", lw=0.8, zorder=0)
         ax.set_title(title)
         ax.legend(fontsize="small")
-    for ax in axes[len(panels):]:
+    for ax in axes[len(panels) :]:
         ax.set_visible(False)
     return fig
 
@@ -79,7 +89,7 @@ def history(hist: Mapping[str, Sequence[float]], *, x: str | None = None, size=(
     "loss" share one panel and those that say "acc" another; the rest get a panel of their own
     (a record's ``lr``, say, or two losses under names of your choosing).
     """
-    names = [k for k in hist.keys() if k != x]
+    names = [k for k in hist if k != x]
     numeric = {k: _array(hist[k]) for k in names}
     numeric = {k: v for k, v in numeric.items() if v.dtype.kind in "iuf"}  # not flags such as "complete"
     if not numeric:
@@ -100,8 +110,16 @@ def history(hist: Mapping[str, Sequence[float]], *, x: str | None = None, size=(
     return fig
 
 
-def image_grid(images, labels=None, predictions=None, *, classes: Sequence[str] | None = None,
-               ncols: int = 8, size: float = 1.2, fig=None) -> Figure:
+def image_grid(
+    images,
+    labels=None,
+    predictions=None,
+    *,
+    classes: Sequence[str] | None = None,
+    ncols: int = 8,
+    size: float = 1.2,
+    fig=None,
+) -> Figure:
     """A grid of images (N x C x H x W or N x H x W), titled with labels and predictions.
 
     Mistakes (prediction differs from label) get a red title so they stand out. ``fig`` draws
@@ -109,8 +127,9 @@ def image_grid(images, labels=None, predictions=None, *, classes: Sequence[str] 
     """
     images = _array(images)
     if images.ndim not in (3, 4) or not len(images):
-        raise ValueError(f"image_grid needs at least one image, as N x C x H x W or N x H x W; got shape "
-                         f"{list(images.shape)}")
+        raise ValueError(
+            f"image_grid needs at least one image, as N x C x H x W or N x H x W; got shape {list(images.shape)}"
+        )
     if images.ndim == 4:
         images = images.transpose(0, 2, 3, 1)
         if images.shape[-1] == 1:
@@ -148,13 +167,20 @@ def optimizer_paths(surface, paths, *, size=(5.0, 4.0), title: str | None = None
 
     fig = Figure(figsize=(size[0] * 2, size[1]), layout="constrained")
     ax, ax_loss = fig.subplots(1, 2)
-    xs = torch.linspace(*surface.xlim, 200, dtype=torch.float64)
-    ys = torch.linspace(*surface.ylim, 200, dtype=torch.float64)
+    xs = torch.linspace(surface.xlim[0], surface.xlim[1], 200, dtype=torch.float64)
+    ys = torch.linspace(surface.ylim[0], surface.ylim[1], 200, dtype=torch.float64)
     gx, gy = torch.meshgrid(xs, ys, indexing="xy")
     z = surface(gx, gy).numpy()
     floor = max(float(z.min()), 1e-3)
-    ax.contourf(xs.numpy(), ys.numpy(), np.maximum(z, floor), levels=np.geomspace(floor, z.max(), 25),
-                norm=LogNorm(), cmap="Blues_r", alpha=0.85)
+    ax.contourf(
+        xs.numpy(),
+        ys.numpy(),
+        np.maximum(z, floor),
+        levels=np.geomspace(floor, z.max(), 25),
+        norm=LogNorm(),
+        cmap="Blues_r",
+        alpha=0.85,
+    )
     ax.plot(*surface.minimum, marker="*", color="gold", markersize=14, markeredgecolor="k", zorder=5)
     lowest = surface(*map(torch.tensor, surface.minimum)).item()
     for i, path in enumerate(paths):
@@ -189,21 +215,36 @@ def confusion_matrix(confusion, classes: Sequence[str], *, ax=None) -> Figure:
         ax = fig.subplots()
     image = ax.imshow(confusion, cmap="Blues")
     ticks = np.arange(len(classes))
-    ax.set_xticks(ticks, [str(c)[:10] for c in classes], rotation=90 if len(classes) > 10 or
-                  max(len(str(c)) for c in classes) > 2 else 0)
+    ax.set_xticks(
+        ticks,
+        [str(c)[:10] for c in classes],
+        rotation=90 if len(classes) > 10 or max(len(str(c)) for c in classes) > 2 else 0,
+    )
     ax.set_yticks(ticks, [str(c)[:10] for c in classes])
     ax.set(xlabel="predicted", ylabel="true", title="confusion matrix")
     threshold = confusion.max() / 2
     for (i, j), count in np.ndenumerate(confusion):
         if count:
-            ax.text(j, i, int(count), ha="center", va="center", fontsize="x-small",
-                    color="white" if count > threshold else "black")
+            ax.text(
+                j,
+                i,
+                int(count),
+                ha="center",
+                va="center",
+                fontsize="x-small",
+                color="white" if count > threshold else "black",
+            )
     ax.figure.colorbar(image, ax=ax, shrink=0.8)
     return ax.figure
 
 
-def training_curves(records: Sequence[Mapping], live: Mapping[str, Sequence[float]] | None = None, *,
-                    epochs: int | None = None, fig=None) -> Figure:
+def training_curves(
+    records: Sequence[Mapping],
+    live: Mapping[str, Sequence[float]] | None = None,
+    *,
+    epochs: int | None = None,
+    fig=None,
+) -> Figure:
     """Loss and accuracy per epoch (train and validation), with the running training values
     between epochs (``live``: ``x`` in fractional epochs, ``train_loss``, ``train_acc``)."""
     fig = fig or Figure(figsize=(8.4, 3.0), layout="constrained")
@@ -256,8 +297,13 @@ def gradient_inspection(record, layer: int = 0, index: int = -1, *, fig=None, he
 
     ax = axes[0, 2]
     for j in range(len(r.layers)):
-        ax.plot(r.steps, np.maximum(r.update_ratio[:, j], 1e-12), color="C3" if j == layer else "0.7",
-                lw=2 if j == layer else 0.8, zorder=3 if j == layer else 2)
+        ax.plot(
+            r.steps,
+            np.maximum(r.update_ratio[:, j], 1e-12),
+            color="C3" if j == layer else "0.7",
+            lw=2 if j == layer else 0.8,
+            zorder=3 if j == layer else 2,
+        )
     ax.axhline(healthy_update, ls="--", color="k", lw=0.8, label=f"rule of thumb {healthy_update:g}")
     ax.axvline(step, color="C1", lw=0.8)
     ax.set_yscale("log")
@@ -265,8 +311,9 @@ def gradient_inspection(record, layer: int = 0, index: int = -1, *, fig=None, he
     ax.legend(fontsize="small")
 
     def heat(ax, hist, extent, title, ylabel):
-        ax.imshow(np.log10(hist.T + 1e-4), origin="lower", aspect="auto", extent=extent, cmap="viridis",
-                  vmin=-4, vmax=0)
+        ax.imshow(
+            np.log10(hist.T + 1e-4), origin="lower", aspect="auto", extent=extent, cmap="viridis", vmin=-4, vmax=0
+        )
         ax.axvline(step, color="w", lw=0.8)
         ax.set(title=title, xlabel="step", ylabel=ylabel)
 
@@ -279,8 +326,13 @@ def gradient_inspection(record, layer: int = 0, index: int = -1, *, fig=None, he
             ax.text(0.5, 0.5, "no activation after this layer", ha="center", va="center", transform=ax.transAxes)
     else:
         a_lo, a_hi = r.activation_ranges[act]
-        heat(axes[1, 1], r.act_hist[:, act], (x0, x1, a_lo, a_hi),
-             f"{r.activations[act]} ({r.activation_kinds[act]}): outputs over time", "output")
+        heat(
+            axes[1, 1],
+            r.act_hist[:, act],
+            (x0, x1, a_lo, a_hi),
+            f"{r.activations[act]} ({r.activation_kinds[act]}): outputs over time",
+            "output",
+        )
         ax = axes[1, 2]
         ax.plot(r.steps, r.act_inactive[:, act], color="C3")
         ax.axvline(step, color="C1", lw=0.8)
@@ -301,8 +353,11 @@ def prediction(image, top: Sequence[tuple[str, float]], *, latency_ms: float | N
     ax_img.set_axis_off()
     labels, probs = [str(label) for label, _ in top][::-1], [p for _, p in top][::-1]
     ax_bar.barh(labels, probs, color=["C0"] * (len(probs) - 1) + ["C2"])
-    ax_bar.set(xlim=(0, 1), xlabel="probability",
-               title="top classes" + (f" · {latency_ms:.1f} ms" if latency_ms is not None else ""))
+    ax_bar.set(
+        xlim=(0, 1),
+        xlabel="probability",
+        title="top classes" + (f" · {latency_ms:.1f} ms" if latency_ms is not None else ""),
+    )
     return fig
 
 

@@ -2,7 +2,7 @@
 
 The CLI's defaults, the TrainingDashboard's, notebooks 04-06 and the benchmarks all read
 :func:`default_recipe`, so "LeNet on digits" means the same run everywhere. Importing this
-module needs no PyTorch (``maaskit train --help`` reads it); training imports it on use.
+module needs no PyTorch (``maaskit --version`` builds the CLI from it); training imports it on use.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ class Recipe:
 
     model: str = "lenet"
     optimizer: str = "adamw"
-    lr: float = 1e-2             # the peak learning rate of the one-cycle schedule
+    lr: float = 1e-2  # the peak learning rate of the one-cycle schedule
     batch_size: int = 32
     epochs: int = 30
     scheduler: str | None = "onecycle"
-    augment: bool = True         # random crops (and flips for CIFAR-10)
+    augment: bool = True  # random crops (and flips for CIFAR-10)
 
     def fit_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of :func:`maaskit.fit` (everything but ``model``)."""
@@ -53,8 +53,15 @@ def default_recipe(dataset: str = "digits") -> Recipe:
     return RECIPES.get(dataset, RECIPES["digits"])
 
 
-def load_or_train(path: str | Path, data: ImageDataset, recipe: Recipe | None = None, *, seed: int = 0,
-                  device: str = "auto", verbose: bool = True) -> tuple[torch.nn.Module, dict]:
+def load_or_train(
+    path: str | Path,
+    data: ImageDataset,
+    recipe: Recipe | None = None,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    verbose: bool = True,
+) -> tuple[torch.nn.Module, dict]:
     """The artifact at ``path`` if it exists; otherwise train ``recipe`` on ``data``, save it there, and
     return it. Returns ``(model, manifest)`` as :func:`maaskit.load_artifact` does.
 
@@ -72,8 +79,11 @@ def load_or_train(path: str | Path, data: ImageDataset, recipe: Recipe | None = 
         return load_artifact(path)
     recipe = recipe or default_recipe(data.name)
     if verbose:
-        print(f"{path} not found: training {recipe.model} on {data.name} for {recipe.epochs} epochs "
-              "(notebook 04 saves the same model there)", flush=True)
+        print(
+            f"{path} not found: training {recipe.model} on {data.name} for {recipe.epochs} epochs "
+            "(notebook 04 saves the same model there)",
+            flush=True,
+        )
     seed_everything(seed)
     model = build_model(recipe.model, data.in_shape, data.num_classes)
     fit(model, data, **recipe.fit_kwargs(), device=device, seed=seed)

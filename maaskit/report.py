@@ -53,9 +53,13 @@ def read_metrics(notebook) -> dict:
     if isinstance(notebook, (str, os.PathLike)):
         with open(notebook, encoding="utf-8") as f:
             notebook = json.load(f)
-    found = [out["data"][METRICS_MIME]
-             for cell in notebook["cells"] if cell.get("cell_type") == "code"
-             for out in cell.get("outputs", []) if METRICS_MIME in out.get("data", {})]
+    found = [
+        out["data"][METRICS_MIME]
+        for cell in notebook["cells"]
+        if cell.get("cell_type") == "code"
+        for out in cell.get("outputs", [])
+        if METRICS_MIME in out.get("data", {})
+    ]
     if not found:
         raise LookupError("the notebook published no metrics (did it run to the end?)")
     if len(found) > 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -36,14 +37,35 @@ class Surface:
 
 
 SURFACES = {
-    s.name: s for s in [
-        Surface("quadratic", r"f(x, y) = \tfrac{1}{2}(x^2 + 25\,y^2)",
-                lambda x, y: 0.5 * (x**2 + 25 * y**2), (-5.0, 5.0), (-3.0, 3.0), (0.0, 0.0), (-4.5, 2.0)),
-        Surface("rosenbrock", r"f(x, y) = (1 - x)^2 + 100\,(y - x^2)^2",
-                lambda x, y: (1 - x)**2 + 100 * (y - x**2)**2, (-2.0, 2.0), (-1.0, 3.0), (1.0, 1.0), (-1.2, 1.0)),
-        Surface("beale", r"f(x, y) = (1.5 - x + xy)^2 + (2.25 - x + xy^2)^2 + (2.625 - x + xy^3)^2",
-                lambda x, y: (1.5 - x + x * y)**2 + (2.25 - x + x * y**2)**2 + (2.625 - x + x * y**3)**2,
-                (-4.5, 4.5), (-4.5, 4.5), (3.0, 0.5), (-2.0, 2.5)),
+    s.name: s
+    for s in [
+        Surface(
+            "quadratic",
+            r"f(x, y) = \tfrac{1}{2}(x^2 + 25\,y^2)",
+            lambda x, y: 0.5 * (x**2 + 25 * y**2),
+            (-5.0, 5.0),
+            (-3.0, 3.0),
+            (0.0, 0.0),
+            (-4.5, 2.0),
+        ),
+        Surface(
+            "rosenbrock",
+            r"f(x, y) = (1 - x)^2 + 100\,(y - x^2)^2",
+            lambda x, y: (1 - x) ** 2 + 100 * (y - x**2) ** 2,
+            (-2.0, 2.0),
+            (-1.0, 3.0),
+            (1.0, 1.0),
+            (-1.2, 1.0),
+        ),
+        Surface(
+            "beale",
+            r"f(x, y) = (1.5 - x + xy)^2 + (2.25 - x + xy^2)^2 + (2.625 - x + xy^3)^2",
+            lambda x, y: (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2,
+            (-4.5, 4.5),
+            (-4.5, 4.5),
+            (3.0, 0.5),
+            (-2.0, 2.5),
+        ),
     ]
 }
 
@@ -64,7 +86,7 @@ def make_optimizer(name: str, params, *, lr: float, momentum: float = 0.9, betas
     if name not in PATH_OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(PATH_OPTIMIZERS)}")
     cls, takes = PATH_OPTIMIZERS[name]
-    kwargs = {"lr": lr}
+    kwargs: dict[str, Any] = {"lr": lr}
     if "momentum" in takes:
         kwargs["momentum"] = momentum
     if "nesterov" in takes:
@@ -88,8 +110,15 @@ class OptimizerPath:
         return f"diverged at step {self.diverged_at}" if self.diverged_at is not None else "ok"
 
 
-def run_path(surface: Surface, make: Callable[[list[torch.Tensor]], object], steps: int, *,
-             start: tuple[float, float] | None = None, label: str = "", margin: float = 0.5) -> OptimizerPath:
+def run_path(
+    surface: Surface,
+    make: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+    steps: int,
+    *,
+    start: tuple[float, float] | None = None,
+    label: str = "",
+    margin: float = 0.5,
+) -> OptimizerPath:
     """Run ``steps`` optimizer steps from ``start`` and record the path.
 
     ``make(params)`` returns the optimizer. A step that produces a non-finite loss or leaves

@@ -8,7 +8,6 @@ second), so a step never waits for the host.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import signal
@@ -37,21 +36,33 @@ OPTIMIZERS = {
 SCHEDULERS = {
     "cosine": lambda opt, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
     "onecycle": lambda opt, steps: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps),
+        opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps
+    ),
 }
 
 
 class History:
-    """One record per epoch. ``len(history)`` is the number of epochs, ``history[-1]`` the last record,
-    ``history["val_acc"]`` that column as a list, ``history.keys()`` the column names.
+    """One record per epoch, read like a pandas DataFrame: ``len(history)`` is the number of epochs,
+    ``history["val_acc"]`` that column as a list, iterating gives the column names; ``history[-1]``
+    (or ``history.last``) is the last epoch's record.
 
     ``stopped`` says why training ended early (``"early stopping"``, ``"stop requested"``,
     ``"interrupted"``) or is ``None``. A record with ``complete=False`` is an epoch cut short.
     """
 
     # what fit() records each epoch; the numeric ones can be monitored by EarlyStopping
-    COLUMNS = ("epoch", "step", "train_loss", "train_acc", "images_per_s", "wall_time", "val_loss", "val_acc", "lr",
-               "complete")
+    COLUMNS = (
+        "epoch",
+        "step",
+        "train_loss",
+        "train_acc",
+        "images_per_s",
+        "wall_time",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "complete",
+    )
 
     def __init__(self, records: Sequence[dict] = ()):
         self.records = [dict(r) for r in records]
@@ -76,8 +87,11 @@ class History:
     def keys(self) -> list[str]:
         return list(self.records[0]) if self.records else []
 
-    def __iter__(self) -> Iterator[dict]:
-        return iter(self.records)
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __contains__(self, column: object) -> bool:
+        return column in self.keys()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -88,7 +102,9 @@ class History:
 
     def __repr__(self) -> str:
         last = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.last.items())
-        return f"History({len(self.records)} epochs; last: {last}{'; stopped: ' + self.stopped if self.stopped else ''})"
+        return (
+            f"History({len(self.records)} epochs; last: {last}{'; stopped: ' + self.stopped if self.stopped else ''})"
+        )
 
 
 class Run:
@@ -98,10 +114,10 @@ class Run:
         self.model, self.optimizer, self.scheduler, self.data = model, optimizer, scheduler, data
         self.device, self.epochs, self.steps_per_epoch, self.batch_size = device, epochs, steps_per_epoch, batch_size
         self.history = History()
-        self.epoch = 0          # the epoch running now, from 1; after resuming, the last one saved
-        self.step = 0           # optimizer steps since the start of training
-        self.epoch_step = 0     # steps into the current epoch
-        self.loss: torch.Tensor | None = None    # the last batch's loss, a tensor on the device
+        self.epoch = 0  # the epoch running now, from 1; after resuming, the last one saved
+        self.step = 0  # optimizer steps since the start of training
+        self.epoch_step = 0  # steps into the current epoch
+        self.loss: torch.Tensor | None = None  # the last batch's loss, a tensor on the device
         self.output: torch.Tensor | None = None  # the last batch's logits
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None  # the last (inputs, labels)
         self.val_loader: Any = None
@@ -114,7 +130,8 @@ class Run:
         self._epoch_start = time.perf_counter()
         self._fit_start = time.perf_counter()
         self.elapsed_before = 0.0  # wall time of earlier (resumed) runs
-        self.train_generator = None
+        self.train_generator: torch.Generator | None = None
+        self.settings: dict[str, Any] = {}  # what fit() runs with
 
     def request_stop(self, reason: str = "stop requested") -> None:
         """Ask training to end after the current batch. Safe to call from any thread."""
@@ -130,10 +147,15 @@ class Run:
         """This epoch so far: mean loss, accuracy, images/s. Reads from the device: call it sparingly."""
         seconds = time.perf_counter() - self._epoch_start
         seen = max(self._seen, 1)
-        return {"epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step,
-                "train_loss": self._loss_sum.item() / seen, "train_acc": self._correct.item() / seen,
-                "images_per_s": self._seen / seconds if seconds > 0 else 0.0,
-                "wall_time": self.elapsed_before + time.perf_counter() - self._fit_start}
+        return {
+            "epoch": self.epoch,
+            "epoch_step": self.epoch_step,
+            "step": self.step,
+            "train_loss": self._loss_sum.item() / seen,
+            "train_acc": self._correct.item() / seen,
+            "images_per_s": self._seen / seconds if seconds > 0 else 0.0,
+            "wall_time": self.elapsed_before + time.perf_counter() - self._fit_start,
+        }
 
     def _reset_epoch(self):
         self._loss_sum.zero_()
@@ -192,9 +214,12 @@ class PrintProgress(Callback):
 
     def on_epoch_end(self, run):
         r = run.history.last
-        print(f"epoch {r['epoch']:>3}/{run.epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.2%}  "
-              f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.2%}  {r['images_per_s']:,.0f} img/s", file=self.file,
-              flush=True)
+        print(
+            f"epoch {r['epoch']:>3}/{run.epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.2%}  "
+            f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.2%}  {r['images_per_s']:,.0f} img/s",
+            file=self.file,
+            flush=True,
+        )
 
     def on_fit_end(self, run):
         if run.stop_reason:
@@ -208,8 +233,7 @@ class EarlyStopping(Callback):
 
     def __init__(self, patience: int = 5, monitor: str = "val_loss", mode: str = "auto", restore_best: bool = True):
         if monitor not in self._MONITORABLE:
-            raise ValueError(f"EarlyStopping cannot monitor {monitor!r}: fit() records "
-                             f"{', '.join(self._MONITORABLE)}")
+            raise ValueError(f"EarlyStopping cannot monitor {monitor!r}: fit() records {', '.join(self._MONITORABLE)}")
         if mode == "auto":  # losses should fall, accuracies rise
             mode = "max" if monitor.endswith("acc") else "min"
         if mode not in ("min", "max"):
@@ -217,7 +241,9 @@ class EarlyStopping(Callback):
         if not isinstance(patience, int) or patience < 1:
             raise ValueError(f"patience must be a whole number of epochs, at least 1, got {patience!r}")
         self.patience, self.monitor, self.mode, self.restore_best = patience, monitor, mode, restore_best
-        self.best, self.best_epoch, self.best_state, self.waited = None, 0, None, 0
+        self.best: float | None = None
+        self.best_epoch, self.waited = 0, 0
+        self.best_state: dict[str, torch.Tensor] | None = None
 
     def on_epoch_end(self, run):
         value = run.history.last[self.monitor]
@@ -256,10 +282,12 @@ def save_checkpoint(run: Run, directory) -> Path:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in run.model.state_dict().items()},
-              directory / "model.safetensors")
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in run.model.state_dict().items()}, directory / "model.safetensors"
+    )
     opt_state = run.optimizer.state_dict()
-    tensors, plain = {}, {}
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, dict] = {}
     for pid, state in opt_state["state"].items():
         for key, value in state.items():
             if torch.is_tensor(value):
@@ -273,7 +301,9 @@ def save_checkpoint(run: Run, directory) -> Path:
         tensors["rng.cuda"] = torch.cuda.get_rng_state(run.device)
     save_file(tensors, directory / "optimizer.safetensors")
     state = {
-        "epoch": run.epoch, "step": run.step, "wall_time": run.running_metrics()["wall_time"],
+        "epoch": run.epoch,
+        "step": run.step,
+        "wall_time": run.running_metrics()["wall_time"],
         "optimizer": {"param_groups": opt_state["param_groups"], "state": plain},
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "history": run.history.records,
@@ -324,8 +354,10 @@ def _make_optimizer(optimizer, model, lr, weight_decay):
     if callable(optimizer):
         return optimizer(model.parameters())
     if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}, "
-                         "a torch.optim.Optimizer or a function of the parameters")
+        raise ValueError(
+            f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}, "
+            "a torch.optim.Optimizer or a function of the parameters"
+        )
     return OPTIMIZERS[optimizer](model.parameters(), lr, weight_decay)
 
 
@@ -335,8 +367,10 @@ def _make_scheduler(scheduler, optimizer, total_steps):
     if callable(scheduler):
         return scheduler(optimizer, total_steps)
     if scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {', '.join(SCHEDULERS)}, "
-                         "None, or a function (optimizer, total_steps) -> scheduler")
+        raise ValueError(
+            f"unknown scheduler {scheduler!r}; expected one of {', '.join(SCHEDULERS)}, "
+            "None, or a function (optimizer, total_steps) -> scheduler"
+        )
     return SCHEDULERS[scheduler](optimizer, total_steps)
 
 
@@ -383,10 +417,14 @@ def _check_inputs(model: Any, data: Any, epochs: Any, batch_size: Any, lr: Any, 
     if isinstance(data, str):
         raise TypeError(f"fit() takes the data, not its name: pass maaskit.load_dataset({data!r})")
     if not isinstance(data, ImageDataset):
-        hint = (" (a torch.utils.data.Dataset holds one example at a time; maaskit keeps whole splits on the device)"
-                if isinstance(data, torch.utils.data.Dataset) else "")
-        raise TypeError(f"fit() needs a maaskit ImageDataset from maaskit.load_dataset(...), got "
-                        f"{type(data).__name__}{hint}")
+        hint = (
+            " (a torch.utils.data.Dataset holds one example at a time; maaskit keeps whole splits on the device)"
+            if isinstance(data, torch.utils.data.Dataset)
+            else ""
+        )
+        raise TypeError(
+            f"fit() needs a maaskit ImageDataset from maaskit.load_dataset(...), got {type(data).__name__}{hint}"
+        )
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
@@ -399,12 +437,27 @@ def _check_inputs(model: Any, data: Any, epochs: Any, batch_size: Any, lr: Any, 
             raise TypeError(f"callbacks must be maaskit.Callback instances, got {type(cb).__name__}")
 
 
-def fit(model: nn.Module, data: ImageDataset, *, optimizer: str | torch.optim.Optimizer | Callable = "adam",
-        lr: float = 1e-3, epochs: int = 5, batch_size: int = 128, scheduler: str | Callable | None = None,
-        device: str | torch.device = "auto", callbacks: Sequence[Callback] = (), early_stopping: int | None = None,
-        amp: bool | str = "auto", channels_last: bool | str = "auto", compile: bool = False, seed: int = 0,
-        augment: bool = False, weight_decay: float = 0.0, grad_clip: float | None = None,
-        resume_from: str | Path | None = None) -> History:
+def fit(
+    model: nn.Module,
+    data: ImageDataset,
+    *,
+    optimizer: str | torch.optim.Optimizer | Callable = "adam",
+    lr: float = 1e-3,
+    epochs: int = 5,
+    batch_size: int = 128,
+    scheduler: str | Callable | None = None,
+    device: str | torch.device = "auto",
+    callbacks: Sequence[Callback] = (),
+    early_stopping: int | None = None,
+    amp: bool | str = "auto",
+    channels_last: bool | str = "auto",
+    compile: bool = False,
+    seed: int = 0,
+    augment: bool = False,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = None,
+    resume_from: str | Path | None = None,
+) -> History:
     """Train ``model`` on ``data`` (an :class:`maaskit.ImageDataset`) and return its :class:`History`.
 
     - ``optimizer``: ``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9), ``"rmsprop"``, an optimizer
@@ -427,7 +480,9 @@ def fit(model: nn.Module, data: ImageDataset, *, optimizer: str | torch.optim.Op
     use_amp = device.type == "cuda" if amp == "auto" else bool(amp)
     has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     use_cl = (device.type == "cuda" and has_conv) if channels_last == "auto" else bool(channels_last)
-    model.to(device, memory_format=torch.channels_last if use_cl else torch.preserve_format)
+    model.to(device)
+    if use_cl:
+        model.to(memory_format=torch.channels_last)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
 
     train_loader = data.loader("train", batch_size=batch_size, augment=augment, device=device, seed=seed)
@@ -439,9 +494,17 @@ def fit(model: nn.Module, data: ImageDataset, *, optimizer: str | torch.optim.Op
     run.train_generator = train_loader.generator
     run.val_loader = data.loader("val", batch_size=max(batch_size, 512), device=device)
     run.autocast = autocast
-    run.settings = {"optimizer": optimizer if isinstance(optimizer, str) else type(opt).__name__, "lr": lr,
-                    "batch_size": batch_size, "device": str(device), "amp": use_amp, "channels_last": use_cl,
-                    "compile": compile, "seed": seed, "augment": augment}
+    run.settings = {
+        "optimizer": optimizer if isinstance(optimizer, str) else type(opt).__name__,
+        "lr": lr,
+        "batch_size": batch_size,
+        "device": str(device),
+        "amp": use_amp,
+        "channels_last": use_cl,
+        "compile": compile,
+        "seed": seed,
+        "augment": augment,
+    }
     run.history.settings = run.settings
     if resume_from is not None:
         load_checkpoint(run, resume_from)

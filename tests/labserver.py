@@ -79,8 +79,14 @@ class Lab:
 def running_lab(argv: list[str], *, cwd, port: int, token: str | None = None, env=None, timeout: float = 60):
     """Run ``argv`` (a command that starts JupyterLab on ``port`` with ``token``) until the block ends."""
     token = token or secrets.token_hex(16)
-    process = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})}, start_new_session=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     lab = Lab(f"http://127.0.0.1:{port}", token, process)
     try:
         deadline = time.monotonic() + timeout
@@ -90,9 +96,9 @@ def running_lab(argv: list[str], *, cwd, port: int, token: str | None = None, en
                 break
             except OSError:
                 if process.poll() is not None:
-                    raise AssertionError("JupyterLab exited:\n" + process.stdout.read().decode()[-3000:])
+                    raise AssertionError("JupyterLab exited:\n" + process.stdout.read().decode()[-3000:]) from None
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"JupyterLab did not answer within {timeout:.0f} s")
+                    raise AssertionError(f"JupyterLab did not answer within {timeout:.0f} s") from None
                 time.sleep(0.5)
         yield lab
     finally:
@@ -104,8 +110,13 @@ def running_lab(argv: list[str], *, cwd, port: int, token: str | None = None, en
 
 
 def lab_flags(port: int, token: str) -> list[str]:
-    flags = ["--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", f"--ServerApp.token={token}",
-             "--ServerApp.port_retries=0"]
+    flags = [
+        "--no-browser",
+        "--ServerApp.ip=127.0.0.1",
+        f"--ServerApp.port={port}",
+        f"--ServerApp.token={token}",
+        "--ServerApp.port_retries=0",
+    ]
     if os.getuid() == 0:
         flags.append("--allow-root")
     return flags

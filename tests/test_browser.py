@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from labserver import free_port, lab_flags, running_lab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +24,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 
 def _cannot_start(why: str):
-    message = (f"browser tests cannot start: {why}. Install Debian's Chromium (`apt-get install chromium`, "
-               "as `.ci/run` and `make test` do when run as root) and the dev extra (`pip install -e .[dev]`).")
+    message = (
+        f"browser tests cannot start: {why}. Install Debian's Chromium (`apt-get install chromium`, "
+        "as `.ci/run` and `make test` do when run as root) and the dev extra (`pip install -e .[dev]`)."
+    )
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)  # never a silent skip in CI
     pytest.skip(message)
@@ -52,9 +53,17 @@ def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
     port, token = free_port(), secrets.token_hex(16)
-    argv = [sys.executable, "-m", "jupyter", "lab", *lab_flags(port, token), f"--ServerApp.root_dir={root / 'notebooks'}",
-            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run commands as the menus do
-            "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"]  # offline
+    argv = [
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        *lab_flags(port, token),
+        f"--ServerApp.root_dir={root / 'notebooks'}",
+        "--LabApp.expose_app_in_browser=True",  # window.jupyterapp: run commands as the menus do
+        "--LabApp.news_url=None",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+    ]  # offline
     env = {"JUPYTER_RUNTIME_DIR": str(root / "runtime"), "JUPYTERLAB_WORKSPACES_DIR": str(root / "workspaces")}
     with running_lab(argv, cwd=root, port=port, token=token, env=env) as server:
         yield server
@@ -86,7 +95,9 @@ def open_and_run_all(page, lab, notebook: str) -> tuple[str, dict]:
     # behind the kernel. Done is no cell queued or running ([*]), and the kernel idle after that.
     page.wait_for_function(
         "() => ![...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
-        ".some(e => e.textContent.includes('*'))", timeout=600_000)
+        ".some(e => e.textContent.includes('*'))",
+        timeout=600_000,
+    )
     lab.wait_idle(kernel, timeout=120)
     timings["run_all_s"] = round(time.monotonic() - start, 1)
     return kernel, timings
@@ -130,8 +141,9 @@ def test_optimizer_playground_responds_in_jupyterlab(page, lab):
     old_lr = readout.inner_text()
     start = time.monotonic()
     drag(page, slider, 60)
-    page.wait_for_function("([img, old]) => img.getAttribute('src') !== old", arg=[image.element_handle(), before],
-                           timeout=30_000)
+    page.wait_for_function(
+        "([img, old]) => img.getAttribute('src') !== old", arg=[image.element_handle(), before], timeout=30_000
+    )
     timings["redraw_after_drag_s"] = round(time.monotonic() - start, 2)
     lab.wait_idle(kernel, timeout=60)
     page.screenshot(path=str(ARTIFACTS / "03_playground_after.png"))
@@ -165,24 +177,29 @@ def test_training_dashboard_trains_and_stops_in_jupyterlab(page, lab):
 
     start = time.monotonic()
     dashboard.get_by_role("button", name="Train").click()
-    page.wait_for_function("el => /epoch \\d+\\/200 · step [1-9]/.test(el.innerText)",
-                           arg=status.element_handle(), timeout=60_000)
+    page.wait_for_function(
+        "el => /epoch \\d+\\/200 · step [1-9]/.test(el.innerText)", arg=status.element_handle(), timeout=60_000
+    )
     timings["first_step_shown_s"] = round(time.monotonic() - start, 2)
     step, curves = dashboard_step(dashboard), dashboard.locator(".maaskit-curves").inner_html()
     # The kernel is not blocked while the background thread trains: the server sees it idle.
     assert lab.api(f"kernels/{kernel}")["execution_state"] == "idle"
     assert dashboard.get_by_role("button", name="Train").is_disabled()
     # (the SVG is replaced on each redraw, so look it up afresh rather than hold on to one node)
-    page.wait_for_function("old => document.querySelector('.maaskit-training-dashboard .maaskit-curves')"
-                           ".innerHTML !== old", arg=curves, timeout=30_000)
+    page.wait_for_function(
+        "old => document.querySelector('.maaskit-training-dashboard .maaskit-curves').innerHTML !== old",
+        arg=curves,
+        timeout=30_000,
+    )
     page.wait_for_timeout(1500)
     assert dashboard_step(dashboard) > step
     page.screenshot(path=str(ARTIFACTS / "04_dashboard_training.png"))
 
     start = time.monotonic()
     dashboard.get_by_role("button", name="Stop").click()
-    page.wait_for_function("el => el.innerText.includes('stopped: stop requested')",
-                           arg=status.element_handle(), timeout=60_000)
+    page.wait_for_function(
+        "el => el.innerText.includes('stopped: stop requested')", arg=status.element_handle(), timeout=60_000
+    )
     timings["stop_shown_s"] = round(time.monotonic() - start, 2)
     lab.wait_idle(kernel, timeout=60)
     stopped_at = dashboard_step(dashboard)
@@ -198,13 +215,13 @@ def test_training_dashboard_trains_and_stops_in_jupyterlab(page, lab):
 
 
 def test_gradient_inspector_follows_the_step_slider_in_jupyterlab(page, lab):
-    kernel, timings, inspector = run_and_find(page, lab, "05_inspecting_gradients.ipynb",
-                                              ".maaskit-gradient-inspector")
+    kernel, timings, inspector = run_and_find(page, lab, "05_inspecting_gradients.ipynb", ".maaskit-gradient-inspector")
     image = inspector.locator("img")
     image.wait_for(timeout=30_000)
     diagnosis = inspector.locator(".maaskit-diagnosis")
-    page.wait_for_function("el => el.innerText.includes('vanishing gradients')", arg=diagnosis.element_handle(),
-                           timeout=30_000)  # the first run shown is the sigmoid net
+    page.wait_for_function(
+        "el => el.innerText.includes('vanishing gradients')", arg=diagnosis.element_handle(), timeout=30_000
+    )  # the first run shown is the sigmoid net
     before = image.get_attribute("src")
     slider = inspector.locator(".widget-hslider", has_text="step")
     readout = slider.locator(".widget-readout")
@@ -213,8 +230,9 @@ def test_gradient_inspector_follows_the_step_slider_in_jupyterlab(page, lab):
 
     start = time.monotonic()
     drag(page, slider, -200)  # towards the first steps
-    page.wait_for_function("([img, old]) => img.getAttribute('src') !== old", arg=[image.element_handle(), before],
-                           timeout=30_000)
+    page.wait_for_function(
+        "([img, old]) => img.getAttribute('src') !== old", arg=[image.element_handle(), before], timeout=30_000
+    )
     timings["redraw_after_drag_s"] = round(time.monotonic() - start, 2)
     lab.wait_idle(kernel, timeout=60)
     assert int(readout.inner_text()) < 405
@@ -238,8 +256,11 @@ def test_endpoint_console_sends_an_image_in_jupyterlab(page, lab):
     before = status.inner_text()
     start = time.monotonic()
     console.get_by_role("button", name="Send").click()
-    page.wait_for_function("([el, old]) => el.innerText !== old && / ms/.test(el.innerText)",
-                           arg=[status.element_handle(), before], timeout=30_000)
+    page.wait_for_function(
+        "([el, old]) => el.innerText !== old && / ms/.test(el.innerText)",
+        arg=[status.element_handle(), before],
+        timeout=30_000,
+    )
     timings["send_shown_s"] = round(time.monotonic() - start, 2)
     assert "true label" in status.inner_text()
     page.screenshot(path=str(ARTIFACTS / "06_console_send.png"))

@@ -33,8 +33,19 @@ class Spy(Callback):
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
 def test_fit_on_cuda_uses_bf16_and_channels_last_and_learns(digits, compile):
     model, spy = lenet(digits), Spy()
-    history = fit(model, digits, optimizer="adamw", lr=1e-2, batch_size=32, epochs=15, scheduler="onecycle",
-                  augment=True, device="cuda", compile=compile, callbacks=[spy])
+    history = fit(
+        model,
+        digits,
+        optimizer="adamw",
+        lr=1e-2,
+        batch_size=32,
+        epochs=15,
+        scheduler="onecycle",
+        augment=True,
+        device="cuda",
+        compile=compile,
+        callbacks=[spy],
+    )
     assert history.settings["amp"] is True and history.settings["channels_last"] is True
     assert spy.device.type == "cuda" and spy.channels_last and spy.loss_device.type == "cuda"
     assert next(model.parameters()).device.type == "cuda"
@@ -53,8 +64,19 @@ def test_checkpoint_and_resume_on_cuda(digits, tmp_path):
     straight = lenet(digits)
     fit(straight, digits, **kw)
     first = lenet(digits)
-    fit(first, digits, **kw, callbacks=[Checkpoint(tmp_path / "ckpt"), type("StopAfter2", (Callback,), {
-        "on_epoch_end": lambda self, run: run.request_stop() if run.epoch == 2 else None})()])
+    fit(
+        first,
+        digits,
+        **kw,
+        callbacks=[
+            Checkpoint(tmp_path / "ckpt"),
+            type(
+                "StopAfter2",
+                (Callback,),
+                {"on_epoch_end": lambda self, run: run.request_stop() if run.epoch == 2 else None},
+            )(),
+        ],
+    )
     resumed = lenet(digits, seed=5)
     history = fit(resumed, digits, **kw, resume_from=tmp_path / "ckpt")
     assert history["epoch"] == [1, 2, 3, 4]

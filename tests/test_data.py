@@ -1,10 +1,18 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import CIFAR_CLASSES, make_mnist_like
-from maaskit.data import (DATASETS, DatasetUnavailableError, DeviceLoader, Split, cache_dir, load_dataset,
-                          random_crop, random_flip)
+
+from maaskit.data import (
+    DATASETS,
+    DatasetUnavailableError,
+    DeviceLoader,
+    Split,
+    cache_dir,
+    load_dataset,
+    random_crop,
+    random_flip,
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,6 +28,7 @@ def test_digits_splits_cover_the_dataset_once(digits):
     # 16 (sklearn's maximum) maps to 255
     assert digits.train.x.max() == 255 and digits.train.x.min() == 0
     from sklearn.datasets import load_digits
+
     original = np.sort(np.rint(load_digits().images.reshape(1797, -1) * 255 / 16).astype(np.uint8), axis=0)
     ours = torch.cat([digits.train.x, digits.val.x, digits.test.x]).reshape(1797, -1).numpy()
     assert np.array_equal(np.sort(ours, axis=0), original)
@@ -57,11 +66,17 @@ def test_split_checks_its_tensors():
         Split(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), torch.zeros(3, dtype=torch.long))
 
 
-@pytest.mark.parametrize("name, folder, classes", [
-    ("mnist", "MNIST", tuple("0123456789")),
-    ("fashion-mnist", "FashionMNIST", ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
-])
+@pytest.mark.parametrize(
+    "name, folder, classes",
+    [
+        ("mnist", "MNIST", tuple("0123456789")),
+        (
+            "fashion-mnist",
+            "FashionMNIST",
+            ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        ),
+    ],
+)
 def test_mnist_family_loads_through_torchvision(tmp_path, no_network, name, folder, classes):
     arrays = make_mnist_like(tmp_path, folder, n_train=30, n_test=10)
     data = load_dataset(name, root=tmp_path, val_fraction=0.2, download=False)
@@ -115,6 +130,7 @@ def test_datasets_constant_matches_what_loads():
 
 # --- the device-resident loader -------------------------------------------------------------
 
+
 def test_an_epoch_visits_every_example_once(digits):
     loader = digits.loader("train", batch_size=100, device="cpu")
     assert len(loader) == 13 and loader.num_examples == 1294
@@ -159,8 +175,12 @@ def test_random_crop_shifts_content_within_the_padding():
     assert out.shape == x.shape and out.dtype == x.dtype
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for i in range(2):  # each output image is some 6x6 window of its padded input, same for all channels
-        windows = [(dy, dx) for dy in range(5) for dx in range(5)
-                   if torch.equal(padded[i, :, dy:dy + 6, dx:dx + 6], out[i])]
+        windows = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if torch.equal(padded[i, :, dy : dy + 6, dx : dx + 6], out[i])
+        ]
         assert windows
     assert torch.equal(random_crop(x, 0), x)
     offsets = set()

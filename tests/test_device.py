@@ -55,7 +55,7 @@ def _train_a_little(seed):
     model = torch.nn.Sequential(torch.nn.Linear(20, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 3))
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x, y = torch.randn(256, 20), torch.randint(0, 3, (256,))
-    for i in range(20):
+    for _ in range(20):
         idx = torch.randperm(256)[:32]
         loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()

@@ -52,10 +52,18 @@ def test_resnet_has_residual_blocks_and_pools_any_size():
 
 def test_build_model_records_how_to_rebuild_it():
     model = build_model("mlp", [1, 8, 8], 10, hidden=(32,))
-    assert model.maaskit_config == {"name": "mlp", "in_shape": [1, 8, 8], "num_classes": 10,
-                                    "kwargs": {"hidden": (32,)}}
-    again = build_model(model.maaskit_config["name"], model.maaskit_config["in_shape"],
-                        model.maaskit_config["num_classes"], **model.maaskit_config["kwargs"])
+    assert model.maaskit_config == {
+        "name": "mlp",
+        "in_shape": [1, 8, 8],
+        "num_classes": 10,
+        "kwargs": {"hidden": (32,)},
+    }
+    again = build_model(
+        model.maaskit_config["name"],
+        model.maaskit_config["in_shape"],
+        model.maaskit_config["num_classes"],
+        **model.maaskit_config["kwargs"],
+    )
     again.load_state_dict(model.state_dict())
 
 
@@ -76,8 +84,10 @@ def test_summary_lists_layers_shapes_and_parameter_counts():
     text = summary(model, (3, 32, 32))
     lines = text.splitlines()
     assert lines[0].split() == ["layer", "type", "output", "shape", "params"]
-    assert any("features.0" in l and "Conv2d" in l and "(1, 6, 28, 28)" in l and "456" in l for l in lines)
-    assert any("classifier.1" in l and "(1, 120)" in l and "48,120" in l for l in lines)
+    assert any(
+        "features.0" in line and "Conv2d" in line and "(1, 6, 28, 28)" in line and "456" in line for line in lines
+    )
+    assert any("classifier.1" in line and "(1, 120)" in line and "48,120" in line for line in lines)
     assert lines[-1] == "total parameters: 62,006 (trainable: 62,006)"
     assert model.training  # summary leaves the mode as it found it
     assert not model.features[0]._forward_hooks  # and removes its hooks

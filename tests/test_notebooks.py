@@ -6,14 +6,14 @@ from pathlib import Path
 
 import papermill as pm
 import pytest
-
 from conftest import make_mnist_like
+
 from maaskit import build_model, load_dataset
+from maaskit.evaluation import evaluate
 from maaskit.report import read_metrics
 from maaskit.serving import serve
-from maaskit.train import fit
-from maaskit.evaluation import evaluate
 from maaskit.serving.artifact import load_artifact
+from maaskit.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -25,14 +25,21 @@ pytestmark = pytest.mark.notebook
 def run(name: str, tag: str, **parameters) -> dict:
     OUT.mkdir(parents=True, exist_ok=True)
     output = OUT / f"{Path(name).stem}.{tag}.ipynb"
-    pm.execute_notebook(NOTEBOOKS / name, output, parameters=parameters, cwd=NOTEBOOKS,
-                        kernel_name="python3", progress_bar=False)
+    pm.execute_notebook(
+        NOTEBOOKS / name, output, parameters=parameters, cwd=NOTEBOOKS, kernel_name="python3", progress_bar=False
+    )
     return read_metrics(output)
 
 
 def test_every_notebook_is_covered_here():
-    tested = {"01_forward_pass.ipynb", "02_backpropagation.ipynb", "03_optimizers.ipynb", "04_training_cnns.ipynb",
-              "05_inspecting_gradients.ipynb", "06_serving.ipynb"}
+    tested = {
+        "01_forward_pass.ipynb",
+        "02_backpropagation.ipynb",
+        "03_optimizers.ipynb",
+        "04_training_cnns.ipynb",
+        "05_inspecting_gradients.ipynb",
+        "06_serving.ipynb",
+    }
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == tested
 
 
@@ -87,8 +94,15 @@ def test_a_failing_notebook_is_reported_with_the_failing_cell(tmp_path):
 
 
 def check_optimizers(m, steps):
-    assert set(m["optimizer_max_abs_diff_vs_torch"]) == {"SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop",
-                                                          "Adam", "AdamW"}
+    assert set(m["optimizer_max_abs_diff_vs_torch"]) == {
+        "SGD",
+        "Momentum",
+        "Nesterov",
+        "AdaGrad",
+        "RMSprop",
+        "Adam",
+        "AdamW",
+    }
     assert max(m["optimizer_max_abs_diff_vs_torch"].values()) < 1e-10
     assert m["optimizer_check_steps"] == steps
     assert max(m["schedule_max_abs_diff_vs_torch"].values()) < 1e-9
@@ -111,8 +125,7 @@ def test_03_optimizers_defaults():
 
 
 def test_03_optimizers_other_parameters():
-    m = run("03_optimizers.ipynb", "seed1-beale", seed=1, check_steps=50, surface="beale", patience=3,
-            budget_epochs=2)
+    m = run("03_optimizers.ipynb", "seed1-beale", seed=1, check_steps=50, surface="beale", patience=3, budget_epochs=2)
     check_optimizers(m, 50)
     assert m["early_stopping_stopped_epoch"] == m["early_stopping_best_epoch"] + 3
     assert len(m["playground"]) == 3
@@ -121,13 +134,19 @@ def test_03_optimizers_other_parameters():
 def check_training(m, out_dir: Path):
     assert m["tutorial_net_parameters"] == 62_006
     assert m["nll_on_logits_lowest_loss"] < 0 and m["cross_entropy_test_accuracy"] > m["nll_on_logits_test_accuracy"]
-    assert set(m["images_per_s"]) == {"tutorial loop, batch 4", "tutorial loop, batch 128", "maaskit fit, batch 4",
-                                      "maaskit fit, batch 128"}
+    assert set(m["images_per_s"]) == {
+        "tutorial loop, batch 4",
+        "tutorial loop, batch 128",
+        "maaskit fit, batch 4",
+        "maaskit fit, batch 128",
+    }
     assert all(v > 0 for v in m["images_per_s"].values())
     # the saved model is the trained one: reload it and score the test set again
     model, manifest = load_artifact(out_dir)
     assert manifest["architecture"]["name"] == m["model"]
-    assert evaluate(model, load_dataset(m["dataset"], seed=m["seed"])).accuracy == pytest.approx(m["test_accuracy"], abs=1e-9)
+    assert evaluate(model, load_dataset(m["dataset"], seed=m["seed"])).accuracy == pytest.approx(
+        m["test_accuracy"], abs=1e-9
+    )
 
 
 def test_04_training_cnns_defaults():
@@ -138,8 +157,18 @@ def test_04_training_cnns_defaults():
 
 
 def test_04_training_cnns_other_parameters(tmp_path):
-    m = run("04_training_cnns.ipynb", "mlp-seed1", seed=1, model_name="mlp", epochs=12, batch_size=64, lr=3e-3,
-            min_test_accuracy=0.85, tutorial_batches=20, save_to=str(tmp_path / "mlp"))
+    m = run(
+        "04_training_cnns.ipynb",
+        "mlp-seed1",
+        seed=1,
+        model_name="mlp",
+        epochs=12,
+        batch_size=64,
+        lr=3e-3,
+        min_test_accuracy=0.85,
+        tutorial_batches=20,
+        save_to=str(tmp_path / "mlp"),
+    )
     assert m["model"] == "mlp" and m["epochs"] == 12 and m["test_accuracy"] >= 0.85
     check_training(m, tmp_path / "mlp")
 
@@ -190,9 +219,17 @@ def test_06_serving_calls_a_remote_endpoint(tmp_path):
     model = build_model("mlp", digits.in_shape, 10)
     fit(model, digits, epochs=15, lr=3e-3)
     with serve(model, data=digits, name="remote-digits", token="t0k") as remote:
-        m = run("06_serving.ipynb", "remote", endpoint_url=remote.url, token="t0k", model_name="remote-digits",
-                model_path=str(tmp_path / "stand-in"), load_requests=40, concurrency=4,
-                export_dir=str(tmp_path / "exports"))
+        m = run(
+            "06_serving.ipynb",
+            "remote",
+            endpoint_url=remote.url,
+            token="t0k",
+            model_name="remote-digits",
+            model_path=str(tmp_path / "stand-in"),
+            load_requests=40,
+            concurrency=4,
+            export_dir=str(tmp_path / "exports"),
+        )
     check_serving(m)
     assert m["endpoint"] == "remote" and m["model_name"] == "remote-digits" and m["local_accuracy"] is None
     assert m["mean_batch"] == {"1": None, "4": None}

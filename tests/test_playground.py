@@ -95,7 +95,9 @@ def test_every_optimizer_name_builds_its_torch_class():
         opt = make_optimizer(name, [torch.zeros(2, requires_grad=True)], lr=0.1, betas=(0.8, 0.99))
         assert type(opt) is cls
     assert make_optimizer("Nesterov", [torch.zeros(2, requires_grad=True)], lr=0.1).param_groups[0]["nesterov"]
-    assert make_optimizer("AdamW", [torch.zeros(2, requires_grad=True)], lr=0.1, betas=(0.8, 0.99)).defaults["betas"] == (0.8, 0.99)
+    assert make_optimizer("AdamW", [torch.zeros(2, requires_grad=True)], lr=0.1, betas=(0.8, 0.99)).defaults[
+        "betas"
+    ] == (0.8, 0.99)
     with pytest.raises(ValueError, match="expected one of SGD, Momentum"):
         make_optimizer("LBFGS", [torch.zeros(2, requires_grad=True)], lr=0.1)
 
@@ -110,7 +112,15 @@ def test_bad_arguments_are_clear():
 def test_headless_display_is_a_picture_and_a_table(pg):
     bundle = pg._repr_mimebundle_()
     assert base64.b64decode(bundle["image/png"]) == bytes(pg.image.value)
-    assert bundle["text/plain"].splitlines()[0].split() == ["optimizer", "steps", "final", "f", "to", "minimum", "status"]
+    assert bundle["text/plain"].splitlines()[0].split() == [
+        "optimizer",
+        "steps",
+        "final",
+        "f",
+        "to",
+        "minimum",
+        "status",
+    ]
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == pg.widget.model_id
 
 

@@ -10,8 +10,9 @@ from maaskit import plots
 
 def test_function_grid_one_panel_per_function():
     z = torch.linspace(-3, 3, 50)
-    fig = plots.function_grid(z, {"a": {"f": z, "f'": torch.ones(50)}, "b": {"g": z ** 2},
-                                  "c": {"h": -z}, "d": {"k": z}}, ncols=3)
+    fig = plots.function_grid(
+        z, {"a": {"f": z, "f'": torch.ones(50)}, "b": {"g": z**2}, "c": {"h": -z}, "d": {"k": z}}, ncols=3
+    )
     assert isinstance(fig, Figure)
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in visible] == ["a", "b", "c", "d"]
@@ -20,32 +21,38 @@ def test_function_grid_one_panel_per_function():
 
 
 def test_history_groups_losses_and_accuracies():
-    fig = plots.history({"epoch": [1, 2, 3], "train_loss": [3, 2, 1], "val_loss": [3, 2.5, 2], "val_acc": [.1, .5, .9]},
-                        x="epoch")
+    fig = plots.history(
+        {"epoch": [1, 2, 3], "train_loss": [3, 2, 1], "val_loss": [3, 2.5, 2], "val_acc": [0.1, 0.5, 0.9]}, x="epoch"
+    )
     loss, acc = fig.axes
     assert loss.get_title() == "loss" and acc.get_title() == "accuracy"
-    assert [l.get_label() for l in loss.get_lines()] == ["train_loss", "val_loss"]
+    assert [line.get_label() for line in loss.get_lines()] == ["train_loss", "val_loss"]
     assert list(acc.get_lines()[0].get_xdata()) == [1, 2, 3]
     with pytest.raises(ValueError, match="nothing to plot"):
         plots.history({"epoch": [1, 2]}, x="epoch")
 
 
 def test_history_draws_every_series_it_is_given():
-    series = {"nll_loss on logits (bug)": [2, -5, -40], "cross_entropy (fix)": [2.3, 1, 0.4], "lr": [.1, .1, .01]}
+    series = {"nll_loss on logits (bug)": [2, -5, -40], "cross_entropy (fix)": [2.3, 1, 0.4], "lr": [0.1, 0.1, 0.01]}
     fig = plots.history(series)
     drawn = [line.get_label() for ax in fig.axes for line in ax.get_lines()]
     assert sorted(drawn) == sorted(series)  # none dropped, whatever the names say
     assert [ax.get_title() for ax in fig.axes] == ["loss", "cross_entropy (fix)", "lr"]
-    history = maaskit.History([{"epoch": 1, "train_loss": 1.0, "val_acc": .5, "complete": True},
-                               {"epoch": 2, "train_loss": .5, "val_acc": .7, "complete": True}])
+    history = maaskit.History(
+        [
+            {"epoch": 1, "train_loss": 1.0, "val_acc": 0.5, "complete": True},
+            {"epoch": 2, "train_loss": 0.5, "val_acc": 0.7, "complete": True},
+        ]
+    )
     fig = plots.history(history, x="epoch")  # a fit() History too; the complete flags are not numbers to draw
     assert [ax.get_title() for ax in fig.axes] == ["loss", "accuracy"]
 
 
 def test_image_grid_marks_mistakes_in_red():
     images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
-    fig = plots.image_grid(images, labels=[0, 1, 2, 3, 4], predictions=[0, 1, 9, 3, 7],
-                           classes=[str(i) for i in range(10)], ncols=3)
+    fig = plots.image_grid(
+        images, labels=[0, 1, 2, 3, 4], predictions=[0, 1, 9, 3, 7], classes=[str(i) for i in range(10)], ncols=3
+    )
     titles = [ax.title for ax in fig.axes if ax.images]
     assert [t.get_text() for t in titles] == ["0", "1", "9 (is 2)", "3", "7 (is 4)"]
     red = mcolors.to_rgba("tab:red")

@@ -16,16 +16,24 @@ def execute(*sources):
 
 
 def test_metrics_round_trip_through_a_real_kernel(tmp_path):
-    nb = execute("import numpy as np, torch\nfrom maaskit import publish_metrics",
-                 "publish_metrics({'acc': torch.tensor(0.5), 'n': np.int64(3), 'shape': (2, 3),"
-                 " 'loss': float('nan'), 'nested': {'a': [np.float32(1.5)]}, 'ok': True})")
+    nb = execute(
+        "import numpy as np, torch\nfrom maaskit import publish_metrics",
+        "publish_metrics({'acc': torch.tensor(0.5), 'n': np.int64(3), 'shape': (2, 3),"
+        " 'loss': float('nan'), 'nested': {'a': [np.float32(1.5)]}, 'ok': True})",
+    )
     outputs = nb.cells[1].outputs
     assert len(outputs) == 1 and outputs[0].output_type == "display_data"  # no duplicate execute_result
     assert "acc: 0.5" in outputs[0].data["text/plain"]
     path = tmp_path / "run.ipynb"
     nbformat.write(nb, path)
-    assert read_metrics(path) == {"acc": 0.5, "n": 3, "shape": [2, 3], "loss": "nan",
-                                  "nested": {"a": [1.5]}, "ok": True}
+    assert read_metrics(path) == {
+        "acc": 0.5,
+        "n": 3,
+        "shape": [2, 3],
+        "loss": "nan",
+        "nested": {"a": [1.5]},
+        "ok": True,
+    }
     json.dumps(read_metrics(nb))  # plain JSON all the way down
 
 
@@ -40,8 +48,11 @@ def test_read_metrics_needs_exactly_one_publication():
 def test_values_that_are_not_json_are_refused():
     from maaskit.report import _plain
 
-    assert _plain({"t": torch.arange(3), "a": np.ones(2), "inf": float("inf")}) == \
-        {"t": [0, 1, 2], "a": [1.0, 1.0], "inf": "inf"}
+    assert _plain({"t": torch.arange(3), "a": np.ones(2), "inf": float("inf")}) == {
+        "t": [0, 1, 2],
+        "a": [1.0, 1.0],
+        "inf": "inf",
+    }
     with pytest.raises(TypeError, match="object"):
         _plain({"x": object()})
     assert METRICS_MIME == "application/vnd.maaskit.metrics+json"

@@ -15,6 +15,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from conftest import require
+from labserver import free_port
 
 import maaskit
 from maaskit.serving.artifact import save_artifact
@@ -22,8 +24,6 @@ from maaskit.serving.batching import DynamicBatcher
 from maaskit.serving.client import Client, EndpointError, load_test
 from maaskit.serving.protocol import ProtocolError, decode_tensor, encode_body, encode_tensor, split_body
 from maaskit.serving.server import serve
-
-from labserver import free_port
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +57,14 @@ def local_logits(model, x):
 
 
 def infer_body(x, datatype="FP32", name="input", **extra):
-    return {"inputs": [{"name": name, "datatype": datatype, "shape": list(x.shape), "data": x.reshape(-1).tolist()}],
-            **extra}
+    return {
+        "inputs": [{"name": name, "datatype": datatype, "shape": list(x.shape), "data": x.reshape(-1).tolist()}],
+        **extra,
+    }
 
 
 # --- the protocol codecs ----------------------------------------------------------------------
+
 
 def test_tensors_round_trip_as_json_and_as_binary():
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
@@ -73,13 +76,19 @@ def test_tensors_round_trip_as_json_and_as_binary():
         assert np.array_equal(x, y) and y.dtype == np.float32 and offset == len(rest)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ({"name": "t", "datatype": "FP128", "shape": [1], "data": [1]}, "datatype 'FP128' is not one of"),
-    ({"name": "t", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3]}, r"shape \[2, 2\] needs 4 values"),
-    ({"name": "t", "datatype": "FP32", "shape": [-1], "data": [1]}, "non-negative integers"),
-    ({"name": "t", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}, "8 bytes announced, 0 left"),
-    ({"name": "t", "datatype": "INT32", "shape": [1], "data": ["x"]}, "data is not INT32"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"name": "t", "datatype": "FP128", "shape": [1], "data": [1]}, "datatype 'FP128' is not one of"),
+        ({"name": "t", "datatype": "FP32", "shape": [2, 2], "data": [1, 2, 3]}, r"shape \[2, 2\] needs 4 values"),
+        ({"name": "t", "datatype": "FP32", "shape": [-1], "data": [1]}, "non-negative integers"),
+        (
+            {"name": "t", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}},
+            "8 bytes announced, 0 left",
+        ),
+        ({"name": "t", "datatype": "INT32", "shape": [1], "data": ["x"]}, "data is not INT32"),
+    ],
+)
 def test_bad_tensors_say_what_was_expected(spec, message):
     with pytest.raises(ProtocolError, match=message):
         decode_tensor(spec)
@@ -87,12 +96,14 @@ def test_bad_tensors_say_what_was_expected(spec, message):
 
 # --- dynamic batching ---------------------------------------------------------------------------
 
+
 def test_concurrent_requests_share_a_forward_pass_and_get_their_own_rows():
     sizes = []
 
     async def main():
-        batcher = DynamicBatcher(lambda x: x * 10, max_batch_size=6, max_delay_ms=50,
-                                 on_batch=lambda n, _s: sizes.append(n))
+        batcher = DynamicBatcher(
+            lambda x: x * 10, max_batch_size=6, max_delay_ms=50, on_batch=lambda n, _s: sizes.append(n)
+        )
         rows = [np.full((1, 2), i, dtype=np.float32) for i in range(8)]
         out = await asyncio.gather(*(batcher.submit(r) for r in rows))
         await batcher.close()
@@ -117,6 +128,7 @@ def test_a_failing_forward_fails_every_request_of_its_batch():
 
 
 # --- V2 -------------------------------------------------------------------------------------------
+
 
 def test_v2_health_server_and_model_metadata(http):
     assert http.get("/v2/health/live").json() == {"live": True}
@@ -149,31 +161,41 @@ def test_v2_infer_matches_the_model_for_floats_and_for_pixels(http, artifact, di
 def test_v2_binary_tensors_and_classification(http, artifact, digits):
     x = digits.normalize(digits.test.x[:3]).numpy()
     spec, raw = encode_tensor("input", x, binary=True)
-    body, headers = encode_body({"inputs": [spec], "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]},
-                                [raw])
+    body, headers = encode_body(
+        {"inputs": [spec], "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}, [raw]
+    )
     response = http.post("/v2/models/digits/infer", content=body, headers=headers)
     header, rest = split_body(response.content, response.headers["Inference-Header-Content-Length"])
     logits, _ = decode_tensor(header["outputs"][0], memoryview(rest))
     np.testing.assert_allclose(logits, local_logits(artifact[1], x), rtol=1e-5, atol=1e-5)
-    top = http.post("/v2/models/digits/infer", json=infer_body(
-        x, outputs=[{"name": "logits", "parameters": {"classification": 2}}])).json()["outputs"][0]
+    top = http.post(
+        "/v2/models/digits/infer", json=infer_body(x, outputs=[{"name": "logits", "parameters": {"classification": 2}}])
+    ).json()["outputs"][0]
     assert top["datatype"] == "BYTES" and top["shape"] == [3, 2]
     score, index, label = top["data"][0].split(":")
     assert int(index) == int(logits[0].argmax()) and label == digits.classes[int(index)] and 0 < float(score) < 1
 
 
-@pytest.mark.parametrize("body, status, message", [
-    (infer_body(np.zeros((1, 1, 8, 9), np.float32)), 400, r"must have shape \[N, 1, 8, 8\]"),
-    (infer_body(np.zeros((1, 1, 8, 8), np.int64), "INT64"), 400, "must be FP32 .* or UINT8"),
-    (infer_body(np.zeros((1, 1, 8, 8), np.float32), name="image"), 400, "one input named 'input', got 'image'"),
-    (infer_body(np.full((1, 1, 8, 8), np.inf, np.float32)), 400, "NaN or infinity"),
-    ({"inputs": []}, 400, "exactly one input"),
-    (infer_body(np.zeros((1, 1, 8, 8), np.float32), outputs=[{"name": "probs"}]), 400, "one output, 'logits'"),
-    (infer_body(np.zeros((1, 1, 8, 8), np.float32), outputs="logits"), 400, "'outputs' must be a list"),
-    (infer_body(np.zeros((1, 1, 8, 8), np.float32), outputs=[{"name": "logits", "parameters": {"classification": "2"}}]),
-     400, "'classification' must be a positive integer"),
-    (infer_body(np.zeros((1, 1, 8, 8), np.float32), parameters=[1]), 400, "parameters must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (infer_body(np.zeros((1, 1, 8, 9), np.float32)), 400, r"must have shape \[N, 1, 8, 8\]"),
+        (infer_body(np.zeros((1, 1, 8, 8), np.int64), "INT64"), 400, "must be FP32 .* or UINT8"),
+        (infer_body(np.zeros((1, 1, 8, 8), np.float32), name="image"), 400, "one input named 'input', got 'image'"),
+        (infer_body(np.full((1, 1, 8, 8), np.inf, np.float32)), 400, "NaN or infinity"),
+        ({"inputs": []}, 400, "exactly one input"),
+        (infer_body(np.zeros((1, 1, 8, 8), np.float32), outputs=[{"name": "probs"}]), 400, "one output, 'logits'"),
+        (infer_body(np.zeros((1, 1, 8, 8), np.float32), outputs="logits"), 400, "'outputs' must be a list"),
+        (
+            infer_body(
+                np.zeros((1, 1, 8, 8), np.float32), outputs=[{"name": "logits", "parameters": {"classification": "2"}}]
+            ),
+            400,
+            "'classification' must be a positive integer",
+        ),
+        (infer_body(np.zeros((1, 1, 8, 8), np.float32), parameters=[1]), 400, "parameters must be a JSON object"),
+    ],
+)
 def test_client_mistakes_get_a_400_that_says_what_was_expected(http, body, status, message):
     response = http.post("/v2/models/digits/infer", content=json.dumps(body))  # (Python's json writes Infinity)
     assert response.status_code == status
@@ -189,6 +211,7 @@ def test_malformed_json_unknown_models_and_versions(http):
 
 
 # --- V1 -------------------------------------------------------------------------------------------
+
 
 def test_v1_predict_classify_and_status(http, artifact, digits):
     x = digits.normalize(digits.test.x[:2]).numpy()
@@ -206,6 +229,7 @@ def test_v1_predict_classify_and_status(http, artifact, digits):
 
 
 # --- maaskit's client, tritonclient, batching, versions, metrics ----------------------------------
+
 
 def test_maaskit_client(server, artifact, digits):
     x = digits.normalize(digits.test.x[:4])  # a torch tensor is fine too
@@ -235,7 +259,7 @@ def test_an_unreachable_endpoint_is_a_clear_error_after_bounded_retries():
 
 
 def test_tritonclient_talks_to_our_server(server, artifact, digits):
-    tritonclient = pytest.importorskip("tritonclient.http")
+    tritonclient = require("tritonclient.http")
     client = tritonclient.InferenceServerClient(server.url.removeprefix("http://"))
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("digits")
     assert client.get_model_metadata("digits")["inputs"][0]["name"] == "input"
@@ -243,8 +267,9 @@ def test_tritonclient_talks_to_our_server(server, artifact, digits):
     for binary in (True, False):  # tritonclient sends binary tensors by default
         inp = tritonclient.InferInput("input", list(x.shape), "FP32")
         inp.set_data_from_numpy(x, binary_data=binary)
-        result = client.infer("digits", [inp], outputs=[tritonclient.InferRequestedOutput("logits", binary_data=binary)],
-                              request_id="t1")
+        result = client.infer(
+            "digits", [inp], outputs=[tritonclient.InferRequestedOutput("logits", binary_data=binary)], request_id="t1"
+        )
         np.testing.assert_allclose(result.as_numpy("logits"), local_logits(artifact[1], x), rtol=1e-5, atol=1e-5)
         assert result.get_response()["id"] == "t1"
     classes = client.infer("digits", [inp], outputs=[tritonclient.InferRequestedOutput("logits", class_count=2)])
@@ -267,30 +292,36 @@ def test_a_new_version_is_served_without_a_restart(tmp_path, digits):
     other = maaskit.build_model("mlp", digits.in_shape, digits.num_classes)
     v2 = save_artifact(other, tmp_path / "v2", data=digits, name="digits")
     maaskit.seed_everything(0)
-    first = save_artifact(maaskit.build_model("lenet", digits.in_shape, 10), tmp_path / "v1", data=digits, name="digits")
+    first = save_artifact(
+        maaskit.build_model("lenet", digits.in_shape, 10), tmp_path / "v1", data=digits, name="digits"
+    )
     with serve(first) as running, Client(running.url) as client:
         x = digits.normalize(digits.test.x[:2]).numpy()
         before = client.infer("digits", x)["logits"]
         running.repository.add(v2)
         assert client.metadata("digits")["versions"] == ["1", "2"]
-        np.testing.assert_allclose(client.infer("digits", x)["logits"], local_logits(other.eval(), x), rtol=1e-5,
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            client.infer("digits", x)["logits"], local_logits(other.eval(), x), rtol=1e-5, atol=1e-5
+        )
         np.testing.assert_allclose(client.infer("digits", x, version="1")["logits"], before)
 
 
 # --- safety and limits ---------------------------------------------------------------------------
 
+
 def test_token_body_limit_and_loopback_only(artifact, digits):
-    with serve(artifact[0], token="s3cret", max_body_bytes=10_000) as running:
-        with httpx.Client(base_url=running.url) as http:
-            assert http.get("/v2/health/ready").status_code == 200  # probes need no token
-            refused = http.get("/v2/models/digits")
-            assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
-            auth = {"Authorization": "Bearer s3cret"}
-            assert http.get("/v2/models/digits", headers=auth).status_code == 200
-            big = infer_body(np.zeros((40, 1, 8, 8), np.float32))  # ~ 12 kB of JSON
-            too_big = http.post("/v2/models/digits/infer", json=big, headers=auth)
-            assert too_big.status_code == 413 and "limit of 10,000" in too_big.json()["error"]
+    with (
+        serve(artifact[0], token="s3cret", max_body_bytes=10_000) as running,
+        httpx.Client(base_url=running.url) as http,
+    ):
+        assert http.get("/v2/health/ready").status_code == 200  # probes need no token
+        refused = http.get("/v2/models/digits")
+        assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
+        auth = {"Authorization": "Bearer s3cret"}
+        assert http.get("/v2/models/digits", headers=auth).status_code == 200
+        big = infer_body(np.zeros((40, 1, 8, 8), np.float32))  # ~ 12 kB of JSON
+        too_big = http.post("/v2/models/digits/infer", json=big, headers=auth)
+        assert too_big.status_code == 413 and "limit of 10,000" in too_big.json()["error"]
     with pytest.raises(ValueError, match="refusing to serve on 0.0.0.0 without a token"):
         serve(artifact[0], host="0.0.0.0")
 
@@ -300,8 +331,13 @@ def test_serve_and_predict_from_the_command_line(artifact, digits, tmp_path):
     images = tmp_path / "three.npy"
     np.save(images, digits.test.x[0].numpy())
     env = {**os.environ, "MAASKIT_TOKEN": "cli-token"}
-    server = subprocess.Popen([sys.executable, "-m", "maaskit", "serve", str(artifact[0]), "--port", str(port)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "maaskit", "serve", str(artifact[0]), "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -311,13 +347,33 @@ def test_serve_and_predict_from_the_command_line(artifact, digits, tmp_path):
             except httpx.TransportError:
                 assert server.poll() is None and time.monotonic() < deadline, "maaskit serve did not start"
                 time.sleep(0.3)
-        predict = subprocess.run([sys.executable, "-m", "maaskit", "predict", f"http://127.0.0.1:{port}", str(images),
-                                  "--model", "digits", "--token", "cli-token", "--top-k", "2"],
-                                 capture_output=True, text=True, timeout=60)
+        predict = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "maaskit",
+                "predict",
+                f"http://127.0.0.1:{port}",
+                str(images),
+                "--model",
+                "digits",
+                "--token",
+                "cli-token",
+                "--top-k",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert predict.returncode == 0, predict.stderr
         assert predict.stdout.startswith(f"{images}: ") and predict.stdout.count("%") == 2
-        refused = subprocess.run([sys.executable, "-m", "maaskit", "predict", f"http://127.0.0.1:{port}", str(images),
-                                  "--model", "digits"], capture_output=True, text=True, timeout=60)
+        refused = subprocess.run(
+            [sys.executable, "-m", "maaskit", "predict", f"http://127.0.0.1:{port}", str(images), "--model", "digits"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert refused.returncode == 2 and "401" in refused.stderr
     finally:
         server.terminate()
@@ -327,8 +383,9 @@ def test_serve_and_predict_from_the_command_line(artifact, digits, tmp_path):
 
 # --- exports for Triton and KServe ----------------------------------------------------------------
 
+
 def test_onnx_and_torchscript_exports_give_the_models_outputs(artifact, tmp_path):
-    pytest.importorskip("onnxruntime")
+    require("onnxruntime")
     from maaskit.serving.export import export_onnx, export_torchscript
 
     path, difference = export_onnx(artifact[0], tmp_path / "model.onnx")
@@ -339,15 +396,20 @@ def test_onnx_and_torchscript_exports_give_the_models_outputs(artifact, tmp_path
 
 
 def test_triton_repository_and_kserve_manifest(artifact, tmp_path, digits):
-    yaml = pytest.importorskip("yaml")
+    yaml = require("yaml")
     from maaskit.serving.export import kserve_manifest, triton_repository
 
     folder = triton_repository(artifact[0], tmp_path / "repo", max_batch_size=16)
     assert (folder / "1" / "model.onnx").is_file()
     assert (folder / "labels.txt").read_text().split() == list(digits.classes)
     config = (folder / "config.pbtxt").read_text()
-    for line in ('name: "digits"', 'backend: "onnxruntime"', "max_batch_size: 16", "dims: [ 1, 8, 8 ]",
-                 "dynamic_batching"):
+    for line in (
+        'name: "digits"',
+        'backend: "onnxruntime"',
+        "max_batch_size: 16",
+        "dims: [ 1, 8, 8 ]",
+        "dynamic_batching",
+    ):
         assert line in config
     service = yaml.safe_load(kserve_manifest("digits", "gs://models/repo", gpu=True))
     model = service["spec"]["predictor"]["model"]
@@ -357,12 +419,14 @@ def test_triton_repository_and_kserve_manifest(artifact, tmp_path, digits):
 
 # --- the EndpointConsole, without a browser --------------------------------------------------------
 
+
 def test_endpoint_console_connects_sends_and_load_tests(artifact, digits):
     from maaskit.widgets import EndpointConsole
 
     with serve(artifact[0], token="tok") as running:
-        console = EndpointConsole(running.url, images=digits.test.x[:50], labels=digits.test.y[:50],
-                                  classes=digits.classes)
+        console = EndpointConsole(
+            running.url, images=digits.test.x[:50], labels=digits.test.y[:50], classes=digits.classes
+        )
         assert console.connect() == [] and console.error.status == 401
         assert "wants a token" in console.status.value
         console.token_w.value = "tok"
@@ -384,7 +448,12 @@ def test_endpoint_console_connects_sends_and_load_tests(artifact, digits):
 
 def test_several_models_at_once_and_a_graceful_stop(tmp_path, digits):
     maaskit.seed_everything(0)
-    paths = [save_artifact(maaskit.build_model(arch, digits.in_shape, 10), tmp_path / arch, data=digits, name=f"{arch}-digits") for arch in ("lenet", "mlp")]
+    paths = [
+        save_artifact(
+            maaskit.build_model(arch, digits.in_shape, 10), tmp_path / arch, data=digits, name=f"{arch}-digits"
+        )
+        for arch in ("lenet", "mlp")
+    ]
     running = serve(*paths)
     with Client(running.url) as client:
         assert client.models() == ["lenet-digits", "mlp-digits"]

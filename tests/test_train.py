@@ -54,7 +54,11 @@ def test_events_arrive_in_order(digits):
     names = [e[0] for e in rec.events]
     assert names[0] == "on_fit_start" and names[-1] == "on_fit_end"
     steps = len(digits.loader(batch_size=256))
-    expected = ["on_fit_start"] + (["on_epoch_start"] + ["on_batch_start", "on_batch_end"] * steps + ["on_epoch_end"]) * 2 + ["on_fit_end"]
+    expected = (
+        ["on_fit_start"]
+        + (["on_epoch_start"] + ["on_batch_start", "on_batch_end"] * steps + ["on_epoch_end"]) * 2
+        + ["on_fit_end"]
+    )
     assert names == expected
 
 
@@ -94,8 +98,9 @@ def test_stop_from_another_thread_ends_after_the_current_batch(digits):
     slow = Slow()
     model = model_for(digits)
     result = {}
-    worker = threading.Thread(target=lambda: result.setdefault("h", fit(model, digits, epochs=50, batch_size=8,
-                                                                          callbacks=[slow])))
+    worker = threading.Thread(
+        target=lambda: result.setdefault("h", fit(model, digits, epochs=50, batch_size=8, callbacks=[slow]))
+    )
     worker.start()
     assert started.wait(60)
     slow.run.request_stop()
@@ -149,15 +154,39 @@ def test_checkpoint_and_resume_equal_an_uninterrupted_run_bit_for_bit(digits, tm
     fit(straight, digits, epochs=4, batch_size=64, optimizer="adamw", scheduler="onecycle", augment=True, seed=1)
 
     first = model_for(digits)
-    fit(first, digits, epochs=4, batch_size=64, optimizer="adamw", scheduler="onecycle", augment=True, seed=1,
-        callbacks=[Checkpoint(tmp_path / "ckpt"), type("StopAfter2", (Callback,), {
-            "on_epoch_end": lambda self, run: run.request_stop() if run.epoch == 2 else None})()])
+    fit(
+        first,
+        digits,
+        epochs=4,
+        batch_size=64,
+        optimizer="adamw",
+        scheduler="onecycle",
+        augment=True,
+        seed=1,
+        callbacks=[
+            Checkpoint(tmp_path / "ckpt"),
+            type(
+                "StopAfter2",
+                (Callback,),
+                {"on_epoch_end": lambda self, run: run.request_stop() if run.epoch == 2 else None},
+            )(),
+        ],
+    )
     state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
     assert state["epoch"] == 2 and len(state["history"]) == 2
 
     resumed = model_for(digits, seed=99)  # different initial weights: the checkpoint must overwrite them
-    history = fit(resumed, digits, epochs=4, batch_size=64, optimizer="adamw", scheduler="onecycle", augment=True,
-                  seed=1, resume_from=tmp_path / "ckpt")
+    history = fit(
+        resumed,
+        digits,
+        epochs=4,
+        batch_size=64,
+        optimizer="adamw",
+        scheduler="onecycle",
+        augment=True,
+        seed=1,
+        resume_from=tmp_path / "ckpt",
+    )
     assert history["epoch"] == [1, 2, 3, 4]
     assert torch.equal(params(resumed), params(straight))
 
@@ -168,8 +197,14 @@ def test_resume_from_a_folder_that_is_not_a_checkpoint(digits, tmp_path):
 
 
 def test_early_stopping_restores_the_best_weights(digits):
-    small = maaskit.ImageDataset("digits", maaskit.Split(digits.train.x[:100], digits.train.y[:100]),
-                                 digits.val, digits.test, digits.classes, digits.normalization)
+    small = maaskit.ImageDataset(
+        "digits",
+        maaskit.Split(digits.train.x[:100], digits.train.y[:100]),
+        digits.val,
+        digits.test,
+        digits.classes,
+        digits.normalization,
+    )
     model = model_for(small, "mlp")
     stopper = EarlyStopping(patience=2)
     history = fit(model, small, epochs=200, lr=1e-2, batch_size=16, callbacks=[stopper])

@@ -34,8 +34,9 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 
 def refresh(path: Path, timeout: int = 600) -> None:
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    NotebookClient(
+        nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
     nbformat.write(clean(nb), path)
 
 

@@ -10,10 +10,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "ArtifactError": "artifact", "load_artifact": "artifact", "make_manifest": "artifact",
+    "ArtifactError": "artifact",
+    "load_artifact": "artifact",
+    "make_manifest": "artifact",
     "save_artifact": "artifact",
-    "serve": "server", "RunningServer": "server", "ModelRepository": "server",
-    "Client": "client", "EndpointError": "client", "load_test": "client",
+    "serve": "server",
+    "RunningServer": "server",
+    "ModelRepository": "server",
+    "Client": "client",
+    "EndpointError": "client",
+    "load_test": "client",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -42,13 +42,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _labels_and_normalization(data: ImageDataset | None, classes: Sequence[str] | None,
-                               normalization: Normalization | None) -> tuple[list[str], Normalization]:
+def _labels_and_normalization(
+    data: ImageDataset | None, classes: Sequence[str] | None, normalization: Normalization | None
+) -> tuple[list[str], Normalization]:
     if data is not None:
         return list(data.classes), data.normalization
     if classes is None or normalization is None:
-        raise TypeError("say what the model was trained on: pass the ImageDataset (data=...), "
-                        "or both classes=[...] and normalization=Normalization(...)")
+        raise TypeError(
+            "say what the model was trained on: pass the ImageDataset (data=...), "
+            "or both classes=[...] and normalization=Normalization(...)"
+        )
     if isinstance(classes, str) or not isinstance(classes, Sequence):
         raise TypeError(f"classes must be a list of labels, got {type(classes).__name__}")
     if not isinstance(normalization, Normalization):
@@ -56,9 +59,15 @@ def _labels_and_normalization(data: ImageDataset | None, classes: Sequence[str] 
     return [str(c) for c in classes], normalization
 
 
-def make_manifest(model: torch.nn.Module, data: ImageDataset | None = None, *,
-                  classes: Sequence[str] | None = None, normalization: Normalization | None = None,
-                  name: str | None = None, metrics: dict | None = None) -> dict[str, Any]:
+def make_manifest(
+    model: torch.nn.Module,
+    data: ImageDataset | None = None,
+    *,
+    classes: Sequence[str] | None = None,
+    normalization: Normalization | None = None,
+    name: str | None = None,
+    metrics: dict | None = None,
+) -> dict[str, Any]:
     """The manifest of ``model`` (built by :func:`maaskit.build_model`), without the weights' hash.
 
     Class labels and normalization come from ``data``, the dataset it was trained on, or are
@@ -84,15 +93,21 @@ def make_manifest(model: torch.nn.Module, data: ImageDataset | None = None, *,
     return manifest
 
 
-def save_artifact(model: torch.nn.Module, directory: str | Path, data: ImageDataset | None = None, *,
-                  classes: Sequence[str] | None = None, normalization: Normalization | None = None,
-                  name: str | None = None, metrics: dict | None = None) -> Path:
+def save_artifact(
+    model: torch.nn.Module,
+    directory: str | Path,
+    data: ImageDataset | None = None,
+    *,
+    classes: Sequence[str] | None = None,
+    normalization: Normalization | None = None,
+    name: str | None = None,
+    metrics: dict | None = None,
+) -> Path:
     """Write ``model`` (built by :func:`maaskit.build_model`) and what it was trained on (``data``, or
     ``classes`` and ``normalization``) to ``directory``; returns the path."""
     from safetensors.torch import save_file
 
-    manifest = make_manifest(model, data, classes=classes, normalization=normalization, name=name,
-                             metrics=metrics)
+    manifest = make_manifest(model, data, classes=classes, normalization=normalization, name=name, metrics=metrics)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -118,8 +133,10 @@ def load_artifact(directory: str | Path, *, device: str | torch.device = "cpu") 
         raise ArtifactError(f"{directory} has format {manifest.get('format')!r}; this maaskit reads {FORMAT!r}")
     actual = _sha256(directory / WEIGHTS)
     if actual != manifest["weights"]["sha256"]:
-        raise ArtifactError(f"{directory / WEIGHTS} does not match its manifest (sha256 {actual[:12]}… , "
-                            f"expected {manifest['weights']['sha256'][:12]}…): the file was changed or corrupted")
+        raise ArtifactError(
+            f"{directory / WEIGHTS} does not match its manifest (sha256 {actual[:12]}… , "
+            f"expected {manifest['weights']['sha256'][:12]}…): the file was changed or corrupted"
+        )
     arch = manifest["architecture"]
     if arch["name"] not in MODELS:
         raise ArtifactError(f"unknown architecture {arch['name']!r}; this maaskit knows {', '.join(MODELS)}")

@@ -24,15 +24,21 @@ class DynamicBatcher:
     ``on_batch(size, seconds)`` is told about every forward pass (for metrics and tests).
     """
 
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], *, max_batch_size: int = 32,
-                 max_delay_ms: float = 5.0, on_batch: Callable[[int, float], None] | None = None):
+    def __init__(
+        self,
+        fn: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch_size: int = 32,
+        max_delay_ms: float = 5.0,
+        on_batch: Callable[[int, float], None] | None = None,
+    ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
         if max_delay_ms < 0:
             raise ValueError(f"max_delay_ms must not be negative, got {max_delay_ms}")
         self.fn, self.max_batch_size, self.max_delay = fn, max_batch_size, max_delay_ms / 1000
         self.on_batch = on_batch
-        self._queue: asyncio.Queue | None = None
+        self._queue: asyncio.Queue = asyncio.Queue()  # made anew, in the running loop, with each task
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maaskit-forward")
 
@@ -82,7 +88,7 @@ class DynamicBatcher:
         row = 0
         for x, future in items:
             if not future.done():
-                future.set_result(out[row:row + len(x)])
+                future.set_result(out[row : row + len(x)])
             row += len(x)
 
     async def close(self):

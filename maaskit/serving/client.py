@@ -8,6 +8,7 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import numpy as np
@@ -37,8 +38,16 @@ class Client:
     never is (the request itself is wrong, and the exception carries the server's message).
     """
 
-    def __init__(self, url: str, *, token: str | None = None, protocol: str = "auto", timeout: float = 30.0,
-                 retries: int = 3, backoff: float = 0.2):
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        protocol: str = "auto",
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: float = 0.2,
+    ):
         if protocol not in ("auto", "v2", "v1"):
             raise ValueError(f"protocol must be auto, v2 or v1, got {protocol!r}")
         if not url.startswith(("http://", "https://")):
@@ -60,10 +69,11 @@ class Client:
             else:
                 if response.status_code != 503 or attempt == self.retries:
                     if response.status_code >= 400:
-                        raise EndpointError(f"{method} {path} -> {response.status_code}: {_message(response)}",
-                                            response.status_code)
+                        raise EndpointError(
+                            f"{method} {path} -> {response.status_code}: {_message(response)}", response.status_code
+                        )
                     return response
-            time.sleep(self.backoff * 2 ** attempt)
+            time.sleep(self.backoff * 2**attempt)
         raise AssertionError("unreachable")
 
     @property
@@ -95,9 +105,17 @@ class Client:
             return self._request("GET", f"/v1/models/{model}" + (f"/versions/{version}" if version else "")).json()
         return self._request("GET", _v2_path(model, version)).json()
 
-    def infer(self, model: str, inputs, *, version: str | None = None, binary: bool = False,
-              outputs: list[str] | None = None, request_id: str | None = None,
-              metadata: dict | None = None) -> dict[str, np.ndarray]:
+    def infer(
+        self,
+        model: str,
+        inputs,
+        *,
+        version: str | None = None,
+        binary: bool = False,
+        outputs: list[str] | None = None,
+        request_id: str | None = None,
+        metadata: dict | None = None,
+    ) -> dict[str, np.ndarray]:
         """Run ``model`` on ``inputs`` — an array (for a one-input model) or ``{name: array}`` —
         and return ``{output name: array}``. ``binary=True`` uses Triton's binary tensor format.
         ``metadata`` (from :meth:`metadata`) saves asking the endpoint for names again."""
@@ -109,13 +127,14 @@ class Client:
         if not isinstance(inputs, dict) or binary and not outputs:
             metadata = metadata or self.metadata(model, version)  # asked once, whatever needs it
         if not isinstance(inputs, dict):
+            assert metadata is not None
             inputs = {metadata["inputs"][0]["name"]: inputs}
         specs, chunks = zip(*(encode_tensor(name, _as_array(x), binary=binary) for name, x in inputs.items()))
-        header = {"inputs": list(specs)}
+        header: dict[str, Any] = {"inputs": list(specs)}
         if request_id is not None:
             header["id"] = request_id
         if outputs or binary:
-            names = outputs or [o["name"] for o in metadata["outputs"]]
+            names = outputs or [o["name"] for o in (metadata or {})["outputs"]]
             header["outputs"] = [{"name": n, "parameters": {"binary_data": binary}} for n in names]
         body, headers = encode_body(header, list(chunks))
         response = self._request("POST", _v2_path(model, version) + "/infer", content=body, headers=headers)
@@ -125,15 +144,18 @@ class Client:
             result[spec["name"]], offset = decode_tensor(spec, memoryview(raw), offset)
         return result
 
-    def predict(self, model: str, images, *, top_k: int = 3, version: str | None = None,
-                metadata: dict | None = None) -> list[list[tuple]]:
+    def predict(
+        self, model: str, images, *, top_k: int = 3, version: str | None = None, metadata: dict | None = None
+    ) -> list[list[tuple]]:
         """Class labels and probabilities, best first, for each image (uint8 pixels N x C x H x W,
         or normalized floats)."""
         images = _as_array(images)
         if self.protocol == "v1" and images.dtype == np.uint8:
             # a V1 endpoint does not say how it normalizes: sending raw pixels would quietly give wrong answers
-            raise ValueError("a V1 (TF Serving) endpoint does not describe its input normalization: "
-                             "pass normalized float images (e.g. data.normalize(images))")
+            raise ValueError(
+                "a V1 (TF Serving) endpoint does not describe its input normalization: "
+                "pass normalized float images (e.g. data.normalize(images))"
+            )
         meta = metadata or self.metadata(model, version)
         classes = (meta.get("parameters") or {}).get("classes")
         if images.dtype not in (np.uint8, np.float32):
@@ -177,12 +199,22 @@ class LoadTestResult:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
     def __repr__(self):
-        return (f"LoadTestResult({self.requests} requests, {self.failures} failed, {self.requests_per_s:,.0f} req/s, "
-                f"p50 {self.percentile(50):.1f} ms, p95 {self.percentile(95):.1f} ms, p99 {self.percentile(99):.1f} ms)")
+        return (
+            f"LoadTestResult({self.requests} requests, {self.failures} failed, {self.requests_per_s:,.0f} req/s, "
+            f"p50 {self.percentile(50):.1f} ms, p95 {self.percentile(95):.1f} ms, p99 {self.percentile(99):.1f} ms)"
+        )
 
 
-def load_test(url: str, model: str, images, *, requests: int = 200, concurrency: int = 8,
-              token: str | None = None, timeout: float = 30.0) -> LoadTestResult:
+def load_test(
+    url: str,
+    model: str,
+    images,
+    *,
+    requests: int = 200,
+    concurrency: int = 8,
+    token: str | None = None,
+    timeout: float = 30.0,
+) -> LoadTestResult:
     """Send ``requests`` V2 requests of one image each, ``concurrency`` at a time; bounded, it stops by itself."""
     images = _as_array(images)
     if requests < 1 or concurrency < 1:
@@ -193,7 +225,7 @@ def load_test(url: str, model: str, images, *, requests: int = 200, concurrency:
 
     async def run():
         latencies, failures = [], 0
-        queue = asyncio.Queue()
+        queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(requests):
             queue.put_nowait(i)
 
@@ -221,4 +253,3 @@ def load_test(url: str, model: str, images, *, requests: int = 200, concurrency:
 
     with ThreadPoolExecutor(1) as pool:  # its own event loop: works inside Jupyter's running one too
         return pool.submit(asyncio.run, run()).result()
-

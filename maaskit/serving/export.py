@@ -48,8 +48,16 @@ def export_onnx(artifact, path, *, check: bool = True) -> tuple[Path, float | No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = manifest["inputs"][0]["name"], manifest["outputs"][0]["name"]
-    torch.onnx.export(model, (x,), str(path), input_names=[names[0]], output_names=[names[1]],
-                      dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, verbose=False)
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        input_names=[names[0]],
+        output_names=[names[1]],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+        dynamo=True,
+        verbose=False,
+    )
     if not check:
         return path, None
     try:
@@ -66,8 +74,15 @@ def export_onnx(artifact, path, *, check: bool = True) -> tuple[Path, float | No
     return path, worst
 
 
-def triton_repository(artifact, repository, *, name: str | None = None, max_batch_size: int = 32,
-                      max_queue_delay_us: int = 2000, fmt: str = "onnx") -> Path:
+def triton_repository(
+    artifact,
+    repository,
+    *,
+    name: str | None = None,
+    max_batch_size: int = 32,
+    max_queue_delay_us: int = 2000,
+    fmt: str = "onnx",
+) -> Path:
     """``repository/<name>/config.pbtxt`` and ``repository/<name>/1/model.(onnx|pt)``; returns the model folder."""
     if fmt not in ("onnx", "torchscript"):
         raise ValueError(f"fmt must be onnx or torchscript, got {fmt!r}")
@@ -85,30 +100,38 @@ def triton_repository(artifact, repository, *, name: str | None = None, max_batc
     names = (spec_in["name"], spec_out["name"]) if fmt == "onnx" else ("INPUT__0", "OUTPUT__0")
     labels = folder / "labels.txt"
     labels.write_text("\n".join(manifest["classes"]) + "\n")
-    (folder / "config.pbtxt").write_text(textwrap.dedent(f"""\
+    (folder / "config.pbtxt").write_text(
+        textwrap.dedent(f"""\
         name: "{name}"
         {platform}
         max_batch_size: {max_batch_size}
         input [{{ name: "{names[0]}", data_type: TYPE_FP32, dims: [ {dims(spec_in)} ] }}]
-        output [{{ name: "{names[1]}", data_type: TYPE_FP32, dims: [ {dims(spec_out)} ], label_filename: "labels.txt" }}]
+        output [{{ name: "{names[1]}", data_type: TYPE_FP32, dims: [ {dims(spec_out)} ], \
+label_filename: "labels.txt" }}]
         dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}
-        """))
+        """)
+    )
     return folder
 
 
 def kserve_manifest(name: str, storage_uri: str, *, gpu: bool = False) -> str:
     """A KServe ``InferenceService`` serving a Triton repository from ``storage_uri`` over V2."""
     resources = "\n".join(["      resources:", "        limits: {nvidia.com/gpu: 1}"]) if gpu else "      resources: {}"
-    return "\n".join([
-        "apiVersion: serving.kserve.io/v1beta1",
-        "kind: InferenceService",
-        "metadata:",
-        f"  name: {name}",
-        "spec:",
-        "  predictor:",
-        "    model:",
-        "      modelFormat: {name: triton}",
-        "      protocolVersion: v2",
-        f"      storageUri: {storage_uri}",
-        resources,
-    ]) + "\n"
+    return (
+        "\n".join(
+            [
+                "apiVersion: serving.kserve.io/v1beta1",
+                "kind: InferenceService",
+                "metadata:",
+                f"  name: {name}",
+                "spec:",
+                "  predictor:",
+                "    model:",
+                "      modelFormat: {name: triton}",
+                "      protocolVersion: v2",
+                f"      storageUri: {storage_uri}",
+                resources,
+            ]
+        )
+        + "\n"
+    )

@@ -11,17 +11,39 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DATATYPES", "HEADER_LENGTH", "ProtocolError", "decode_tensor", "encode_body", "encode_tensor",
-           "softmax", "split_body", "to_datatype", "top_k"]
+__all__ = [
+    "DATATYPES",
+    "HEADER_LENGTH",
+    "ProtocolError",
+    "decode_tensor",
+    "encode_body",
+    "encode_tensor",
+    "softmax",
+    "split_body",
+    "to_datatype",
+    "top_k",
+]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
-DATATYPES = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
-             "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64, "FP16": np.float16,
-             "FP32": np.float32, "FP64": np.float64}
+DATATYPES = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
 _BY_DTYPE = {np.dtype(v): k for k, v in DATATYPES.items()}
 
 
@@ -68,8 +90,10 @@ def decode_tensor(spec: dict, binary: memoryview | bytes = b"", offset: int = 0)
     size = (spec.get("parameters") or {}).get("binary_data_size")
     if size is not None:
         if size != count * dtype.itemsize:
-            raise ProtocolError(f"tensor {name!r}: binary_data_size {size} does not fit shape {shape} of {datatype} "
-                                f"({count * dtype.itemsize} bytes)")
+            raise ProtocolError(
+                f"tensor {name!r}: binary_data_size {size} does not fit shape {shape} of {datatype} "
+                f"({count * dtype.itemsize} bytes)"
+            )
         if offset + size > len(binary):
             raise ProtocolError(f"tensor {name!r}: {size} bytes announced, {len(binary) - offset} left in the body")
         array = np.frombuffer(binary, dtype=dtype, count=count, offset=offset).reshape(shape)
@@ -88,7 +112,7 @@ def decode_tensor(spec: dict, binary: memoryview | bytes = b"", offset: int = 0)
 def encode_tensor(name: str, array: np.ndarray, *, binary: bool = False) -> tuple[dict, bytes]:
     """A tensor as V2 JSON (``data`` flat) or as JSON plus its raw little-endian bytes."""
     array = np.asarray(array)
-    spec = {"name": name, "datatype": to_datatype(array.dtype), "shape": list(array.shape)}
+    spec: dict[str, Any] = {"name": name, "datatype": to_datatype(array.dtype), "shape": list(array.shape)}
     if binary:
         raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
         spec["parameters"] = {"binary_data_size": len(raw)}

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["ModelRepository", "RunningServer", "ServedModel", "create_app", "serve"]
 
 # what can be served: an artifact directory, a model from build_model (with data=), or (model, manifest)
-ModelSource = Union[str, Path, torch.nn.Module, tuple[torch.nn.Module, dict]]
+ModelSource = Union[str, Path, torch.nn.Module, tuple[torch.nn.Module, dict]]  # noqa: UP007 (3.10 needs Union at run time)
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
@@ -69,9 +69,10 @@ class ServedModel:
         self.output_name = self.manifest["outputs"][0]["name"]
         self.normalization = Normalization.from_manifest(self.manifest["normalization"])
         self.model = self.model.to(self.device).eval()
-        self.batch_sizes = deque(maxlen=10_000)  # the latest forward passes' sizes
-        self.batcher = DynamicBatcher(self._forward, max_batch_size=self.max_batch_size,
-                                      max_delay_ms=self.max_delay_ms, on_batch=self._seen_batch)
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)  # the latest forward passes' sizes
+        self.batcher = DynamicBatcher(
+            self._forward, max_batch_size=self.max_batch_size, max_delay_ms=self.max_delay_ms, on_batch=self._seen_batch
+        )
 
     def _seen_batch(self, size, seconds):
         self.batch_sizes.append(size)
@@ -90,8 +91,10 @@ class ServedModel:
             raise ProtocolError(f"model {self.name!r} takes one input named {self.input_name!r}, got {name!r}")
         expected = self.input_shape[1:]
         if array.ndim != len(self.input_shape) or list(array.shape[1:]) != expected or array.shape[0] < 1:
-            raise ProtocolError(f"input {name!r} must have shape [N, {', '.join(map(str, expected))}] with N >= 1, "
-                                f"got {list(array.shape)}")
+            raise ProtocolError(
+                f"input {name!r} must have shape [N, {', '.join(map(str, expected))}] with N >= 1, "
+                f"got {list(array.shape)}"
+            )
         if datatype == "UINT8":
             return self.normalization.to_float(array)
         if datatype != "FP32":
@@ -101,9 +104,14 @@ class ServedModel:
         return np.require(array, np.float32, ["C", "W"])  # binary inputs arrive read-only
 
     def metadata(self, versions) -> dict:
-        return {"name": self.name, "versions": versions, "platform": "pytorch_maaskit",
-                "inputs": self.manifest["inputs"], "outputs": self.manifest["outputs"],
-                "parameters": {"classes": self.manifest["classes"]}}
+        return {
+            "name": self.name,
+            "versions": versions,
+            "platform": "pytorch_maaskit",
+            "inputs": self.manifest["inputs"],
+            "outputs": self.manifest["outputs"],
+            "parameters": {"classes": self.manifest["classes"]},
+        }
 
 
 class ModelRepository:
@@ -117,8 +125,14 @@ class ModelRepository:
         self._lock = threading.Lock()
         self.listeners: list = []  # told of every forward pass of every model (metrics)
 
-    def add(self, source: ModelSource, *, name: str | None = None, version: str | int | None = None,
-            data: ImageDataset | None = None) -> ServedModel:
+    def add(
+        self,
+        source: ModelSource,
+        *,
+        name: str | None = None,
+        version: str | int | None = None,
+        data: ImageDataset | None = None,
+    ) -> ServedModel:
         """Serve an artifact directory, a ``(model, manifest)`` pair as :func:`load_artifact` returns,
         or a model from ``build_model`` with the ``data`` (an ImageDataset) it was trained on."""
         if isinstance(source, (str, Path)):
@@ -127,20 +141,27 @@ class ModelRepository:
             if data is None:
                 raise ValueError("serving a model needs data= (its ImageDataset: class names and normalization)")
             model, manifest = source, make_manifest(source, data, name=name)
-        elif (isinstance(source, tuple) and len(source) == 2 and isinstance(source[0], torch.nn.Module)
-              and isinstance(source[1], dict)):
+        elif (
+            isinstance(source, tuple)
+            and len(source) == 2
+            and isinstance(source[0], torch.nn.Module)
+            and isinstance(source[1], dict)
+        ):
             model, manifest = source
         else:
-            raise TypeError(f"cannot serve a {type(source).__name__}: pass an artifact directory, a model from "
-                            "maaskit.build_model with data=..., or the (model, manifest) pair load_artifact returns")
+            raise TypeError(
+                f"cannot serve a {type(source).__name__}: pass an artifact directory, a model from "
+                "maaskit.build_model with data=..., or the (model, manifest) pair load_artifact returns"
+            )
         name = name or manifest["name"]
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ValueError(f"model name {name!r}: use letters, digits, '_', '.' and '-' only")
         with self._lock:
             versions = self._models.setdefault(name, {})
             version = str(version) if version is not None else str(max((int(v) for v in versions), default=0) + 1)
-            served = ServedModel(name, version, model, manifest, self.device, self.max_batch_size, self.max_delay_ms,
-                                 self.listeners)
+            served = ServedModel(
+                name, version, model, manifest, self.device, self.max_batch_size, self.max_delay_ms, self.listeners
+            )
             versions[version] = served
         return served
 
@@ -152,7 +173,9 @@ class ModelRepository:
         if version is None:
             return versions[max(versions, key=int)]
         if version not in versions:
-            raise HTTPError(404, f"model {name!r} has no version {version!r}; it has {', '.join(sorted(versions, key=int))}")
+            raise HTTPError(
+                404, f"model {name!r} has no version {version!r}; it has {', '.join(sorted(versions, key=int))}"
+            )
         return versions[version]
 
     def versions(self, name: str) -> list[str]:
@@ -164,15 +187,24 @@ class ModelRepository:
 
 def create_app(repository: ModelRepository, *, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES):
     """The ASGI app. ``token``: every route but the health checks needs ``Authorization: Bearer <token>``."""
-    app = FastAPI(title="maaskit inference server", version=__version__,
-                  description="Open Inference Protocol (KServe V2) and TF Serving REST (V1) for maaskit artifacts.")
+    app = FastAPI(
+        title="maaskit inference server",
+        version=__version__,
+        description="Open Inference Protocol (KServe V2) and TF Serving REST (V1) for maaskit artifacts.",
+    )
     metrics = CollectorRegistry()
     requests_total = Counter("maaskit_requests", "Inference requests", ["model", "protocol"], registry=metrics)
     failures_total = Counter("maaskit_request_failures", "Failed requests", ["status"], registry=metrics)
-    latency = Histogram("maaskit_request_seconds", "Request latency", ["protocol"], registry=metrics,
-                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
-    batch_hist = Histogram("maaskit_batch_size", "Images per forward pass", registry=metrics,
-                           buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+    latency = Histogram(
+        "maaskit_request_seconds",
+        "Request latency",
+        ["protocol"],
+        registry=metrics,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    )
+    batch_hist = Histogram(
+        "maaskit_batch_size", "Images per forward pass", registry=metrics, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+    )
     app.state.repository = repository
 
     def error(status: int, message: str):
@@ -200,7 +232,9 @@ def create_app(repository: ModelRepository, *, token: str | None = None, max_bod
                 return error(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'")
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            return error(413, f"request body of {int(length):,} bytes is over this server's limit of {max_body_bytes:,}")
+            return error(
+                413, f"request body of {int(length):,} bytes is over this server's limit of {max_body_bytes:,}"
+            )
         return await call_next(request)
 
     async def body_of(request: Request) -> bytes:
@@ -251,21 +285,24 @@ def create_app(repository: ModelRepository, *, token: str | None = None, max_bod
         header, binary = split_body(await body_of(request), request.headers.get(HEADER_LENGTH))
         inputs = header.get("inputs")
         if not isinstance(inputs, list) or len(inputs) != 1:
-            raise ProtocolError(f"model {name!r} takes exactly one input, {served.input_name!r}; "
-                                f"'inputs' must be a list of one tensor")
+            raise ProtocolError(
+                f"model {name!r} takes exactly one input, {served.input_name!r}; 'inputs' must be a list of one tensor"
+            )
         array, _ = decode_tensor(inputs[0], memoryview(binary))
         x = served.prepare(array, inputs[0]["datatype"], inputs[0].get("name"))
         logits = await served.batcher.submit(x)
         all_binary = bool(_object(header.get("parameters"), "parameters").get("binary_data_output"))
         wanted = header.get("outputs") or [{"name": served.output_name}]
         if not isinstance(wanted, list):
-            raise ProtocolError("'outputs' must be a list of objects like {\"name\": \"logits\"}")
+            raise ProtocolError('\'outputs\' must be a list of objects like {"name": "logits"}')
         outputs, chunks = [], []
         for spec in wanted:
             spec = _object(spec, "each requested output")
             out_name, params = spec.get("name"), _object(spec.get("parameters"), "an output's parameters")
             if out_name != served.output_name:
-                raise ProtocolError(f"model {name!r} has one output, {served.output_name!r}; got a request for {out_name!r}")
+                raise ProtocolError(
+                    f"model {name!r} has one output, {served.output_name!r}; got a request for {out_name!r}"
+                )
             binary_out = bool(params.get("binary_data", all_binary))
             if "classification" in params:
                 k = params["classification"]
@@ -295,8 +332,12 @@ def create_app(repository: ModelRepository, *, token: str | None = None, max_bod
             raise HTTPError(404, f"no such V1 resource: /v1/models/{rest}")
         repository.get(match["name"], match["version"])
         versions = [match["version"]] if match["version"] else repository.versions(match["name"])
-        return {"model_version_status": [{"version": v, "state": "AVAILABLE",
-                                          "status": {"error_code": "OK", "error_message": ""}} for v in versions]}
+        return {
+            "model_version_status": [
+                {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+                for v in versions
+            ]
+        }
 
     @app.post("/v1/models/{rest:path}")
     async def v1_predict(rest: str, request: Request):
@@ -388,10 +429,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def serve(*sources: ModelSource, data: ImageDataset | None = None, name: str | None = None, host: str = "127.0.0.1",
-          port: int = 0, token: str | None = None, allow_insecure: bool = False, device: str | torch.device = "auto",
-          max_batch_size: int = 32, max_delay_ms: float = 5.0, max_body_bytes: int = MAX_BODY_BYTES,
-          log_level: str = "warning") -> RunningServer:
+def serve(
+    *sources: ModelSource,
+    data: ImageDataset | None = None,
+    name: str | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    token: str | None = None,
+    allow_insecure: bool = False,
+    device: str | torch.device = "auto",
+    max_batch_size: int = 32,
+    max_delay_ms: float = 5.0,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    log_level: str = "warning",
+) -> RunningServer:
     """Serve artifact directories (or models with ``data=``, or ``(model, manifest)`` pairs) in a
     background thread.
 
@@ -403,8 +454,10 @@ def serve(*sources: ModelSource, data: ImageDataset | None = None, name: str | N
     if not sources:
         raise ValueError("give at least one artifact directory to serve")
     if not _is_loopback(host) and token is None and not allow_insecure:
-        raise ValueError(f"refusing to serve on {host} without a token: anyone who can reach it could use it. "
-                         "Pass token=... (maaskit serve --token), or allow_insecure=True if you mean it")
+        raise ValueError(
+            f"refusing to serve on {host} without a token: anyone who can reach it could use it. "
+            "Pass token=... (maaskit serve --token), or allow_insecure=True if you mean it"
+        )
     repository = ModelRepository(device=device, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms)
     for source in sources:
         repository.add(source, name=name if len(sources) == 1 else None, data=data)

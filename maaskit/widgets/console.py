@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import html
 import time
+from typing import Any
 
 import ipywidgets as w
 import numpy as np
 
 from .. import plots
 from ..images import read_image
-from ..serving.client import Client, EndpointError, load_test
+from ..serving.client import Client, EndpointError, LoadTestResult, load_test
 from .base import WidgetBase
 
 __all__ = ["EndpointConsole"]
@@ -26,34 +27,56 @@ class EndpointConsole(WidgetBase):
     and print the console for the same results as text.
     """
 
-    def __init__(self, url: str = "", *, images=None, labels=None, classes=None, token: str | None = None,
-                 protocol: str = "auto", top_k: int = 3):
+    def __init__(
+        self,
+        url: str = "",
+        *,
+        images=None,
+        labels=None,
+        classes=None,
+        token: str | None = None,
+        protocol: str = "auto",
+        top_k: int = 3,
+    ):
         self.images = None if images is None else (images.numpy() if hasattr(images, "numpy") else np.asarray(images))
         self.labels, self.classes, self.top_k = labels, classes, top_k
         self.client: Client | None = None
-        self.last_prediction = self.last_load = self.error = None
-        self._uploaded = None
+        self.last_prediction: dict[str, Any] | None = None
+        self.last_load: LoadTestResult | None = None
+        self.error: Exception | None = None
+        self._uploaded: bytes | None = None  # an uploaded image file, sent instead of the test image
 
         style, layout = {"description_width": "80px"}, w.Layout(width="420px")
-        self.url_w = w.Text(value=url, description="endpoint", placeholder="http://127.0.0.1:8000", style=style,
-                            layout=layout)
-        self.token_w = w.Password(value=token or "", description="token", placeholder="(none)", style=style,
-                                  layout=layout)
-        self.protocol_w = w.Dropdown(options=["auto", "v2", "v1"], value=protocol, description="protocol",
-                                     style=style, layout=w.Layout(width="200px"))
+        self.url_w = w.Text(
+            value=url, description="endpoint", placeholder="http://127.0.0.1:8000", style=style, layout=layout
+        )
+        self.token_w = w.Password(
+            value=token or "", description="token", placeholder="(none)", style=style, layout=layout
+        )
+        self.protocol_w = w.Dropdown(
+            options=["auto", "v2", "v1"],
+            value=protocol,
+            description="protocol",
+            style=style,
+            layout=w.Layout(width="200px"),
+        )
         self.connect_button = w.Button(description="Connect", icon="plug")
         # a combobox: V2 endpoints list their models, for V1 ones type the name
-        self.model_w = w.Combobox(options=[], description="model", placeholder="model name", style=style,
-                                  layout=layout, ensure_option=False)
+        self.model_w = w.Combobox(
+            options=[], description="model", placeholder="model name", style=style, layout=layout, ensure_option=False
+        )
         n = 0 if self.images is None else len(self.images)
-        self.index_w = w.IntSlider(value=0, min=0, max=max(n - 1, 0), description="test image", style=style,
-                                   layout=layout, disabled=n == 0)
+        self.index_w = w.IntSlider(
+            value=0, min=0, max=max(n - 1, 0), description="test image", style=style, layout=layout, disabled=n == 0
+        )
         self.upload_w = w.FileUpload(accept="image/*", multiple=False, description="or upload")
         self.send_button = w.Button(description="Send", button_style="primary", icon="paper-plane")
-        self.requests_w = w.BoundedIntText(value=200, min=1, max=10_000, description="requests", style=style,
-                                           layout=w.Layout(width="200px"))
-        self.concurrency_w = w.BoundedIntText(value=8, min=1, max=256, description="concurrency", style=style,
-                                              layout=w.Layout(width="200px"))
+        self.requests_w = w.BoundedIntText(
+            value=200, min=1, max=10_000, description="requests", style=style, layout=w.Layout(width="200px")
+        )
+        self.concurrency_w = w.BoundedIntText(
+            value=8, min=1, max=256, description="concurrency", style=style, layout=w.Layout(width="200px")
+        )
         self.load_button = w.Button(description="Load test", icon="tachometer")
         self.status = w.HTML("Enter the endpoint's URL and press <b>Connect</b>.")
         self.status.add_class("maaskit-console-status")
@@ -63,10 +86,17 @@ class EndpointConsole(WidgetBase):
         self.send_button.on_click(lambda _: self.send())
         self.load_button.on_click(lambda _: self.load_test())
         self.upload_w.observe(self._on_upload, names="value")
-        self.widget = w.VBox([
-            w.HBox([self.url_w, self.protocol_w, self.connect_button]), self.token_w, self.model_w,
-            w.HBox([self.index_w, self.upload_w, self.send_button]),
-            w.HBox([self.requests_w, self.concurrency_w, self.load_button]), self.status, self.image])
+        self.widget = w.VBox(
+            [
+                w.HBox([self.url_w, self.protocol_w, self.connect_button]),
+                self.token_w,
+                self.model_w,
+                w.HBox([self.index_w, self.upload_w, self.send_button]),
+                w.HBox([self.requests_w, self.concurrency_w, self.load_button]),
+                self.status,
+                self.image,
+            ]
+        )
         self.widget.add_class("maaskit-endpoint-console")
 
     # --- actions ----------------------------------------------------------------------------------
@@ -79,8 +109,9 @@ class EndpointConsole(WidgetBase):
             hint = " — is the server running, and is the URL right?"
         else:
             hint = ""
-        self.status.value = (f"<span style='color:#c00'><b>{type(err).__name__}:</b> "
-                             f"{html.escape(str(err))}{html.escape(hint)}</span>")
+        self.status.value = (
+            f"<span style='color:#c00'><b>{type(err).__name__}:</b> {html.escape(str(err))}{html.escape(hint)}</span>"
+        )
 
     def connect(self) -> list[str]:
         """Reach the endpoint and list its models; returns their names."""
@@ -88,8 +119,13 @@ class EndpointConsole(WidgetBase):
         try:
             if self.client is not None:
                 self.client.close()
-            self.client = Client(self.url_w.value.strip(), token=self.token_w.value or None,
-                                 protocol=self.protocol_w.value, retries=1, timeout=10)
+            self.client = Client(
+                self.url_w.value.strip(),
+                token=self.token_w.value or None,
+                protocol=self.protocol_w.value,
+                retries=1,
+                timeout=10,
+            )
             names = self.client.models() if self.client.protocol == "v2" else []
         except (EndpointError, ValueError) as err:
             self._fail(err)
@@ -97,8 +133,9 @@ class EndpointConsole(WidgetBase):
         self.model_w.options = names
         if names and self.model_w.value not in names:
             self.model_w.value = names[0]
-        self.status.value = (f"connected to {html.escape(self.client.url)} ({self.client.protocol.upper()}): "
-                             f"{len(names)} model(s)")
+        self.status.value = (
+            f"connected to {html.escape(self.client.url)} ({self.client.protocol.upper()}): {len(names)} model(s)"
+        )
         return names
 
     def _on_upload(self, change):
@@ -111,7 +148,7 @@ class EndpointConsole(WidgetBase):
     def _image_for(self, meta) -> np.ndarray:
         """The image to send, as uint8 C x H x W in the model's input size."""
         if "inputs" not in meta:  # a V1 endpoint does not say: send the test image as it is
-            c, h, wd = (self.images.shape[1:] if self.images is not None else (1, 28, 28))
+            c, h, wd = self.images.shape[1:] if self.images is not None else (1, 28, 28)
         else:
             c, h, wd = meta["inputs"][0]["shape"][1:]
         if self._uploaded is not None:
@@ -134,14 +171,19 @@ class EndpointConsole(WidgetBase):
         except (EndpointError, ValueError, OSError) as err:
             self._fail(err)
             return None
-        self.last_prediction = {"top": top, "latency_ms": latency,
-                                "label": None if self._uploaded is not None or self.labels is None
-                                else self._label(self.labels[self.index_w.value])}
+        self.last_prediction = {
+            "top": top,
+            "latency_ms": latency,
+            "label": None
+            if self._uploaded is not None or self.labels is None
+            else self._label(self.labels[self.index_w.value]),
+        }
         fig = plots.prediction(image, top, latency_ms=latency)
         self._show(fig)
         truth = self.last_prediction["label"]
-        self.status.value = (f"<b>{html.escape(str(top[0][0]))}</b> ({top[0][1]:.1%}) in {latency:.1f} ms"
-                             + (f" · true label {html.escape(str(truth))}" if truth is not None else ""))
+        self.status.value = f"<b>{html.escape(str(top[0][0]))}</b> ({top[0][1]:.1%}) in {latency:.1f} ms" + (
+            f" · true label {html.escape(str(truth))}" if truth is not None else ""
+        )
         self._uploaded = None
         return top
 
@@ -157,18 +199,27 @@ class EndpointConsole(WidgetBase):
                 raise ValueError("connect to an endpoint and choose a model first")
             if self.images is None:
                 raise ValueError("a load test needs test images (images=...)")
-            result = load_test(self.client.url, self.model_w.value, self.images[:256],
-                               requests=self.requests_w.value, concurrency=self.concurrency_w.value,
-                               token=self.token_w.value or None)
+            result = load_test(
+                self.client.url,
+                self.model_w.value,
+                self.images[:256],
+                requests=self.requests_w.value,
+                concurrency=self.concurrency_w.value,
+                token=self.token_w.value or None,
+            )
         except (EndpointError, ValueError) as err:
             self._fail(err)
             return None
         self.last_load = result
-        self._show(plots.latency_histogram(result.latencies_ms, title=f"{result.requests} requests, "
-                                           f"concurrency {self.concurrency_w.value}"))
+        self._show(
+            plots.latency_histogram(
+                result.latencies_ms, title=f"{result.requests} requests, concurrency {self.concurrency_w.value}"
+            )
+        )
         self.status.value = html.escape(
             f"{result.requests_per_s:,.0f} requests/s · p50 {result.percentile(50):.1f} ms · "
-            f"p95 {result.percentile(95):.1f} ms · p99 {result.percentile(99):.1f} ms · {result.failures} failed")
+            f"p95 {result.percentile(95):.1f} ms · p99 {result.percentile(99):.1f} ms · {result.failures} failed"
+        )
         return result
 
     def _show(self, fig):

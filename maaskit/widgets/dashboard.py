@@ -5,18 +5,20 @@ from __future__ import annotations
 import html
 import threading
 import time
+from typing import Any
 
 import ipywidgets as w
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 
 from .. import plots
 from ..data import DATASETS, ImageDataset, load_dataset
 from ..device import available_devices, seed_everything
-from ..evaluation import evaluate
+from ..evaluation import Evaluation, evaluate
 from ..models import MODELS, build_model
 from ..recipes import Recipe, default_recipe
-from ..train import OPTIMIZERS, SCHEDULERS, Callback, fit
+from ..train import OPTIMIZERS, SCHEDULERS, Callback, History, Run, fit
 from .base import WidgetBase
 from .svgchart import line_chart
 
@@ -35,42 +37,98 @@ class TrainingDashboard(WidgetBase, Callback):
     - Where no widget front end runs, displaying it gives one static figure and a summary.
     """
 
-    def __init__(self, data: ImageDataset | None = None, *, dataset: str = "digits", recipe: Recipe | None = None,
-                 model: str | None = None, optimizer: str | None = None, lr: float | None = None,
-                 batch_size: int | None = None, epochs: int | None = None, scheduler: str | None = None,
-                 augment: bool | None = None, device: str = "auto", seed: int = 0, redraw_every: float = 0.25):
+    def __init__(
+        self,
+        data: ImageDataset | None = None,
+        *,
+        dataset: str = "digits",
+        recipe: Recipe | None = None,
+        model: str | None = None,
+        optimizer: str | None = None,
+        lr: float | None = None,
+        batch_size: int | None = None,
+        epochs: int | None = None,
+        scheduler: str | None = None,
+        augment: bool | None = None,
+        device: str = "auto",
+        seed: int = 0,
+        redraw_every: float = 0.25,
+    ):
         # the controls start at the dataset's default recipe (maaskit.recipes); arguments given win
-        given = {"model": model, "optimizer": optimizer, "lr": lr, "batch_size": batch_size, "epochs": epochs,
-                 "scheduler": scheduler, "augment": augment}
+        given = {
+            "model": model,
+            "optimizer": optimizer,
+            "lr": lr,
+            "batch_size": batch_size,
+            "epochs": epochs,
+            "scheduler": scheduler,
+            "augment": augment,
+        }
         r = self.recipe = (recipe or default_recipe(data.name if data is not None else dataset)).but(
-            **{k: v for k, v in given.items() if v is not None})
+            **{k: v for k, v in given.items() if v is not None}
+        )
         self.data = data
         self._datasets = {data.name: data} if data is not None else {}
         self.seed, self.redraw_every = seed, redraw_every
-        self.model = self.history = self.evaluation = self.run = self.error = None
+        self.model: torch.nn.Module | None = None
+        self.history: History | None = None
+        self.evaluation: Evaluation | None = None
+        self.run: Run | None = None
+        self.error: Exception | None = None
         self.redraws = 0
-        self._thread = None
+        self._thread: threading.Thread | None = None
         self._last_draw = 0.0
-        self._live = {"x": [], "train_loss": [], "train_acc": []}
-        self._handle = None
+        self._live: dict[str, list[float]] = {"x": [], "train_loss": [], "train_acc": []}
+        self._handle: Any = None
 
         style, layout = {"description_width": "90px"}, w.Layout(width="300px")
         devices = ["auto", *available_devices()]
         names = list(DATASETS) + [n for n in self._datasets if n not in DATASETS]  # a dataset of your own too
-        self.dataset_w = w.Dropdown(options=names, value=data.name if data is not None else dataset,
-                                    description="dataset", style=style, layout=layout, disabled=data is not None)
+        self.dataset_w = w.Dropdown(
+            options=names,
+            value=data.name if data is not None else dataset,
+            description="dataset",
+            style=style,
+            layout=layout,
+            disabled=data is not None,
+        )
         self.model_w = w.Dropdown(options=list(MODELS), value=r.model, description="model", style=style, layout=layout)
-        self.optimizer_w = w.Dropdown(options=list(OPTIMIZERS), value=r.optimizer, description="optimizer",
-                                      style=style, layout=layout)
-        self.lr_w = w.FloatLogSlider(value=r.lr, base=10, min=-5, max=0, step=0.1, readout_format=".1e",
-                                     description="learning rate", style=style, layout=layout)
-        self.scheduler_w = w.Dropdown(options=["none", *SCHEDULERS], value=r.scheduler or "none",
-                                      description="lr schedule", style=style, layout=layout)
-        self.batch_size_w = w.Dropdown(options=[8, 16, 32, 64, 128, 256, 512], value=r.batch_size,
-                                       description="batch size", style=style, layout=layout)
+        self.optimizer_w = w.Dropdown(
+            options=list(OPTIMIZERS), value=r.optimizer, description="optimizer", style=style, layout=layout
+        )
+        self.lr_w = w.FloatLogSlider(
+            value=r.lr,
+            base=10,
+            min=-5,
+            max=0,
+            step=0.1,
+            readout_format=".1e",
+            description="learning rate",
+            style=style,
+            layout=layout,
+        )
+        self.scheduler_w = w.Dropdown(
+            options=["none", *SCHEDULERS],
+            value=r.scheduler or "none",
+            description="lr schedule",
+            style=style,
+            layout=layout,
+        )
+        self.batch_size_w = w.Dropdown(
+            options=[8, 16, 32, 64, 128, 256, 512],
+            value=r.batch_size,
+            description="batch size",
+            style=style,
+            layout=layout,
+        )
         self.epochs_w = w.IntSlider(value=r.epochs, min=1, max=200, description="epochs", style=style, layout=layout)
-        self.device_w = w.Dropdown(options=devices, value=device if device in devices else "auto",
-                                   description="device", style=style, layout=layout)
+        self.device_w = w.Dropdown(
+            options=devices,
+            value=device if device in devices else "auto",
+            description="device",
+            style=style,
+            layout=layout,
+        )
         self.augment_w = w.Checkbox(value=r.augment, description="augment (random crops)", indent=False)
         self.train_button = w.Button(description="Train", button_style="success", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
@@ -84,9 +142,20 @@ class TrainingDashboard(WidgetBase, Callback):
         self.summary = w.HTML()
         self.status.add_class("maaskit-status")  # names for the browser tests (and custom CSS)
         self.summary.add_class("maaskit-summary")
-        controls = w.VBox([self.dataset_w, self.model_w, self.optimizer_w, self.lr_w, self.scheduler_w,
-                           self.batch_size_w, self.epochs_w, self.device_w, self.augment_w,
-                           w.HBox([self.train_button, self.stop_button])])
+        controls = w.VBox(
+            [
+                self.dataset_w,
+                self.model_w,
+                self.optimizer_w,
+                self.lr_w,
+                self.scheduler_w,
+                self.batch_size_w,
+                self.epochs_w,
+                self.device_w,
+                self.augment_w,
+                w.HBox([self.train_button, self.stop_button]),
+            ]
+        )
         self.widget = w.HBox([controls, w.VBox([self.progress, self.status, self.curves, self.final, self.summary])])
         self.widget.add_class("maaskit-training-dashboard")
         self._draw_curves()
@@ -95,25 +164,32 @@ class TrainingDashboard(WidgetBase, Callback):
 
     def _settings(self) -> dict:
         scheduler = None if self.scheduler_w.value == "none" else self.scheduler_w.value
-        return {"optimizer": self.optimizer_w.value, "lr": self.lr_w.value, "scheduler": scheduler,
-                "batch_size": self.batch_size_w.value,
-                "epochs": self.epochs_w.value, "device": self.device_w.value, "augment": self.augment_w.value,
-                "seed": self.seed}
+        return {
+            "optimizer": self.optimizer_w.value,
+            "lr": self.lr_w.value,
+            "scheduler": scheduler,
+            "batch_size": self.batch_size_w.value,
+            "epochs": self.epochs_w.value,
+            "device": self.device_w.value,
+            "augment": self.augment_w.value,
+            "seed": self.seed,
+        }
 
-    def _prepare(self):
+    def _prepare(self) -> tuple[torch.nn.Module, ImageDataset]:
         name = self.dataset_w.value
         if name not in self._datasets:
             self.status.value = f"loading {html.escape(name)} …"
             self._datasets[name] = load_dataset(name)
-        self.data = self._datasets[name]
+        data = self.data = self._datasets[name]
         seed_everything(self.seed)
-        self.model = build_model(self.model_w.value, self.data.in_shape, self.data.num_classes)
+        model = self.model = build_model(self.model_w.value, data.in_shape, data.num_classes)
+        return model, data
 
     def fit(self, **overrides):
         """Train with the controls' settings (``overrides`` win) in this thread; returns the history."""
-        self._prepare()
+        model, data = self._prepare()
         settings = {**self._settings(), **overrides}
-        return fit(self.model, self.data, callbacks=[self], **settings)
+        return fit(model, data, callbacks=[self], **settings)
 
     def start(self):
         """What the Train button does: train in a background thread."""
@@ -204,8 +280,11 @@ class TrainingDashboard(WidgetBase, Callback):
         rate = metrics.get("images_per_s", 0.0)
         left = (total - run.step) * run.batch_size / rate if rate else float("nan")
         state = f"stopped: {run.stop_reason}" if run.stop_reason else ("done" if run.step >= total else "training")
-        return (f"epoch {run.epoch}/{run.epochs} · step {run.step}/{total} · {rate:,.0f} img/s · "
-                + (f"ETA {left:.0f} s · " if state == "training" and np.isfinite(left) else "") + state)
+        return (
+            f"epoch {run.epoch}/{run.epochs} · step {run.step}/{total} · {rate:,.0f} img/s · "
+            + (f"ETA {left:.0f} s · " if state == "training" and np.isfinite(left) else "")
+            + state
+        )
 
     def _show_progress(self, run, metrics):
         self.progress.value = run.step
@@ -217,23 +296,27 @@ class TrainingDashboard(WidgetBase, Callback):
         x = [r["epoch"] for r in records]
         charts = []
         for key, title in (("loss", "loss"), ("acc", "accuracy")):
-            series = {"train (running)": (self._live["x"], self._live[f"train_{key}"], "faint", 0),
-                      "train": (x, [r[f"train_{key}"] for r in records], "points", 0),
-                      "validation": (x, [r[f"val_{key}"] for r in records], "points", 1)}
+            series = {
+                "train (running)": (self._live["x"], self._live[f"train_{key}"], "faint", 0),
+                "train": (x, [r[f"train_{key}"] for r in records], "points", 0),
+                "validation": (x, [r[f"val_{key}"] for r in records], "points", 1),
+            }
             charts.append(line_chart(series, title=title, xlabel="epoch", xlim=(0, epochs), log_y=key == "loss"))
         self.curves.value = f"<div class='maaskit-curves' style='display:flex;gap:8px'>{''.join(charts)}</div>"
         self.redraws += 1
 
     def _draw_final(self):
         ev, data = self.evaluation, self.data
+        assert ev is not None and data is not None
         wrong = np.flatnonzero(ev.predictions != ev.labels)[:8]
-        right = np.flatnonzero(ev.predictions == ev.labels)[:16 - len(wrong)]
+        right = np.flatnonzero(ev.predictions == ev.labels)[: 16 - len(wrong)]
         show = np.concatenate([wrong, right])
         fig = Figure(figsize=(10, 4.2), layout="constrained")
-        left, right_fig = fig.subfigures(1, 2, width_ratios=[1, 1.5])
+        left, right_fig = fig.subfigures(1, 2, width_ratios=[1, 1.5])  # type: ignore[misc]
         plots.confusion_matrix(ev.confusion, data.classes, ax=left.subplots())
-        plots.image_grid(data.test.x[show], ev.labels[show], ev.predictions[show], classes=data.classes,
-                         ncols=4, fig=right_fig)
+        plots.image_grid(
+            data.test.x[show], ev.labels[show], ev.predictions[show], classes=data.classes, ncols=4, fig=right_fig
+        )
         right_fig.suptitle("test predictions (mistakes in red)")
         self.final_figure = fig
         self.final.value = plots.png_bytes(fig)
@@ -242,17 +325,19 @@ class TrainingDashboard(WidgetBase, Callback):
     def figure(self) -> Figure:
         """One static figure of the whole run: curves, confusion matrix, sample predictions."""
         fig = Figure(figsize=(10, 7.5), layout="constrained")
-        top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.4])
+        top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.4])  # type: ignore[misc]
         records = self.history.records if self.history is not None else []
         plots.training_curves(records, self._live, fig=top)
-        if self.evaluation is not None:
+        if self.evaluation is not None and self.data is not None:
             ev, data = self.evaluation, self.data
             left, right = bottom.subfigures(1, 2, width_ratios=[1, 1.5])
             plots.confusion_matrix(ev.confusion, data.classes, ax=left.subplots())
-            show = np.concatenate([np.flatnonzero(ev.predictions != ev.labels)[:6],
-                                   np.flatnonzero(ev.predictions == ev.labels)[:6]])
-            plots.image_grid(data.test.x[show], ev.labels[show], ev.predictions[show], classes=data.classes,
-                             ncols=4, fig=right)
+            show = np.concatenate(
+                [np.flatnonzero(ev.predictions != ev.labels)[:6], np.flatnonzero(ev.predictions == ev.labels)[:6]]
+            )
+            plots.image_grid(
+                data.test.x[show], ev.labels[show], ev.predictions[show], classes=data.classes, ncols=4, fig=right
+            )
         return fig
 
     def _summary_html(self) -> str:
@@ -262,16 +347,20 @@ class TrainingDashboard(WidgetBase, Callback):
         if self.history is None or not self.history.records:
             return "TrainingDashboard: not trained yet"
         last = self.history.last
-        lines = [f"{len(self.history.records)} epochs, {last['step']} steps, {last['wall_time']:.1f} s, "
-                 f"{last['images_per_s']:,.0f} img/s"
-                 + (f" — stopped: {self.history.stopped}" if self.history.stopped else ""),
-                 f"final: train loss {last['train_loss']:.4f} acc {last['train_acc']:.2%} · "
-                 f"val loss {last['val_loss']:.4f} acc {last['val_acc']:.2%}"]
+        lines = [
+            f"{len(self.history.records)} epochs, {last['step']} steps, {last['wall_time']:.1f} s, "
+            f"{last['images_per_s']:,.0f} img/s"
+            + (f" — stopped: {self.history.stopped}" if self.history.stopped else ""),
+            f"final: train loss {last['train_loss']:.4f} acc {last['train_acc']:.2%} · "
+            f"val loss {last['val_loss']:.4f} acc {last['val_acc']:.2%}",
+        ]
         if self.evaluation is not None:
             ev = self.evaluation
             weakest = int(np.argmin(ev.per_class_accuracy))
-            lines.append(f"test accuracy {ev.accuracy:.2%} on {len(ev.labels)} images; weakest class "
-                         f"{ev.classes[weakest]!r} at {ev.per_class_accuracy[weakest]:.0%}")
+            lines.append(
+                f"test accuracy {ev.accuracy:.2%} on {len(ev.labels)} images; weakest class "
+                f"{ev.classes[weakest]!r} at {ev.per_class_accuracy[weakest]:.0%}"
+            )
         return "\n".join(lines)
 
     # --- display --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ class Debouncer:
 
     def __init__(self, action, delay: float = 0.15):
         self.action, self.delay = action, delay
-        self._pending = None
+        self._pending: asyncio.TimerHandle | None = None
 
     def __call__(self, _change=None) -> None:
         try:

@@ -33,23 +33,36 @@ class GradientInspector(WidgetBase):
         self.renders = 0
         self._debounce(self.render, debounce)
         style, layout = {"description_width": "60px"}, w.Layout(width="420px")
-        self.run_w = w.Dropdown(options=list(self.monitors), value=run or next(iter(self.monitors)),
-                                description="run", style=style, layout=layout)
+        self.run_w = w.Dropdown(
+            options=list(self.monitors),
+            value=run or next(iter(self.monitors)),
+            description="run",
+            style=style,
+            layout=layout,
+        )
         self.layer_w = w.Dropdown(description="layer", style=style, layout=layout)
-        self.step_w = w.SelectionSlider(options=[0], description="step", style=style,
-                                        layout=w.Layout(width="520px"), continuous_update=True)
+        self.step_w = w.SelectionSlider(
+            options=[0], description="step", style=style, layout=w.Layout(width="520px"), continuous_update=True
+        )
         self.image = w.Image(format="png", layout=w.Layout(width="1000px"))
         self.messages = w.HTML()
         self.messages.add_class("maaskit-diagnosis")
         self._set_run(layer)
-        self.run_w.observe(lambda _: (self._set_run(0), self._redraw()), names="value")
+        self.run_w.observe(self._on_run, names="value")
         self.layer_w.observe(self._schedule, names="value")
         self.step_w.observe(self._schedule, names="value")
-        controls = w.HBox([self.run_w, self.layer_w, self.step_w]) if len(self.monitors) > 1 else \
-            w.HBox([self.layer_w, self.step_w])
+        controls = (
+            w.HBox([self.run_w, self.layer_w, self.step_w])
+            if len(self.monitors) > 1
+            else w.HBox([self.layer_w, self.step_w])
+        )
         self.widget = w.VBox([controls, self.image, self.messages])
         self.widget.add_class("maaskit-gradient-inspector")
         self.render()
+
+    def _on_run(self, _change: object) -> None:
+        self._set_run(0)
+        self._redraw()
 
     @property
     def monitor(self) -> GradientMonitor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import math
 
@@ -23,38 +24,88 @@ class OptimizerPlayground(WidgetBase):
     static figure and a text table instead of a widget that nothing renders.
     """
 
-    def __init__(self, surface: str = "rosenbrock", optimizers=("SGD", "Momentum", "Adam"), *, lr: float = 2e-3,
-                 momentum: float = 0.9, betas=(0.9, 0.999), steps: int = 150, start=None, debounce: float = 0.15):
+    def __init__(
+        self,
+        surface: str = "rosenbrock",
+        optimizers=("SGD", "Momentum", "Adam"),
+        *,
+        lr: float = 2e-3,
+        momentum: float = 0.9,
+        betas=(0.9, 0.999),
+        steps: int = 150,
+        start=None,
+        debounce: float = 0.15,
+    ):
         if surface not in SURFACES:
             raise ValueError(f"unknown surface {surface!r}; expected one of {', '.join(SURFACES)}")
         unknown = [o for o in optimizers if o not in PATH_OPTIMIZERS]
         if unknown:
-            raise ValueError(f"unknown optimizer(s) {', '.join(map(repr, unknown))}; expected any of {', '.join(PATH_OPTIMIZERS)}")
+            raise ValueError(
+                f"unknown optimizer(s) {', '.join(map(repr, unknown))}; expected any of {', '.join(PATH_OPTIMIZERS)}"
+            )
         self._debounce(self.render, debounce)
         self.renders = 0  # how many times the figure was drawn (tests and curious learners)
         self.paths: list = []
 
         style = {"description_width": "110px"}
         layout = w.Layout(width="340px")
-        self.surface_w = w.Dropdown(options=list(SURFACES), value=surface, description="function", style=style, layout=layout)
-        self.optimizers_w = w.SelectMultiple(options=list(PATH_OPTIMIZERS), value=tuple(optimizers), rows=len(PATH_OPTIMIZERS),
-                                             description="optimizers", style=style, layout=layout)
-        self.lr_w = w.FloatLogSlider(value=lr, base=10, min=-4, max=0, step=0.05, readout_format=".2g",
-                                     description="learning rate", style=style, layout=layout)
-        self.momentum_w = w.FloatSlider(value=momentum, min=0, max=0.99, step=0.01, description="momentum",
-                                        style=style, layout=layout)
-        self.beta1_w = w.FloatSlider(value=betas[0], min=0, max=0.99, step=0.01, description="Adam β₁",
-                                     style=style, layout=layout)
-        self.beta2_w = w.FloatSlider(value=betas[1], min=0.9, max=0.9999, step=0.0001, readout_format=".4f",
-                                     description="Adam β₂", style=style, layout=layout)
-        self.steps_w = w.IntSlider(value=steps, min=10, max=500, step=10, description="steps", style=style, layout=layout)
+        self.surface_w = w.Dropdown(
+            options=list(SURFACES), value=surface, description="function", style=style, layout=layout
+        )
+        self.optimizers_w = w.SelectMultiple(
+            options=list(PATH_OPTIMIZERS),
+            value=tuple(optimizers),
+            rows=len(PATH_OPTIMIZERS),
+            description="optimizers",
+            style=style,
+            layout=layout,
+        )
+        self.lr_w = w.FloatLogSlider(
+            value=lr,
+            base=10,
+            min=-4,
+            max=0,
+            step=0.05,
+            readout_format=".2g",
+            description="learning rate",
+            style=style,
+            layout=layout,
+        )
+        self.momentum_w = w.FloatSlider(
+            value=momentum, min=0, max=0.99, step=0.01, description="momentum", style=style, layout=layout
+        )
+        self.beta1_w = w.FloatSlider(
+            value=betas[0], min=0, max=0.99, step=0.01, description="Adam β₁", style=style, layout=layout
+        )
+        self.beta2_w = w.FloatSlider(
+            value=betas[1],
+            min=0.9,
+            max=0.9999,
+            step=0.0001,
+            readout_format=".4f",
+            description="Adam β₂",
+            style=style,
+            layout=layout,
+        )
+        self.steps_w = w.IntSlider(
+            value=steps, min=10, max=500, step=10, description="steps", style=style, layout=layout
+        )
         self.x0_w = w.FloatSlider(description="start x", step=0.05, style=style, layout=layout)
         self.y0_w = w.FloatSlider(description="start y", step=0.05, style=style, layout=layout)
         self._fit_start_sliders(start)
         self.image = w.Image(format="png", layout=w.Layout(width="760px"))
         self.status = w.HTML()
-        controls = [self.surface_w, self.optimizers_w, self.lr_w, self.momentum_w, self.beta1_w, self.beta2_w,
-                    self.steps_w, self.x0_w, self.y0_w]
+        controls = [
+            self.surface_w,
+            self.optimizers_w,
+            self.lr_w,
+            self.momentum_w,
+            self.beta1_w,
+            self.beta2_w,
+            self.steps_w,
+            self.x0_w,
+            self.y0_w,
+        ]
         self.widget = w.HBox([w.VBox(controls), w.VBox([self.image, self.status])])
         self.widget.add_class("maaskit-optimizer-playground")
 
@@ -85,11 +136,21 @@ class OptimizerPlayground(WidgetBase):
     def run(self):
         """One path per selected optimizer, with the current settings."""
         surface = SURFACES[self.surface_w.value]
-        hyper = {"lr": self.lr_w.value, "momentum": self.momentum_w.value,
-                 "betas": (self.beta1_w.value, self.beta2_w.value)}
-        return [run_path(surface, lambda params, name=name: make_optimizer(name, params, **hyper), self.steps_w.value,
-                         start=(self.x0_w.value, self.y0_w.value), label=name)
-                for name in self.optimizers_w.value]
+        hyper = {
+            "lr": self.lr_w.value,
+            "momentum": self.momentum_w.value,
+            "betas": (self.beta1_w.value, self.beta2_w.value),
+        }
+        return [
+            run_path(
+                surface,
+                functools.partial(make_optimizer, name, **hyper),
+                self.steps_w.value,
+                start=(self.x0_w.value, self.y0_w.value),
+                label=name,
+            )
+            for name in self.optimizers_w.value
+        ]
 
     def render(self):
         surface = SURFACES[self.surface_w.value]
@@ -116,9 +177,12 @@ class OptimizerPlayground(WidgetBase):
         cells = "".join(
             f"<tr><td>{html.escape(name)}</td><td>{steps}</td><td>{f:.3g}</td><td>{d:.3g}</td>"
             f"<td style='color:{'#c00' if status != 'ok' else 'inherit'}'>{status}</td></tr>"
-            for name, steps, f, d, status in self.rows())
-        return ("<table class='maaskit-table'><tr><th>optimizer</th><th>steps</th><th>final f</th>"
-                f"<th>distance to minimum</th><th>status</th></tr>{cells}</table>")
+            for name, steps, f, d, status in self.rows()
+        )
+        return (
+            "<table class='maaskit-table'><tr><th>optimizer</th><th>steps</th><th>final f</th>"
+            f"<th>distance to minimum</th><th>status</th></tr>{cells}</table>"
+        )
 
     def __str__(self) -> str:
         if not self.paths:

@@ -29,21 +29,34 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if v else "0"
 
 
-def line_chart(series: dict, *, title: str = "", xlabel: str = "", xlim=None, log_y: bool = False,
-               width: int = 360, height: int = 220) -> str:
+def line_chart(
+    series: dict,
+    *,
+    title: str = "",
+    xlabel: str = "",
+    xlim=None,
+    log_y: bool = False,
+    width: int = 360,
+    height: int = 220,
+) -> str:
     """SVG markup for named series ``{label: (xs, ys, style[, color])}``; ``style`` is ``"line"``,
     ``"faint"`` (a thin, light line) or ``"points"`` (line with markers); ``color`` indexes the palette."""
     left, right, top, bottom = 48, 10, 22, 34
     pw, ph = width - left - right, height - top - bottom
-    points = [(x, y) for xs, ys, *_ in series.values() for x, y in zip(xs, ys)
-              if math.isfinite(y) and (not log_y or y > 0)]
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="10">',
-           f'<text x="{left + pw / 2}" y="14" text-anchor="middle" font-size="12">{html.escape(title)}</text>',
-           f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
-           f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">{html.escape(xlabel)}</text>']
+    points = [
+        (x, y) for xs, ys, *_ in series.values() for x, y in zip(xs, ys) if math.isfinite(y) and (not log_y or y > 0)
+    ]
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="10">',
+        f'<text x="{left + pw / 2}" y="14" text-anchor="middle" font-size="12">{html.escape(title)}</text>',
+        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
+        f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">{html.escape(xlabel)}</text>',
+    ]
     if not points:
-        out.append(f'<text x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle" fill="#888">waiting for data</text>')
+        out.append(
+            f'<text x="{left + pw / 2}" y="{top + ph / 2}" text-anchor="middle" fill="#888">waiting for data</text>'
+        )
         return "".join(out) + "</svg>"
     x0, x1 = xlim or (min(p[0] for p in points), max(p[0] for p in points))
     ty = (lambda v: math.log10(v)) if log_y else (lambda v: v)
@@ -59,14 +72,20 @@ def line_chart(series: dict, *, title: str = "", xlabel: str = "", xlim=None, lo
         out.append(f'<text x="{sx(t):.1f}" y="{top + ph + 13}" text-anchor="middle">{_fmt(t)}</text>')
     if log_y:  # decades, and 2 and 5 times them when the range spans less than two decades
         mantissas = (1,) if y1 - y0 >= 2 else (1, 2, 5)
-        yticks = [m * 10 ** e for e in range(math.floor(y0), math.ceil(y1) + 1) for m in mantissas
-                  if y0 <= math.log10(m * 10 ** e) <= y1]
+        yticks = [
+            m * 10**e
+            for e in range(math.floor(y0), math.ceil(y1) + 1)
+            for m in mantissas
+            if y0 <= math.log10(m * 10**e) <= y1
+        ]
     else:
         yticks = _ticks(y0, y1)
     for t in yticks:
         y = sy(t)
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
-                   f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end">{_fmt(t)}</text>')
+        out.append(
+            f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
+            f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end">{_fmt(t)}</text>'
+        )
     for i, (label, (xs, ys, style, *color)) in enumerate(series.items()):
         color = COLORS[(color[0] if color else i) % len(COLORS)]
         pts = [(sx(x), sy(y)) for x, y in zip(xs, ys) if math.isfinite(y) and (not log_y or y > 0)]
@@ -74,11 +93,15 @@ def line_chart(series: dict, *, title: str = "", xlabel: str = "", xlim=None, lo
             continue
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
         faint = style == "faint"
-        out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="{1 if faint else 1.8}" '
-                   f'stroke-opacity="{0.45 if faint else 1}"/>')
+        out.append(
+            f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="{1 if faint else 1.8}" '
+            f'stroke-opacity="{0.45 if faint else 1}"/>'
+        )
         if style == "points":
             out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.2" fill="{color}"/>' for x, y in pts)
         ly = top + 12 + 12 * i
-        out.append(f'<line x1="{left + pw - 92}" x2="{left + pw - 78}" y1="{ly - 3}" y2="{ly - 3}" stroke="{color}" '
-                   f'stroke-width="2"/><text x="{left + pw - 74}" y="{ly}">{html.escape(label)}</text>')
+        out.append(
+            f'<line x1="{left + pw - 92}" x2="{left + pw - 78}" y1="{ly - 3}" y2="{ly - 3}" stroke="{color}" '
+            f'stroke-width="2"/><text x="{left + pw - 74}" y="{ly}">{html.escape(label)}</text>'
+        )
     return "".join(out) + "</svg>"

@@ -1,0 +1,107 @@
+"""The package's shape: a flat, lazy public API, no module importing the package root, and the
+light entry points (the client, ``maaskit --version``) importing no PyTorch."""
+
+import ast
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import maaskit
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "maaskit"
+
+
+def loaded_after(code: str) -> set[str]:
+    """The modules a fresh interpreter has loaded after running ``code``."""
+    probe = code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return set(__import__("json").loads(done.stdout.strip().splitlines()[-1]))
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import maaskit",
+        "import maaskit.serving.client",
+        "import maaskit.serving.protocol",
+        "from maaskit import Client",
+        "import contextlib, io, maaskit.cli\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    maaskit.cli.main(['--version'])",
+        "import contextlib, io, maaskit.cli\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    maaskit.cli.main(['--help'])",
+    ],
+)
+def test_light_entry_points_import_no_torch(code):
+    assert "torch" not in loaded_after(code)
+
+
+def test_the_flat_api_is_lazy_and_complete():
+    expected = {
+        "fit",
+        "evaluate",
+        "load_dataset",
+        "build_model",
+        "save_artifact",
+        "load_artifact",
+        "serve",
+        "Client",
+        "seed_everything",
+        "load_or_train",
+        "default_recipe",
+        "Normalization",
+    }
+    assert expected <= set(maaskit.__all__)
+    for name in maaskit.__all__:
+        assert getattr(maaskit, name) is not None, name
+    assert "read_metrics" not in maaskit.__all__  # a test helper, kept in maaskit.report
+    from maaskit.evaluation import evaluate
+    from maaskit.train import fit
+
+    assert maaskit.fit is fit and maaskit.evaluate is evaluate
+    with pytest.raises(AttributeError, match="no attribute 'fitt'"):
+        maaskit.fitt  # noqa: B018
+
+
+def test_serve_shows_its_real_signature():
+    params = inspect.signature(maaskit.serve).parameters
+    assert {"data", "host", "port", "token", "max_batch_size", "max_delay_ms"} <= set(params)
+    assert not any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _imports_of_root(path: Path, text: str | None = None) -> list[str]:
+    """Each place where a module under maaskit/ imports a name from the package root itself."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    package = parts[:-1]
+    found = []
+    for node in ast.walk(ast.parse(text if text is not None else path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else ()
+            target = ".".join(base) + ("." + node.module if node.module and base else node.module or "")
+            if target == "maaskit":
+                for alias in node.names:  # `from .. import plots` names a submodule: fine
+                    is_module = (PACKAGE / alias.name).is_dir() or (PACKAGE / f"{alias.name}.py").is_file()
+                    if not is_module:
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports {alias.name} from maaskit")
+        elif isinstance(node, ast.Import) and any(a.name == "maaskit" for a in node.names):
+            found.append(f"{path.relative_to(ROOT)}:{node.lineno} imports maaskit")
+    return found
+
+
+def test_no_module_imports_the_package_root():
+    offenders = [hit for path in PACKAGE.rglob("*.py") if path.name != "__init__.py" for hit in _imports_of_root(path)]
+    assert offenders == []
+    # the check itself sees the pattern it forbids
+    probe = "from .. import __version__\nfrom .. import plots\nimport maaskit\n"
+    assert len(_imports_of_root(PACKAGE / "serving" / "probe.py", probe)) == 2
+
+
+def test_the_package_is_typed():
+    assert (PACKAGE / "py.typed").is_file()
+    assert 'maaskit = ["py.typed"]' in (ROOT / "pyproject.toml").read_text()
