@@ -20,8 +20,9 @@ from torch.utils.data import DataLoader
 from maaskit.baseline import PerItemDataset
 from maaskit.data import DeviceLoader, Split
 from maaskit.device import pick_device
+from maaskit.normalization import Normalization
 
-MEAN, STD = (0.1307,), (0.3081,)
+MNIST = Normalization((0.1307,), (0.3081,))  # MNIST's statistics
 
 
 def sync(device):
@@ -57,15 +58,15 @@ def main():
         torch.randint(0, 10, (args.n,), generator=gen),
     )
 
-    device_loader = DeviceLoader(split, mean=MEAN, std=STD, batch_size=args.batch_size, device=device)
+    device_loader = DeviceLoader(split, MNIST, batch_size=args.batch_size, device=device)
     per_item = DataLoader(
-        PerItemDataset(split, MEAN, STD), batch_size=args.batch_size, shuffle=True, pin_memory=device.type == "cuda"
+        PerItemDataset(split, MNIST), batch_size=args.batch_size, shuffle=True, pin_memory=device.type == "cuda"
     )
     contestants = {
         "torch DataLoader, per-item transform (baseline)": lambda: per_item,
         "maaskit DeviceLoader": lambda: device_loader,
         "maaskit DeviceLoader + random crop": lambda: DeviceLoader(
-            split, mean=MEAN, std=STD, batch_size=args.batch_size, device=device, crop_padding=3
+            split, MNIST, batch_size=args.batch_size, device=device, crop_padding=3
         ),
     }
     print(

@@ -25,18 +25,15 @@ import time
 
 import torch
 
-from maaskit.baseline import tutorial_epoch
-from maaskit.cli import build_parser
-from maaskit.data import Dataset, Split, load_dataset
-from maaskit.device import pick_device, seed_everything
-from maaskit.evaluation import evaluate
-from maaskit.models import build_model
-from maaskit.train import fit
+from maaskit import Normalization, build_model, default_recipe, evaluate, fit, load_dataset, seed_everything
+from maaskit.baseline import fit_images_per_s, tutorial_images_per_s
+from maaskit.data import ImageDataset, Split
+from maaskit.device import pick_device
 
-MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)  # CIFAR-10's, roughly
+CIFAR_LIKE = Normalization((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))  # CIFAR-10's statistics, roughly
 
 
-def cifar_shaped(n: int) -> Dataset:
+def cifar_shaped(n: int) -> ImageDataset:
     gen = torch.Generator().manual_seed(0)
 
     def split(k):
@@ -45,59 +42,18 @@ def cifar_shaped(n: int) -> Dataset:
             torch.randint(0, 10, (k,), generator=gen),
         )
 
-    return Dataset(
-        "cifar10-shaped", split(n), split(max(n // 10, 512)), split(512), tuple(str(i) for i in range(10)), MEAN, STD
-    )
-
-
-def fit_images_per_s(data, device, epochs, callbacks=(), **kw) -> float:
-    seed_everything(0)
-    model = build_model("lenet", data.in_shape, data.num_classes)
-    history = fit(
-        model, data, optimizer="sgd", lr=0.01, epochs=epochs, batch_size=128, device=device, callbacks=callbacks, **kw
-    )
-    return statistics.median(history["images_per_s"][1:])
-
-
-def tutorial_images_per_s(data, device, batch_size, batches, repeats=3) -> float:
-    rates = []
-    for _ in range(repeats + 1):
-        seed_everything(0)
-        model = build_model("lenet", data.in_shape, data.num_classes)
-        rates.append(
-            tutorial_epoch(
-                model,
-                data.train,
-                mean=MEAN,
-                std=STD,
-                batch_size=batch_size,
-                lr=1e-3,
-                device=device,
-                max_batches=batches,
-            )["images_per_s"]
-        )
-    return statistics.median(rates[1:])
+    classes = tuple(str(i) for i in range(10))
+    return ImageDataset("cifar10-shaped", split(n), split(max(n // 10, 512)), split(512), classes, CIFAR_LIKE)
 
 
 def digits_target(device) -> tuple[float, float]:
-    """``maaskit train``'s defaults: test accuracy and seconds, loading included."""
-    args = build_parser().parse_args(["train", "--out", "-"])  # the CLI's defaults, not a copy of them
+    """The default recipe (``maaskit train``'s defaults): test accuracy and seconds, loading included."""
+    recipe = default_recipe("digits")
     start = time.perf_counter()
-    data = load_dataset(args.dataset)
-    seed_everything(args.seed)
-    model = build_model(args.model, data.in_shape, data.num_classes)
-    fit(
-        model,
-        data,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        scheduler=args.scheduler,
-        augment=args.augment,
-        device=device,
-        seed=args.seed,
-    )
+    data = load_dataset("digits")
+    seed_everything(0)
+    model = build_model(recipe.model, data.in_shape, data.num_classes)
+    fit(model, data, **recipe.fit_kwargs(), device=device, seed=0)
     accuracy = evaluate(model, data).accuracy
     return accuracy, time.perf_counter() - start
 
@@ -116,26 +72,30 @@ def main():
     print(f"LeNet-5 on 3x32x32, device {device} ({name}), torch {torch.__version__}")
 
     rows = {
-        "(a) tutorial loop, batch 4": tutorial_images_per_s(data, device, 4, batches=300),
-        "(a) tutorial loop, batch 128": tutorial_images_per_s(data, device, 128, batches=60),
+        "(a) tutorial loop, batch 4": tutorial_images_per_s(
+            data, device=device, batch_size=4, max_batches=300, repeats=3
+        ),
+        "(a) tutorial loop, batch 128": tutorial_images_per_s(
+            data, device=device, batch_size=128, max_batches=60, repeats=3
+        ),
     }
     from maaskit.widgets import TrainingDashboard  # ipywidgets: only (c) needs it
 
     def with_dashboard():
         with contextlib.redirect_stdout(io.StringIO()):  # its end-of-run summary
-            return fit_images_per_s(data, device, args.epochs, callbacks=[TrainingDashboard(data)])
+            return fit_images_per_s(data, device=device, epochs=args.epochs, callbacks=[TrainingDashboard(data)])
 
     # (b) and (c) alternate, so that a slow spell of a shared machine hits both alike
     b_runs, c_runs = [], []
     for _ in range(args.repeats):
-        b_runs.append(fit_images_per_s(data, device, args.epochs))
+        b_runs.append(fit_images_per_s(data, device=device, epochs=args.epochs))
         c_runs.append(with_dashboard())
     rows["(b) fit(), device-resident data, batch 128"] = statistics.median(b_runs)
     if args.variants and device.type == "cuda":  # elsewhere these are off already
         rows["(b) fit(), fp32, contiguous"] = fit_images_per_s(
-            data, device, args.epochs, amp=False, channels_last=False
+            data, device=device, epochs=args.epochs, amp=False, channels_last=False
         )
-        rows["(b) fit(), torch.compile"] = fit_images_per_s(data, device, args.epochs, compile=True)
+        rows["(b) fit(), torch.compile"] = fit_images_per_s(data, device=device, epochs=args.epochs, compile=True)
     rows["(c) fit() + TrainingDashboard"] = statistics.median(c_runs)
 
     base = rows["(a) tutorial loop, batch 128"]

@@ -30,13 +30,15 @@ class PerItemDataset(torch.utils.data.Dataset):
     """One uint8 image at a time, scaled and normalized on the CPU (what ``ToTensor`` + ``Normalize`` do)."""
 
     def __init__(self, split: Split, normalization: Normalization):
-        self.x, self.y, self.normalization = split.x, split.y, normalization
+        self.x, self.y = split.x, split.y
+        scale, shift = normalization.scale_shift()
+        self.scale, self.shift = scale[0], shift[0]  # C x 1 x 1: the same numbers as training uses
 
     def __len__(self) -> int:
         return len(self.y)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.normalization.to_float(self.x[i]), self.y[i]
+        return torch.addcmul(self.shift, self.x[i].float(), self.scale), self.y[i]
 
 
 def tutorial_epoch(

@@ -8,6 +8,7 @@ it was trained on.
 from __future__ import annotations
 
 from collections.abc import Mapping
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -53,11 +54,15 @@ class Normalization:
         return cls(tuple(scaled.mean(dim=(0, 2, 3)).tolist()), tuple(std.tolist()))
 
     def scale_shift(self, device: Any = None, dtype: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The per-channel multiplier and offset as ``1 x C x 1 x 1`` tensors."""
+        """The per-channel multiplier and offset as ``1 x C x 1 x 1`` tensors (cached: a per-image
+        loop asks for them every time)."""
+        return _scale_shift(self, str(device or "cpu"), dtype)
+
+    def _compute_scale_shift(self, device: str, dtype: Any) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
 
         std = torch.tensor(self.std, dtype=torch.float32)
-        scale = (self.scale / std).view(1, -1, 1, 1)
+        scale = (1 / (std * (1 / self.scale))).view(1, -1, 1, 1)  # 1 / (255 std), rounded as training always was
         shift = (-torch.tensor(self.mean, dtype=torch.float32) / std).view(1, -1, 1, 1)
         dtype = dtype or torch.float32
         return scale.to(device, dtype), shift.to(device, dtype)
@@ -104,3 +109,8 @@ class Normalization:
     def __repr__(self) -> str:
         fmt = lambda values: "(" + ", ".join(f"{v:.4f}" for v in values) + ")"  # noqa: E731
         return f"Normalization(mean={fmt(self.mean)}, std={fmt(self.std)})"
+
+
+@functools.lru_cache(maxsize=64)
+def _scale_shift(norm: Normalization, device: str, dtype: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    return norm._compute_scale_shift(device, dtype)

@@ -18,3 +18,7 @@ def test_make_lab_serves_the_notebooks_with_the_widgets_extension(tmp_path):
         assert b"@jupyter-widgets/jupyterlab-manager" in lab.get("/lab")
         assert "python3" in lab.api("kernelspecs")["kernelspecs"]
         assert json.loads(lab.get("/api/status"))["kernels"] == 0
+        # the settings shipped in binder/overrides.json: no "get notified about Jupyter news?" pop-up
+        notification = json.loads(lab.get("/lab/api/settings/@jupyterlab/apputils-extension:notification"))
+        assert notification["schema"]["properties"]["fetchNews"]["default"] == "false"
+        assert notification["schema"]["properties"]["checkForUpdates"]["default"] is False
