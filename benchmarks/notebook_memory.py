@@ -52,11 +52,13 @@ def main() -> None:
         name, _, value = pair.partition("=")
         os.environ[name] = value  # kernels inherit papermill's environment
     notebooks = args.notebooks or sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
-    print(f"{'notebook':<32} {'peak RSS':>10} {'at the end':>11} {'run':>7}" + (f"   ({' '.join(args.env)})" * bool(args.env)))
+    setting = f"   ({' '.join(args.env)})" if args.env else ""
+    print(f"{'notebook':<32} {'peak RSS':>10} {'at the end':>11} {'run':>7}{setting}")
     with tempfile.TemporaryDirectory() as tmp:
         for notebook in notebooks:
             m = kernel_memory(notebook.resolve(), Path(tmp))
-            print(f"{notebook.name:<32} {m['peak_mb']:>7.0f} MB {m['end_mb']:>8.0f} MB {m['seconds']:>5.0f} s", flush=True)
+            row = f"{notebook.name:<32} {m['peak_mb']:>7.0f} MB {m['end_mb']:>8.0f} MB {m['seconds']:>5.0f} s"
+            print(row, flush=True)
 
 
 if __name__ == "__main__":
