@@ -20,6 +20,7 @@ __all__ = [
     "history",
     "image_grid",
     "latency_histogram",
+    "log_curve",
     "optimizer_paths",
     "png_bytes",
     "prediction",
@@ -59,7 +60,9 @@ def _array(v):
     return v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
 
 
-def function_grid(x, panels: Mapping[str, Mapping[str, object]], *, ncols: int = 3, size=(3.6, 2.8)) -> Figure:
+def function_grid(
+    x, panels: Mapping[str, Mapping[str, object]], *, ncols: int = 3, size=(3.6, 2.8), xlabel: str | None = None
+) -> Figure:
     """One panel per entry of ``panels``, each plotting its named curves against ``x``.
 
     ``function_grid(z, {"sigmoid": {"σ(z)": s, "σ'(z)": ds}, "tanh": {...}})``
@@ -75,6 +78,8 @@ def function_grid(x, panels: Mapping[str, Mapping[str, object]], *, ncols: int =
         ax.axhline(0, color="0.8", lw=0.8, zorder=0)
         ax.axvline(0, color="0.8", lw=0.8, zorder=0)
         ax.set_title(title)
+        if xlabel:
+            ax.set_xlabel(xlabel)
         ax.legend(fontsize="small")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
@@ -197,14 +202,44 @@ def optimizer_paths(surface, paths, *, size=(5.0, 4.0), title: str | None = None
     ax.set_title(title or surface.name)
     ax.set_xlabel("x")
     ax.set_ylabel("y")
-    if paths:
-        ax.legend(fontsize="small", loc="upper right")
-        ax_loss.legend(fontsize="small")
+    if paths:  # one legend for both panels, below them: never on top of a path
+        fig.legend(
+            *ax.get_legend_handles_labels(),
+            loc="outside lower center",
+            ncols=min(len(paths), 4),
+            fontsize="small",
+            frameon=False,
+        )
     ax_loss.set_yscale("log")
     ax_loss.set_xlabel("step")
     ax_loss.set_title("f(x, y) − f(minimum)")
     ax_loss.grid(alpha=0.3)
     return fig
+
+
+def log_curve(ax, x, y, *, label: str | None = None, color=None, what: str = "step"):
+    """Plot ``y`` against ``x`` on a log scale and say where it leaves the axis: a value that is 0
+    (or negative) or not a number cannot be drawn there, and a line that just stops misleads."""
+    x, y = np.asarray(_array(x), dtype=float), np.asarray(_array(y), dtype=float)
+    drawable = np.isfinite(y) & (y > 0)
+    (line,) = ax.plot(np.where(drawable, x, np.nan), np.where(drawable, y, np.nan), label=label, color=color)
+    ax.set_yscale("log")
+    gone = np.flatnonzero(~drawable)
+    if len(gone) and drawable.any():
+        first = gone[0]
+        last_good = np.flatnonzero(drawable[:first])
+        anchor = y[last_good[-1]] if len(last_good) else np.nanmax(np.where(drawable, y, np.nan))
+        why = "0" if np.isfinite(y[first]) else "NaN or infinite"
+        ax.plot(x[first], anchor, marker="v", color=line.get_color(), markersize=8)
+        ax.annotate(
+            f"{why} from {what} {x[first]:g}",
+            (x[first], anchor),
+            textcoords="offset points",
+            xytext=(4, -14),
+            fontsize="small",
+            color=line.get_color(),
+        )
+    return line
 
 
 def confusion_matrix(confusion, classes: Sequence[str], *, ax=None) -> Figure:
@@ -252,7 +287,7 @@ def training_curves(
     x = [r["epoch"] for r in records]
     for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
         if live and live.get("x"):
-            ax.plot(live["x"], live[f"train_{key}"], color="C0", alpha=0.35, lw=1, label="train (running)")
+            ax.plot(live["x"], live[f"train_{key}"], color="0.55", lw=1, label="train (running)")
         if records:
             ax.plot(x, [r[f"train_{key}"] for r in records], "o-", color="C0", ms=3, label="train")
             ax.plot(x, [r[f"val_{key}"] for r in records], "s-", color="C1", ms=3, label="validation")
@@ -267,7 +302,9 @@ def training_curves(
     return fig
 
 
-def gradient_inspection(record, layer: int = 0, index: int = -1, *, fig=None, healthy_update: float = 1e-3) -> Figure:
+def gradient_inspection(
+    record, layer: int = 0, index: int = -1, *, fig=None, typical_update: tuple[float, float] = (1e-4, 3e-2)
+) -> Figure:
     """Six panels of a :class:`maaskit.diagnostics.Record` for weight tensor ``layer`` at record
     ``index``: its gradient histogram, the gradient flow through all layers, the update/weight
     ratios; over time, the histograms of its gradient and of the activation it feeds (fastai's
@@ -289,11 +326,31 @@ def gradient_inspection(record, layer: int = 0, index: int = -1, *, fig=None, he
     ax.legend(fontsize="small")
 
     ax = axes[0, 1]
-    flow = np.maximum(r.grad_abs_mean[index], 1e-30)
-    ax.bar(range(len(flow)), flow, color=["C3" if j == layer else "C0" for j in range(len(flow))])
+    flow = np.nan_to_num(r.grad_abs_mean[index], nan=0.0, posinf=0.0)
+    shown = flow[flow > 0]
+    floor = shown.min() / 10 if len(shown) else 1e-12  # zero bars sit on the floor, not at 1e-30
+    ax.bar(
+        range(1, len(flow) + 1),
+        np.maximum(flow, floor),
+        bottom=0,
+        color=["C3" if j == layer else "C0" for j in range(len(flow))],
+    )
     ax.set_yscale("log")
-    ax.set_xticks(range(len(flow)), [n.removesuffix(".weight") for n in r.layers], rotation=90, fontsize="x-small")
-    ax.set(title=f"gradient flow at step {step}", ylabel="mean |grad|")
+    ax.set_ylim(floor, max(shown.max() * 3, floor * 10) if len(shown) else 1)
+    for zero in np.flatnonzero(flow <= 0):
+        ax.text(zero + 1, floor, "0", ha="center", va="bottom", fontsize="small", color="C3")
+    if not len(shown):
+        ax.text(
+            0.5,
+            0.5,
+            "no gradient reaches any layer:\nevery mean |grad| is 0",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            color="C3",
+        )
+    ax.set_xticks(range(1, len(flow) + 1))
+    ax.set(title=f"gradient flow at step {step}", ylabel="mean |grad|", xlabel="weight tensor (1 = input side)")
 
     ax = axes[0, 2]
     for j in range(len(r.layers)):
@@ -304,18 +361,21 @@ def gradient_inspection(record, layer: int = 0, index: int = -1, *, fig=None, he
             lw=2 if j == layer else 0.8,
             zorder=3 if j == layer else 2,
         )
-    ax.axhline(healthy_update, ls="--", color="k", lw=0.8, label=f"rule of thumb {healthy_update:g}")
+    ax.axhspan(
+        *typical_update, color="C2", alpha=0.12, label=f"typical: {typical_update[0]:g} to {typical_update[1]:g}"
+    )
     ax.axvline(step, color="C1", lw=0.8)
     ax.set_yscale("log")
     ax.set(title="update / weight per step", xlabel="step")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="lower left")
 
     def heat(ax, hist, extent, title, ylabel):
-        ax.imshow(
+        image = ax.imshow(
             np.log10(hist.T + 1e-4), origin="lower", aspect="auto", extent=extent, cmap="viridis", vmin=-4, vmax=0
         )
         ax.axvline(step, color="w", lw=0.8)
         ax.set(title=title, xlabel="step", ylabel=ylabel)
+        fig.colorbar(image, ax=ax, label="log10 fraction of entries", shrink=0.9)
 
     x0, x1 = r.steps[0], r.steps[-1] + max(1, (r.steps[-1] - r.steps[0]) // max(len(r) - 1, 1))
     heat(axes[1, 0], r.grad_hist[:, layer], (x0, x1, lo, hi), f"{name}: log10 |grad| over time", "log10 |grad|")
@@ -344,13 +404,18 @@ def gradient_inspection(record, layer: int = 0, index: int = -1, *, fig=None, he
 
 
 def prediction(image, top: Sequence[tuple[str, float]], *, latency_ms: float | None = None) -> Figure:
-    """An image beside its top-k classes as bars (what an endpoint answered)."""
+    """An image beside its top-k classes as bars (what an endpoint answered); with no ``top``
+    yet, the image and a note that it has not been sent."""
     fig = Figure(figsize=(6.4, 2.4), layout="constrained")
     ax_img, ax_bar = fig.subplots(1, 2, width_ratios=[1, 2])
     img = _array(image)
     img = img[0] if img.ndim == 3 and img.shape[0] == 1 else (img.transpose(1, 2, 0) if img.ndim == 3 else img)
     ax_img.imshow(img, cmap="gray_r" if img.ndim == 2 else None)
     ax_img.set_axis_off()
+    if not top:
+        ax_bar.set_axis_off()
+        ax_bar.text(0.5, 0.5, "not sent yet: press Send", ha="center", va="center", transform=ax_bar.transAxes)
+        return fig
     labels, probs = [str(label) for label, _ in top][::-1], [p for _, p in top][::-1]
     ax_bar.barh(labels, probs, color=["C0"] * (len(probs) - 1) + ["C2"])
     ax_bar.set(

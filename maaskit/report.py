@@ -35,13 +35,54 @@ def _plain(value):
     raise TypeError(f"metric values must be numbers, strings, lists or dicts, got {type(value).__name__}")
 
 
+def _rounded(value) -> str:
+    """A value as people read it: 4 significant digits, lists and small dicts inline."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_rounded(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_rounded(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _rows(data: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested dicts flattened to ``outer.inner`` rows."""
+    rows = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and all(not isinstance(v, dict) for v in value.values()):
+            rows += [(f"{name}.{k}", _rounded(v)) for k, v in value.items()]
+        elif isinstance(value, dict):
+            rows += _rows(value, f"{name}.")
+        else:
+            rows.append((name, _rounded(value)))
+    return rows
+
+
+CAPTION = "This run's key numbers (rounded here; exact in the notebook file, for papermill and the tests)"
+
+
 def publish_metrics(metrics: dict) -> None:
-    """Display ``metrics`` as the notebook's machine-readable result (and as text for people)."""
+    """Display ``metrics`` as the notebook's machine-readable result, and as a short rounded table
+    for people; :func:`read_metrics` reads the exact values back from the executed notebook."""
+    import html
+
     from IPython.display import display
 
     data = _plain(dict(metrics))
-    text = "\n".join(f"{k}: {v}" for k, v in data.items())
-    display({METRICS_MIME: data, "text/plain": text}, raw=True)
+    rows = _rows(data)
+    width = max((len(k) for k, _ in rows), default=0)
+    text = CAPTION + ":\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+    cells = "".join(
+        f"<tr><td style='text-align:left'>{html.escape(k)}</td><td style='text-align:left'>{html.escape(v)}</td></tr>"
+        for k, v in rows
+    )
+    table = (
+        f"<table class='maaskit-metrics'><caption style='text-align:left'>{html.escape(CAPTION)}</caption>"
+        f"{cells}</table>"
+    )
+    display({METRICS_MIME: data, "text/html": table, "text/plain": text}, raw=True)
 
 
 def read_metrics(notebook) -> dict:

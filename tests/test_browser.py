@@ -71,10 +71,31 @@ def lab(tmp_path_factory):
 
 @pytest.fixture
 def page(browser):
+    """JupyterLab's default layout as a learner first sees it: 1400x1000, the file browser open."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1600, "height": 1000})
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
     yield page
     page.close()
+
+
+# Every element of a widget whose content is wider than its box: a clipped read-out, a control cut
+# off, a figure that brings a scroll bar. The output area around the widget is checked too.
+OVERFLOWS = """root => {
+    const area = root.closest('.jp-OutputArea-output') || root;
+    return [area, root, ...root.querySelectorAll('*')]
+        .filter(el => el.clientWidth > 0 && el.scrollWidth > el.clientWidth + 1)
+        .map(el => `${el.tagName.toLowerCase()}.${[...el.classList].join('.')} ` +
+                   `(${el.scrollWidth} px of content in ${el.clientWidth} px): ${el.innerText.slice(0, 40)}`);
+}"""
+
+
+def assert_fits(page, widget, name: str) -> None:
+    """The widget fits the notebook at the default layout; its screenshot is kept for people to look at."""
+    assert page.locator("#filebrowser").is_visible(), "the file browser should be open, as it is by default"
+    widget.scroll_into_view_if_needed()
+    widget.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    overflowing = widget.evaluate(OVERFLOWS)
+    assert overflowing == [], f"{name} overflows at 1400x1000 with the file browser open: {overflowing}"
 
 
 def open_and_run_all(page, lab, notebook: str) -> tuple[str, dict]:
@@ -83,6 +104,7 @@ def open_and_run_all(page, lab, notebook: str) -> tuple[str, dict]:
     start = time.monotonic()
     page.goto(lab.url(f"/lab/tree/{notebook}?reset"))
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.evaluate("() => window.jupyterapp.shell.activateById('filebrowser')")  # as a new user has it
     kernel = lab.kernel_for(notebook)
     lab.wait_idle(kernel, timeout=120)
     timings["open_s"] = round(time.monotonic() - start, 1)
@@ -134,7 +156,7 @@ def test_optimizer_playground_responds_in_jupyterlab(page, lab):
     image = playground.locator("img")
     image.wait_for(timeout=30_000)
     before = image.get_attribute("src")
-    page.screenshot(path=str(ARTIFACTS / "03_playground_before.png"))
+    assert_fits(page, playground, "03_playground")
 
     slider = playground.locator(".widget-hslider", has_text="learning rate")
     readout = slider.locator(".widget-readout")
@@ -151,6 +173,7 @@ def test_optimizer_playground_responds_in_jupyterlab(page, lab):
     new_lr = readout.inner_text()
     assert float(new_lr) > float(old_lr), (old_lr, new_lr)
     assert "diverged" in playground.inner_text() or "ok" in playground.inner_text()
+    assert_fits(page, playground, "03_playground_after_drag")
     assert_ran_cleanly(page)
     (ARTIFACTS / "03_timings.json").write_text(json.dumps(timings, indent=1))
     print("browser timings:", timings)
@@ -166,6 +189,7 @@ def test_training_dashboard_trains_and_stops_in_jupyterlab(page, lab):
     status = dashboard.locator(".maaskit-status")
     # the notebook's own blocking fit ran to the end (the view renders a moment after scrolling)
     page.wait_for_function("el => el.innerText.endsWith('done')", arg=status.element_handle(), timeout=30_000)
+    assert_fits(page, dashboard, "04_dashboard")
 
     # Ask for far more epochs than the test will wait for, through the slider's readout.
     readout = dashboard.locator(".widget-slider", has_text="epochs").locator(".widget-readout")
@@ -209,6 +233,7 @@ def test_training_dashboard_trains_and_stops_in_jupyterlab(page, lab):
     assert "stopped: stop requested" in summary and "test accuracy" in summary  # the history is kept
     assert dashboard.get_by_role("button", name="Train").is_enabled()
     page.screenshot(path=str(ARTIFACTS / "04_dashboard_stopped.png"))
+    assert_fits(page, dashboard, "04_dashboard_stopped")
     assert_ran_cleanly(page)
     (ARTIFACTS / "04_timings.json").write_text(json.dumps(timings, indent=1))
     print("browser timings:", timings)
@@ -226,7 +251,7 @@ def test_gradient_inspector_follows_the_step_slider_in_jupyterlab(page, lab):
     slider = inspector.locator(".widget-hslider", has_text="step")
     readout = slider.locator(".widget-readout")
     assert readout.inner_text().strip() == "405"  # the last record: 41 steps x 10 epochs, every 5th
-    page.screenshot(path=str(ARTIFACTS / "05_inspector_before.png"))
+    assert_fits(page, inspector, "05_inspector")
 
     start = time.monotonic()
     drag(page, slider, -200)  # towards the first steps
@@ -247,12 +272,20 @@ def test_endpoint_console_sends_an_image_in_jupyterlab(page, lab):
     status = console.locator(".maaskit-console-status")
     # the notebook's own console.send() ran; now send another test image with the buttons
     page.wait_for_function("el => / ms/.test(el.innerText)", arg=status.element_handle(), timeout=30_000)
+    assert_fits(page, console, "06_console")
     slider = console.locator(".widget-slider", has_text="test image")
     readout = slider.locator(".widget-readout")
+    image = console.locator("img")
+    shown = image.get_attribute("src")
     readout.click()
     page.keyboard.press("Control+A")
     page.keyboard.type("7")
     page.keyboard.press("Enter")
+    # the picture follows the slider before anything is sent
+    page.wait_for_function(
+        "([img, old]) => img.getAttribute('src') !== old", arg=[image.element_handle(), shown], timeout=30_000
+    )
+    assert "test image 7" in status.inner_text() and "press Send" in status.inner_text()
     before = status.inner_text()
     start = time.monotonic()
     console.get_by_role("button", name="Send").click()
@@ -270,5 +303,6 @@ def test_endpoint_console_sends_an_image_in_jupyterlab(page, lab):
     assert "0 failed" in status.inner_text()
     lab.wait_idle(kernel, timeout=60)
     page.screenshot(path=str(ARTIFACTS / "06_console_load_test.png"))
+    assert_fits(page, console, "06_console_load_test")
     (ARTIFACTS / "06_timings.json").write_text(json.dumps(timings, indent=1))
     print("browser timings:", timings)

@@ -71,7 +71,9 @@ def test_errors_in_the_background_are_shown_not_lost(tmp_path, monkeypatch, no_n
 def test_only_present_devices_are_offered(digits):
     dash = TrainingDashboard(digits)
     assert list(dash.device_w.options) == ["auto", *available_devices()]
-    assert dash.dataset_w.disabled  # the data was given
+    # the data given is chosen, and the others stay open to choose (no greyed-out control to puzzle over)
+    assert dash.dataset_w.value == "digits" and not dash.dataset_w.disabled
+    assert set(dash.dataset_w.options) >= {"digits", "mnist", "cifar10"}
 
 
 def test_headless_display_is_a_final_figure_and_a_summary(digits):

@@ -163,7 +163,12 @@ def test_inspector_follows_its_controls(digits):
         fit(model, digits, epochs=2, batch_size=32, callbacks=[monitors[name]])
     inspector = GradientInspector(monitors)
     assert inspector.renders == 1 and bytes(inspector.image.value).startswith(PNG)
-    assert [label for label, _ in inspector.layer_w.options] == ["1.weight", "3.weight", "5.weight", "7.weight"]
+    assert [label for label, _ in inspector.layer_w.options] == [
+        "1: 1.weight",
+        "2: 3.weight",
+        "3: 5.weight",
+        "4: 7.weight",
+    ]
     assert inspector.step_w.options == tuple(range(0, 82, 10)) and inspector.step_w.value == 80
     before = bytes(inspector.image.value)
     inspector.step_w.value = 0  # no event loop here: redrawn at once

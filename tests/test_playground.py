@@ -49,8 +49,10 @@ def test_a_diverging_run_is_reported_not_raised(pg):
     assert adam.diverged_at is None
     assert f"diverged at step {sgd.diverged_at}" in pg.status.value
     assert f"diverged at step {sgd.diverged_at}" in str(pg)
-    legend = [t.get_text() for t in pg.figure.axes[0].get_legend().get_texts()]
-    assert legend[0] == f"SGD — diverged at step {sgd.diverged_at}"
+    (legend,) = pg.figure.legends  # one legend for both panels, outside them
+    assert [t.get_text() for t in legend.get_texts()][0] == f"SGD — diverged at step {sgd.diverged_at}"
+    steps = {name: n for name, n, *_ in pg.rows()}
+    assert steps["SGD"] == sgd.diverged_at  # never "steps 0" beside "diverged at step 1"
 
 
 def test_nan_is_divergence_too():

@@ -19,11 +19,15 @@ def test_metrics_round_trip_through_a_real_kernel(tmp_path):
     nb = execute(
         "import numpy as np, torch\nfrom maaskit import publish_metrics",
         "publish_metrics({'acc': torch.tensor(0.5), 'n': np.int64(3), 'shape': (2, 3),"
-        " 'loss': float('nan'), 'nested': {'a': [np.float32(1.5)]}, 'ok': True})",
+        " 'loss': float('nan'), 'nested': {'a': [np.float32(1.5)]}, 'ok': True, 'tiny': 2.2351741790771484e-08})",
     )
     outputs = nb.cells[1].outputs
     assert len(outputs) == 1 and outputs[0].output_type == "display_data"  # no duplicate execute_result
-    assert "acc: 0.5" in outputs[0].data["text/plain"]
+    text = outputs[0].data["text/plain"]
+    assert text.startswith("This run's key numbers (rounded here")  # says what it is for
+    assert "\n  acc       0.5\n" in text and "\n  nested.a  [1.5]\n" in text
+    assert "2.235e-08" in text and "2.2351741790771484e-08" not in text  # rounded for people
+    assert "<caption" in outputs[0].data["text/html"] and "nested.a" in outputs[0].data["text/html"]
     path = tmp_path / "run.ipynb"
     nbformat.write(nb, path)
     assert read_metrics(path) == {
@@ -33,6 +37,7 @@ def test_metrics_round_trip_through_a_real_kernel(tmp_path):
         "loss": "nan",
         "nested": {"a": [1.5]},
         "ok": True,
+        "tiny": 2.2351741790771484e-08,  # exact for machines
     }
     json.dumps(read_metrics(nb))  # plain JSON all the way down
 

@@ -432,8 +432,13 @@ def test_endpoint_console_connects_sends_and_load_tests(artifact, digits):
         console.token_w.value = "tok"
         console.connect_button.click()
         assert list(console.model_w.options) == ["digits"] and console.model_w.value == "digits"
-        console.index_w.value = 3
+        assert console.concurrency_w.value == 16  # as notebook 06 measures
+        console.index_w.value = 3  # the picture follows the slider before anything is sent
+        assert bytes(console.image.value).startswith(b"\x89PNG") and console.image.layout.display is None
+        assert "test image 3 · true label" in console.status.value and "Send" in console.status.value
+        preview = bytes(console.image.value)
         console.send_button.click()
+        assert bytes(console.image.value) != preview
         top = console.last_prediction["top"]
         assert len(top) == 3 and console.last_prediction["label"] == digits.classes[int(digits.test.y[3])]
         assert bytes(console.image.value).startswith(b"\x89PNG") and " ms" in console.status.value

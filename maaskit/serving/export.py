@@ -10,7 +10,9 @@ client then talks to any of them unchanged.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +20,8 @@ import torch
 from .artifact import load_artifact
 
 __all__ = ["export_onnx", "export_torchscript", "kserve_manifest", "triton_repository"]
+
+T = TypeVar("T")
 
 
 def _example(manifest: dict, batch: int = 2) -> torch.Tensor:
@@ -35,9 +39,23 @@ def export_torchscript(artifact, path) -> Path:
     return path
 
 
-def export_onnx(artifact, path, *, check: bool = True) -> tuple[Path, float | None]:
+def _in_fresh_process(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in a new Python process, which takes its memory with it when it ends."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def export_onnx(artifact, path, *, check: bool = True, isolated: bool = False) -> tuple[Path, float | None]:
     """ONNX with a variable batch dimension. With ``check`` and onnxruntime installed, runs both
-    and returns the largest difference from PyTorch's output (else None)."""
+    and returns the largest difference from PyTorch's output (else None).
+
+    ``isolated=True`` exports in a separate process: the exporter loads about 270 MB of libraries
+    (torch.export, onnx, onnxscript, onnxruntime) that a notebook's kernel would otherwise keep."""
+    if isolated:
+        return _in_fresh_process(export_onnx, artifact, path, check=check)
     import importlib.util
 
     missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
@@ -82,15 +100,17 @@ def triton_repository(
     max_batch_size: int = 32,
     max_queue_delay_us: int = 2000,
     fmt: str = "onnx",
+    isolated: bool = False,
 ) -> Path:
-    """``repository/<name>/config.pbtxt`` and ``repository/<name>/1/model.(onnx|pt)``; returns the model folder."""
+    """``repository/<name>/config.pbtxt`` and ``repository/<name>/1/model.(onnx|pt)``; returns the model folder.
+    ``isolated=True`` runs the export in a separate process, as :func:`export_onnx` does."""
     if fmt not in ("onnx", "torchscript"):
         raise ValueError(f"fmt must be onnx or torchscript, got {fmt!r}")
     _, manifest = load_artifact(artifact)
     name = name or manifest["name"]
     folder = Path(repository) / name
     if fmt == "onnx":
-        export_onnx(artifact, folder / "1" / "model.onnx", check=False)
+        export_onnx(artifact, folder / "1" / "model.onnx", check=False, isolated=isolated)
         platform = 'backend: "onnxruntime"'
     else:
         export_torchscript(artifact, folder / "1" / "model.pt")

@@ -12,7 +12,37 @@ import ipywidgets as w
 
 from .debounce import Debouncer
 
-__all__ = ["WidgetBase"]
+__all__ = ["WidgetBase", "figure_image", "flow", "log_slider"]
+
+# JupyterLab's notebook is about 900 px wide at 1400 px with the file browser open: controls sit
+# in rows that wrap, and figures scale down to the width they get, so nothing is ever clipped.
+CONTROL = {"style": {"description_width": "100px"}, "layout": w.Layout(width="310px")}
+
+
+def flow(children: list[w.Widget], *, gap: str = "2px 20px") -> w.Box:
+    """Widgets side by side while they fit, wrapping to the next row when they do not."""
+    layout = w.Layout(display="flex", flex_flow="row wrap", align_items="flex-start", grid_gap=gap, width="100%")
+    return w.Box(children, layout=layout)
+
+
+def figure_image(max_width: int) -> w.Image:
+    """A PNG figure at most ``max_width`` pixels wide, and narrower when the notebook is."""
+    return w.Image(format="png", layout=w.Layout(width="100%", max_width=f"{max_width}px", height="auto"))
+
+
+def log_slider(description: str, value: float, lo: int, hi: int, *, step: float, fmt: str, **layout: str) -> w.Widget:
+    """A slider over decades 10**lo .. 10**hi; the read-out can be typed into for an exact value."""
+    return w.FloatLogSlider(
+        value=value,
+        base=10,
+        min=lo,
+        max=hi,
+        step=step,
+        readout_format=fmt,
+        description=description,
+        style=CONTROL["style"],
+        layout=w.Layout(**layout) if layout else CONTROL["layout"],
+    )
 
 
 class WidgetBase:

@@ -12,7 +12,7 @@ import numpy as np
 from .. import plots
 from ..images import read_image
 from ..serving.client import Client, EndpointError, LoadTestResult, load_test
-from .base import WidgetBase
+from .base import CONTROL, WidgetBase, figure_image, flow
 
 __all__ = ["EndpointConsole"]
 
@@ -37,6 +37,8 @@ class EndpointConsole(WidgetBase):
         token: str | None = None,
         protocol: str = "auto",
         top_k: int = 3,
+        requests: int = 200,
+        concurrency: int = 16,
     ):
         self.images = None if images is None else (images.numpy() if hasattr(images, "numpy") else np.asarray(images))
         self.labels, self.classes, self.top_k = labels, classes, top_k
@@ -46,53 +48,62 @@ class EndpointConsole(WidgetBase):
         self.error: Exception | None = None
         self._uploaded: bytes | None = None  # an uploaded image file, sent instead of the test image
 
-        style, layout = {"description_width": "80px"}, w.Layout(width="420px")
+        ctl, wide, narrow = CONTROL, w.Layout(width="420px"), w.Layout(width="200px")
         self.url_w = w.Text(
-            value=url, description="endpoint", placeholder="http://127.0.0.1:8000", style=style, layout=layout
+            value=url, description="endpoint", placeholder="http://127.0.0.1:8000", style=ctl["style"], layout=wide
         )
         self.token_w = w.Password(
-            value=token or "", description="token", placeholder="(none)", style=style, layout=layout
+            value=token or "", description="token", placeholder="(none)", style=ctl["style"], layout=wide
         )
         self.protocol_w = w.Dropdown(
-            options=["auto", "v2", "v1"],
-            value=protocol,
-            description="protocol",
-            style=style,
-            layout=w.Layout(width="200px"),
+            options=["auto", "v2", "v1"], value=protocol, description="protocol", style=ctl["style"], layout=narrow
         )
         self.connect_button = w.Button(description="Connect", icon="plug")
         # a combobox: V2 endpoints list their models, for V1 ones type the name
         self.model_w = w.Combobox(
-            options=[], description="model", placeholder="model name", style=style, layout=layout, ensure_option=False
+            options=[],
+            description="model",
+            placeholder="model name",
+            style=ctl["style"],
+            layout=wide,
+            ensure_option=False,
         )
         n = 0 if self.images is None else len(self.images)
         self.index_w = w.IntSlider(
-            value=0, min=0, max=max(n - 1, 0), description="test image", style=style, layout=layout, disabled=n == 0
+            value=0,
+            min=0,
+            max=max(n - 1, 0),
+            description="test image",
+            style=ctl["style"],
+            layout=wide,
+            disabled=n == 0,
         )
         self.upload_w = w.FileUpload(accept="image/*", multiple=False, description="or upload")
         self.send_button = w.Button(description="Send", button_style="primary", icon="paper-plane")
         self.requests_w = w.BoundedIntText(
-            value=200, min=1, max=10_000, description="requests", style=style, layout=w.Layout(width="200px")
+            value=requests, min=1, max=10_000, description="requests", style=ctl["style"], layout=narrow
         )
         self.concurrency_w = w.BoundedIntText(
-            value=8, min=1, max=256, description="concurrency", style=style, layout=w.Layout(width="200px")
+            value=concurrency, min=1, max=256, description="concurrency", style=ctl["style"], layout=narrow
         )
         self.load_button = w.Button(description="Load test", icon="tachometer")
         self.status = w.HTML("Enter the endpoint's URL and press <b>Connect</b>.")
         self.status.add_class("maaskit-console-status")
-        self.image = w.Image(format="png", layout=w.Layout(width="520px", display="none"))
+        self.image = figure_image(520)
+        self.image.layout.display = "none"
 
         self.connect_button.on_click(lambda _: self.connect())
         self.send_button.on_click(lambda _: self.send())
         self.load_button.on_click(lambda _: self.load_test())
         self.upload_w.observe(self._on_upload, names="value")
+        self.index_w.observe(self._on_index, names="value")
         self.widget = w.VBox(
             [
-                w.HBox([self.url_w, self.protocol_w, self.connect_button]),
+                flow([self.url_w, self.protocol_w, self.connect_button]),
                 self.token_w,
                 self.model_w,
-                w.HBox([self.index_w, self.upload_w, self.send_button]),
-                w.HBox([self.requests_w, self.concurrency_w, self.load_button]),
+                flow([self.index_w, self.upload_w, self.send_button]),
+                flow([self.requests_w, self.concurrency_w, self.load_button]),
                 self.status,
                 self.image,
             ]
@@ -144,6 +155,16 @@ class EndpointConsole(WidgetBase):
             return
         self._uploaded = bytes(files[0]["content"])
         self.status.value = f"uploaded {html.escape(files[0]['name'])}: press <b>Send</b>"
+
+    def _on_index(self, _change: object = None) -> None:
+        """The picture follows the test-image slider: what Send will send, before it is sent."""
+        if self.images is None:
+            return
+        i = self.index_w.value
+        truth = f" · true label {self._label(self.labels[i])}" if self.labels is not None else ""
+        self._uploaded = None
+        self._show(plots.prediction(self.images[i], []))
+        self.status.value = f"test image {i}{html.escape(truth)}: press <b>Send</b> to classify it"
 
     def _image_for(self, meta) -> np.ndarray:
         """The image to send, as uint8 C x H x W in the model's input size."""

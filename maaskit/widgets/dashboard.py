@@ -19,7 +19,7 @@ from ..evaluation import Evaluation, evaluate
 from ..models import MODELS, build_model
 from ..recipes import Recipe, default_recipe
 from ..train import OPTIMIZERS, SCHEDULERS, Callback, History, Run, fit
-from .base import WidgetBase
+from .base import CONTROL, WidgetBase, figure_image, flow, log_slider
 from .svgchart import line_chart
 
 __all__ = ["TrainingDashboard"]
@@ -81,82 +81,57 @@ class TrainingDashboard(WidgetBase, Callback):
         self._live: dict[str, list[float]] = {"x": [], "train_loss": [], "train_acc": []}
         self._handle: Any = None
 
-        style, layout = {"description_width": "90px"}, w.Layout(width="300px")
+        ctl = CONTROL
         devices = ["auto", *available_devices()]
         names = list(DATASETS) + [n for n in self._datasets if n not in DATASETS]  # a dataset of your own too
+        # the dataset given, or any other maaskit loads by name (mnist and cifar10 download once)
         self.dataset_w = w.Dropdown(
-            options=names,
-            value=data.name if data is not None else dataset,
-            description="dataset",
-            style=style,
-            layout=layout,
-            disabled=data is not None,
+            options=names, value=data.name if data is not None else dataset, description="dataset", **ctl
         )
-        self.model_w = w.Dropdown(options=list(MODELS), value=r.model, description="model", style=style, layout=layout)
-        self.optimizer_w = w.Dropdown(
-            options=list(OPTIMIZERS), value=r.optimizer, description="optimizer", style=style, layout=layout
-        )
-        self.lr_w = w.FloatLogSlider(
-            value=r.lr,
-            base=10,
-            min=-5,
-            max=0,
-            step=0.1,
-            readout_format=".1e",
-            description="learning rate",
-            style=style,
-            layout=layout,
-        )
+        self.model_w = w.Dropdown(options=list(MODELS), value=r.model, description="model", **ctl)
+        self.optimizer_w = w.Dropdown(options=list(OPTIMIZERS), value=r.optimizer, description="optimizer", **ctl)
+        self.lr_w = log_slider("learning rate", r.lr, -5, 0, step=0.1, fmt=".1e")
         self.scheduler_w = w.Dropdown(
-            options=["none", *SCHEDULERS],
-            value=r.scheduler or "none",
-            description="lr schedule",
-            style=style,
-            layout=layout,
+            options=["none", *SCHEDULERS], value=r.scheduler or "none", description="lr schedule", **ctl
         )
         self.batch_size_w = w.Dropdown(
-            options=[8, 16, 32, 64, 128, 256, 512],
-            value=r.batch_size,
-            description="batch size",
-            style=style,
-            layout=layout,
+            options=[8, 16, 32, 64, 128, 256, 512], value=r.batch_size, description="batch size", **ctl
         )
-        self.epochs_w = w.IntSlider(value=r.epochs, min=1, max=200, description="epochs", style=style, layout=layout)
+        self.epochs_w = w.IntSlider(value=r.epochs, min=1, max=200, description="epochs", **ctl)
         self.device_w = w.Dropdown(
-            options=devices,
-            value=device if device in devices else "auto",
-            description="device",
-            style=style,
-            layout=layout,
+            options=devices, value=device if device in devices else "auto", description="device", **ctl
         )
-        self.augment_w = w.Checkbox(value=r.augment, description="augment (random crops)", indent=False)
+        self.augment_w = w.Checkbox(
+            value=r.augment, description="augment (random crops)", indent=False, layout=w.Layout(width="200px")
+        )
         self.train_button = w.Button(description="Train", button_style="success", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.train_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
 
-        self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="560px"))
+        self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="100%", max_width="728px"))
         self.status = w.HTML("Set the controls and press <b>Train</b>.")
         self.curves = w.HTML()  # live SVG: cheap enough to redraw while training (see svgchart)
-        self.final = w.Image(format="png", layout=w.Layout(width="760px", display="none"))
+        self.final = figure_image(760)
+        self.final.layout.display = "none"
         self.summary = w.HTML()
         self.status.add_class("maaskit-status")  # names for the browser tests (and custom CSS)
         self.summary.add_class("maaskit-summary")
-        controls = w.VBox(
+        controls = flow(
             [
-                self.dataset_w,
-                self.model_w,
-                self.optimizer_w,
-                self.lr_w,
-                self.scheduler_w,
-                self.batch_size_w,
-                self.epochs_w,
-                self.device_w,
-                self.augment_w,
-                w.HBox([self.train_button, self.stop_button]),
+                w.VBox([self.dataset_w, self.model_w, self.optimizer_w, self.lr_w, self.scheduler_w]),
+                w.VBox(
+                    [
+                        self.batch_size_w,
+                        self.epochs_w,
+                        self.device_w,
+                        self.augment_w,
+                        w.HBox([self.train_button, self.stop_button]),
+                    ]
+                ),
             ]
         )
-        self.widget = w.HBox([controls, w.VBox([self.progress, self.status, self.curves, self.final, self.summary])])
+        self.widget = w.VBox([controls, self.progress, self.status, self.curves, self.final, self.summary])
         self.widget.add_class("maaskit-training-dashboard")
         self._draw_curves()
 
@@ -297,12 +272,14 @@ class TrainingDashboard(WidgetBase, Callback):
         charts = []
         for key, title in (("loss", "loss"), ("acc", "accuracy")):
             series = {
-                "train (running)": (self._live["x"], self._live[f"train_{key}"], "faint", 0),
+                "train (running)": (self._live["x"], self._live[f"train_{key}"], "faint", 5),  # grey
                 "train": (x, [r[f"train_{key}"] for r in records], "points", 0),
                 "validation": (x, [r[f"val_{key}"] for r in records], "points", 1),
             }
             charts.append(line_chart(series, title=title, xlabel="epoch", xlim=(0, epochs), log_y=key == "loss"))
-        self.curves.value = f"<div class='maaskit-curves' style='display:flex;gap:8px'>{''.join(charts)}</div>"
+        self.curves.value = (
+            f"<div class='maaskit-curves' style='display:flex;flex-wrap:wrap;gap:8px'>{''.join(charts)}</div>"
+        )
         self.redraws += 1
 
     def _draw_final(self):

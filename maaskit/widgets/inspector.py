@@ -8,7 +8,7 @@ import ipywidgets as w
 
 from .. import plots
 from ..diagnostics import GradientMonitor
-from .base import WidgetBase
+from .base import CONTROL, WidgetBase, figure_image, flow
 
 __all__ = ["GradientInspector"]
 
@@ -32,31 +32,28 @@ class GradientInspector(WidgetBase):
         self.monitors = dict(monitors)
         self.renders = 0
         self._debounce(self.render, debounce)
-        style, layout = {"description_width": "60px"}, w.Layout(width="420px")
+        ctl = CONTROL
         self.run_w = w.Dropdown(
-            options=list(self.monitors),
-            value=run or next(iter(self.monitors)),
-            description="run",
-            style=style,
-            layout=layout,
+            options=list(self.monitors), value=run or next(iter(self.monitors)), description="run", **ctl
         )
-        self.layer_w = w.Dropdown(description="layer", style=style, layout=layout)
+        self.layer_w = w.Dropdown(description="layer", **ctl)
+        # the step slider gets the width that is left: one record per notch
         self.step_w = w.SelectionSlider(
-            options=[0], description="step", style=style, layout=w.Layout(width="520px"), continuous_update=True
+            options=[0],
+            description="step",
+            style=ctl["style"],
+            continuous_update=True,
+            layout=w.Layout(width="100%", max_width="620px"),
         )
-        self.image = w.Image(format="png", layout=w.Layout(width="1000px"))
+        self.image = figure_image(1000)
         self.messages = w.HTML()
         self.messages.add_class("maaskit-diagnosis")
         self._set_run(layer)
         self.run_w.observe(self._on_run, names="value")
         self.layer_w.observe(self._schedule, names="value")
         self.step_w.observe(self._schedule, names="value")
-        controls = (
-            w.HBox([self.run_w, self.layer_w, self.step_w])
-            if len(self.monitors) > 1
-            else w.HBox([self.layer_w, self.step_w])
-        )
-        self.widget = w.VBox([controls, self.image, self.messages])
+        choices = flow([self.run_w, self.layer_w] if len(self.monitors) > 1 else [self.layer_w])
+        self.widget = w.VBox([choices, self.step_w, self.image, self.messages])
         self.widget.add_class("maaskit-gradient-inspector")
         self.render()
 
@@ -71,7 +68,8 @@ class GradientInspector(WidgetBase):
     def _set_run(self, layer: int):
         record = self.monitor.record
         with self._quietly():  # new options move the values: one redraw afterwards, not one per change
-            self.layer_w.options = [(name, j) for j, name in enumerate(record.layers)]
+            # numbered as in the gradient-flow panel: 1 is the input side
+            self.layer_w.options = [(f"{j + 1}: {name}", j) for j, name in enumerate(record.layers)]
             self.layer_w.value = layer % len(record.layers)
             self.step_w.options = [int(s) for s in record.steps]
             self.step_w.value = self.step_w.options[-1]

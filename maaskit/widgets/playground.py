@@ -10,7 +10,7 @@ import ipywidgets as w
 
 from .. import plots
 from ..surfaces import PATH_OPTIMIZERS, SURFACES, make_optimizer, run_path
-from .base import WidgetBase
+from .base import CONTROL, WidgetBase, figure_image, flow, log_slider
 
 __all__ = ["OptimizerPlayground"]
 
@@ -18,10 +18,10 @@ __all__ = ["OptimizerPlayground"]
 class OptimizerPlayground(WidgetBase):
     """Compare optimizers on a 2-D test function.
 
-    In JupyterLab it is a widget: controls on the left, the contour with one path per
-    optimizer and the loss per step on the right, redrawn in place (debounced) when a
-    control moves. Anywhere else — papermill, nbval, a console — displaying it gives one
-    static figure and a text table instead of a widget that nothing renders.
+    In JupyterLab it is a widget: the controls above, then the contour with one path per
+    optimizer beside the loss per step, redrawn in place (debounced) when a control moves.
+    Anywhere else — papermill, nbval, a console — displaying it gives one static figure and a
+    text table instead of a widget that nothing renders.
     """
 
     def __init__(
@@ -47,53 +47,27 @@ class OptimizerPlayground(WidgetBase):
         self.renders = 0  # how many times the figure was drawn (tests and curious learners)
         self.paths: list = []
 
-        style = {"description_width": "110px"}
-        layout = w.Layout(width="340px")
-        self.surface_w = w.Dropdown(
-            options=list(SURFACES), value=surface, description="function", style=style, layout=layout
-        )
+        ctl = CONTROL
+        self.surface_w = w.Dropdown(options=list(SURFACES), value=surface, description="function", **ctl)
         self.optimizers_w = w.SelectMultiple(
             options=list(PATH_OPTIMIZERS),
             value=tuple(optimizers),
             rows=len(PATH_OPTIMIZERS),
             description="optimizers",
-            style=style,
-            layout=layout,
+            **ctl,
         )
-        self.lr_w = w.FloatLogSlider(
-            value=lr,
-            base=10,
-            min=-4,
-            max=0,
-            step=0.05,
-            readout_format=".2g",
-            description="learning rate",
-            style=style,
-            layout=layout,
-        )
-        self.momentum_w = w.FloatSlider(
-            value=momentum, min=0, max=0.99, step=0.01, description="momentum", style=style, layout=layout
-        )
-        self.beta1_w = w.FloatSlider(
-            value=betas[0], min=0, max=0.99, step=0.01, description="Adam β₁", style=style, layout=layout
-        )
+        # the widest control: 4 decades over the notebook's width, so a small drag is a small change
+        self.lr_w = log_slider("learning rate", lr, -4, 0, step=0.01, fmt=".3g", width="100%", max_width="720px")
+        self.momentum_w = w.FloatSlider(value=momentum, min=0, max=0.99, step=0.01, description="momentum", **ctl)
+        self.beta1_w = w.FloatSlider(value=betas[0], min=0, max=0.99, step=0.01, description="Adam β₁", **ctl)
         self.beta2_w = w.FloatSlider(
-            value=betas[1],
-            min=0.9,
-            max=0.9999,
-            step=0.0001,
-            readout_format=".4f",
-            description="Adam β₂",
-            style=style,
-            layout=layout,
+            value=betas[1], min=0.9, max=0.9999, step=0.0001, readout_format=".4f", description="Adam β₂", **ctl
         )
-        self.steps_w = w.IntSlider(
-            value=steps, min=10, max=500, step=10, description="steps", style=style, layout=layout
-        )
-        self.x0_w = w.FloatSlider(description="start x", step=0.05, style=style, layout=layout)
-        self.y0_w = w.FloatSlider(description="start y", step=0.05, style=style, layout=layout)
+        self.steps_w = w.IntSlider(value=steps, min=10, max=500, step=10, description="steps", **ctl)
+        self.x0_w = w.FloatSlider(description="start x", step=0.05, **ctl)
+        self.y0_w = w.FloatSlider(description="start y", step=0.05, **ctl)
         self._fit_start_sliders(start)
-        self.image = w.Image(format="png", layout=w.Layout(width="760px"))
+        self.image = figure_image(760)
         self.status = w.HTML()
         controls = [
             self.surface_w,
@@ -106,7 +80,14 @@ class OptimizerPlayground(WidgetBase):
             self.x0_w,
             self.y0_w,
         ]
-        self.widget = w.HBox([w.VBox(controls), w.VBox([self.image, self.status])])
+        columns = flow(
+            [
+                w.VBox([self.surface_w, self.optimizers_w]),
+                w.VBox([self.momentum_w, self.beta1_w, self.beta2_w]),
+                w.VBox([self.steps_w, self.x0_w, self.y0_w]),
+            ]
+        )
+        self.widget = w.VBox([self.lr_w, columns, self.image, self.status])
         self.widget.add_class("maaskit-optimizer-playground")
 
         self.surface_w.observe(self._on_surface, names="value")
@@ -162,13 +143,15 @@ class OptimizerPlayground(WidgetBase):
         self.renders += 1
 
     def rows(self) -> list[tuple[str, int, float, float, str]]:
-        """(optimizer, steps taken, final f, distance to the minimum, status) for each path."""
+        """(optimizer, steps run, final f, distance to the minimum, status) for each path. A path that
+        diverged at step k ran k steps, the last of which left the window."""
         surface = SURFACES[self.surface_w.value]
         out = []
         for p in self.paths:
             x, y = p.points[-1] if p.points else (math.nan, math.nan)
             distance = math.dist((x, y), surface.minimum)
-            out.append((p.label, len(p.points) - 1, p.losses[-1] if p.losses else math.nan, distance, p.status))
+            steps = p.diverged_at if p.diverged_at is not None else len(p.points) - 1
+            out.append((p.label, steps, p.losses[-1] if p.losses else math.nan, distance, p.status))
         return out
 
     def _table_html(self) -> str:

@@ -12,7 +12,7 @@ import math
 
 __all__ = ["line_chart"]
 
-COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd")
+COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c8c8c")
 
 
 def _ticks(lo: float, hi: float, n: int = 4) -> list[float]:
@@ -37,11 +37,11 @@ def line_chart(
     xlim=None,
     log_y: bool = False,
     width: int = 360,
-    height: int = 220,
+    height: int = 236,
 ) -> str:
     """SVG markup for named series ``{label: (xs, ys, style[, color])}``; ``style`` is ``"line"``,
     ``"faint"`` (a thin, light line) or ``"points"`` (line with markers); ``color`` indexes the palette."""
-    left, right, top, bottom = 48, 10, 22, 34
+    left, right, top, bottom = 48, 10, 22, 50  # the legend is a row under the x label, never on the data
     pw, ph = width - left - right, height - top - bottom
     points = [
         (x, y) for xs, ys, *_ in series.values() for x, y in zip(xs, ys) if math.isfinite(y) and (not log_y or y > 0)
@@ -51,7 +51,7 @@ def line_chart(
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="10">',
         f'<text x="{left + pw / 2}" y="14" text-anchor="middle" font-size="12">{html.escape(title)}</text>',
         f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
-        f'<text x="{left + pw / 2}" y="{height - 4}" text-anchor="middle">{html.escape(xlabel)}</text>',
+        f'<text x="{left + pw / 2}" y="{top + ph + 26}" text-anchor="middle">{html.escape(xlabel)}</text>',
     ]
     if not points:
         out.append(
@@ -86,6 +86,7 @@ def line_chart(
             f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
             f'<text x="{left - 4}" y="{y + 3:.1f}" text-anchor="end">{_fmt(t)}</text>'
         )
+    legend_x = left
     for i, (label, (xs, ys, style, *color)) in enumerate(series.items()):
         color = COLORS[(color[0] if color else i) % len(COLORS)]
         pts = [(sx(x), sy(y)) for x, y in zip(xs, ys) if math.isfinite(y) and (not log_y or y > 0)]
@@ -99,9 +100,10 @@ def line_chart(
         )
         if style == "points":
             out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.2" fill="{color}"/>' for x, y in pts)
-        ly = top + 12 + 12 * i
+        ly = height - 6
         out.append(
-            f'<line x1="{left + pw - 92}" x2="{left + pw - 78}" y1="{ly - 3}" y2="{ly - 3}" stroke="{color}" '
-            f'stroke-width="2"/><text x="{left + pw - 74}" y="{ly}">{html.escape(label)}</text>'
+            f'<line x1="{legend_x}" x2="{legend_x + 14}" y1="{ly - 3}" y2="{ly - 3}" stroke="{color}" '
+            f'stroke-width="2"/><text x="{legend_x + 18}" y="{ly}">{html.escape(label)}</text>'
         )
+        legend_x += 30 + 6 * len(label)  # about 6 px a character at font-size 10
     return "".join(out) + "</svg>"
