@@ -88,18 +88,8 @@ def fit_images_per_s(
         raise ValueError("fit_images_per_s needs at least 2 epochs: the first one only warms up")
     seed_everything(seed)
     net = build_model(model, data.in_shape, data.num_classes)
-    history = fit(
-        net,
-        data,
-        optimizer="sgd",
-        lr=0.01,
-        epochs=epochs,
-        batch_size=batch_size,
-        device=device,
-        callbacks=callbacks,
-        seed=seed,
-        **fit_kwargs,
-    )
+    run = {"optimizer": "sgd", "lr": 0.01, "epochs": epochs, "batch_size": batch_size, "device": device, "seed": seed}
+    history = fit(net, data, callbacks=callbacks, **run, **fit_kwargs)
     return statistics.median(history["images_per_s"][1:])
 
 

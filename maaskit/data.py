@@ -99,17 +99,11 @@ class ImageDataset:
         """uint8 images to float, scaled to [0, 1] and standardized per channel, as training sees them."""
         return self.normalization.to_float(x)
 
-    def loader(
-        self,
-        split: str = "train",
-        *,
-        batch_size: int = 128,
-        shuffle: bool | None = None,
-        augment: bool = False,
-        device: str | torch.device = "auto",
-        seed: int = 0,
-        drop_last: bool = False,
-    ) -> DeviceLoader:
+    # fmt: off
+    def loader(self, split: str = "train", *, batch_size: int = 128, shuffle: bool | None = None,
+               augment: bool = False, device: str | torch.device = "auto", seed: int = 0,
+               drop_last: bool = False) -> DeviceLoader:
+        # fmt: on
         """A :class:`DeviceLoader` over one split. Training batches are shuffled unless told otherwise;
         ``augment=True`` adds random crops (and horizontal flips for CIFAR-10, where mirror images
         are still the same class; a mirrored digit is not)."""

@@ -303,12 +303,15 @@ def training_curves(
 
 
 def gradient_inspection(
-    record, layer: int = 0, index: int = -1, *, fig=None, typical_update: tuple[float, float] = (1e-4, 3e-2)
+    record, layer: int = 0, index: int = -1, *, fig=None, typical_update: tuple[float, float] | None = None
 ) -> Figure:
     """Six panels of a :class:`maaskit.diagnostics.Record` for weight tensor ``layer`` at record
     ``index``: its gradient histogram, the gradient flow through all layers, the update/weight
     ratios; over time, the histograms of its gradient and of the activation it feeds (fastai's
     "colorful dimension"), and that activation's dead or saturated fraction."""
+    from .diagnostics import UPDATE_RATIO_TYPICAL  # a Record comes from there: torch is loaded already
+
+    typical_update = typical_update or UPDATE_RATIO_TYPICAL
     fig = fig or Figure(figsize=(12.5, 6.4), layout="constrained")
     axes = fig.subplots(2, 3)
     r = record

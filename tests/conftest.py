@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from maaskit.train import Callback
+
 # Under pytest-xdist, share the cores between the workers (and the notebook kernels they start,
 # which inherit OMP_NUM_THREADS): two workers each running torch on every core of a two-core
 # machine made the notebook tests six times slower.
@@ -35,6 +37,17 @@ def require(module: str):
         if os.environ.get("CI"):
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
+
+
+class StopAfter(Callback):
+    """Ends training after ``epochs`` epochs, as a Stop button would."""
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def on_epoch_end(self, run):
+        if run.epoch == self.epochs:
+            run.request_stop()
 
 
 def write_idx(path: Path, array: np.ndarray, *, compress: bool = False) -> None:

@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+from conftest import StopAfter
 
 import maaskit
 from maaskit.evaluation import evaluate
@@ -64,19 +65,7 @@ def test_checkpoint_and_resume_on_cuda(digits, tmp_path):
     straight = lenet(digits)
     fit(straight, digits, **kw)
     first = lenet(digits)
-    fit(
-        first,
-        digits,
-        **kw,
-        callbacks=[
-            Checkpoint(tmp_path / "ckpt"),
-            type(
-                "StopAfter2",
-                (Callback,),
-                {"on_epoch_end": lambda self, run: run.request_stop() if run.epoch == 2 else None},
-            )(),
-        ],
-    )
+    fit(first, digits, **kw, callbacks=[Checkpoint(tmp_path / "ckpt"), StopAfter(2)])
     resumed = lenet(digits, seed=5)
     history = fit(resumed, digits, **kw, resume_from=tmp_path / "ckpt")
     assert history["epoch"] == [1, 2, 3, 4]

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 import torch
+from conftest import StopAfter
 
 import maaskit
 from maaskit.evaluation import evaluate
@@ -150,43 +151,17 @@ def test_ctrl_c_finishes_the_batch_and_keeps_everything(digits):
 
 
 def test_checkpoint_and_resume_equal_an_uninterrupted_run_bit_for_bit(digits, tmp_path):
+    recipe = {"epochs": 4, "batch_size": 64, "optimizer": "adamw", "scheduler": "onecycle", "augment": True, "seed": 1}
     straight = model_for(digits)
-    fit(straight, digits, epochs=4, batch_size=64, optimizer="adamw", scheduler="onecycle", augment=True, seed=1)
+    fit(straight, digits, **recipe)
 
     first = model_for(digits)
-    fit(
-        first,
-        digits,
-        epochs=4,
-        batch_size=64,
-        optimizer="adamw",
-        scheduler="onecycle",
-        augment=True,
-        seed=1,
-        callbacks=[
-            Checkpoint(tmp_path / "ckpt"),
-            type(
-                "StopAfter2",
-                (Callback,),
-                {"on_epoch_end": lambda self, run: run.request_stop() if run.epoch == 2 else None},
-            )(),
-        ],
-    )
+    fit(first, digits, **recipe, callbacks=[Checkpoint(tmp_path / "ckpt"), StopAfter(2)])
     state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
     assert state["epoch"] == 2 and len(state["history"]) == 2
 
     resumed = model_for(digits, seed=99)  # different initial weights: the checkpoint must overwrite them
-    history = fit(
-        resumed,
-        digits,
-        epochs=4,
-        batch_size=64,
-        optimizer="adamw",
-        scheduler="onecycle",
-        augment=True,
-        seed=1,
-        resume_from=tmp_path / "ckpt",
-    )
+    history = fit(resumed, digits, **recipe, resume_from=tmp_path / "ckpt")
     assert history["epoch"] == [1, 2, 3, 4]
     assert torch.equal(params(resumed), params(straight))
 

@@ -32,17 +32,9 @@ def figure_image(max_width: int) -> w.Image:
 
 def log_slider(description: str, value: float, lo: int, hi: int, *, step: float, fmt: str, **layout: str) -> w.Widget:
     """A slider over decades 10**lo .. 10**hi; the read-out can be typed into for an exact value."""
-    return w.FloatLogSlider(
-        value=value,
-        base=10,
-        min=lo,
-        max=hi,
-        step=step,
-        readout_format=fmt,
-        description=description,
-        style=CONTROL["style"],
-        layout=w.Layout(**layout) if layout else CONTROL["layout"],
-    )
+    shape = w.Layout(**layout) if layout else CONTROL["layout"]
+    scale = {"base": 10, "min": lo, "max": hi, "step": step, "readout_format": fmt}
+    return w.FloatLogSlider(value=value, description=description, style=CONTROL["style"], layout=shape, **scale)
 
 
 class WidgetBase:
