@@ -88,7 +88,14 @@ def fit_images_per_s(
         raise ValueError("fit_images_per_s needs at least 2 epochs: the first one only warms up")
     seed_everything(seed)
     net = build_model(model, data.in_shape, data.num_classes)
-    run = {"optimizer": "sgd", "lr": 0.01, "epochs": epochs, "batch_size": batch_size, "device": device, "seed": seed}
+    run: dict[str, Any] = {
+        "optimizer": "sgd",
+        "lr": 0.01,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "device": device,
+        "seed": seed,
+    }
     history = fit(net, data, callbacks=callbacks, **run, **fit_kwargs)
     return statistics.median(history["images_per_s"][1:])
 

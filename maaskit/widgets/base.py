@@ -16,7 +16,7 @@ __all__ = ["WidgetBase", "figure_image", "flow", "log_slider"]
 
 # JupyterLab's notebook is about 900 px wide at 1400 px with the file browser open: controls sit
 # in rows that wrap, and figures scale down to the width they get, so nothing is ever clipped.
-CONTROL = {"style": {"description_width": "100px"}, "layout": w.Layout(width="310px")}
+CONTROL = {"style": {"description_width": "100px"}, "layout": w.Layout(width="300px")}
 
 
 def flow(children: list[w.Widget], *, gap: str = "2px 20px") -> w.Box:
@@ -27,7 +27,9 @@ def flow(children: list[w.Widget], *, gap: str = "2px 20px") -> w.Box:
 
 def figure_image(max_width: int) -> w.Image:
     """A PNG figure at most ``max_width`` pixels wide, and narrower when the notebook is."""
-    return w.Image(format="png", layout=w.Layout(width="100%", max_width=f"{max_width}px", height="auto"))
+    # no side margins: 100% of the width plus a margin would stick out by the margin
+    layout = w.Layout(width="100%", max_width=f"{max_width}px", height="auto", margin="2px 0px")
+    return w.Image(format="png", layout=layout)
 
 
 def log_slider(description: str, value: float, lo: int, hi: int, *, step: float, fmt: str, **layout: str) -> w.Widget:

@@ -109,7 +109,9 @@ class TrainingDashboard(WidgetBase, Callback):
         self.train_button.on_click(lambda _: self.start())
         self.stop_button.on_click(lambda _: self.stop())
 
-        self.progress = w.IntProgress(value=0, min=0, max=1, layout=w.Layout(width="100%", max_width="728px"))
+        self.progress = w.IntProgress(
+            value=0, min=0, max=1, layout=w.Layout(width="100%", max_width="728px", margin="2px 0px")
+        )
         self.status = w.HTML("Set the controls and press <b>Train</b>.")
         self.curves = w.HTML()  # live SVG: cheap enough to redraw while training (see svgchart)
         self.final = figure_image(760)

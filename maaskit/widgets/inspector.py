@@ -43,7 +43,7 @@ class GradientInspector(WidgetBase):
             description="step",
             style=ctl["style"],
             continuous_update=True,
-            layout=w.Layout(width="100%", max_width="620px"),
+            layout=w.Layout(width="100%", max_width="620px", margin="2px 0px"),
         )
         self.image = figure_image(1000)
         self.messages = w.HTML()

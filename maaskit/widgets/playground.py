@@ -57,7 +57,9 @@ class OptimizerPlayground(WidgetBase):
             **ctl,
         )
         # the widest control: 4 decades over the notebook's width, so a small drag is a small change
-        self.lr_w = log_slider("learning rate", lr, -4, 0, step=0.01, fmt=".3g", width="100%", max_width="720px")
+        self.lr_w = log_slider(
+            "learning rate", lr, -4, 0, step=0.01, fmt=".3g", width="100%", max_width="720px", margin="2px 0px"
+        )
         self.momentum_w = w.FloatSlider(value=momentum, min=0, max=0.99, step=0.01, description="momentum", **ctl)
         self.beta1_w = w.FloatSlider(value=betas[0], min=0, max=0.99, step=0.01, description="Adam β₁", **ctl)
         self.beta2_w = w.FloatSlider(
