@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .train import Callback
+from .train import Callback, Run
 
 __all__ = ["GradientMonitor", "Record", "UPDATE_RATIO_TYPICAL"]
 
@@ -200,16 +200,16 @@ class GradientMonitor(Callback):
 
     # --- as a fit() callback --------------------------------------------------------------
 
-    def on_fit_start(self, run):
+    def on_fit_start(self, run: Run) -> None:
         self.attach()
 
-    def on_batch_start(self, run):
+    def on_batch_start(self, run: Run) -> None:
         self.start_step(run.step)
 
-    def on_batch_end(self, run):
+    def on_batch_end(self, run: Run) -> None:
         self.end_step()
 
-    def on_fit_end(self, run):
+    def on_fit_end(self, run: Run) -> None:
         self.close()
 
     # --- reading ----------------------------------------------------------------------------

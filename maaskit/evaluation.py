@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .data import ImageDataset
 
 __all__ = ["Evaluation", "evaluate"]
 
@@ -32,7 +36,13 @@ class Evaluation:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, data, split: str = "test", *, batch_size: int = 512, worst: int = 16, device=None
+    model: torch.nn.Module,
+    data: ImageDataset,
+    split: str = "test",
+    *,
+    batch_size: int = 512,
+    worst: int = 16,
+    device: str | torch.device | None = None,
 ) -> Evaluation:
     """Loss, accuracy, confusion matrix, per-class accuracy and the worst-classified examples
     of ``model`` on one split of ``data`` (a :class:`maaskit.data.Dataset`)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -35,7 +38,7 @@ class MLP(nn.Sequential):
         self,
         in_features: int,
         num_classes: int,
-        hidden=(128, 64),
+        hidden: Sequence[int] = (128, 64),
         activation: str = "relu",
         batch_norm: bool = False,
         residual: bool = False,
@@ -115,7 +118,7 @@ class SmallResNet(nn.Module):
     """A CIFAR-style ResNet (He et al., 2016): a 3x3 stem, then stages of basic blocks that
     halve the resolution and double the width, global average pooling and one linear layer."""
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 16, blocks=(1, 1, 1)):
+    def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 16, blocks: Sequence[int] = (1, 1, 1)):
         super().__init__()
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, width, 3, 1, 1, bias=False),
@@ -154,7 +157,7 @@ def _resnet(in_shape, num_classes, **kw):
 MODELS = {"mlp": _mlp, "lenet": _lenet, "resnet": _resnet}
 
 
-def build_model(name: str, in_shape, num_classes: int, **kwargs) -> nn.Module:
+def build_model(name: str, in_shape: Sequence[int], num_classes: int, **kwargs: Any) -> nn.Module:
     """Build ``mlp``, ``lenet`` or ``resnet`` for images of ``in_shape`` (C, H, W).
 
     The arguments are kept on the model as ``model.maaskit_config`` so that the same
@@ -170,7 +173,7 @@ def build_model(name: str, in_shape, num_classes: int, **kwargs) -> nn.Module:
     return model
 
 
-def summary(model: nn.Module, in_shape, *, device=None) -> str:
+def summary(model: nn.Module, in_shape: Sequence[int], *, device: str | torch.device | None = None) -> str:
     """A table of the model's layers with their output shapes and parameter counts.
 
     Runs one forward pass on a zero batch of size 1 and records each leaf module's output.

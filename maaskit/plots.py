@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
-from matplotlib.figure import Figure
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure, SubFigure
+from matplotlib.lines import Line2D
+
+if TYPE_CHECKING:
+    from .diagnostics import Record
+    from .surfaces import OptimizerPath, Surface
+
+ArrayLike = Any  # a NumPy array, a torch tensor (on any device) or a list of numbers
+FigureLike = Union[Figure, SubFigure]  # noqa: UP007 (a run-time alias on Python 3.10)
 
 __all__ = [
     "confusion_matrix",
@@ -47,12 +57,12 @@ def _display_figures_in_ipython() -> None:
 _display_figures_in_ipython()
 
 
-def png_bytes(fig: Figure, dpi: int = 80) -> bytes:
-    """The figure as PNG bytes, for an ``ipywidgets.Image`` or a MIME bundle."""
+def png_bytes(fig: FigureLike, dpi: int = 80) -> bytes:
+    """The figure (the whole of it, for a subfigure) as PNG bytes, for an ``ipywidgets.Image`` or a MIME bundle."""
     import io
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    fig.figure.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 
@@ -61,7 +71,12 @@ def _array(v):
 
 
 def function_grid(
-    x, panels: Mapping[str, Mapping[str, object]], *, ncols: int = 3, size=(3.6, 2.8), xlabel: str | None = None
+    x: ArrayLike,
+    panels: Mapping[str, Mapping[str, ArrayLike]],
+    *,
+    ncols: int = 3,
+    size: tuple[float, float] = (3.6, 2.8),
+    xlabel: str | None = None,
 ) -> Figure:
     """One panel per entry of ``panels``, each plotting its named curves against ``x``.
 
@@ -86,7 +101,9 @@ def function_grid(
     return fig
 
 
-def history(hist: Mapping[str, Sequence[float]], *, x: str | None = None, size=(4.2, 3.0)) -> Figure:
+def history(
+    hist: Mapping[str, Sequence[float]], *, x: str | None = None, size: tuple[float, float] = (4.2, 3.0)
+) -> Figure:
     """Training curves, one line per series: every series given is drawn, none is dropped.
 
     ``hist`` maps names to one value per step or epoch (a dict, or a :class:`maaskit.History`);
@@ -116,15 +133,15 @@ def history(hist: Mapping[str, Sequence[float]], *, x: str | None = None, size=(
 
 
 def image_grid(
-    images,
-    labels=None,
-    predictions=None,
+    images: ArrayLike,
+    labels: ArrayLike | None = None,
+    predictions: ArrayLike | None = None,
     *,
     classes: Sequence[str] | None = None,
     ncols: int = 8,
     size: float = 1.2,
-    fig=None,
-) -> Figure:
+    fig: FigureLike | None = None,
+) -> FigureLike:
     """A grid of images (N x C x H x W or N x H x W), titled with labels and predictions.
 
     Mistakes (prediction differs from label) get a red title so they stand out. ``fig`` draws
@@ -153,15 +170,22 @@ def image_grid(
         lo, hi = float(img.min()), float(img.max())
         ax.imshow((img - lo) / (hi - lo or 1), cmap="gray_r" if img.ndim == 2 else None)
         if predictions is not None:
-            wrong = labels is not None and int(predictions[i]) != int(labels[i])
-            title = f"{name(predictions[i])}" + (f" (is {name(labels[i])})" if wrong else "")
+            truth = labels[i] if labels is not None else None
+            wrong = truth is not None and int(predictions[i]) != int(truth)
+            title = f"{name(predictions[i])}" + (f" (is {name(truth)})" if wrong else "")
             ax.set_title(title, fontsize="small", color="tab:red" if wrong else "black")
         elif labels is not None:
             ax.set_title(name(labels[i]), fontsize="small")
     return fig
 
 
-def optimizer_paths(surface, paths, *, size=(5.0, 4.0), title: str | None = None) -> Figure:
+def optimizer_paths(
+    surface: Surface,
+    paths: Sequence[OptimizerPath],
+    *,
+    size: tuple[float, float] = (5.0, 4.0),
+    title: str | None = None,
+) -> Figure:
     """Contours of a 2-D surface with each optimizer's path, beside the loss at each step.
 
     ``surface`` is a :class:`maaskit.surfaces.Surface`; ``paths`` are
@@ -217,7 +241,9 @@ def optimizer_paths(surface, paths, *, size=(5.0, 4.0), title: str | None = None
     return fig
 
 
-def log_curve(ax, x, y, *, label: str | None = None, color=None, what: str = "step"):
+def log_curve(
+    ax: Axes, x: ArrayLike, y: ArrayLike, *, label: str | None = None, color: str | None = None, what: str = "step"
+) -> Line2D:
     """Plot ``y`` against ``x`` on a log scale and say where it leaves the axis: a value that is 0
     (or negative) or not a number cannot be drawn there, and a line that just stops misleads."""
     x, y = np.asarray(_array(x), dtype=float), np.asarray(_array(y), dtype=float)
@@ -242,7 +268,7 @@ def log_curve(ax, x, y, *, label: str | None = None, color=None, what: str = "st
     return line
 
 
-def confusion_matrix(confusion, classes: Sequence[str], *, ax=None) -> Figure:
+def confusion_matrix(confusion: ArrayLike, classes: Sequence[str], *, ax: Axes | None = None) -> FigureLike:
     """Counts of (true class, predicted class); the diagonal is what the model gets right."""
     confusion = _array(confusion)
     if ax is None:
@@ -263,7 +289,7 @@ def confusion_matrix(confusion, classes: Sequence[str], *, ax=None) -> Figure:
             ax.text(
                 j,
                 i,
-                int(count),
+                str(int(count)),
                 ha="center",
                 va="center",
                 fontsize="x-small",
@@ -278,8 +304,8 @@ def training_curves(
     live: Mapping[str, Sequence[float]] | None = None,
     *,
     epochs: int | None = None,
-    fig=None,
-) -> Figure:
+    fig: FigureLike | None = None,
+) -> FigureLike:
     """Loss and accuracy per epoch (train and validation), with the running training values
     between epochs (``live``: ``x`` in fractional epochs, ``train_loss``, ``train_acc``)."""
     fig = fig or Figure(figsize=(8.4, 3.0), layout="constrained")
@@ -303,8 +329,13 @@ def training_curves(
 
 
 def gradient_inspection(
-    record, layer: int = 0, index: int = -1, *, fig=None, typical_update: tuple[float, float] | None = None
-) -> Figure:
+    record: Record,
+    layer: int = 0,
+    index: int = -1,
+    *,
+    fig: FigureLike | None = None,
+    typical_update: tuple[float, float] | None = None,
+) -> FigureLike:
     """Six panels of a :class:`maaskit.diagnostics.Record` for weight tensor ``layer`` at record
     ``index``: its gradient histogram, the gradient flow through all layers, the update/weight
     ratios; over time, the histograms of its gradient and of the activation it feeds (fastai's
@@ -406,7 +437,7 @@ def gradient_inspection(
     return fig
 
 
-def prediction(image, top: Sequence[tuple[str, float]], *, latency_ms: float | None = None) -> Figure:
+def prediction(image: ArrayLike, top: Sequence[tuple[str, float]], *, latency_ms: float | None = None) -> Figure:
     """An image beside its top-k classes as bars (what an endpoint answered); with no ``top``
     yet, the image and a note that it has not been sent."""
     fig = Figure(figsize=(6.4, 2.4), layout="constrained")

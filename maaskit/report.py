@@ -85,7 +85,7 @@ def publish_metrics(metrics: dict) -> None:
     display({METRICS_MIME: data, "text/html": table, "text/plain": text}, raw=True)
 
 
-def read_metrics(notebook) -> dict:
+def read_metrics(notebook: str | os.PathLike | dict) -> dict:
     """The metrics an executed notebook published: from a path or an ``nbformat`` node.
 
     Raises ``LookupError`` when the notebook published none (it failed before the end,
@@ -94,6 +94,7 @@ def read_metrics(notebook) -> dict:
     if isinstance(notebook, (str, os.PathLike)):
         with open(notebook, encoding="utf-8") as f:
             notebook = json.load(f)
+    assert isinstance(notebook, dict)
     found = [
         out["data"][METRICS_MIME]
         for cell in notebook["cells"]

@@ -81,7 +81,14 @@ PATH_OPTIMIZERS = {
 }
 
 
-def make_optimizer(name: str, params, *, lr: float, momentum: float = 0.9, betas=(0.9, 0.999)):
+def make_optimizer(
+    name: str,
+    params: list[torch.Tensor],
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    betas: tuple[float, float] = (0.9, 0.999),
+) -> torch.optim.Optimizer:
     """The real ``torch.optim`` optimizer behind ``name``, with the hyper-parameters it uses."""
     if name not in PATH_OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(PATH_OPTIMIZERS)}")

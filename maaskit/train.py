@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, TextIO, overload
 
 import torch
 import torch.nn.functional as F
@@ -110,7 +110,17 @@ class History:
 class Run:
     """What a callback sees of one ``fit()`` call while it runs."""
 
-    def __init__(self, model, optimizer, scheduler, data, device, epochs, steps_per_epoch, batch_size):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        data: ImageDataset,
+        device: torch.device,
+        epochs: int,
+        steps_per_epoch: int,
+        batch_size: int,
+    ):
         self.model, self.optimizer, self.scheduler, self.data = model, optimizer, scheduler, data
         self.device, self.epochs, self.steps_per_epoch, self.batch_size = device, epochs, steps_per_epoch, batch_size
         self.history = History()
@@ -209,10 +219,10 @@ class Recorder(Callback):
 class PrintProgress(Callback):
     """One line per epoch: for scripts, the CLI and headless runs."""
 
-    def __init__(self, file=None):
+    def __init__(self, file: TextIO | None = None):
         self.file = file
 
-    def on_epoch_end(self, run):
+    def on_epoch_end(self, run: Run) -> None:
         r = run.history.last
         print(
             f"epoch {r['epoch']:>3}/{run.epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.2%}  "
@@ -221,7 +231,7 @@ class PrintProgress(Callback):
             flush=True,
         )
 
-    def on_fit_end(self, run):
+    def on_fit_end(self, run: Run) -> None:
         if run.stop_reason:
             print(f"stopped after epoch {run.epoch}: {run.stop_reason}", file=self.file, flush=True)
 
@@ -245,7 +255,7 @@ class EarlyStopping(Callback):
         self.best_epoch, self.waited = 0, 0
         self.best_state: dict[str, torch.Tensor] | None = None
 
-    def on_epoch_end(self, run):
+    def on_epoch_end(self, run: Run) -> None:
         value = run.history.last[self.monitor]
         if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
             self.best, self.best_epoch, self.waited = value, run.epoch, 0
@@ -256,7 +266,7 @@ class EarlyStopping(Callback):
             if self.waited >= self.patience:
                 run.request_stop("early stopping")
 
-    def on_fit_end(self, run):
+    def on_fit_end(self, run: Run) -> None:
         if self.restore_best and self.best_state is not None and run.stop_reason == "early stopping":
             run.model.load_state_dict(self.best_state)
 
@@ -269,15 +279,15 @@ class Checkpoint(Callback):
     history). Nothing is pickled. Resume with ``fit(..., resume_from=directory)``.
     """
 
-    def __init__(self, directory, every: int = 1):
+    def __init__(self, directory: str | Path, every: int = 1):
         self.directory, self.every = Path(directory), every
 
-    def on_epoch_end(self, run):
+    def on_epoch_end(self, run: Run) -> None:
         if run.epoch % self.every == 0 or run.epoch == run.epochs or run.stop_requested:
             save_checkpoint(run, self.directory)
 
 
-def save_checkpoint(run: Run, directory) -> Path:
+def save_checkpoint(run: Run, directory: str | Path) -> Path:
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -318,7 +328,7 @@ def _json_default(value):
     raise TypeError(f"cannot save {type(value).__name__} in a checkpoint's state.json")
 
 
-def load_checkpoint(run: Run, directory) -> None:
+def load_checkpoint(run: Run, directory: str | Path) -> None:
     from safetensors.torch import load_file
 
     directory = Path(directory)

@@ -166,6 +166,7 @@ def test_optimizer_playground_responds_in_jupyterlab(page, lab):
     # fine enough to find the stability edge by hand: a 40 px drag changes the rate by less than x2.6
     track = slider.locator(".noUi-target").bounding_box()["width"]
     assert 10 ** (4 * 40 / track) < 2.6, f"4 decades in {track:.0f} px"
+    timings["lr_track_px"], timings["lr_factor_per_40_px"] = round(track), round(10 ** (4 * 40 / track), 2)
     start = time.monotonic()
     drag(page, slider, 60)
     page.wait_for_function(

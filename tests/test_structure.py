@@ -105,3 +105,25 @@ def test_no_module_imports_the_package_root():
 def test_the_package_is_typed():
     assert (PACKAGE / "py.typed").is_file()
     assert 'maaskit = ["py.typed"]' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_every_public_parameter_is_typed():
+    """Module-level functions and the methods of module-level classes whose names are public (and
+    ``__init__``): each parameter but self has an annotation, so editors and mypy can help."""
+    untyped = []
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        functions = [(None, n) for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and not n.name.startswith("_")):
+            functions += [(cls.name, n) for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for owner, fn in functions:
+            if fn.name.startswith("_") and fn.name != "__init__":
+                continue
+            a = fn.args
+            params = a.posonlyargs + a.args + a.kwonlyargs + [p for p in (a.vararg, a.kwarg) if p]
+            untyped += [
+                f"{path.relative_to(ROOT)}:{fn.lineno} {owner + '.' if owner else ''}{fn.name}({p.arg})"
+                for p in params
+                if p.arg not in ("self", "cls") and p.annotation is None
+            ]
+    assert untyped == []

@@ -18,6 +18,8 @@ from .protocol import top_k as _top_k  # predict() has a parameter named top_k
 
 __all__ = ["Client", "EndpointError", "LoadTestResult", "load_test"]
 
+ArrayLike = Any  # a NumPy array, a torch tensor or nested lists of numbers
+
 
 class EndpointError(RuntimeError):
     """The endpoint answered with an error (``status`` set) or could not be reached (``status`` None)."""
@@ -108,7 +110,7 @@ class Client:
     def infer(
         self,
         model: str,
-        inputs,
+        inputs: ArrayLike | dict[str, ArrayLike],
         *,
         version: str | None = None,
         binary: bool = False,
@@ -145,7 +147,7 @@ class Client:
         return result
 
     def predict(
-        self, model: str, images, *, top_k: int = 3, version: str | None = None, metadata: dict | None = None
+        self, model: str, images: ArrayLike, *, top_k: int = 3, version: str | None = None, metadata: dict | None = None
     ) -> list[list[tuple]]:
         """Class labels and probabilities, best first, for each image (uint8 pixels N x C x H x W,
         or normalized floats)."""
@@ -208,10 +210,10 @@ class LoadTestResult:
 def load_test(
     url: str,
     model: str,
-    images,
+    images: ArrayLike,
     *,
     requests: int = 200,
-    concurrency: int = 8,
+    concurrency: int = 16,
     token: str | None = None,
     timeout: float = 30.0,
 ) -> LoadTestResult:

@@ -29,7 +29,7 @@ def _example(manifest: dict, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(0))
 
 
-def export_torchscript(artifact, path) -> Path:
+def export_torchscript(artifact: str | Path, path: str | Path) -> Path:
     """A traced TorchScript module (Triton's ``pytorch_libtorch`` backend loads it)."""
     model, manifest = load_artifact(artifact)
     traced = torch.jit.trace(model, _example(manifest))
@@ -48,7 +48,9 @@ def _in_fresh_process(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return pool.submit(fn, *args, **kwargs).result()
 
 
-def export_onnx(artifact, path, *, check: bool = True, isolated: bool = False) -> tuple[Path, float | None]:
+def export_onnx(
+    artifact: str | Path, path: str | Path, *, check: bool = True, isolated: bool = False
+) -> tuple[Path, float | None]:
     """ONNX with a variable batch dimension. With ``check`` and onnxruntime installed, runs both
     and returns the largest difference from PyTorch's output (else None).
 
@@ -93,8 +95,8 @@ def export_onnx(artifact, path, *, check: bool = True, isolated: bool = False) -
 
 
 def triton_repository(
-    artifact,
-    repository,
+    artifact: str | Path,
+    repository: str | Path,
     *,
     name: str | None = None,
     max_batch_size: int = 32,

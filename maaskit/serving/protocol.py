@@ -44,14 +44,14 @@ DATATYPES = {
     "FP32": np.float32,
     "FP64": np.float64,
 }
-_BY_DTYPE = {np.dtype(v): k for k, v in DATATYPES.items()}
+_BY_DTYPE: dict[np.dtype, str] = {np.dtype(v): k for k, v in DATATYPES.items()}
 
 
 class ProtocolError(ValueError):
     """A request or response that does not follow the protocol; the message says what was expected."""
 
 
-def to_datatype(dtype) -> str:
+def to_datatype(dtype: np.typing.DTypeLike) -> str:
     try:
         return _BY_DTYPE[np.dtype(dtype)]
     except KeyError:

@@ -34,6 +34,8 @@ from .batching import DynamicBatcher
 from .protocol import HEADER_LENGTH, ProtocolError, decode_tensor, encode_body, encode_tensor, split_body, top_k
 
 if TYPE_CHECKING:
+    import uvicorn
+
     from ..data import ImageDataset
 
 __all__ = ["ModelRepository", "RunningServer", "ServedModel", "create_app", "serve"]
@@ -103,7 +105,7 @@ class ServedModel:
             raise ProtocolError(f"input {name!r} contains NaN or infinity")
         return np.require(array, np.float32, ["C", "W"])  # binary inputs arrive read-only
 
-    def metadata(self, versions) -> dict:
+    def metadata(self, versions: list[str]) -> dict:
         return {
             "name": self.name,
             "versions": versions,
@@ -118,7 +120,7 @@ class ModelRepository:
     """Models by name and version. ``add`` while serving loads a new version without a restart;
     requests without a version get the highest."""
 
-    def __init__(self, *, device="auto", max_batch_size: int = 32, max_delay_ms: float = 5.0):
+    def __init__(self, *, device: str | torch.device = "auto", max_batch_size: int = 32, max_delay_ms: float = 5.0):
         self.device = pick_device(device)
         self.max_batch_size, self.max_delay_ms = max_batch_size, max_delay_ms
         self._models: dict[str, dict[str, ServedModel]] = {}
@@ -399,7 +401,7 @@ def _classification(name, logits, k, classes, binary):
 class RunningServer:
     """A server running in a background thread: ``url``, ``stop()``, and ``with`` use."""
 
-    def __init__(self, server, thread, url: str, repository: ModelRepository):
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread, url: str, repository: ModelRepository):
         self._server, self._thread, self.url, self.repository = server, thread, url, repository
 
     def stop(self, timeout: float = 10) -> None:

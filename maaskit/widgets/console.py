@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import ipywidgets as w
@@ -31,9 +32,9 @@ class EndpointConsole(WidgetBase):
         self,
         url: str = "",
         *,
-        images=None,
-        labels=None,
-        classes=None,
+        images: Any = None,  # uint8 N x C x H x W: a tensor or an array
+        labels: Any = None,
+        classes: Sequence[str] | None = None,
         token: str | None = None,
         protocol: str = "auto",
         top_k: int = 3,

@@ -162,7 +162,7 @@ class TrainingDashboard(WidgetBase, Callback):
         model = self.model = build_model(self.model_w.value, data.in_shape, data.num_classes)
         return model, data
 
-    def fit(self, **overrides):
+    def fit(self, **overrides: Any) -> History:
         """Train with the controls' settings (``overrides`` win) in this thread; returns the history."""
         model, data = self._prepare()
         settings = {**self._settings(), **overrides}
@@ -205,7 +205,7 @@ class TrainingDashboard(WidgetBase, Callback):
 
     # --- the callback ---------------------------------------------------------------------
 
-    def on_fit_start(self, run):
+    def on_fit_start(self, run: Run) -> None:
         self.run, self.data, self.model = run, run.data, run.model
         self.history = run.history
         self.train_button.disabled, self.stop_button.disabled = True, False
@@ -217,7 +217,7 @@ class TrainingDashboard(WidgetBase, Callback):
         self._last_draw = 0.0
         self._draw_curves()
 
-    def on_batch_end(self, run):
+    def on_batch_end(self, run: Run) -> None:
         now = time.monotonic()
         if now - self._last_draw < self.redraw_every:
             return  # most steps: nothing read from the device, nothing drawn
@@ -229,14 +229,14 @@ class TrainingDashboard(WidgetBase, Callback):
         self._show_progress(run, metrics)
         self._draw_curves()
 
-    def on_epoch_end(self, run):
+    def on_epoch_end(self, run: Run) -> None:
         self.history = run.history
         if time.monotonic() - self._last_draw >= self.redraw_every:
             self._last_draw = time.monotonic()
             self._show_progress(run, run.history.last)
             self._draw_curves()
 
-    def on_fit_end(self, run):
+    def on_fit_end(self, run: Run) -> None:
         self.history = run.history
         self.progress.value = run.step
         self._draw_curves()

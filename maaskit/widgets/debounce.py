@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 
 class Debouncer:
@@ -12,7 +13,7 @@ class Debouncer:
     Without a running event loop (tests, scripts) the action runs at once.
     """
 
-    def __init__(self, action, delay: float = 0.15):
+    def __init__(self, action: Callable[[], None], delay: float = 0.15):
         self.action, self.delay = action, delay
         self._pending: asyncio.TimerHandle | None = None
 

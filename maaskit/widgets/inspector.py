@@ -21,7 +21,14 @@ class GradientInspector(WidgetBase):
     Headless it shows one still picture and the diagnosis as text.
     """
 
-    def __init__(self, monitors, *, run: str | None = None, layer: int = 0, debounce: float = 0.15):
+    def __init__(
+        self,
+        monitors: GradientMonitor | dict[str, GradientMonitor],
+        *,
+        run: str | None = None,
+        layer: int = 0,
+        debounce: float = 0.15,
+    ):
         if isinstance(monitors, GradientMonitor):
             monitors = {"run": monitors}
         if not monitors:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import html
 import math
+from collections.abc import Sequence
 
 import ipywidgets as w
 
@@ -27,13 +28,13 @@ class OptimizerPlayground(WidgetBase):
     def __init__(
         self,
         surface: str = "rosenbrock",
-        optimizers=("SGD", "Momentum", "Adam"),
+        optimizers: Sequence[str] = ("SGD", "Momentum", "Adam"),
         *,
         lr: float = 2e-3,
         momentum: float = 0.9,
-        betas=(0.9, 0.999),
+        betas: tuple[float, float] = (0.9, 0.999),
         steps: int = 150,
-        start=None,
+        start: tuple[float, float] | None = None,
         debounce: float = 0.15,
     ):
         if surface not in SURFACES:

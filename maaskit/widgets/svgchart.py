@@ -34,7 +34,7 @@ def line_chart(
     *,
     title: str = "",
     xlabel: str = "",
-    xlim=None,
+    xlim: tuple[float, float] | None = None,
     log_y: bool = False,
     width: int = 360,
     height: int = 236,
