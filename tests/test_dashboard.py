@@ -1,6 +1,7 @@
 """TrainingDashboard without a browser: click the buttons in Python, check the state."""
 
 import base64
+import re
 import time
 
 import pytest
@@ -84,3 +85,12 @@ def test_headless_display_is_a_final_figure_and_a_summary(digits):
     assert base64.b64decode(bundle["image/png"]).startswith(PNG)
     assert bundle["text/plain"].startswith("2 epochs")
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == dash.widget.model_id
+
+
+def test_live_curves_tell_running_and_epoch_values_apart(digits):
+    dash = TrainingDashboard(digits, model="mlp", epochs=2, redraw_every=0.0)
+    dash.fit()
+    svg = dash.curves.value
+    legend = dict(re.findall(r'stroke="(#[0-9a-f]{6})" stroke-width="2"/><text [^>]*>([^<]+)</text>', svg))
+    colors = {label: color for color, label in legend.items()}
+    assert len({colors["train (running)"], colors["train"], colors["validation"]}) == 3

@@ -180,3 +180,36 @@ def test_inspector_follows_its_controls(digits):
     assert inspector.renders == 4 and inspector.layer_w.value == 0 and inspector.step_w.value == 80
     bundle = inspector._repr_mimebundle_()
     assert {"image/png", "text/plain"} <= set(bundle) and bundle["text/plain"].startswith("relu:")
+
+
+def test_the_inspection_figure_says_what_a_log_axis_cannot_show(digits):
+    from maaskit import plots
+    from maaskit.diagnostics import UPDATE_RATIO_TYPICAL
+
+    model = mlp(digits, hidden=(16, 16))
+    monitor = GradientMonitor(model, every=1)
+    fit(model, digits, optimizer="sgd", lr=0.05, epochs=1, batch_size=256, callbacks=[monitor])
+    record = monitor.record
+    fig = plots.gradient_inspection(record, layer=0)
+    flow, updates = fig.axes[1], fig.axes[2]
+    assert [t.get_text() for t in flow.get_xticklabels()] == ["1", "2", "3"]  # numbered, input side first
+    assert flow.get_ylim()[0] > 1e-20  # the axis follows the data, not a 1e-30 floor
+    band = [p for p in updates.patches if p.get_label().startswith("typical")]
+    assert len(band) == 1 and f"{UPDATE_RATIO_TYPICAL[1]:g}" in band[0].get_label()
+    assert len(fig.axes) == 6 + 2  # the two heat maps have colour bars
+    record.grad_abs_mean[:] = 0  # a dead network: every bar would sit on the floor
+    notes = [t.get_text() for t in plots.gradient_inspection(record, layer=0).axes[1].texts]
+    assert any("no gradient reaches any layer" in n for n in notes) and notes.count("0") == 3
+
+
+def test_log_curve_marks_where_a_series_leaves_the_axis():
+    from matplotlib.figure import Figure
+
+    from maaskit import plots
+
+    ax = Figure().subplots()
+    plots.log_curve(ax, [0, 5, 10, 15, 20], [1.0, 2.0, 4.0, 0.0, 0.0], label="norm")
+    assert [t.get_text() for t in ax.texts] == ["0 from step 15"]
+    ax = Figure().subplots()
+    plots.log_curve(ax, [0, 1, 2], [1.0, float("nan"), 3.0])
+    assert [t.get_text() for t in ax.texts] == ["NaN or infinite from step 1"]
