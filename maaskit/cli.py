@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Iterator
 
@@ -47,11 +48,26 @@ def _train(args) -> int:
     from .serving.artifact import save_artifact
     from .train import PrintProgress, fit
 
+    if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks: torchrun, then us
+        from .distributed import RankFailedError, launch
+
+        try:
+            launch("maaskit", nproc=args.nproc_per_node, args=_without_nproc(args.argv), timeout=24 * 3600)
+        except (ValueError, RankFailedError) as err:
+            print(f"maaskit train: {err}", file=sys.stderr)
+            return 2
+        return 0
+    from . import distributed
+
+    device = distributed.setup(args.device)  # under torchrun: join the process group
+    main_rank = distributed.is_main()
     try:
         data = load_dataset(args.dataset)
         seed_everything(args.seed)
         model = build_model(args.model, data.in_shape, data.num_classes)
-        print(f"training {args.model} on {data!r}", flush=True)
+        if main_rank:
+            ranks = distributed.world_size()
+            print(f"training {args.model} on {data!r}" + (f" with {ranks} ranks" if ranks > 1 else ""), flush=True)
         history = fit(
             model,
             data,
@@ -60,15 +76,19 @@ def _train(args) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             scheduler=args.scheduler,
-            device=args.device,
+            device=device,
             seed=args.seed,
             augment=args.augment,
             compile=args.compile,
-            callbacks=[PrintProgress()],
+            callbacks=[PrintProgress()],  # (run on rank 0 only)
         )
     except (ValueError, DatasetUnavailableError, DeviceNotAvailableError) as err:
         print(f"maaskit train: {err}", file=sys.stderr)
         return 2
+    finally:
+        distributed.teardown()
+    if not main_rank:
+        return 0  # rank 0 evaluates and writes the artifact
     result = evaluate(model, data)
     print(f"test accuracy {result.accuracy:.2%} (loss {result.loss:.4f}) on {len(result.labels)} images")
     metrics = {
@@ -82,8 +102,20 @@ def _train(args) -> int:
     return 0
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line again, less --nproc-per-node (the ranks must not launch ranks of their own)."""
+    out, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--nproc-per-node":
+            skip = True
+        elif not word.startswith("--nproc-per-node="):
+            out.append(word)
+    return out
+
+
 def _serve(args) -> int:
-    import os
 
     from .serving.artifact import ArtifactError
     from .serving.server import serve
@@ -183,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     train.add_argument("--seed", type=int, default=0, help="seeds the weights, the shuffle and the augmentation")
     train.add_argument("--out", required=True, help="directory for model.safetensors and manifest.json")
+    train.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel ranks on this machine: launches torchrun (or run under torchrun yourself)",
+    )
     train.set_defaults(func=_train)
 
     serve = sub.add_parser(
@@ -222,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if getattr(args, "scheduler", None) == "none":
         args.scheduler = None
     if not getattr(args, "func", None):

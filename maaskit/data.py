@@ -102,11 +102,12 @@ class ImageDataset:
     # fmt: off
     def loader(self, split: str = "train", *, batch_size: int = 128, shuffle: bool | None = None,
                augment: bool = False, device: str | torch.device = "auto", seed: int = 0,
-               drop_last: bool = False) -> DeviceLoader:
+               drop_last: bool = False, rank: int = 0, world_size: int = 1) -> DeviceLoader:
         # fmt: on
         """A :class:`DeviceLoader` over one split. Training batches are shuffled unless told otherwise;
         ``augment=True`` adds random crops (and horizontal flips for CIFAR-10, where mirror images
-        are still the same class; a mirrored digit is not)."""
+        are still the same class; a mirrored digit is not). ``rank`` and ``world_size`` give each
+        data-parallel rank its share of every batch (see :class:`DeviceLoader`)."""
         if split not in ("train", "val", "test"):
             raise ValueError(f"unknown split {split!r}; expected one of train, val, test")
         padding = max(1, self.in_shape[-1] // 8) if augment else 0
@@ -120,6 +121,8 @@ class ImageDataset:
             flip=augment and self.name == "cifar10",
             device=device,
             seed=seed,
+            rank=rank,
+            world_size=world_size,
         )
 
     def __repr__(self) -> str:
@@ -262,6 +265,12 @@ class DeviceLoader:
     moves no data between host and device and launches a handful of kernels per batch —
     the part of a training step a ``DataLoader`` with ``num_workers=0`` spends most time in.
     The shuffle comes from a generator on the device, seeded, so an epoch sequence repeats.
+
+    With ``world_size`` ranks (data-parallel training), every rank draws the same permutation
+    and takes its own ``batch_size`` slice of each global batch of ``batch_size * world_size``:
+    the ranks' batches together are exactly one process's batch at ``batch_size * world_size``.
+    A last global batch too small to give every rank a full share is left out, so that all
+    ranks take the same number of equal steps.
     """
 
     def __init__(
@@ -277,9 +286,14 @@ class DeviceLoader:
         device: str | torch.device = "auto",
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer of at least 1, got {batch_size!r}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+        self.rank, self.world_size = rank, world_size
         self.device = pick_device(device)
         self.x = split.x.to(self.device)
         self.y = split.y.to(self.device)
@@ -289,12 +303,13 @@ class DeviceLoader:
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def __len__(self) -> int:
-        n = len(self.y)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        n, step = len(self.y), self.batch_size * self.world_size
+        return n // step if self.drop_last or self.world_size > 1 else math.ceil(n / step)
 
     @property
     def num_examples(self) -> int:
-        return len(self.y)
+        """The examples this rank sees in an epoch (all of them, in one process)."""
+        return len(self.y) if self.world_size == 1 else len(self) * self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.y)
@@ -303,8 +318,10 @@ class DeviceLoader:
             if self.shuffle
             else torch.arange(n, device=self.device)
         )
+        step = self.batch_size * self.world_size
         for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            start = i * step + self.rank * self.batch_size
+            idx = order[start : start + self.batch_size]
             xb = self.x[idx]
             if self.crop_padding:
                 xb = random_crop(xb, self.crop_padding, self.generator)

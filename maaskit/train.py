@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .data import ImageDataset
 from .device import pick_device, seed_everything
 
@@ -167,6 +168,22 @@ class Run:
             "wall_time": self.elapsed_before + time.perf_counter() - self._fit_start,
         }
 
+    def _reduce_across_ranks(self) -> None:
+        """Sum this epoch's loss, hits and examples over the data-parallel ranks (one collective)."""
+        import torch.distributed as dist
+
+        totals = torch.stack(
+            [
+                self._loss_sum.float(),
+                self._correct.float(),
+                torch.tensor(float(self._seen), device=self._loss_sum.device),
+            ]
+        )
+        dist.all_reduce(totals)
+        self._loss_sum.copy_(totals[0])
+        self._correct.copy_(totals[1].round().long())
+        self._seen = int(totals[2].item())
+
     def _reset_epoch(self):
         self._loss_sum.zero_()
         self._correct.zero_()
@@ -208,6 +225,8 @@ class Recorder(Callback):
         run._seen += len(labels)
 
     def on_epoch_end(self, run: Run) -> None:
+        if distributed.world_size() > 1:
+            run._reduce_across_ranks()  # every rank records the same, global, numbers
         record = run.running_metrics()  # the one read from the device this epoch
         record.pop("epoch_step")
         record["val_loss"], record["val_acc"] = _validate(run.model, run.val_loader, run.autocast)
@@ -420,6 +439,17 @@ def _validate(model, loader, autocast) -> tuple[float, float]:
     return loss_sum.item() / n, correct.item() / n
 
 
+def _agree_on_stopping(run: Run) -> None:
+    """A stop on any rank (rank 0's callbacks, Ctrl-C) stops all ranks after this same step:
+    DDP needs every rank in every step. One tiny all-reduce per step."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([float(run.stop_requested)], device=run.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() and not run.stop_requested:
+        run.request_stop("stop requested on another rank")
+
+
 def _check_inputs(model: Any, data: Any, epochs: Any, batch_size: Any, lr: Any, callbacks: Any) -> None:
     """Mistakes that would otherwise surface an epoch later, or as an AttributeError deep inside."""
     if not isinstance(model, nn.Module):
@@ -482,9 +512,14 @@ def fit(
       interrupt — ends training after the current batch; the model and the history are kept.
     - ``resume_from`` continues from a :class:`Checkpoint` directory up to ``epochs`` in all.
     - An exception in a callback propagates with a note naming the callback and the event.
+    - Under ``torchrun`` (see :mod:`maaskit.distributed`) the model is wrapped in
+      ``DistributedDataParallel``; each rank trains on its ``batch_size`` share of every global
+      batch, metrics are summed over the ranks, the callbacks run on rank 0 only, and a stop
+      there (a button, early stopping, Ctrl-C) stops every rank after the same step.
     """
     callbacks = list(callbacks)
     _check_inputs(model, data, epochs, batch_size, lr, callbacks)
+    ranks, me = distributed.world_size(), distributed.rank()
     device = pick_device(device)
     seed_everything(seed)
     use_amp = device.type == "cuda" if amp == "auto" else bool(amp)
@@ -495,10 +530,17 @@ def fit(
         model.to(memory_format=torch.channels_last)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
 
-    train_loader = data.loader("train", batch_size=batch_size, augment=augment, device=device, seed=seed)
+    train_loader = data.loader(
+        "train", batch_size=batch_size, augment=augment, device=device, seed=seed, rank=me, world_size=ranks
+    )
     opt = _make_optimizer(optimizer, model, lr, weight_decay)
     sched = _make_scheduler(scheduler, opt, epochs * len(train_loader))
-    net = torch.compile(model) if compile else model
+    wrapped: nn.Module = model
+    if ranks > 1:  # gradients all-reduced (averaged) during backward, in buckets
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net: Callable[..., torch.Tensor] = torch.compile(wrapped) if compile else wrapped
 
     run = Run(model, opt, sched, data, device, epochs, len(train_loader), batch_size)
     run.train_generator = train_loader.generator
@@ -518,7 +560,8 @@ def fit(
     run.history.settings = run.settings
     if resume_from is not None:
         load_checkpoint(run, resume_from)
-    callbacks = [Recorder(), *callbacks] + ([EarlyStopping(early_stopping)] if early_stopping else [])
+    on_rank_0 = [*callbacks, *([EarlyStopping(early_stopping)] if early_stopping else [])]
+    callbacks = [Recorder(), *(on_rank_0 if me == 0 else [])]
     callbacks.sort(key=lambda cb: cb.order)  # stable: equal orders keep the order given
 
     def fire(event: str) -> None:
@@ -558,6 +601,8 @@ def fit(
                     run.step += 1
                     run.epoch_step += 1
                     fire("on_batch_end")
+                    if ranks > 1:
+                        _agree_on_stopping(run)
                     if run.stop_requested:
                         break
                 fire("on_epoch_end")

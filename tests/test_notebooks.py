@@ -39,6 +39,7 @@ def test_every_notebook_is_covered_here():
         "04_training_cnns.ipynb",
         "05_inspecting_gradients.ipynb",
         "06_serving.ipynb",
+        "09_scaling_out.ipynb",
     }
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == tested
 
@@ -233,3 +234,17 @@ def test_06_serving_calls_a_remote_endpoint(tmp_path):
     check_serving(m)
     assert m["endpoint"] == "remote" and m["model_name"] == "remote-digits" and m["local_accuracy"] is None
     assert m["mean_batch"] == {"1": None, "4": None}
+
+
+def test_09_scaling_out_two_ranks_equal_one():
+    m = run("09_scaling_out.ipynb", "defaults")
+    assert m["ranks"] == 2 and m["pool_map_images"] == 1294
+    assert m["all_reduce_max_difference"] < 1e-12
+    assert m["ddp_weight_difference"] < 1e-4  # measured 6e-8 to 9e-8
+    assert m["steps"] == 3 * 20 and set(m["images_per_s"]) == {"1", "2"}
+
+
+def test_09_scaling_out_on_one_rank():
+    m = run("09_scaling_out.ipynb", "one-rank", nproc=1, epochs=2)
+    assert m["ranks"] == 1 and m["ddp_weight_difference"] == 0 and m["steps"] == 2 * 20
+    assert set(m["images_per_s"]) == {"1"}
