@@ -606,6 +606,8 @@ def fit(
                     if run.stop_requested:
                         break
                 fire("on_epoch_end")
+                if ranks > 1:  # early stopping and checkpoints decide at the end of an epoch
+                    _agree_on_stopping(run)
         finally:
             run.history.stopped = run.stop_reason
             fire("on_fit_end")

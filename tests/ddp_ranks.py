@@ -57,10 +57,58 @@ def stop_on_rank_0(at_step: int = 7) -> dict:
             if run.step == at_step:
                 run.request_stop()
 
+    from maaskit.diagnostics import GradientMonitor
+
     device = distributed.setup("cpu")
     data = equal_steps_data()
     model = maaskit.build_model("mlp", data.in_shape, data.num_classes)
-    history = maaskit.fit(model, data, epochs=5, batch_size=16, device=device, callbacks=[StopAt()])
+    monitor = GradientMonitor(model, every=2)  # a callback: it records on rank 0 only
+    history = maaskit.fit(model, data, epochs=5, batch_size=16, device=device, callbacks=[StopAt(), monitor])
     steps = torch.tensor([history.last["step"], -history.last["step"]], dtype=torch.float64)
     dist.all_reduce(steps, op=dist.ReduceOp.MAX)
-    return {"latest": int(steps[0]), "earliest": int(-steps[1]), "stopped": history.stopped}
+    return {
+        "latest": int(steps[0]),
+        "earliest": int(-steps[1]),
+        "stopped": history.stopped,
+        "records": len(monitor.record),
+    }
+
+
+def resume(directory: str, out: str, epochs: int, stop_after: int | None = None, resume: bool = False) -> dict:
+    """2-rank training with a checkpoint each epoch; ``stop_after`` epochs, or resumed from ``directory``."""
+    from safetensors.torch import save_file
+
+    class StopAfter(maaskit.Callback):
+        def on_epoch_end(self, run):
+            if run.epoch == stop_after:
+                run.request_stop()
+
+    device = distributed.setup("cpu")
+    data = equal_steps_data()
+    maaskit.seed_everything(0)
+    model = maaskit.build_model("lenet", data.in_shape, data.num_classes)
+    callbacks = [maaskit.Checkpoint(directory), *([StopAfter()] if stop_after else [])]
+    history = maaskit.fit(
+        model,
+        data,
+        optimizer="adamw",
+        lr=3e-3,
+        scheduler="onecycle",
+        epochs=epochs,
+        batch_size=32,
+        augment=True,
+        device=device,
+        seed=1,
+        callbacks=callbacks,
+        resume_from=directory if resume else None,
+    )
+    if distributed.is_main():
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out)
+    return {"epochs": history["epoch"], "steps": history.last["step"]}
+
+
+def sleep_forever() -> None:
+    import time
+
+    distributed.setup("cpu")
+    time.sleep(3600)

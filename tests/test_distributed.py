@@ -123,4 +123,39 @@ def test_maaskit_train_on_two_ranks_writes_one_artifact(tmp_path):
 
 def test_a_stop_on_rank_0_stops_every_rank_after_the_same_step(importable_tests):
     done = launch("ddp_ranks:stop_on_rank_0", nproc=2, kwargs={"at_step": 7}, timeout=300, quiet=True)
-    assert done.result == {"latest": 7, "earliest": 7, "stopped": "stop requested"}
+    assert done.result == {"latest": 7, "earliest": 7, "stopped": "stop requested", "records": 4}
+
+
+def test_resume_under_ddp_equals_an_uninterrupted_run(importable_tests, tmp_path):
+    from safetensors.torch import load_file
+
+    straight = launch(
+        "ddp_ranks:resume",
+        nproc=2,
+        timeout=300,
+        quiet=True,
+        kwargs={"directory": str(tmp_path / "a"), "out": str(tmp_path / "a.st"), "epochs": 3},
+    )
+    launch(
+        "ddp_ranks:resume",
+        nproc=2,
+        timeout=300,
+        quiet=True,
+        kwargs={"directory": str(tmp_path / "b"), "out": str(tmp_path / "b1.st"), "epochs": 3, "stop_after": 1},
+    )
+    resumed = launch(
+        "ddp_ranks:resume",
+        nproc=2,
+        timeout=300,
+        quiet=True,
+        kwargs={"directory": str(tmp_path / "b"), "out": str(tmp_path / "b.st"), "epochs": 3, "resume": True},
+    )
+    assert straight.result == resumed.result == {"epochs": [1, 2, 3], "steps": 60}
+    a, b = load_file(tmp_path / "a.st"), load_file(tmp_path / "b.st")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit, as in one process
+
+
+def test_a_hanging_launch_times_out_and_is_stopped(importable_tests):
+    with pytest.raises(TimeoutError, match="did not finish within 15 s"):
+        launch("ddp_ranks:sleep_forever", nproc=2, timeout=15, quiet=True)
+    assert leftover_processes("ddp_ranks:sleep_forever") == []

@@ -246,5 +246,5 @@ def test_09_scaling_out_two_ranks_equal_one():
 
 def test_09_scaling_out_on_one_rank():
     m = run("09_scaling_out.ipynb", "one-rank", nproc=1, epochs=2)
-    assert m["ranks"] == 1 and m["ddp_weight_difference"] == 0 and m["steps"] == 2 * 20
+    assert m["ranks"] == 1 and m["ddp_weight_difference"] == 0 and m["steps"] == 2 * 40  # global batch 32
     assert set(m["images_per_s"]) == {"1"}
