@@ -159,3 +159,27 @@ def test_a_hanging_launch_times_out_and_is_stopped(importable_tests):
     with pytest.raises(TimeoutError, match="did not finish within 15 s"):
         launch("ddp_ranks:sleep_forever", nproc=2, timeout=15, quiet=True)
     assert leftover_processes("ddp_ranks:sleep_forever") == []
+
+
+def test_the_ddp_benchmark_prints_one_rank_beside_two():
+    # runs, small; the figures themselves are for people (a benchmark, never a timed assertion)
+    root = HERE.parent
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(root / "benchmarks" / "ddp_speed.py"),
+            "--n",
+            "1024",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if "rank(s) on" in line]
+    assert len(rows) == 2 and rows[0].strip().startswith("1 rank") and "x1.00" in rows[0]
