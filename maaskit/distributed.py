@@ -98,7 +98,7 @@ class Launched:
     seconds: float
 
 
-def _free_cpu_note(nproc: int) -> str | None:
+def _cannot_run(nproc: int) -> str | None:
     import torch
 
     cores = os.cpu_count() or 1
@@ -134,7 +134,7 @@ def launch(
     """
     if not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be a whole number of at least 1, got {nproc!r}")
-    note = _free_cpu_note(nproc)
+    note = _cannot_run(nproc)
     if note:
         raise ValueError(note)
     with tempfile.TemporaryDirectory(prefix="maaskit-launch-") as tmp:
