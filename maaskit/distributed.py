@@ -16,13 +16,15 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,10 @@ def launch(
     The ranks' output is printed as it comes (unless ``quiet``). A rank that raises becomes a
     :class:`RankFailedError` here, with its traceback; on a time-out, an error or an interrupt
     (Jupyter's Stop) every process started is killed, so no rank and no port is left behind.
+
+    One launch runs at a time on a machine (a lock file in the temporary folder): two jobs would
+    only fight over the same cores, and two ``torchrun`` starting at the same moment were seen to
+    break each other's ranks (one aborted in gloo). A second launch waits, within its ``timeout``.
     """
     if not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be a whole number of at least 1, got {nproc!r}")
@@ -149,17 +155,43 @@ def launch(
             command = [*runner, "-m", target, *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         start = time.perf_counter()
-        output = _run(command, env=env, timeout=timeout, quiet=quiet)
+        with _one_launch_at_a_time(timeout, quiet):
+            output = _run(command, env=env, timeout=timeout - (time.perf_counter() - start), quiet=quiet)
         seconds = time.perf_counter() - start
         errors = sorted(work.glob("rank*.error"))
         if errors:
             raise RankFailedError("\n".join(e.read_text() for e in errors))
-        if output.returncode != 0:
-            tail = "\n".join(output.text.splitlines()[-30:])
+        if output.returncode != 0:  # a rank died without a Python traceback (a signal, an abort in C++)
+            lines = output.text.splitlines()
+            clues = [line for line in lines[:-30] if re.search(r"rror|terminate called|what\(\)|Abort|Killed", line)]
+            tail = "\n".join([*clues[-20:], *lines[-30:]])
             raise RankFailedError(f"the ranks exited with status {output.returncode}:\n{tail}")
         result_file = work / "result.json"
         result = json.loads(result_file.read_text()) if result_file.exists() else None
         return Launched(result, output.text, seconds)
+
+
+@contextmanager
+def _one_launch_at_a_time(timeout: float, quiet: bool) -> Iterator[None]:
+    import fcntl
+
+    with open(Path(tempfile.gettempdir()) / "maaskit-launch.lock", "w") as lock:
+        deadline, told = time.monotonic() + timeout, False
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not quiet and not told:
+                    print("waiting for another maaskit launch on this machine to finish ...", flush=True)
+                    told = True
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another launch held this machine for {timeout:.0f} s") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @dataclass
