@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 
 from ._version import __version__
-from .recipes import default_recipe
+from .recipes import Recipe, default_recipe
 
 
 class _Names:
@@ -68,20 +68,16 @@ def _train(args) -> int:
         if main_rank:
             ranks = distributed.world_size()
             print(f"training {args.model} on {data!r}" + (f" with {ranks} ranks" if ranks > 1 else ""), flush=True)
+        recipe = Recipe(**{name: getattr(args, name) for name in Recipe.__dataclass_fields__})  # as given
         history = fit(
             model,
             data,
-            optimizer=args.optimizer,
-            lr=args.lr,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            scheduler=args.scheduler,
+            **recipe.fit_kwargs(),
             device=device,
             seed=args.seed,
-            augment=args.augment,
             compile=args.compile,
-            callbacks=[PrintProgress()],  # (run on rank 0 only)
-        )
+            callbacks=[PrintProgress()],
+        )  # (the callbacks run on rank 0 only)
     except (ValueError, DatasetUnavailableError, DeviceNotAvailableError) as err:
         print(f"maaskit train: {err}", file=sys.stderr)
         return 2
