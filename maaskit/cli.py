@@ -80,9 +80,9 @@ def _train(args) -> int:
         )  # (the callbacks run on rank 0 only)
     except (ValueError, DatasetUnavailableError, DeviceNotAvailableError) as err:
         print(f"maaskit train: {err}", file=sys.stderr)
+        distributed.teardown(together=False)
         return 2
-    finally:
-        distributed.teardown()
+    distributed.teardown()  # all ranks together
     if not main_rank:
         return 0  # rank 0 evaluates and writes the artifact
     result = evaluate(model, data)

@@ -76,11 +76,15 @@ def setup(device: str = "auto") -> str:
     return device
 
 
-def teardown() -> None:
-    """Leave the process group (every rank, at the end)."""
+def teardown(*, together: bool = True) -> None:
+    """Leave the process group (every rank, at the end). ``together`` waits for the other ranks
+    first: a rank that tore down and exited while another still talked to it was seen to abort
+    ("terminate called without an active exception"). After an error, leave at once."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if together and dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -272,9 +276,9 @@ def _call(target: str, work: Path) -> None:
             (work / "result.json").write_text(json.dumps(result))
     except BaseException:
         (work / f"rank{me}.error").write_text(f"rank {me} failed:\n{traceback.format_exc()}")
+        teardown(together=False)
         raise
-    finally:
-        teardown()
+    teardown()
 
 
 if __name__ == "__main__":
