@@ -34,7 +34,7 @@ _EXPORTS = {
     "load_or_train": "recipes",
     "save_artifact": "serving.artifact",
     "load_artifact": "serving.artifact",
-    "serve": "serving.server",
+    "serve": "serving.runner",
     "Client": "serving.client",
     "load_test": "serving.client",
     "publish_metrics": "report",
@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .report import publish_metrics
     from .serving.artifact import load_artifact, save_artifact
     from .serving.client import Client, load_test
-    from .serving.server import serve
+    from .serving.runner import serve
     from .train import Callback, Checkpoint, EarlyStopping, History, PrintProgress, fit
 
 

@@ -112,24 +112,28 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def _serve(args) -> int:
-
     from .serving.artifact import ArtifactError
-    from .serving.server import serve
+    from .serving.runner import serve, serve_workers
 
     token = args.token or os.environ.get("MAASKIT_TOKEN")
+    settings = {
+        "device": args.device,
+        "max_batch_size": args.max_batch_size,
+        "max_delay_ms": args.max_delay_ms,
+        "max_queue": args.max_queue,
+        "model_repository": args.model_repository,
+        "name": args.name,
+    }
+    where = {"host": args.host, "port": args.port, "token": token, "allow_insecure": args.allow_insecure}
+    if not args.artifacts and not args.model_repository:
+        print("maaskit serve: give artifact directories, or --model-repository DIR", file=sys.stderr)
+        return 2
     try:
-        server = serve(
-            *args.artifacts,
-            name=args.name,
-            host=args.host,
-            port=args.port,
-            token=token,
-            allow_insecure=args.allow_insecure,
-            device=args.device,
-            max_batch_size=args.max_batch_size,
-            max_delay_ms=args.max_delay_ms,
-            log_level="info",
-        )
+        if args.workers > 1:
+            ready = lambda url: print(f"{args.workers} workers serving at {url}; docs at {url}/docs", flush=True)
+            serve_workers(args.artifacts, workers=args.workers, on_ready=ready, **where, **settings)
+            return 0
+        server = serve(*args.artifacts, **where, **settings, log_level="info")
     except (ValueError, ArtifactError, OSError) as err:
         print(f"maaskit serve: {err}", file=sys.stderr)
         return 2
@@ -226,7 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve one or more artifact directories until Ctrl-C.",
         formatter_class=helpful,
     )
-    serve.add_argument("artifacts", nargs="+", metavar="DIR", help="directories written by maaskit train")
+    serve.add_argument("artifacts", nargs="*", metavar="DIR", help="directories written by maaskit train")
+    serve.add_argument(
+        "--model-repository",
+        metavar="DIR",
+        help="a directory of artifact directories, loadable and unloadable through /v2/repository (Triton's)",
+    )
     serve.add_argument("--name", help="the model's name (one artifact only; default: from its manifest)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (loopback: only this machine)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free one)")
@@ -237,9 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-delay-ms",
         type=float,
-        default=5.0,
-        help="how long a request may wait for others to share its forward pass",
+        default=0.0,
+        help="extra wait for other requests to share a forward pass (0: a request that finds the model idle runs "
+        "at once; those arriving while it is busy share the next pass anyway)",
     )
+    serve.add_argument(
+        "--max-queue", type=int, default=1024, help="images that may wait; past that the answer is 503 + Retry-After"
+    )
+    serve.add_argument("--workers", type=int, default=1, help="server processes (for CPU-bound models)")
     serve.set_defaults(func=_serve)
 
     predict = sub.add_parser(

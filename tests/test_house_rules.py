@@ -13,8 +13,8 @@ from maaskit import plots
 from maaskit.cli import build_parser
 from maaskit.diagnostics import GradientMonitor
 from maaskit.images import read_image
+from maaskit.serving.dataplane import ModelRepository
 from maaskit.serving.protocol import top_k
-from maaskit.serving.server import ModelRepository
 from maaskit.train import Callback, EarlyStopping
 
 

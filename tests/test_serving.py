@@ -20,10 +20,10 @@ from labserver import free_port
 
 import maaskit
 from maaskit.serving.artifact import save_artifact
-from maaskit.serving.batching import DynamicBatcher
+from maaskit.serving.batching import Closed, DynamicBatcher, QueueFull
 from maaskit.serving.client import Client, EndpointError, load_test
 from maaskit.serving.protocol import ProtocolError, decode_tensor, encode_body, encode_tensor, split_body
-from maaskit.serving.server import serve
+from maaskit.serving.runner import serve
 
 
 @pytest.fixture(scope="module")
@@ -97,34 +97,126 @@ def test_bad_tensors_say_what_was_expected(spec, message):
 # --- dynamic batching ---------------------------------------------------------------------------
 
 
-def test_concurrent_requests_share_a_forward_pass_and_get_their_own_rows():
+def held_batcher(**kw):
+    """A batcher whose first forward pass waits for ``release``: what arrives meanwhile queues."""
+    release, sizes, threads = threading.Event(), [], []
+
+    def forward(x):
+        threads.append(threading.current_thread().name)
+        if len(sizes) == 0:
+            release.wait(10)
+        return x * 10
+
+    batcher = DynamicBatcher(forward, on_batch=lambda n, _s, _q: sizes.append(n), **kw)
+    return batcher, release, sizes, threads
+
+
+async def _submit_while_held(batcher, release, count, first=1):
+    rows = [np.full((first, 2), -1, np.float32)] + [np.full((1, 2), i, np.float32) for i in range(count)]
+    head = asyncio.ensure_future(batcher.submit(rows[0]))
+    await asyncio.sleep(0.05)  # the first pass is running (and held)
+    rest = [asyncio.ensure_future(batcher.submit(r)) for r in rows[1:]]
+    await asyncio.sleep(0.01)
+    release.set()
+    return rows, await asyncio.gather(head, *rest)
+
+
+def test_an_idle_model_runs_a_request_at_once_and_the_busy_time_gathers_the_next_pass():
+    batcher, release, sizes, _ = held_batcher(max_batch_size=6)
+    rows, out = asyncio.run(_submit_while_held(batcher, release, 8))
+    assert all(np.array_equal(o, r * 10) for r, o in zip(rows, out))  # each request its own rows
+    assert sizes == [1, 6, 2]  # alone at once; then what queued meanwhile, at most 6 a pass
+    batcher.close()
+
+
+def test_max_delay_ms_still_waits_for_company_when_asked():
     sizes = []
 
     async def main():
-        batcher = DynamicBatcher(
-            lambda x: x * 10, max_batch_size=6, max_delay_ms=50, on_batch=lambda n, _s: sizes.append(n)
-        )
-        rows = [np.full((1, 2), i, dtype=np.float32) for i in range(8)]
-        out = await asyncio.gather(*(batcher.submit(r) for r in rows))
-        await batcher.close()
-        return rows, out
+        batcher = DynamicBatcher(lambda x: x, max_batch_size=6, max_delay_ms=50, on_batch=lambda n, *_: sizes.append(n))
+        await asyncio.gather(*(batcher.submit(np.zeros((1, 2))) for _ in range(8)))
+        batcher.close()
 
-    rows, out = asyncio.run(main())
-    assert all(np.array_equal(o, r * 10) for r, o in zip(rows, out))
-    assert sizes == [6, 2]  # full at 6, then the rest after the delay
+    asyncio.run(main())
+    assert sizes == [6, 2]
 
 
-def test_a_failing_forward_fails_every_request_of_its_batch():
+def test_a_full_queue_is_refused_at_once_with_a_retry_after():
+    batcher, release, sizes, _ = held_batcher(max_batch_size=4, max_queue=3)
+
+    async def main():
+        head = asyncio.ensure_future(batcher.submit(np.zeros((1, 2), np.float32)))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(batcher.submit(np.zeros((1, 2), np.float32))) for _ in range(3)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull, match="3 images are waiting") as refused:
+            await batcher.submit(np.zeros((1, 2), np.float32))
+        release.set()
+        await asyncio.gather(head, *queued)
+        return refused.value
+
+    refused = asyncio.run(main())
+    assert refused.retry_after >= 1 and sizes == [1, 3]
+    batcher.close()
+
+
+def test_cheap_passes_run_on_the_event_loop_and_slow_ones_in_a_thread():
+    threads = []
+
+    def forward(x):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return x
+
+    async def sequential(batcher, n):
+        for _ in range(n):
+            await batcher.submit(np.zeros((1, 2)))
+        batcher.close()
+
+    asyncio.run(sequential(DynamicBatcher(forward), 3))
+    assert threads == [False, True, True]  # the first pass measures the cost; cheap, so inline after
+    threads.clear()
+    asyncio.run(sequential(DynamicBatcher(forward, inline=False), 3))
+    assert threads == [False, False, False]
+    threads.clear()
+    asyncio.run(sequential(DynamicBatcher(forward, inline_below_ms=0), 3))  # nothing is cheaper than 0 ms
+    assert threads == [False, False, False]
+
+
+def test_a_failing_forward_or_hook_fails_its_requests_and_never_hangs():
     def boom(_x):
         raise RuntimeError("out of memory")
 
+    def bad_hook(*_):
+        raise ValueError("metrics broke")
+
     async def main():
         batcher = DynamicBatcher(boom, max_delay_ms=20)
-        results = await asyncio.gather(*(batcher.submit(np.zeros((1, 2))) for _ in range(3)), return_exceptions=True)
-        await batcher.close()
-        return results
+        failed = await asyncio.gather(*(batcher.submit(np.zeros((1, 2))) for _ in range(3)), return_exceptions=True)
+        hooked = DynamicBatcher(lambda x: x + 1, on_batch=bad_hook)
+        answered = await asyncio.wait_for(hooked.submit(np.zeros((1, 2))), 10)
+        return failed, answered
 
-    assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
+    failed, answered = asyncio.run(main())
+    assert all(isinstance(r, RuntimeError) for r in failed)
+    assert np.array_equal(answered, np.ones((1, 2)))
+
+
+def test_a_closed_batcher_answers_what_it_queued_and_refuses_new_requests():
+    batcher, release, sizes, _ = held_batcher()
+
+    async def main():
+        head = asyncio.ensure_future(batcher.submit(np.zeros((1, 2), np.float32)))
+        await asyncio.sleep(0.05)
+        queued = asyncio.ensure_future(batcher.submit(np.ones((1, 2), np.float32)))
+        await asyncio.sleep(0)
+        batcher.close()
+        with pytest.raises(Closed):
+            await batcher.submit(np.zeros((1, 2), np.float32))
+        release.set()
+        return await asyncio.gather(head, queued)
+
+    out = asyncio.run(main())
+    assert np.array_equal(out[1], np.full((1, 2), 10)) and sizes == [1, 1]
 
 
 # --- V2 -------------------------------------------------------------------------------------------
@@ -174,6 +266,10 @@ def test_v2_binary_tensors_and_classification(http, artifact, digits):
     assert top["datatype"] == "BYTES" and top["shape"] == [3, 2]
     score, index, label = top["data"][0].split(":")
     assert int(index) == int(logits[0].argmax()) and label == digits.classes[int(index)] and 0 < float(score) < 1
+    spec, raw = encode_tensor("input", np.full((1, 1, 8, 8), np.nan, np.float32), binary=True)
+    body, headers = encode_body({"inputs": [spec]}, [raw])
+    nan = http.post("/v2/models/digits/infer", content=body, headers=headers)
+    assert nan.status_code == 400 and "contains NaN or infinity" in nan.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -182,18 +278,26 @@ def test_v2_binary_tensors_and_classification(http, artifact, digits):
         (infer_body(np.zeros((1, 1, 8, 9), np.float32)), 400, r"must have shape \[N, 1, 8, 8\]"),
         (infer_body(np.zeros((1, 1, 8, 8), np.int64), "INT64"), 400, "must be FP32 .* or UINT8"),
         (infer_body(np.zeros((1, 1, 8, 8), np.float32), name="image"), 400, "one input named 'input', got 'image'"),
-        (infer_body(np.full((1, 1, 8, 8), np.inf, np.float32)), 400, "NaN or infinity"),
+        (infer_body(np.full((1, 1, 8, 8), np.inf, np.float32)), 400, "not valid JSON .NaN and Infinity"),
         ({"inputs": []}, 400, "exactly one input"),
         (infer_body(np.zeros((1, 1, 8, 8), np.float32), outputs=[{"name": "probs"}]), 400, "one output, 'logits'"),
-        (infer_body(np.zeros((1, 1, 8, 8), np.float32), outputs="logits"), 400, "'outputs' must be a list"),
+        (
+            infer_body(np.zeros((1, 1, 8, 8), np.float32), outputs="logits"),
+            400,
+            r"outputs: Input should be a valid list \(got 'logits'\)",
+        ),
         (
             infer_body(
                 np.zeros((1, 1, 8, 8), np.float32), outputs=[{"name": "logits", "parameters": {"classification": "2"}}]
             ),
             400,
-            "'classification' must be a positive integer",
+            r"outputs\[0\].parameters.classification: Input should be a valid integer \(got '2'\)",
         ),
-        (infer_body(np.zeros((1, 1, 8, 8), np.float32), parameters=[1]), 400, "parameters must be a JSON object"),
+        (
+            infer_body(np.zeros((1, 1, 8, 8), np.float32), parameters=[1]),
+            400,
+            "parameters: Input should be a valid dictionary",
+        ),
     ],
 )
 def test_client_mistakes_get_a_400_that_says_what_was_expected(http, body, status, message):
@@ -224,7 +328,9 @@ def test_v1_predict_classify_and_status(http, artifact, digits):
     assert results[0][0][0] == digits.classes[int(expected[0].argmax())] and len(results[0]) == 5
     status = http.get("/v1/models/digits").json()["model_version_status"]
     assert status == [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
-    assert http.post("/v1/models/digits:explain", json={}).status_code == 404
+    unknown_verb = http.post("/v1/models/digits:explain", json={})  # only GET (model status) has this path
+    assert unknown_verb.status_code == 405 and unknown_verb.headers["allow"] == "GET"
+    assert "Method Not Allowed" in unknown_verb.json()["error"]
     assert http.post("/v1/models/digits:predict", json={"instances": [[1, 2]]}).status_code == 400
 
 

@@ -14,9 +14,10 @@ _EXPORTS = {
     "load_artifact": "artifact",
     "make_manifest": "artifact",
     "save_artifact": "artifact",
-    "serve": "server",
-    "RunningServer": "server",
-    "ModelRepository": "server",
+    "serve": "runner",
+    "RunningServer": "runner",
+    "ModelRepository": "dataplane",
+    "create_app": "app",
     "Client": "client",
     "EndpointError": "client",
     "load_test": "client",
@@ -25,9 +26,11 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from .app import create_app
     from .artifact import ArtifactError, load_artifact, make_manifest, save_artifact
     from .client import Client, EndpointError, load_test
-    from .server import ModelRepository, RunningServer, serve
+    from .dataplane import ModelRepository
+    from .runner import RunningServer, serve
 
 
 def __getattr__(name: str) -> Any:

@@ -75,6 +75,9 @@ class Client:
                             f"{method} {path} -> {response.status_code}: {_message(response)}", response.status_code
                         )
                     return response
+                if (retry_after := _retry_after(response)) is not None:  # the server says when; capped
+                    time.sleep(min(retry_after, 10.0))
+                    continue
             time.sleep(self.backoff * 2**attempt)
         raise AssertionError("unreachable")
 
@@ -114,13 +117,16 @@ class Client:
         *,
         version: str | None = None,
         binary: bool = False,
-        outputs: list[str] | None = None,
+        outputs: list[str] | dict[str, dict] | None = None,
         request_id: str | None = None,
         metadata: dict | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``model`` on ``inputs`` — an array (for a one-input model) or ``{name: array}`` —
         and return ``{output name: array}``. ``binary=True`` uses Triton's binary tensor format.
-        ``metadata`` (from :meth:`metadata`) saves asking the endpoint for names again."""
+        ``outputs``: names, or ``{name: parameters}`` such as ``{"logits": {"classification": 3}}``
+        (Triton's classification extension: BYTES ``"score:index:label"``, read with
+        :func:`~maaskit.serving.protocol.parse_classification`). ``metadata`` (from :meth:`metadata`)
+        saves asking the endpoint for names again."""
         if self.protocol == "v1":
             array = _as_array(next(iter(inputs.values())) if isinstance(inputs, dict) else inputs)
             path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":predict"
@@ -136,8 +142,9 @@ class Client:
         if request_id is not None:
             header["id"] = request_id
         if outputs or binary:
-            names = outputs or [o["name"] for o in (metadata or {})["outputs"]]
-            header["outputs"] = [{"name": n, "parameters": {"binary_data": binary}} for n in names]
+            wanted = outputs or [o["name"] for o in (metadata or {})["outputs"]]
+            asked = wanted if isinstance(wanted, dict) else {n: {} for n in wanted}
+            header["outputs"] = [{"name": n, "parameters": {"binary_data": binary, **p}} for n, p in asked.items()]
         body, headers = encode_body(header, list(chunks))
         response = self._request("POST", _v2_path(model, version) + "/infer", content=body, headers=headers)
         reply, raw = split_body(response.content, response.headers.get(HEADER_LENGTH))
@@ -177,6 +184,13 @@ class Client:
 
 def _v2_path(model: str, version: str | None) -> str:
     return f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    try:
+        return float(response.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _message(response: httpx.Response) -> str:
@@ -239,9 +253,10 @@ def load_test(
                 except asyncio.QueueEmpty:
                     return
                 spec, _ = encode_tensor(input_name, images[i % len(images)][None])
+                body, body_headers = encode_body({"inputs": [spec]}, [])
                 start = time.perf_counter()
                 try:
-                    response = await http.post(f"/v2/models/{model}/infer", json={"inputs": [spec]})
+                    response = await http.post(f"/v2/models/{model}/infer", content=body, headers=body_headers)
                     ok = response.status_code == 200
                 except httpx.TransportError:
                     ok = False

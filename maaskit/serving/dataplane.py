@@ -1,0 +1,267 @@
+"""The data plane: the models being served, their versions and readiness, and the batcher in
+front of each. No HTTP here: the V2 and V1 routers (``rest_v2``, ``rest_v1``) translate their
+protocols into calls on this module, as KServe's and MLServer's data planes do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+import torch
+
+from ..device import pick_device
+from ..normalization import Normalization
+from .artifact import MANIFEST, load_artifact, make_manifest
+from .batching import DynamicBatcher
+from .protocol import ProtocolError
+
+if TYPE_CHECKING:
+    from ..data import ImageDataset
+
+__all__ = ["HTTPError", "ModelRepository", "ModelSource", "ServedModel"]
+
+# what can be served: an artifact directory, a model from build_model (with data=), or (model, manifest)
+ModelSource = Union[str, Path, torch.nn.Module, tuple[torch.nn.Module, dict]]  # noqa: UP007 (3.10 needs Union at run time)
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+class HTTPError(Exception):
+    """An answer other than 200, with the message the client will read."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+@dataclass
+class Batching:
+    """How each served model batches (see :class:`~maaskit.serving.batching.DynamicBatcher`)."""
+
+    max_batch_size: int = 32
+    max_delay_ms: float = 0.0
+    max_queue: int = 1024
+    inline: bool | str = "auto"
+
+
+@dataclass
+class ServedModel:
+    """One version of one model: the network, its manifest, and the batcher in front of it."""
+
+    name: str
+    version: str
+    model: torch.nn.Module
+    manifest: dict
+    device: torch.device
+    batching: Batching = field(default_factory=Batching)
+    # f(this model, batch size, forward seconds, seconds each request queued) after each pass
+    listeners: list[Callable[[ServedModel, int, float, list[float]], None]] = field(default_factory=list)
+
+    def __post_init__(self):
+        spec = self.manifest["inputs"][0]
+        self.input_name, self.input_shape = spec["name"], spec["shape"]
+        self.output_name = self.manifest["outputs"][0]["name"]
+        self.classes: list[str] = self.manifest["classes"]
+        self.normalization = Normalization.from_manifest(self.manifest["normalization"])
+        self.model = self.model.to(self.device).eval()
+        self.batch_sizes: deque[int] = deque(maxlen=10_000)  # the latest forward passes' sizes
+        b = self.batching
+        self.batcher = DynamicBatcher(
+            self._forward,
+            max_batch_size=b.max_batch_size,
+            max_delay_ms=b.max_delay_ms,
+            max_queue=b.max_queue,
+            inline=b.inline,
+            on_batch=self._seen_batch,
+        )
+
+    def _seen_batch(self, size: int, seconds: float, queued: list[float]) -> None:
+        self.batch_sizes.append(size)
+        for listener in self.listeners:
+            listener(self, size, seconds, queued)
+
+    @torch.inference_mode()
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        out = self.model(torch.from_numpy(x).to(self.device))
+        return out.float().cpu().numpy()
+
+    def prepare(self, array: np.ndarray, datatype: str, name: Any) -> np.ndarray:
+        """Check an input against the manifest and make it the model's normalized FP32 batch.
+        UINT8 pixels are accepted too and normalized here, as the manifest says."""
+        if name != self.input_name:
+            raise ProtocolError(f"model {self.name!r} takes one input named {self.input_name!r}, got {name!r:.60}")
+        expected = self.input_shape[1:]
+        if array.ndim != len(self.input_shape) or list(array.shape[1:]) != expected or array.shape[0] < 1:
+            raise ProtocolError(
+                f"input {name!r} must have shape [N, {', '.join(map(str, expected))}] with N >= 1, "
+                f"got {list(array.shape)}"
+            )
+        if datatype == "UINT8":
+            return self.normalization.to_float(array)
+        if datatype != "FP32":
+            raise ProtocolError(f"input {name!r} must be FP32 (normalized) or UINT8 (pixels), got {datatype}")
+        if not np.isfinite(array).all():
+            raise ProtocolError(f"input {name!r} contains NaN or infinity")
+        return np.require(array, np.float32, ["C", "W"])  # binary inputs arrive read-only
+
+    async def infer(self, x: np.ndarray) -> np.ndarray:
+        """The logits of a prepared batch, through the batcher."""
+        return await self.batcher.submit(x)
+
+    def metadata(self, versions: list[str]) -> dict:
+        return {
+            "name": self.name,
+            "versions": versions,
+            "platform": "pytorch_maaskit",
+            "inputs": self.manifest["inputs"],
+            "outputs": self.manifest["outputs"],
+            "parameters": {"classes": self.classes},
+        }
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ValueError(f"model name {name!r}: use letters, digits, '_', '.' and '-' only")
+    return name
+
+
+class ModelRepository:
+    """Models by name and version. ``add`` while serving loads a new version without a restart;
+    requests without a version get the highest.
+
+    With a ``root`` directory (Triton's model repository: one artifact directory per model, named
+    as the model), ``index`` lists what could be served and ``load``/``unload`` change what is.
+    A model is not ready while it loads: readiness and inference answer 503 until it is.
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str | torch.device = "auto",
+        batching: Batching | None = None,
+        root: str | Path | None = None,
+        **batching_options: Any,
+    ):
+        self.device = pick_device(device)
+        if batching is not None and batching_options:
+            raise TypeError("pass batching=Batching(...) or its fields as keywords, not both")
+        self.batching = batching or Batching(**batching_options)
+        self.root = Path(root) if root is not None else None
+        self._models: dict[str, dict[str, ServedModel]] = {}
+        self._loading: set[str] = set()
+        self._lock = threading.Lock()
+        self.listeners: list[Callable[[ServedModel, int, float, list[float]], None]] = []  # every pass of every model
+
+    def add(
+        self,
+        source: ModelSource,
+        *,
+        name: str | None = None,
+        version: str | int | None = None,
+        data: ImageDataset | None = None,
+    ) -> ServedModel:
+        """Serve an artifact directory, a ``(model, manifest)`` pair as :func:`load_artifact` returns,
+        or a model from ``build_model`` with the ``data`` (an ImageDataset) it was trained on."""
+        if isinstance(source, (str, Path)):
+            model, manifest = load_artifact(source)
+        elif isinstance(source, torch.nn.Module):
+            if data is None:
+                raise ValueError("serving a model needs data= (its ImageDataset: class names and normalization)")
+            model, manifest = source, make_manifest(source, data, name=name)
+        elif (
+            isinstance(source, tuple)
+            and len(source) == 2
+            and isinstance(source[0], torch.nn.Module)
+            and isinstance(source[1], dict)
+        ):
+            model, manifest = source
+        else:
+            raise TypeError(
+                f"cannot serve a {type(source).__name__}: pass an artifact directory, a model from "
+                "maaskit.build_model with data=..., or the (model, manifest) pair load_artifact returns"
+            )
+        name = _check_name(name or manifest["name"])
+        with self._lock:
+            versions = self._models.setdefault(name, {})
+            version = str(version) if version is not None else str(max((int(v) for v in versions), default=0) + 1)
+            served = ServedModel(name, version, model, manifest, self.device, self.batching, self.listeners)
+            versions[version] = served
+        return served
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The model to run; 404 if there is none by that name or version, 503 while it loads."""
+        versions = self._models.get(name)
+        if not versions:
+            if name in self._loading:
+                raise HTTPError(503, f"model {name!r} is loading; try again shortly", {"Retry-After": "1"})
+            known = ", ".join(sorted(self._models)) or "none"
+            raise HTTPError(404, f"unknown model {name!r}; this server has: {known}")
+        if version is None:
+            return versions[max(versions, key=int)]
+        if version not in versions:
+            raise HTTPError(
+                404, f"model {name!r} has no version {version!r}; it has {', '.join(sorted(versions, key=int))}"
+            )
+        return versions[version]
+
+    def versions(self, name: str) -> list[str]:
+        return sorted(self._models.get(name, {}), key=int)
+
+    @property
+    def ready(self) -> bool:
+        """Every model asked for is loaded (Triton's server readiness)."""
+        return not self._loading
+
+    def index(self) -> list[dict]:
+        """What is served (``READY``), loading, and, with a ``root``, what could be (``UNAVAILABLE``)."""
+        entries = [{"name": n, "version": v, "state": "READY"} for n in sorted(self._models) for v in self.versions(n)]
+        entries += [{"name": n, "state": "LOADING"} for n in sorted(self._loading - set(self._models))]
+        for name in self.available():
+            if name not in self._models and name not in self._loading:
+                entries.append({"name": name, "state": "UNAVAILABLE", "reason": "unloaded"})
+        return entries
+
+    def available(self) -> list[str]:
+        """The artifact directories under ``root``, by name."""
+        if self.root is None or not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / MANIFEST).is_file() and _NAME.fullmatch(p.name))
+
+    async def load(self, name: str) -> None:
+        """Load (or reload) ``root/name`` without blocking the requests being served meanwhile."""
+        if self.root is None:
+            raise HTTPError(400, "this server has no model repository to load from (serve with model_repository=DIR)")
+        if name not in self.available():
+            raise HTTPError(
+                404, f"no model {name!r} in the repository; it has: {', '.join(self.available()) or 'none'}"
+            )
+        with self._lock:
+            if name in self._loading:
+                raise HTTPError(409, f"model {name!r} is already loading")
+            self._loading.add(name)
+        try:
+            model, manifest = await asyncio.to_thread(load_artifact, self.root / name)
+            old = self._models.pop(name, {})
+            self.add((model, manifest), name=name, version=1)
+            for served in old.values():
+                served.batcher.close()
+        except Exception as err:
+            raise HTTPError(400, f"model {name!r} could not be loaded: {err}") from None
+        finally:
+            self._loading.discard(name)
+
+    def unload(self, name: str) -> None:
+        with self._lock:
+            versions = self._models.pop(name, None)
+        if versions is None:
+            raise HTTPError(404, f"model {name!r} is not loaded")
+        for served in versions.values():
+            served.batcher.close()

@@ -1,0 +1,57 @@
+"""The server's Prometheus metrics: requests, failures, latency, batch sizes and queueing.
+
+With ``--workers N`` each worker process counts for itself and ``/metrics`` adds them up
+(prometheus_client's multiprocess mode, switched on by ``PROMETHEUS_MULTIPROC_DIR``), so a
+scrape sees the whole server whichever worker answers it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+if TYPE_CHECKING:
+    from .dataplane import ServedModel
+
+__all__ = ["CONTENT_TYPE", "ServerMetrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_SECONDS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("maaskit_requests", "Inference requests answered", ["model", "protocol"], registry=r)
+        self.failures = Counter("maaskit_request_failures", "Requests answered with an error", ["status"], registry=r)
+        self.latency = Histogram(
+            "maaskit_request_seconds", "Inference latency in the server", ["protocol"], registry=r, buckets=_SECONDS
+        )
+        self.batch_size = Histogram(
+            "maaskit_batch_size", "Images per forward pass", registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+        )
+        self.forward = Histogram("maaskit_forward_seconds", "Forward pass time", registry=r, buckets=_SECONDS)
+        self.queued = Histogram(
+            "maaskit_queue_seconds", "Time a request waited for its forward pass", registry=r, buckets=_SECONDS
+        )
+        self.waiting = Gauge(
+            "maaskit_queue_images", "Images waiting for a forward pass", registry=r, multiprocess_mode="livesum"
+        )
+
+    def observe_batch(self, served: ServedModel, size: int, seconds: float, queued: list[float]) -> None:
+        self.batch_size.observe(size)
+        self.forward.observe(seconds)
+        for q in queued:
+            self.queued.observe(q)
+        self.waiting.set(served.batcher.waiting)
+
+    def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)

@@ -1,0 +1,86 @@
+"""TF Serving's REST API (V1): predict, classify and model status, on the same data plane.
+
+``GET /v1/models/{name}`` is TF Serving's model status here; the OpenAI-compatible API that
+language models speak uses the same path for its model object.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from .dataplane import ModelRepository
+from .metrics import ServerMetrics
+from .protocol import ProtocolError, split_body, top_k, v1_rows
+from .schemas import (
+    ClassifyResponse,
+    ModelStatus,
+    PredictRequest,
+    PredictResponse,
+    error_responses,
+    request_body_doc,
+    validate,
+)
+
+__all__ = ["router"]
+
+
+def router(repository: ModelRepository, metrics: ServerMetrics) -> APIRouter:
+    api = APIRouter(tags=["V1: TF Serving REST"])
+    errors = error_responses(400, 401, 404, 413, 503)
+
+    @api.get("/v1/models/{name}", response_model=ModelStatus, responses=error_responses(401, 404, 503))
+    @api.get(
+        "/v1/models/{name}/versions/{version}", response_model=ModelStatus, responses=error_responses(401, 404, 503)
+    )
+    async def status(name: str, version: str | None = None):
+        repository.get(name, version)
+        versions = [version] if version else repository.versions(name)
+        return {
+            "model_version_status": [
+                {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+                for v in versions
+            ]
+        }
+
+    async def logits_of(request: Request, name: str, version: str | None) -> tuple[np.ndarray, str]:
+        served = repository.get(name, version)
+        body = validate(PredictRequest, split_body(await request.body(), None)[0], "V1 request")
+        rows, key = v1_rows(body.model_dump(exclude_none=True), served.input_name)
+        try:
+            array = np.asarray(rows, dtype=np.float32)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ProtocolError(f"V1 input is not a numeric array of shape [N, ...]: {err}") from None
+        logits = await served.infer(served.prepare(array, "FP32", served.input_name))
+        metrics.requests.labels(served.name, "v1").inc()
+        return logits, key
+
+    predict_doc: dict[str, Any] = {
+        "response_model": PredictResponse,
+        "responses": errors,
+        "openapi_extra": request_body_doc(PredictRequest),
+    }
+
+    @api.post("/v1/models/{name}:predict", **predict_doc)
+    @api.post("/v1/models/{name}/versions/{version}:predict", **predict_doc)
+    async def predict(name: str, request: Request, version: str | None = None):
+        start = time.perf_counter()
+        logits, key = await logits_of(request, name, version)
+        metrics.latency.labels("v1").observe(time.perf_counter() - start)
+        return {key: logits.tolist()}
+
+    classify_doc: dict[str, Any] = {**predict_doc, "response_model": ClassifyResponse}
+
+    @api.post("/v1/models/{name}:classify", **classify_doc)
+    @api.post("/v1/models/{name}/versions/{version}:classify", **classify_doc)
+    async def classify(name: str, request: Request, version: str | None = None):
+        start = time.perf_counter()
+        logits, _ = await logits_of(request, name, version)
+        classes = repository.get(name, version).classes
+        metrics.latency.labels("v1").observe(time.perf_counter() - start)
+        return {"results": [[list(pair) for pair in row] for row in top_k(logits, 5, classes)]}
+
+    return api

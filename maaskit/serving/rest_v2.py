@@ -1,0 +1,168 @@
+"""The Open Inference Protocol (KServe V2) over REST, with Triton's binary tensor, classification
+and model repository extensions: routes that translate HTTP into calls on the data plane.
+
+The infer route reads its body itself (``orjson`` for the JSON header, NumPy for binary
+tensors) instead of through a FastAPI body parameter, so binary bodies keep their fast path;
+its schema is declared in ``openapi_extra`` for ``/docs``, and the JSON header is still checked
+against the same Pydantic model.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+
+from .._version import __version__
+from .dataplane import HTTPError, ModelRepository, ServedModel
+from .metrics import ServerMetrics
+from .protocol import (
+    HEADER_LENGTH,
+    ProtocolError,
+    classification_strings,
+    decode_tensor,
+    encode_body,
+    encode_tensor,
+    split_body,
+)
+from .schemas import (
+    InferRequest,
+    InferResponse,
+    Live,
+    ModelMetadata,
+    ModelReady,
+    Ready,
+    RepositoryEntry,
+    RepositoryIndexRequest,
+    ServerMetadata,
+    error_responses,
+    request_body_doc,
+    validate,
+)
+
+__all__ = ["router"]
+
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
+
+
+async def _json_or_empty(request: Request, model: type, what: str) -> Any:
+    body = await request.body()
+    return validate(model, split_body(body, None)[0], what) if body.strip() else None
+
+
+def router(repository: ModelRepository, metrics: ServerMetrics, *, admin: bool) -> APIRouter:
+    """The V2 routes. ``admin``: loading and unloading models is allowed (a token guards the server)."""
+    api = APIRouter(tags=["V2: Open Inference Protocol"])
+    model_errors = error_responses(400, 401, 404, 503)
+
+    @api.get("/v2/health/live", response_model=Live)
+    async def live():
+        return {"live": True}
+
+    @api.get("/v2/health/ready", response_model=Ready, responses=error_responses(503))
+    async def ready():
+        if not repository.ready:
+            raise HTTPError(503, "models are still loading", {"Retry-After": "1"})
+        return {"ready": True}
+
+    @api.get("/v2", response_model=ServerMetadata, responses=error_responses(401))
+    async def server_metadata():
+        return {"name": "maaskit", "version": __version__, "extensions": EXTENSIONS}
+
+    @api.get("/v2/models/{name}", response_model=ModelMetadata, responses=model_errors)
+    @api.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, responses=model_errors)
+    async def model_metadata(name: str, version: str | None = None):
+        return repository.get(name, version).metadata(repository.versions(name))
+
+    @api.get("/v2/models/{name}/ready", response_model=ModelReady, responses=model_errors)
+    @api.get("/v2/models/{name}/versions/{version}/ready", response_model=ModelReady, responses=model_errors)
+    async def model_ready(name: str, version: str | None = None):
+        repository.get(name, version)
+        return {"name": name, "ready": True}
+
+    infer_doc: dict[str, Any] = {
+        "response_model": InferResponse,
+        "responses": {
+            **error_responses(400, 401, 404, 413, 503),
+            200: {
+                "description": "the outputs; as JSON, or with binary outputs the JSON header and raw bytes",
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            },
+        },
+        "openapi_extra": request_body_doc(InferRequest, binary=True),
+    }
+
+    @api.post("/v2/models/{name}/infer", **infer_doc)
+    @api.post("/v2/models/{name}/versions/{version}/infer", **infer_doc)
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        start = time.perf_counter()
+        served = repository.get(name, version)
+        header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
+        validate(InferRequest, header, "V2 inference request")
+        inputs = header["inputs"]
+        if len(inputs) != 1:
+            raise ProtocolError(f"model {name!r} takes exactly one input, {served.input_name!r}; got {len(inputs)}")
+        array, _ = decode_tensor(inputs[0], memoryview(binary))
+        logits = await served.infer(served.prepare(array, inputs[0]["datatype"], inputs[0]["name"]))
+        body, headers = _reply(served, header, logits)
+        metrics.requests.labels(name, "v2").inc()
+        metrics.latency.labels("v2").observe(time.perf_counter() - start)
+        return Response(body, headers=headers, media_type=headers["Content-Type"])
+
+    @api.post(
+        "/v2/repository/index",
+        response_model=list[RepositoryEntry],
+        response_model_exclude_none=True,
+        responses=error_responses(400, 401),
+        openapi_extra=request_body_doc(RepositoryIndexRequest, required=False),
+    )
+    async def repository_index(request: Request):
+        wanted = await _json_or_empty(request, RepositoryIndexRequest, "repository index request")
+        entries = repository.index()
+        if wanted is not None and wanted.ready:
+            entries = [e for e in entries if e["state"] == "READY"]
+        return entries
+
+    admin_errors = error_responses(400, 401, 403, 404, 409)
+
+    def _allowed():
+        if not admin:
+            raise HTTPError(403, "loading and unloading models needs a server started with a token (--token)")
+
+    @api.post("/v2/repository/models/{name}/load", responses=admin_errors, status_code=200)
+    async def load(name: str) -> dict:
+        _allowed()
+        await repository.load(name)
+        return {}
+
+    @api.post("/v2/repository/models/{name}/unload", responses=admin_errors, status_code=200)
+    async def unload(name: str) -> dict:
+        _allowed()
+        repository.unload(name)
+        return {}
+
+    return api
+
+
+def _reply(served: ServedModel, header: dict, logits: np.ndarray) -> tuple[bytes, dict]:
+    """The V2 response for ``logits``: the outputs asked for, JSON or binary, classified or raw."""
+    all_binary = bool((header.get("parameters") or {}).get("binary_data_output"))
+    outputs, chunks = [], []
+    for spec in header.get("outputs") or [{"name": served.output_name}]:
+        if spec["name"] != served.output_name:
+            raise ProtocolError(
+                f"model {served.name!r} has one output, {served.output_name!r}; got a request for {spec['name']!r}"
+            )
+        params = spec.get("parameters") or {}
+        binary = bool(params.get("binary_data", all_binary))
+        k = params.get("classification")
+        values = classification_strings(logits, k, served.classes) if k else logits
+        tensor, raw = encode_tensor(served.output_name, values, binary=binary)
+        outputs.append(tensor)
+        chunks.append(raw)
+    reply: dict[str, Any] = {"model_name": served.name, "model_version": served.version, "outputs": outputs}
+    if header.get("id") is not None:
+        reply["id"] = header["id"]
+    return encode_body(reply, chunks)

@@ -1,0 +1,241 @@
+"""The request and response bodies of the V2 (Open Inference Protocol) and V1 (TF Serving)
+APIs as Pydantic models: they are what ``/docs`` shows and what a request's JSON header is
+checked against (strictly: a string is not a number here), so the documented schema and the
+server's behaviour cannot drift apart. The binary tensor data after a V2 header is parsed by
+:mod:`maaskit.serving.protocol`, never by Pydantic.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .protocol import HEADER_LENGTH, ProtocolError
+
+__all__ = [
+    "ERRORS",
+    "ClassifyResponse",
+    "Error",
+    "InferRequest",
+    "InferResponse",
+    "Live",
+    "ModelMetadata",
+    "ModelReady",
+    "ModelStatus",
+    "PredictRequest",
+    "PredictResponse",
+    "Ready",
+    "RepositoryEntry",
+    "RepositoryIndexRequest",
+    "ServerMetadata",
+    "error_responses",
+    "request_body_doc",
+    "validate",
+]
+
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"
+]
+Dim = Annotated[int, Field(ge=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+
+class Error(BaseModel):
+    """Every error the server answers, whatever the route."""
+
+    error: str = Field(description="what went wrong and what was expected")
+
+
+class InputParameters(_Strict):
+    model_config = ConfigDict(strict=True, extra="allow")
+    binary_data_size: Dim | None = Field(None, description="bytes of this tensor after the JSON header")
+
+
+class RequestInput(_Strict):
+    name: str
+    shape: list[Dim]
+    datatype: Datatype
+    parameters: InputParameters | None = None
+    data: list[Any] | None = Field(None, description="row-major values, flat or nested; absent with binary data")
+
+
+class OutputParameters(_Strict):
+    model_config = ConfigDict(strict=True, extra="allow")
+    binary_data: bool | None = Field(None, description="answer this output as raw bytes after the JSON header")
+    classification: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="the top k classes as BYTES strings 'score:index:label' (Triton's extension)"
+    )
+
+
+class RequestOutput(_Strict):
+    name: str
+    parameters: OutputParameters | None = None
+
+
+class RequestParameters(_Strict):
+    model_config = ConfigDict(strict=True, extra="allow")
+    binary_data_output: bool | None = Field(None, description="every output as raw bytes")
+
+
+class InferRequest(_Strict):
+    """A V2 inference request (its JSON header, with the binary extension)."""
+
+    id: str | None = Field(None, description="echoed in the response")
+    parameters: RequestParameters | None = None
+    inputs: list[RequestInput]
+    outputs: list[RequestOutput] | None = Field(None, description="the outputs wanted; default: all, as JSON")
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: Datatype
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[ResponseOutput]
+
+
+class Live(BaseModel):
+    live: bool
+
+
+class Ready(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: Datatype
+    shape: list[int] = Field(description="-1 for a dimension of any size (the batch)")
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any] | None = None
+
+
+class RepositoryIndexRequest(_Strict):
+    ready: bool | None = Field(None, description="only the models that are ready")
+
+
+class RepositoryEntry(BaseModel):
+    name: str
+    version: str | None = None
+    state: Literal["READY", "LOADING", "UNAVAILABLE"]
+    reason: str | None = None
+
+
+class PredictRequest(_Strict):
+    """TF Serving's predict and classify request: rows (``instances``) or columns (``inputs``)."""
+
+    signature_name: str | None = None
+    instances: list[Any] | None = Field(None, description="one entry per example")
+    inputs: list[Any] | dict[str, Any] | None = Field(None, description="columnar: the batch, or {input name: batch}")
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Any] | None = Field(None, description="answers an 'instances' request")
+    outputs: list[Any] | None = Field(None, description="answers an 'inputs' request")
+
+
+class ClassifyResponse(BaseModel):
+    results: list[list[tuple[str, float]]] = Field(description="per example, (label, probability), best first")
+
+
+class VersionStatus(BaseModel):
+    version: str
+    state: str
+    status: dict[str, str]
+
+
+class ModelStatus(BaseModel):
+    model_version_status: list[VersionStatus]
+
+
+def validate(model: type[_Strict], value: Any, what: str) -> Any:
+    """``value`` checked against ``model``; a mismatch is a ProtocolError naming the first field."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
+        got = f" (got {first['input']!r:.40})" if first["type"] != "missing" else ""
+        raise ProtocolError(f"{what}: {where or 'the body'}: {first['msg']}{got}") from None
+
+
+def _error(description: str, **headers: str) -> dict:
+    doc: dict[str, Any] = {"model": Error, "description": description}
+    if headers:
+        doc["headers"] = {h: {"description": d, "schema": {"type": "string"}} for h, d in headers.items()}
+    return doc
+
+
+# Every error status, documented once and picked per route.
+ERRORS: dict[int, dict] = {
+    400: _error("the request does not follow the protocol, or does not fit the model"),
+    401: _error(
+        "missing or wrong bearer token (servers started with a token)",
+        **{"WWW-Authenticate": "Bearer"},
+    ),
+    403: _error("not allowed on this server (loading models needs a server started with a token)"),
+    404: _error("no such model or version"),
+    409: _error("the model is already loading"),
+    413: _error("the request body is over the server's limit"),
+    503: _error(
+        "not ready: the model is loading, or the queue is full",
+        **{"Retry-After": "seconds to wait before trying again"},
+    ),
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a route that can answer these error statuses."""
+    return {s: ERRORS[s] for s in statuses}
+
+
+def request_body_doc(model: type, *, binary: bool = False, required: bool = True) -> dict:
+    """``openapi_extra`` documenting a request body that a route reads itself (for speed)."""
+    content: dict[str, Any] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}
+    if binary:
+        content["application/octet-stream"] = {
+            "schema": {"type": "string", "format": "binary"},
+            "description": f"the JSON header, then raw tensor bytes; {HEADER_LENGTH} gives the header's length",
+        }
+    doc: dict[str, Any] = {"requestBody": {"required": required, "content": content}}
+    if binary:
+        doc["parameters"] = [
+            {
+                "name": HEADER_LENGTH,
+                "in": "header",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 0},
+                "description": "length of the JSON header of a binary body",
+            }
+        ]
+    return doc
