@@ -12,7 +12,8 @@ of letting every latency grow without limit (Triton's queue policy does the same
 
 A forward pass cheaper than a hop to a worker thread runs on the event loop itself; a slower
 one runs in a thread so the loop keeps reading requests meanwhile. ``inline="auto"`` decides
-from the measured time of recent passes.
+from the measured time of recent passes. ``thread_setup`` runs in that thread before its first
+pass (the server gives PyTorch its thread count there).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class DynamicBatcher:
         inline: bool | str = "auto",
         inline_below_ms: float = 0.5,
         on_batch: Callable[[int, float, list[float]], None] | None = None,
+        thread_setup: Callable[[], None] | None = None,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -81,7 +83,7 @@ class DynamicBatcher:
         self._pending: deque[tuple[np.ndarray, asyncio.Future, float]] = deque()
         self._task: asyncio.Task | None = None
         self._closed = False
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maaskit-forward")
+        self._executor = ThreadPoolExecutor(1, "maaskit-forward", initializer=thread_setup)
 
     async def submit(self, x: np.ndarray) -> np.ndarray:
         if self._closed:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import json
 import os
@@ -16,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from . import dataplane
 from .app import MAX_BODY_BYTES, create_app
-from .dataplane import Batching, ModelRepository, ModelSource
+from .dataplane import Batching, ModelRepository, ModelSource, forward_thread_setup
 
 if TYPE_CHECKING:
     import uvicorn
@@ -143,7 +145,16 @@ def serve(
     app = create_app(repository, token=token, max_body_bytes=max_body_bytes)
     sock = _bind(host, port)
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="maaskit-server", daemon=True)
+
+    def run() -> None:
+        forward_thread_setup()  # cheap passes run on this thread (the event loop's)
+        try:
+            server.run(sockets=[sock])
+        finally:
+            _thaw_gc()
+
+    _freeze_gc()
+    thread = threading.Thread(target=run, name="maaskit-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
@@ -151,6 +162,31 @@ def serve(
             raise RuntimeError("the server did not start (see the log above)")
         time.sleep(0.02)
     return RunningServer(server, thread, _url(sock), repository)
+
+
+_frozen = 0
+_frozen_lock = threading.Lock()
+
+
+def _freeze_gc() -> None:
+    """Keep what exists now (PyTorch, FastAPI, the models) out of the garbage collector's full passes
+    while a server runs: each scanned it all and stalled every request for ~100 ms (p99 at
+    concurrency 32 went from 105 ms to 20 ms). Undone when the last server stops, so a notebook's
+    garbage from before is collected again."""
+    global _frozen
+    with _frozen_lock:
+        if _frozen == 0:
+            gc.collect()
+        gc.freeze()
+        _frozen += 1
+
+
+def _thaw_gc() -> None:
+    global _frozen
+    with _frozen_lock:
+        _frozen -= 1
+        if _frozen == 0:
+            gc.unfreeze()
 
 
 def serve_workers(
@@ -200,7 +236,7 @@ def serve_workers(
 def app_from_environment() -> FastAPI:
     """The app of one ``--workers`` process, built from the settings its parent left in the environment."""
     settings = json.loads(os.environ[_SETTINGS])
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // settings["workers"]))  # the cores are shared out
+    dataplane.server_processes = settings["workers"]  # the cores are shared out
     batching = Batching(
         settings.get("max_batch_size", 32),
         settings.get("max_delay_ms", 0.0),
@@ -214,6 +250,10 @@ def app_from_environment() -> FastAPI:
         batching=batching,
         model_repository=settings.get("model_repository"),
     )
-    return create_app(
+    app = create_app(
         repository, token=settings.get("token"), max_body_bytes=settings.get("max_body_bytes", MAX_BODY_BYTES)
     )
+    forward_thread_setup()  # this process's event loop runs the cheap passes
+    gc.collect()
+    gc.freeze()  # this process only serves, for as long as it lives: see _freeze_gc
+    return app
