@@ -23,7 +23,7 @@ from .batching import Closed, QueueFull
 from .dataplane import HTTPError, ModelRepository
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import ProtocolError, dumps
-from .schemas import InferRequest, PredictRequest, RepositoryIndexRequest
+from .schemas import InferRequest, PredictRequest, RepositoryIndexRequest, error_responses
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
@@ -147,7 +147,10 @@ def create_app(
         "/metrics",
         tags=["operations"],
         response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"}},
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"},
+            **error_responses(401),
+        },
     )
     async def prometheus_metrics():
         return Response(metrics.render(), media_type=CONTENT_TYPE)

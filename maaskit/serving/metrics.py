@@ -41,6 +41,9 @@ class ServerMetrics:
         self.waiting = Gauge(
             "maaskit_queue_images", "Images waiting for a forward pass", registry=r, multiprocess_mode="livesum"
         )
+        # one series per server process (a pid label with --workers): how many are up
+        self.process = Gauge("maaskit_server_process", "1 per serving process", registry=r, multiprocess_mode="livemax")
+        self.process.set(1)
 
     def observe_batch(self, served: ServedModel, size: int, seconds: float, queued: list[float]) -> None:
         self.batch_size.observe(size)

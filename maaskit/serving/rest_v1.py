@@ -16,6 +16,7 @@ from .dataplane import ModelRepository
 from .metrics import ServerMetrics
 from .protocol import ProtocolError, split_body, top_k, v1_rows
 from .schemas import (
+    Alive,
     ClassifyResponse,
     ModelStatus,
     PredictRequest,
@@ -32,18 +33,27 @@ def router(repository: ModelRepository, metrics: ServerMetrics) -> APIRouter:
     api = APIRouter(tags=["V1: TF Serving REST"])
     errors = error_responses(400, 401, 404, 413, 503)
 
-    @api.get("/v1/models/{name}", response_model=ModelStatus, responses=error_responses(401, 404, 503))
+    @api.get("/", response_model=Alive, responses=error_responses(401))
+    async def alive():
+        """KServe V1's liveness check."""
+        return {"status": "alive"}
+
+    @api.get("/v1/models/{name:segment}", response_model=ModelStatus, responses=error_responses(401, 404, 503))
     @api.get(
-        "/v1/models/{name}/versions/{version}", response_model=ModelStatus, responses=error_responses(401, 404, 503)
+        "/v1/models/{name:segment}/versions/{version:segment}",
+        response_model=ModelStatus,
+        responses=error_responses(401, 404, 503),
     )
     async def status(name: str, version: str | None = None):
         repository.get(name, version)
         versions = [version] if version else repository.versions(name)
         return {
+            "name": name,
+            "ready": True,
             "model_version_status": [
                 {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
                 for v in versions
-            ]
+            ],
         }
 
     async def logits_of(request: Request, name: str, version: str | None) -> tuple[np.ndarray, str]:
@@ -64,8 +74,8 @@ def router(repository: ModelRepository, metrics: ServerMetrics) -> APIRouter:
         "openapi_extra": request_body_doc(PredictRequest),
     }
 
-    @api.post("/v1/models/{name}:predict", **predict_doc)
-    @api.post("/v1/models/{name}/versions/{version}:predict", **predict_doc)
+    @api.post("/v1/models/{name:segment}:predict", **predict_doc)
+    @api.post("/v1/models/{name:segment}/versions/{version:segment}:predict", **predict_doc)
     async def predict(name: str, request: Request, version: str | None = None):
         start = time.perf_counter()
         logits, key = await logits_of(request, name, version)
@@ -74,8 +84,8 @@ def router(repository: ModelRepository, metrics: ServerMetrics) -> APIRouter:
 
     classify_doc: dict[str, Any] = {**predict_doc, "response_model": ClassifyResponse}
 
-    @api.post("/v1/models/{name}:classify", **classify_doc)
-    @api.post("/v1/models/{name}/versions/{version}:classify", **classify_doc)
+    @api.post("/v1/models/{name:segment}:classify", **classify_doc)
+    @api.post("/v1/models/{name:segment}/versions/{version:segment}:classify", **classify_doc)
     async def classify(name: str, request: Request, version: str | None = None):
         start = time.perf_counter()
         logits, _ = await logits_of(request, name, version)

@@ -71,13 +71,17 @@ def router(repository: ModelRepository, metrics: ServerMetrics, *, admin: bool) 
     async def server_metadata():
         return {"name": "maaskit", "version": __version__, "extensions": EXTENSIONS}
 
-    @api.get("/v2/models/{name}", response_model=ModelMetadata, responses=model_errors)
-    @api.get("/v2/models/{name}/versions/{version}", response_model=ModelMetadata, responses=model_errors)
+    @api.get("/v2/models/{name:segment}", response_model=ModelMetadata, responses=model_errors)
+    @api.get(
+        "/v2/models/{name:segment}/versions/{version:segment}", response_model=ModelMetadata, responses=model_errors
+    )
     async def model_metadata(name: str, version: str | None = None):
         return repository.get(name, version).metadata(repository.versions(name))
 
-    @api.get("/v2/models/{name}/ready", response_model=ModelReady, responses=model_errors)
-    @api.get("/v2/models/{name}/versions/{version}/ready", response_model=ModelReady, responses=model_errors)
+    @api.get("/v2/models/{name:segment}/ready", response_model=ModelReady, responses=model_errors)
+    @api.get(
+        "/v2/models/{name:segment}/versions/{version:segment}/ready", response_model=ModelReady, responses=model_errors
+    )
     async def model_ready(name: str, version: str | None = None):
         repository.get(name, version)
         return {"name": name, "ready": True}
@@ -94,8 +98,8 @@ def router(repository: ModelRepository, metrics: ServerMetrics, *, admin: bool) 
         "openapi_extra": request_body_doc(InferRequest, binary=True),
     }
 
-    @api.post("/v2/models/{name}/infer", **infer_doc)
-    @api.post("/v2/models/{name}/versions/{version}/infer", **infer_doc)
+    @api.post("/v2/models/{name:segment}/infer", **infer_doc)
+    @api.post("/v2/models/{name:segment}/versions/{version:segment}/infer", **infer_doc)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         start = time.perf_counter()
         served = repository.get(name, version)
@@ -131,13 +135,13 @@ def router(repository: ModelRepository, metrics: ServerMetrics, *, admin: bool) 
         if not admin:
             raise HTTPError(403, "loading and unloading models needs a server started with a token (--token)")
 
-    @api.post("/v2/repository/models/{name}/load", responses=admin_errors, status_code=200)
+    @api.post("/v2/repository/models/{name:segment}/load", responses=admin_errors, status_code=200)
     async def load(name: str) -> dict:
         _allowed()
         await repository.load(name)
         return {}
 
-    @api.post("/v2/repository/models/{name}/unload", responses=admin_errors, status_code=200)
+    @api.post("/v2/repository/models/{name:segment}/unload", responses=admin_errors, status_code=200)
     async def unload(name: str) -> dict:
         _allowed()
         repository.unload(name)

@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.convertors import Convertor, register_url_convertor
 
 from .protocol import HEADER_LENGTH, ProtocolError
 
 __all__ = [
     "ERRORS",
+    "Alive",
     "ClassifyResponse",
     "Error",
     "InferRequest",
@@ -33,6 +35,22 @@ __all__ = [
     "request_body_doc",
     "validate",
 ]
+
+
+class NameSegment(Convertor):
+    """``{name:segment}`` in a route: a model's name or version never holds ':' or '/', so
+    ``/v1/models/m:predict`` is never read as the status of a model named ``m:predict``."""
+
+    regex = "[A-Za-z0-9_.-]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("segment", NameSegment())
 
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"
@@ -110,6 +128,10 @@ class Live(BaseModel):
     live: bool
 
 
+class Alive(BaseModel):
+    status: Literal["alive"]
+
+
 class Ready(BaseModel):
     ready: bool
 
@@ -175,6 +197,10 @@ class VersionStatus(BaseModel):
 
 
 class ModelStatus(BaseModel):
+    """TF Serving's model status, with KServe V1's ``name`` and ``ready`` beside it."""
+
+    name: str
+    ready: bool
     model_version_status: list[VersionStatus]
 
 

@@ -1,0 +1,59 @@
+"""Virtual environments for the third-party servers and clients maaskit is checked against
+(KServe, MLServer): their pins clash with ours, so each lives in its own, under ``.peers/``,
+built from ``requirements/peers/NAME.txt`` on first use and reused while that file is unchanged.
+
+    python tools/peers.py kserve mlserver     # build them now (tests and benchmarks do it themselves)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS = ROOT / ".peers"
+
+
+class PeerUnavailable(RuntimeError):
+    """A peer environment could not be built (the message says why)."""
+
+
+def peer_python(name: str, *, timeout: float = 900) -> Path:
+    """The Python of peer environment ``name``, built if missing or out of date."""
+    requirements = ROOT / "requirements" / "peers" / f"{name}.txt"
+    if not requirements.is_file():
+        raise PeerUnavailable(f"no requirements/peers/{name}.txt")
+    home = PEERS / name
+    python = home / "bin" / "python"
+    stamp = home / ".built-from"
+    digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
+    PEERS.mkdir(exist_ok=True)
+    with open(PEERS / f"{name}.lock", "w") as lock:  # one build at a time (pytest-xdist workers)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if stamp.is_file() and stamp.read_text() == digest and python.exists():
+            return python
+        print(f"building the {name} peer environment in {home} (once; a few minutes)", file=sys.stderr, flush=True)
+        venv.EnvBuilder(clear=True, with_pip=True).create(home)
+        try:
+            subprocess.run(
+                [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(requirements)],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.CalledProcessError as err:
+            raise PeerUnavailable(f"pip could not install the {name} peer: {err.stderr.strip()[-1500:]}") from None
+        except subprocess.TimeoutExpired:
+            raise PeerUnavailable(f"installing the {name} peer took over {timeout:.0f} s") from None
+        stamp.write_text(digest)
+    return python
+
+
+if __name__ == "__main__":
+    for peer in sys.argv[1:] or ["kserve", "mlserver"]:
+        print(peer, peer_python(peer))
