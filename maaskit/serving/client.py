@@ -103,7 +103,7 @@ class Client:
 
     def models(self) -> list[str]:
         """Model names (Triton's and maaskit's repository index)."""
-        return sorted({m["name"] for m in self._request("POST", "/v2/repository/index").json()})
+        return sorted({m["name"] for m in self._request("POST", "/v2/repository/index", json={}).json()})
 
     def metadata(self, model: str, version: str | None = None) -> dict:
         if self.protocol == "v1":

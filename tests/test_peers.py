@@ -1,0 +1,130 @@
+"""Other projects' parts against ours, for real on 127.0.0.1: KServe's InferenceRESTClient (V1
+and V2) against maaskit's server, and maaskit's Client against MLServer serving a custom model.
+KServe and MLServer pin versions that clash with ours, so each runs from its own virtual
+environment (tools/peers.py builds them on first use; a build that fails under CI fails here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from labserver import free_port
+
+import maaskit
+from maaskit.serving.client import Client, EndpointError
+from maaskit.serving.runner import serve
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from peers import PeerUnavailable, peer_python  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+def peer(name: str) -> Path:
+    try:
+        return peer_python(name)
+    except PeerUnavailable as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"the {name} peer environment could not be built: {err}", pytrace=False)
+        pytest.skip(f"the {name} peer environment could not be built: {err}")
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return maaskit.load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def artifact(digits, tmp_path_factory):
+    maaskit.seed_everything(0)
+    model = maaskit.build_model("lenet", digits.in_shape, digits.num_classes)
+    path = maaskit.save_artifact(model, tmp_path_factory.mktemp("art") / "lenet", data=digits, name="digits")
+    return path, model.eval()
+
+
+def test_kserve_inference_rest_client_v1_and_v2_against_our_server(artifact, digits, tmp_path):
+    python = peer("kserve")
+    x = digits.normalize(digits.test.x[:3]).numpy()
+    np.save(tmp_path / "x.npy", x)
+    with torch.no_grad():
+        expected = artifact[1](torch.from_numpy(x)).numpy()
+    with serve(artifact[0]) as running:
+        done = subprocess.run(
+            [str(python), str(HERE / "peers" / "kserve_client.py"), running.url, "digits", str(tmp_path / "x.npy")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout)
+    assert got["v2_live"] and got["v2_ready"] and got["v2_model_ready"]
+    assert got["v1_live"] and got["v1_model_ready"]
+    for binary in (False, True):
+        answer = got[f"v2_binary_{binary}"]
+        assert answer["id"] == f"kserve-{binary}"
+        np.testing.assert_allclose(answer["logits"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["v1_predictions"], expected, rtol=1e-5, atol=1e-6)
+    assert "404" in got["v2_unknown"] and "unknown model 'cats'" in got["v2_unknown"]
+
+
+@pytest.fixture(scope="module")
+def mlserver(tmp_path_factory):
+    """MLServer (its own venv) serving tests/peers/mlserver's custom model on 127.0.0.1."""
+    python = peer("mlserver")
+    folder = tmp_path_factory.mktemp("mlserver")
+    for file in (HERE / "peers" / "mlserver").iterdir():
+        if file.is_file():
+            shutil.copy(file, folder)
+    port = free_port()
+    settings = {"host": "127.0.0.1", "http_port": port, "grpc_port": free_port(), "parallel_workers": 0}
+    settings |= {"metrics_port": free_port(), "metrics_endpoint": None}
+    (folder / "settings.json").write_text(json.dumps(settings))
+    log = open(folder / "mlserver.log", "w")
+    process = subprocess.Popen(
+        [str(python.with_name("mlserver")), "start", str(folder)], cwd=folder, stdout=log, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/v2/models/doubler/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"MLServer did not start:\n{(folder / 'mlserver.log').read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def test_our_client_against_mlserver_numbers_and_strings(mlserver):
+    x = np.array([[1, 2, 3], [6, 5, 4]], np.float32)
+    with Client(mlserver) as client:
+        assert client.protocol == "v2" and client.live() and client.ready()
+        assert client.models() == ["doubler"]
+        meta = client.metadata("doubler")
+        assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}]
+        out = client.infer("doubler", x, request_id="ml-1")
+        np.testing.assert_array_equal(out["doubled"], x * 2)
+        assert out["doubled"].dtype == np.float32
+        assert out["largest"].tolist() == [[b"column 2"], [b"column 0"]]  # a BYTES output, decoded
+        with pytest.raises(EndpointError, match="404") as missing:
+            client.infer("cats", x)
+        assert missing.value.status == 404
