@@ -123,6 +123,7 @@ def _serve(args) -> int:
         "max_queue": args.max_queue,
         "model_repository": args.model_repository,
         "name": args.name,
+        "access_log": args.access_log,
     }
     where = {"host": args.host, "port": args.port, "token": token, "allow_insecure": args.allow_insecure}
     if not args.artifacts and not args.model_repository:
@@ -254,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-queue", type=int, default=1024, help="images that may wait; past that the answer is 503 + Retry-After"
     )
     serve.add_argument("--workers", type=int, default=1, help="server processes (for CPU-bound models)")
+    serve.add_argument(
+        "--access-log", action="store_true", help="log every request (off by default: it costs time on every request)"
+    )
     serve.set_defaults(func=_serve)
 
     predict = sub.add_parser(

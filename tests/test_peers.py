@@ -88,10 +88,10 @@ def mlserver(tmp_path_factory):
     settings = {"host": "127.0.0.1", "http_port": port, "grpc_port": free_port(), "parallel_workers": 0}
     settings |= {"metrics_port": free_port(), "metrics_endpoint": None}
     (folder / "settings.json").write_text(json.dumps(settings))
-    log = open(folder / "mlserver.log", "w")
-    process = subprocess.Popen(
-        [str(python.with_name("mlserver")), "start", str(folder)], cwd=folder, stdout=log, stderr=subprocess.STDOUT
-    )
+    with open(folder / "mlserver.log", "w") as log:  # the child keeps its own copy of the file
+        process = subprocess.Popen(
+            [str(python.with_name("mlserver")), "start", str(folder)], cwd=folder, stdout=log, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -111,7 +111,6 @@ def mlserver(tmp_path_factory):
             process.wait(20)
         except subprocess.TimeoutExpired:
             process.kill()
-        log.close()
 
 
 def test_our_client_against_mlserver_numbers_and_strings(mlserver):

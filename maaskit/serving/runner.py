@@ -122,6 +122,7 @@ def serve(
     model_repository: str | Path | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     log_level: str = "warning",
+    access_log: bool = False,
 ) -> RunningServer:
     """Serve artifact directories (or models with ``data=``, or ``(model, manifest)`` pairs) in a
     background thread.
@@ -144,7 +145,8 @@ def serve(
     )
     app = create_app(repository, token=token, max_body_bytes=max_body_bytes)
     sock = _bind(host, port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=10))
+    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
 
     def run() -> None:
         forward_thread_setup()  # cheap passes run on this thread (the event loop's)
@@ -223,6 +225,7 @@ def serve_workers(
         factory=True,
         workers=workers,
         log_level=log_level,
+        access_log=settings.pop("access_log", False),
         timeout_graceful_shutdown=10,
     )
     if on_ready is not None:
