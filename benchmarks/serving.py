@@ -95,18 +95,18 @@ def servers(artifact: Path, chosen: list[str]) -> dict[str, tuple[list[str], tup
     return {name: table[name] for name in chosen}
 
 
-def start(command: list[str], port: int) -> subprocess.Popen:
-    process = subprocess.Popen(
-        [part.replace("{port}", str(port)) for part in command],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+def start(command: list[str], port: int, log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:  # a file, not a pipe: a server that logs every request would fill a pipe and stall
+        process = subprocess.Popen(
+            [part.replace("{port}", str(port)) for part in command],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{command[1]} exited: {process.stderr.read()[-2000:]}")
+            raise RuntimeError(f"{command[1]} exited: {log.read_text()[-2000:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return process
@@ -161,7 +161,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     for name, (command, formats) in servers(artifact, chosen).items():
         port = free_port()
-        process = start(command, port)
+        process = start(command, port, folder / f"{name}.log")
         url = f"http://127.0.0.1:{port}/v2/models/digits/infer"
         try:
             hey(url, bodies["json"], 32, min(1000, args.requests), folder)  # warm-up: every batch size seen

@@ -205,6 +205,8 @@ def check_serving(m):
     assert all(v > 0 for v in m["requests_per_s"].values())
     assert m["console_top"] and len(m["console_top"]) == 3
     assert m["onnx_max_difference"] < 1e-4
+    burst = m["burst_statuses"]  # 64 requests at a server with room for 8: answered, or refused at once
+    assert set(burst) <= {"200", "503"} and sum(burst.values()) == 64 and burst.get("200", 0) >= 8
 
 
 def test_06_serving_defaults():
@@ -212,6 +214,7 @@ def test_06_serving_defaults():
     check_serving(m)
     assert m["endpoint"] == "local" and m["remote_accuracy"] == m["local_accuracy"]
     assert m["mean_batch"]["1"] == 1.0 and m["mean_batch"]["16"] > 1  # concurrent requests were batched
+    assert m["burst_statuses"].get("503", 0) > 0  # backpressure: the full queue refused some
 
 
 def test_06_serving_calls_a_remote_endpoint(tmp_path):

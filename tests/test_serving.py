@@ -328,9 +328,10 @@ def test_v1_predict_classify_and_status(http, artifact, digits):
     assert results[0][0][0] == digits.classes[int(expected[0].argmax())] and len(results[0]) == 5
     status = http.get("/v1/models/digits").json()["model_version_status"]
     assert status == [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]
-    unknown_verb = http.post("/v1/models/digits:explain", json={})  # only GET (model status) has this path
-    assert unknown_verb.status_code == 405 and unknown_verb.headers["allow"] == "GET"
-    assert "Method Not Allowed" in unknown_verb.json()["error"]
+    unknown_verb = http.post("/v1/models/digits:explain", json={})
+    assert unknown_verb.status_code == 404 and unknown_verb.json() == {"error": "Not Found"}
+    wrong_method = http.put("/v1/models/digits:predict", json={})
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     assert http.post("/v1/models/digits:predict", json={"instances": [[1, 2]]}).status_code == 400
 
 

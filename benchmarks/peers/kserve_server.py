@@ -16,8 +16,8 @@ sys.argv += ["--enable_latency_logging", "false"]
 import kserve  # noqa: E402
 import torch  # noqa: E402
 import uvicorn  # noqa: E402
-from kserve import InferRequest, InferResponse  # noqa: E402
-from kserve.utils.utils import get_predict_input, get_predict_response  # noqa: E402
+from kserve import InferOutput, InferRequest, InferResponse  # noqa: E402
+from kserve.utils.utils import generate_uuid, get_predict_input  # noqa: E402
 
 from maaskit.serving.artifact import load_artifact  # noqa: E402
 
@@ -47,7 +47,15 @@ class Classifier(kserve.Model):
         x = get_predict_input(payload)
         with torch.inference_mode():
             logits = self.model(torch.as_tensor(x, dtype=torch.float32)).numpy()
-        return get_predict_response(payload, logits, self.name)
+        output = InferOutput("logits", list(logits.shape), "FP32")  # named as maaskit's, so one request fits both
+        output.set_data_from_numpy(logits, binary_data=payload.use_binary_outputs)
+        return InferResponse(
+            payload.id or generate_uuid(),
+            self.name,
+            [output],
+            use_binary_outputs=payload.use_binary_outputs,
+            requested_outputs=payload.request_outputs,
+        )
 
 
 if __name__ == "__main__":

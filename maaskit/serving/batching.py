@@ -81,7 +81,9 @@ class DynamicBatcher:
         self.waiting = 0  # images queued, not yet in a forward pass
         self.pass_seconds = math.inf  # a running average of recent passes; unknown until the first
         self._pending: deque[tuple[np.ndarray, asyncio.Future, float]] = deque()
-        self._task: asyncio.Task | None = None
+        self._timer: asyncio.Handle | None = None  # the next pass, arranged
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._running = False  # a pass is running in the worker thread
         self._closed = False
         self._executor = ThreadPoolExecutor(1, "maaskit-forward", initializer=thread_setup)
 
@@ -97,28 +99,71 @@ class DynamicBatcher:
         future = loop.create_future()
         self._pending.append((x, future, time.perf_counter()))
         self.waiting += n
-        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
-            self._task = loop.create_task(self._drain())
+        if not self._running:
+            self._schedule(loop)
         return await future
 
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                if self.max_delay and self.waiting < self.max_batch_size:
-                    await asyncio.sleep(self.max_delay)
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Arrange the next pass. A callback rather than a task: it runs after the requests read in
+        this turn of the event loop, so they share the pass, and costs no extra turn."""
+        full = self.waiting >= self.max_batch_size
+        if self._timer_loop is not loop:  # a new event loop (asyncio.run again): the old arrangement is void
+            self._timer, self._timer_loop = None, loop
+        if self._timer is not None and not full:
+            return  # a pass is already arranged
+        if self._timer is not None:
+            self._timer.cancel()  # full before the extra wait ended: go now
+        if self.max_delay and not full:
+            self._timer = loop.call_later(self.max_delay, self._dispatch, loop)
+        else:
+            self._timer = loop.call_soon(self._dispatch, loop)
+
+    def _dispatch(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        items = self._take()
+        if not items:
+            return self._finish_if_closed()
+        batch = np.concatenate([x for x, _, _ in items]) if len(items) > 1 else items[0][0]
+        start = time.perf_counter()
+        if self._runs_inline():
+            try:
+                out = self.fn(batch)
+            except Exception as err:
+                return self._deliver(loop, items, start, error=err)
+            return self._deliver(loop, items, start, out=out)
+        self._running = True
+        done = loop.run_in_executor(self._executor, self.fn, batch)
+        done.add_done_callback(
+            lambda f: self._deliver(loop, items, start, out=None if f.exception() else f.result(), error=f.exception())
+        )
+
+    def _deliver(self, loop, items, start, *, out=None, error=None) -> None:
+        """Hand each request its rows (or the pass's error), then start the next pass if any waits."""
+        self._running = False
+        seconds = time.perf_counter() - start
+        if error is None:
+            self.pass_seconds = seconds if math.isinf(self.pass_seconds) else 0.8 * self.pass_seconds + 0.2 * seconds
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(sum(len(x) for x, _, _ in items), seconds, [start - t for _, _, t in items])
+                except Exception:  # a broken metrics hook must not fail the requests
+                    logger.exception("on_batch failed")
+        row = 0
+        for x, future, _ in items:
+            if not future.done():
+                if error is not None:
+                    future.set_exception(error)
                 else:
-                    await asyncio.sleep(0)  # requests read in this turn of the event loop join the pass
-                items = self._take()
-                if items:
-                    await self._forward(items)
-        finally:  # whatever stopped this task, nobody is left waiting for ever
-            while self._pending:
-                _, future, _ = self._pending.popleft()
-                if not future.done():
-                    future.set_exception(Closed("the batcher stopped"))
-            self.waiting = 0
-            if self._closed:
-                self._executor.shutdown(wait=False)
+                    future.set_result(out[row : row + len(x)])
+            row += len(x)
+        if self._pending:
+            self._schedule(loop)
+        else:
+            self._finish_if_closed()
+
+    def _finish_if_closed(self) -> None:
+        if self._closed and not self._pending and not self._running:
+            self._executor.shutdown(wait=False)
 
     def _take(self) -> list[tuple[np.ndarray, asyncio.Future, float]]:
         items: list[tuple[np.ndarray, asyncio.Future, float]] = []
@@ -137,35 +182,8 @@ class DynamicBatcher:
     def _runs_inline(self) -> bool:
         return self.inline is True or (self.inline == "auto" and self.pass_seconds < self.inline_below)
 
-    async def _forward(self, items: list[tuple[np.ndarray, asyncio.Future, float]]) -> None:
-        batch = np.concatenate([x for x, _, _ in items]) if len(items) > 1 else items[0][0]
-        start = time.perf_counter()
-        queued = [start - t for _, _, t in items]
-        try:
-            if self._runs_inline():
-                out = self.fn(batch)
-            else:
-                out = await asyncio.get_running_loop().run_in_executor(self._executor, self.fn, batch)
-        except Exception as err:  # every request of the pass gets the error
-            for _, future, _ in items:
-                if not future.done():
-                    future.set_exception(err)
-            return
-        seconds = time.perf_counter() - start
-        self.pass_seconds = seconds if math.isinf(self.pass_seconds) else 0.8 * self.pass_seconds + 0.2 * seconds
-        if self.on_batch is not None:
-            try:
-                self.on_batch(len(batch), seconds, queued)
-            except Exception:  # a broken metrics hook must not fail the requests
-                logger.exception("on_batch failed")
-        row = 0
-        for x, future, _ in items:
-            if not future.done():
-                future.set_result(out[row : row + len(x)])
-            row += len(x)
-
     def close(self) -> None:
         """Take no new requests; those already queued are still answered."""
         self._closed = True
-        if self._task is None or self._task.done():
-            self._executor.shutdown(wait=False)
+        if self._timer is None:
+            self._finish_if_closed()
