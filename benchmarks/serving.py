@@ -1,11 +1,11 @@
 """Inference serving, side by side in one run: maaskit (adaptive batching on, and off), a naive
 FastAPI endpoint, and KServe's ModelServer, all serving the same LeNet-on-digits artifact.
 
-Each server runs in its own process on 127.0.0.1, one at a time; the load comes from `hey`, a
-compiled load generator in a process of its own (so the client's GIL measures nothing). For each
-server, concurrency 1 and 32, JSON and binary (Triton's binary tensors; the naive endpoint has
-none): p50, p99 and requests/s, medians of ``--rounds`` rounds after a warm-up. The floor is the
-in-process forward pass at batch 1.
+Each server runs in its own process on 127.0.0.1; the load comes from `hey`, a compiled load
+generator in a process of its own (so the client's GIL measures nothing), against one server at a
+time, the servers taking turns round by round. For each server, concurrency 1 and 32, JSON and
+binary (Triton's binary tensors; the naive endpoint has none): p50, p99 and requests/s, medians
+of ``--rounds`` rounds after a warm-up. The floor is the in-process forward pass at batch 1.
 
     python benchmarks/serving.py [--requests 4000] [--rounds 3] [--servers maaskit,unbatched,naive,kserve]
 """
@@ -158,22 +158,32 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="maaskit-serving-bench-"))
     artifact, floor_ms, bodies = prepare(folder)
     print(f"in-process forward pass at batch 1 (the floor): {floor_ms:.3f} ms; {os.cpu_count()} cores", flush=True)
-    results: dict[str, dict] = {}
-    for name, (command, formats) in servers(artifact, chosen).items():
-        port = free_port()
-        process = start(command, port, folder / f"{name}.log")
-        url = f"http://127.0.0.1:{port}/v2/models/digits/infer"
-        try:
+    # every server up at once, idle while another is measured; the rounds interleave, so a drift in
+    # the machine's speed falls on all of them alike
+    running: dict[str, tuple[subprocess.Popen, str, tuple[str, ...]]] = {}
+    runs: dict[str, dict[str, list[dict]]] = {}
+    try:
+        for name, (command, formats) in servers(artifact, chosen).items():
+            port = free_port()
+            running[name] = (start(command, port, folder / f"{name}.log"), f"http://127.0.0.1:{port}", formats)
+            url = f"{running[name][1]}/v2/models/digits/infer"
             hey(url, bodies["json"], 32, min(1000, args.requests), folder)  # warm-up: every batch size seen
-            for fmt in formats:
-                for concurrency in (1, 32):
-                    runs = [hey(url, bodies[fmt], concurrency, args.requests, folder) for _ in range(args.rounds)]
-                    cell = {k: statistics.median(r[k] for r in runs) for k in ("p50", "p99", "rps")}
-                    cell["errors"] = sum(r["errors"] for r in runs)
-                    results.setdefault(name, {})[f"{fmt} c={concurrency}"] = cell
-                    print(f"  {name:10} {fmt:6} c={concurrency:<3} {_cell(cell)}", flush=True)
-        finally:
+        for round_ in range(args.rounds):
+            for name, (_, base, formats) in running.items():
+                for fmt in formats:
+                    for concurrency in (1, 32):
+                        run = hey(f"{base}/v2/models/digits/infer", bodies[fmt], concurrency, args.requests, folder)
+                        runs.setdefault(name, {}).setdefault(f"{fmt} c={concurrency}", []).append(run)
+                        print(f"  round {round_ + 1} {name:10} {fmt:6} c={concurrency:<3} {_cell(run)}", flush=True)
+    finally:
+        for process, _, _ in running.values():
             stop(process)
+    results: dict[str, dict] = {}
+    for name, cells in runs.items():
+        for key, cell_runs in cells.items():
+            cell = {k: statistics.median(r[k] for r in cell_runs) for k in ("p50", "p99", "rps")}
+            cell["errors"] = sum(r["errors"] for r in cell_runs)
+            results.setdefault(name, {})[key] = cell
     report(results, floor_ms)
     if args.json:
         args.json.write_text(json.dumps({"floor_ms": floor_ms, "results": results}, indent=2))

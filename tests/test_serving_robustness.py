@@ -375,3 +375,16 @@ def test_workers_share_one_port_and_their_metrics_add_up(repository, digits, mod
             process.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+def test_a_body_without_content_length_is_still_held_to_the_limit(repository):
+    with serve(repository / "digits", max_body_bytes=10_000) as running:
+
+        def chunks(n):  # sent with Transfer-Encoding: chunked, so no Content-Length announces the size
+            for _ in range(n):
+                yield b" " * 1000
+
+        too_big = httpx.post(f"{running.url}/v2/models/digits/infer", content=chunks(30))
+        assert too_big.status_code == 413 and "limit of 10,000 bytes" in too_big.json()["error"]
+        small = httpx.post(f"{running.url}/v2/models/digits/infer", content=chunks(2))
+        assert small.status_code == 400 and "not valid JSON" in small.json()["error"]
