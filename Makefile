@@ -12,7 +12,7 @@ PYTEST_NOTEBOOKS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/maaskit.json
 LINTED := maaskit tests benchmarks tools
 
-.PHONY: install lab test test-fast lint notebooks pins doctor clean chromium
+.PHONY: install lab test test-fast lint notebooks pins doctor clean chromium hey
 
 install: $(STAMP) $(LAB_SETTINGS)
 
@@ -40,10 +40,19 @@ chromium:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	else echo "note: /usr/bin/chromium missing; install Debian's chromium to run the browser tests"; fi
 
+# `hey`, a compiled HTTP load generator, drives benchmarks/serving.py (and its smoke test): the load
+# comes from a process that is not Python, so it measures the server. Installed like chromium.
+hey:
+	@if command -v hey >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Debian's hey for the serving benchmark"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hey >/dev/null; \
+	else echo "note: hey missing; install it (Debian: apt-get install hey) to run benchmarks/serving.py"; fi
+
 # Lint, format check and types; then unit tests, every notebook under papermill, nbval over every
 # notebook, and the browser tests, in one pytest run. --dist loadfile keeps each notebook's cells on
 # one worker (nbval shares a kernel).
-test: install chromium lint
+test: install chromium hey lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile --timeout 900 --durations 12 tests notebooks $(PYTEST_NOTEBOOKS)
 
 lint: $(STAMP)
@@ -68,4 +77,4 @@ doctor: $(STAMP)
 	$(BIN)/maaskit doctor
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache
+	rm -rf $(VENV) .peers artifacts .pytest_cache

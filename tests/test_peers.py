@@ -127,3 +127,25 @@ def test_our_client_against_mlserver_numbers_and_strings(mlserver):
         with pytest.raises(EndpointError, match="404") as missing:
             client.infer("cats", x)
         assert missing.value.status == 404
+
+
+def test_the_serving_benchmark_runs_and_prints_its_table(tmp_path):
+    # small and with KServe in: the benchmark must keep working; its figures are for people, never asserted
+    if shutil.which("hey") is None:
+        message = "hey is not installed (make test installs it: apt-get install hey)"
+        pytest.fail(message, pytrace=False) if os.environ.get("CI") else pytest.skip(message)
+    peer("kserve")
+    root = HERE.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "serving.py"), "--requests", "200", "--rounds", "1"]
+        + ["--json", str(tmp_path / "serving.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "serving.json").read_text())["results"]
+    assert set(results) == {"maaskit", "unbatched", "naive", "kserve"}
+    assert all(cell["errors"] == 0 for server in results.values() for cell in server.values()), results
+    assert "| maaskit |" in done.stdout and "maaskit / kserve json" in done.stdout
