@@ -22,7 +22,14 @@ import maaskit
 from maaskit.serving.artifact import save_artifact
 from maaskit.serving.batching import Closed, DynamicBatcher, QueueFull
 from maaskit.serving.client import Client, EndpointError, load_test
-from maaskit.serving.protocol import ProtocolError, decode_tensor, encode_body, encode_tensor, split_body
+from maaskit.serving.protocol import (
+    ProtocolError,
+    decode_tensor,
+    encode_body,
+    encode_tensor,
+    parse_classification,
+    split_body,
+)
 from maaskit.serving.runner import serve
 
 
@@ -351,6 +358,12 @@ def test_maaskit_client(server, artifact, digits):
         with pytest.raises(EndpointError, match="400: input 'input' must have shape") as err:
             client.infer("digits", np.zeros((1, 1, 4, 4), np.float32))
         assert err.value.status == 400
+        for binary in (False, True):  # Triton's classification extension: BYTES strings, decoded
+            strings = client.infer("digits", x, binary=binary, outputs={"logits": {"classification": 2}})["logits"]
+            assert strings.shape == (4, 2) and strings.dtype == object
+            best = parse_classification(strings)
+            expected = [digits.classes[j] for j in local_logits(artifact[1], x.numpy()).argmax(1)]
+            assert [row[0][0] for row in best] == expected and all(a[1] >= b[1] for a, b in best)
     with Client(server.url, protocol="v1") as v1:
         assert v1.infer("digits", x.numpy())["predictions"].shape == (4, 10)
         with pytest.raises(ValueError, match="does not describe its input normalization"):
