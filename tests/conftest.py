@@ -39,6 +39,25 @@ def require(module: str):
         pytest.skip(message)
 
 
+@pytest.fixture(scope="module")
+def digits():
+    import maaskit
+
+    return maaskit.load_dataset("digits")
+
+
+@pytest.fixture(scope="module")
+def artifact(digits, tmp_path_factory):
+    """LeNet-5 for ``digits``, seeded and untrained, saved as an artifact named "digits":
+    ``(path, the model in eval mode)`` — what the serving tests serve."""
+    import maaskit
+
+    maaskit.seed_everything(0)
+    model = maaskit.build_model("lenet", digits.in_shape, digits.num_classes)
+    path = maaskit.save_artifact(model, tmp_path_factory.mktemp("art") / "lenet", data=digits, name="digits")
+    return path, model.eval()
+
+
 class StopAfter(Callback):
     """Ends training after ``epochs`` epochs, as a Stop button would."""
 

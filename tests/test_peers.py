@@ -19,7 +19,6 @@ import pytest
 import torch
 from labserver import free_port
 
-import maaskit
 from maaskit.serving.client import Client, EndpointError
 from maaskit.serving.runner import serve
 
@@ -36,19 +35,6 @@ def peer(name: str) -> Path:
         if os.environ.get("CI"):
             pytest.fail(f"the {name} peer environment could not be built: {err}", pytrace=False)
         pytest.skip(f"the {name} peer environment could not be built: {err}")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return maaskit.load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def artifact(digits, tmp_path_factory):
-    maaskit.seed_everything(0)
-    model = maaskit.build_model("lenet", digits.in_shape, digits.num_classes)
-    path = maaskit.save_artifact(model, tmp_path_factory.mktemp("art") / "lenet", data=digits, name="digits")
-    return path, model.eval()
 
 
 def test_kserve_inference_rest_client_v1_and_v2_against_our_server(artifact, digits, tmp_path):

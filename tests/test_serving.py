@@ -34,19 +34,6 @@ from maaskit.serving.runner import serve
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return maaskit.load_dataset("digits")
-
-
-@pytest.fixture(scope="module")
-def artifact(digits, tmp_path_factory):
-    maaskit.seed_everything(0)
-    model = maaskit.build_model("lenet", digits.in_shape, digits.num_classes)
-    path = save_artifact(model, tmp_path_factory.mktemp("art") / "lenet", data=digits, name="digits")
-    return path, model.eval()
-
-
-@pytest.fixture(scope="module")
 def server(artifact):
     with serve(artifact[0], max_delay_ms=20) as running:
         yield running
