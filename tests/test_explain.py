@@ -2,6 +2,9 @@
 completeness axiom of integrated gradients, and the model-randomization sanity check of
 Adebayo et al. (2018)."""
 
+import re
+
+import httpx
 import pytest
 import torch
 
@@ -78,3 +81,59 @@ def test_bad_arguments_say_what_was_expected(trained, images):
         explain(trained, images[0], method="saliency")
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         explain(trained, images, method="integrated_gradients", steps=0)
+
+
+# --- served: POST /v1/models/{name}:explain ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(trained, digits, tmp_path_factory):
+    from maaskit.serving.runner import serve
+
+    path = maaskit.save_artifact(trained, tmp_path_factory.mktemp("explain") / "lenet", data=digits, name="digits")
+    with serve(path) as running:
+        yield running
+
+
+def test_the_explain_endpoint_and_client_give_the_local_attributions(served, trained, images):
+    with maaskit.Client(served.url) as client:
+        for method in ("integrated_gradients", "occlusion", "lime"):
+            got, targets = client.explain("digits", images[:2], method=method, samples=32, seed=3)
+            expected = explain(trained, images[:2], method=method, samples=32, seed=3)
+            assert got.shape == tuple(images[:2].shape)
+            torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
+            assert targets == trained(images[:2]).argmax(1).tolist()
+        chosen, targets = client.explain("digits", images[:2], method="saliency", target=[3, 4])
+        assert targets == [3, 4]
+        torch.testing.assert_close(torch.from_numpy(chosen), explain(trained, images[:2], [3, 4], "saliency"))
+    doc = httpx.get(f"{served.url}/openapi.json").json()
+    assert "/v1/models/{name}:explain" in doc["paths"] and "ExplainRequest" in doc["components"]["schemas"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"method": "shap"}, "method: Input should be 'saliency'"),
+        ({"steps": 10_000}, "steps: Input should be less than or equal to 256"),
+        ({"samples": 5000}, "samples: Input should be less than or equal to 1024"),
+        ({"target": 12}, "target classes are 0 to 9, got 12"),
+        ({"target": [1, 2, 3]}, r"one class or one per instance \(2\), got 3"),
+        ({"target": "7"}, "target"),
+        ({"instances": [[[0.0]]]}, r"must have shape \[N, 1, 8, 8\]"),
+        ({"instances": []}, "1 to 16 instances per request, got 0"),
+        ({"instances": None}, "instances: Input should be a valid list"),
+    ],
+)
+def test_every_explain_mistake_gets_a_400_that_says_what_was_expected(served, images, change, message):
+    body = {"instances": images[:2].tolist(), "method": "saliency", **change}
+    answer = httpx.post(f"{served.url}/v1/models/digits:explain", json=body, timeout=60)
+    assert answer.status_code == 400 and re.search(message, answer.json()["error"]), answer.text
+
+
+def test_explaining_an_unknown_model_is_a_404_and_too_many_images_a_400(served, images):
+    missing = httpx.post(f"{served.url}/v1/models/cats:explain", json={"instances": images[:1].tolist()})
+    assert missing.status_code == 404 and "unknown model 'cats'" in missing.json()["error"]
+    many = httpx.post(
+        f"{served.url}/v1/models/digits:explain", json={"instances": images[:1].repeat(17, 1, 1, 1).tolist()}
+    )
+    assert many.status_code == 400 and "1 to 16 instances" in many.json()["error"]

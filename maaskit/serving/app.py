@@ -23,7 +23,7 @@ from .batching import Closed, QueueFull
 from .dataplane import HTTPError, ModelRepository
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .protocol import ProtocolError, dumps
-from .schemas import InferRequest, PredictRequest, RepositoryIndexRequest, error_responses
+from .schemas import ExplainRequest, InferRequest, PredictRequest, RepositoryIndexRequest, error_responses
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
@@ -172,7 +172,7 @@ def _openapi(app: FastAPI, *, secured: bool) -> dict:
     if app.openapi_schema is None:
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         _, defs = models_json_schema(
-            [(m, "validation") for m in (InferRequest, PredictRequest, RepositoryIndexRequest)],
+            [(m, "validation") for m in (InferRequest, PredictRequest, ExplainRequest, RepositoryIndexRequest)],
             ref_template="#/components/schemas/{model}",
         )
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})

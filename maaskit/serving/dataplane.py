@@ -11,6 +11,7 @@ import re
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -74,6 +75,7 @@ class ServedModel:
         self.normalization = Normalization.from_manifest(self.manifest["normalization"])
         self.model = self.model.to(self.device).eval()
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # the latest forward passes' sizes
+        self._explainer: ThreadPoolExecutor | None = None
         b = self.batching
         self.batcher = DynamicBatcher(
             self._forward,
@@ -117,6 +119,29 @@ class ServedModel:
     async def infer(self, x: np.ndarray) -> np.ndarray:
         """The logits of a prepared batch, through the batcher."""
         return await self.batcher.submit(x)
+
+    async def explain(self, x: np.ndarray, method: str, target: int | list[int] | None, **params: Any) -> tuple:
+        """Attributions of a prepared batch and the classes explained. In a thread of their own,
+        never in the batcher: an explanation costs tens of forward passes and must not hold up
+        plain requests, nor share their batches."""
+        if self._explainer is None:
+            self._explainer = ThreadPoolExecutor(1, "maaskit-explain", initializer=forward_thread_setup)
+        if target is not None:
+            wanted = [target] if isinstance(target, int) else target
+            if not isinstance(target, int) and len(wanted) != len(x):
+                raise ProtocolError(f"target must be one class or one per instance ({len(x)}), got {len(wanted)}")
+            if max(wanted) >= len(self.classes):
+                raise ProtocolError(f"target classes are 0 to {len(self.classes) - 1}, got {max(wanted)}")
+
+        def run() -> tuple:
+            from ..explain import _targets, explain
+
+            images = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+            targets = _targets(self.model, images, target)
+            out = explain(self.model, images, targets, method, **params)
+            return out.cpu().numpy(), targets.cpu().tolist()
+
+        return await asyncio.get_running_loop().run_in_executor(self._explainer, run)
 
     def metadata(self, versions: list[str]) -> dict:
         return {

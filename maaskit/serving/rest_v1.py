@@ -12,12 +12,15 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request
 
+from ..explain import LIMITS
 from .dataplane import ModelRepository
 from .metrics import ServerMetrics
 from .protocol import ProtocolError, split_body, top_k, v1_rows
 from .schemas import (
     Alive,
     ClassifyResponse,
+    ExplainRequest,
+    ExplainResponse,
     ModelStatus,
     PredictRequest,
     PredictResponse,
@@ -92,5 +95,34 @@ def router(repository: ModelRepository, metrics: ServerMetrics) -> APIRouter:
         classes = repository.get(name, version).classes
         metrics.latency.labels("v1").observe(time.perf_counter() - start)
         return {"results": [[list(pair) for pair in row] for row in top_k(logits, 5, classes)]}
+
+    explain_doc: dict[str, Any] = {
+        "response_model": ExplainResponse,
+        "responses": errors,
+        "openapi_extra": request_body_doc(ExplainRequest),
+    }
+
+    @api.post("/v1/models/{name:segment}:explain", **explain_doc)
+    @api.post("/v1/models/{name:segment}/versions/{version:segment}:explain", **explain_doc)
+    async def explain(name: str, request: Request, version: str | None = None):
+        """KServe V1's explain verb: attributions per input value (maaskit.explain), work capped per request."""
+        served = repository.get(name, version)
+        body = validate(ExplainRequest, split_body(await request.body(), None)[0], "explain request")
+        if not 1 <= len(body.instances) <= LIMITS["images"]:
+            raise ProtocolError(
+                f"explain takes 1 to {LIMITS['images']} instances per request, got {len(body.instances)}"
+            )
+        try:
+            array = np.asarray(body.instances, dtype=np.float32)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise ProtocolError(f"instances are not a numeric array of shape [N, ...]: {err}") from None
+        x = served.prepare(array, "FP32", served.input_name)
+        params = {"steps": body.steps, "samples": body.samples, "window": body.window, "seed": body.seed}
+        attributions, targets = await served.explain(x, body.method, body.target, **params)
+        return {
+            "explanations": [
+                {"method": body.method, "target": t, "attributions": a.tolist()} for a, t in zip(attributions, targets)
+            ]
+        }
 
     return api

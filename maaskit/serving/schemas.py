@@ -19,6 +19,8 @@ __all__ = [
     "Alive",
     "ClassifyResponse",
     "Error",
+    "ExplainRequest",
+    "ExplainResponse",
     "InferRequest",
     "InferResponse",
     "Live",
@@ -188,6 +190,30 @@ class PredictResponse(BaseModel):
 
 class ClassifyResponse(BaseModel):
     results: list[list[tuple[str, float]]] = Field(description="per example, (label, probability), best first")
+
+
+class ExplainRequest(_Strict):
+    """KServe V1's explain request: the rows to explain, the method and its (capped) parameters."""
+
+    instances: list[Any] = Field(description="one entry per example: the model's normalized input")
+    method: Literal["saliency", "integrated_gradients", "occlusion", "kernel_shap", "lime"] = "integrated_gradients"
+    target: Annotated[int, Field(ge=0)] | list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="the class to explain: one, one per example, or none for the predicted class"
+    )
+    steps: Annotated[int, Field(ge=1, le=256)] = Field(50, description="integrated gradients: path steps")
+    samples: Annotated[int, Field(ge=1, le=1024)] = Field(200, description="kernel_shap and lime: model calls")
+    window: Annotated[int, Field(ge=1, le=8)] = Field(2, description="occlusion, kernel_shap, lime: patch size")
+    seed: int = Field(0, description="kernel_shap and lime sample at random; the same seed, the same answer")
+
+
+class Explanation(BaseModel):
+    method: str
+    target: int
+    attributions: list[Any] = Field(description="one number per input value, with the instance's shape")
+
+
+class ExplainResponse(BaseModel):
+    explanations: list[Explanation]
 
 
 class VersionStatus(BaseModel):
