@@ -154,7 +154,8 @@ def schemathesis_run(url: str, tmp_path: Path, *extra: str) -> None:
     command = [str(st_cli), "--config-file", str(config), "run", f"{url}/openapi.json", "--checks", "all"]
     command += ["--exclude-checks", "positive_data_acceptance", "--max-examples", "25", "--seed", "1", "--no-color"]
     command += ["--report-dir", str(tmp_path / "report"), *extra]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    # cwd: schemathesis keeps a cache in .schemathesis/ under the folder it runs in
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     summary = done.stdout[-6000:]
     assert done.returncode == 0, summary
     assert re.search(r"\d+ generated, \d+ passed", summary), summary
