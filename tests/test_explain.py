@@ -5,6 +5,7 @@ Adebayo et al. (2018)."""
 import re
 
 import httpx
+import numpy as np
 import pytest
 import torch
 
@@ -137,3 +138,27 @@ def test_explaining_an_unknown_model_is_a_404_and_too_many_images_a_400(served, 
         f"{served.url}/v1/models/digits:explain", json={"instances": images[:1].repeat(17, 1, 1, 1).tolist()}
     )
     assert many.status_code == 400 and "1 to 16 instances" in many.json()["error"]
+
+
+def test_a_v2_request_with_an_explain_parameter_answers_attributions(served, trained, images):
+    from maaskit.serving.protocol import decode_tensor, encode_body, encode_tensor, split_body
+
+    x = images[:3].numpy()
+    for binary in (False, True):
+        spec, raw = encode_tensor("input", x, binary=binary)
+        header = {"id": "why", "inputs": [spec], "parameters": {"explain": {"method": "occlusion", "target": 4}}}
+        if binary:
+            header["parameters"]["binary_data_output"] = True
+        body, headers = encode_body(header, [raw])
+        answer = httpx.post(f"{served.url}/v2/models/digits/infer", content=body, headers=headers, timeout=60)
+        assert answer.status_code == 200, answer.text
+        reply, rest = split_body(answer.content, answer.headers.get("inference-header-content-length"))
+        attributions, offset = decode_tensor(reply["outputs"][0], memoryview(rest))
+        targets, _ = decode_tensor(reply["outputs"][1], memoryview(rest), offset)
+        assert [o["name"] for o in reply["outputs"]] == ["attributions", "targets"] and reply["id"] == "why"
+        assert targets.tolist() == [4, 4, 4]
+        expected = explain(trained, images[:3], 4, "occlusion")
+        torch.testing.assert_close(torch.from_numpy(np.array(attributions)), expected)
+    too_much = {"inputs": [encode_tensor("input", x)[0]], "parameters": {"explain": {"steps": 1000}}}
+    refused = httpx.post(f"{served.url}/v2/models/digits/infer", content=encode_body(too_much, [])[0])
+    assert refused.status_code == 400 and "parameters.explain.steps" in refused.json()["error"]

@@ -16,6 +16,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from .._version import __version__
+from ..explain import LIMITS
 from .dataplane import HTTPError, ModelRepository, ServedModel
 from .metrics import ServerMetrics
 from .protocol import (
@@ -109,8 +110,12 @@ def router(repository: ModelRepository, metrics: ServerMetrics, *, admin: bool) 
         if len(inputs) != 1:
             raise ProtocolError(f"model {name!r} takes exactly one input, {served.input_name!r}; got {len(inputs)}")
         array, _ = decode_tensor(inputs[0], memoryview(binary))
-        logits = await served.infer(served.prepare(array, inputs[0]["datatype"], inputs[0]["name"]))
-        body, headers = _reply(served, header, logits)
+        x = served.prepare(array, inputs[0]["datatype"], inputs[0]["name"])
+        explaining = (header.get("parameters") or {}).get("explain")
+        if explaining is not None:  # never through the batcher: see ServedModel.explain
+            body, headers = await _explained(served, header, x, explaining)
+        else:
+            body, headers = _reply(served, header, await served.infer(x))
         metrics.requests.labels(name, "v2").inc()
         metrics.latency.labels("v2").observe(time.perf_counter() - start)
         return Response(body, headers=headers, media_type=headers["Content-Type"])
@@ -148,6 +153,26 @@ def router(repository: ModelRepository, metrics: ServerMetrics, *, admin: bool) 
         return {}
 
     return api
+
+
+async def _explained(served: ServedModel, header: dict, x: np.ndarray, explaining: dict) -> tuple[bytes, dict]:
+    """The V2 answer to a request with ``parameters.explain``: ``attributions`` shaped as the input
+    and the ``targets`` explained, JSON or binary as asked."""
+    if len(x) > LIMITS["images"]:
+        raise ProtocolError(f"explain takes 1 to {LIMITS['images']} images per request, got {len(x)}")
+    how = {"method": "integrated_gradients", **explaining}
+    method, target = how.pop("method"), how.pop("target", None)
+    attributions, targets = await served.explain(x, method, target, **how)
+    binary = bool((header.get("parameters") or {}).get("binary_data_output"))
+    outputs, chunks = [], []
+    for name, value in (("attributions", attributions.astype(np.float32)), ("targets", np.asarray(targets, np.int64))):
+        tensor, raw = encode_tensor(name, value, binary=binary)
+        outputs.append(tensor)
+        chunks.append(raw)
+    reply: dict[str, Any] = {"model_name": served.name, "model_version": served.version, "outputs": outputs}
+    if header.get("id") is not None:
+        reply["id"] = header["id"]
+    return encode_body(reply, chunks)
 
 
 def _reply(served: ServedModel, header: dict, logits: np.ndarray) -> tuple[bytes, dict]:

@@ -19,6 +19,7 @@ __all__ = [
     "Alive",
     "ClassifyResponse",
     "Error",
+    "ExplainParameters",
     "ExplainRequest",
     "ExplainResponse",
     "InferRequest",
@@ -99,6 +100,9 @@ class RequestOutput(_Strict):
 class RequestParameters(_Strict):
     model_config = ConfigDict(strict=True, extra="allow")
     binary_data_output: bool | None = Field(None, description="every output as raw bytes")
+    explain: ExplainParameters | None = Field(
+        None, description="answer attributions (output 'attributions', input-shaped) and 'targets' instead of logits"
+    )
 
 
 class InferRequest(_Strict):
@@ -192,10 +196,9 @@ class ClassifyResponse(BaseModel):
     results: list[list[tuple[str, float]]] = Field(description="per example, (label, probability), best first")
 
 
-class ExplainRequest(_Strict):
-    """KServe V1's explain request: the rows to explain, the method and its (capped) parameters."""
+class ExplainParameters(_Strict):
+    """How to explain: the method (maaskit.explain) and its parameters, each capped per request."""
 
-    instances: list[Any] = Field(description="one entry per example: the model's normalized input")
     method: Literal["saliency", "integrated_gradients", "occlusion", "kernel_shap", "lime"] = "integrated_gradients"
     target: Annotated[int, Field(ge=0)] | list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="the class to explain: one, one per example, or none for the predicted class"
@@ -204,6 +207,12 @@ class ExplainRequest(_Strict):
     samples: Annotated[int, Field(ge=1, le=1024)] = Field(200, description="kernel_shap and lime: model calls")
     window: Annotated[int, Field(ge=1, le=8)] = Field(2, description="occlusion, kernel_shap, lime: patch size")
     seed: int = Field(0, description="kernel_shap and lime sample at random; the same seed, the same answer")
+
+
+class ExplainRequest(ExplainParameters):
+    """KServe V1's explain request: the rows to explain, the method and its (capped) parameters."""
+
+    instances: list[Any] = Field(description="one entry per example: the model's normalized input")
 
 
 class Explanation(BaseModel):
@@ -291,3 +300,6 @@ def request_body_doc(model: type, *, binary: bool = False, required: bool = True
             }
         ]
     return doc
+
+
+RequestParameters.model_rebuild()  # its explain field names a class defined after it
