@@ -164,34 +164,30 @@ async def _explained(served: ServedModel, header: dict, x: np.ndarray, explainin
     method, target = how.pop("method"), how.pop("target", None)
     attributions, targets = await served.explain(x, method, target, **how)
     binary = bool((header.get("parameters") or {}).get("binary_data_output"))
-    outputs, chunks = [], []
-    for name, value in (("attributions", attributions.astype(np.float32)), ("targets", np.asarray(targets, np.int64))):
-        tensor, raw = encode_tensor(name, value, binary=binary)
-        outputs.append(tensor)
-        chunks.append(raw)
-    reply: dict[str, Any] = {"model_name": served.name, "model_version": served.version, "outputs": outputs}
-    if header.get("id") is not None:
-        reply["id"] = header["id"]
-    return encode_body(reply, chunks)
+    named = [("attributions", attributions.astype(np.float32)), ("targets", np.asarray(targets, np.int64))]
+    return _response(served, header, [(name, values, binary) for name, values in named])
 
 
 def _reply(served: ServedModel, header: dict, logits: np.ndarray) -> tuple[bytes, dict]:
     """The V2 response for ``logits``: the outputs asked for, JSON or binary, classified or raw."""
     all_binary = bool((header.get("parameters") or {}).get("binary_data_output"))
-    outputs, chunks = [], []
+    wanted: list[tuple[str, np.ndarray, bool]] = []
     for spec in header.get("outputs") or [{"name": served.output_name}]:
         if spec["name"] != served.output_name:
             raise ProtocolError(
                 f"model {served.name!r} has one output, {served.output_name!r}; got a request for {spec['name']!r}"
             )
         params = spec.get("parameters") or {}
-        binary = bool(params.get("binary_data", all_binary))
         k = params.get("classification")
         values = classification_strings(logits, k, served.classes) if k else logits
-        tensor, raw = encode_tensor(served.output_name, values, binary=binary)
-        outputs.append(tensor)
-        chunks.append(raw)
-    reply: dict[str, Any] = {"model_name": served.name, "model_version": served.version, "outputs": outputs}
+        wanted.append((served.output_name, values, bool(params.get("binary_data", all_binary))))
+    return _response(served, header, wanted)
+
+
+def _response(served: ServedModel, header: dict, tensors: list[tuple[str, np.ndarray, bool]]) -> tuple[bytes, dict]:
+    """A V2 response body and headers: ``(name, values, binary)`` per output, the request's id echoed."""
+    outputs, chunks = zip(*(encode_tensor(name, values, binary=binary) for name, values, binary in tensors))
+    reply: dict[str, Any] = {"model_name": served.name, "model_version": served.version, "outputs": list(outputs)}
     if header.get("id") is not None:
         reply["id"] = header["id"]
-    return encode_body(reply, chunks)
+    return encode_body(reply, list(chunks))
