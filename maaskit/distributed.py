@@ -160,8 +160,9 @@ def launch(
             command = [*runner, "-m", target, *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         start = time.perf_counter()
+        deadline = time.monotonic() + timeout  # the whole launch, waiting for the lock included
         with _one_launch_at_a_time(timeout, quiet):
-            output = _run(command, env=env, timeout=timeout - (time.perf_counter() - start), quiet=quiet)
+            output = _run(command, env=env, deadline=deadline, timeout=timeout, quiet=quiet)
         seconds = time.perf_counter() - start
         errors = sorted(work.glob("rank*.error"))
         if errors:
@@ -199,7 +200,9 @@ def _one_launch_at_a_time(timeout: float, quiet: bool) -> Iterator[None]:
                     print("waiting for another maaskit launch on this machine to finish ...", flush=True)
                     told = True
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"another launch held this machine for {timeout:.0f} s") from None
+                    raise TimeoutError(
+                        f"the launch did not start within {timeout:.0f} s: another maaskit launch held this machine"
+                    ) from None
                 time.sleep(0.2)
         try:
             yield
@@ -213,8 +216,11 @@ class _Finished:
     text: str
 
 
-def _run(command: list[str], *, env: dict, timeout: float, quiet: bool) -> _Finished:
+def _run(command: list[str], *, env: dict, deadline: float, timeout: float, quiet: bool) -> _Finished:
     """Run ``command`` in a new session; print its lines as they come; kill the whole group at the end.
+
+    ``deadline`` is a ``time.monotonic()`` instant; ``timeout`` is the launch's whole allowance, the
+    figure the error names (time spent waiting for another launch counts against it).
 
     A thread reads the output so that the deadline holds even when a rank hangs without a word
     (forked ranks have been seen to hang at exit)."""
@@ -234,7 +240,6 @@ def _run(command: list[str], *, env: dict, timeout: float, quiet: bool) -> _Fini
         arrived.put(None)  # every process of the group has closed its output
 
     threading.Thread(target=read, daemon=True, name="maaskit-launch-output").start()
-    deadline = time.monotonic() + timeout
     try:
         while True:
             try:

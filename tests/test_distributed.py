@@ -156,8 +156,24 @@ def test_resume_under_ddp_equals_an_uninterrupted_run(importable_tests, tmp_path
 
 
 def test_a_hanging_launch_times_out_and_is_stopped(importable_tests):
-    with pytest.raises(TimeoutError, match="did not finish within 15 s"):
+    # the error names the whole allowance, even when part of it went waiting for another launch
+    # (another test's launch may hold the machine's lock, which once made this read "within 4 s")
+    with pytest.raises(TimeoutError, match="within 15 s"):
         launch("ddp_ranks:sleep_forever", nproc=2, timeout=15, quiet=True)
+    assert leftover_processes("ddp_ranks:sleep_forever") == []
+
+
+def test_a_launch_waiting_for_the_machine_gives_up_at_its_timeout(importable_tests):
+    import fcntl
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / "maaskit-launch.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as another launch would (waits for any running one)
+        try:
+            with pytest.raises(TimeoutError, match="did not start within 2 s: another maaskit launch"):
+                launch("ddp_ranks:sleep_forever", nproc=2, timeout=2, quiet=True)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
     assert leftover_processes("ddp_ranks:sleep_forever") == []
 
 
