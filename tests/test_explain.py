@@ -162,3 +162,42 @@ def test_a_v2_request_with_an_explain_parameter_answers_attributions(served, tra
     too_much = {"inputs": [encode_tensor("input", x)[0]], "parameters": {"explain": {"steps": 1000}}}
     refused = httpx.post(f"{served.url}/v2/models/digits/infer", content=encode_body(too_much, [])[0])
     assert refused.status_code == 400 and "parameters.explain.steps" in refused.json()["error"]
+
+
+def test_the_client_explains_uint8_pixels_through_v2_as_the_server_normalizes_them(served, trained, digits):
+    pixels = digits.test.x[:2]
+    with maaskit.Client(served.url) as client:
+        got, targets = client.explain("digits", pixels, method="integrated_gradients", steps=16)
+    expected = explain(trained, digits.normalize(pixels), method="integrated_gradients", steps=16)
+    torch.testing.assert_close(torch.from_numpy(got), expected, rtol=1e-4, atol=1e-5)
+    assert targets == trained(digits.normalize(pixels)).argmax(1).tolist()
+    with maaskit.Client(served.url, protocol="v1") as v1, pytest.raises(ValueError, match="normalized float"):
+        v1.explain("digits", pixels)
+
+
+# --- the PCA view -------------------------------------------------------------------------------
+
+
+def test_penultimate_features_and_their_pca_separate_the_classes_better_than_pixels(trained, digits):
+    from maaskit import plots
+    from maaskit.projection import features, pca
+
+    x, y = digits.normalize(digits.test.x), digits.test.y
+    feats = features(trained, x, batch_size=64)
+    last = [m for m in trained.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert feats.shape == (len(x), last.in_features)
+    torch.testing.assert_close(last(feats), trained(x))  # exactly what the last layer reads
+    spread = {}
+    for name, data in (("pixels", x), ("features", feats)):
+        coords, variance = pca(data, 10)
+        assert coords.shape == (len(x), 10) and len(variance) == 10
+        assert np.all(np.diff(variance) <= 1e-12) and 0 < variance.sum() <= 1 + 1e-9
+        # how far apart the class centres are in 2-D, against the spread within a class
+        centres = np.stack([coords[y == c, :2].mean(0) for c in range(10)])
+        within = np.mean([coords[y == c, :2].std(0).mean() for c in range(10)])
+        spread[name] = np.std(centres, 0).mean() / within
+    assert spread["features"] > spread["pixels"], spread
+    fig = plots.projection({"pixels": pca(x, 5), "features": pca(feats, 5)}, y, trained(x).argmax(1) != y)
+    assert len(fig.axes) == 5  # two scatters, two variance bars, one colour bar
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        features(torch.nn.Conv2d(1, 1, 3), x)

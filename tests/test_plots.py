@@ -65,3 +65,16 @@ def test_image_grid_color_images_and_saving(tmp_path):
     assert fig.axes[0].images[0].get_array().shape == (16, 16, 3)
     fig.savefig(tmp_path / "grid.png")
     assert (tmp_path / "grid.png").stat().st_size > 1000
+
+
+def test_attributions_draw_the_image_then_one_overlay_per_method():
+    images = torch.rand(3, 1, 8, 8)
+    maps = {"saliency": torch.rand(3, 1, 8, 8), "integrated_gradients": torch.randn(3, 1, 8, 8)}
+    fig = plots.attributions(images, maps, titles=["1", "2 (is 3)", "4"])
+    assert len(fig.axes) == 3 * 3
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["1", "saliency", "integrated gradients"]
+    assert fig.axes[3].title.get_color() == "tab:red"  # the mistake stands out
+    heat = fig.axes[2].get_images()[-1]
+    assert heat.get_clim()[0] == -heat.get_clim()[1]  # a symmetric scale: white is zero
+    with pytest.raises(ValueError, match=r"the 'saliency' map has shape \[3, 1, 4, 4\]"):
+        plots.attributions(images, {"saliency": torch.rand(3, 1, 4, 4)})

@@ -549,6 +549,17 @@ def test_endpoint_console_connects_sends_and_load_tests(artifact, digits):
         top = console.last_prediction["top"]
         assert len(top) == 3 and console.last_prediction["label"] == digits.classes[int(digits.test.y[3])]
         assert bytes(console.image.value).startswith(b"\x89PNG") and " ms" in console.status.value
+        sent = bytes(console.image.value)
+        console.method_w.value = "occlusion"
+        console.explain_button.click()
+        assert console.error is None and bytes(console.image.value) != sent
+        assert console.last_explanation["method"] == "occlusion" and "occlusion: why" in console.status.value
+        with Client(running.url, token="tok") as client:
+            expected, _ = client.explain("digits", digits.test.x[3:4], method="occlusion")
+        maps, target = console.explain()
+        np.testing.assert_array_equal(maps, expected[0])
+        assert digits.classes[target] == console.last_explanation["target"]
+        assert "last explanation: occlusion" in str(console)
         console.requests_w.value, console.concurrency_w.value = 40, 4
         console.load_button.click()
         assert console.last_load.requests == 40 and console.last_load.failures == 0

@@ -120,13 +120,14 @@ class Client:
         outputs: list[str] | dict[str, dict] | None = None,
         request_id: str | None = None,
         metadata: dict | None = None,
+        parameters: dict | None = None,
     ) -> dict[str, np.ndarray]:
         """Run ``model`` on ``inputs`` — an array (for a one-input model) or ``{name: array}`` —
         and return ``{output name: array}``. ``binary=True`` uses Triton's binary tensor format.
         ``outputs``: names, or ``{name: parameters}`` such as ``{"logits": {"classification": 3}}``
         (Triton's classification extension: BYTES ``"score:index:label"``, read with
         :func:`~maaskit.serving.protocol.parse_classification`). ``metadata`` (from :meth:`metadata`)
-        saves asking the endpoint for names again."""
+        saves asking the endpoint for names again; ``parameters``, the request's V2 parameters."""
         if self.protocol == "v1":
             array = _as_array(next(iter(inputs.values())) if isinstance(inputs, dict) else inputs)
             path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":predict"
@@ -141,6 +142,8 @@ class Client:
         header: dict[str, Any] = {"inputs": list(specs)}
         if request_id is not None:
             header["id"] = request_id
+        if parameters:
+            header["parameters"] = parameters
         if outputs or binary:
             wanted = outputs or [o["name"] for o in (metadata or {})["outputs"]]
             asked = wanted if isinstance(wanted, dict) else {n: {} for n in wanted}
@@ -180,17 +183,29 @@ class Client:
         method: str = "integrated_gradients",
         target: int | list[int] | None = None,
         version: str | None = None,
+        metadata: dict | None = None,
         **params: Any,
     ) -> tuple[np.ndarray, list[int]]:
-        """Attributions for normalized float ``images`` from the endpoint's ``:explain`` verb (KServe's
-        V1 convention; maaskit's server), with the classes they explain (the predicted ones by
-        default). ``params``: ``steps``, ``samples``, ``window``, ``seed``, as the method takes them."""
+        """Attributions for ``images``, shaped as the images, with the classes they explain (the
+        predicted ones by default); maaskit's server. ``params``: ``steps``, ``samples``,
+        ``window``, ``seed``, as the method takes them.
+
+        Normalized float images go to the ``:explain`` verb (KServe's V1 convention); uint8 pixels
+        go to V2 ``/infer`` with ``parameters.explain``, so that the server normalizes them as it
+        does for inference (the attributions are then per normalized input value)."""
         images = _as_array(images)
-        if images.dtype == np.uint8:
-            raise ValueError("explain takes the model's normalized float images (e.g. data.normalize(images))")
-        body = {"instances": images.astype(np.float32).tolist(), "method": method, **params}
+        how: dict[str, Any] = {"method": method, **params}
         if target is not None:
-            body["target"] = target
+            how["target"] = target
+        if images.dtype == np.uint8:
+            if self.protocol == "v1":
+                raise ValueError(
+                    "a V1 endpoint does not describe its input normalization: pass the model's normalized "
+                    "float images (e.g. data.normalize(images)), or use a V2 endpoint"
+                )
+            out = self.infer(model, images, version=version, metadata=metadata, parameters={"explain": how})
+            return out["attributions"].astype(np.float32), [int(t) for t in out["targets"]]
+        body = {"instances": images.astype(np.float32).tolist(), **how}
         path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":explain"
         explanations = self._request("POST", path, json=body).json()["explanations"]
         return np.asarray([e["attributions"] for e in explanations], np.float32), [e["target"] for e in explanations]

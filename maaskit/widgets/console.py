@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import plots
 from ..images import read_image
+from ..explain import METHODS
 from ..serving.client import Client, EndpointError, LoadTestResult, load_test
 from .base import CONTROL, WidgetBase, figure_image, flow
 
@@ -20,11 +21,12 @@ __all__ = ["EndpointConsole"]
 
 class EndpointConsole(WidgetBase):
     """URL, token and protocol; a model list from the endpoint; **Send** one test image (or an
-    uploaded one) and see the top classes and the latency; **Load test** N requests at
+    uploaded one) and see the top classes and the latency; **Explain** it with the chosen method
+    and see the attributions over the image (maaskit's server, V2); **Load test** N requests at
     concurrency C and see the latency histogram, p50/p95/p99 and requests/s.
 
     ``images`` (uint8 N x C x H x W) and ``labels`` give the test-image picker something to pick.
-    ``connect()``, ``send()`` and ``load_test()`` are what the buttons call; headless, call them
+    ``connect()``, ``send()``, ``explain()`` and ``load_test()`` are what the buttons call; headless, call them
     and print the console for the same results as text.
     """
 
@@ -40,12 +42,14 @@ class EndpointConsole(WidgetBase):
         top_k: int = 3,
         requests: int = 200,
         concurrency: int = 16,
+        method: str = "integrated_gradients",
     ):
         self.images = None if images is None else (images.numpy() if hasattr(images, "numpy") else np.asarray(images))
         self.labels, self.classes, self.top_k = labels, classes, top_k
         self.client: Client | None = None
         self.last_prediction: dict[str, Any] | None = None
         self.last_load: LoadTestResult | None = None
+        self.last_explanation: dict[str, Any] | None = None
         self.error: Exception | None = None
         self._uploaded: bytes | None = None  # an uploaded image file, sent instead of the test image
 
@@ -81,6 +85,10 @@ class EndpointConsole(WidgetBase):
         )
         self.upload_w = w.FileUpload(accept="image/*", multiple=False, description="or upload")
         self.send_button = w.Button(description="Send", button_style="primary", icon="paper-plane")
+        self.method_w = w.Dropdown(
+            options=list(METHODS), value=method, description="explain with", style=ctl["style"], layout=wide
+        )
+        self.explain_button = w.Button(description="Explain", icon="search")
         self.requests_w = w.BoundedIntText(
             value=requests, min=1, max=10_000, description="requests", style=ctl["style"], layout=narrow
         )
@@ -95,6 +103,7 @@ class EndpointConsole(WidgetBase):
 
         self.connect_button.on_click(lambda _: self.connect())
         self.send_button.on_click(lambda _: self.send())
+        self.explain_button.on_click(lambda _: self.explain())
         self.load_button.on_click(lambda _: self.load_test())
         self.upload_w.observe(self._on_upload, names="value")
         self.index_w.observe(self._on_index, names="value")
@@ -104,6 +113,7 @@ class EndpointConsole(WidgetBase):
                 self.token_w,
                 self.model_w,
                 flow([self.index_w, self.upload_w, self.send_button]),
+                flow([self.method_w, self.explain_button]),
                 flow([self.requests_w, self.concurrency_w, self.load_button]),
                 self.status,
                 self.image,
@@ -209,6 +219,35 @@ class EndpointConsole(WidgetBase):
         self._uploaded = None
         return top
 
+    def explain(self):
+        """Explain the chosen image with the chosen method; returns ``(attributions, class explained)``."""
+        self.error = None
+        method = self.method_w.value
+        try:
+            if self.client is None or not self.model_w.value:
+                raise ValueError("connect to an endpoint and choose a model first")
+            if self.client.protocol != "v2":
+                raise ValueError("explanations of pixels need maaskit's server over V2 (protocol auto or v2)")
+            meta = self.client.metadata(self.model_w.value)
+            image = np.asarray(self._image_for(meta), np.uint8)
+            start = time.perf_counter()
+            maps, targets = self.client.explain(self.model_w.value, image[None], method=method, metadata=meta)
+            latency = (time.perf_counter() - start) * 1000
+        except (EndpointError, ValueError, OSError) as err:
+            self._fail(err)
+            return None
+        classes = (meta.get("parameters") or {}).get("classes")
+        explained = classes[targets[0]] if classes else targets[0]
+        self.last_explanation = {"method": method, "target": explained, "latency_ms": latency}
+        title = f"explains {explained}"
+        self._show(plots.attributions(image[None], {method: maps}, titles=[title], size=2.4))
+        self.status.value = (
+            f"{html.escape(method.replace('_', ' '))}: why <b>{html.escape(str(explained))}</b> "
+            f"(red for, blue against) in {latency:.0f} ms"
+        )
+        self._uploaded = None
+        return maps[0], targets[0]
+
     def _label(self, y):
         y = int(y)
         return self.classes[y] if self.classes is not None else y
@@ -257,6 +296,9 @@ class EndpointConsole(WidgetBase):
         if self.last_prediction:
             top = ", ".join(f"{label} {p:.1%}" for label, p in self.last_prediction["top"])
             lines.append(f"last prediction: {top} in {self.last_prediction['latency_ms']:.1f} ms")
+        if self.last_explanation:
+            e = self.last_explanation
+            lines.append(f"last explanation: {e['method']} of class {e['target']} in {e['latency_ms']:.0f} ms")
         if self.last_load:
             lines.append(f"last load test: {self.last_load!r}")
         return "\n".join(lines)
