@@ -26,6 +26,7 @@ FigureLike = Union[Figure, SubFigure]  # noqa: UP007 (a run-time alias on Python
 __all__ = [
     "attributions",
     "confusion_matrix",
+    "convergence",
     "function_grid",
     "gradient_inspection",
     "history",
@@ -557,4 +558,19 @@ def projection(
     ticks = range(int(labels.max()) + 1)
     cbar = fig.colorbar(points, ax=grid[0, :].tolist(), ticks=list(ticks), shrink=0.8)
     cbar.ax.set_yticklabels([classes[t] if classes is not None else str(t) for t in ticks])
+    return fig
+
+
+def convergence(
+    x: Sequence[float], series: Mapping[str, ArrayLike], *, xlabel: str = "steps", ylabel: str = "error", title: str = ""
+) -> Figure:
+    """Errors against a growing amount of work, log-log: one line per way of doing the work."""
+    fig = Figure(figsize=(6.4, 3.4), layout="constrained")
+    ax = fig.subplots()
+    for name, values in series.items():
+        line = log_curve(ax, x, values, label=name, what=xlabel.split()[0])
+        line.set_marker("o")
+    ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize="small")
     return fig

@@ -78,3 +78,11 @@ def test_attributions_draw_the_image_then_one_overlay_per_method():
     assert heat.get_clim()[0] == -heat.get_clim()[1]  # a symmetric scale: white is zero
     with pytest.raises(ValueError, match=r"the 'saliency' map has shape \[3, 1, 4, 4\]"):
         plots.attributions(images, {"saliency": torch.rand(3, 1, 4, 4)})
+
+
+def test_convergence_draws_each_series_log_log():
+    fig = plots.convergence([2, 8, 64], {"a": [0.3, 0.05, 0.001], "b": [0.2, 0.0, 0.0]}, ylabel="gap")
+    (ax,) = fig.axes
+    assert ax.get_xscale() == ax.get_yscale() == "log"
+    assert [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] == ["a", "b"]
+    assert any("0 from steps 8" in t.get_text() for t in ax.texts)  # where 'b' left the axis is said
