@@ -492,8 +492,9 @@ def attributions(
     titles: Sequence[str] | None = None,
     size: float = 1.6,
 ) -> Figure:
-    """One row per image: the image, then each method's attribution map over it (red pushes towards
-    the class, blue away; each map on its own symmetric scale, channels summed).
+    """One row per image: the image, then each method's attribution map with the image's strokes
+    outlined over it (red pushes towards the class, blue away; each map on its own symmetric
+    scale, channels summed).
 
     ``images``: N x C x H x W (pixels or normalized); ``maps``: ``{method: N x C x H x W}``;
     ``titles``: one per row, e.g. "7 (is 9)", drawn red when it has "(is".
@@ -517,8 +518,9 @@ def attributions(
         for j, (name, m) in enumerate(arrays.items(), start=1):
             heat = m[i].sum(0)
             bound = float(np.abs(heat).max()) or 1.0
-            axes[i, j].imshow(gray, cmap="gray_r", alpha=0.35)
-            axes[i, j].imshow(heat, cmap="RdBu_r", vmin=-bound, vmax=bound, alpha=0.75)
+            axes[i, j].imshow(heat, cmap="RdBu_r", vmin=-bound, vmax=bound)
+            if gray.max() > gray.min():  # the image's strokes outlined over the map
+                axes[i, j].contour(gray, levels=[0.5], colors="black", linewidths=0.8, alpha=0.6)
             if i == 0:
                 axes[i, j].set_title(name.replace("_", " "), fontsize="small")
         for ax in axes[i]:

@@ -312,3 +312,31 @@ def test_endpoint_console_sends_an_image_in_jupyterlab(page, lab):
     assert_fits(page, console, "06_console_load_test")
     (ARTIFACTS / "06_timings.json").write_text(json.dumps(timings, indent=1))
     print("browser timings:", timings)
+
+
+def test_endpoint_console_explains_an_image_in_jupyterlab(page, lab):
+    kernel, timings, console = run_and_find(page, lab, "08_explaining_predictions.ipynb", ".maaskit-endpoint-console")
+    status = console.locator(".maaskit-console-status")
+    # the notebook's own console.explain() ran; now pick another method and press Explain
+    page.wait_for_function("el => el.innerText.includes('why')", arg=status.element_handle(), timeout=30_000)
+    assert "integrated gradients: why" in status.inner_text()
+    assert_fits(page, console, "08_console")
+    image = console.locator("img")
+    shown = image.get_attribute("src")
+    console.locator(".widget-dropdown", has_text="explain with").locator("select").select_option("occlusion")
+    start = time.monotonic()
+    console.get_by_role("button", name="Explain").click()
+    page.wait_for_function(
+        "([el, img, old]) => el.innerText.includes('occlusion: why') && img.getAttribute('src') !== old",
+        arg=[status.element_handle(), image.element_handle(), shown],
+        timeout=30_000,
+    )
+    timings["explain_shown_s"] = round(time.monotonic() - start, 2)
+    assert "red for, blue against" in status.inner_text()
+    assert image.evaluate("img => img.naturalWidth") > 200  # the overlay was drawn, not a broken image
+    lab.wait_idle(kernel, timeout=60)
+    page.screenshot(path=str(ARTIFACTS / "08_console_explain.png"))
+    assert_fits(page, console, "08_console_explain")
+    assert_ran_cleanly(page)
+    (ARTIFACTS / "08_timings.json").write_text(json.dumps(timings, indent=1))
+    print("browser timings:", timings)

@@ -39,6 +39,7 @@ def test_every_notebook_is_covered_here():
         "04_training_cnns.ipynb",
         "05_inspecting_gradients.ipynb",
         "06_serving.ipynb",
+        "08_explaining_predictions.ipynb",
         "09_scaling_out.ipynb",
     }
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == tested
@@ -237,6 +238,53 @@ def test_06_serving_calls_a_remote_endpoint(tmp_path):
     check_serving(m)
     assert m["endpoint"] == "remote" and m["model_name"] == "remote-digits" and m["local_accuracy"] is None
     assert m["mean_batch"] == {"1": None, "4": None}
+
+
+def check_explaining(m: dict) -> None:
+    assert m["ig_vs_captum_max_difference"] < 1e-5
+    for gaps in m["completeness_gap"].values():  # falls with the steps: 256 steps at least 20x better than 2
+        assert gaps[-1] < gaps[0] / 20, gaps
+    sanity = m["sanity_median_correlation"]
+    assert sanity["saliency (plain gradients)"] < 0.5 and sanity["integrated gradients"] < 0.5
+    assert sanity["edge detector"] > 0.99
+    cost = m["cost_forward_passes"]  # an explanation costs more than a forward pass, LIME most of these
+    assert set(cost) == {"saliency", "integrated_gradients", "occlusion", "kernel_shap", "lime"}
+    assert 1 < cost["saliency"] < cost["lime"] and cost["occlusion"] < cost["lime"]
+    assert m["raw_explain_status"] == 200 and m["too_much_work_status"] == 400
+    assert m["console_explained"]["method"] == m["method"]
+    separation = m["pca_separation"]  # the network's features separate the classes better than its pixels
+    assert separation["features"] > separation["pixels"]
+
+
+def test_08_explaining_predictions_defaults():
+    m = run("08_explaining_predictions.ipynb", "defaults")
+    check_explaining(m)
+    assert m["endpoint"] == "local" and m["served_max_difference"] < 1e-4
+    assert m["method"] == "integrated_gradients" and len(m["served_targets"]) == 3 + min(3, m["mistakes"])
+
+
+def test_08_explaining_predictions_other_parameters():
+    m = run("08_explaining_predictions.ipynb", "occlusion-seed1", seed=1, method="occlusion", steps=32, samples=64)
+    check_explaining(m)
+    assert m["method"] == "occlusion" and m["steps"] == 32 and m["served_max_difference"] < 1e-4
+
+
+def test_08_explaining_predictions_calls_a_remote_endpoint(tmp_path):
+    digits = load_dataset("digits")
+    model = build_model("lenet", digits.in_shape, 10)
+    fit(model, digits, epochs=8, lr=3e-3)
+    with serve(model, data=digits, name="remote-digits", token="t0k") as remote:
+        m = run(
+            "08_explaining_predictions.ipynb",
+            "remote",
+            endpoint_url=remote.url,
+            token="t0k",
+            model_name="remote-digits",
+            model_path=str(tmp_path / "stand-in"),
+            method="saliency",
+        )
+    check_explaining(m)
+    assert m["endpoint"] == "remote" and m["served_max_difference"] is None and m["method"] == "saliency"
 
 
 def test_09_scaling_out_two_ranks_equal_one():

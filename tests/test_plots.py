@@ -74,7 +74,7 @@ def test_attributions_draw_the_image_then_one_overlay_per_method():
     assert len(fig.axes) == 3 * 3
     assert [ax.get_title() for ax in fig.axes[:3]] == ["1", "saliency", "integrated gradients"]
     assert fig.axes[3].title.get_color() == "tab:red"  # the mistake stands out
-    heat = fig.axes[2].get_images()[-1]
+    heat = fig.axes[2].get_images()[0]
     assert heat.get_clim()[0] == -heat.get_clim()[1]  # a symmetric scale: white is zero
     with pytest.raises(ValueError, match=r"the 'saliency' map has shape \[3, 1, 4, 4\]"):
         plots.attributions(images, {"saliency": torch.rand(3, 1, 4, 4)})
