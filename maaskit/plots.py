@@ -564,7 +564,12 @@ def projection(
 
 
 def convergence(
-    x: Sequence[float], series: Mapping[str, ArrayLike], *, xlabel: str = "steps", ylabel: str = "error", title: str = ""
+    x: Sequence[float],
+    series: Mapping[str, ArrayLike],
+    *,
+    xlabel: str = "steps",
+    ylabel: str = "error",
+    title: str = "",
 ) -> Figure:
     """Errors against a growing amount of work, log-log: one line per way of doing the work."""
     fig = Figure(figsize=(6.4, 3.4), layout="constrained")

@@ -11,8 +11,8 @@ import ipywidgets as w
 import numpy as np
 
 from .. import plots
-from ..images import read_image
 from ..explain import METHODS
+from ..images import read_image
 from ..serving.client import Client, EndpointError, LoadTestResult, load_test
 from .base import CONTROL, WidgetBase, figure_image, flow
 
