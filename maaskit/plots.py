@@ -544,7 +544,7 @@ def projection(
     fig = Figure(figsize=(5.2 * len(panels) + 0.6, 5.2), layout="constrained")
     grid = fig.subplots(2, len(panels), squeeze=False, height_ratios=[4, 1])
     for k, (title, (coords, variance)) in enumerate(panels.items()):
-        coords, variance = _array(coords), np.asarray(variance, dtype=float)
+        coords, ratios = _array(coords), np.asarray(variance, dtype=float)
         ax, bar = grid[0, k], grid[1, k]
         points = ax.scatter(coords[:, 0], coords[:, 1], c=labels, cmap="tab10", s=8, alpha=0.7, vmin=-0.5, vmax=9.5)
         mask = np.zeros(len(labels), bool) if wrong is None else _array(wrong).astype(bool)
@@ -553,8 +553,8 @@ def projection(
             ax.plot([], [], "o", mfc="none", mec="red", label=f"{int(mask.sum())} mistakes")
             ax.legend(loc="best", fontsize="small")
         ax.set(title=title, xlabel="PC 1", ylabel="PC 2")
-        bar.bar(np.arange(1, len(variance) + 1), variance, color="C0")
-        bar.plot(np.arange(1, len(variance) + 1), np.cumsum(variance), "o-", color="C3", ms=3, label="cumulative")
+        bar.bar(np.arange(1, len(ratios) + 1), ratios, color="C0")
+        bar.plot(np.arange(1, len(ratios) + 1), np.cumsum(ratios), "o-", color="C3", ms=3, label="cumulative")
         bar.set(xlabel="component", ylabel="variance", ylim=(0, 1))
         bar.legend(fontsize="x-small", loc="center right")
     ticks = range(int(labels.max()) + 1)
