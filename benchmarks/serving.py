@@ -1,5 +1,6 @@
-"""Inference serving, side by side in one run: maaskit (adaptive batching on, and off), a naive
-FastAPI endpoint, and KServe's ModelServer, all serving the same LeNet-on-digits artifact.
+"""Inference serving, side by side in one run: maaskit (adaptive batching on, and off; and while
+it explains), a naive FastAPI endpoint, and KServe's ModelServer, all serving the same
+LeNet-on-digits artifact.
 
 Each server runs in its own process on 127.0.0.1; the load comes from `hey`, a compiled load
 generator in a process of its own (so the client's GIL measures nothing), against one server at a
@@ -7,7 +8,12 @@ time, the servers taking turns round by round. For each server, concurrency 1 an
 binary (Triton's binary tensors; the naive endpoint has none): p50, p99 and requests/s, medians
 of ``--rounds`` rounds after a warm-up. The floor is the in-process forward pass at batch 1.
 
-    python benchmarks/serving.py [--requests 4000] [--rounds 3] [--servers maaskit,unbatched,naive,kserve]
+"explaining" is maaskit's server measured the same way while a second `hey` keeps one
+explanation request in flight all the time (integrated gradients, 50 steps, one image, on
+``:explain``): what explanations cost plain inference on the same server.
+
+    python benchmarks/serving.py [--requests 4000] [--rounds 3]
+        [--servers maaskit,explaining,unbatched,naive,kserve]
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ def free_port() -> int:
 
 
 def prepare(folder: Path) -> tuple[Path, float, dict[str, tuple[bytes, dict]]]:
-    """The artifact, the in-process forward time at batch 1 (ms, median), and one request body per format."""
+    """The artifact, the in-process forward time at batch 1 (ms, median), and one request body per
+    format (and "explain": one image to explain)."""
     import torch
 
     import maaskit
@@ -67,6 +74,8 @@ def prepare(folder: Path) -> tuple[Path, float, dict[str, tuple[bytes, dict]]]:
         if binary:
             header["outputs"] = [{"name": "logits", "parameters": {"binary_data": True}}]
         bodies[fmt] = encode_body(header, [raw])
+    explain = {"instances": x.tolist(), "method": "integrated_gradients", "steps": 50}
+    bodies["explain"] = (json.dumps(explain).encode(), {"Content-Type": "application/json"})
     return artifact, statistics.median(times) * 1000, bodies
 
 
@@ -75,6 +84,7 @@ def servers(artifact: Path, chosen: list[str]) -> dict[str, tuple[list[str], tup
     maaskit_serve = [sys.executable, "-m", "maaskit", "serve", str(artifact), "--port", "{port}"]
     table = {
         "maaskit": (maaskit_serve, ("json", "binary")),
+        "explaining": (maaskit_serve, ("json", "binary")),  # measured with explanations running beside
         "unbatched": ([*maaskit_serve, "--max-batch-size", "1"], ("json", "binary")),
         "naive": ([sys.executable, str(PEERS / "naive_server.py"), str(artifact), "{port}"], ("json",)),
     }
@@ -124,21 +134,43 @@ def stop(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def hey(url: str, body: tuple[bytes, dict], concurrency: int, requests: int, folder: Path) -> dict:
-    """One load run: p50 and p99 in ms, requests/s, and how many answers were not 200."""
+def hey_command(url: str, body: tuple[bytes, dict], path: Path, *load: str) -> list[str]:
     content, headers = body
-    path = folder / "body"
     path.write_bytes(content)
-    command = ["hey", "-n", str(requests), "-c", str(concurrency), "-m", "POST", "-D", str(path)]
+    command = ["hey", *load, "-m", "POST", "-D", str(path)]
     for name, value in headers.items():
         command += ["-T", value] if name == "Content-Type" else ["-H", f"{name}: {value}"]
-    out = subprocess.run([*command, url], capture_output=True, text=True, timeout=600, check=True).stdout
+    return [*command, url]
+
+
+def hey(url: str, body: tuple[bytes, dict], concurrency: int, requests: int, folder: Path) -> dict:
+    """One load run: p50 and p99 in ms, requests/s, and how many answers were not 200."""
+    command = hey_command(url, body, folder / "body", "-n", str(requests), "-c", str(concurrency))
+    return parse(subprocess.run(command, capture_output=True, text=True, timeout=600, check=True).stdout)
+
+
+class Explaining:
+    """One explanation request in flight all the time, from a `hey` of its own, until stopped."""
+
+    def __init__(self, base: str, body: tuple[bytes, dict], folder: Path):
+        command = hey_command(f"{base}/v1/models/digits:explain", body, folder / "explain-body", "-c", "1", "-z", "1h")
+        self.log = folder / "explain.log"
+        with open(self.log, "w") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+
+    def stop(self) -> dict:
+        self.process.send_signal(signal.SIGINT)  # hey stops and prints its report
+        self.process.wait(60)
+        return parse(self.log.read_text())
+
+
+def parse(out: str) -> dict:
     latency = {int(q): float(s) * 1000 for q, s in re.findall(r"(\d+)% in ([\d.]+) secs", out)}
     statuses = {int(code): int(n) for code, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)}
     failed = out.split("Error distribution:")[1] if "Error distribution:" in out else ""  # no answer at all
     return {
-        "p50": latency[50],
-        "p99": latency[99],
+        "p50": latency.get(50, float("nan")),  # nan: no answer came back at all
+        "p99": latency.get(99, float("nan")),
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "errors": sum(n for code, n in statuses.items() if code != 200)
         + sum(map(int, re.findall(r"\[(\d+)\]", failed))),
@@ -149,7 +181,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=4000, help="requests per load run")
     parser.add_argument("--rounds", type=int, default=3, help="load runs per cell; the median is shown")
-    parser.add_argument("--servers", default="maaskit,unbatched,naive,kserve", help="comma-separated, in order")
+    parser.add_argument(
+        "--servers", default="maaskit,explaining,unbatched,naive,kserve", help="comma-separated, in order"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     if shutil.which("hey") is None:
@@ -168,11 +202,24 @@ def main() -> None:
             running[name] = (start(command, port, folder / f"{name}.log"), f"http://127.0.0.1:{port}", formats)
             url = f"{running[name][1]}/v2/models/digits/infer"
             hey(url, bodies["json"], 32, min(1000, args.requests), folder)  # warm-up: every batch size seen
+            if name == "explaining":  # and its explanation process started
+                hey(f"{running[name][1]}/v1/models/digits:explain", bodies["explain"], 1, 5, folder)
         for round_ in range(args.rounds):
             for name, (_, base, formats) in running.items():
                 for fmt in formats:
                     for concurrency in (1, 32):
-                        run = hey(f"{base}/v2/models/digits/infer", bodies[fmt], concurrency, args.requests, folder)
+                        beside = Explaining(base, bodies["explain"], folder) if name == "explaining" else None
+                        if beside:
+                            time.sleep(0.5)  # the first explanations under way
+                        try:
+                            run = hey(f"{base}/v2/models/digits/infer", bodies[fmt], concurrency, args.requests, folder)
+                        finally:
+                            explained = beside.stop() if beside else None
+                        if explained:
+                            run["explanations_per_s"], run["errors"] = (
+                                explained["rps"],
+                                run["errors"] + explained["errors"],
+                            )
                         runs.setdefault(name, {}).setdefault(f"{fmt} c={concurrency}", []).append(run)
                         print(f"  round {round_ + 1} {name:10} {fmt:6} c={concurrency:<3} {_cell(run)}", flush=True)
     finally:
@@ -181,7 +228,8 @@ def main() -> None:
     results: dict[str, dict] = {}
     for name, cells in runs.items():
         for key, cell_runs in cells.items():
-            cell = {k: statistics.median(r[k] for r in cell_runs) for k in ("p50", "p99", "rps")}
+            keys = ("p50", "p99", "rps", "explanations_per_s") if name == "explaining" else ("p50", "p99", "rps")
+            cell = {k: statistics.median(r[k] for r in cell_runs) for k in keys}
             cell["errors"] = sum(r["errors"] for r in cell_runs)
             results.setdefault(name, {})[key] = cell
     report(results, floor_ms)
@@ -192,7 +240,8 @@ def main() -> None:
 
 def _cell(c: dict) -> str:
     errors = f", {c['errors']} errors" if c["errors"] else ""
-    return f"p50 {c['p50']:6.2f} ms  p99 {c['p99']:6.2f} ms  {c['rps']:7,.0f} req/s{errors}"
+    beside = f", {c['explanations_per_s']:.0f} explanations/s beside" if "explanations_per_s" in c else ""
+    return f"p50 {c['p50']:6.2f} ms  p99 {c['p99']:6.2f} ms  {c['rps']:7,.0f} req/s{errors}{beside}"
 
 
 def report(results: dict[str, dict], floor_ms: float) -> None:
@@ -212,6 +261,13 @@ def report(results: dict[str, dict], floor_ms: float) -> None:
     for fmt in ("json", "binary"):
         one = ours[f"{fmt} c=1"]
         print(f"maaskit {fmt} c=1: p50 {one['p50'] - floor_ms:+.2f} ms over the floor (target: at most +1 ms)")
+    for key, busy in results.get("explaining", {}).items():
+        quiet = ours[key]
+        print(
+            f"while explaining ({busy['explanations_per_s']:.0f} explanations/s), {key}: "
+            f"{busy['rps'] / quiet['rps']:.2f}x the req/s, p50 {busy['p50']:.2f} vs {quiet['p50']:.2f} ms, "
+            f"p99 {busy['p99']:.2f} vs {quiet['p99']:.2f} ms"
+        )
     for other in ("kserve", "naive", "unbatched"):
         for fmt in ("json", "binary"):
             if f"{fmt} c=32" not in results.get(other, {}):

@@ -132,6 +132,7 @@ def test_the_serving_benchmark_runs_and_prints_its_table(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = json.loads((tmp_path / "serving.json").read_text())["results"]
-    assert set(results) == {"maaskit", "unbatched", "naive", "kserve"}
+    assert set(results) == {"maaskit", "explaining", "unbatched", "naive", "kserve"}
+    assert all(cell["explanations_per_s"] > 0 for cell in results["explaining"].values())
     assert all(cell["errors"] == 0 for server in results.values() for cell in server.values()), results
-    assert "| maaskit |" in done.stdout and "maaskit / kserve json" in done.stdout
+    assert "| maaskit |" in done.stdout and "maaskit / kserve json" in done.stdout and "while explaining" in done.stdout

@@ -11,7 +11,6 @@ import re
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -23,6 +22,7 @@ from ..device import pick_device
 from ..normalization import Normalization
 from .artifact import MANIFEST, load_artifact, make_manifest
 from .batching import DynamicBatcher
+from .explainer import ExplainerProcess
 from .protocol import ProtocolError
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class ServedModel:
         self.normalization = Normalization.from_manifest(self.manifest["normalization"])
         self.model = self.model.to(self.device).eval()
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # the latest forward passes' sizes
-        self._explainer: ThreadPoolExecutor | None = None
+        self._explainer = ExplainerProcess(self.model, self.manifest, self.device)
         b = self.batching
         self.batcher = DynamicBatcher(
             self._forward,
@@ -121,27 +121,21 @@ class ServedModel:
         return await self.batcher.submit(x)
 
     async def explain(self, x: np.ndarray, method: str, target: int | list[int] | None, **params: Any) -> tuple:
-        """Attributions of a prepared batch and the classes explained. In a thread of their own,
-        never in the batcher: an explanation costs tens of forward passes and must not hold up
-        plain requests, nor share their batches."""
-        if self._explainer is None:
-            self._explainer = ThreadPoolExecutor(1, "maaskit-explain", initializer=forward_thread_setup)
+        """Attributions of a prepared batch and the classes explained. In a process of their own
+        at the lowest priority (see :mod:`.explainer`), never in the batcher: an explanation
+        costs tens of forward passes and must not hold up plain requests, nor share their batches."""
         if target is not None:
             wanted = [target] if isinstance(target, int) else target
             if not isinstance(target, int) and len(wanted) != len(x):
                 raise ProtocolError(f"target must be one class or one per instance ({len(x)}), got {len(wanted)}")
             if max(wanted) >= len(self.classes):
                 raise ProtocolError(f"target classes are 0 to {len(self.classes) - 1}, got {max(wanted)}")
+        return await self._explainer.explain(x, method, target, params)
 
-        def run() -> tuple:
-            from ..explain import _targets, explain
-
-            images = torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
-            targets = _targets(self.model, images, target)
-            out = explain(self.model, images, targets, method, **params)
-            return out.cpu().numpy(), targets.cpu().tolist()
-
-        return await asyncio.get_running_loop().run_in_executor(self._explainer, run)
+    def close(self) -> None:
+        """Stop taking requests; stop the explanation process if one runs."""
+        self.batcher.close()
+        self._explainer.close()
 
     def metadata(self, versions: list[str]) -> dict:
         return {
@@ -295,11 +289,19 @@ class ModelRepository:
             old = self._models.pop(name, {})
             self.add((model, manifest), name=name, version=1)
             for served in old.values():
-                served.batcher.close()
+                served.close()
         except Exception as err:
             raise HTTPError(400, f"model {name!r} could not be loaded: {err}") from None
         finally:
             self._loading.discard(name)
+
+    def close(self) -> None:
+        """Close every model (their explanation processes stop): the server has stopped."""
+        with self._lock:
+            models, self._models = self._models, {}
+        for versions in models.values():
+            for served in versions.values():
+                served.close()
 
     def unload(self, name: str) -> None:
         with self._lock:
@@ -307,4 +309,4 @@ class ModelRepository:
         if versions is None:
             raise HTTPError(404, f"model {name!r} is not loaded")
         for served in versions.values():
-            served.batcher.close()
+            served.close()

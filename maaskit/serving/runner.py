@@ -42,6 +42,7 @@ class RunningServer:
         """Finish the requests in flight, then stop."""
         self._server.should_exit = True
         self._thread.join(timeout)
+        self.repository.close()
 
     def wait(self) -> None:
         """Block until the server stops (Ctrl-C still reaches the caller)."""

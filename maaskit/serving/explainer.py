@@ -1,0 +1,81 @@
+"""Explanations in a process of their own, at the lowest CPU priority.
+
+An explanation costs tens to hundreds of forward passes, much of it Python (Captum) holding the
+GIL. Run in a thread of the server, it slowed plain inference 2x on 2 cores even at the lowest
+thread priority: the event loop waited for the GIL. In a separate process niced to 19 the
+operating system gives plain requests the CPU first and explanations what is left
+(`benchmarks/serving.py`, the "explaining" row, measures it).
+
+The process starts on the first explanation (spawned: a fork of a threaded server is unsafe) and
+gets the weights once; each request sends only the images and gets the attributions back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["ExplainerProcess"]
+
+_model: torch.nn.Module | None = None  # in the explainer process: the model it explains
+
+
+def _start(architecture: dict, state: dict[str, torch.Tensor], device: str) -> None:
+    global _model
+    from ..models import build_model
+
+    # the lowest priority: plain inference first. (Linux's SCHED_IDLE measured the same, and would
+    # starve explanations entirely under full load; nice 19 still lets them finish.)
+    if hasattr(os, "nice"):
+        os.nice(19)
+    torch.set_num_threads(1)
+    arch = architecture
+    model = build_model(arch["name"], arch["in_shape"], arch["num_classes"], **arch["kwargs"])
+    model.load_state_dict(state)
+    _model = model.to(device).eval()
+
+
+def _explain(x: np.ndarray, method: str, target: Any, params: dict) -> tuple[np.ndarray, list[int]]:
+    from ..explain import _targets, explain
+
+    assert _model is not None
+    device = next(_model.parameters()).device
+    images = torch.from_numpy(x).to(device)
+    targets = _targets(_model, images, target)
+    out = explain(_model, images, targets, method, **params)
+    return out.cpu().numpy(), targets.cpu().tolist()
+
+
+class ExplainerProcess:
+    """One model's explanation process, started when first needed."""
+
+    def __init__(self, model: torch.nn.Module, manifest: dict, device: torch.device):
+        self._args = (
+            manifest["architecture"],
+            {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            str(device),
+        )
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def explain(self, x: np.ndarray, method: str, target: Any, params: dict) -> tuple[np.ndarray, list[int]]:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"), initializer=_start, initargs=self._args
+            )
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, _explain, x, method, target, params)
+        except BrokenProcessPool:
+            self.close()  # the next request starts a new one
+            raise RuntimeError("the explanation process stopped (out of memory?); try again") from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
