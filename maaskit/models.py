@@ -154,11 +154,18 @@ def _resnet(in_shape, num_classes, **kw):
     return SmallResNet(in_shape[0], num_classes, **kw)
 
 
-MODELS = {"mlp": _mlp, "lenet": _lenet, "resnet": _resnet}
+def _gpt(in_shape, num_classes, **kw):
+    from .lm.model import GPT  # a language model: in_shape is (context,), num_classes the vocabulary
+
+    return GPT(num_classes, context=in_shape[0], **kw)
+
+
+MODELS = {"mlp": _mlp, "lenet": _lenet, "resnet": _resnet, "gpt": _gpt}
 
 
 def build_model(name: str, in_shape: Sequence[int], num_classes: int, **kwargs: Any) -> nn.Module:
-    """Build ``mlp``, ``lenet`` or ``resnet`` for images of ``in_shape`` (C, H, W).
+    """Build ``mlp``, ``lenet`` or ``resnet`` for images of ``in_shape`` (C, H, W), or ``gpt``, a
+    language model, for ``in_shape`` (context,) and ``num_classes`` tokens in its vocabulary.
 
     The arguments are kept on the model as ``model.maaskit_config`` so that the same
     network can be rebuilt later from a manifest, without pickling code.
@@ -166,7 +173,9 @@ def build_model(name: str, in_shape: Sequence[int], num_classes: int, **kwargs: 
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
     in_shape = tuple(int(d) for d in in_shape)
-    if len(in_shape) != 3:
+    if name == "gpt" and len(in_shape) != 1:
+        raise ValueError(f"a gpt's in_shape is (context,), got {in_shape}")
+    if name != "gpt" and len(in_shape) != 3:
         raise ValueError(f"in_shape must be (channels, height, width), got {in_shape}")
     model = MODELS[name](in_shape, int(num_classes), **kwargs)
     model.maaskit_config = {"name": name, "in_shape": list(in_shape), "num_classes": int(num_classes), "kwargs": kwargs}

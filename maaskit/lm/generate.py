@@ -1,0 +1,104 @@
+"""Sampling text from a GPT, one token at a time, with or without the KV cache.
+
+``generate`` is an iterator: each step yields one token id, so a server can stream it. Greedy
+(``temperature=0``) or sampled, with top-k and top-p (nucleus) filtering; a ``seed`` makes a sample
+reproducible. It stops at ``max_tokens``, at the model's context, or at an end-of-text token, and
+says which in ``Generation.finish_reason`` ("length" or "stop", as OpenAI's API reports it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .model import GPT, KVCache
+
+__all__ = ["Generation", "generate", "next_token"]
+
+
+def next_token(
+    logits: torch.Tensor, *, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator
+) -> int:
+    """One token from the last position's ``logits`` (vocab,)."""
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        ordered, order = logits.sort(descending=True)
+        mass = ordered.softmax(0).cumsum(0)
+        dropped = mass - ordered.softmax(0) >= top_p  # keep the smallest set whose mass reaches top_p
+        logits = logits.masked_fill(torch.zeros_like(dropped).scatter(0, order, dropped), float("-inf"))
+    probs = logits.softmax(0)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+@dataclass
+class Generation:
+    """What ``generate`` produced: the new tokens and why it stopped (None while it runs)."""
+
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+def _check(temperature: float, top_k: int | None, top_p: float | None, max_tokens: int) -> None:
+    if not 0 <= temperature <= 2:
+        raise ValueError(f"temperature must be between 0 and 2, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+
+
+@torch.inference_mode()
+def generate(
+    model: GPT,
+    prompt: Sequence[int],
+    *,
+    max_tokens: int = 64,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    stop_tokens: Sequence[int] = (),
+    cache: bool = True,
+    result: Generation | None = None,
+) -> Iterator[int]:
+    """Yield up to ``max_tokens`` new token ids after ``prompt``. ``cache=False`` recomputes the
+    whole prefix at every step (the slow way, for comparison). Pass a ``Generation`` as ``result``
+    to learn the finish reason once the iterator ends."""
+    _check(temperature, top_k, top_p, max_tokens)
+    if not prompt:
+        raise ValueError("the prompt must have at least one token")
+    if len(prompt) >= model.context:
+        raise ValueError(f"the prompt has {len(prompt)} tokens; the model's context is {model.context}")
+    result = result if result is not None else Generation()
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed if seed is not None else int(torch.randint(2**31, ())))
+    tokens = list(prompt)
+    kv = KVCache.empty(model) if cache else None
+    step_input = torch.tensor([tokens], device=device)
+    try:
+        while True:
+            logits = model(step_input, kv)[0, -1]
+            token = next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            if token in stop_tokens:
+                result.finish_reason = "stop"
+                return
+            tokens.append(token)
+            result.tokens.append(token)
+            yield token
+            if len(result.tokens) >= max_tokens or len(tokens) >= model.context:
+                result.finish_reason = "length"
+                return
+            step_input = torch.tensor([[token]] if cache else [tokens], device=device)
+    finally:
+        model.train(was_training)
