@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--model",
         default=recipe.model,
-        choices=_Names("models.MODELS"),
+        choices=_Names("models.IMAGE_MODELS"),
         metavar="NAME",
         help="the architecture: %(choices)s",
     )

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "MLP", "Residual", "LeNet5", "SmallResNet", "build_model", "summary"]
+__all__ = ["IMAGE_MODELS", "MODELS", "MLP", "Residual", "LeNet5", "SmallResNet", "build_model", "summary"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -161,6 +161,7 @@ def _gpt(in_shape, num_classes, **kw):
 
 
 MODELS = {"mlp": _mlp, "lenet": _lenet, "resnet": _resnet, "gpt": _gpt}
+IMAGE_MODELS = ("mlp", "lenet", "resnet")  # what `maaskit train` and the TrainingDashboard offer
 
 
 def build_model(name: str, in_shape: Sequence[int], num_classes: int, **kwargs: Any) -> nn.Module:

@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from maaskit.models import MODELS, LeNet5, build_model, summary
+from maaskit.models import IMAGE_MODELS, LeNet5, build_model, summary
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(IMAGE_MODELS))
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_model_maps_images_to_class_scores(name, shape):
     model = build_model(name, shape, num_classes=7)

@@ -16,7 +16,7 @@ from .. import plots
 from ..data import DATASETS, ImageDataset, load_dataset
 from ..device import available_devices, seed_everything
 from ..evaluation import Evaluation, evaluate
-from ..models import MODELS, build_model
+from ..models import IMAGE_MODELS, build_model
 from ..recipes import Recipe, default_recipe
 from ..train import OPTIMIZERS, SCHEDULERS, Callback, History, Run, fit
 from .base import CONTROL, WidgetBase, figure_image, flow, log_slider
@@ -88,7 +88,7 @@ class TrainingDashboard(WidgetBase, Callback):
         self.dataset_w = w.Dropdown(
             options=names, value=data.name if data is not None else dataset, description="dataset", **ctl
         )
-        self.model_w = w.Dropdown(options=list(MODELS), value=r.model, description="model", **ctl)
+        self.model_w = w.Dropdown(options=list(IMAGE_MODELS), value=r.model, description="model", **ctl)
         self.optimizer_w = w.Dropdown(options=list(OPTIMIZERS), value=r.optimizer, description="optimizer", **ctl)
         self.lr_w = log_slider("learning rate", r.lr, -5, 0, step=0.1, fmt=".1e")
         self.scheduler_w = w.Dropdown(
