@@ -201,3 +201,18 @@ def test_penultimate_features_and_their_pca_separate_the_classes_better_than_pix
     assert len(fig.axes) == 5  # two scatters, two variance bars, one colour bar
     with pytest.raises(ValueError, match="no nn.Linear"):
         features(torch.nn.Conv2d(1, 1, 3), x)
+
+
+def test_a_dead_explanation_process_is_a_503_and_the_next_request_starts_another(served, images):
+    import os
+    import signal
+
+    body = {"instances": images[:1].tolist(), "method": "saliency"}
+    assert httpx.post(f"{served.url}/v1/models/digits:explain", json=body, timeout=60).status_code == 200
+    pool = served.repository.get("digits")._explainer._pool
+    for pid in list(pool._processes):  # as the out-of-memory killer would
+        os.kill(pid, signal.SIGKILL)
+    answers = [httpx.post(f"{served.url}/v1/models/digits:explain", json=body, timeout=60) for _ in range(2)]
+    statuses = [a.status_code for a in answers]
+    assert statuses == [503, 200], [a.text for a in answers]  # a clear 503, never a 500; then a new process
+    assert "explanation process stopped" in answers[0].json()["error"] and answers[0].headers["retry-after"] == "1"

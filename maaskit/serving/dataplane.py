@@ -11,6 +11,7 @@ import re
 import threading
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -130,7 +131,10 @@ class ServedModel:
                 raise ProtocolError(f"target must be one class or one per instance ({len(x)}), got {len(wanted)}")
             if max(wanted) >= len(self.classes):
                 raise ProtocolError(f"target classes are 0 to {len(self.classes) - 1}, got {max(wanted)}")
-        return await self._explainer.explain(x, method, target, params)
+        try:
+            return await self._explainer.explain(x, method, target, params)
+        except BrokenProcessPool:
+            raise HTTPError(503, "the explanation process stopped; try again", {"Retry-After": "1"}) from None
 
     def close(self) -> None:
         """Stop taking requests; stop the explanation process if one runs."""

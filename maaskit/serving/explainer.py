@@ -57,23 +57,24 @@ class ExplainerProcess:
     """One model's explanation process, started when first needed."""
 
     def __init__(self, model: torch.nn.Module, manifest: dict, device: torch.device):
-        self._args = (
-            manifest["architecture"],
-            {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            str(device),
-        )
+        self._model, self._architecture, self._device = model, manifest["architecture"], str(device)
         self._pool: ProcessPoolExecutor | None = None
 
     async def explain(self, x: np.ndarray, method: str, target: Any, params: dict) -> tuple[np.ndarray, list[int]]:
+        """Raises ``BrokenProcessPool`` if the process died (out of memory?); the next call starts another."""
         if self._pool is None:
+            weights = {k: v.detach().cpu() for k, v in self._model.state_dict().items()}
             self._pool = ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("spawn"), initializer=_start, initargs=self._args
+                1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start,
+                initargs=(self._architecture, weights, self._device),
             )
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, _explain, x, method, target, params)
         except BrokenProcessPool:
-            self.close()  # the next request starts a new one
-            raise RuntimeError("the explanation process stopped (out of memory?); try again") from None
+            self.close()
+            raise
 
     def close(self) -> None:
         if self._pool is not None:
