@@ -7,7 +7,10 @@ operating system gives plain requests the CPU first and explanations what is lef
 (`benchmarks/serving.py`, the "explaining" row, measures it).
 
 The process starts on the first explanation (spawned: a fork of a threaded server is unsafe) and
-gets the weights once; each request sends only the images and gets the attributions back.
+gets the weights once; each request sends only the images and gets the attributions back. Being
+spawned, it re-imports a script's main module: a script that serves and explains needs the
+``if __name__ == "__main__":`` guard (a notebook, ``python -m maaskit serve`` and uvicorn's
+workers need nothing).
 """
 
 from __future__ import annotations
