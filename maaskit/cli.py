@@ -84,6 +84,7 @@ def _train(args) -> int:
         return 2
     distributed.teardown()  # all ranks together
     if not main_rank:
+        distributed.mark_done()
         return 0  # rank 0 evaluates and writes the artifact
     result = evaluate(model, data)
     print(f"test accuracy {result.accuracy:.2%} (loss {result.loss:.4f}) on {len(result.labels)} images")
@@ -95,6 +96,7 @@ def _train(args) -> int:
     }
     out = save_artifact(model, args.out, data, name=f"{args.model}-{data.name}", metrics=metrics)
     print(f"saved to {out}/ (model.safetensors, manifest.json)")
+    distributed.mark_done()
     return 0
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RankFailedError", "is_main", "launch", "rank", "setup", "teardown", "world_size"]
+__all__ = ["RankFailedError", "is_main", "launch", "mark_done", "rank", "setup", "teardown", "world_size"]
 
 
 def world_size() -> int:
@@ -90,6 +90,15 @@ def teardown(*, together: bool = True) -> None:
 
 
 # --- launching ranks from a notebook -----------------------------------------------------------
+
+_LAUNCH_DIR = "MAASKIT_LAUNCH_DIR"  # where launch() and its ranks leave notes for each other
+
+
+def mark_done() -> None:
+    """Tell :func:`launch` that this rank's work is done and only leaving is left: a rank that then
+    crashes on its way out (gloo aborts at exit now and then under load) costs a warning, not the run."""
+    if _LAUNCH_DIR in os.environ:
+        (Path(os.environ[_LAUNCH_DIR]) / f"rank{os.environ.get('RANK', '0')}.done").write_text("")
 
 
 class RankFailedError(RuntimeError):
@@ -158,7 +167,7 @@ def launch(
             command = [*runner, target, *args]
         else:
             command = [*runner, "-m", target, *args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", _LAUNCH_DIR: str(work)}
         start = time.perf_counter()
         deadline = time.monotonic() + timeout  # the whole launch, waiting for the lock included
         with _one_launch_at_a_time(timeout, quiet):
@@ -167,7 +176,7 @@ def launch(
         errors = sorted(work.glob("rank*.error"))
         if errors:
             raise RankFailedError("\n".join(e.read_text() for e in errors))
-        finished = ":" in target and len(list(work.glob("rank*.done"))) == nproc
+        finished = len(list(work.glob("rank*.done"))) == nproc  # every rank said so (mark_done)
         if output.returncode != 0 and finished:  # every rank finished its work, one crashed on its way out
             warnings.warn(
                 "a rank crashed while leaving, after its work was done (gloo aborts at exit now and "
@@ -288,7 +297,7 @@ def _call(target: str, work: Path) -> None:
         result = fn(**json.loads((work / "kwargs.json").read_text()))
         if me == 0:
             (work / "result.json").write_text(json.dumps(result))
-        (work / f"rank{me}.done").write_text("")  # the work is done; only leaving is left
+        mark_done()
     except BaseException:
         (work / f"rank{me}.error").write_text(f"rank {me} failed:\n{traceback.format_exc()}")
         teardown(together=False)

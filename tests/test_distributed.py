@@ -199,3 +199,15 @@ def test_the_ddp_benchmark_prints_one_rank_beside_two():
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if "rank(s) on" in line]
     assert len(rows) == 2 and rows[0].strip().startswith("1 rank") and "x1.00" in rows[0]
+
+
+def test_a_script_rank_that_crashes_after_marking_its_work_done_costs_a_warning_not_the_run(tmp_path):
+    # what gloo does now and then at exit under load ("terminate called without an active exception")
+    script = tmp_path / "crash_on_exit.py"
+    script.write_text("import os\nfrom maaskit.distributed import mark_done\nmark_done()\nos.abort()\n")
+    with pytest.warns(RuntimeWarning, match="crashed while leaving, after its work was done"):
+        launch(str(script), nproc=2, timeout=120, quiet=True)
+    unfinished = tmp_path / "crash_before_done.py"
+    unfinished.write_text("import os\nos.abort()\n")
+    with pytest.raises(RankFailedError, match="exited with status"):
+        launch(str(unfinished), nproc=2, timeout=120, quiet=True)
