@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["IMAGE_MODELS", "MODELS", "MLP", "Residual", "LeNet5", "SmallResNet", "build_model", "summary"]
+__all__ = ["IMAGE_MODELS", "MODELS", "MLP", "Residual", "LeNet5", "SmallResNet", "build_model", "rebuild", "summary"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -181,6 +181,11 @@ def build_model(name: str, in_shape: Sequence[int], num_classes: int, **kwargs: 
     model = MODELS[name](in_shape, int(num_classes), **kwargs)
     model.maaskit_config = {"name": name, "in_shape": list(in_shape), "num_classes": int(num_classes), "kwargs": kwargs}
     return model
+
+
+def rebuild(config: dict[str, Any]) -> nn.Module:
+    """The network a ``maaskit_config`` (a manifest's ``architecture``) describes, with fresh weights."""
+    return build_model(config["name"], config["in_shape"], config["num_classes"], **config["kwargs"])
 
 
 def summary(model: nn.Module, in_shape: Sequence[int], *, device: str | torch.device | None = None) -> str:

@@ -218,23 +218,28 @@ def test_06_serving_defaults():
     assert m["burst_statuses"].get("503", 0) > 0  # backpressure: the full queue refused some
 
 
-def test_06_serving_calls_a_remote_endpoint(tmp_path):
-    # "remote": a server this test starts, with a token, that the notebook only calls
+def run_against_remote(notebook: str, tmp_path: Path, architecture: str, epochs: int, **parameters) -> dict:
+    """Run ``notebook`` against "remote": a server this test starts, with a token, that the notebook
+    only calls (its own model path is a stand-in it must not need)."""
     digits = load_dataset("digits")
-    model = build_model("mlp", digits.in_shape, 10)
-    fit(model, digits, epochs=15, lr=3e-3)
+    model = build_model(architecture, digits.in_shape, 10)
+    fit(model, digits, epochs=epochs, lr=3e-3)
     with serve(model, data=digits, name="remote-digits", token="t0k") as remote:
-        m = run(
-            "06_serving.ipynb",
+        return run(
+            notebook,
             "remote",
             endpoint_url=remote.url,
             token="t0k",
             model_name="remote-digits",
             model_path=str(tmp_path / "stand-in"),
-            load_requests=40,
-            concurrency=4,
-            export_dir=str(tmp_path / "exports"),
+            **parameters,
         )
+
+
+def test_06_serving_calls_a_remote_endpoint(tmp_path):
+    m = run_against_remote(
+        "06_serving.ipynb", tmp_path, "mlp", 15, load_requests=40, concurrency=4, export_dir=str(tmp_path / "exports")
+    )
     check_serving(m)
     assert m["endpoint"] == "remote" and m["model_name"] == "remote-digits" and m["local_accuracy"] is None
     assert m["mean_batch"] == {"1": None, "4": None}
@@ -270,19 +275,7 @@ def test_08_explaining_predictions_other_parameters():
 
 
 def test_08_explaining_predictions_calls_a_remote_endpoint(tmp_path):
-    digits = load_dataset("digits")
-    model = build_model("lenet", digits.in_shape, 10)
-    fit(model, digits, epochs=8, lr=3e-3)
-    with serve(model, data=digits, name="remote-digits", token="t0k") as remote:
-        m = run(
-            "08_explaining_predictions.ipynb",
-            "remote",
-            endpoint_url=remote.url,
-            token="t0k",
-            model_name="remote-digits",
-            model_path=str(tmp_path / "stand-in"),
-            method="saliency",
-        )
+    m = run_against_remote("08_explaining_predictions.ipynb", tmp_path, "lenet", 8, method="saliency")
     check_explaining(m)
     assert m["endpoint"] == "remote" and m["served_max_difference"] is None and m["method"] == "saliency"
 

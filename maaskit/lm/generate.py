@@ -30,8 +30,8 @@ def next_token(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1:
         ordered, order = logits.sort(descending=True)
-        mass = ordered.softmax(0).cumsum(0)
-        dropped = mass - ordered.softmax(0) >= top_p  # keep the smallest set whose mass reaches top_p
+        p = ordered.softmax(0)
+        dropped = p.cumsum(0) - p >= top_p  # keep the smallest set whose mass reaches top_p
         logits = logits.masked_fill(torch.zeros_like(dropped).scatter(0, order, dropped), float("-inf"))
     probs = logits.softmax(0)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .._version import __version__
-from ..models import MODELS, build_model
+from ..models import MODELS, rebuild
 from ..normalization import Normalization
 
 if TYPE_CHECKING:
@@ -140,6 +140,6 @@ def load_artifact(directory: str | Path, *, device: str | torch.device = "cpu") 
     arch = manifest["architecture"]
     if arch["name"] not in MODELS:
         raise ArtifactError(f"unknown architecture {arch['name']!r}; this maaskit knows {', '.join(MODELS)}")
-    model = build_model(arch["name"], arch["in_shape"], arch["num_classes"], **arch["kwargs"])
+    model = rebuild(arch)
     model.load_state_dict(load_file(directory / WEIGHTS))
     return model.to(device).eval(), manifest

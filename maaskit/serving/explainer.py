@@ -32,15 +32,14 @@ _model: torch.nn.Module | None = None  # in the explainer process: the model it 
 
 def _start(architecture: dict, state: dict[str, torch.Tensor], device: str) -> None:
     global _model
-    from ..models import build_model
+    from ..models import rebuild
 
     # the lowest priority: plain inference first. (Linux's SCHED_IDLE measured the same, and would
     # starve explanations entirely under full load; nice 19 still lets them finish.)
     if hasattr(os, "nice"):
         os.nice(19)
     torch.set_num_threads(1)
-    arch = architecture
-    model = build_model(arch["name"], arch["in_shape"], arch["num_classes"], **arch["kwargs"])
+    model = rebuild(architecture)
     model.load_state_dict(state)
     _model = model.to(device).eval()
 

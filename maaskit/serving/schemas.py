@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.convertors import Convertor, register_url_convertor
 
+from ..explain import LIMITS
 from .protocol import HEADER_LENGTH, ProtocolError
 
 __all__ = [
@@ -203,8 +204,10 @@ class ExplainParameters(_Strict):
     target: Annotated[int, Field(ge=0)] | list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="the class to explain: one, one per example, or none for the predicted class"
     )
-    steps: Annotated[int, Field(ge=1, le=256)] = Field(50, description="integrated gradients: path steps")
-    samples: Annotated[int, Field(ge=1, le=1024)] = Field(200, description="kernel_shap and lime: model calls")
+    steps: Annotated[int, Field(ge=1, le=LIMITS["steps"])] = Field(50, description="integrated gradients: path steps")
+    samples: Annotated[int, Field(ge=1, le=LIMITS["samples"])] = Field(
+        200, description="kernel_shap and lime: model calls"
+    )
     window: Annotated[int, Field(ge=1, le=8)] = Field(2, description="occlusion, kernel_shap, lime: patch size")
     seed: int = Field(0, description="kernel_shap and lime sample at random; the same seed, the same answer")
 

@@ -229,7 +229,7 @@ class EndpointConsole(WidgetBase):
             if self.client.protocol != "v2":
                 raise ValueError("explanations of pixels need maaskit's server over V2 (protocol auto or v2)")
             meta = self.client.metadata(self.model_w.value)
-            image = np.asarray(self._image_for(meta), np.uint8)
+            image = self._image_for(meta)
             start = time.perf_counter()
             maps, targets = self.client.explain(self.model_w.value, image[None], method=method, metadata=meta)
             latency = (time.perf_counter() - start) * 1000
