@@ -25,6 +25,7 @@ from torch import nn
 from . import distributed
 from .data import ImageDataset
 from .device import pick_device, seed_everything
+from .lm.data import TextDataset
 
 __all__ = ["Callback", "Checkpoint", "EarlyStopping", "History", "PrintProgress", "Recorder", "Run", "fit"]
 
@@ -116,7 +117,7 @@ class Run:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
-        data: ImageDataset,
+        data: ImageDataset | TextDataset,
         device: torch.device,
         epochs: int,
         steps_per_epoch: int,
@@ -219,10 +220,10 @@ class Recorder(Callback):
 
     def on_batch_end(self, run: Run) -> None:
         assert run.batch is not None and run.loss is not None and run.output is not None
-        labels = run.batch[1]
-        run._loss_sum += run.loss * len(labels)  # stays on the device: no sync
-        run._correct += (run.output.argmax(1) == labels).sum()
-        run._seen += len(labels)
+        labels = run.batch[1]  # one per image, or one per token (B x T) for a language model
+        run._loss_sum += run.loss * labels.numel()  # stays on the device: no sync
+        run._correct += (run.output.argmax(-1) == labels).sum()
+        run._seen += labels.numel()
 
     def on_epoch_end(self, run: Run) -> None:
         if distributed.world_size() > 1:
@@ -243,9 +244,12 @@ class PrintProgress(Callback):
 
     def on_epoch_end(self, run: Run) -> None:
         r = run.history.last
+        text = isinstance(run.data, TextDataset)  # per token: perplexity says more than accuracy
         print(
             f"epoch {r['epoch']:>3}/{run.epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.2%}  "
-            f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.2%}  {r['images_per_s']:,.0f} img/s",
+            f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.2%}  "
+            + (f"perplexity {math.exp(r['val_loss']):.1f}  " if text else "")
+            + f"{r['images_per_s']:,.0f} {'tokens' if text else 'img'}/s",
             file=self.file,
             flush=True,
         )
@@ -429,14 +433,21 @@ def _validate(model, loader, autocast) -> tuple[float, float]:
     model.eval()
     loss_sum = torch.zeros((), device=loader.device)
     correct = torch.zeros((), device=loader.device, dtype=torch.long)
+    n = 0
     for xb, yb in loader:
         with autocast():
             out = model(xb)
-        loss_sum += F.cross_entropy(out.float(), yb, reduction="sum")
-        correct += (out.argmax(1) == yb).sum()
+        loss_sum += _loss(out, yb, reduction="sum")
+        correct += (out.argmax(-1) == yb).sum()
+        n += yb.numel()  # a shape, known on the host
     model.train(was_training)
-    n = max(loader.num_examples, 1)
-    return loss_sum.item() / n, correct.item() / n
+    return loss_sum.item() / max(n, 1), correct.item() / max(n, 1)
+
+
+def _loss(out: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits N x classes against N labels, or of B x T x vocab against B x T
+    next tokens (a language model: every position predicts the token after it)."""
+    return F.cross_entropy(out.float().flatten(0, -2), labels.flatten(), reduction=reduction)
 
 
 def _agree_on_stopping(run: Run) -> None:
@@ -456,14 +467,15 @@ def _check_inputs(model: Any, data: Any, epochs: Any, batch_size: Any, lr: Any, 
         raise TypeError(f"fit() trains a torch.nn.Module (e.g. from maaskit.build_model), got {type(model).__name__}")
     if isinstance(data, str):
         raise TypeError(f"fit() takes the data, not its name: pass maaskit.load_dataset({data!r})")
-    if not isinstance(data, ImageDataset):
+    if not isinstance(data, (ImageDataset, TextDataset)):
         hint = (
             " (a torch.utils.data.Dataset holds one example at a time; maaskit keeps whole splits on the device)"
             if isinstance(data, torch.utils.data.Dataset)
             else ""
         )
         raise TypeError(
-            f"fit() needs a maaskit ImageDataset from maaskit.load_dataset(...), got {type(data).__name__}{hint}"
+            f"fit() needs a maaskit ImageDataset from maaskit.load_dataset(...) or a TextDataset, "
+            f"got {type(data).__name__}{hint}"
         )
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -479,7 +491,7 @@ def _check_inputs(model: Any, data: Any, epochs: Any, batch_size: Any, lr: Any, 
 
 def fit(
     model: nn.Module,
-    data: ImageDataset,
+    data: ImageDataset | TextDataset,
     *,
     optimizer: str | torch.optim.Optimizer | Callable = "adam",
     lr: float = 1e-3,
@@ -498,7 +510,9 @@ def fit(
     grad_clip: float | None = None,
     resume_from: str | Path | None = None,
 ) -> History:
-    """Train ``model`` on ``data`` (an :class:`maaskit.ImageDataset`) and return its :class:`History`.
+    """Train ``model`` on ``data`` (an :class:`maaskit.ImageDataset`, or a
+    :class:`maaskit.lm.TextDataset` for a language model: loss and accuracy are then per token and
+    ``images_per_s`` counts tokens) and return its :class:`History`.
 
     - ``optimizer``: ``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9), ``"rmsprop"``, an optimizer
       instance, or a function of the parameters. ``scheduler``: ``None``, ``"cosine"``,
@@ -589,7 +603,7 @@ def fit(
                     fire("on_batch_start")
                     with autocast():
                         out = net(xb)
-                    loss = F.cross_entropy(out.float(), yb)
+                    loss = _loss(out, yb)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if grad_clip is not None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GPT", "KVCache"]
+__all__ = ["GPT", "KVCache", "SlotCache"]
 
 
 @dataclass
@@ -36,6 +36,30 @@ class KVCache:
         )
 
 
+@dataclass
+class SlotCache:
+    """Keys and values for ``slots`` sequences of different lengths, for continuous batching.
+
+    A sequence gets a slot, is prefilled through :meth:`prefill_view` (a batch-1 :class:`KVCache`
+    over its row), then decodes one token per step with the others: ``rows`` names the slots in a
+    step and ``lengths`` says how far each is filled, so each row writes at its own position and
+    attends to its own prefix only."""
+
+    keys: list[torch.Tensor]  # per layer: slots x heads x context x head width
+    values: list[torch.Tensor]
+    lengths: torch.Tensor  # per slot, on the model's device
+    rows: torch.Tensor | None = None  # the slots of the current step
+
+    @classmethod
+    def empty(cls, model: GPT, slots: int) -> SlotCache:
+        kv = KVCache.empty(model, slots)
+        return cls(kv.keys, kv.values, torch.zeros(slots, dtype=torch.long, device=kv.keys[0].device))
+
+    def prefill_view(self, slot: int) -> KVCache:
+        """A KVCache writing into ``slot``'s rows (views, not copies), empty."""
+        return KVCache([k[slot : slot + 1] for k in self.keys], [v[slot : slot + 1] for v in self.values])
+
+
 class _Attention(nn.Module):
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
@@ -43,12 +67,21 @@ class _Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | SlotCache | None, layer: int) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in self.qkv(x).split(c, dim=2))
         drop = self.dropout if self.training else 0.0
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        elif isinstance(cache, SlotCache):  # one new token per row, each row at its own length
+            assert cache.rows is not None and t == 1
+            rows, at = cache.rows, cache.lengths[cache.rows]
+            cache.keys[layer][rows, :, at] = k[:, :, 0]
+            cache.values[layer][rows, :, at] = v[:, :, 0]
+            span = int(at.max()) + 1
+            keys, values = cache.keys[layer][rows, :, :span], cache.values[layer][rows, :, :span]
+            allowed = torch.arange(span, device=x.device)[None, :] <= at[:, None]  # rows x span
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None, None, :])
         else:  # the new tokens attend to every kept position and, causally, to each other
             start = cache.length
             cache.keys[layer][:, :, start : start + t] = k
@@ -68,7 +101,7 @@ class _Block(nn.Module):
             nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Dropout(dropout)
         )
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | SlotCache | None, layer: int) -> torch.Tensor:
         x = x + self.attention(self.norm1(x), cache, layer)
         return x + self.mlp(self.norm2(x))
 
@@ -106,16 +139,23 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """``tokens``: B x T token ids (the new ones, with a cache). Returns B x T x vocab logits."""
-        start = cache.length if cache is not None else 0
+    def forward(self, tokens: torch.Tensor, cache: KVCache | SlotCache | None = None) -> torch.Tensor:
+        """``tokens``: B x T token ids (the new ones, with a cache). Returns B x T x vocab logits.
+        With a :class:`SlotCache`, B x 1: the next token of each of the cache's ``rows``."""
         t = tokens.shape[1]
-        if start + t > self.context:
-            raise ValueError(f"{start + t} tokens do not fit the model's context of {self.context}")
-        where = torch.arange(start, start + t, device=tokens.device)
+        if isinstance(cache, SlotCache):
+            assert cache.rows is not None
+            where = cache.lengths[cache.rows][:, None]  # each row's own position (the host checks the context)
+        else:
+            start = cache.length if cache is not None else 0
+            if start + t > self.context:
+                raise ValueError(f"{start + t} tokens do not fit the model's context of {self.context}")
+            where = torch.arange(start, start + t, device=tokens.device)
         x = self.drop(self.tokens(tokens) + self.positions(where))
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer)
-        if cache is not None:
+        if isinstance(cache, SlotCache):
+            cache.lengths[cache.rows] += 1
+        elif cache is not None:
             cache.length += t
         return self.head(self.norm(x))

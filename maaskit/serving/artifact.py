@@ -24,7 +24,7 @@ from ..normalization import Normalization
 if TYPE_CHECKING:
     from ..data import ImageDataset
 
-__all__ = ["ArtifactError", "FORMAT", "load_artifact", "make_manifest", "save_artifact"]
+__all__ = ["ArtifactError", "FORMAT", "load_artifact", "make_manifest", "save_artifact", "write_artifact"]
 
 FORMAT = "maaskit-artifact/1"
 WEIGHTS, MANIFEST = "model.safetensors", "manifest.json"
@@ -34,7 +34,7 @@ class ArtifactError(ValueError):
     """A directory that is not a usable maaskit artifact: missing, tampered with, or unknown."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -85,12 +85,29 @@ def make_manifest(
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, config["num_classes"]]}],
         "classes": labels,
         "normalization": norm.as_manifest(),
-        "versions": {"maaskit": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "versions": made_with(),
         "metrics": metrics or {},
     }
     if len(manifest["classes"]) != config["num_classes"]:
         raise ArtifactError(f"{len(manifest['classes'])} class labels for a model with {config['num_classes']} outputs")
     return manifest
+
+
+def made_with() -> dict[str, str]:
+    return {"maaskit": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def write_artifact(model: torch.nn.Module, directory: str | Path, manifest: dict) -> Path:
+    """The weights as safetensors and the manifest, with the weights' hash, in ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, directory / WEIGHTS)
+    manifest["weights"] = {"file": WEIGHTS, "sha256": sha256_of(directory / WEIGHTS)}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return directory
 
 
 def save_artifact(
@@ -105,16 +122,20 @@ def save_artifact(
 ) -> Path:
     """Write ``model`` (built by :func:`maaskit.build_model`) and what it was trained on (``data``, or
     ``classes`` and ``normalization``) to ``directory``; returns the path."""
-    from safetensors.torch import save_file
-
     manifest = make_manifest(model, data, classes=classes, normalization=normalization, name=name, metrics=metrics)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, directory / WEIGHTS)
-    manifest["weights"] = {"file": WEIGHTS, "sha256": _sha256(directory / WEIGHTS)}
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    return directory
+    return write_artifact(model, directory, manifest)
+
+
+def check_file(path: Path, sha256: str) -> None:
+    """An ArtifactError unless ``path`` exists and has the hash its manifest recorded."""
+    if not path.is_file():
+        raise ArtifactError(f"{path.parent} is not a complete maaskit artifact: {path.name} is missing")
+    actual = sha256_of(path)
+    if actual != sha256:
+        raise ArtifactError(
+            f"{path} does not match its manifest (sha256 {actual[:12]}… , "
+            f"expected {sha256[:12]}…): the file was changed or corrupted"
+        )
 
 
 def load_artifact(directory: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -131,12 +152,9 @@ def load_artifact(directory: str | Path, *, device: str | torch.device = "cpu") 
         raise ArtifactError(f"{directory / MANIFEST} is not valid JSON: {err}") from None
     if manifest.get("format") != FORMAT:
         raise ArtifactError(f"{directory} has format {manifest.get('format')!r}; this maaskit reads {FORMAT!r}")
-    actual = _sha256(directory / WEIGHTS)
-    if actual != manifest["weights"]["sha256"]:
-        raise ArtifactError(
-            f"{directory / WEIGHTS} does not match its manifest (sha256 {actual[:12]}… , "
-            f"expected {manifest['weights']['sha256'][:12]}…): the file was changed or corrupted"
-        )
+    for part in ("weights", "tokenizer"):  # a language model's tokenizer is checked as its weights are
+        if part in manifest:
+            check_file(directory / manifest[part]["file"], manifest[part]["sha256"])
     arch = manifest["architecture"]
     if arch["name"] not in MODELS:
         raise ArtifactError(f"unknown architecture {arch['name']!r}; this maaskit knows {', '.join(MODELS)}")

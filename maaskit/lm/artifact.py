@@ -1,0 +1,61 @@
+"""A language model on disk: the weights and manifest of any maaskit artifact, plus
+``tokenizer.json``, which the manifest lists with its hash (loading checks both).
+
+The manifest says ``"task": "text-generation"``; its input is token ids and its output the
+next-token logits, and it records the context length and the end-of-text token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from ..serving.artifact import FORMAT, ArtifactError, load_artifact, made_with, sha256_of, write_artifact
+from .model import GPT
+from .tokenizer import ENDOFTEXT
+
+__all__ = ["TASK", "TOKENIZER", "load_language_model", "save_language_model"]
+
+TASK, TOKENIZER = "text-generation", "tokenizer.json"
+
+
+def save_language_model(
+    model: GPT, tokenizer: Tokenizer, directory: str | Path, *, name: str = "gpt", metrics: dict | None = None
+) -> Path:
+    """Write ``model`` (from ``build_model("gpt", ...)``) and its ``tokenizer`` to ``directory``."""
+    config = getattr(model, "maaskit_config", None)
+    if config is None:
+        raise ArtifactError("a saved model must come from maaskit.build_model (it records how to rebuild it)")
+    end = tokenizer.token_to_id(ENDOFTEXT)
+    if end is None:
+        raise ArtifactError(f"the tokenizer has no {ENDOFTEXT} token (train it with maaskit.lm.train_tokenizer)")
+    if tokenizer.get_vocab_size() != model.vocab_size:
+        raise ArtifactError(f"a tokenizer of {tokenizer.get_vocab_size()} tokens for a model of {model.vocab_size}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / TOKENIZER))
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "name": name,
+        "task": TASK,
+        "architecture": {**config, "kwargs": json.loads(json.dumps(config["kwargs"]))},
+        "inputs": [{"name": "tokens", "datatype": "INT64", "shape": [-1, -1]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, -1, model.vocab_size]}],
+        "context": model.context,
+        "tokenizer": {"file": TOKENIZER, "sha256": sha256_of(directory / TOKENIZER), "end_of_text": end},
+        "versions": made_with(),
+        "metrics": metrics or {},
+    }
+    return write_artifact(model, directory, manifest)
+
+
+def load_language_model(directory: str | Path, *, device: str = "cpu") -> tuple[GPT, Tokenizer, dict]:
+    """``(model, tokenizer, manifest)`` from a directory ``save_language_model`` wrote (hashes checked)."""
+    model, manifest = load_artifact(directory, device=device)
+    if manifest.get("task") != TASK:
+        raise ArtifactError(f"{directory} holds a {manifest.get('task', 'image classification')} model, not a language model")
+    assert isinstance(model, GPT)
+    return model, Tokenizer.from_file(str(Path(directory) / TOKENIZER)), manifest

@@ -1,0 +1,246 @@
+"""Continuous batching: many generations share each decode step of one model.
+
+A sequence waits, is given a slot of a :class:`~maaskit.lm.model.SlotCache` and prefilled, then
+joins the running batch: every step feeds each running sequence's last token at its own
+position, in one forward pass, and samples each row with its own settings and random generator.
+A sequence leaves the batch the step it finishes, or the step after its reader goes away, and
+its slot goes to the next in line. With ``max_running=1`` sequences run one after another (no
+batching), for comparison.
+
+The forward passes run in one thread of their own, so the event loop keeps streaming tokens to
+clients meanwhile. Readers are async generators: when a client disconnects, Starlette cancels
+the generator, its ``finally`` marks the sequence cancelled, and the scheduler drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from .generate import _check, next_token
+from .model import GPT, SlotCache
+
+__all__ = ["Engine", "SamplingParams", "TokenEvent"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one sequence is generated (OpenAI's request fields of the same names)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    logprobs: int | None = None  # with a number: the chosen token's log-probability and that many alternatives
+    stop_tokens: tuple[int, ...] = ()
+
+
+@dataclass
+class TokenEvent:
+    """One step of one sequence: a token (None when it ended on a stop token) and, on its last
+    event, why it ended ("stop" or "length")."""
+
+    token: int | None
+    finish_reason: str | None = None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class _Sequence:
+    prompt: list[int]
+    params: SamplingParams
+    generator: torch.Generator
+    queue: asyncio.Queue
+    submitted: float
+    slot: int = -1
+    last: int = -1
+    generated: int = 0
+    cancelled: bool = False
+    finished: bool = False
+    last_token_at: float | None = None
+
+
+class Engine:
+    """``async for event in engine.generate(prompt_ids, params)``: tokens as they are sampled.
+
+    ``max_running``: sequences in the running batch (slots of the cache); more wait their turn.
+    ``listeners`` are told ``("first_token", seconds since submitted)``, ``("token", seconds since
+    the sequence's last token)`` and ``("step", sequences in the step)`` (for metrics)."""
+
+    def __init__(
+        self, model: GPT, *, max_running: int = 16, thread_setup: Callable[[], None] | None = None
+    ):
+        if max_running < 1:
+            raise ValueError(f"max_running must be at least 1, got {max_running}")
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.context, self.max_running = model.context, max_running
+        self.cache = SlotCache.empty(model, max_running)
+        self._executor = ThreadPoolExecutor(1, "maaskit-lm", initializer=thread_setup)
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []
+        self._free = list(range(max_running))
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._seeds = itertools.count()
+        self.listeners: list[Callable[[str, float], None]] = []
+        self.steps = 0
+        self.tokens_generated = 0
+        self.abandoned = 0  # sequences dropped because their reader left before they finished
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return sum(not s.cancelled for s in self._waiting)
+
+    def check(self, prompt: Sequence[int], params: SamplingParams) -> None:
+        """A ValueError with the reason if this request cannot be served."""
+        _check(params.temperature, params.top_k, params.top_p, params.max_tokens)
+        if not prompt:
+            raise ValueError("the prompt must have at least one token")
+        if len(prompt) + params.max_tokens > self.context:
+            raise ValueError(
+                f"this model's context is {self.context} tokens; the prompt has {len(prompt)} and max_tokens "
+                f"asks for {params.max_tokens} more ({len(prompt) + params.max_tokens}): shorten one of them"
+            )
+        if params.logprobs is not None and not 0 <= params.logprobs <= 20:
+            raise ValueError(f"logprobs must be between 0 and 20, got {params.logprobs}")
+
+    async def generate(self, prompt: Sequence[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+        self.check(prompt, params)
+        seed = params.seed if params.seed is not None else int(torch.randint(2**31, ())) + next(self._seeds)
+        seq = _Sequence(
+            list(prompt), params, torch.Generator().manual_seed(seed), asyncio.Queue(), time.perf_counter()
+        )
+        self._start()
+        assert self._wake is not None
+        self._waiting.append(seq)
+        self._wake.set()
+        try:
+            while True:
+                event = await seq.queue.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if event.finish_reason is not None:
+                    return
+        finally:  # also on a client's disconnect (the generator is cancelled): the scheduler drops it
+            if not seq.finished:
+                seq.cancelled = True
+                self._wake.set()
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- the scheduler ----------------------------------------------------------------------
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._schedule(), name="maaskit-lm-engine")
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._wake is not None
+        while True:
+            self._drop_cancelled()
+            if not self._running and not self._waiting:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            joining = []
+            while self._waiting and len(self._running) + len(joining) < self.max_running:
+                seq = self._waiting.popleft()
+                if not seq.cancelled:
+                    seq.slot = self._free.pop()
+                    joining.append(seq)
+            step = [*self._running, *joining]
+            try:
+                events = await loop.run_in_executor(self._executor, self._step, joining, self._running)
+            except Exception as err:  # the model failed: every sequence in the step hears of it
+                for seq in step:
+                    seq.queue.put_nowait(RuntimeError(f"generation failed: {err}"))
+                    self._leave(seq)
+                self._running = [s for s in self._running if s not in step]
+                continue
+            self._running.extend(joining)
+            self.steps += 1
+            self._tell("step", len(step))
+            now = time.perf_counter()
+            for seq, event in zip(step, events):
+                if seq.last_token_at is None:
+                    self._tell("first_token", now - seq.submitted)
+                else:
+                    self._tell("token", now - seq.last_token_at)
+                seq.last_token_at = now
+                self.tokens_generated += event.token is not None
+                seq.queue.put_nowait(event)
+                if event.finish_reason is not None:
+                    seq.finished = True
+                    self._leave(seq)
+
+    def _drop_cancelled(self) -> None:
+        for seq in [s for s in self._running if s.cancelled]:
+            self.abandoned += 1
+            self._leave(seq)
+        while self._waiting and self._waiting[0].cancelled:
+            self._waiting.popleft()
+            self.abandoned += 1
+
+    def _leave(self, seq: _Sequence) -> None:
+        if seq in self._running:
+            self._running.remove(seq)
+        if seq.slot >= 0:
+            self._free.append(seq.slot)
+            seq.slot = -1
+
+    def _tell(self, kind: str, value: float) -> None:
+        for listener in self.listeners:
+            listener(kind, value)
+
+    @torch.inference_mode()
+    def _step(self, joining: list[_Sequence], running: list[_Sequence]) -> list[TokenEvent]:
+        """One forward pass for the running sequences, and a prefill for each joining one; returns
+        an event per sequence, running ones first."""
+        rows: list[torch.Tensor] = []
+        if running:
+            self.cache.rows = torch.tensor([s.slot for s in running], device=self.device)
+            last = torch.tensor([[s.last] for s in running], device=self.device)
+            rows.extend(self.model(last, self.cache)[:, -1])
+        for seq in joining:
+            self.cache.lengths[seq.slot] = 0
+            rows.append(self.model(torch.tensor([seq.prompt], device=self.device), self.cache.prefill_view(seq.slot))[0, -1])
+            self.cache.lengths[seq.slot] = len(seq.prompt)
+        return [self._sample(seq, logits) for seq, logits in zip([*running, *joining], rows)]
+
+    def _sample(self, seq: _Sequence, logits: torch.Tensor) -> TokenEvent:
+        p = seq.params
+        token = next_token(logits, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, generator=seq.generator)
+        event = TokenEvent(token)
+        if p.logprobs is not None:
+            logprobs = logits.float().log_softmax(0)
+            event.logprob = float(logprobs[token])
+            if p.logprobs:
+                top = logprobs.topk(p.logprobs)
+                event.top_logprobs = [(int(i), float(v)) for v, i in zip(top.values, top.indices)]
+        if token in p.stop_tokens:
+            return TokenEvent(None, "stop")
+        seq.last = token
+        seq.generated += 1
+        if seq.generated >= p.max_tokens or len(seq.prompt) + seq.generated >= self.context:
+            event.finish_reason = "length"
+        return event
