@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 
 from ._version import __version__
-from .recipes import Recipe, default_recipe
+from .recipes import LMRecipe, Recipe, default_recipe
 
 
 class _Names:
@@ -100,6 +100,30 @@ def _train(args) -> int:
     return 0
 
 
+def _lm_train(args) -> int:
+    from .device import DeviceNotAvailableError
+    from .lm.training import train_language_model
+
+    recipe = LMRecipe(
+        vocab_size=args.vocab_size, context=args.context, layers=args.layers, heads=args.heads, width=args.width,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    )  # fmt: skip
+    try:
+        trained = train_language_model(
+            args.corpus, recipe=recipe, device=args.device, seed=args.seed, out=args.out, name=args.name,
+            progress=sys.stdout,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError, DeviceNotAvailableError) as err:
+        print(f"maaskit lm train: {err}", file=sys.stderr)
+        return 2
+    params = sum(p.numel() for p in trained.model.parameters())
+    print(f"{params:,} parameters trained on {trained.data!r}")
+    print(
+        f"saved to {args.out}/ (model.safetensors, tokenizer.json, manifest.json); serve it: maaskit serve {args.out}"
+    )
+    return 0
+
+
 def _without_nproc(argv: list[str]) -> list[str]:
     """The command line again, less --nproc-per-node (the ranks must not launch ranks of their own)."""
     out, skip = [], False
@@ -126,6 +150,8 @@ def _serve(args) -> int:
         "model_repository": args.model_repository,
         "name": args.name,
         "access_log": args.access_log,
+        "api_keys": args.api_keys,
+        "max_sequences": args.max_sequences,
     }
     where = {"host": args.host, "port": args.port, "token": token, "allow_insecure": args.allow_insecure}
     if not args.artifacts and not args.model_repository:
@@ -141,7 +167,10 @@ def _serve(args) -> int:
         print(f"maaskit serve: {err}", file=sys.stderr)
         return 2
     for m in server.repository.index():
-        print(f"serving {m['name']} version {m['version']}: {server.url}/v2/models/{m['name']}/infer", flush=True)
+        if m["name"] in server.repository.language_models:
+            print(f"serving language model {m['name']}: {server.url}/v1/chat/completions (OpenAI)", flush=True)
+        else:
+            print(f"serving {m['name']} version {m['version']}: {server.url}/v2/models/{m['name']}/infer", flush=True)
     print(f"OpenAPI docs at {server.url}/docs; Ctrl-C stops (requests in flight are finished)", flush=True)
     try:
         server.wait()
@@ -233,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve one or more artifact directories until Ctrl-C.",
         formatter_class=helpful,
     )
-    serve.add_argument("artifacts", nargs="*", metavar="DIR", help="directories written by maaskit train")
+    serve.add_argument(
+        "artifacts", nargs="*", metavar="DIR", help="directories written by maaskit train or maaskit lm train"
+    )
     serve.add_argument(
         "--model-repository",
         metavar="DIR",
@@ -258,9 +289,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--workers", type=int, default=1, help="server processes (for CPU-bound models)")
     serve.add_argument(
+        "--api-keys",
+        metavar="FILE",
+        help='JSON [{"name", "key", "rpm", "tpm"}, ...]: keys accepted, with per-key quotas (or set MAASKIT_API_KEYS)',
+    )
+    serve.add_argument(
+        "--max-sequences",
+        type=int,
+        default=16,
+        help="a language model's sequences sharing each decode step (continuous batching; 1: one at a time)",
+    )
+    serve.add_argument(
         "--access-log", action="store_true", help="log every request (off by default: it costs time on every request)"
     )
     serve.set_defaults(func=_serve)
+
+    lm = sub.add_parser("lm", help="language models: train a small GPT")
+    lm_sub = lm.add_subparsers(dest="lm_command", metavar="COMMAND")
+    lm_train = lm_sub.add_parser(
+        "train",
+        help="train a GPT on a text and save it with its tokenizer",
+        formatter_class=helpful,
+        description="Train a byte-level BPE and a small GPT on --corpus (default: the Python docs that ship "
+        "with CPython), print progress and text samples, and save both to --out (serve it with maaskit serve).",
+    )
+    lm_recipe = LMRecipe()
+    lm_train.add_argument("--corpus", metavar="FILE", help="a UTF-8 text file (default: Python's bundled docs)")
+    lm_train.add_argument("--out", required=True, help="directory for the weights, tokenizer.json and manifest.json")
+    lm_train.add_argument("--name", default="gpt", help="the model's name when served")
+    for option, value, what in (
+        ("vocab-size", lm_recipe.vocab_size, "BPE vocabulary (256 bytes, end-of-text, merges)"),
+        ("context", lm_recipe.context, "tokens the model sees at once"),
+        ("layers", lm_recipe.layers, "transformer blocks"),
+        ("heads", lm_recipe.heads, "attention heads per block"),
+        ("width", lm_recipe.width, "embedding width"),
+        ("epochs", lm_recipe.epochs, "passes over the training tokens"),
+        ("batch-size", lm_recipe.batch_size, "windows per optimizer step"),
+    ):
+        lm_train.add_argument(f"--{option}", type=int, default=value, help=what)
+    lm_train.add_argument("--lr", type=float, default=lm_recipe.lr, help="peak learning rate (AdamW, cosine)")
+    lm_train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    lm_train.add_argument("--seed", type=int, default=0, help="seeds the weights and the batches")
+    lm_train.set_defaults(func=_lm_train)
+    lm.set_defaults(func=lambda _args: lm.print_help(sys.stderr) or 2)
 
     predict = sub.add_parser(
         "predict", help="send images to an endpoint and print the top classes", formatter_class=helpful

@@ -311,13 +311,11 @@ class Checkpoint(Callback):
 
 
 def save_checkpoint(run: Run, directory: str | Path) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file, save_model
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.detach().contiguous().cpu() for k, v in run.model.state_dict().items()}, directory / "model.safetensors"
-    )
+    save_model(run.model, str(directory / "model.safetensors"))  # tied weights (a GPT's head) stored once
     opt_state = run.optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     plain: dict[str, dict] = {}
@@ -352,14 +350,14 @@ def _json_default(value):
 
 
 def load_checkpoint(run: Run, directory: str | Path) -> None:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, load_model
 
     directory = Path(directory)
     missing = [f for f in ("model.safetensors", "optimizer.safetensors", "state.json") if not (directory / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{directory} is not a maaskit checkpoint: missing {', '.join(missing)}")
     state = json.loads((directory / "state.json").read_text())
-    run.model.load_state_dict(load_file(directory / "model.safetensors", device=str(run.device)))
+    load_model(run.model, str(directory / "model.safetensors"), device=str(run.device))
     tensors = load_file(directory / "optimizer.safetensors")
     opt_state = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
     for pid, plain in state["optimizer"]["state"].items():

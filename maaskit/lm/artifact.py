@@ -17,15 +17,15 @@ from ..serving.artifact import FORMAT, ArtifactError, load_artifact, made_with, 
 from .model import GPT
 from .tokenizer import ENDOFTEXT
 
-__all__ = ["TASK", "TOKENIZER", "load_language_model", "save_language_model"]
+__all__ = ["TASK", "TOKENIZER", "language_model_manifest", "load_language_model", "save_language_model"]
 
 TASK, TOKENIZER = "text-generation", "tokenizer.json"
 
 
-def save_language_model(
-    model: GPT, tokenizer: Tokenizer, directory: str | Path, *, name: str = "gpt", metrics: dict | None = None
-) -> Path:
-    """Write ``model`` (from ``build_model("gpt", ...)``) and its ``tokenizer`` to ``directory``."""
+def language_model_manifest(
+    model: GPT, tokenizer: Tokenizer, *, name: str = "gpt", metrics: dict | None = None
+) -> dict:
+    """The manifest of ``model`` and its ``tokenizer`` (without the files' hashes)."""
     config = getattr(model, "maaskit_config", None)
     if config is None:
         raise ArtifactError("a saved model must come from maaskit.build_model (it records how to rebuild it)")
@@ -34,10 +34,7 @@ def save_language_model(
         raise ArtifactError(f"the tokenizer has no {ENDOFTEXT} token (train it with maaskit.lm.train_tokenizer)")
     if tokenizer.get_vocab_size() != model.vocab_size:
         raise ArtifactError(f"a tokenizer of {tokenizer.get_vocab_size()} tokens for a model of {model.vocab_size}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(directory / TOKENIZER))
-    manifest: dict[str, Any] = {
+    return {
         "format": FORMAT,
         "name": name,
         "task": TASK,
@@ -45,10 +42,21 @@ def save_language_model(
         "inputs": [{"name": "tokens", "datatype": "INT64", "shape": [-1, -1]}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, -1, model.vocab_size]}],
         "context": model.context,
-        "tokenizer": {"file": TOKENIZER, "sha256": sha256_of(directory / TOKENIZER), "end_of_text": end},
+        "tokenizer": {"file": TOKENIZER, "end_of_text": end},
         "versions": made_with(),
         "metrics": metrics or {},
     }
+
+
+def save_language_model(
+    model: GPT, tokenizer: Tokenizer, directory: str | Path, *, name: str = "gpt", metrics: dict | None = None
+) -> Path:
+    """Write ``model`` (from ``build_model("gpt", ...)``) and its ``tokenizer`` to ``directory``."""
+    manifest: dict[str, Any] = language_model_manifest(model, tokenizer, name=name, metrics=metrics)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / TOKENIZER))
+    manifest["tokenizer"]["sha256"] = sha256_of(directory / TOKENIZER)
     return write_artifact(model, directory, manifest)
 
 
@@ -56,6 +64,8 @@ def load_language_model(directory: str | Path, *, device: str = "cpu") -> tuple[
     """``(model, tokenizer, manifest)`` from a directory ``save_language_model`` wrote (hashes checked)."""
     model, manifest = load_artifact(directory, device=device)
     if manifest.get("task") != TASK:
-        raise ArtifactError(f"{directory} holds a {manifest.get('task', 'image classification')} model, not a language model")
+        raise ArtifactError(
+            f"{directory} holds a {manifest.get('task', 'image classification')} model, not a language model"
+        )
     assert isinstance(model, GPT)
     return model, Tokenizer.from_file(str(Path(directory) / TOKENIZER)), manifest

@@ -74,11 +74,10 @@ class Engine:
 
     ``max_running``: sequences in the running batch (slots of the cache); more wait their turn.
     ``listeners`` are told ``("first_token", seconds since submitted)``, ``("token", seconds since
-    the sequence's last token)`` and ``("step", sequences in the step)`` (for metrics)."""
+    the sequence's last token)``, ``("step", tokens it produced)`` and ``("dropped", sequences
+    whose readers left)`` (for metrics)."""
 
-    def __init__(
-        self, model: GPT, *, max_running: int = 16, thread_setup: Callable[[], None] | None = None
-    ):
+    def __init__(self, model: GPT, *, max_running: int = 16, thread_setup: Callable[[], None] | None = None):
         if max_running < 1:
             raise ValueError(f"max_running must be at least 1, got {max_running}")
         self.model = model.eval()
@@ -121,9 +120,7 @@ class Engine:
     async def generate(self, prompt: Sequence[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
         self.check(prompt, params)
         seed = params.seed if params.seed is not None else int(torch.randint(2**31, ())) + next(self._seeds)
-        seq = _Sequence(
-            list(prompt), params, torch.Generator().manual_seed(seed), asyncio.Queue(), time.perf_counter()
-        )
+        seq = _Sequence(list(prompt), params, torch.Generator().manual_seed(seed), asyncio.Queue(), time.perf_counter())
         self._start()
         assert self._wake is not None
         self._waiting.append(seq)
@@ -179,7 +176,7 @@ class Engine:
                 continue
             self._running.extend(joining)
             self.steps += 1
-            self._tell("step", len(step))
+            self._tell("step", sum(e.token is not None for e in events))
             now = time.perf_counter()
             for seq, event in zip(step, events):
                 if seq.last_token_at is None:
@@ -194,12 +191,15 @@ class Engine:
                     self._leave(seq)
 
     def _drop_cancelled(self) -> None:
+        before = self.abandoned
         for seq in [s for s in self._running if s.cancelled]:
             self.abandoned += 1
             self._leave(seq)
         while self._waiting and self._waiting[0].cancelled:
             self._waiting.popleft()
             self.abandoned += 1
+        if self.abandoned > before:
+            self._tell("dropped", self.abandoned - before)
 
     def _leave(self, seq: _Sequence) -> None:
         if seq in self._running:
@@ -223,7 +223,9 @@ class Engine:
             rows.extend(self.model(last, self.cache)[:, -1])
         for seq in joining:
             self.cache.lengths[seq.slot] = 0
-            rows.append(self.model(torch.tensor([seq.prompt], device=self.device), self.cache.prefill_view(seq.slot))[0, -1])
+            rows.append(
+                self.model(torch.tensor([seq.prompt], device=self.device), self.cache.prefill_view(seq.slot))[0, -1]
+            )
             self.cache.lengths[seq.slot] = len(seq.prompt)
         return [self._sample(seq, logits) for seq, logits in zip([*running, *joining], rows)]
 

@@ -17,6 +17,7 @@ import torch
 
 from ..device import seed_everything
 from ..models import build_model
+from ..recipes import LMRecipe
 from ..train import Callback, History, PrintProgress, Run, fit
 from .corpus import load_corpus
 from .data import TextDataset
@@ -26,32 +27,26 @@ from .model import GPT
 __all__ = ["LMRecipe", "SampleText", "sample_text", "train_language_model"]
 
 
-@dataclass(frozen=True)
-class LMRecipe:
-    """Sizes and settings of a small GPT and its training."""
-
-    vocab_size: int = 512
-    context: int = 64
-    layers: int = 2
-    heads: int = 4
-    width: int = 64
-    epochs: int = 2
-    batch_size: int = 32
-    lr: float = 3e-3
-    scheduler: str | None = "cosine"
-
-    def but(self, **changes) -> LMRecipe:
-        return LMRecipe(**{**asdict(self), **changes})
-
-
 def sample_text(
-    model: GPT, data: TextDataset, prompt: str = "The ", *, max_tokens: int = 48, temperature: float = 0.8, seed: int = 0
+    model: GPT,
+    data: TextDataset,
+    prompt: str = "The ",
+    *,
+    max_tokens: int = 48,
+    temperature: float = 0.8,
+    seed: int = 0,
 ) -> str:
     """What ``model`` writes after ``prompt`` (sampled with a fixed seed, so samples compare over time)."""
     ids = data.tokenizer.encode(prompt).ids or [data.end_of_text]
     out = list(
         generate(
-            model, ids, max_tokens=max_tokens, temperature=temperature, top_k=40, seed=seed, stop_tokens=[data.end_of_text]
+            model,
+            ids,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=40,
+            seed=seed,
+            stop_tokens=[data.end_of_text],
         )
     )
     return prompt + data.tokenizer.decode(out)

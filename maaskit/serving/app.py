@@ -1,5 +1,6 @@
-"""The ASGI app: the V2 and V1 routers on one data plane, behind a guard for tokens and body
-sizes, with every error answered as ``{"error": "..."}`` and documented in ``/docs``.
+"""The ASGI app: the V2, V1 and OpenAI-compatible routers on one data plane, behind a guard for
+tokens, API keys and body sizes, with every error answered as ``{"error": "..."}`` (in OpenAI's
+shape on its routes) and documented in ``/docs``.
 
 The guard is plain ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``, which runs
 each request through an extra task and stream (about a tenth of a millisecond per request).
@@ -18,10 +19,12 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
-from . import rest_v1, rest_v2
+from . import rest_openai, rest_v1, rest_v2
 from .batching import Closed, QueueFull
 from .dataplane import HTTPError, ModelRepository
+from .keys import APIKeys
 from .metrics import CONTENT_TYPE, ServerMetrics
+from .openai_schemas import ChatRequest, CompletionRequest, OpenAIError
 from .protocol import ProtocolError, dumps
 from .schemas import ExplainRequest, InferRequest, PredictRequest, RepositoryIndexRequest, error_responses
 
@@ -35,24 +38,40 @@ class _TooLarge(Exception):
     pass
 
 
-class Guard:
-    """Checks the bearer token and the body size before a request reaches a route."""
+def _openai_path(path: str) -> bool:
+    return path == "/v1/models" or path.startswith(rest_openai.OPENAI_PATHS)
 
-    def __init__(self, app: Any, *, token: str | None, max_body_bytes: int, on_error: Any):
-        self.app, self.max_body_bytes, self.on_error = app, max_body_bytes, on_error
+
+class Guard:
+    """Checks the bearer token (the server's token, or one of its API keys) and the body size
+    before a request reaches a route."""
+
+    def __init__(self, app: Any, *, token: str | None, keys: APIKeys | None, max_body_bytes: int, on_error: Any):
+        self.app, self.max_body_bytes, self.on_error, self.keys = app, max_body_bytes, on_error, keys
         self.expected = f"Bearer {token}".encode() if token is not None else None
+
+    def _accepts(self, authorization: bytes) -> bool:
+        if self.expected is not None and secrets.compare_digest(authorization, self.expected):
+            return True
+        return self.keys is not None and self.keys.identify(authorization) is not None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        guarded = self.expected is not None and not scope["path"].startswith(OPEN_PATHS)
-        if guarded and not secrets.compare_digest(headers.get(b"authorization", b""), self.expected):
+        openai = _openai_path(scope["path"])
+        secured = self.expected is not None or self.keys is not None
+        if (
+            secured
+            and not scope["path"].startswith(OPEN_PATHS)
+            and not self._accepts(headers.get(b"authorization", b""))
+        ):
             return await self._refuse(
                 send,
                 401,
-                "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                "missing or wrong API key or token: send 'Authorization: Bearer <key>'",
                 {"WWW-Authenticate": "Bearer"},
+                openai=openai,
             )
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_body_bytes:
@@ -60,6 +79,7 @@ class Guard:
                 send,
                 413,
                 f"request body of {int(length):,} bytes is over this server's limit of {self.max_body_bytes:,}",
+                openai=openai,
             )
         if length.isdigit():  # the HTTP parser holds the body to its Content-Length: nothing more to count
             return await self.app(scope, receive, send)
@@ -83,12 +103,17 @@ class Guard:
         except _TooLarge:
             if not started:
                 await self._refuse(
-                    send, 413, f"request body is over this server's limit of {self.max_body_bytes:,} bytes"
+                    send,
+                    413,
+                    f"request body is over this server's limit of {self.max_body_bytes:,} bytes",
+                    openai=openai,
                 )
 
-    async def _refuse(self, send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    async def _refuse(
+        self, send, status: int, message: str, headers: dict[str, str] | None = None, *, openai: bool = False
+    ) -> None:
         self.on_error(status)
-        body = dumps({"error": message})
+        body = dumps(OpenAIError(status, message).body() if openai else {"error": message})
         raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -96,17 +121,25 @@ class Guard:
 
 
 def create_app(
-    repository: ModelRepository, *, token: str | None = None, max_body_bytes: int = MAX_BODY_BYTES
+    repository: ModelRepository,
+    *,
+    token: str | None = None,
+    api_keys: APIKeys | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
 ) -> FastAPI:
     """The ASGI app. ``token``: every route but the health checks and the docs needs
-    ``Authorization: Bearer <token>``, and only then may models be loaded and unloaded."""
+    ``Authorization: Bearer <token>``, and only then may models be loaded and unloaded.
+    ``api_keys``: keys accepted as well, each with its own quotas on the language-model routes."""
     app = FastAPI(
         title="maaskit inference server",
         version=__version__,
         description=(
             "The Open Inference Protocol (KServe V2, with Triton's binary tensor, classification and "
-            "model repository extensions) and TF Serving's REST API (V1), for maaskit artifacts. "
-            'Every error is `{"error": "..."}` with the status documented for its route.'
+            "model repository extensions) and TF Serving's REST API (V1), for maaskit artifacts; and "
+            "OpenAI's completions and chat completions (streamed as server-sent events) for language models. "
+            'Every error is `{"error": "..."}` (OpenAI\'s `{"error": {"message", "type", "param", "code"}}` '
+            "on its routes) with the status documented for its route. `GET /v1/models/{name}` is TF Serving's "
+            "model status for a classifier and OpenAI's model object for a language model."
         ),
     )
     metrics = ServerMetrics()
@@ -120,6 +153,11 @@ def create_app(
     @app.exception_handler(HTTPError)
     async def _http_error(_request: Request, err: HTTPError):
         return error(err.status, err.message, err.headers)
+
+    @app.exception_handler(OpenAIError)
+    async def _openai_error(_request: Request, err: OpenAIError):
+        metrics.failures.labels(str(err.status)).inc()
+        return Response(dumps(err.body()), err.status, err.headers, media_type="application/json")
 
     @app.exception_handler(ProtocolError)
     async def _protocol_error(_request: Request, err: ProtocolError):
@@ -144,7 +182,11 @@ def create_app(
 
     # the routers' routes go straight into the app's: include_router would add a layer of dispatch
     # to every request (about 6% of the server's time at concurrency 1)
-    for api in (rest_v2.router(repository, metrics, admin=token is not None), rest_v1.router(repository, metrics)):
+    for api in (
+        rest_v2.router(repository, metrics, admin=token is not None),
+        rest_v1.router(repository, metrics),
+        rest_openai.router(repository, metrics, api_keys),
+    ):
         app.router.routes.extend(api.routes)
 
     @app.get(
@@ -159,9 +201,13 @@ def create_app(
     async def prometheus_metrics():
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    app.openapi = lambda: _openapi(app, secured=token is not None)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, secured=token is not None or api_keys is not None)  # type: ignore[method-assign]
     app.add_middleware(
-        Guard, token=token, max_body_bytes=max_body_bytes, on_error=lambda s: metrics.failures.labels(str(s)).inc()
+        Guard,
+        token=token,
+        keys=api_keys,
+        max_body_bytes=max_body_bytes,
+        on_error=lambda s: metrics.failures.labels(str(s)).inc(),
     )
     return app
 
@@ -172,7 +218,17 @@ def _openapi(app: FastAPI, *, secured: bool) -> dict:
     if app.openapi_schema is None:
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         _, defs = models_json_schema(
-            [(m, "validation") for m in (InferRequest, PredictRequest, ExplainRequest, RepositoryIndexRequest)],
+            [
+                (m, "validation")
+                for m in (
+                    InferRequest,
+                    PredictRequest,
+                    ExplainRequest,
+                    RepositoryIndexRequest,
+                    CompletionRequest,
+                    ChatRequest,
+                )  # fmt: skip
+            ],
             ref_template="#/components/schemas/{model}",
         )
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})

@@ -99,12 +99,11 @@ def made_with() -> dict[str, str]:
 
 def write_artifact(model: torch.nn.Module, directory: str | Path, manifest: dict) -> Path:
     """The weights as safetensors and the manifest, with the weights' hash, in ``directory``."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, directory / WEIGHTS)
+    save_model(model, str(directory / WEIGHTS))  # tied weights (a GPT's head) are stored once
     manifest["weights"] = {"file": WEIGHTS, "sha256": sha256_of(directory / WEIGHTS)}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return directory
@@ -138,9 +137,17 @@ def check_file(path: Path, sha256: str) -> None:
         )
 
 
+def read_manifest(directory: str | Path) -> dict:
+    """The manifest of an artifact directory ({} where there is none to read: loading says why)."""
+    try:
+        return json.loads((Path(directory) / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
 def load_artifact(directory: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model from ``directory`` after checking its weights' hash; returns (model, manifest)."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model
 
     directory = Path(directory)
     for f in (MANIFEST, WEIGHTS):
@@ -159,5 +166,5 @@ def load_artifact(directory: str | Path, *, device: str | torch.device = "cpu") 
     if arch["name"] not in MODELS:
         raise ArtifactError(f"unknown architecture {arch['name']!r}; this maaskit knows {', '.join(MODELS)}")
     model = rebuild(arch)
-    model.load_state_dict(load_file(directory / WEIGHTS))
+    load_model(model, str(directory / WEIGHTS))
     return model.to(device).eval(), manifest

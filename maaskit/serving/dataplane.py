@@ -9,6 +9,7 @@ import asyncio
 import os
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
@@ -18,10 +19,11 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from ..device import pick_device
 from ..normalization import Normalization
-from .artifact import MANIFEST, load_artifact, make_manifest
+from .artifact import MANIFEST, load_artifact, make_manifest, read_manifest
 from .batching import DynamicBatcher
 from .explainer import ExplainerProcess
 from .protocol import ProtocolError
@@ -29,10 +31,11 @@ from .protocol import ProtocolError
 if TYPE_CHECKING:
     from ..data import ImageDataset
 
-__all__ = ["HTTPError", "ModelRepository", "ModelSource", "ServedModel"]
+__all__ = ["HTTPError", "ModelRepository", "ModelSource", "ServedLanguageModel", "ServedModel"]
 
-# what can be served: an artifact directory, a model from build_model (with data=), or (model, manifest)
-ModelSource = Union[str, Path, torch.nn.Module, tuple[torch.nn.Module, dict]]  # noqa: UP007 (3.10 needs Union at run time)
+# what can be served: an artifact directory, a model from build_model (with data=), (model, manifest),
+# or a language model as (model, tokenizer)
+ModelSource = Union[str, Path, torch.nn.Module, tuple[torch.nn.Module, dict], tuple[torch.nn.Module, Tokenizer]]  # noqa: UP007 (3.10 needs Union at run time)
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -53,6 +56,7 @@ class Batching:
     max_delay_ms: float = 0.0
     max_queue: int = 1024
     inline: bool | str = "auto"
+    max_sequences: int = 16  # a language model's running batch (continuous batching); 1: one at a time
 
 
 @dataclass
@@ -152,6 +156,28 @@ class ServedModel:
         }
 
 
+class ServedLanguageModel:
+    """A language model, its tokenizer, and the continuous-batching engine in front of it."""
+
+    def __init__(self, name: str, model: torch.nn.Module, tokenizer: Any, manifest: dict, device: torch.device,
+                 batching: Batching):  # fmt: skip
+        from ..lm.engine import Engine
+
+        self.name, self.tokenizer, self.manifest = name, tokenizer, manifest
+        self.created = int(time.time())
+        self.end_of_text: int = manifest["tokenizer"]["end_of_text"]
+        self.engine = Engine(
+            model.to(device).eval(), max_running=batching.max_sequences, thread_setup=forward_thread_setup
+        )
+
+    @property
+    def context(self) -> int:
+        return self.engine.context
+
+    def close(self) -> None:
+        self.engine.close()
+
+
 server_processes = 1  # with --workers N, each worker process gets its share of the cores
 
 
@@ -197,6 +223,7 @@ class ModelRepository:
         self.batching = batching or Batching(**batching_options)
         self.root = Path(root) if root is not None else None
         self._models: dict[str, dict[str, ServedModel]] = {}
+        self.language_models: dict[str, ServedLanguageModel] = {}
         self._loading: set[str] = set()
         self._lock = threading.Lock()
         self.listeners: list[Callable[[ServedModel, int, float, list[float]], None]] = []  # every pass of every model
@@ -208,9 +235,15 @@ class ModelRepository:
         name: str | None = None,
         version: str | int | None = None,
         data: ImageDataset | None = None,
-    ) -> ServedModel:
+    ) -> ServedModel | ServedLanguageModel:
         """Serve an artifact directory, a ``(model, manifest)`` pair as :func:`load_artifact` returns,
-        or a model from ``build_model`` with the ``data`` (an ImageDataset) it was trained on."""
+        or a model from ``build_model`` with the ``data`` (an ImageDataset) it was trained on.
+        A language model's directory (``maaskit lm train``) is served through the OpenAI-compatible
+        API instead (see :meth:`add_language_model`)."""
+        if isinstance(source, (str, Path)) and read_manifest(source).get("task") == "text-generation":
+            return self.add_language_model(source, name=name)
+        if isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], Tokenizer):
+            return self.add_language_model(source, name=name)
         if isinstance(source, (str, Path)):
             model, manifest = load_artifact(source)
         elif isinstance(source, torch.nn.Module):
@@ -237,9 +270,39 @@ class ModelRepository:
             versions[version] = served
         return served
 
+    def add_language_model(self, source: str | Path | tuple, *, name: str | None = None) -> ServedLanguageModel:
+        """Serve a language model: a directory ``maaskit lm train`` (or ``save_language_model``) wrote,
+        or a ``(model, tokenizer)`` pair. A model of the same name is replaced."""
+        from ..lm.artifact import language_model_manifest, load_language_model
+
+        if isinstance(source, (str, Path)):
+            model, tokenizer, manifest = load_language_model(source)
+        elif isinstance(source, tuple) and len(source) == 2:
+            model, tokenizer = source
+            manifest = language_model_manifest(model, tokenizer, name=name or "gpt")
+        else:
+            raise TypeError("a language model is served from its directory or as a (model, tokenizer) pair")
+        name = _check_name(name or manifest["name"])
+        served = ServedLanguageModel(name, model, tokenizer, manifest, self.device, self.batching)
+        with self._lock:
+            old = self.language_models.pop(name, None)
+            self.language_models[name] = served
+        if old is not None:
+            old.close()
+        return served
+
+    def get_language_model(self, name: str) -> ServedLanguageModel:
+        served = self.language_models.get(name)
+        if served is None:
+            known = ", ".join(sorted(self.language_models)) or "none"
+            raise HTTPError(404, f"the model {name!r} does not exist; this server's language models: {known}")
+        return served
+
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """The model to run; 404 if there is none by that name or version, 503 while it loads."""
         versions = self._models.get(name)
+        if not versions and name in self.language_models:
+            raise HTTPError(404, f"{name!r} is a language model: it answers /v1/completions and /v1/chat/completions")
         if not versions:
             if name in self._loading:
                 raise HTTPError(503, f"model {name!r} is loading; try again shortly", {"Retry-After": "1"})
@@ -264,6 +327,7 @@ class ModelRepository:
     def index(self) -> list[dict]:
         """What is served (``READY``), loading, and, with a ``root``, what could be (``UNAVAILABLE``)."""
         entries = [{"name": n, "version": v, "state": "READY"} for n in sorted(self._models) for v in self.versions(n)]
+        entries += [{"name": n, "version": "1", "state": "READY"} for n in sorted(self.language_models)]
         entries += [{"name": n, "state": "LOADING"} for n in sorted(self._loading - set(self._models))]
         for name in self.available():
             if name not in self._models and name not in self._loading:
@@ -303,9 +367,12 @@ class ModelRepository:
         """Close every model (their explanation processes stop): the server has stopped."""
         with self._lock:
             models, self._models = self._models, {}
+            language_models, self.language_models = self.language_models, {}
         for versions in models.values():
             for served in versions.values():
                 served.close()
+        for lm in language_models.values():
+            lm.close()
 
     def unload(self, name: str) -> None:
         with self._lock:

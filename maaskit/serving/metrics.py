@@ -1,4 +1,6 @@
-"""The server's Prometheus metrics: requests, failures, latency, batch sizes and queueing.
+"""The server's Prometheus metrics: requests, failures, latency, batch sizes and queueing; for
+language models time to first token, inter-token latency, tokens/s, running and waiting
+sequences; and per API key its requests, tokens and refusals (by the key's name, never the key).
 
 With ``--workers N`` each worker process counts for itself and ``/metrics`` adds them up
 (prometheus_client's multiprocess mode, switched on by ``PROMETHEUS_MULTIPROC_DIR``), so a
@@ -8,13 +10,15 @@ scrape sees the whole server whichever worker answers it.
 from __future__ import annotations
 
 import os
+import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
-    from .dataplane import ServedModel
+    from .dataplane import ServedLanguageModel, ServedModel
 
 __all__ = ["CONTENT_TYPE", "ServerMetrics"]
 
@@ -44,6 +48,68 @@ class ServerMetrics:
         # one series per server process (a pid label with --workers): how many are up
         self.process = Gauge("maaskit_server_process", "1 per serving process", registry=r, multiprocess_mode="livemax")
         self.process.set(1)
+
+        lm = ["model"]
+        self.first_token = Histogram(
+            "maaskit_lm_time_to_first_token_seconds", "Request to first token", lm, registry=r, buckets=_SECONDS
+        )
+        self.inter_token = Histogram(
+            "maaskit_lm_inter_token_seconds", "Between one token of a sequence and the next", lm, registry=r,
+            buckets=_SECONDS,
+        )  # fmt: skip
+        self.tokens = Counter("maaskit_lm_generated_tokens", "Tokens generated", lm, registry=r)
+        self.tokens_per_s = Gauge(
+            "maaskit_lm_tokens_per_second", "Tokens generated per second, over the last 5 s", lm, registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.running = Gauge(
+            "maaskit_lm_running_sequences",
+            "Sequences in the running batch",
+            lm,
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.waiting_sequences = Gauge(
+            "maaskit_lm_waiting_sequences", "Sequences waiting to join it", lm, registry=r, multiprocess_mode="livesum"
+        )
+        self.abandoned = Counter(
+            "maaskit_lm_abandoned_sequences", "Sequences stopped because their client left", lm, registry=r
+        )
+        self.key_requests = Counter("maaskit_api_key_requests", "Requests admitted, per API key", ["key"], registry=r)
+        self.key_tokens = Counter("maaskit_api_key_tokens", "Tokens used, per API key", ["key", "kind"], registry=r)
+        self.key_rejections = Counter(
+            "maaskit_api_key_rate_limited", "Requests refused with 429, per API key", ["key"], registry=r
+        )
+        self._watched: set[int] = set()
+
+    def watch_language_model(self, served: ServedLanguageModel) -> None:
+        """Count what ``served``'s engine does (once per model)."""
+        if id(served) in self._watched:
+            return
+        self._watched.add(id(served))
+        engine, name = served.engine, served.name
+        recent: deque[tuple[float, int]] = deque()
+        abandoned = [engine.abandoned]
+
+        def listener(kind: str, value: float) -> None:
+            if kind == "first_token":
+                self.first_token.labels(name).observe(value)
+            elif kind == "token":
+                self.inter_token.labels(name).observe(value)
+            elif kind == "step":
+                now = time.monotonic()
+                recent.append((now, int(value)))
+                while recent and recent[0][0] < now - 5:
+                    recent.popleft()
+                self.tokens.labels(name).inc(value)
+                self.tokens_per_s.labels(name).set(sum(n for _, n in recent) / 5)
+            self.running.labels(name).set(engine.running)
+            self.waiting_sequences.labels(name).set(engine.waiting)
+            if engine.abandoned > abandoned[0]:
+                self.abandoned.labels(name).inc(engine.abandoned - abandoned[0])
+                abandoned[0] = engine.abandoned
+
+        engine.listeners.append(listener)
 
     def observe_batch(self, served: ServedModel, size: int, seconds: float, queued: list[float]) -> None:
         self.batch_size.observe(size)

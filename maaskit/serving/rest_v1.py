@@ -7,7 +7,7 @@ language models speak uses the same path for its model object.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -15,7 +15,9 @@ from fastapi import APIRouter, Request
 from ..explain import LIMITS
 from .dataplane import ModelRepository
 from .metrics import ServerMetrics
+from .openai_schemas import OpenAIModel
 from .protocol import ProtocolError, split_body, top_k, v1_rows
+from .rest_openai import model_object
 from .schemas import (
     Alive,
     ClassifyResponse,
@@ -41,13 +43,20 @@ def router(repository: ModelRepository, metrics: ServerMetrics) -> APIRouter:
         """KServe V1's liveness check."""
         return {"status": "alive"}
 
-    @api.get("/v1/models/{name:segment}", response_model=ModelStatus, responses=error_responses(401, 404, 503))
+    @api.get(
+        "/v1/models/{name:segment}",
+        response_model=Union[ModelStatus, OpenAIModel],  # noqa: UP007
+        responses=error_responses(401, 404, 503),
+        description="TF Serving's model status; for a language model, OpenAI's model object.",
+    )
     @api.get(
         "/v1/models/{name:segment}/versions/{version:segment}",
         response_model=ModelStatus,
         responses=error_responses(401, 404, 503),
     )
     async def status(name: str, version: str | None = None):
+        if version is None and name in repository.language_models:
+            return model_object(repository.language_models[name])
         repository.get(name, version)
         versions = [version] if version else repository.versions(name)
         return {

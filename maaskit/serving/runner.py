@@ -20,6 +20,7 @@ import torch
 from . import dataplane
 from .app import MAX_BODY_BYTES, create_app
 from .dataplane import Batching, ModelRepository, ModelSource, forward_thread_setup
+from .keys import APIKeys
 
 if TYPE_CHECKING:
     import uvicorn
@@ -66,7 +67,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _check_exposure(host: str, token: str | None, allow_insecure: bool) -> None:
+def _check_exposure(host: str, token: Any, allow_insecure: bool) -> None:
     if not _is_loopback(host) and token is None and not allow_insecure:
         raise ValueError(
             f"refusing to serve on {host} without a token: anyone who can reach it could use it. "
@@ -124,6 +125,8 @@ def serve(
     max_body_bytes: int = MAX_BODY_BYTES,
     log_level: str = "warning",
     access_log: bool = False,
+    api_keys: APIKeys | str | Path | None = None,
+    max_sequences: int = 16,
 ) -> RunningServer:
     """Serve artifact directories (or models with ``data=``, or ``(model, manifest)`` pairs) in a
     background thread.
@@ -136,15 +139,22 @@ def serve(
     ``model_repository``: a directory of artifact directories (one per model, named as the model)
     that ``/v2/repository`` can load from and unload, as Triton's does; with no ``sources``, all of
     them are served.
+    Language models (directories from ``maaskit lm train``, or ``(model, tokenizer)`` pairs) are
+    served through the OpenAI-compatible API; ``max_sequences`` of them share each decode step
+    (continuous batching; 1 runs them one at a time). ``api_keys``: an :class:`APIKeys`, or its JSON
+    file (see :mod:`.keys`); by default ``$MAASKIT_API_KEYS`` if set. Keys are accepted wherever the
+    token is, and carry quotas on the language-model routes.
     """
     import uvicorn
 
-    _check_exposure(host, token, allow_insecure)
-    batching = Batching(max_batch_size, max_delay_ms, max_queue, inline)
+    keys = api_keys if isinstance(api_keys, APIKeys) or api_keys is None else APIKeys.load(api_keys)
+    keys = keys if keys is not None else APIKeys.load()
+    _check_exposure(host, token or keys, allow_insecure)
+    batching = Batching(max_batch_size, max_delay_ms, max_queue, inline, max_sequences)
     repository = _repository(
         sources, data=data, name=name, device=device, batching=batching, model_repository=model_repository
     )
-    app = create_app(repository, token=token, max_body_bytes=max_body_bytes)
+    app = create_app(repository, token=token, api_keys=keys, max_body_bytes=max_body_bytes)
     sock = _bind(host, port)
     config = uvicorn.Config(app, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
@@ -246,6 +256,7 @@ def app_from_environment() -> FastAPI:
         settings.get("max_delay_ms", 0.0),
         settings.get("max_queue", 1024),
         settings.get("inline", "auto"),
+        settings.get("max_sequences", 16),
     )
     repository = _repository(
         tuple(settings["sources"]),
@@ -254,8 +265,12 @@ def app_from_environment() -> FastAPI:
         batching=batching,
         model_repository=settings.get("model_repository"),
     )
+    keys = settings.get("api_keys")
     app = create_app(
-        repository, token=settings.get("token"), max_body_bytes=settings.get("max_body_bytes", MAX_BODY_BYTES)
+        repository,
+        token=settings.get("token"),
+        api_keys=APIKeys.load(keys) if keys else APIKeys.load(),
+        max_body_bytes=settings.get("max_body_bytes", MAX_BODY_BYTES),
     )
     forward_thread_setup()  # this process's event loop runs the cheap passes
     gc.collect()

@@ -1,0 +1,143 @@
+"""The bodies of the OpenAI-compatible API (``/v1/models``, ``/v1/completions``,
+``/v1/chat/completions``) as Pydantic models, for ``/docs`` and for checking requests.
+
+Unknown fields are ignored, never rejected: real clients send fields a small server does not
+know (``user``, ``presence_penalty``, ``tools``, ...) and a strict schema would break them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "ChatRequest",
+    "CompletionRequest",
+    "OpenAIError",
+    "OpenAIErrorBody",
+    "OpenAIModel",
+    "OpenAIModelList",
+    "openai_error_responses",
+    "parse",
+]
+
+
+class OpenAIError(Exception):
+    """An error answered in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "invalid_request_error",
+             413: "invalid_request_error", 429: "rate_limit_exceeded", 503: "server_error"}  # fmt: skip
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        kind = self.TYPES.get(self.status, "server_error" if self.status >= 500 else "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = Field(False, description="send a last chunk with the usage (and no choices) before [DONE]")
+
+
+class _Sampling(_Lenient):
+    model: str = Field(description="a language model this server serves (GET /v1/models)")
+    max_tokens: int | None = Field(None, ge=1, description="new tokens at most (default 16; prompt + this <= context)")
+    temperature: float = Field(1.0, ge=0, le=2, description="0: greedy")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    top_k: int | None = Field(None, ge=1, description="not OpenAI's: sample from the k likeliest tokens only")
+    n: int = Field(1, ge=1, le=16, description="choices to generate")
+    stream: bool = Field(False, description="server-sent events, one chunk per token")
+    stream_options: StreamOptions | None = None
+    stop: Union[str, list[str], None] = Field(None, description="up to 4 sequences that end a choice")  # noqa: UP007
+    seed: int | None = Field(None, description="the same seed and request give the same text")
+
+
+class CompletionRequest(_Sampling):
+    prompt: Union[str, list[str], list[int]] = Field(description="text, texts, or token ids")  # noqa: UP007
+    logprobs: int | None = Field(
+        None, ge=0, le=20, description="log-probabilities of the chosen and N likeliest tokens"
+    )
+    echo: bool = Field(False, description="not supported (400 if true)")
+
+
+class Message(_Lenient):
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: Union[str, list[dict[str, Any]]]  # noqa: UP007
+
+
+class ChatRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1, description="the conversation; see the chat template in /docs")
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    max_completion_tokens: int | None = Field(None, ge=1, description="the newer name for max_tokens")
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "maaskit"
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
+
+
+class _ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorBody(BaseModel):
+    error: _ErrorDetail
+
+
+def parse(model: type[BaseModel], value: Any) -> Any:
+    """``value`` checked against ``model``; a mismatch is a 400 naming the field (``param``)."""
+    if not isinstance(value, dict):
+        raise OpenAIError(400, "the body must be a JSON object")
+    try:
+        return model.model_validate(value)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise OpenAIError(400, f"{where}: {first['msg']}", param=where or None) from None
+
+
+_DESCRIPTIONS = {
+    400: "a bad request: messages, sampling values, max_tokens past the context",
+    401: "missing or unknown API key (Authorization: Bearer KEY)",
+    404: "no such model",
+    413: "the body is over the server's limit",
+    429: "the key's requests or tokens per minute are spent: Retry-After and x-ratelimit-* say when",
+}
+
+
+def openai_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    out: dict[int | str, dict[str, Any]] = {}
+    for s in statuses:
+        out[s] = {"model": OpenAIErrorBody, "description": _DESCRIPTIONS[s]}
+        if s == 429:
+            out[s]["headers"] = {
+                h: {"schema": {"type": "string"}} for h in ("Retry-After", "x-ratelimit-remaining-requests")
+            }
+    return out
