@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     lm = sub.add_parser("lm", help="language models: train a small GPT")
-    lm_sub = lm.add_subparsers(dest="lm_command", metavar="COMMAND")
+    lm_sub = lm.add_subparsers(dest="lm_command", metavar="COMMAND", help="train")
     lm_train = lm_sub.add_parser(
         "train",
         help="train a GPT on a text and save it with its tokenizer",

@@ -184,10 +184,19 @@ def test_load_or_train_trains_once_then_loads(digits, tmp_path, capsys):
 # --- the CLI says what every option does ----------------------------------------------------------
 
 
+def _commands(parser, prefix=""):
+    """Every command and sub-command (``maaskit lm train``) with its parser."""
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield f"{prefix}{name}", sub
+                yield from _commands(sub, f"{prefix}{name} ")
+
+
 def test_every_cli_option_has_a_help_line_with_its_default():
-    parser = build_parser()
-    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    for name, sub in subparsers.choices.items():
+    commands = dict(_commands(build_parser()))
+    assert "lm train" in commands
+    for name, sub in commands.items():
         text = sub.format_help()
         for action in sub._actions:
             if action.dest == "help":

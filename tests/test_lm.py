@@ -103,3 +103,241 @@ def test_a_corpus_file_is_read_as_utf8_with_clear_errors(tmp_path):
         load_corpus(tmp_path / "b.txt")
     with pytest.raises(FileNotFoundError, match="no corpus file"):
         load_corpus(tmp_path / "missing.txt")
+
+
+# --- training with fit, artifacts ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def text_data():
+    from maaskit.lm import TextDataset
+
+    return TextDataset.from_text(load_corpus()[:60_000], vocab_size=300, context=32)
+
+
+def test_fit_trains_a_gpt_on_text_and_the_validation_loss_falls(text_data, tmp_path):
+    from maaskit.lm import SampleText
+
+    maaskit.seed_everything(0)
+    model = maaskit.build_model("gpt", (32,), text_data.vocab_size, layers=1, heads=2, width=32)
+    sampler = SampleText(every=1e9)
+    history = maaskit.fit(
+        model, text_data, optimizer="adamw", lr=3e-3, epochs=2, batch_size=32, callbacks=[sampler], device="cpu"
+    )
+    assert len(history) == 2 and history["val_loss"][1] < history["val_loss"][0] < 5.7  # ln(300) = 5.70
+    assert [step for step, _ in sampler.samples] == [history[0]["step"], history[1]["step"]]
+    assert all(text.startswith("The ") for _, text in sampler.samples)
+    # checkpoints keep the tied head and resume
+    history2 = maaskit.fit(
+        model, text_data, epochs=3, batch_size=32, device="cpu", callbacks=[maaskit.Checkpoint(tmp_path / "ck")]
+    )
+    assert len(history2) == 3
+    fresh = maaskit.build_model("gpt", (32,), text_data.vocab_size, layers=1, heads=2, width=32)
+    resumed = maaskit.fit(fresh, text_data, epochs=3, batch_size=32, device="cpu", resume_from=tmp_path / "ck")
+    assert len(resumed) == 3 and fresh.head.weight is fresh.tokens.weight
+    torch.testing.assert_close(fresh.tokens.weight, model.tokens.weight)
+
+
+def test_a_text_dataset_checks_its_arguments(text_data):
+    from maaskit.lm import TextDataset
+
+    with pytest.raises(ValueError, match="fewer than a window of 64"):
+        TextDataset.from_text("a short text. " * 5, vocab_size=300, context=64)
+    with pytest.raises(ValueError, match="augment is for images"):
+        text_data.loader("train", augment=True)
+    with pytest.raises(ValueError, match="a TextDataset has train and val"):
+        text_data.loader("test")
+    x, y = next(iter(text_data.loader("val", batch_size=4, device="cpu")))
+    assert x.shape == y.shape == (4, 32) and torch.equal(x[:, 1:], y[:, :-1])  # the next token of each
+
+
+def test_a_language_model_artifact_keeps_its_tokenizer_and_checks_both_hashes(text_data, tmp_path):
+    from maaskit.lm import load_language_model, save_language_model
+    from maaskit.serving import ArtifactError
+
+    model = maaskit.build_model("gpt", (32,), text_data.vocab_size, layers=1, heads=2, width=32).eval()
+    path = save_language_model(model, text_data.tokenizer, tmp_path / "lm", name="tiny")
+    loaded, tokenizer, manifest = load_language_model(path)
+    assert manifest["task"] == "text-generation" and manifest["tokenizer"]["file"] == "tokenizer.json"
+    assert (
+        manifest["context"] == 32 and tokenizer.encode("def f(x):").ids == text_data.tokenizer.encode("def f(x):").ids
+    )
+    x = torch.randint(text_data.vocab_size, (1, 10))
+    torch.testing.assert_close(loaded(x), model(x))
+    assert loaded.head.weight is loaded.tokens.weight
+    (path / "tokenizer.json").write_text((path / "tokenizer.json").read_text().replace('"a"', '"b"', 1))
+    with pytest.raises(ArtifactError, match="tokenizer.json does not match its manifest"):
+        load_language_model(path)
+    lenet = maaskit.build_model("lenet", (1, 8, 8), 10)
+    image_dir = maaskit.save_artifact(
+        lenet, tmp_path / "img", classes=list("0123456789"), normalization=maaskit.Normalization((0.5,), (0.5,))
+    )
+    with pytest.raises(ArtifactError, match="not a language model"):
+        load_language_model(image_dir)
+
+
+# --- continuous batching -----------------------------------------------------------------------
+
+
+def _run(coro):
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+def test_the_engine_gives_each_sequence_the_tokens_it_would_get_alone(model):
+    import asyncio
+
+    from maaskit.lm.engine import Engine, SamplingParams
+
+    prompts = [[1, 2, 3], [5] * 10, [7, 8], [9, 10, 11, 12, 13], [4]]
+    alone = [list(generate(model, p, max_tokens=12, temperature=0)) for p in prompts]
+    sampled = [
+        list(generate(model, p, max_tokens=12, temperature=1.0, top_k=20, seed=i)) for i, p in enumerate(prompts)
+    ]
+
+    async def main():
+        engine = Engine(model, max_running=3)  # 5 sequences, 3 slots: some wait, then join mid-run
+
+        async def one(p, delay, **kw):
+            await asyncio.sleep(delay)
+            return [
+                e.token async for e in engine.generate(p, SamplingParams(max_tokens=12, **kw)) if e.token is not None
+            ]
+
+        greedy = await asyncio.gather(*(one(p, i * 0.003, temperature=0) for i, p in enumerate(prompts)))
+        seeded = await asyncio.gather(*(one(p, 0, temperature=1.0, top_k=20, seed=i) for i, p in enumerate(prompts)))
+        engine.close()
+        return greedy, seeded, engine
+
+    greedy, seeded, engine = _run(main())
+    assert greedy == alone and seeded == sampled
+    assert engine.tokens_generated == 2 * 5 * 12 and engine.running == 0
+
+
+def test_concurrent_sequences_share_decode_steps_and_one_slot_runs_them_one_by_one(model):
+    import asyncio
+
+    from maaskit.lm.engine import Engine, SamplingParams
+
+    async def steps(max_running):
+        engine = Engine(model, max_running=max_running)
+
+        async def one(i):
+            return [e async for e in engine.generate([i + 1], SamplingParams(max_tokens=20, temperature=0))]
+
+        await asyncio.gather(*(one(i) for i in range(8)))
+        engine.close()
+        return engine.steps
+
+    assert _run(steps(8)) == 20  # one prefill step (all 8 join), then 19 shared decode steps
+    assert _run(steps(1)) == 8 * 20  # without batching, every token of every sequence is a step of its own
+
+
+def test_a_reader_that_leaves_frees_its_slot_within_a_step(model):
+    import asyncio
+
+    from maaskit.lm.engine import Engine, SamplingParams
+
+    async def main():
+        engine = Engine(model, max_running=2)
+        seen = []
+        stream = engine.generate([1, 2], SamplingParams(max_tokens=50, temperature=0))
+        async for event in stream:
+            seen.append(event)
+            if len(seen) == 3:
+                break
+        await stream.aclose()
+        for _ in range(100):
+            if engine.running == 0:
+                break
+            await asyncio.sleep(0.01)
+        running, made = engine.running, engine.tokens_generated
+        await asyncio.sleep(0.1)
+        engine.close()
+        return running, made, engine.tokens_generated, engine.abandoned
+
+    running, made, later, abandoned = _run(main())
+    assert running == 0 and abandoned == 1 and made <= 5 and later == made  # nothing generated for nobody
+
+
+def test_the_engine_refuses_what_does_not_fit(model):
+    from maaskit.lm.engine import Engine, SamplingParams
+
+    engine = Engine(model, max_running=1)
+    with pytest.raises(ValueError, match="context is 64 tokens; the prompt has 60 and max_tokens asks for 10"):
+        engine.check([1] * 60, SamplingParams(max_tokens=10))
+    with pytest.raises(ValueError, match="temperature"):
+        engine.check([1], SamplingParams(temperature=3))
+    with pytest.raises(ValueError, match="logprobs"):
+        engine.check([1], SamplingParams(logprobs=50))
+    engine.close()
+
+
+# --- text: stop sequences, partial characters, the chat template --------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_tokenizer([load_corpus()[:50_000]], vocab_size=300)
+
+
+def test_text_is_released_whole_and_never_shows_a_stop_sequence(tokenizer):
+    from maaskit.lm.text import TextStream
+
+    text = "café ☕ is hot. END and more"
+    ids = tokenizer.encode(text).ids
+    stream = TextStream(tokenizer, stop=["END"])
+    shown = "".join(stream.push(t) for t in ids)
+    assert stream.stopped and shown == "café ☕ is hot. " and "\ufffd" not in shown
+    stream = TextStream(tokenizer, stop=["ENDING"])  # a prefix that turns out not to be a stop: shown at the end
+    shown = "".join(stream.push(t) for t in tokenizer.encode("it is EN").ids) + stream.flush()
+    assert not stream.stopped and shown == "it is EN"
+
+
+def test_the_chat_template_is_one_line_per_message_then_the_assistant():
+    from maaskit.lm.text import chat_prompt
+
+    prompt = chat_prompt(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    )
+    assert prompt == "system: Be brief.\nuser: Hi\nassistant:"
+    with pytest.raises(ValueError, match=r"messages\[0\].role must be one of"):
+        chat_prompt([{"role": "wizard", "content": "x"}])
+    with pytest.raises(ValueError, match="at least one message"):
+        chat_prompt([])
+
+
+# --- keys and quotas -----------------------------------------------------------------------------
+
+
+def test_quotas_count_requests_and_tokens_over_a_sliding_minute():
+    from maaskit.serving.keys import APIKeys, RateLimited
+
+    now = [1000.0]
+    keys = APIKeys.parse('[{"name": "alice", "key": "sk-alice-0001", "rpm": 2, "tpm": 100}]')
+    keys.clock = lambda: now[0]
+    alice = keys.identify("Bearer sk-alice-0001")
+    assert alice is not None and "sk-alice" not in repr(alice) and keys.identify("Bearer sk-other-0001") is None
+    use = keys.admit(alice, 60)
+    keys.settle(use, 30)  # it used less than its worst case
+    assert keys.headers(alice)["x-ratelimit-remaining-tokens"] == "70"
+    now[0] += 10
+    keys.admit(alice, 50)
+    with pytest.raises(RateLimited, match="2 requests per minute") as err:
+        keys.admit(alice, 1)
+    assert err.value.headers["Retry-After"] == "50" and err.value.headers["x-ratelimit-remaining-requests"] == "0"
+    now[0] += 51  # the first request has left the minute
+    with pytest.raises(RateLimited, match="100 tokens per minute"):
+        keys.admit(alice, 60)
+    keys.admit(alice, 40)
+    with pytest.raises(RateLimited, match="more than alice's limit"):
+        keys.admit(alice, 101)
+    for bad, message in (
+        ("{}", "expected a list"),
+        ('[{"name": "a", "key": "short"}]', "shorter than 8"),
+        ('[{"name": "a", "key": "sk-12345678", "rpm": 0}]', "rpm must be"),
+        ('[{"name": "a", "key": "sk-12345678"}, {"name": "a", "key": "sk-87654321"}]', "names must be different"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            APIKeys.parse(bad)

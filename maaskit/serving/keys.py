@@ -18,6 +18,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,7 @@ class APIKey:
 class APIKeys:
     """The keys a server accepts, and what each has used in the last minute."""
 
-    def __init__(self, keys: list[APIKey], clock=time.monotonic):
+    def __init__(self, keys: list[APIKey], clock: Callable[[], float] = time.monotonic):
         names = [k.name for k in keys]
         if len(set(names)) != len(names):
             raise ValueError("API key names must be different from one another")

@@ -1,0 +1,283 @@
+"""The OpenAI-compatible API on a real server on loopback, called by the official ``openai``
+client (sync, async, streaming), by httpx for the raw SSE frames, and under load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import httpx
+import pytest
+import torch
+from conftest import require
+
+import maaskit
+from maaskit.lm import load_corpus, train_tokenizer
+from maaskit.serving.keys import APIKeys
+
+KEY, LIMITED = "sk-test-alice-0001", "sk-test-bob-00001"
+CONTEXT = 128
+
+
+@pytest.fixture(scope="module")
+def language_model():
+    tokenizer = train_tokenizer([load_corpus()[:40_000]], vocab_size=300)
+    torch.manual_seed(0)
+    model = maaskit.build_model("gpt", (CONTEXT,), tokenizer.get_vocab_size(), layers=2, heads=2, width=32)
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def server(language_model, artifact):
+    keys = APIKeys.parse(
+        json.dumps([{"name": "alice", "key": KEY}, {"name": "bob", "key": LIMITED, "rpm": 2, "tpm": 1000}])
+    )
+    with maaskit.serve(artifact[0], language_model, name=None, api_keys=keys, max_body_bytes=200_000) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    openai = require("openai")
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+
+
+def _sse(server, path: str, body: dict, key: str = KEY) -> list:
+    """The raw server-sent events of one streamed request: what `curl -N` shows."""
+    events = []
+    with httpx.stream(
+        "POST", server.url + path, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line:
+                assert line.startswith("data: ")
+                events.append(line[6:] if line == "data: [DONE]" else json.loads(line[6:]))
+    return events
+
+
+def test_the_models_are_listed_and_the_shared_path_answers_in_each_apis_shape(server, client):
+    assert [m.id for m in client.models.list()] == ["gpt"]
+    model = client.models.retrieve("gpt")
+    assert model.id == "gpt" and model.object == "model" and model.owned_by == "maaskit"
+    status = httpx.get(server.url + "/v1/models/digits", headers={"Authorization": f"Bearer {KEY}"}).json()
+    assert status["model_version_status"][0]["state"] == "AVAILABLE"  # TF Serving's, for the classifier
+    doc = httpx.get(server.url + "/openapi.json").json()
+    assert {"/v1/models", "/v1/completions", "/v1/chat/completions"} <= set(doc["paths"])
+    assert "CompletionRequest" in doc["components"]["schemas"] and "ChatRequest" in doc["components"]["schemas"]
+
+
+def test_completions_whole_with_usage_logprobs_several_choices_and_a_seed(client, language_model):
+    from maaskit.lm import generate
+
+    model, tokenizer = language_model
+    prompt = "The list"
+    answer = client.completions.create(model="gpt", prompt=prompt, max_tokens=10, temperature=0)
+    expected = list(generate(model, tokenizer.encode(prompt).ids, max_tokens=10, temperature=0))
+    assert answer.choices[0].text == tokenizer.decode(expected)  # the server's text is the model's
+    assert answer.usage.prompt_tokens == len(tokenizer.encode(prompt).ids) and answer.usage.completion_tokens == 10
+    assert answer.choices[0].finish_reason == "length" and answer.object == "text_completion"
+    several = client.completions.create(
+        model="gpt", prompt=prompt, max_tokens=8, n=3, seed=7, logprobs=2, extra_body={"top_k": 50}
+    )
+    assert [c.index for c in several.choices] == [0, 1, 2]
+    assert several.usage.completion_tokens == sum(len(c.logprobs.tokens) for c in several.choices)
+    lp = several.choices[0].logprobs
+    assert len(lp.token_logprobs) == len(lp.tokens) and all(len(t) == 2 for t in lp.top_logprobs)
+    assert all(v <= 0 for v in lp.token_logprobs)
+    again = client.completions.create(
+        model="gpt", prompt=prompt, max_tokens=8, n=3, seed=7, logprobs=2, extra_body={"top_k": 50}
+    )
+    assert [c.text for c in again.choices] == [c.text for c in several.choices]  # the seed reproduces
+
+
+def test_chat_whole_and_streamed_through_the_official_client(client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a tuple?"}]
+    whole = client.chat.completions.create(model="gpt", messages=messages, max_tokens=12, seed=1, temperature=0.8)
+    choice = whole.choices[0]
+    assert choice.message.role == "assistant" and choice.finish_reason in ("stop", "length")
+    assert "\n" not in choice.message.content  # the template's turn ends at a newline
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt", messages=messages, max_tokens=12, seed=1, temperature=0.8, stream=True,
+            stream_options={"include_usage": True}, user="ignored-field", presence_penalty=0.0,
+        )
+    )  # fmt: skip
+    assert len({c.id for c in chunks}) == 1 and len({c.created for c in chunks}) == 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content  # streamed or not, the same seed gives the same answer
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == [choice.finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+
+def test_the_raw_stream_is_framed_as_openai_clients_expect(server):
+    events = _sse(
+        server, "/v1/completions", {"model": "gpt", "prompt": "def", "max_tokens": 6, "stream": True,
+                                    "stream_options": {"include_usage": True}},
+    )  # fmt: skip
+    assert events[-1] == "[DONE]"
+    usage, finish = events[-2], events[-3]
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 6
+    assert finish["choices"][0]["finish_reason"] == "length" and finish["choices"][0]["text"] == ""
+    assert all(e["choices"][0]["finish_reason"] is None for e in events[:-3])
+    assert len({e["id"] for e in events[:-1]}) == 1
+    without_usage = _sse(server, "/v1/completions", {"model": "gpt", "prompt": "def", "max_tokens": 3, "stream": True})
+    assert without_usage[-1] == "[DONE]" and "usage" not in without_usage[-2]
+
+
+def test_the_async_client_streams_concurrently(server):
+    openai = require("openai")
+
+    async def main():
+        client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
+
+        async def one(i):
+            stream = await client.completions.create(
+                model="gpt", prompt=f"Example {i}", max_tokens=8, stream=True, temperature=0
+            )
+            return [c async for c in stream]
+
+        results = await asyncio.gather(*(one(i) for i in range(6)))
+        await client.close()
+        return results
+
+    for chunks in asyncio.run(main()):
+        assert chunks[-1].choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param", "needle"),
+    [
+        ({"model": "nope", "prompt": "x"}, 404, "model", "does not exist"),
+        ({"model": "gpt", "prompt": "x", "max_tokens": CONTEXT}, 400, "max_tokens", "context is 128 tokens"),
+        ({"model": "gpt", "prompt": "x", "temperature": 3}, 400, "temperature", "less than or equal to 2"),
+        ({"model": "gpt", "prompt": "x", "top_p": 0}, 400, "top_p", "greater than 0"),
+        ({"model": "gpt", "prompt": ""}, 400, "prompt", "empty"),
+        ({"model": "gpt", "prompt": [1, 99999]}, 400, "prompt", "token ids must be in"),
+        ({"model": "gpt", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop", "at most 4"),
+        ({"model": "gpt"}, 400, "prompt", "Field required"),
+    ],
+)
+def test_bad_completions_get_openai_errors(server, body, status, param, needle):
+    r = httpx.post(server.url + "/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["param"] == param and needle in error["message"]
+
+
+def test_bad_chats_and_the_guards_answer_in_openai_shape(server, client):
+    openai = require("openai")
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model="gpt", messages=[{"role": "wizard", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model="gpt", messages=[])
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="sk-wrong-00000", max_retries=0).models.list()
+    r = httpx.post(server.url + "/v1/completions", content=b"x" * 300_000, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx.post(server.url + "/v1/completions", content=b"{not json", headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 400 and "error" in r.json()
+
+
+def test_a_key_past_its_quota_gets_429_with_retry_after_and_its_usage_shows_in_metrics(server):
+    openai = require("openai")
+    bob = openai.OpenAI(base_url=server.url + "/v1", api_key=LIMITED, max_retries=0)
+    first = bob.completions.with_raw_response.create(model="gpt", prompt="x", max_tokens=2)
+    assert first.headers["x-ratelimit-limit-requests"] == "2" and first.headers["x-ratelimit-remaining-requests"] == "1"
+    bob.completions.create(model="gpt", prompt="x", max_tokens=2)
+    with pytest.raises(openai.RateLimitError) as err:
+        bob.completions.create(model="gpt", prompt="x", max_tokens=2)
+    headers = err.value.response.headers
+    assert 1 <= int(headers["retry-after"]) <= 60 and headers["x-ratelimit-remaining-requests"] == "0"
+    assert err.value.body["code"] == "rate_limit_exceeded"
+    metrics = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    assert 'maaskit_api_key_requests_total{key="bob"} 2.0' in metrics
+    assert 'maaskit_api_key_rate_limited_total{key="bob"} 1.0' in metrics
+    assert 'maaskit_api_key_tokens_total{key="bob",kind="completion"} 4.0' in metrics
+    assert LIMITED not in metrics and KEY not in metrics  # names, never keys
+
+
+def _metric(server, name: str) -> float:
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_a_client_that_disconnects_stops_its_generation(server):
+    abandoned = _metric(server, "maaskit_lm_abandoned_sequences_total")
+    with httpx.stream(
+        "POST", server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
+        json={"model": "gpt", "prompt": "x", "max_tokens": CONTEXT - 2, "stream": True},
+    ) as response:  # fmt: skip
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+    deadline = time.monotonic() + 10
+    while _metric(server, "maaskit_lm_abandoned_sequences_total") == abandoned and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _metric(server, "maaskit_lm_abandoned_sequences_total") == abandoned + 1
+    assert _metric(server, "maaskit_lm_running_sequences") == 0
+    made = _metric(server, "maaskit_lm_generated_tokens_total")
+    time.sleep(0.3)
+    assert _metric(server, "maaskit_lm_generated_tokens_total") == made  # no work continues for nobody
+    assert _metric(server, "maaskit_lm_time_to_first_token_seconds_count") > 0
+
+
+def test_an_error_after_the_stream_started_is_an_event_then_done(server, monkeypatch):
+    served = server.repository.language_models["gpt"]
+    real = served.engine._step
+    calls = []
+
+    def failing(joining, running):
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("the device fell over")
+        return real(joining, running)
+
+    monkeypatch.setattr(served.engine, "_step", failing)
+    events = _sse(server, "/v1/chat/completions", {"model": "gpt", "messages": [{"role": "user", "content": "hi"}],
+                                                   "max_tokens": 20, "stream": True, "stop": ["zzz"]})  # fmt: skip
+    assert events[-1] == "[DONE]" and "the device fell over" in events[-2]["error"]["message"]
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+
+
+def test_200_concurrent_streams_all_finish_with_done(server):
+    async def main():
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=60) as http:
+
+            async def one(i):
+                frames = []
+                body = {"model": "gpt", "prompt": f"n{i}", "max_tokens": 6, "stream": True, "temperature": 0}
+                async with http.stream("POST", "/v1/completions", json=body,
+                                       headers={"Authorization": f"Bearer {KEY}"}) as r:  # fmt: skip
+                    async for line in r.aiter_lines():
+                        if line:
+                            frames.append(line)
+                return r.status_code, frames
+
+            return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(200))), 120)
+
+    results = asyncio.run(main())
+    assert all(status == 200 and frames[-1] == "data: [DONE]" for status, frames in results)
+    assert all(json.loads(frames[-2][6:])["choices"][0]["finish_reason"] == "length" for _, frames in results)
+
+
+def test_maaskit_lm_train_writes_an_artifact_that_maaskit_serve_serves(tmp_path, capsys):
+    from maaskit.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(load_corpus()[:30_000], encoding="utf-8")
+    args = ["lm", "train", "--corpus", str(corpus), "--out", str(tmp_path / "lm"), "--epochs", "1"]
+    small = ["--context", "32", "--width", "32", "--layers", "1", "--vocab-size", "300", "--name", "tiny"]
+    assert main(args + small) == 0
+    out = capsys.readouterr().out
+    assert "epoch   1/1" in out and "perplexity" in out and "sample at step" in out and "saved to" in out
+    assert {p.name for p in (tmp_path / "lm").iterdir()} == {"model.safetensors", "tokenizer.json", "manifest.json"}
+    with maaskit.serve(tmp_path / "lm") as running:
+        r = httpx.post(running.url + "/v1/completions", json={"model": "tiny", "prompt": "The", "max_tokens": 5})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 5
+    assert main(["lm", "train", "--corpus", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x")]) == 2
+    assert "no corpus file at" in capsys.readouterr().err
