@@ -331,7 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     lm_train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     lm_train.add_argument("--seed", type=int, default=0, help="seeds the weights and the batches")
     lm_train.set_defaults(func=_lm_train)
-    lm.set_defaults(func=lambda _args: lm.print_help(sys.stderr) or 2)
+
+    def lm_help(_args: argparse.Namespace) -> int:
+        lm.print_help(sys.stderr)
+        return 2
+
+    lm.set_defaults(func=lm_help)
 
     predict = sub.add_parser(
         "predict", help="send images to an endpoint and print the top classes", formatter_class=helpful

@@ -13,7 +13,7 @@ import torch
 from conftest import require
 
 import maaskit
-from maaskit.lm import load_corpus, train_tokenizer
+from maaskit.lm import load_corpus
 from maaskit.serving.keys import APIKeys
 
 KEY, LIMITED = "sk-test-alice-0001", "sk-test-bob-00001"
@@ -22,10 +22,13 @@ CONTEXT = 128
 
 @pytest.fixture(scope="module")
 def language_model():
-    tokenizer = train_tokenizer([load_corpus()[:40_000]], vocab_size=300)
-    torch.manual_seed(0)
-    model = maaskit.build_model("gpt", (CONTEXT,), tokenizer.get_vocab_size(), layers=2, heads=2, width=32)
-    return model.eval(), tokenizer
+    """A GPT trained for one short epoch: it writes text-like bytes rather than noise."""
+    from maaskit.lm import train_language_model
+    from maaskit.recipes import LMRecipe
+
+    recipe = LMRecipe(vocab_size=300, context=CONTEXT, layers=2, heads=2, width=32, epochs=1, batch_size=16)
+    trained = train_language_model(text=load_corpus()[:60_000], recipe=recipe, device="cpu")
+    return trained.model.eval(), trained.data.tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -281,3 +284,53 @@ def test_maaskit_lm_train_writes_an_artifact_that_maaskit_serve_serves(tmp_path,
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 5
     assert main(["lm", "train", "--corpus", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x")]) == 2
     assert "no corpus file at" in capsys.readouterr().err
+
+
+def test_the_chat_console_streams_an_answer_with_its_figures_and_stop_closes_the_stream(server):
+    require("openai")
+    from maaskit.widgets import ChatConsole
+
+    console = ChatConsole(server.url, api_key=KEY, max_tokens=12, temperature=0)
+    assert console.connect() == ["gpt"] and console.model_w.value == "gpt"
+    turn = console.send("What is a dict?", wait=True)
+    assert turn.error is None and turn.answer and turn.finish_reason in ("stop", "length")
+    assert turn.first_token_s is not None and turn.usage["completion_tokens"] >= 1
+    assert "first token after" in turn.stats() and html_text(console.history.value).count("you:") == 1
+    assert str(console).startswith("you: What is a dict?\ngpt: ")
+    abandoned = _metric(server, "maaskit_lm_abandoned_sequences_total")
+    console.max_tokens_w.value = CONTEXT - 40
+    turn = console.send("Tell me everything.")
+    deadline = time.monotonic() + 10
+    while turn.chunks < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    console.stop()
+    assert console.wait(10) and turn.finish_reason == "stopped by you"
+    while _metric(server, "maaskit_lm_abandoned_sequences_total") == abandoned and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _metric(server, "maaskit_lm_abandoned_sequences_total") == abandoned + 1  # the server stopped too
+    with pytest.raises(ValueError, match="empty"):
+        console.send("   ")
+    bad = ChatConsole(server.url, api_key="sk-wrong-00000")
+    bad.connect_button.click()
+    assert "AuthenticationError" in bad.status.value
+
+
+def html_text(markup: str) -> str:
+    import re
+
+    return re.sub("<[^>]+>", "", markup)
+
+
+def test_the_lm_dashboard_draws_curves_and_samples_as_a_gpt_trains():
+    from maaskit.lm import train_language_model
+    from maaskit.recipes import LMRecipe
+    from maaskit.widgets import LMDashboard
+
+    dashboard = LMDashboard(sample_every=1e9)
+    recipe = LMRecipe(vocab_size=300, context=32, layers=1, width=32, epochs=2)
+    trained = train_language_model(text=load_corpus()[:40_000], recipe=recipe, callbacks=[dashboard], device="cpu")
+    assert trained.samples is dashboard.sampler.samples and len(trained.samples) == 2  # one sampler, at each epoch
+    assert "<svg" in dashboard.curves.value and "perplexity" in dashboard.curves.value
+    assert "sample at step" in dashboard.sample.value and "epoch 2/2" in dashboard.status.value
+    assert f"perplexity {__import__('math').exp(trained.history.last['val_loss']):.1f}" in str(dashboard)
+    assert dashboard.still_png()[:4] == b"\x89PNG"

@@ -18,7 +18,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -117,7 +117,7 @@ class Engine:
         if params.logprobs is not None and not 0 <= params.logprobs <= 20:
             raise ValueError(f"logprobs must be between 0 and 20, got {params.logprobs}")
 
-    async def generate(self, prompt: Sequence[int], params: SamplingParams) -> AsyncIterator[TokenEvent]:
+    async def generate(self, prompt: Sequence[int], params: SamplingParams) -> AsyncGenerator[TokenEvent, None]:
         self.check(prompt, params)
         seed = params.seed if params.seed is not None else int(torch.randint(2**31, ())) + next(self._seeds)
         seq = _Sequence(list(prompt), params, torch.Generator().manual_seed(seed), asyncio.Queue(), time.perf_counter())
@@ -159,7 +159,7 @@ class Engine:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            joining = []
+            joining: list[_Sequence] = []
             while self._waiting and len(self._running) + len(joining) < self.max_running:
                 seq = self._waiting.popleft()
                 if not seq.cancelled:

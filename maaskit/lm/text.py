@@ -66,8 +66,12 @@ class TextStream:
         return self._release(len(text) - hold)
 
     def flush(self) -> str:
-        """What was held back, once generation has ended without a stop sequence."""
-        return "" if self.stopped else self._release(len(self.text))
+        """What was held back, once generation has ended without a stop sequence (a character left
+        incomplete by the last token shows as U+FFFD)."""
+        if self.stopped:
+            return ""
+        self.text = self.tokenizer.decode(self.ids)
+        return self._release(len(self.text))
 
     def _release(self, upto: int) -> str:
         new = self.text[self.shown : upto] if upto > self.shown else ""

@@ -115,8 +115,13 @@ def train_language_model(
     seed_everything(seed)
     model = build_model("gpt", (r.context,), data.vocab_size, layers=r.layers, heads=r.heads, width=r.width)
     assert isinstance(model, GPT)
-    sampler = SampleText(file=progress)
-    extra = [PrintProgress(progress), sampler] if progress is not None else [sampler]
+    # a dashboard brings its own sampler (it shows the samples); otherwise one is added here
+    found = [getattr(cb, "sampler", None) for cb in callbacks]
+    sampler = next((s for s in found if isinstance(s, SampleText)), None)
+    extra: list[Callback] = [PrintProgress(progress)] if progress is not None else []
+    if sampler is None:
+        sampler = SampleText(file=progress)
+        extra.append(sampler)
     history = fit(
         model,
         data,

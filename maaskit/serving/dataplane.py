@@ -162,7 +162,10 @@ class ServedLanguageModel:
     def __init__(self, name: str, model: torch.nn.Module, tokenizer: Any, manifest: dict, device: torch.device,
                  batching: Batching):  # fmt: skip
         from ..lm.engine import Engine
+        from ..lm.model import GPT
 
+        if not isinstance(model, GPT):
+            raise TypeError(f"a language model is a maaskit GPT (build_model('gpt', ...)), got {type(model).__name__}")
         self.name, self.tokenizer, self.manifest = name, tokenizer, manifest
         self.created = int(time.time())
         self.end_of_text: int = manifest["tokenizer"]["end_of_text"]

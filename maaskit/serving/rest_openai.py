@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +71,7 @@ class _Usage:
 
 async def _run_choices(
     served: ServedLanguageModel, jobs: list[tuple[list[int], SamplingParams]], stop: list[str], usage: _Usage
-) -> AsyncIterator[_Piece]:
+) -> AsyncGenerator[_Piece, None]:
     """Every choice generated concurrently (they share the engine's decode steps), their pieces
     in the order they come. Closing this iterator (a client gone) stops every choice."""
     queue: asyncio.Queue[_Piece | BaseException] = asyncio.Queue()
@@ -143,7 +143,7 @@ def _chat_logprobs(served: ServedLanguageModel, events: list[TokenEvent]) -> dic
 def router(repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | None) -> APIRouter:
     api = APIRouter(tags=["OpenAI-compatible: language models"])
     errors = openai_error_responses(400, 401, 404, 413, 429)
-    streamed = {
+    streamed: dict[int | str, dict[str, Any]] = {
         200: {
             "description": "the answer; with stream=true, server-sent events (data: {chunk}, ..., data: [DONE])",
             "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}},
@@ -229,18 +229,20 @@ def router(repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | 
 
         pieces = _run_choices(served, jobs, stop, usage)
         if not req.stream:
-            texts, events, finishes = [""] * len(jobs), [[] for _ in jobs], [None] * len(jobs)
+            texts = [""] * len(jobs)
+            collected: list[list[TokenEvent]] = [[] for _ in jobs]
+            finishes: list[str | None] = [None] * len(jobs)
             try:
                 async for piece in pieces:
                     texts[piece.index] += piece.text
-                    events[piece.index] += piece.events
+                    collected[piece.index] += piece.events
                     finishes[piece.index] = piece.finish_reason or finishes[piece.index]
             except RuntimeError as err:
                 raise OpenAIError(503, str(err)) from None
             finally:
                 settle()
             choices = []
-            for i, (text, evs, finish) in enumerate(zip(texts, events, finishes)):
+            for i, (text, evs, finish) in enumerate(zip(texts, collected, finishes)):
                 if chat:
                     logprobs = _chat_logprobs(served, evs) if params.logprobs is not None else None
                     choices.append(
@@ -272,7 +274,7 @@ def router(repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | 
             logprobs = _completion_logprobs(served, evs, offset) if params.logprobs is not None and evs else None
             return {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
 
-        async def events() -> AsyncIterator[bytes]:
+        async def sse() -> AsyncIterator[bytes]:
             offsets = [0] * len(jobs)
             try:
                 if chat:  # the role first, with empty content (a null content breaks some clients)
@@ -294,7 +296,7 @@ def router(repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | 
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(
-            events(), media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
+            sse(), media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
         )
 
     @api.get("/v1/models", response_model=OpenAIModelList, responses=openai_error_responses(401))
@@ -318,9 +320,9 @@ def router(repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | 
         if isinstance(raw, str):
             prompts = [served.tokenizer.encode(raw).ids]
         elif raw and all(isinstance(p, str) for p in raw):
-            prompts = [served.tokenizer.encode(p).ids for p in raw]  # type: ignore[arg-type]
+            prompts = [served.tokenizer.encode(p).ids for p in raw]
         else:
-            prompts = [list(raw)]  # type: ignore[arg-type]
+            prompts = [list(raw)]
             vocab = served.tokenizer.get_vocab_size()
             if any(not 0 <= t < vocab for t in prompts[0]):
                 raise OpenAIError(400, f"token ids must be in [0, {vocab})", param="prompt")

@@ -206,6 +206,8 @@ class TrainingDashboard(WidgetBase, Callback):
     # --- the callback ---------------------------------------------------------------------
 
     def on_fit_start(self, run: Run) -> None:
+        if not isinstance(run.data, ImageDataset):
+            raise TypeError("the TrainingDashboard shows image classifiers; a language model has the LMDashboard")
         self.run, self.data, self.model = run, run.data, run.model
         self.history = run.history
         self.train_button.disabled, self.stop_button.disabled = True, False
@@ -240,6 +242,7 @@ class TrainingDashboard(WidgetBase, Callback):
         self.history = run.history
         self.progress.value = run.step
         self._draw_curves()
+        assert isinstance(run.data, ImageDataset)
         self.evaluation = evaluate(run.model, run.data)
         self._draw_final()
         self.summary.value = self._summary_html()
