@@ -341,3 +341,22 @@ def test_quotas_count_requests_and_tokens_over_a_sliding_minute():
     ):
         with pytest.raises(ValueError, match=message):
             APIKeys.parse(bad)
+
+
+def test_the_gpt2_export_loads_in_transformers_with_the_same_logits_and_greedy_text(model, tokenizer, tmp_path):
+    from conftest import require
+
+    transformers = require("transformers")
+    from maaskit.lm.export import export_gpt2
+
+    small = maaskit.build_model("gpt", (64,), tokenizer.get_vocab_size(), layers=2, heads=2, width=32).eval()
+    export_gpt2(small, tokenizer, tmp_path / "gpt2")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").eval()
+    x = torch.randint(tokenizer.get_vocab_size(), (2, 30))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(x).logits, small(x), rtol=1e-5, atol=1e-5)
+        prompt = tokenizer.encode("The dict").ids
+        theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=0)[0]
+    assert theirs[len(prompt) :].tolist() == list(generate(small, prompt, max_tokens=12, temperature=0))
+    with pytest.raises(TypeError, match="takes a maaskit GPT"):
+        export_gpt2(torch.nn.Linear(2, 2), tokenizer, tmp_path / "x")  # type: ignore[arg-type]
