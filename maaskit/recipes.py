@@ -98,11 +98,11 @@ class LMRecipe:
     The defaults (about 0.14M parameters) train on a 2-core CPU in about a minute."""
 
     vocab_size: int = 512
-    context: int = 64
+    context: int = 128
     layers: int = 2
     heads: int = 4
     width: int = 64
-    epochs: int = 2
+    epochs: int = 12
     batch_size: int = 32
     lr: float = 3e-3
     scheduler: str | None = "cosine"

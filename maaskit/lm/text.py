@@ -12,9 +12,10 @@ from collections.abc import Sequence
 
 from tokenizers import Tokenizer
 
-__all__ = ["CHAT_TEMPLATE", "TextStream", "chat_prompt"]
+__all__ = ["CHAT_TEMPLATE", "TURN_ENDS", "TextStream", "chat_prompt"]
 
 CHAT_TEMPLATE = "{role}: {content}\n"  # one line per message, then "assistant:" for the answer
+TURN_ENDS = ("\nuser:", "\nsystem:")  # where an answer ends: the model starting another turn
 
 
 def chat_prompt(messages: Sequence[dict]) -> str:

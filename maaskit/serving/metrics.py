@@ -88,26 +88,36 @@ class ServerMetrics:
             return
         self._watched.add(id(served))
         engine, name = served.engine, served.name
-        recent: deque[tuple[float, int]] = deque()
-        abandoned = [engine.abandoned]
+        # the labelled series, looked up once: this runs for every token
+        first, inter, tokens, rate = (m.labels(name) for m in (self.first_token, self.inter_token, self.tokens,
+                                                               self.tokens_per_s))  # fmt: skip
+        running, waiting, dropped = (
+            self.running.labels(name),
+            self.waiting_sequences.labels(name),
+            self.abandoned.labels(name),
+        )
+        recent: deque[tuple[float, float]] = deque()  # (time, tokens) of the steps of the last 5 s
+        in_window = [0.0]
 
         def listener(kind: str, value: float) -> None:
+            if kind == "token":
+                inter.observe(value)
+                return
             if kind == "first_token":
-                self.first_token.labels(name).observe(value)
-            elif kind == "token":
-                self.inter_token.labels(name).observe(value)
-            elif kind == "step":
+                first.observe(value)
+                return
+            if kind == "step":
                 now = time.monotonic()
-                recent.append((now, int(value)))
-                while recent and recent[0][0] < now - 5:
-                    recent.popleft()
-                self.tokens.labels(name).inc(value)
-                self.tokens_per_s.labels(name).set(sum(n for _, n in recent) / 5)
-            self.running.labels(name).set(engine.running)
-            self.waiting_sequences.labels(name).set(engine.waiting)
-            if engine.abandoned > abandoned[0]:
-                self.abandoned.labels(name).inc(engine.abandoned - abandoned[0])
-                abandoned[0] = engine.abandoned
+                recent.append((now, value))
+                in_window[0] += value
+                while recent[0][0] < now - 5:
+                    in_window[0] -= recent.popleft()[1]
+                tokens.inc(value)
+                rate.set(in_window[0] / 5)
+            elif kind == "dropped":
+                dropped.inc(value)
+            running.set(engine.running)
+            waiting.set(engine.waiting)
 
         engine.listeners.append(listener)
 

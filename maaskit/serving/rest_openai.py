@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from ..lm.engine import SamplingParams, TokenEvent
-from ..lm.text import CHAT_TEMPLATE, TextStream, chat_prompt
+from ..lm.text import CHAT_TEMPLATE, TURN_ENDS, TextStream, chat_prompt
 from .dataplane import HTTPError, ModelRepository, ServedLanguageModel
 from .keys import APIKey, APIKeys, RateLimited
 from .metrics import ServerMetrics
@@ -69,6 +69,27 @@ class _Usage:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "total_tokens": total}
 
 
+async def _one_choice(
+    served: ServedLanguageModel, index: int, prompt: list[int], params: SamplingParams, stop: list[str], usage: _Usage
+) -> AsyncGenerator[_Piece, None]:
+    """One choice's pieces until it finishes; closing it (its client gone, or a stop sequence)
+    stops its generation."""
+    text = TextStream(served.tokenizer, stop)
+    tokens = served.engine.generate(prompt, params)
+    try:
+        async for event in tokens:
+            usage.completion_tokens += event.token is not None
+            new = text.push(event.token) if event.token is not None else ""
+            finish = "stop" if text.stopped else event.finish_reason
+            if finish is not None and not text.stopped:
+                new += text.flush()
+            yield _Piece(index, new, [event] if event.token is not None else [], finish)
+            if finish is not None:
+                return
+    finally:
+        await tokens.aclose()  # a stop sequence ends the generation here
+
+
 async def _run_choices(
     served: ServedLanguageModel, jobs: list[tuple[list[int], SamplingParams]], stop: list[str], usage: _Usage
 ) -> AsyncGenerator[_Piece, None]:
@@ -76,23 +97,21 @@ async def _run_choices(
     in the order they come. Closing this iterator (a client gone) stops every choice."""
     queue: asyncio.Queue[_Piece | BaseException] = asyncio.Queue()
 
-    async def one(index: int, prompt: list[int], params: SamplingParams) -> None:
-        text = TextStream(served.tokenizer, stop)
-        tokens = served.engine.generate(prompt, params)
+    if len(jobs) == 1:  # one choice (most requests): its pieces straight through, no task or queue between
+        only = _one_choice(served, 0, *jobs[0], stop, usage)
         try:
-            async for event in tokens:
-                usage.completion_tokens += event.token is not None
-                new = text.push(event.token) if event.token is not None else ""
-                finish = "stop" if text.stopped else event.finish_reason
-                if finish is not None and not text.stopped:
-                    new += text.flush()
-                queue.put_nowait(_Piece(index, new, [event] if event.token is not None else [], finish))
-                if finish is not None:
-                    return
+            async for piece in only:
+                yield piece
+        finally:
+            await only.aclose()
+        return
+
+    async def one(index: int, prompt: list[int], params: SamplingParams) -> None:
+        try:
+            async for piece in _one_choice(served, index, prompt, params, stop, usage):
+                queue.put_nowait(piece)
         except Exception as err:
             queue.put_nowait(err)
-        finally:
-            await tokens.aclose()  # a stop sequence ends the generation here
 
     tasks = [asyncio.create_task(one(i, prompt, params)) for i, (prompt, params) in enumerate(jobs)]
     try:
@@ -338,7 +357,8 @@ def router(repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | 
         response_class=Response,
         description=(
             "Answer a conversation. The messages become the prompt through the chat template: each as "
-            f"`{CHAT_TEMPLATE.strip()}` on its own line, then `assistant:`; a newline ends the answer."
+            f"`{CHAT_TEMPLATE.strip()}` on its own line, then `assistant:`. Unless `stop` says otherwise, the "
+            "answer ends where the model starts another turn (`\\nuser:` or `\\nsystem:`), or at max_tokens."
         ),
     )
     async def chat_completions(request: Request):
@@ -354,9 +374,9 @@ def router(repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | 
         params, stop = sampling(req, req.max_completion_tokens or req.max_tokens, served.end_of_text, top)
         if req.logprobs and top is None:
             params = SamplingParams(**{**params.__dict__, "logprobs": 0})
-        # a turn ends at the end of its line (the template's), unless the client says otherwise
+        # the answer ends where the model would begin the next turn, unless the client says otherwise
         return await answer(
-            request, served, [served.tokenizer.encode(prompt).ids], req, params, stop or ["\n"], chat=True
+            request, served, [served.tokenizer.encode(prompt).ids], req, params, stop or list(TURN_ENDS), chat=True
         )
 
     return api
