@@ -4,7 +4,7 @@ same small GPT.
 
 Each server runs in its own process on 127.0.0.1; the load comes from a process of its own
 (``peers/sse_load.py``: streamed completions read as raw server-sent events), against one server at
-a time, taking turns round by round. For concurrency 1, 4 and 16: time to first token p50/p99,
+a time, taking turns round by round. For concurrency 1, 4, 8 and 16: time to first token p50/p99,
 inter-token latency p50/p99 and the tokens/s of all streams together, medians of ``--rounds``
 rounds. The floor is the engine alone, in process: tokens/s of one sequence and of 16.
 
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serving import free_port, start, stop  # noqa: E402
 
 PEERS = Path(__file__).resolve().parent / "peers"
-CONCURRENCY = (1, 4, 16)
+CONCURRENCY = (1, 4, 8, 16)
 
 
 def engine_floor(model_dir: Path, max_tokens: int) -> dict[int, float]:

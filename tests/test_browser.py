@@ -340,3 +340,43 @@ def test_endpoint_console_explains_an_image_in_jupyterlab(page, lab):
     assert_ran_cleanly(page)
     (ARTIFACTS / "08_timings.json").write_text(json.dumps(timings, indent=1))
     print("browser timings:", timings)
+
+
+def test_chat_console_streams_an_answer_in_jupyterlab(page, lab):
+    kernel, timings, dashboard = run_and_find(page, lab, "07_language_model_service.ipynb", ".maaskit-lm-dashboard")
+    page.wait_for_function(
+        "el => el.innerText.includes('sample at step')", arg=dashboard.element_handle(), timeout=30_000
+    )
+    assert "perplexity" in dashboard.inner_html() and "<svg" in dashboard.inner_html()
+    assert_fits(page, dashboard, "07_dashboard")
+    console = page.locator(".maaskit-chat-console").first
+    console.scroll_into_view_if_needed()
+    history = console.locator(".maaskit-chat-history")
+    page.wait_for_function(  # the notebook's own question was answered
+        "el => el.innerText.includes('first token after')", arg=history.element_handle(), timeout=30_000
+    )
+    assert_fits(page, console, "07_chat")
+    # record every state the conversation passes through while the next answer streams in
+    history.evaluate(
+        """el => { window.chatStates = [];
+                   new MutationObserver(() => window.chatStates.push(el.innerText.length))
+                     .observe(el, {subtree: true, childList: true, characterData: true}); }"""
+    )
+    console.locator(".maaskit-chat-prompt textarea").fill("What is a generator?")
+    start = time.monotonic()
+    console.get_by_role("button", name="Send").click()
+    try:
+        page.wait_for_function(
+            "el => el.innerText.split('first token after').length === 3", arg=history.element_handle(), timeout=30_000
+        )
+    finally:
+        print("status:", console.locator(".maaskit-status").inner_text(), "history:", history.inner_text()[-300:])
+    timings["answer_shown_s"] = round(time.monotonic() - start, 2)
+    assert "What is a generator?" in history.inner_text()
+    states = page.evaluate("() => window.chatStates")
+    assert len(set(states)) >= 3, states  # the answer grew piece by piece, not all at once
+    lab.wait_idle(kernel, timeout=60)
+    page.screenshot(path=str(ARTIFACTS / "07_chat.png"))
+    assert_ran_cleanly(page)
+    (ARTIFACTS / "07_timings.json").write_text(json.dumps(timings, indent=1))
+    print("browser timings:", timings)

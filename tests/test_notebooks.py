@@ -39,6 +39,7 @@ def test_every_notebook_is_covered_here():
         "04_training_cnns.ipynb",
         "05_inspecting_gradients.ipynb",
         "06_serving.ipynb",
+        "07_language_model_service.ipynb",
         "08_explaining_predictions.ipynb",
         "09_scaling_out.ipynb",
     }
@@ -243,6 +244,57 @@ def test_06_serving_calls_a_remote_endpoint(tmp_path):
     check_serving(m)
     assert m["endpoint"] == "remote" and m["model_name"] == "remote-digits" and m["local_accuracy"] is None
     assert m["mean_batch"] == {"1": None, "4": None}
+
+
+def check_language_model(m: dict) -> None:
+    assert m["attention_max_difference"] < 1e-5 and m["raw_stream_last_line"] == "data: [DONE]"
+    assert m["kv_cache_speedup"] > 1  # the same tokens (asserted in the notebook), faster
+    assert m["val_perplexity"] < 512  # learned something: below the vocabulary's size
+    assert m["completion_finish_reason"] in ("stop", "length") and m["streamed_usage"]["completion_tokens"] > 0
+    assert m["export_max_difference"] is not None and m["export_max_difference"] < 1e-4
+    assert m["console_first_token_ms"] is None or m["console_first_token_ms"] > 0
+
+
+def test_07_language_model_service_defaults():
+    m = run("07_language_model_service.ipynb", "defaults")
+    check_language_model(m)
+    assert m["endpoint"] == "local" and m["epochs"] == 12 and m["val_perplexity"] < 60
+    assert m["quota_statuses"] == [200, 200, 200, 429]
+    on, off = m["batching"]["batching on"], m["batching"]["batching off"]
+    assert set(on) == set(off) == {"1", "2", "4", "8"}
+    assert all(m["tokens_per_s"] > 0 for m in [*on.values(), *off.values()])  # figures for people, not asserted
+
+
+def test_07_language_model_service_other_parameters(tmp_path):
+    from maaskit.lm import load_corpus
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(load_corpus()[:120_000], encoding="utf-8")
+    m = run(
+        "07_language_model_service.ipynb", "corpus-seed1", seed=1, epochs=2, corpus=str(corpus), temperature=0.0,
+        max_tokens=16, concurrency=[1, 2], model_path=str(tmp_path / "gpt"),
+    )  # fmt: skip
+    check_language_model(m)
+    assert m["epochs"] == 2 and set(m["batching"]["batching on"]) == {"1", "2"}
+    assert m["streamed_usage"]["completion_tokens"] <= 16
+    assert (tmp_path / "gpt" / "tokenizer.json").is_file() and (tmp_path / "gpt-gpt2" / "config.json").is_file()
+
+
+def test_07_language_model_service_calls_a_remote_endpoint(tmp_path):
+    from maaskit.lm import load_corpus, train_language_model
+    from maaskit.recipes import LMRecipe
+    from maaskit.serving.keys import APIKeys
+
+    trained = train_language_model(text=load_corpus()[:60_000], recipe=LMRecipe(epochs=1), name="remote-gpt")
+    keys = APIKeys.parse('[{"name": "tester", "key": "sk-remote-0001"}]')
+    with serve((trained.model, trained.data.tokenizer), name="remote-gpt", api_keys=keys) as remote:
+        m = run(
+            "07_language_model_service.ipynb", "remote", endpoint_url=remote.url + "/v1", api_key="sk-remote-0001",
+            model="remote-gpt", epochs=1, concurrency=[1, 2], model_path=str(tmp_path / "local"),
+        )  # fmt: skip
+    check_language_model(m)
+    assert m["endpoint"] == "remote" and m["model_name"] == "remote-gpt" and m["quota_statuses"] == []
+    assert set(m["batching"]) == {"batching on"}
 
 
 def check_explaining(m: dict) -> None:

@@ -163,6 +163,7 @@ class ChatConsole(WidgetBase):
         self.prompt_w.value = ""
         self._stop.clear()
         self.send_button.disabled, self.stop_button.disabled = True, False
+        self._render()  # the question shows at once; the answer grows under it
         self._thread = threading.Thread(target=self._stream, args=(turn, messages), daemon=True, name="maaskit-chat")
         self._thread.start()
         if wait:
@@ -222,7 +223,7 @@ class ChatConsole(WidgetBase):
             rows.append(
                 f"<div style='margin:4px 0'><b>you:</b> {html.escape(turn.prompt)}</div>"
                 f"<div style='margin:4px 0 0 12px;white-space:pre-wrap' class='maaskit-answer'>"
-                f"<b>{html.escape(str(self.model_w.value))}:</b> {html.escape(turn.answer)}</div>"
+                f"<b>{html.escape(str(self.model_w.value))}:</b> {html.escape(turn.answer.lstrip())}</div>"
                 f"<div style='margin:0 0 8px 12px;color:#666;font-size:90%'>{html.escape(turn.stats())}</div>"
             )
         self.history.value = f"<div style='max-width:728px'>{''.join(rows)}</div>"

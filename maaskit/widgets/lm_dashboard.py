@@ -107,9 +107,10 @@ class LMDashboard(WidgetBase, Callback):
             charts.append(line_chart(series, title=title, xlabel="epoch", xlim=(0, epochs), log_y=True))
         self.curves.value = f"<div style='display:flex;flex-wrap:wrap;gap:8px'>{''.join(charts)}</div>"
         if run is not None and metrics is not None:
-            state = f"stopped: {run.stop_reason}" if run.stop_reason else "training"
+            total = run.epochs * run.steps_per_epoch
+            state = f"stopped: {run.stop_reason}" if run.stop_reason else ("done" if run.step >= total else "training")
             self.status.value = html.escape(
-                f"epoch {run.epoch}/{run.epochs} · step {run.step}/{run.epochs * run.steps_per_epoch} · "
+                f"epoch {run.epoch}/{run.epochs} · step {run.step}/{total} · "
                 f"{metrics.get('images_per_s', 0):,.0f} tokens/s · {state}"
             )
         if self.sampler.samples:
