@@ -333,3 +333,25 @@ def test_the_lm_dashboard_draws_curves_and_samples_as_a_gpt_trains():
     assert "sample at step" in dashboard.sample.value and "epoch 2/2" in dashboard.status.value
     assert f"perplexity {__import__('math').exp(trained.history.last['val_loss']):.1f}" in str(dashboard)
     assert dashboard.still_png()[:4] == b"\x89PNG"
+
+
+def test_the_lm_serving_benchmark_runs_and_prints_its_table(tmp_path):
+    # small: the benchmark must keep working; its figures are for people, never asserted
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "lm_serving.py"), "--epochs", "1", "--streams", "4"]
+        + ["--max-tokens", "8", "--rounds", "1", "--json", str(tmp_path / "lm.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "lm.json").read_text())["results"]
+    assert set(results) == {"batching on", "batching off"}
+    assert all(cell["errors"] == 0 and cell["tokens_per_s"] > 0 for r in results.values() for cell in r.values())
+    assert "| batching on |" in done.stdout and "c=8: batching on / off" in done.stdout
