@@ -360,3 +360,36 @@ def test_the_gpt2_export_loads_in_transformers_with_the_same_logits_and_greedy_t
     assert theirs[len(prompt) :].tolist() == list(generate(small, prompt, max_tokens=12, temperature=0))
     with pytest.raises(TypeError, match="takes a maaskit GPT"):
         export_gpt2(torch.nn.Linear(2, 2), tokenizer, tmp_path / "x")  # type: ignore[arg-type]
+
+
+def test_a_failing_step_reaches_every_reader_and_the_engine_keeps_serving(model):
+    import asyncio
+
+    from maaskit.lm.engine import Engine, SamplingParams
+
+    async def main():
+        engine = Engine(model, max_running=2)
+        real, calls = engine._step, []
+
+        def flaky(joining, running):
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("out of memory")
+            return real(joining, running)
+
+        engine._step = flaky  # type: ignore[method-assign]
+
+        async def one(i):
+            try:
+                return [e.token async for e in engine.generate([i + 1], SamplingParams(max_tokens=10, temperature=0))]
+            except RuntimeError as err:
+                return str(err)
+
+        failed = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(3))), 30)
+        after = await asyncio.wait_for(one(0), 30)
+        engine.close()
+        return failed, after, engine
+
+    failed, after, engine = _run(main())
+    assert sum("generation failed: out of memory" in str(f) for f in failed) >= 2  # those in the step, and waiting
+    assert after == list(generate(model, [1], max_tokens=10, temperature=0)) and engine.running == 0

@@ -151,7 +151,6 @@ class Engine:
             self._task = asyncio.get_running_loop().create_task(self._schedule(), name="maaskit-lm-engine")
 
     async def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
         assert self._wake is not None
         while True:
             self._drop_cancelled()
@@ -159,36 +158,44 @@ class Engine:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            joining: list[_Sequence] = []
+            try:
+                await self._round()
+            except Exception as err:  # the model (or this code) failed: every sequence hears of it, none hangs
+                for seq in [*self._running, *self._waiting]:
+                    seq.queue.put_nowait(RuntimeError(f"generation failed: {err}"))
+                    self._leave(seq)
+                self._waiting.clear()
+
+    async def _round(self) -> None:
+        """Let waiting sequences join while slots are free, run one step, hand out its tokens."""
+        joining: list[_Sequence] = []
+        try:
             while self._waiting and len(self._running) + len(joining) < self.max_running:
                 seq = self._waiting.popleft()
                 if not seq.cancelled:
                     seq.slot = self._free.pop()
                     joining.append(seq)
             step = [*self._running, *joining]
-            try:
-                events = await loop.run_in_executor(self._executor, self._step, joining, self._running)
-            except Exception as err:  # the model failed: every sequence in the step hears of it
-                for seq in step:
-                    seq.queue.put_nowait(RuntimeError(f"generation failed: {err}"))
-                    self._leave(seq)
-                self._running = [s for s in self._running if s not in step]
-                continue
-            self._running.extend(joining)
-            self.steps += 1
-            self._tell("step", sum(e.token is not None for e in events))
-            now = time.perf_counter()
-            for seq, event in zip(step, events):
-                if seq.last_token_at is None:
-                    self._tell("first_token", now - seq.submitted)
-                else:
-                    self._tell("token", now - seq.last_token_at)
-                seq.last_token_at = now
-                self.tokens_generated += event.token is not None
-                seq.queue.put_nowait(event)
-                if event.finish_reason is not None:
-                    seq.finished = True
-                    self._leave(seq)
+            loop = asyncio.get_running_loop()
+            events = await loop.run_in_executor(self._executor, self._step, joining, self._running)
+        except Exception:
+            self._waiting.extendleft(reversed(joining))  # heard of by the caller, with the rest
+            raise
+        self._running.extend(joining)
+        self.steps += 1
+        self._tell("step", sum(e.token is not None for e in events))
+        now = time.perf_counter()
+        for seq, event in zip(step, events):
+            if seq.last_token_at is None:
+                self._tell("first_token", now - seq.submitted)
+            else:
+                self._tell("token", now - seq.last_token_at)
+            seq.last_token_at = now
+            self.tokens_generated += event.token is not None
+            seq.queue.put_nowait(event)
+            if event.finish_reason is not None:
+                seq.finished = True
+                self._leave(seq)
 
     def _drop_cancelled(self) -> None:
         before = self.abandoned

@@ -30,17 +30,20 @@ def _gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
     }
     for i, block in enumerate(model.blocks):
         pre = f"transformer.h.{i}."
+        attention, mlp = block.attention, block.mlp
+        assert isinstance(attention, torch.nn.Module) and isinstance(mlp, torch.nn.Sequential)
         layers = {
             "ln_1": block.norm1,
             "ln_2": block.norm2,
-            "attn.c_attn": block.attention.qkv,
-            "attn.c_proj": block.attention.out,
-            "mlp.c_fc": block.mlp[0],
-            "mlp.c_proj": block.mlp[2],
+            "attn.c_attn": attention.qkv,
+            "attn.c_proj": attention.out,
+            "mlp.c_fc": mlp[0],
+            "mlp.c_proj": mlp[2],
         }
         for name, layer in layers.items():
-            linear = isinstance(layer, torch.nn.Linear)
-            state[pre + name + ".weight"] = layer.weight.t() if linear else layer.weight  # Conv1D: in x out
+            assert isinstance(layer, (torch.nn.Linear, torch.nn.LayerNorm))
+            weight = layer.weight.t() if isinstance(layer, torch.nn.Linear) else layer.weight  # Conv1D: in x out
+            state[pre + name + ".weight"] = weight
             state[pre + name + ".bias"] = layer.bias
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
 

@@ -89,13 +89,10 @@ class ServerMetrics:
         self._watched.add(id(served))
         engine, name = served.engine, served.name
         # the labelled series, looked up once: this runs for every token
-        first, inter, tokens, rate = (m.labels(name) for m in (self.first_token, self.inter_token, self.tokens,
-                                                               self.tokens_per_s))  # fmt: skip
-        running, waiting, dropped = (
-            self.running.labels(name),
-            self.waiting_sequences.labels(name),
-            self.abandoned.labels(name),
-        )
+        first, inter = self.first_token.labels(name), self.inter_token.labels(name)
+        tokens, rate = self.tokens.labels(name), self.tokens_per_s.labels(name)
+        running, waiting = self.running.labels(name), self.waiting_sequences.labels(name)
+        dropped = self.abandoned.labels(name)
         recent: deque[tuple[float, float]] = deque()  # (time, tokens) of the steps of the last 5 s
         in_window = [0.0]
 

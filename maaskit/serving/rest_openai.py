@@ -117,11 +117,11 @@ async def _run_choices(
     try:
         open_choices = len(tasks)
         while open_choices:
-            piece = await queue.get()
-            if isinstance(piece, BaseException):
-                raise piece
-            open_choices -= piece.finish_reason is not None
-            yield piece
+            got = await queue.get()
+            if isinstance(got, BaseException):
+                raise got
+            open_choices -= got.finish_reason is not None
+            yield got
     finally:
         for task in tasks:
             task.cancel()
