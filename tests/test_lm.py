@@ -56,6 +56,27 @@ def test_sampling_is_reproducible_with_a_seed_and_filtered_by_top_k_and_top_p(mo
     assert list(generate(model, prompt, max_tokens=20, temperature=1.5, top_p=1e-6, seed=1)) == greedy
 
 
+def test_batched_sampling_follows_each_rows_distribution_and_settings():
+    from maaskit.lm.generate import sample_rows
+
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.1])
+    logits = probs.log().repeat(1000, 1)
+    uniform = (torch.arange(1000) + 0.5) / 1000  # an even grid: counts equal the probabilities exactly
+    ones = torch.ones(1000)
+    counts = sample_rows(logits, ones, torch.zeros(1000, dtype=torch.long), ones, uniform).bincount(minlength=4)
+    assert counts.tolist() == [500, 250, 150, 100]
+    # rows with different settings in one batch: top-k 2, top-p 0.6 (keeps 0.5 and 0.25), greedy, plain
+    rows = probs.log().repeat(4, 1)
+    t = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    k = torch.tensor([2, 0, 0, 0])
+    p = torch.tensor([1.0, 0.6, 1.0, 1.0])
+    u = torch.full((4,), 0.99)  # the top of each row's filtered distribution
+    batched = sample_rows(rows, t, k, p, u).tolist()
+    assert batched == [1, 1, 0, 3]
+    alone = [sample_rows(*(x[i : i + 1] for x in (rows, t, k, p, u))).item() for i in range(4)]
+    assert alone == batched  # each row alone picks what it picked in the batch
+
+
 def test_generation_says_why_it_stopped(model):
     done = Generation()
     tokens = list(generate(model, [1, 2], max_tokens=5, temperature=0, result=done))

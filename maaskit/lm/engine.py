@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .generate import _check, next_token
+from .generate import _check, sample_rows
 from .model import GPT, SlotCache
 
 __all__ = ["Engine", "SamplingParams", "TokenEvent"]
@@ -223,25 +223,34 @@ class Engine:
     def _step(self, joining: list[_Sequence], running: list[_Sequence]) -> list[TokenEvent]:
         """One forward pass for the running sequences, and a prefill for each joining one; returns
         an event per sequence, running ones first."""
-        rows: list[torch.Tensor] = []
+        parts: list[torch.Tensor] = []
         if running:
             self.cache.rows = torch.tensor([s.slot for s in running], device=self.device)
             last = torch.tensor([[s.last] for s in running], device=self.device)
-            rows.extend(self.model(last, self.cache)[:, -1])
+            parts.append(self.model(last, self.cache)[:, -1])
         for seq in joining:
             self.cache.lengths[seq.slot] = 0
-            rows.append(
-                self.model(torch.tensor([seq.prompt], device=self.device), self.cache.prefill_view(seq.slot))[0, -1]
-            )
+            prompt = torch.tensor([seq.prompt], device=self.device)
+            parts.append(self.model(prompt, self.cache.prefill_view(seq.slot))[:, -1])
             self.cache.lengths[seq.slot] = len(seq.prompt)
-        return [self._sample(seq, logits) for seq, logits in zip([*running, *joining], rows)]
+        step = [*running, *joining]
+        logits = torch.cat(parts).float()
+        # every row sampled at once, each with its own settings and its own generator's draw
+        settings = [(s.params.temperature, s.params.top_k or 0, s.params.top_p or 1.0) for s in step]
+        temperature, top_k, top_p = (torch.tensor(column, device=self.device) for column in zip(*settings))
+        uniform = torch.cat([torch.rand(1, generator=s.generator) for s in step]).to(self.device)
+        tokens = sample_rows(logits, temperature, top_k, top_p, uniform).tolist()
+        wanted = [s.params.logprobs is not None for s in step]
+        logprobs = logits.log_softmax(-1) if any(wanted) else None
+        return [
+            self._event(s, t, logprobs[i] if logprobs is not None else None)
+            for i, (s, t) in enumerate(zip(step, tokens))
+        ]
 
-    def _sample(self, seq: _Sequence, logits: torch.Tensor) -> TokenEvent:
+    def _event(self, seq: _Sequence, token: int, logprobs: torch.Tensor | None) -> TokenEvent:
         p = seq.params
-        token = next_token(logits, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, generator=seq.generator)
         event = TokenEvent(token)
-        if p.logprobs is not None:
-            logprobs = logits.float().log_softmax(0)
+        if p.logprobs is not None and logprobs is not None:
             event.logprob = float(logprobs[token])
             if p.logprobs:
                 top = logprobs.topk(p.logprobs)

@@ -4,6 +4,8 @@
 (``temperature=0``) or sampled, with top-k and top-p (nucleus) filtering; a ``seed`` makes a sample
 reproducible. It stops at ``max_tokens``, at the model's context, or at an end-of-text token, and
 says which in ``Generation.finish_reason`` ("length" or "stop", as OpenAI's API reports it).
+:func:`sample_rows` samples many rows at once, each with its own settings, so the server's
+batched decode steps pick exactly the tokens ``generate`` picks alone.
 """
 
 from __future__ import annotations
@@ -15,26 +17,47 @@ import torch
 
 from .model import GPT, KVCache
 
-__all__ = ["Generation", "generate", "next_token"]
+__all__ = ["Generation", "generate", "next_token", "sample_rows"]
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    uniform: torch.Tensor,
+) -> torch.Tensor:
+    """The next token of each row of ``logits`` (B x vocab), each with its own settings, in one
+    pass of batched operations: ``temperature`` (0: greedy), ``top_k`` (0: all tokens), ``top_p``
+    (1: all) and ``uniform``, a number in [0, 1) per row drawn from that row's own generator
+    (inverse-CDF sampling: the same draw gives the same token, batched or alone)."""
+    logits = logits.float()
+    greedy = logits.argmax(-1)
+    if not bool((temperature > 0).any()):
+        return greedy
+    scaled = logits / temperature.clamp(min=1e-6)[:, None]
+    vocab = logits.shape[-1]
+    if bool((top_k > 0).any()) or bool((top_p < 1).any()):  # filtering: sorted once for both
+        k = torch.where(top_k > 0, top_k.clamp(max=vocab), torch.full_like(top_k, vocab))
+        ordered, order = scaled.sort(-1, descending=True)
+        kth = ordered.gather(-1, (k - 1)[:, None])
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+        p = ordered.masked_fill(ordered < kth, float("-inf")).softmax(-1)
+        dropped = (p.cumsum(-1) - p) >= top_p[:, None]  # keep the smallest set whose mass reaches top_p
+        scaled = scaled.masked_fill(torch.zeros_like(dropped).scatter(-1, order, dropped), float("-inf"))
+    cdf = scaled.softmax(-1).cumsum(-1)
+    target = uniform[:, None].to(cdf.dtype) * cdf[:, -1:]
+    sampled = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=vocab - 1)
+    return torch.where(temperature == 0, greedy, sampled)
 
 
 def next_token(
     logits: torch.Tensor, *, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator
 ) -> int:
-    """One token from the last position's ``logits`` (vocab,)."""
-    if temperature == 0:
-        return int(logits.argmax())
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.numel():
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1:
-        ordered, order = logits.sort(descending=True)
-        p = ordered.softmax(0)
-        dropped = p.cumsum(0) - p >= top_p  # keep the smallest set whose mass reaches top_p
-        logits = logits.masked_fill(torch.zeros_like(dropped).scatter(0, order, dropped), float("-inf"))
-    probs = logits.softmax(0)
-    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+    """One token from the last position's ``logits`` (vocab,): :func:`sample_rows` for one row."""
+    uniform = torch.rand(1, generator=generator)  # drawn even when greedy: a seed's sequence does not shift
+    t, k, p = (torch.tensor([v], device=logits.device) for v in (temperature, top_k or 0, top_p or 1.0))
+    return int(sample_rows(logits[None], t, k, p, uniform.to(logits.device))[0])
 
 
 @dataclass
