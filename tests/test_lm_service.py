@@ -335,6 +335,28 @@ def test_the_lm_dashboard_draws_curves_and_samples_as_a_gpt_trains():
     assert dashboard.still_png()[:4] == b"\x89PNG"
 
 
+def test_the_training_dashboard_shows_a_language_models_run_as_the_lm_dashboard_does():
+    from maaskit.lm import TextDataset, train_language_model
+    from maaskit.recipes import LMRecipe
+    from maaskit.widgets import TrainingDashboard
+
+    dashboard = TrainingDashboard(redraw_every=0.0)
+    recipe = LMRecipe(vocab_size=300, context=32, layers=1, width=32, epochs=2)
+    trained = train_language_model(text=load_corpus()[:40_000], recipe=recipe, callbacks=[dashboard], device="cpu")
+    text = dashboard._text
+    assert text is not None and list(dashboard.widget.children) == [text.widget]  # the text view, not image controls
+    assert trained.samples is dashboard.sampler.samples and len(trained.samples) == 2
+    assert "perplexity" in text.curves.value and "sample at step" in text.sample.value
+    assert str(dashboard) == str(text) and "perplexity" in str(dashboard)
+    assert dashboard.still_png()[:4] == b"\x89PNG"
+    # plain fit() on a TextDataset works the same way; the constructor says what to do with text
+    data = TextDataset.from_text(load_corpus()[:20_000], tokenizer=trained.data.tokenizer, context=32)
+    maaskit.fit(trained.model, data, epochs=1, batch_size=16, callbacks=[dashboard], device="cpu")
+    assert dashboard.history is not None and len(dashboard.history) == 1
+    with pytest.raises(TypeError, match="language model"):
+        TrainingDashboard(data)
+
+
 def test_the_lm_serving_benchmark_runs_and_prints_its_table(tmp_path):
     # small: the benchmark must keep working; its figures are for people, never asserted
     import subprocess

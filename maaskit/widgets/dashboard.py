@@ -1,4 +1,5 @@
-"""TrainingDashboard: train with buttons and watch the curves, or attach it to any ``fit()``."""
+"""TrainingDashboard: train with buttons and watch the curves, or attach it to any ``fit()`` —
+of an image classifier, or of a language model (then it shows the LMDashboard's view)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..models import IMAGE_MODELS, build_model
 from ..recipes import Recipe, default_recipe
 from ..train import OPTIMIZERS, SCHEDULERS, Callback, History, Run, fit
 from .base import CONTROL, WidgetBase, figure_image, flow, log_slider
+from .lm_dashboard import LMDashboard
 from .svgchart import line_chart
 
 __all__ = ["TrainingDashboard"]
@@ -35,6 +37,9 @@ class TrainingDashboard(WidgetBase, Callback):
       what papermill and scripts use); ``fit(model, data, callbacks=[dashboard])`` shows any run.
     - Curves redraw in place at most every ``redraw_every`` seconds, reading the device then only.
     - Where no widget front end runs, displaying it gives one static figure and a summary.
+    - Attached to the ``fit()`` of a language model (a ``maaskit.lm.TextDataset``, or
+      ``train_language_model(callbacks=[dashboard])``) it becomes that run's :class:`LMDashboard`:
+      loss and perplexity curves and a sample of generated text that updates as it learns.
     """
 
     def __init__(
@@ -54,6 +59,12 @@ class TrainingDashboard(WidgetBase, Callback):
         seed: int = 0,
         redraw_every: float = 0.25,
     ):
+        if data is not None and not isinstance(data, ImageDataset):
+            raise TypeError(
+                f"the TrainingDashboard's controls build image classifiers, not a model for {type(data).__name__}; "
+                "for a language model pass TrainingDashboard() (or LMDashboard()) to "
+                "maaskit.lm.train_language_model(callbacks=[...]) or to fit(model, data, callbacks=[...])"
+            )
         # the controls start at the dataset's default recipe (maaskit.recipes); arguments given win
         given = {
             "model": model,
@@ -80,6 +91,7 @@ class TrainingDashboard(WidgetBase, Callback):
         self._last_draw = 0.0
         self._live: dict[str, list[float]] = {"x": [], "train_loss": [], "train_acc": []}
         self._handle: Any = None
+        self._text: LMDashboard | None = None  # the view of a language model's run, made when one starts
 
         ctl = CONTROL
         devices = ["auto", *available_devices()]
@@ -133,7 +145,8 @@ class TrainingDashboard(WidgetBase, Callback):
                 ),
             ]
         )
-        self.widget = w.VBox([controls, self.progress, self.status, self.curves, self.final, self.summary])
+        self._image_view = [controls, self.progress, self.status, self.curves, self.final, self.summary]
+        self.widget = w.VBox(self._image_view)
         self.widget.add_class("maaskit-training-dashboard")
         self._draw_curves()
 
@@ -203,11 +216,34 @@ class TrainingDashboard(WidgetBase, Callback):
     def training(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    # --- a language model's run: shown by an LMDashboard inside this one ------------------
+
+    @property
+    def sampler(self):
+        """The text sampler of a language model's run (``train_language_model`` reuses it, so the
+        samples shown are the samples it returns)."""
+        return self._text_view().sampler
+
+    def _text_view(self) -> LMDashboard:
+        if self._text is None:
+            self._text = LMDashboard(redraw_every=self.redraw_every)
+        return self._text
+
+    def _text_run(self, run: Run) -> LMDashboard | None:
+        """The LMDashboard that shows ``run`` when it trains a language model, else None."""
+        if isinstance(run.data, ImageDataset):
+            return None
+        return self._text_view()
+
     # --- the callback ---------------------------------------------------------------------
 
     def on_fit_start(self, run: Run) -> None:
         if not isinstance(run.data, ImageDataset):
-            raise TypeError("the TrainingDashboard shows image classifiers; a language model has the LMDashboard")
+            text = self._text_view()
+            self.run, self.history = run, run.history
+            self.widget.children = [text.widget]  # its curves and samples instead of the image controls
+            return text.on_fit_start(run)
+        self.widget.children = self._image_view
         self.run, self.data, self.model = run, run.data, run.model
         self.history = run.history
         self.train_button.disabled, self.stop_button.disabled = True, False
@@ -220,6 +256,8 @@ class TrainingDashboard(WidgetBase, Callback):
         self._draw_curves()
 
     def on_batch_end(self, run: Run) -> None:
+        if (text := self._text_run(run)) is not None:
+            return text.on_batch_end(run)
         now = time.monotonic()
         if now - self._last_draw < self.redraw_every:
             return  # most steps: nothing read from the device, nothing drawn
@@ -233,6 +271,8 @@ class TrainingDashboard(WidgetBase, Callback):
 
     def on_epoch_end(self, run: Run) -> None:
         self.history = run.history
+        if (text := self._text_run(run)) is not None:
+            return text.on_epoch_end(run)
         if time.monotonic() - self._last_draw >= self.redraw_every:
             self._last_draw = time.monotonic()
             self._show_progress(run, run.history.last)
@@ -240,6 +280,11 @@ class TrainingDashboard(WidgetBase, Callback):
 
     def on_fit_end(self, run: Run) -> None:
         self.history = run.history
+        if (text := self._text_run(run)) is not None:
+            text.on_fit_end(run)  # prints its summary
+            if self._handle is not None:
+                self._handle.update(self._repr_mimebundle_(), raw=True)
+            return
         self.progress.value = run.step
         self._draw_curves()
         assert isinstance(run.data, ImageDataset)
@@ -326,6 +371,8 @@ class TrainingDashboard(WidgetBase, Callback):
         return "<pre>" + html.escape(str(self)) + "</pre>"
 
     def __str__(self) -> str:
+        if self._text is not None and self._text.history is not None:
+            return str(self._text)
         if self.history is None or not self.history.records:
             return "TrainingDashboard: not trained yet"
         last = self.history.last
@@ -348,6 +395,8 @@ class TrainingDashboard(WidgetBase, Callback):
     # --- display --------------------------------------------------------------------------
 
     def still_png(self) -> bytes:
+        if self._text is not None and self._text.history is not None:
+            return self._text.still_png()
         return plots.png_bytes(self.figure())
 
     def _ipython_display_(self):
