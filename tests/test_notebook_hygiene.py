@@ -2,6 +2,7 @@
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,17 @@ def test_no_machine_paths_or_secrets(path):
         assert needle not in text, needle
     # a Jupyter server's URL with its token, or a token written into the code
     assert not re.search(r"[?&]token=[0-9a-f]{8,}|token\s*=\s*[\"'][^\"']+[\"']", text)
+
+
+def test_nothing_a_run_writes_is_committed():
+    """Notebooks and tests write models, exports and executed notebooks; none of it belongs in git
+    (a committed artifact would also make a "model not found: train it" test load it instead)."""
+    root = Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout
+    written = [
+        f
+        for f in tracked.splitlines()
+        if f.endswith((".safetensors", ".pt", ".onnx", "manifest.json", "tokenizer.json"))
+        or (f.startswith("notebooks/") and not f.endswith(".ipynb"))
+    ]
+    assert not written, f"run outputs committed: {written}"

@@ -194,10 +194,13 @@ def test_05_inspecting_gradients_defaults():
     assert m["flow_ratio"]["sigmoid"] < 1e-6  # measured 3.3e-7
 
 
-def test_05_inspecting_gradients_other_parameters():
-    m = run("05_inspecting_gradients.ipynb", "seed1-depth6", seed=1, depth=6, every=10, model_path="no-such-model")
+def test_05_inspecting_gradients_other_parameters(tmp_path):
+    missing = tmp_path / "no-such-model"  # never in the repo: the notebook must train it and save it there
+    m = run("05_inspecting_gradients.ipynb", "seed1-depth6", seed=1, depth=6, every=10, model_path=str(missing))
     check_gradients(m)
     assert m["depth"] == 6 and m["records"] == 41
+    assert (missing / "manifest.json").is_file()
+    assert "not found: training lenet" in (OUT / "05_inspecting_gradients.seed1-depth6.ipynb").read_text()
 
 
 def check_serving(m):
