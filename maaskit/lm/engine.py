@@ -240,8 +240,7 @@ class Engine:
         temperature, top_k, top_p = (torch.tensor(column, device=self.device) for column in zip(*settings))
         uniform = torch.cat([torch.rand(1, generator=s.generator) for s in step]).to(self.device)
         tokens = sample_rows(logits, temperature, top_k, top_p, uniform).tolist()
-        wanted = [s.params.logprobs is not None for s in step]
-        logprobs = logits.log_softmax(-1) if any(wanted) else None
+        logprobs = logits.log_softmax(-1) if any(s.params.logprobs is not None for s in step) else None
         return [
             self._event(s, t, logprobs[i] if logprobs is not None else None)
             for i, (s, t) in enumerate(zip(step, tokens))
