@@ -41,7 +41,7 @@ def engine_floor(model_dir: Path, max_tokens: int) -> dict[int, float]:
     model, _, _ = load_language_model(model_dir)
 
     async def run(n: int) -> float:
-        engine = Engine(model, max_running=16)
+        engine = Engine(model, max_sequences=16)
 
         async def one(i: int) -> int:
             params = SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=i)
@@ -88,8 +88,7 @@ def main() -> int:
         folder = Path(tmp)
         model_dir = args.model
         if model_dir is None:
-            from maaskit.lm import train_language_model
-            from maaskit.recipes import LMRecipe
+            from maaskit.lm import LMRecipe, train_language_model
 
             model_dir = folder / "gpt"
             train_language_model(recipe=LMRecipe(epochs=args.epochs), out=model_dir, device="cpu")

@@ -7,9 +7,9 @@ protocol never pull in PyTorch. No module of the package imports this one.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_exports
 from ._version import __version__
 
 # public name -> the module that defines it
@@ -31,9 +31,9 @@ _EXPORTS = {
     "evaluate": "evaluation",
     "Recipe": "recipes",
     "default_recipe": "recipes",
-    "load_or_train": "recipes",
-    "save_artifact": "serving.artifact",
-    "load_artifact": "serving.artifact",
+    "load_or_train": "workflows",
+    "save_artifact": "artifact",
+    "load_artifact": "artifact",
     "serve": "serving.runner",
     "Client": "serving.client",
     "load_test": "serving.client",
@@ -43,27 +43,18 @@ _EXPORTS = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from .artifact import load_artifact, save_artifact
     from .data import ImageDataset, Split, load_dataset
     from .device import pick_device, seed_everything
     from .evaluation import evaluate
     from .models import build_model, summary
     from .normalization import Normalization
-    from .recipes import Recipe, default_recipe, load_or_train
+    from .recipes import Recipe, default_recipe
     from .report import publish_metrics
-    from .serving.artifact import load_artifact, save_artifact
     from .serving.client import Client, load_test
     from .serving.runner import serve
     from .train import Callback, Checkpoint, EarlyStopping, History, PrintProgress, fit
+    from .workflows import load_or_train
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'maaskit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value  # the next lookup is a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -9,7 +9,8 @@ import sys
 from collections.abc import Iterator
 
 from ._version import __version__
-from .recipes import LMRecipe, Recipe, default_recipe
+from .lm.config import GPTConfig, LMRecipe
+from .recipes import Recipe, default_recipe
 
 
 class _Names:
@@ -41,11 +42,11 @@ def _doctor(_args) -> int:
 
 
 def _train(args) -> int:
+    from .artifact import save_artifact
     from .data import DatasetUnavailableError, load_dataset
     from .device import DeviceNotAvailableError, seed_everything
     from .evaluation import evaluate
     from .models import build_model
-    from .serving.artifact import save_artifact
     from .train import PrintProgress, fit
 
     if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks: torchrun, then us
@@ -104,10 +105,10 @@ def _lm_train(args) -> int:
     from .device import DeviceNotAvailableError
     from .lm.training import train_language_model
 
-    recipe = LMRecipe(
-        vocab_size=args.vocab_size, context=args.context, layers=args.layers, heads=args.heads, width=args.width,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-    )  # fmt: skip
+    shape = GPTConfig(
+        vocab_size=args.vocab_size, context=args.context, layers=args.layers, heads=args.heads, width=args.width
+    )
+    recipe = LMRecipe(model=shape, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     try:
         trained = train_language_model(
             args.corpus, recipe=recipe, device=args.device, seed=args.seed, out=args.out, name=args.name,
@@ -138,7 +139,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def _serve(args) -> int:
-    from .serving.artifact import ArtifactError
+    from .artifact import ArtifactError
     from .serving.runner import serve, serve_workers
 
     token = args.token or os.environ.get("MAASKIT_TOKEN")
@@ -314,15 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
         "with CPython), print progress and text samples, and save both to --out (serve it with maaskit serve).",
     )
     lm_recipe = LMRecipe()
+    shape = lm_recipe.model
     lm_train.add_argument("--corpus", metavar="FILE", help="a UTF-8 text file (default: Python's bundled docs)")
     lm_train.add_argument("--out", required=True, help="directory for the weights, tokenizer.json and manifest.json")
     lm_train.add_argument("--name", default="gpt", help="the model's name when served")
     for option, value, what in (
-        ("vocab-size", lm_recipe.vocab_size, "BPE vocabulary (256 bytes, end-of-text, merges)"),
-        ("context", lm_recipe.context, "tokens the model sees at once"),
-        ("layers", lm_recipe.layers, "transformer blocks"),
-        ("heads", lm_recipe.heads, "attention heads per block"),
-        ("width", lm_recipe.width, "embedding width"),
+        ("vocab-size", shape.vocab_size, "BPE vocabulary (256 bytes, end-of-text, merges)"),
+        ("context", shape.context, "tokens the model sees at once"),
+        ("layers", shape.layers, "transformer blocks"),
+        ("heads", shape.heads, "attention heads per block"),
+        ("width", shape.width, "embedding width"),
         ("epochs", lm_recipe.epochs, "passes over the training tokens"),
         ("batch-size", lm_recipe.batch_size, "windows per optimizer step"),
     ):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .device import pick_device
 from .normalization import Normalization
+from .scoring import Accuracy, Metric
 
 __all__ = [
     "DATASETS",
@@ -77,6 +78,12 @@ class ImageDataset:
     test: Split
     classes: tuple[str, ...]
     normalization: Normalization  # per-channel statistics of the training images
+
+    unit = "images"  # what fit() counts: its throughput column is images_per_s
+
+    def metrics(self) -> tuple[Metric, ...]:
+        """What fit() measures besides the loss: accuracy."""
+        return (Accuracy(),)
 
     @property
     def in_shape(self) -> tuple[int, int, int]:

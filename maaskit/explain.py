@@ -24,14 +24,17 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["LIMITS", "METHODS", "completeness_gap", "explain", "rank_correlation"]
+__all__ = ["LIMITS", "METHODS", "completeness_gap", "explain", "explained_classes", "rank_correlation"]
 
 METHODS = ("saliency", "integrated_gradients", "occlusion", "kernel_shap", "lime")
 # the most work a served explanation may ask for (the server answers 400 beyond)
 LIMITS = {"steps": 256, "samples": 1024, "images": 16}
 
 
-def _targets(model: nn.Module, images: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None):
+def explained_classes(
+    model: nn.Module, images: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None
+) -> torch.Tensor:
+    """The class explained for each image: ``target`` (one, or one per image), or the predicted one."""
     if target is None:  # the predicted class of each image
         with torch.no_grad():
             return model(images).argmax(1)
@@ -80,7 +83,7 @@ def explain(
     model.eval()
     device = next(model.parameters()).device
     x = images.detach().to(device)
-    targets = _targets(model, x, target)
+    targets = explained_classes(model, x, target)
     base = baseline.to(device) if isinstance(baseline, torch.Tensor) else torch.full_like(x, float(baseline))
     try:
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device]):
@@ -125,7 +128,7 @@ def completeness_gap(
     device = next(model.parameters()).device
     x = images.to(device)
     base = baseline.to(device) if isinstance(baseline, torch.Tensor) else torch.full_like(x, float(baseline))
-    t = _targets(model, x, target)
+    t = explained_classes(model, x, target)
     with torch.no_grad():
         rows = torch.arange(len(x), device=device)
         change = model(x)[rows, t] - model(base)[rows, t]

@@ -1,14 +1,27 @@
-"""The networks the notebooks train: an MLP, LeNet-5 and a small ResNet, built by name."""
+"""The networks the notebooks train: an MLP, LeNet-5 and a small ResNet, built by name; and the
+registry an artifact's architecture is rebuilt from (other layers register theirs)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["IMAGE_MODELS", "MODELS", "MLP", "Residual", "LeNet5", "SmallResNet", "build_model", "rebuild", "summary"]
+__all__ = [
+    "IMAGE_MODELS",
+    "MODELS",
+    "MLP",
+    "Residual",
+    "LeNet5",
+    "SmallResNet",
+    "build_model",
+    "rebuild",
+    "register_model",
+    "summary",
+]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -154,38 +167,51 @@ def _resnet(in_shape, num_classes, **kw):
     return SmallResNet(in_shape[0], num_classes, **kw)
 
 
-def _gpt(in_shape, num_classes, **kw):
-    from .lm.model import GPT  # a language model: in_shape is (context,), num_classes the vocabulary
-
-    return GPT(num_classes, context=in_shape[0], **kw)
-
-
-MODELS = {"mlp": _mlp, "lenet": _lenet, "resnet": _resnet, "gpt": _gpt}
-IMAGE_MODELS = ("mlp", "lenet", "resnet")  # what `maaskit train` and the TrainingDashboard offer
+IMAGE_MODELS = {"mlp": _mlp, "lenet": _lenet, "resnet": _resnet}  # what `maaskit train` and the TrainingDashboard offer
 
 
 def build_model(name: str, in_shape: Sequence[int], num_classes: int, **kwargs: Any) -> nn.Module:
-    """Build ``mlp``, ``lenet`` or ``resnet`` for images of ``in_shape`` (C, H, W), or ``gpt``, a
-    language model, for ``in_shape`` (context,) and ``num_classes`` tokens in its vocabulary.
+    """Build ``mlp``, ``lenet`` or ``resnet`` for images of ``in_shape`` (C, H, W) and ``num_classes``.
 
     The arguments are kept on the model as ``model.maaskit_config`` so that the same
-    network can be rebuilt later from a manifest, without pickling code.
+    network can be rebuilt later from a manifest, without pickling code. (A language model is
+    ``maaskit.lm.GPT(GPTConfig(...))``, which records its own config.)
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}")
+    if name not in IMAGE_MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {', '.join(IMAGE_MODELS)}")
     in_shape = tuple(int(d) for d in in_shape)
-    if name == "gpt" and len(in_shape) != 1:
-        raise ValueError(f"a gpt's in_shape is (context,), got {in_shape}")
-    if name != "gpt" and len(in_shape) != 3:
+    if len(in_shape) != 3:
         raise ValueError(f"in_shape must be (channels, height, width), got {in_shape}")
-    model = MODELS[name](in_shape, int(num_classes), **kwargs)
+    model = IMAGE_MODELS[name](in_shape, int(num_classes), **kwargs)
     model.maaskit_config = {"name": name, "in_shape": list(in_shape), "num_classes": int(num_classes), "kwargs": kwargs}
     return model
 
 
+# architecture name -> a function of its ``maaskit_config`` (a manifest's ``architecture``) that
+# builds it with fresh weights. Other layers add theirs: ``maaskit.lm.model`` registers "gpt".
+MODELS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
+    name: (lambda config: build_model(config["name"], config["in_shape"], config["num_classes"], **config["kwargs"]))
+    for name in IMAGE_MODELS
+}
+
+
+def register_model(name: str, rebuild: Callable[[dict[str, Any]], nn.Module]) -> None:
+    """Let artifacts of architecture ``name`` be rebuilt: ``rebuild(maaskit_config)`` -> a fresh model."""
+    MODELS[name] = rebuild
+
+
 def rebuild(config: dict[str, Any]) -> nn.Module:
-    """The network a ``maaskit_config`` (a manifest's ``architecture``) describes, with fresh weights."""
-    return build_model(config["name"], config["in_shape"], config["num_classes"], **config["kwargs"])
+    """The network a ``maaskit_config`` (a manifest's ``architecture``) describes, with fresh weights.
+
+    An architecture registered outside the core names its module in the config (``"module":
+    "maaskit.lm.model"``); that module is imported to register it — only maaskit's own modules, so a
+    manifest cannot make the loader run other code."""
+    name, module = config.get("name"), config.get("module")
+    if name not in MODELS and isinstance(module, str) and module.startswith("maaskit."):
+        importlib.import_module(module)
+    if name not in MODELS:
+        raise ValueError(f"unknown architecture {name!r}; this maaskit knows {', '.join(MODELS)}")
+    return MODELS[name](config)
 
 
 def summary(model: nn.Module, in_shape: Sequence[int], *, device: str | torch.device | None = None) -> str:

@@ -16,24 +16,66 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, TextIO, overload
+from typing import Any, Protocol, TextIO, overload, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
-from .data import ImageDataset
 from .device import pick_device, seed_everything
-from .lm.data import TextDataset
+from .scoring import Metric, Totals
 
-__all__ = ["Callback", "Checkpoint", "EarlyStopping", "History", "PrintProgress", "Recorder", "Run", "fit"]
+__all__ = [
+    "Callback",
+    "Checkpoint",
+    "EarlyStopping",
+    "History",
+    "PrintProgress",
+    "Recorder",
+    "Run",
+    "TrainingData",
+    "fit",
+]
 
-OPTIMIZERS = {
-    "sgd": lambda params, lr, wd: torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=wd),
-    "adam": lambda params, lr, wd: torch.optim.Adam(params, lr=lr, weight_decay=wd),
-    "adamw": lambda params, lr, wd: torch.optim.AdamW(params, lr=lr, weight_decay=wd or 0.01),
-    "rmsprop": lambda params, lr, wd: torch.optim.RMSprop(params, lr=lr, weight_decay=wd),
+
+@runtime_checkable
+class TrainingData(Protocol):
+    """What ``fit()`` trains on: a :class:`maaskit.ImageDataset`, a :class:`maaskit.lm.TextDataset`,
+    or anything else with these members.
+
+    ``loader(split, batch_size=, augment=, device=, seed=, rank=, world_size=)`` gives batches of
+    ``(inputs, labels)`` on the device, with ``len()``, a ``generator`` (its random state, for
+    checkpoints) and a ``device``; ``unit`` names what a label counts (``"images"``, ``"tokens"``:
+    the throughput column is ``<unit>_per_s``); ``metrics()`` says what to measure besides the loss."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def unit(self) -> str: ...
+
+    def loader(
+        self,
+        split: str = "train",
+        *,
+        batch_size: int = ...,
+        augment: bool = ...,
+        device: str | torch.device = ...,
+        seed: int = ...,
+        rank: int = ...,
+        world_size: int = ...,
+    ) -> Any: ...
+
+    def metrics(self) -> Sequence[Metric]: ...
+
+
+# name -> (optimizer class, its fixed keywords, the weight decay `weight_decay=None` means)
+OPTIMIZERS: dict[str, tuple[Callable[..., torch.optim.Optimizer], dict[str, Any], float]] = {
+    "sgd": (torch.optim.SGD, {"momentum": 0.9}, 0.0),
+    "adam": (torch.optim.Adam, {}, 0.0),
+    "adamw": (torch.optim.AdamW, {}, 0.01),
+    "rmsprop": (torch.optim.RMSprop, {}, 0.0),
 }
 SCHEDULERS = {
     "cosine": lambda opt, steps: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps),
@@ -52,19 +94,9 @@ class History:
     ``"interrupted"``) or is ``None``. A record with ``complete=False`` is an epoch cut short.
     """
 
-    # what fit() records each epoch; the numeric ones can be monitored by EarlyStopping
-    COLUMNS = (
-        "epoch",
-        "step",
-        "train_loss",
-        "train_acc",
-        "images_per_s",
-        "wall_time",
-        "val_loss",
-        "val_acc",
-        "lr",
-        "complete",
-    )
+    # fit() records each epoch: epoch, step, train_loss, train_<metric> for each of the data's
+    # metrics (train_acc; train_perplexity for text), <unit>_per_s (images_per_s, tokens_per_s),
+    # wall_time, val_loss, val_<metric>, lr, complete
 
     def __init__(self, records: Sequence[dict] = ()):
         self.records = [dict(r) for r in records]
@@ -117,7 +149,7 @@ class Run:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
-        data: ImageDataset | TextDataset,
+        data: TrainingData,
         device: torch.device,
         epochs: int,
         steps_per_epoch: int,
@@ -133,12 +165,13 @@ class Run:
         self.output: torch.Tensor | None = None  # the last batch's logits
         self.batch: tuple[torch.Tensor, torch.Tensor] | None = None  # the last (inputs, labels)
         self.val_loader: Any = None
+        self.validation: dict[str, float] = {}  # the last validation pass: val_loss, val_<metric>
         self.autocast: Callable[[], Any] = nullcontext
         self.stop_reason: str | None = None
         self._stop = threading.Event()
-        self._loss_sum = torch.zeros((), device=device)
-        self._correct = torch.zeros((), device=device, dtype=torch.long)
-        self._seen = 0
+        self.metrics = list(data.metrics())
+        self.totals = Totals(self.metrics, device)  # this epoch's training sums, on the device
+        self.unit = data.unit  # what a label counts: the throughput column is <unit>_per_s
         self._epoch_start = time.perf_counter()
         self._fit_start = time.perf_counter()
         self.elapsed_before = 0.0  # wall time of earlier (resumed) runs
@@ -156,39 +189,20 @@ class Run:
         return self._stop.is_set()
 
     def running_metrics(self) -> dict:
-        """This epoch so far: mean loss, accuracy, images/s. Reads from the device: call it sparingly."""
+        """This epoch so far: mean loss, the metrics, throughput. Reads from the device: call it sparingly."""
         seconds = time.perf_counter() - self._epoch_start
-        seen = max(self._seen, 1)
         return {
             "epoch": self.epoch,
             "epoch_step": self.epoch_step,
             "step": self.step,
-            "train_loss": self._loss_sum.item() / seen,
-            "train_acc": self._correct.item() / seen,
-            "images_per_s": self._seen / seconds if seconds > 0 else 0.0,
+            **self.totals.read("train"),
+            f"{self.unit}_per_s": self.totals.count / seconds if seconds > 0 else 0.0,
             "wall_time": self.elapsed_before + time.perf_counter() - self._fit_start,
         }
 
-    def _reduce_across_ranks(self) -> None:
-        """Sum this epoch's loss, hits and examples over the data-parallel ranks (one collective)."""
-        import torch.distributed as dist
-
-        totals = torch.stack(
-            [
-                self._loss_sum.float(),
-                self._correct.float(),
-                torch.tensor(float(self._seen), device=self._loss_sum.device),
-            ]
-        )
-        dist.all_reduce(totals)
-        self._loss_sum.copy_(totals[0])
-        self._correct.copy_(totals[1].round().long())
-        self._seen = int(totals[2].item())
-
     def _reset_epoch(self):
-        self._loss_sum.zero_()
-        self._correct.zero_()
-        self._seen, self.epoch_step = 0, 0
+        self.totals.reset()
+        self.epoch_step = 0
         self._epoch_start = time.perf_counter()
 
 
@@ -210,8 +224,9 @@ class Callback:
 
 
 class Recorder(Callback):
-    """Keeps the epoch's running loss and accuracy on the device and, at its end, validates and
-    appends the record to ``run.history``. ``fit`` always adds one (fastai's Recorder idea)."""
+    """Keeps the epoch's running loss and metrics on the device and, at its end, appends the record
+    (with ``fit``'s validation pass) to ``run.history``. ``fit`` always adds one (fastai's Recorder
+    idea); it goes first, so the other callbacks see the record."""
 
     order = -100
 
@@ -221,16 +236,14 @@ class Recorder(Callback):
     def on_batch_end(self, run: Run) -> None:
         assert run.batch is not None and run.loss is not None and run.output is not None
         labels = run.batch[1]  # one per image, or one per token (B x T) for a language model
-        run._loss_sum += run.loss * labels.numel()  # stays on the device: no sync
-        run._correct += (run.output.argmax(-1) == labels).sum()
-        run._seen += labels.numel()
+        run.totals.add(run.loss * labels.numel(), run.output, labels)  # stays on the device: no sync
 
     def on_epoch_end(self, run: Run) -> None:
         if distributed.world_size() > 1:
-            run._reduce_across_ranks()  # every rank records the same, global, numbers
+            run.totals.all_reduce()  # every rank records the same, global, numbers
         record = run.running_metrics()  # the one read from the device this epoch
         record.pop("epoch_step")
-        record["val_loss"], record["val_acc"] = _validate(run.model, run.val_loader, run.autocast)
+        record.update(run.validation)
         record["lr"] = run.optimizer.param_groups[0]["lr"]
         record["complete"] = run.epoch_step == run.steps_per_epoch
         run.history.append(record)
@@ -244,12 +257,11 @@ class PrintProgress(Callback):
 
     def on_epoch_end(self, run: Run) -> None:
         r = run.history.last
-        text = isinstance(run.data, TextDataset)  # per token: perplexity says more than accuracy
+        metrics = "  ".join(_shown(m, r, "train") for m in run.metrics)
+        val = "  ".join(_shown(m, r, "val") for m in run.metrics)
         print(
-            f"epoch {r['epoch']:>3}/{run.epochs}  train loss {r['train_loss']:.4f} acc {r['train_acc']:.2%}  "
-            f"val loss {r['val_loss']:.4f} acc {r['val_acc']:.2%}  "
-            + (f"perplexity {math.exp(r['val_loss']):.1f}  " if text else "")
-            + f"{r['images_per_s']:,.0f} {'tokens' if text else 'img'}/s",
+            f"epoch {r['epoch']:>3}/{run.epochs}  train loss {r['train_loss']:.4f} {metrics}  "
+            f"val loss {r['val_loss']:.4f} {val}  {r[run.unit + '_per_s']:,.0f} {run.unit}/s",
             file=self.file,
             flush=True,
         )
@@ -259,15 +271,20 @@ class PrintProgress(Callback):
             print(f"stopped after epoch {run.epoch}: {run.stop_reason}", file=self.file, flush=True)
 
 
+def _shown(metric: Metric, record: dict, prefix: str) -> str:
+    value = record[f"{prefix}_{metric.name}"]
+    return f"{metric.name} {value:.2%}" if metric.name == "acc" else f"{metric.name} {value:.1f}"
+
+
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved for ``patience`` epochs; put the best weights back."""
 
-    _MONITORABLE = ("train_loss", "train_acc", "val_loss", "val_acc")
+    _MONITORABLE = tuple(f"{split}_{m}" for split in ("train", "val") for m in ("loss", "acc", "perplexity"))
 
     def __init__(self, patience: int = 5, monitor: str = "val_loss", mode: str = "auto", restore_best: bool = True):
         if monitor not in self._MONITORABLE:
             raise ValueError(f"EarlyStopping cannot monitor {monitor!r}: fit() records {', '.join(self._MONITORABLE)}")
-        if mode == "auto":  # losses should fall, accuracies rise
+        if mode == "auto":  # losses and perplexities should fall, accuracies rise
             mode = "max" if monitor.endswith("acc") else "min"
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min', 'max' or 'auto', got {mode!r}")
@@ -379,7 +396,12 @@ def load_checkpoint(run: Run, directory: str | Path) -> None:
     run.history.settings = getattr(run, "settings", {})
 
 
-def _make_optimizer(optimizer, model, lr, weight_decay):
+def build_optimizer(
+    optimizer: str | torch.optim.Optimizer | Callable, model: nn.Module, lr: float, weight_decay: float | None = None
+) -> torch.optim.Optimizer:
+    """The optimizer ``fit`` steps. By name, weight decay applies only to weights of two or more
+    dimensions (matrices, kernels, embeddings), as in nanoGPT: biases and normalization gains are
+    not pulled to zero. ``weight_decay=None`` is the optimizer's default here (0.01 for AdamW, else 0)."""
     if isinstance(optimizer, torch.optim.Optimizer):
         return optimizer
     if callable(optimizer):
@@ -389,7 +411,14 @@ def _make_optimizer(optimizer, model, lr, weight_decay):
             f"unknown optimizer {optimizer!r}; expected one of {', '.join(OPTIMIZERS)}, "
             "a torch.optim.Optimizer or a function of the parameters"
         )
-    return OPTIMIZERS[optimizer](model.parameters(), lr, weight_decay)
+    cls, fixed, default_decay = OPTIMIZERS[optimizer]
+    decay = default_decay if weight_decay is None else weight_decay
+    if decay < 0:
+        raise ValueError(f"weight_decay must be 0 or more, got {decay!r}")
+    params = [p for p in model.parameters() if p.requires_grad]  # a tied weight is one parameter
+    matrices, others = [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
+    groups = [{"params": matrices, "weight_decay": decay}, {"params": others, "weight_decay": 0.0}]
+    return cls([g for g in groups if g["params"]], lr=lr, **fixed)
 
 
 def _make_scheduler(scheduler, optimizer, total_steps):
@@ -426,20 +455,17 @@ def _graceful_interrupt(run: Run):
 
 
 @torch.no_grad()
-def _validate(model, loader, autocast) -> tuple[float, float]:
-    was_training = model.training
+def validate_epoch(run: Run) -> dict[str, float]:
+    """One pass over the validation split: ``{"val_loss": ..., "val_<metric>": ...}``, read once."""
+    model, was_training = run.model, run.model.training
     model.eval()
-    loss_sum = torch.zeros((), device=loader.device)
-    correct = torch.zeros((), device=loader.device, dtype=torch.long)
-    n = 0
-    for xb, yb in loader:
-        with autocast():
+    totals = Totals(run.metrics, run.val_loader.device)
+    for xb, yb in run.val_loader:
+        with run.autocast():
             out = model(xb)
-        loss_sum += _loss(out, yb, reduction="sum")
-        correct += (out.argmax(-1) == yb).sum()
-        n += yb.numel()  # a shape, known on the host
+        totals.add(_loss(out, yb, reduction="sum"), out, yb)
     model.train(was_training)
-    return loss_sum.item() / max(n, 1), correct.item() / max(n, 1)
+    return totals.read("val")
 
 
 def _loss(out: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -448,9 +474,14 @@ def _loss(out: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> t
     return F.cross_entropy(out.float().flatten(0, -2), labels.flatten(), reduction=reduction)
 
 
+# Under DDP the ranks agree on stopping every this many steps (and at each epoch's end): reading the
+# agreed flag waits for the device, so doing it every step would put a host sync in every step.
+STOP_CHECK_EVERY = 16
+
+
 def _agree_on_stopping(run: Run) -> None:
     """A stop on any rank (rank 0's callbacks, Ctrl-C) stops all ranks after this same step:
-    DDP needs every rank in every step. One tiny all-reduce per step."""
+    DDP needs every rank in every step. One tiny all-reduce, called at the same steps on every rank."""
     import torch.distributed as dist
 
     flag = torch.tensor([float(run.stop_requested)], device=run.device)
@@ -465,15 +496,15 @@ def _check_inputs(model: Any, data: Any, epochs: Any, batch_size: Any, lr: Any, 
         raise TypeError(f"fit() trains a torch.nn.Module (e.g. from maaskit.build_model), got {type(model).__name__}")
     if isinstance(data, str):
         raise TypeError(f"fit() takes the data, not its name: pass maaskit.load_dataset({data!r})")
-    if not isinstance(data, (ImageDataset, TextDataset)):
+    if not isinstance(data, TrainingData):
         hint = (
             " (a torch.utils.data.Dataset holds one example at a time; maaskit keeps whole splits on the device)"
             if isinstance(data, torch.utils.data.Dataset)
             else ""
         )
         raise TypeError(
-            f"fit() needs a maaskit ImageDataset from maaskit.load_dataset(...) or a TextDataset, "
-            f"got {type(data).__name__}{hint}"
+            f"fit() needs a maaskit ImageDataset from maaskit.load_dataset(...), a maaskit.lm.TextDataset, "
+            f"or data with name, unit, loader() and metrics(); got {type(data).__name__}{hint}"
         )
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -487,9 +518,137 @@ def _check_inputs(model: Any, data: Any, epochs: Any, batch_size: Any, lr: Any, 
             raise TypeError(f"callbacks must be maaskit.Callback instances, got {type(cb).__name__}")
 
 
+class _Fit:
+    """One ``fit()`` call in its steps: :meth:`set_up`, then per epoch :meth:`train_epoch` and
+    :func:`validate_epoch`, each telling the callbacks what happens."""
+
+    def __init__(self, run: Run, net: Callable[..., torch.Tensor], loader: Any, callbacks: list[Callback]):
+        self.run, self.net, self.loader, self.callbacks = run, net, loader, callbacks
+        self.ranks = distributed.world_size()
+
+    def fire(self, event: str) -> None:
+        for cb in self.callbacks:
+            try:
+                getattr(cb, event)(self.run)
+            except Exception as err:
+                if hasattr(err, "add_note"):  # Python 3.11+: shown under the traceback, the type unchanged
+                    err.add_note(f"(raised in callback {type(cb).__name__}.{event})")
+                raise
+
+    def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        run = self.run
+        grad_clip = run.settings["grad_clip"]
+        if run.settings["channels_last"]:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        run.batch = (xb, yb)
+        self.fire("on_batch_start")
+        with run.autocast():
+            out = self.net(xb)
+        loss = _loss(out, yb)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), grad_clip)
+        run.optimizer.step()
+        if run.scheduler is not None:
+            run.scheduler.step()
+        run.loss, run.output = loss.detach(), out.detach()
+        run.step += 1
+        run.epoch_step += 1
+        self.fire("on_batch_end")
+
+    def train_epoch(self) -> None:
+        run = self.run
+        self.fire("on_epoch_start")
+        for xb, yb in self.loader:
+            self.train_step(xb, yb)
+            if self.ranks > 1:  # every rank must run every step: stop only where all ranks compare notes
+                if run.step % STOP_CHECK_EVERY:
+                    continue
+                _agree_on_stopping(run)
+            if run.stop_requested:
+                break
+
+    def run_epochs(self) -> None:
+        run = self.run
+        for epoch in range(run.epoch + 1, run.epochs + 1):
+            if run.stop_requested:
+                break
+            run.epoch = epoch
+            self.train_epoch()
+            if self.ranks > 1:  # a stop between checks, or on another rank, ends every rank's epoch here
+                _agree_on_stopping(run)
+            run.validation = validate_epoch(run)
+            self.fire("on_epoch_end")
+            if self.ranks > 1:  # early stopping and checkpoints decide at the end of an epoch
+                _agree_on_stopping(run)
+
+
+def _set_up(
+    model: nn.Module, data: TrainingData, callbacks: list[Callback], settings: dict[str, Any]
+) -> tuple[Run, Callable[..., torch.Tensor], Any, list[Callback]]:
+    """The device, precision and memory layout; the loaders, optimizer, scheduler and wrappers (DDP,
+    compile); a checkpoint to resume from; the callbacks in their order."""
+    ranks, me = distributed.world_size(), distributed.rank()
+    device = pick_device(settings.pop("device"))
+    seed, batch_size, epochs = settings["seed"], settings["batch_size"], settings["epochs"]
+    seed_everything(seed)
+    amp, channels_last = settings["amp"], settings["channels_last"]
+    use_amp = device.type == "cuda" if amp == "auto" else bool(amp)
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    use_cl = (device.type == "cuda" and has_conv) if channels_last == "auto" else bool(channels_last)
+    model.to(device)
+    if use_cl:
+        model.to(memory_format=torch.channels_last)
+
+    train_loader = data.loader(
+        "train",
+        batch_size=batch_size,
+        augment=settings["augment"],
+        device=device,
+        seed=seed,
+        rank=me,
+        world_size=ranks,
+    )
+    opt = build_optimizer(settings["optimizer"], model, settings["lr"], settings["weight_decay"])
+    sched = _make_scheduler(settings["scheduler"], opt, epochs * len(train_loader))
+    wrapped: nn.Module = model
+    if ranks > 1:  # gradients all-reduced (averaged) during backward, in buckets
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    net: Callable[..., torch.Tensor] = torch.compile(wrapped) if settings["compile"] else wrapped
+
+    run = Run(model, opt, sched, data, device, epochs, len(train_loader), batch_size)
+    run.train_generator = train_loader.generator
+    run.val_loader = data.loader("val", batch_size=max(batch_size, 512), device=device)
+    run.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
+    optimizer = settings["optimizer"]
+    run.settings = {
+        "optimizer": optimizer if isinstance(optimizer, str) else type(opt).__name__,
+        "lr": settings["lr"],
+        "batch_size": batch_size,
+        "device": str(device),
+        "amp": use_amp,
+        "channels_last": use_cl,
+        "compile": settings["compile"],
+        "seed": seed,
+        "augment": settings["augment"],
+        "grad_clip": settings["grad_clip"],
+    }
+    run.history.settings = run.settings
+    if settings["resume_from"] is not None:
+        load_checkpoint(run, settings["resume_from"])
+    early = settings["early_stopping"]
+    on_rank_0 = [*callbacks, *([EarlyStopping(early)] if early else [])]
+    ordered = [Recorder(), *(on_rank_0 if me == 0 else [])]
+    ordered.sort(key=lambda cb: cb.order)  # stable: equal orders keep the order given
+    return run, net, train_loader, ordered
+
+
 def fit(
     model: nn.Module,
-    data: ImageDataset | TextDataset,
+    data: TrainingData,
     *,
     optimizer: str | torch.optim.Optimizer | Callable = "adam",
     lr: float = 1e-3,
@@ -504,17 +663,19 @@ def fit(
     compile: bool = False,
     seed: int = 0,
     augment: bool = False,
-    weight_decay: float = 0.0,
+    weight_decay: float | None = None,
     grad_clip: float | None = None,
     resume_from: str | Path | None = None,
 ) -> History:
-    """Train ``model`` on ``data`` (an :class:`maaskit.ImageDataset`, or a
-    :class:`maaskit.lm.TextDataset` for a language model: loss and accuracy are then per token and
-    ``images_per_s`` counts tokens) and return its :class:`History`.
+    """Train ``model`` on ``data`` (an :class:`maaskit.ImageDataset`, a :class:`maaskit.lm.TextDataset`
+    for a language model — loss and metrics are then per token, throughput is ``tokens_per_s`` — or
+    any :class:`TrainingData`) and return its :class:`History`.
 
     - ``optimizer``: ``"adam"``, ``"adamw"``, ``"sgd"`` (momentum 0.9), ``"rmsprop"``, an optimizer
       instance, or a function of the parameters. ``scheduler``: ``None``, ``"cosine"``,
-      ``"onecycle"`` or ``f(optimizer, total_steps)``; stepped after every batch.
+      ``"onecycle"`` or ``f(optimizer, total_steps)``; stepped after every batch. ``weight_decay``
+      applies to weights of 2 or more dimensions only; ``None`` is the optimizer's default (0.01
+      for AdamW, 0 for the others) and ``0.0`` is none.
     - ``amp``, ``channels_last``: ``"auto"`` turns bf16 autocast and channels-last memory on for
       CUDA (channels-last only for convolutional models) and off elsewhere. ``compile`` wraps the
       model in ``torch.compile``.
@@ -527,101 +688,22 @@ def fit(
     - Under ``torchrun`` (see :mod:`maaskit.distributed`) the model is wrapped in
       ``DistributedDataParallel``; each rank trains on its ``batch_size`` share of every global
       batch, metrics are summed over the ranks, the callbacks run on rank 0 only, and a stop
-      there (a button, early stopping, Ctrl-C) stops every rank after the same step.
+      there (a button, early stopping, Ctrl-C) stops every rank after the same step (the ranks
+      compare notes every ``STOP_CHECK_EVERY`` steps and at each epoch's end).
     """
     callbacks = list(callbacks)
     _check_inputs(model, data, epochs, batch_size, lr, callbacks)
-    ranks, me = distributed.world_size(), distributed.rank()
-    device = pick_device(device)
-    seed_everything(seed)
-    use_amp = device.type == "cuda" if amp == "auto" else bool(amp)
-    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    use_cl = (device.type == "cuda" and has_conv) if channels_last == "auto" else bool(channels_last)
-    model.to(device)
-    if use_cl:
-        model.to(memory_format=torch.channels_last)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
-
-    train_loader = data.loader(
-        "train", batch_size=batch_size, augment=augment, device=device, seed=seed, rank=me, world_size=ranks
-    )
-    opt = _make_optimizer(optimizer, model, lr, weight_decay)
-    sched = _make_scheduler(scheduler, opt, epochs * len(train_loader))
-    wrapped: nn.Module = model
-    if ranks > 1:  # gradients all-reduced (averaged) during backward, in buckets
-        from torch.nn.parallel import DistributedDataParallel
-
-        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    net: Callable[..., torch.Tensor] = torch.compile(wrapped) if compile else wrapped
-
-    run = Run(model, opt, sched, data, device, epochs, len(train_loader), batch_size)
-    run.train_generator = train_loader.generator
-    run.val_loader = data.loader("val", batch_size=max(batch_size, 512), device=device)
-    run.autocast = autocast
-    run.settings = {
-        "optimizer": optimizer if isinstance(optimizer, str) else type(opt).__name__,
-        "lr": lr,
-        "batch_size": batch_size,
-        "device": str(device),
-        "amp": use_amp,
-        "channels_last": use_cl,
-        "compile": compile,
-        "seed": seed,
-        "augment": augment,
-    }
-    run.history.settings = run.settings
-    if resume_from is not None:
-        load_checkpoint(run, resume_from)
-    on_rank_0 = [*callbacks, *([EarlyStopping(early_stopping)] if early_stopping else [])]
-    callbacks = [Recorder(), *(on_rank_0 if me == 0 else [])]
-    callbacks.sort(key=lambda cb: cb.order)  # stable: equal orders keep the order given
-
-    def fire(event: str) -> None:
-        for cb in callbacks:
-            try:
-                getattr(cb, event)(run)
-            except Exception as err:
-                if hasattr(err, "add_note"):  # Python 3.11+: shown under the traceback, the type unchanged
-                    err.add_note(f"(raised in callback {type(cb).__name__}.{event})")
-                raise
-
+    settings = dict(locals())
+    del settings["model"], settings["data"], settings["callbacks"]
+    run, net, loader, ordered = _set_up(model, data, callbacks, settings)
+    steps = _Fit(run, net, loader, ordered)
     model.train()
     with _graceful_interrupt(run):
-        fire("on_fit_start")
+        steps.fire("on_fit_start")
         try:
-            for epoch in range(run.epoch + 1, epochs + 1):
-                if run.stop_requested:
-                    break
-                run.epoch = epoch
-                fire("on_epoch_start")
-                for xb, yb in train_loader:
-                    if use_cl:
-                        xb = xb.contiguous(memory_format=torch.channels_last)
-                    run.batch = (xb, yb)
-                    fire("on_batch_start")
-                    with autocast():
-                        out = net(xb)
-                    loss = _loss(out, yb)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                    opt.step()
-                    if sched is not None:
-                        sched.step()
-                    run.loss, run.output = loss.detach(), out.detach()
-                    run.step += 1
-                    run.epoch_step += 1
-                    fire("on_batch_end")
-                    if ranks > 1:
-                        _agree_on_stopping(run)
-                    if run.stop_requested:
-                        break
-                fire("on_epoch_end")
-                if ranks > 1:  # early stopping and checkpoints decide at the end of an epoch
-                    _agree_on_stopping(run)
+            steps.run_epochs()
         finally:
             run.history.stopped = run.stop_reason
-            fire("on_fit_end")
+            steps.fire("on_fit_end")
     model.eval()
     return run.history

@@ -46,6 +46,39 @@ def pid() -> int:
     return os.getpid()
 
 
+def reads_from_the_device(epochs: int = 2) -> dict:
+    """2-rank training with every .item() and .tolist() called from maaskit's code counted: the
+    reads a step would wait on. Returns the count and the number of steps."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    package = str(Path(maaskit.__file__).parent)
+    calls = []
+    originals = {name: getattr(torch.Tensor, name) for name in ("item", "tolist")}
+
+    def counted(name):
+        def read(self):
+            if sys._getframe(1).f_code.co_filename.startswith(package):
+                calls.append(sys._getframe(1).f_code.co_name)
+            return originals[name](self)
+
+        return read
+
+    device = distributed.setup("cpu")
+    data = equal_steps_data()
+    model = maaskit.build_model("mlp", data.in_shape, data.num_classes)
+    for name in originals:
+        setattr(torch.Tensor, name, counted(name))
+    try:
+        history = maaskit.fit(model, data, epochs=epochs, batch_size=16, device=device)
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+    return {"reads": len(calls), "steps": history.last["step"], "where": sorted(set(calls))}
+
+
 def stop_on_rank_0(at_step: int = 7) -> dict:
     """A callback on rank 0 asks to stop (as a Stop button or early stopping would): every rank stops
     after the same step. Returns the last step of the fastest and the slowest rank."""

@@ -7,7 +7,7 @@ import torch
 
 import maaskit
 from maaskit import Normalization
-from maaskit.serving import ArtifactError, load_artifact, save_artifact
+from maaskit.artifact import ArtifactError, load_artifact, save_artifact
 
 
 @pytest.fixture(scope="module")

@@ -122,8 +122,22 @@ def test_maaskit_train_on_two_ranks_writes_one_artifact(tmp_path):
 
 
 def test_a_stop_on_rank_0_stops_every_rank_after_the_same_step(importable_tests):
+    from maaskit.train import STOP_CHECK_EVERY
+
     done = launch("ddp_ranks:stop_on_rank_0", nproc=2, kwargs={"at_step": 7}, timeout=300, quiet=True)
-    assert done.result == {"latest": 7, "earliest": 7, "stopped": "stop requested", "records": 4}
+    # the ranks compare notes every STOP_CHECK_EVERY steps: all stop at the first check after step 7
+    agreed = STOP_CHECK_EVERY * -(-7 // STOP_CHECK_EVERY)
+    assert done.result == {"latest": agreed, "earliest": agreed, "stopped": "stop requested", "records": agreed // 2}
+
+
+def test_two_ranks_read_from_the_device_per_epoch_and_per_stop_check_never_per_step(importable_tests):
+    from maaskit.train import STOP_CHECK_EVERY
+
+    done = launch("ddp_ranks:reads_from_the_device", nproc=2, kwargs={"epochs": 2}, timeout=300, quiet=True)
+    steps = done.result["steps"]  # 40 per epoch
+    # per epoch: the training sums' count after the all-reduce, their read, the validation read and
+    # the two stop agreements around validation; plus one agreement every STOP_CHECK_EVERY steps
+    assert done.result["reads"] <= 2 * 5 + steps // STOP_CHECK_EVERY < steps, done.result
 
 
 def test_resume_under_ddp_equals_an_uninterrupted_run(importable_tests, tmp_path):

@@ -1,20 +1,33 @@
 """maaskit.lm: the GPT, its KV cache, the tokenizer and generation (issue 10, first part)."""
 
+from dataclasses import asdict
+
 import pytest
 import torch
 
 import maaskit
-from maaskit.lm import ENDOFTEXT, GPT, Generation, KVCache, generate, load_corpus, load_tokenizer, train_tokenizer
+from maaskit.lm import (
+    ENDOFTEXT,
+    GPT,
+    Generation,
+    GPTConfig,
+    KVCache,
+    generate,
+    load_corpus,
+    load_tokenizer,
+    train_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return maaskit.build_model("gpt", (64,), 300, layers=2, heads=2, width=32).eval()
+    return GPT(GPTConfig(vocab_size=300, context=64, layers=2, heads=2, width=32)).eval()
 
 
-def test_a_gpt_is_built_from_the_registry_and_predicts_every_next_token(model):
-    assert isinstance(model, GPT) and model.maaskit_config["name"] == "gpt"
+def test_a_gpt_is_built_from_its_config_and_predicts_every_next_token(model):
+    assert model.maaskit_config == {"name": "gpt", "module": "maaskit.lm.model", "config": asdict(model.config)}
+    assert isinstance(maaskit.models.rebuild(model.maaskit_config), GPT)  # registered by maaskit.lm.model
     assert model.head.weight is model.tokens.weight  # tied embedding
     logits = model(torch.randint(300, (3, 10)))
     assert logits.shape == (3, 10, 300)
@@ -25,8 +38,12 @@ def test_a_gpt_is_built_from_the_registry_and_predicts_every_next_token(model):
     torch.testing.assert_close(model(x)[0, :7], model(y)[0, :7])
     with pytest.raises(ValueError, match="65 tokens do not fit the model's context of 64"):
         model(torch.zeros(1, 65, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"in_shape is \(context,\)"):
-        maaskit.build_model("gpt", (1, 8, 8), 300)
+    with pytest.raises(ValueError, match=r"width \(30\) must be a multiple of heads \(4\)"):
+        GPTConfig(width=30, heads=4)
+    with pytest.raises(ValueError, match="unknown model 'gpt'; expected one of mlp, lenet, resnet"):
+        maaskit.build_model("gpt", (1, 8, 8), 300)  # the image factory builds images' models only
+    with pytest.raises(TypeError, match="built from a maaskit.lm.GPTConfig"):
+        GPT(300)  # type: ignore[arg-type]
 
 
 def test_the_kv_cache_gives_the_logits_of_the_full_pass(model):
@@ -57,7 +74,7 @@ def test_sampling_is_reproducible_with_a_seed_and_filtered_by_top_k_and_top_p(mo
 
 
 def test_batched_sampling_follows_each_rows_distribution_and_settings():
-    from maaskit.lm.generate import sample_rows
+    from maaskit.lm.generation import sample_rows
 
     probs = torch.tensor([0.5, 0.25, 0.15, 0.1])
     logits = probs.log().repeat(1000, 1)
@@ -140,7 +157,7 @@ def test_fit_trains_a_gpt_on_text_and_the_validation_loss_falls(text_data, tmp_p
     from maaskit.lm import SampleText
 
     maaskit.seed_everything(0)
-    model = maaskit.build_model("gpt", (32,), text_data.vocab_size, layers=1, heads=2, width=32)
+    model = GPT(GPTConfig(vocab_size=text_data.vocab_size, context=32, layers=1, heads=2, width=32))
     sampler = SampleText(every=1e9)
     history = maaskit.fit(
         model, text_data, optimizer="adamw", lr=3e-3, epochs=2, batch_size=32, callbacks=[sampler], device="cpu"
@@ -153,7 +170,7 @@ def test_fit_trains_a_gpt_on_text_and_the_validation_loss_falls(text_data, tmp_p
         model, text_data, epochs=3, batch_size=32, device="cpu", callbacks=[maaskit.Checkpoint(tmp_path / "ck")]
     )
     assert len(history2) == 3
-    fresh = maaskit.build_model("gpt", (32,), text_data.vocab_size, layers=1, heads=2, width=32)
+    fresh = GPT(GPTConfig(vocab_size=text_data.vocab_size, context=32, layers=1, heads=2, width=32))
     resumed = maaskit.fit(fresh, text_data, epochs=3, batch_size=32, device="cpu", resume_from=tmp_path / "ck")
     assert len(resumed) == 3 and fresh.head.weight is fresh.tokens.weight
     torch.testing.assert_close(fresh.tokens.weight, model.tokens.weight)
@@ -173,10 +190,10 @@ def test_a_text_dataset_checks_its_arguments(text_data):
 
 
 def test_a_language_model_artifact_keeps_its_tokenizer_and_checks_both_hashes(text_data, tmp_path):
+    from maaskit.artifact import ArtifactError
     from maaskit.lm import load_language_model, save_language_model
-    from maaskit.serving import ArtifactError
 
-    model = maaskit.build_model("gpt", (32,), text_data.vocab_size, layers=1, heads=2, width=32).eval()
+    model = GPT(GPTConfig(vocab_size=text_data.vocab_size, context=32, layers=1, heads=2, width=32)).eval()
     path = save_language_model(model, text_data.tokenizer, tmp_path / "lm", name="tiny")
     loaded, tokenizer, manifest = load_language_model(path)
     assert manifest["task"] == "text-generation" and manifest["tokenizer"]["file"] == "tokenizer.json"
@@ -218,7 +235,7 @@ def test_the_engine_gives_each_sequence_the_tokens_it_would_get_alone(model):
     ]
 
     async def main():
-        engine = Engine(model, max_running=3)  # 5 sequences, 3 slots: some wait, then join mid-run
+        engine = Engine(model, max_sequences=3)  # 5 sequences, 3 slots: some wait, then join mid-run
 
         async def one(p, delay, **kw):
             await asyncio.sleep(delay)
@@ -241,8 +258,8 @@ def test_concurrent_sequences_share_decode_steps_and_one_slot_runs_them_one_by_o
 
     from maaskit.lm.engine import Engine, SamplingParams
 
-    async def steps(max_running):
-        engine = Engine(model, max_running=max_running)
+    async def steps(max_sequences):
+        engine = Engine(model, max_sequences=max_sequences)
 
         async def one(i):
             return [e async for e in engine.generate([i + 1], SamplingParams(max_tokens=20, temperature=0))]
@@ -261,7 +278,7 @@ def test_a_reader_that_leaves_frees_its_slot_within_a_step(model):
     from maaskit.lm.engine import Engine, SamplingParams
 
     async def main():
-        engine = Engine(model, max_running=2)
+        engine = Engine(model, max_sequences=2)
         seen = []
         stream = engine.generate([1, 2], SamplingParams(max_tokens=50, temperature=0))
         async for event in stream:
@@ -285,7 +302,7 @@ def test_a_reader_that_leaves_frees_its_slot_within_a_step(model):
 def test_the_engine_refuses_what_does_not_fit(model):
     from maaskit.lm.engine import Engine, SamplingParams
 
-    engine = Engine(model, max_running=1)
+    engine = Engine(model, max_sequences=1)
     with pytest.raises(ValueError, match="context is 64 tokens; the prompt has 60 and max_tokens asks for 10"):
         engine.check([1] * 60, SamplingParams(max_tokens=10))
     with pytest.raises(ValueError, match="temperature"):
@@ -370,7 +387,7 @@ def test_the_gpt2_export_loads_in_transformers_with_the_same_logits_and_greedy_t
     transformers = require("transformers")
     from maaskit.lm.export import export_gpt2
 
-    small = maaskit.build_model("gpt", (64,), tokenizer.get_vocab_size(), layers=2, heads=2, width=32).eval()
+    small = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), context=64, layers=2, heads=2, width=32)).eval()
     export_gpt2(small, tokenizer, tmp_path / "gpt2")
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "gpt2").eval()
     x = torch.randint(tokenizer.get_vocab_size(), (2, 30))
@@ -389,7 +406,7 @@ def test_a_failing_step_reaches_every_reader_and_the_engine_keeps_serving(model)
     from maaskit.lm.engine import Engine, SamplingParams
 
     async def main():
-        engine = Engine(model, max_running=2)
+        engine = Engine(model, max_sequences=2)
         real, calls = engine._step, []
 
         def flaky(joining, running):

@@ -22,10 +22,9 @@ CONTEXT = 128
 @pytest.fixture(scope="module")
 def language_model():
     """A GPT trained for one short epoch: it writes text-like bytes rather than noise."""
-    from maaskit.lm import train_language_model
-    from maaskit.recipes import LMRecipe
+    from maaskit.lm import LMRecipe, train_language_model
 
-    recipe = LMRecipe(vocab_size=300, context=CONTEXT, layers=2, heads=2, width=32, epochs=1, batch_size=16)
+    recipe = LMRecipe().but(vocab_size=300, context=CONTEXT, layers=2, heads=2, width=32, epochs=1, batch_size=16)
     trained = train_language_model(text=load_corpus()[:60_000], recipe=recipe, device="cpu")
     return trained.model.eval(), trained.data.tokenizer
 
@@ -321,12 +320,11 @@ def html_text(markup: str) -> str:
 
 
 def test_the_lm_dashboard_draws_curves_and_samples_as_a_gpt_trains():
-    from maaskit.lm import train_language_model
-    from maaskit.recipes import LMRecipe
+    from maaskit.lm import LMRecipe, train_language_model
     from maaskit.widgets import LMDashboard
 
     dashboard = LMDashboard(sample_every=1e9)
-    recipe = LMRecipe(vocab_size=300, context=32, layers=1, width=32, epochs=2)
+    recipe = LMRecipe().but(vocab_size=300, context=32, layers=1, width=32, epochs=2)
     trained = train_language_model(text=load_corpus()[:40_000], recipe=recipe, callbacks=[dashboard], device="cpu")
     assert trained.samples is dashboard.sampler.samples and len(trained.samples) == 2  # one sampler, at each epoch
     assert "<svg" in dashboard.curves.value and "perplexity" in dashboard.curves.value
@@ -336,12 +334,11 @@ def test_the_lm_dashboard_draws_curves_and_samples_as_a_gpt_trains():
 
 
 def test_the_training_dashboard_shows_a_language_models_run_as_the_lm_dashboard_does():
-    from maaskit.lm import TextDataset, train_language_model
-    from maaskit.recipes import LMRecipe
+    from maaskit.lm import LMRecipe, TextDataset, train_language_model
     from maaskit.widgets import TrainingDashboard
 
     dashboard = TrainingDashboard(redraw_every=0.0)
-    recipe = LMRecipe(vocab_size=300, context=32, layers=1, width=32, epochs=2)
+    recipe = LMRecipe().but(vocab_size=300, context=32, layers=1, width=32, epochs=2)
     trained = train_language_model(text=load_corpus()[:40_000], recipe=recipe, callbacks=[dashboard], device="cpu")
     text = dashboard._text
     assert text is not None and list(dashboard.widget.children) == [text.widget]  # the text view, not image controls

@@ -9,10 +9,10 @@ import pytest
 from conftest import make_mnist_like
 
 from maaskit import build_model, load_dataset
+from maaskit.artifact import load_artifact
 from maaskit.evaluation import evaluate
 from maaskit.report import read_metrics
 from maaskit.serving import serve
-from maaskit.serving.artifact import load_artifact
 from maaskit.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -287,8 +287,7 @@ def test_07_language_model_service_other_parameters(tmp_path):
 
 
 def test_07_language_model_service_calls_a_remote_endpoint(tmp_path):
-    from maaskit.lm import load_corpus, train_language_model
-    from maaskit.recipes import LMRecipe
+    from maaskit.lm import LMRecipe, load_corpus, train_language_model
     from maaskit.serving.keys import APIKeys
 
     trained = train_language_model(text=load_corpus()[:60_000], recipe=LMRecipe(epochs=1), name="remote-gpt")

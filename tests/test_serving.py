@@ -19,7 +19,7 @@ from conftest import require
 from labserver import free_port
 
 import maaskit
-from maaskit.serving.artifact import save_artifact
+from maaskit.artifact import save_artifact
 from maaskit.serving.batching import Closed, DynamicBatcher, QueueFull
 from maaskit.serving.client import Client, EndpointError, load_test
 from maaskit.serving.protocol import (

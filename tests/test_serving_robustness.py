@@ -25,7 +25,7 @@ from conftest import require
 from labserver import free_port
 
 import maaskit
-from maaskit.serving.artifact import save_artifact
+from maaskit.artifact import save_artifact
 from maaskit.serving.client import Client
 from maaskit.serving.protocol import encode_body, encode_tensor, split_body
 from maaskit.serving.runner import serve

@@ -127,3 +127,75 @@ def test_every_public_parameter_is_typed():
                 if p.arg not in ("self", "cls") and p.annotation is None
             ]
     assert untyped == []
+
+
+# The package's layers, lowest first. A module imports only from its own layer or below, lazy
+# imports inside functions included (DESIGN.md, "Package modules").
+LAYERS = {
+    "core": {
+        "_lazy", "_version", "device", "normalization", "images", "scoring", "data", "models", "artifact",
+        "train", "evaluation", "recipes", "diagnostics", "explain", "projection", "surfaces", "baseline",
+        "distributed", "report",
+    },
+    "workflows": {"workflows"},
+    "lm": {"lm"},
+    "serving": {"serving"},
+    "faces": {"widgets", "plots", "cli", "doctor", "__init__", "__main__"},
+}  # fmt: skip
+RANK = {top: rank for rank, tops in enumerate(LAYERS.values()) for top in tops}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _maaskit_imports(path: Path, text: str | None = None) -> list[tuple[int, str]]:
+    """(line, module) for every import of a maaskit module in ``path``, anywhere in it."""
+    package = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = []
+    for node in ast.walk(ast.parse(text if text is not None else path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            target = ".".join(base + (node.module.split(".") if node.module else []))
+            if not node.module:  # `from .. import plots`: each name is a module
+                found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
+            else:
+                found.append((node.lineno, target))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+    return [(line, name) for line, name in found if name == "maaskit" or name.startswith("maaskit.")]
+
+
+def _layer(module: str) -> int:
+    """The rank of a module's layer: by its first name under maaskit (``maaskit.lm.engine`` -> lm)."""
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else "__init__"
+    if top not in RANK:
+        raise AssertionError(f"{module} belongs to no layer: add it to LAYERS in tests/test_structure.py")
+    return RANK[top]
+
+
+def _upward_imports(path: Path, text: str | None = None) -> list[str]:
+    me = _module_name(path)
+    return [
+        f"{path.relative_to(ROOT)}:{line} imports {target} (a higher layer)"
+        for line, target in _maaskit_imports(path, text)
+        if _layer(target) > _layer(me)
+    ]
+
+
+def test_no_module_imports_from_a_layer_above_its_own():
+    offenders = [hit for path in sorted(PACKAGE.rglob("*.py")) for hit in _upward_imports(path)]
+    assert offenders == []
+    # the check itself sees the pattern it forbids: eager, relative, and lazy inside a function
+    probe = "from ..serving.artifact import load_artifact\nfrom .. import widgets\ndef f():\n    import maaskit.cli\n"
+    assert len(_upward_imports(PACKAGE / "lm" / "probe.py", probe)) == 3
+    assert _upward_imports(PACKAGE / "serving" / "probe.py", "from ..lm.engine import Engine\n") == []
+
+
+def test_every_module_belongs_to_a_layer():
+    for path in PACKAGE.rglob("*.py"):
+        _layer(_module_name(path))

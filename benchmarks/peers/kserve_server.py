@@ -19,7 +19,7 @@ import uvicorn  # noqa: E402
 from kserve import InferOutput, InferRequest, InferResponse  # noqa: E402
 from kserve.utils.utils import generate_uuid, get_predict_input  # noqa: E402
 
-from maaskit.serving.artifact import load_artifact  # noqa: E402
+from maaskit.artifact import load_artifact  # noqa: E402
 
 _config = uvicorn.Config.__init__
 

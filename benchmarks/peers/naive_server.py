@@ -11,7 +11,7 @@ import torch
 import uvicorn
 from fastapi import FastAPI, Request
 
-from maaskit.serving.artifact import load_artifact
+from maaskit.artifact import load_artifact
 
 model = load_artifact(sys.argv[1])[0].eval()
 app = FastAPI()

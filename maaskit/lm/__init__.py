@@ -1,26 +1,33 @@
-"""Language models as a service, at teaching scale: a GPT (:mod:`.model`), a byte-level BPE
-tokenizer (:mod:`.tokenizer`), an offline corpus (:mod:`.corpus`), text as training data
-(:mod:`.data`), generation with a KV cache (:mod:`.generate`), training with ``fit``
-(:mod:`.training`), artifacts with their tokenizer (:mod:`.artifact`) and continuous batching for
-a server (:mod:`.engine`).
+"""Language models as a service, at teaching scale: a GPT's shape (:mod:`.config`) and the model
+(:mod:`.model`), a byte-level BPE tokenizer (:mod:`.tokenizer`), an offline corpus (:mod:`.corpus`),
+text as training data (:mod:`.data`), generation with a KV cache (:mod:`.generation`), training with
+``fit`` (:mod:`.training`), artifacts with their tokenizer (:mod:`.artifact`) and continuous batching
+for a server (:mod:`.engine`).
 
-The training, artifact and engine names are imported on first use: ``maaskit.train`` imports
-:mod:`.data`, and :mod:`.training` imports ``maaskit.train``.
+Every name is imported on first use, so ``maaskit.lm.config`` (pure data, what the CLI's help reads)
+needs no PyTorch.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from .corpus import load_corpus
-from .data import TextDataset, TokenLoader
-from .generate import Generation, generate
-from .model import GPT, KVCache
-from .tokenizer import ENDOFTEXT, load_tokenizer, train_tokenizer
+from .._lazy import lazy_exports
 
-_LAZY = {
-    "LMRecipe": "training",
+_EXPORTS = {
+    "GPTConfig": "config",
+    "LMRecipe": "config",
+    "GPT": "model",
+    "KVCache": "model",
+    "SlotCache": "model",
+    "load_corpus": "corpus",
+    "TextDataset": "data",
+    "TokenLoader": "data",
+    "Generation": "generation",
+    "generate": "generation",
+    "ENDOFTEXT": "tokenizer",
+    "load_tokenizer": "tokenizer",
+    "train_tokenizer": "tokenizer",
     "SampleText": "training",
     "sample_text": "training",
     "train_language_model": "training",
@@ -29,30 +36,17 @@ _LAZY = {
     "Engine": "engine",
 }
 
-__all__ = [
-    "ENDOFTEXT",
-    "GPT",
-    "Generation",
-    "KVCache",
-    "TextDataset",
-    "TokenLoader",
-    "generate",
-    "load_corpus",
-    "load_tokenizer",
-    "train_tokenizer",
-    *sorted(_LAZY),
-]
+__all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from .artifact import load_language_model, save_language_model
+    from .config import GPTConfig, LMRecipe
+    from .corpus import load_corpus
+    from .data import TextDataset, TokenLoader
     from .engine import Engine
-    from .training import LMRecipe, SampleText, sample_text, train_language_model
+    from .generation import Generation, generate
+    from .model import GPT, KVCache, SlotCache
+    from .tokenizer import ENDOFTEXT, load_tokenizer, train_tokenizer
+    from .training import SampleText, sample_text, train_language_model
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'maaskit.lm' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -7,13 +7,12 @@ next-token logits, and it records the context length and the end-of-text token.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
-from ..serving.artifact import FORMAT, ArtifactError, load_artifact, made_with, sha256_of, write_artifact
+from ..artifact import FORMAT, ArtifactError, load_artifact, made_with, sha256_of, write_artifact
 from .model import GPT
 from .tokenizer import ENDOFTEXT
 
@@ -26,9 +25,8 @@ def language_model_manifest(
     model: GPT, tokenizer: Tokenizer, *, name: str = "gpt", metrics: dict | None = None
 ) -> dict:
     """The manifest of ``model`` and its ``tokenizer`` (without the files' hashes)."""
-    config = getattr(model, "maaskit_config", None)
-    if config is None:
-        raise ArtifactError("a saved model must come from maaskit.build_model (it records how to rebuild it)")
+    if not isinstance(model, GPT):
+        raise ArtifactError(f"a language model artifact holds a maaskit.lm.GPT, got {type(model).__name__}")
     end = tokenizer.token_to_id(ENDOFTEXT)
     if end is None:
         raise ArtifactError(f"the tokenizer has no {ENDOFTEXT} token (train it with maaskit.lm.train_tokenizer)")
@@ -38,7 +36,7 @@ def language_model_manifest(
         "format": FORMAT,
         "name": name,
         "task": TASK,
-        "architecture": {**config, "kwargs": json.loads(json.dumps(config["kwargs"]))},
+        "architecture": model.maaskit_config,
         "inputs": [{"name": "tokens", "datatype": "INT64", "shape": [-1, -1]}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, -1, model.vocab_size]}],
         "context": model.context,
@@ -51,7 +49,7 @@ def language_model_manifest(
 def save_language_model(
     model: GPT, tokenizer: Tokenizer, directory: str | Path, *, name: str = "gpt", metrics: dict | None = None
 ) -> Path:
-    """Write ``model`` (from ``build_model("gpt", ...)``) and its ``tokenizer`` to ``directory``."""
+    """Write ``model`` (a :class:`GPT`) and its ``tokenizer`` to ``directory``."""
     manifest: dict[str, Any] = language_model_manifest(model, tokenizer, name=name, metrics=metrics)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """Text as training data for ``fit()``: a corpus tokenized once, split into train and validation,
 and served as batches of windows (inputs, the same tokens shifted by one) on the device.
 
-:class:`TextDataset` has the ``loader`` method ``fit`` calls on an ``ImageDataset``, so the same loop,
-callbacks, checkpoints and data parallelism train a language model.
+:class:`TextDataset` follows ``maaskit.train.TrainingData`` (``loader``, ``unit``, ``metrics``), so the same
+loop, callbacks, checkpoints and data parallelism train a language model.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..device import pick_device
+from ..scoring import Accuracy, Metric, Perplexity
 from .corpus import load_corpus
 from .tokenizer import ENDOFTEXT, train_tokenizer
 
@@ -80,6 +81,12 @@ class TextDataset:
     train: torch.Tensor
     val: torch.Tensor
     context: int
+
+    unit = "tokens"  # what fit() counts: its throughput column is tokens_per_s
+
+    def metrics(self) -> tuple[Metric, ...]:
+        """What fit() measures besides the loss: perplexity, and how often the next token is the top guess."""
+        return (Accuracy(), Perplexity())
 
     @classmethod
     def from_text(

@@ -4,7 +4,7 @@ A sequence waits, is given a slot of a :class:`~maaskit.lm.model.SlotCache` and 
 joins the running batch: every step feeds each running sequence's last token at its own
 position, in one forward pass, and samples each row with its own settings and random generator.
 A sequence leaves the batch the step it finishes, or the step after its reader goes away, and
-its slot goes to the next in line. With ``max_running=1`` sequences run one after another (no
+its slot goes to the next in line. With ``max_sequences=1`` sequences run one after another (no
 batching), for comparison.
 
 The forward passes run in one thread of their own, so the event loop keeps streaming tokens to
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .generate import _check, sample_rows
+from .generation import check_sampling, sample_rows
 from .model import GPT, SlotCache
 
 __all__ = ["Engine", "SamplingParams", "TokenEvent"]
@@ -72,22 +72,23 @@ class _Sequence:
 class Engine:
     """``async for event in engine.generate(prompt_ids, params)``: tokens as they are sampled.
 
-    ``max_running``: sequences in the running batch (slots of the cache); more wait their turn.
+    ``max_sequences``: sequences in the running batch (slots of the cache); more wait their turn.
     ``listeners`` are told ``("first_token", seconds since submitted)``, ``("token", seconds since
     the sequence's last token)``, ``("step", tokens it produced)`` and ``("dropped", sequences
     whose readers left)`` (for metrics)."""
 
-    def __init__(self, model: GPT, *, max_running: int = 16, thread_setup: Callable[[], None] | None = None):
-        if max_running < 1:
-            raise ValueError(f"max_running must be at least 1, got {max_running}")
+    def __init__(self, model: GPT, *, max_sequences: int = 16, thread_setup: Callable[[], None] | None = None):
+        if max_sequences < 1:
+            raise ValueError(f"max_sequences must be at least 1, got {max_sequences}")
         self.model = model.eval()
         self.device = next(model.parameters()).device
-        self.context, self.max_running = model.context, max_running
-        self.cache = SlotCache.empty(model, max_running)
+        self.context, self.max_sequences = model.context, max_sequences
+        self.cache = SlotCache.empty(model, max_sequences)
+        self._lengths = [0] * max_sequences  # how far each slot of the cache is filled
         self._executor = ThreadPoolExecutor(1, "maaskit-lm", initializer=thread_setup)
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
-        self._free = list(range(max_running))
+        self._free = list(range(max_sequences))
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._seeds = itertools.count()
@@ -106,7 +107,7 @@ class Engine:
 
     def check(self, prompt: Sequence[int], params: SamplingParams) -> None:
         """A ValueError with the reason if this request cannot be served."""
-        _check(params.temperature, params.top_k, params.top_p, params.max_tokens)
+        check_sampling(params.temperature, params.top_k, params.top_p, params.max_tokens)
         if not prompt:
             raise ValueError("the prompt must have at least one token")
         if len(prompt) + params.max_tokens > self.context:
@@ -169,12 +170,18 @@ class Engine:
     async def _round(self) -> None:
         """Let waiting sequences join while slots are free, run one step, hand out its tokens."""
         joining: list[_Sequence] = []
+        left = 0
         try:
-            while self._waiting and len(self._running) + len(joining) < self.max_running:
+            while self._waiting and len(self._running) + len(joining) < self.max_sequences:
                 seq = self._waiting.popleft()
-                if not seq.cancelled:
-                    seq.slot = self._free.pop()
-                    joining.append(seq)
+                if seq.cancelled:  # its reader left while it waited
+                    left += 1
+                    continue
+                seq.slot = self._free.pop()
+                joining.append(seq)
+            if left:
+                self.abandoned += left
+                self._tell("dropped", left)
             step = [*self._running, *joining]
             loop = asyncio.get_running_loop()
             events = await loop.run_in_executor(self._executor, self._step, joining, self._running)
@@ -222,17 +229,19 @@ class Engine:
     @torch.inference_mode()
     def _step(self, joining: list[_Sequence], running: list[_Sequence]) -> list[TokenEvent]:
         """One forward pass for the running sequences, and a prefill for each joining one; returns
-        an event per sequence, running ones first."""
+        an event per sequence, running ones first. Each slot's length is kept here, on the host."""
         parts: list[torch.Tensor] = []
         if running:
-            self.cache.rows = torch.tensor([s.slot for s in running], device=self.device)
+            slots = [s.slot for s in running]
+            decode = self.cache.decode(slots, [self._lengths[slot] for slot in slots])
             last = torch.tensor([[s.last] for s in running], device=self.device)
-            parts.append(self.model(last, self.cache)[:, -1])
+            parts.append(self.model(last, decode)[:, -1])
+            for slot in slots:
+                self._lengths[slot] += 1
         for seq in joining:
-            self.cache.lengths[seq.slot] = 0
             prompt = torch.tensor([seq.prompt], device=self.device)
-            parts.append(self.model(prompt, self.cache.prefill_view(seq.slot))[:, -1])
-            self.cache.lengths[seq.slot] = len(seq.prompt)
+            parts.append(self.model(prompt, self.cache.prefill(seq.slot))[:, -1])
+            self._lengths[seq.slot] = len(seq.prompt)
         step = [*running, *joining]
         logits = torch.cat(parts).float()
         # every row sampled at once, each with its own settings and its own generator's draw

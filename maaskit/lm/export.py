@@ -57,16 +57,16 @@ def export_gpt2(model: GPT, tokenizer: Tokenizer, directory: str | Path) -> Path
         raise TypeError(f"export_gpt2 takes a maaskit GPT, got {type(model).__name__}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    end = tokenizer.token_to_id(ENDOFTEXT)
+    end, shape = tokenizer.token_to_id(ENDOFTEXT), model.config
     config = {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        "vocab_size": model.vocab_size,
-        "n_positions": model.context,
-        "n_embd": model.width,
-        "n_layer": len(model.blocks),
-        "n_head": model.heads,
-        "n_inner": 4 * model.width,
+        "vocab_size": shape.vocab_size,
+        "n_positions": shape.context,
+        "n_embd": shape.width,
+        "n_layer": shape.layers,
+        "n_head": shape.heads,
+        "n_inner": 4 * shape.width,
         "activation_function": "gelu",
         "layer_norm_epsilon": model.norm.eps,
         "resid_pdrop": 0.0,

@@ -4,23 +4,33 @@ Token and position embeddings, pre-norm blocks (causal self-attention through
 ``scaled_dot_product_attention``, then an MLP), a final norm and an output head tied to the token
 embedding. ``forward(tokens, cache)`` takes an optional :class:`KVCache`: with one, each call
 handles only the new tokens and attends to the keys and values kept from earlier calls, so
-decoding costs one token's work per step instead of the whole prefix's.
+decoding costs one token's work per step instead of the whole prefix's. A server's many sequences
+share a :class:`SlotCache` and decode together through one :class:`DecodeStep` per step.
+
+Importing this module registers ``"gpt"`` in :mod:`maaskit.models`, so an artifact can rebuild it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GPT", "KVCache", "SlotCache"]
+from ..models import register_model
+from .config import GPTConfig
+
+__all__ = ["GPT", "DecodeStep", "KVCache", "SlotCache"]
 
 
 @dataclass
 class KVCache:
-    """Keys and values of every layer for a batch of sequences, filled up to ``length``."""
+    """Keys and values of every layer for a batch of sequences, filled up to ``length``.
+
+    The model writes each layer's new keys and values at ``length`` and, after its last layer,
+    calls :meth:`advance`; a fresh cache is :meth:`empty`."""
 
     keys: list[torch.Tensor]  # per layer: B x heads x context x head width
     values: list[torch.Tensor]
@@ -28,36 +38,65 @@ class KVCache:
 
     @classmethod
     def empty(cls, model: GPT, batch: int = 1) -> KVCache:
-        p = next(model.parameters())
-        shape = (batch, model.heads, model.context, model.width // model.heads)
+        p, c = next(model.parameters()), model.config
+        shape = (batch, c.heads, c.context, c.head_width)
         return cls(
             [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in model.blocks],
             [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in model.blocks],
         )
+
+    def advance(self, tokens: int) -> None:
+        self.length += tokens
 
 
 @dataclass
 class SlotCache:
     """Keys and values for ``slots`` sequences of different lengths, for continuous batching.
 
-    A sequence gets a slot, is prefilled through :meth:`prefill_view` (a batch-1 :class:`KVCache`
-    over its row), then decodes one token per step with the others: ``rows`` names the slots in a
-    step and ``lengths`` says how far each is filled, so each row writes at its own position and
-    attends to its own prefix only."""
+    The engine that owns it keeps every slot's length on the host. A sequence gets a slot and is
+    prefilled through :meth:`prefill` (a batch-1 :class:`KVCache` over its row); then each step
+    decodes one token for a set of rows through :meth:`decode`, which works out once what every
+    layer needs (where each row writes, the longest span, the mask)."""
 
     keys: list[torch.Tensor]  # per layer: slots x heads x context x head width
     values: list[torch.Tensor]
-    lengths: torch.Tensor  # per slot, on the model's device
-    rows: torch.Tensor | None = None  # the slots of the current step
 
     @classmethod
     def empty(cls, model: GPT, slots: int) -> SlotCache:
         kv = KVCache.empty(model, slots)
-        return cls(kv.keys, kv.values, torch.zeros(slots, dtype=torch.long, device=kv.keys[0].device))
+        return cls(kv.keys, kv.values)
 
-    def prefill_view(self, slot: int) -> KVCache:
-        """A KVCache writing into ``slot``'s rows (views, not copies), empty."""
+    def prefill(self, slot: int) -> KVCache:
+        """An empty KVCache writing into ``slot``'s rows (views, not copies)."""
         return KVCache([k[slot : slot + 1] for k in self.keys], [v[slot : slot + 1] for v in self.values])
+
+    def decode(self, slots: Sequence[int], lengths: Sequence[int]) -> DecodeStep:
+        """One decode step for ``slots``, each filled to its ``lengths`` entry (host numbers: no sync)."""
+        device = self.keys[0].device
+        span = max(lengths) + 1
+        at = torch.tensor(lengths, device=device)
+        allowed = torch.arange(span, device=device)[None, :] <= at[:, None]  # rows x span
+        return DecodeStep(self, torch.tensor(slots, device=device), at, span, allowed[:, None, None, :])
+
+
+@dataclass
+class DecodeStep:
+    """One new token for each of ``rows`` (slots of ``cache``), row ``i`` written at ``positions[i]``
+    and attending to its own first ``positions[i] + 1`` entries of the ``span`` read."""
+
+    cache: SlotCache
+    rows: torch.Tensor
+    positions: torch.Tensor
+    span: int
+    mask: torch.Tensor  # rows x 1 x 1 x span
+
+    def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this layer's new keys and values (rows x heads x 1 x head width); return the rows'
+        keys and values up to the span."""
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        keys[self.rows, :, self.positions] = k[:, :, 0]
+        values[self.rows, :, self.positions] = v[:, :, 0]
+        return keys[self.rows, :, : self.span], values[self.rows, :, : self.span]
 
 
 class _Attention(nn.Module):
@@ -67,21 +106,15 @@ class _Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | SlotCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | DecodeStep | None, layer: int) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in self.qkv(x).split(c, dim=2))
         drop = self.dropout if self.training else 0.0
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
-        elif isinstance(cache, SlotCache):  # one new token per row, each row at its own length
-            assert cache.rows is not None and t == 1
-            rows, at = cache.rows, cache.lengths[cache.rows]
-            cache.keys[layer][rows, :, at] = k[:, :, 0]
-            cache.values[layer][rows, :, at] = v[:, :, 0]
-            span = int(at.max()) + 1
-            keys, values = cache.keys[layer][rows, :, :span], cache.values[layer][rows, :, :span]
-            allowed = torch.arange(span, device=x.device)[None, :] <= at[:, None]  # rows x span
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None, None, :])
+        elif isinstance(cache, DecodeStep):  # one new token per row, each row at its own length
+            keys, values = cache.attend(layer, k, v)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask)
         else:  # the new tokens attend to every kept position and, causally, to each other
             start = cache.length
             cache.keys[layer][:, :, start : start + t] = k
@@ -101,36 +134,34 @@ class _Block(nn.Module):
             nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Dropout(dropout)
         )
 
-    def forward(self, x: torch.Tensor, cache: KVCache | SlotCache | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | DecodeStep | None, layer: int) -> torch.Tensor:
         x = x + self.attention(self.norm1(x), cache, layer)
         return x + self.mlp(self.norm2(x))
 
 
 class GPT(nn.Module):
-    """``GPT(vocab_size, context=256, layers=4, heads=4, width=128)``: logits for the next token at
-    every position."""
+    """``GPT(GPTConfig(vocab_size=512, context=128, ...))``: logits for the next token at every position.
 
-    def __init__(
-        self,
-        vocab_size: int,
-        context: int = 256,
-        layers: int = 4,
-        heads: int = 4,
-        width: int = 128,
-        dropout: float = 0.0,
-    ):
+    The config is kept as ``model.config`` and, for artifacts, as ``model.maaskit_config``."""
+
+    def __init__(self, config: GPTConfig):
         super().__init__()
-        if width % heads:
-            raise ValueError(f"width ({width}) must be a multiple of heads ({heads})")
-        self.vocab_size, self.context, self.heads, self.width = vocab_size, context, heads, width
-        self.tokens = nn.Embedding(vocab_size, width)
-        self.positions = nn.Embedding(context, width)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(_Block(width, heads, dropout) for _ in range(layers))
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, vocab_size, bias=False)
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"a GPT is built from a maaskit.lm.GPTConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.maaskit_config = {"name": "gpt", "module": __name__, "config": asdict(c)}
+        self.tokens = nn.Embedding(c.vocab_size, c.width)
+        self.positions = nn.Embedding(c.context, c.width)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(_Block(c.width, c.heads, c.dropout) for _ in range(c.layers))
+        self.norm = nn.LayerNorm(c.width)
+        self.head = nn.Linear(c.width, c.vocab_size, bias=False)
         self.head.weight = self.tokens.weight  # tied: one matrix reads tokens in and writes them out
         self.apply(self._init)
+
+    # the sizes other code reads most, named as before
+    vocab_size = property(lambda self: self.config.vocab_size)
+    context = property(lambda self: self.config.context)
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -139,13 +170,12 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | SlotCache | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, cache: KVCache | DecodeStep | None = None) -> torch.Tensor:
         """``tokens``: B x T token ids (the new ones, with a cache). Returns B x T x vocab logits.
-        With a :class:`SlotCache`, B x 1: the next token of each of the cache's ``rows``."""
+        With a :class:`DecodeStep`, B x 1: the next token of each of its rows."""
         t = tokens.shape[1]
-        if isinstance(cache, SlotCache):
-            assert cache.rows is not None
-            where = cache.lengths[cache.rows][:, None]  # each row's own position (the host checks the context)
+        if isinstance(cache, DecodeStep):
+            where = cache.positions[:, None]  # each row's own position (the engine checks the context)
         else:
             start = cache.length if cache is not None else 0
             if start + t > self.context:
@@ -154,8 +184,9 @@ class GPT(nn.Module):
         x = self.drop(self.tokens(tokens) + self.positions(where))
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer)
-        if isinstance(cache, SlotCache):
-            cache.lengths[cache.rows] += 1
-        elif cache is not None:
-            cache.length += t
+        if isinstance(cache, KVCache):
+            cache.advance(t)
         return self.head(self.norm(x))
+
+
+register_model("gpt", lambda architecture: GPT(GPTConfig(**architecture["config"])))

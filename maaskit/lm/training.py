@@ -13,15 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-import torch
-
 from ..device import seed_everything
-from ..models import build_model
-from ..recipes import LMRecipe
 from ..train import Callback, History, PrintProgress, Run, fit
+from .config import LMRecipe
 from .corpus import load_corpus
 from .data import TextDataset
-from .generate import generate
+from .generation import generate
 from .model import GPT
 
 __all__ = ["LMRecipe", "SampleText", "sample_text", "train_language_model"]
@@ -108,13 +105,12 @@ def train_language_model(
     tokenizer there as an artifact. ``progress``: a stream for one line per epoch and text samples."""
     r = recipe or LMRecipe()
     data = TextDataset.from_text(
-        text if text is not None else load_corpus(corpus), vocab_size=r.vocab_size, context=r.context
+        text if text is not None else load_corpus(corpus), vocab_size=r.model.vocab_size, context=r.model.context
     )
     if corpus is None and text is None:
         data = TextDataset("python-docs", data.tokenizer, data.train, data.val, data.context)
     seed_everything(seed)
-    model = build_model("gpt", (r.context,), data.vocab_size, layers=r.layers, heads=r.heads, width=r.width)
-    assert isinstance(model, GPT)
+    model = GPT(r.model.but(vocab_size=data.vocab_size))  # the tokenizer may have learned fewer merges
     # a dashboard brings its own sampler (it shows the samples); otherwise one is added here
     found = [getattr(cb, "sampler", None) for cb in callbacks]
     sampler = next((s for s in found if isinstance(s, SampleText)), None)
@@ -126,6 +122,7 @@ def train_language_model(
         model,
         data,
         optimizer="adamw",
+        weight_decay=r.weight_decay,
         lr=r.lr,
         epochs=r.epochs,
         batch_size=r.batch_size,
@@ -142,7 +139,7 @@ def train_language_model(
         last = history.last
         metrics = {
             "val_loss": last.get("val_loss"),
-            "val_perplexity": float(torch.tensor(last.get("val_loss", float("nan"))).exp()),
+            "val_perplexity": last.get("val_perplexity"),
             "epochs": len(history),
             "wall_time_s": last.get("wall_time"),
             "recipe": asdict(r),

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from ..artifact import MANIFEST, load_artifact, make_manifest, read_manifest
 from ..device import pick_device
 from ..normalization import Normalization
-from .artifact import MANIFEST, load_artifact, make_manifest, read_manifest
 from .batching import DynamicBatcher
 from .explainer import ExplainerProcess
 from .protocol import ProtocolError
@@ -165,12 +165,12 @@ class ServedLanguageModel:
         from ..lm.model import GPT
 
         if not isinstance(model, GPT):
-            raise TypeError(f"a language model is a maaskit GPT (build_model('gpt', ...)), got {type(model).__name__}")
+            raise TypeError(f"a language model is a maaskit.lm.GPT, got {type(model).__name__}")
         self.name, self.tokenizer, self.manifest = name, tokenizer, manifest
         self.created = int(time.time())
         self.end_of_text: int = manifest["tokenizer"]["end_of_text"]
         self.engine = Engine(
-            model.to(device).eval(), max_running=batching.max_sequences, thread_setup=forward_thread_setup
+            model.to(device).eval(), max_sequences=batching.max_sequences, thread_setup=forward_thread_setup
         )
 
     @property

@@ -45,12 +45,12 @@ def _start(architecture: dict, state: dict[str, torch.Tensor], device: str) -> N
 
 
 def _explain(x: np.ndarray, method: str, target: Any, params: dict) -> tuple[np.ndarray, list[int]]:
-    from ..explain import _targets, explain
+    from ..explain import explain, explained_classes
 
     assert _model is not None
     device = next(_model.parameters()).device
     images = torch.from_numpy(x).to(device)
-    targets = _targets(_model, images, target)
+    targets = explained_classes(_model, images, target)
     out = explain(_model, images, targets, method, **params)
     return out.cpu().numpy(), targets.cpu().tolist()
 

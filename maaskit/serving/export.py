@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from .artifact import load_artifact
+from ..artifact import load_artifact
 
 __all__ = ["export_onnx", "export_torchscript", "kserve_manifest", "triton_repository"]
 

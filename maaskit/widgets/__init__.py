@@ -1,18 +1,32 @@
 """Interactive widgets. Each one is plain Python over maaskit's tools plus ipywidgets controls,
-and falls back to a static figure and text where no widget front end is running."""
+and falls back to a static figure and text where no widget front end is running.
 
-from .chat import ChatConsole
-from .console import EndpointConsole
-from .dashboard import TrainingDashboard
-from .inspector import GradientInspector
-from .lm_dashboard import LMDashboard
-from .playground import OptimizerPlayground
+Imported on first use, like the rest of the package: ``from maaskit.widgets import ChatConsole``
+does not load PyTorch's training stack."""
 
-__all__ = [
-    "ChatConsole",
-    "EndpointConsole",
-    "GradientInspector",
-    "LMDashboard",
-    "OptimizerPlayground",
-    "TrainingDashboard",
-]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "ChatConsole": "chat",
+    "EndpointConsole": "console",
+    "GradientInspector": "inspector",
+    "LMDashboard": "lm_dashboard",
+    "OptimizerPlayground": "playground",
+    "TrainingDashboard": "dashboard",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .chat import ChatConsole
+    from .console import EndpointConsole
+    from .dashboard import TrainingDashboard
+    from .inspector import GradientInspector
+    from .lm_dashboard import LMDashboard
+    from .playground import OptimizerPlayground
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -111,7 +111,7 @@ class LMDashboard(WidgetBase, Callback):
             state = f"stopped: {run.stop_reason}" if run.stop_reason else ("done" if run.step >= total else "training")
             self.status.value = html.escape(
                 f"epoch {run.epoch}/{run.epochs} · step {run.step}/{total} · "
-                f"{metrics.get('images_per_s', 0):,.0f} tokens/s · {state}"
+                f"{metrics.get('tokens_per_s', 0):,.0f} tokens/s · {state}"
             )
         if self.sampler.samples:
             step, text = self.sampler.samples[-1]
@@ -143,9 +143,9 @@ class LMDashboard(WidgetBase, Callback):
         last = self.history.last
         lines = [
             f"{len(self.history)} epochs, {last['step']} steps, {last['wall_time']:.1f} s, "
-            f"{last['images_per_s']:,.0f} tokens/s"
+            f"{last['tokens_per_s']:,.0f} tokens/s"
             + (f" — stopped: {self.history.stopped}" if self.history.stopped else ""),
-            f"validation loss {last['val_loss']:.3f} nats per token, perplexity {math.exp(last['val_loss']):.1f}, "
+            f"validation loss {last['val_loss']:.3f} nats per token, perplexity {last['val_perplexity']:.1f}, "
             f"next-token accuracy {last['val_acc']:.1%}",
         ]
         if self.sampler.samples:

@@ -17,7 +17,7 @@ import torch
 
 from .model import GPT, KVCache
 
-__all__ = ["Generation", "generate", "next_token", "sample_rows"]
+__all__ = ["Generation", "check_sampling", "generate", "next_token", "sample_rows"]
 
 
 def sample_rows(
@@ -68,7 +68,8 @@ class Generation:
     finish_reason: str | None = None
 
 
-def _check(temperature: float, top_k: int | None, top_p: float | None, max_tokens: int) -> None:
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, max_tokens: int) -> None:
+    """A ValueError naming the first sampling setting out of range."""
     if not 0 <= temperature <= 2:
         raise ValueError(f"temperature must be between 0 and 2, got {temperature}")
     if top_k is not None and top_k < 1:
@@ -96,7 +97,7 @@ def generate(
     """Yield up to ``max_tokens`` new token ids after ``prompt``. ``cache=False`` recomputes the
     whole prefix at every step (the slow way, for comparison). Pass a ``Generation`` as ``result``
     to learn the finish reason once the iterator ends."""
-    _check(temperature, top_k, top_p, max_tokens)
+    check_sampling(temperature, top_k, top_p, max_tokens)
     if not prompt:
         raise ValueError("the prompt must have at least one token")
     if len(prompt) >= model.context:

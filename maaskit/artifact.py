@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .._version import __version__
-from ..models import MODELS, rebuild
-from ..normalization import Normalization
+from ._version import __version__
+from .models import rebuild
+from .normalization import Normalization
 
 if TYPE_CHECKING:
-    from ..data import ImageDataset
+    from .data import ImageDataset
 
 __all__ = ["ArtifactError", "FORMAT", "load_artifact", "make_manifest", "save_artifact", "write_artifact"]
 
@@ -162,9 +162,9 @@ def load_artifact(directory: str | Path, *, device: str | torch.device = "cpu") 
     for part in ("weights", "tokenizer"):  # a language model's tokenizer is checked as its weights are
         if part in manifest:
             check_file(directory / manifest[part]["file"], manifest[part]["sha256"])
-    arch = manifest["architecture"]
-    if arch["name"] not in MODELS:
-        raise ArtifactError(f"unknown architecture {arch['name']!r}; this maaskit knows {', '.join(MODELS)}")
-    model = rebuild(arch)
+    try:
+        model = rebuild(manifest["architecture"])
+    except ValueError as err:
+        raise ArtifactError(str(err)) from None
     load_model(model, str(directory / WEIGHTS))
     return model.to(device).eval(), manifest
