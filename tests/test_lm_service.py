@@ -374,3 +374,28 @@ def test_the_lm_serving_benchmark_runs_and_prints_its_table(tmp_path):
     assert set(results) == {"batching on", "batching off"}
     assert all(cell["errors"] == 0 and cell["tokens_per_s"] > 0 for r in results.values() for cell in r.values())
     assert "| batching on |" in done.stdout and "c=8: batching on / off" in done.stdout
+
+
+def test_every_route_that_runs_a_model_is_counted_and_timed_in_one_place(server, artifact):
+    """The Guard records requests and latency for V2, V1 (:explain too) and OpenAI, and failures by status."""
+    headers = {"Authorization": f"Bearer {KEY}"}
+    name = "digits"  # the classifier served beside the language model (conftest's artifact)
+
+    def counted(protocol: str, model: str) -> float:
+        return _metric(server, f'maaskit_requests_total{{model="{model}",protocol="{protocol}"}}')
+
+    before = {p: counted(p, m) for p, m in (("openai", "gpt"), ("v1", name))}
+    failures = _metric(server, 'maaskit_request_failures_total{status="404"}')
+    timed = _metric(server, 'maaskit_request_seconds_count{protocol="openai"}')
+    httpx.post(server.url + "/v1/completions", json={"model": "gpt", "prompt": "x", "max_tokens": 2}, headers=headers)
+    explained = httpx.post(
+        server.url + f"/v1/models/{name}:explain",
+        json={"instances": [[[[0.0] * 8] * 8]], "method": "saliency"},
+        headers=headers,
+    )
+    assert explained.status_code == 200, explained.text
+    missing = httpx.post(server.url + "/v1/completions", json={"model": "nobody", "prompt": "x"}, headers=headers)
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert counted("openai", "gpt") == before["openai"] + 1 and counted("v1", name) == before["v1"] + 1
+    assert _metric(server, 'maaskit_request_seconds_count{protocol="openai"}') == timed + 1
+    assert _metric(server, 'maaskit_request_failures_total{status="404"}') == failures + 1

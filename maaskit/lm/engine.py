@@ -27,7 +27,13 @@ import torch
 from .generation import check_sampling, sample_rows
 from .model import GPT, SlotCache
 
-__all__ = ["Engine", "SamplingParams", "TokenEvent"]
+__all__ = ["ContextTooLong", "Engine", "SamplingParams", "TokenEvent"]
+
+
+class ContextTooLong(ValueError):
+    """The prompt and the tokens asked for do not fit the model's context (``param``: the field to shorten)."""
+
+    param = "max_tokens"
 
 
 @dataclass(frozen=True)
@@ -106,12 +112,13 @@ class Engine:
         return sum(not s.cancelled for s in self._waiting)
 
     def check(self, prompt: Sequence[int], params: SamplingParams) -> None:
-        """A ValueError with the reason if this request cannot be served."""
+        """A ValueError with the reason if this request cannot be served (:class:`ContextTooLong` when
+        the prompt and ``max_tokens`` do not fit the context)."""
         check_sampling(params.temperature, params.top_k, params.top_p, params.max_tokens)
         if not prompt:
             raise ValueError("the prompt must have at least one token")
         if len(prompt) + params.max_tokens > self.context:
-            raise ValueError(
+            raise ContextTooLong(
                 f"this model's context is {self.context} tokens; the prompt has {len(prompt)} and max_tokens "
                 f"asks for {params.max_tokens} more ({len(prompt) + params.max_tokens}): shorten one of them"
             )

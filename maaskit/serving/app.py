@@ -8,7 +8,10 @@ each request through an extra task and stream (about a tenth of a millisecond pe
 
 from __future__ import annotations
 
+import math
+import re
 import secrets
+import time
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,15 +23,37 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
 from . import rest_openai, rest_v1, rest_v2
-from .batching import Closed, QueueFull
-from .dataplane import HTTPError, ModelRepository
+from .dataplane import ModelRepository
+from .errors import (
+    Conflict,
+    ContextTooLong,
+    Forbidden,
+    InvalidInput,
+    ModelNotFound,
+    NotReady,
+    OverCapacity,
+    ServingError,
+)
 from .keys import APIKeys
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .openai_schemas import ChatRequest, CompletionRequest, OpenAIError
 from .protocol import ProtocolError, dumps
 from .schemas import ExplainRequest, InferRequest, PredictRequest, RepositoryIndexRequest, error_responses
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "STATUS", "create_app"]
+
+# each domain error's status, the same in every protocol (the first match counts: subclasses first)
+STATUS: dict[type[Exception], int] = {
+    ContextTooLong: 400,
+    InvalidInput: 400,
+    Forbidden: 403,
+    ModelNotFound: 404,
+    Conflict: 409,
+    NotReady: 503,
+    OverCapacity: 503,
+    ServingError: 500,
+}
+OPENAI_CODES: dict[type[Exception], str] = {ContextTooLong: "context_length_exceeded", ModelNotFound: "model_not_found"}
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 OPEN_PATHS = ("/v2/health/", "/docs", "/openapi.json")  # probes and the API's documentation need no token
@@ -42,12 +67,31 @@ def _openai_path(path: str) -> bool:
     return path == "/v1/models" or path.startswith(rest_openai.OPENAI_PATHS)
 
 
+# the routes that run a model: (protocol, the model's name from the path, or None: OpenAI's is in the body)
+_INFERENCE = re.compile(
+    r"^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$"
+    r"|^/v1/models/(?P<v1>[^/:]+)(?:/versions/[^/:]+)?:(?:predict|classify|explain)$"
+    r"|^(?P<openai>/v1/(?:chat/)?completions)$"
+)
+
+
+def _inference_route(path: str) -> tuple[str, str | None] | None:
+    match = _INFERENCE.match(path)
+    if match is None:
+        return None
+    protocol = match.lastgroup or ""
+    return protocol, None if protocol == "openai" else match.group(protocol)
+
+
 class Guard:
     """Checks the bearer token (the server's token, or one of its API keys) and the body size
-    before a request reaches a route."""
+    before a request reaches a route; and records every request in the metrics, in one place: its
+    failures by status, and for the routes that run a model, the count and the latency.
 
-    def __init__(self, app: Any, *, token: str | None, keys: APIKeys | None, max_body_bytes: int, on_error: Any):
-        self.app, self.max_body_bytes, self.on_error, self.keys = app, max_body_bytes, on_error, keys
+    (An OpenAI route names its model in the body: it leaves the name in ``request.state.model``.)"""
+
+    def __init__(self, app: Any, *, token: str | None, keys: APIKeys | None, max_body_bytes: int, metrics: Any):
+        self.app, self.max_body_bytes, self.metrics, self.keys = app, max_body_bytes, metrics, keys
         self.expected = f"Bearer {token}".encode() if token is not None else None
 
     def _accepts(self, authorization: bytes) -> bool:
@@ -58,6 +102,30 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def recorded_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self._checked(scope, receive, recorded_send)
+        finally:
+            self._record(scope, status[0], time.perf_counter() - start)
+
+    def _record(self, scope, status: int, seconds: float) -> None:
+        if status >= 400:
+            self.metrics.failures.labels(str(status)).inc()
+            return
+        route = _inference_route(scope["path"])
+        if route is not None:
+            protocol, model = route
+            model = model or scope.get("state", {}).get("model", "")
+            self.metrics.requests.labels(model, protocol).inc()
+            self.metrics.latency.labels(protocol).observe(seconds)
+
+    async def _checked(self, scope, receive, send):
         headers = dict(scope["headers"])
         openai = _openai_path(scope["path"])
         secured = self.expected is not None or self.keys is not None
@@ -112,7 +180,6 @@ class Guard:
     async def _refuse(
         self, send, status: int, message: str, headers: dict[str, str] | None = None, *, openai: bool = False
     ) -> None:
-        self.on_error(status)
         body = dumps(OpenAIError(status, message).body() if openai else {"error": message})
         raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -147,29 +214,28 @@ def create_app(
     repository.listeners.append(metrics.observe_batch)
 
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-        metrics.failures.labels(str(status)).inc()
         return Response(dumps({"error": message}), status, headers, media_type="application/json")
 
-    @app.exception_handler(HTTPError)
-    async def _http_error(_request: Request, err: HTTPError):
-        return error(err.status, err.message, err.headers)
+    @app.exception_handler(ServingError)
+    @app.exception_handler(ContextTooLong)
+    async def _serving_error(request: Request, err: ServingError | ContextTooLong):
+        status = next(code for kind, code in STATUS.items() if isinstance(err, kind))
+        message = str(err)
+        retry_after = getattr(err, "retry_after", None)
+        headers = {"Retry-After": str(math.ceil(retry_after))} if retry_after else {}
+        if _openai_path(request.url.path):
+            param = getattr(err, "param", None)
+            code = next((c for kind, c in OPENAI_CODES.items() if isinstance(err, kind)), None)
+            return await _openai_error(request, OpenAIError(status, message, param=param, code=code, headers=headers))
+        return error(status, message, headers)
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(_request: Request, err: OpenAIError):
-        metrics.failures.labels(str(err.status)).inc()
         return Response(dumps(err.body()), err.status, err.headers, media_type="application/json")
 
     @app.exception_handler(ProtocolError)
     async def _protocol_error(_request: Request, err: ProtocolError):
         return error(400, str(err))
-
-    @app.exception_handler(QueueFull)
-    async def _queue_full(_request: Request, err: QueueFull):
-        return error(503, str(err), {"Retry-After": str(err.retry_after)})
-
-    @app.exception_handler(Closed)
-    async def _closed(_request: Request, err: Closed):
-        return error(503, f"{err}; ask again (a new version may be loading)", {"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, err: RequestValidationError):
@@ -183,8 +249,8 @@ def create_app(
     # the routers' routes go straight into the app's: include_router would add a layer of dispatch
     # to every request (about 6% of the server's time at concurrency 1)
     for api in (
-        rest_v2.router(repository, metrics, admin=token is not None),
-        rest_v1.router(repository, metrics),
+        rest_v2.router(repository, admin=token is not None),
+        rest_v1.router(repository),
         rest_openai.router(repository, metrics, api_keys),
     ):
         app.router.routes.extend(api.routes)
@@ -207,7 +273,7 @@ def create_app(
         token=token,
         keys=api_keys,
         max_body_bytes=max_body_bytes,
-        on_error=lambda s: metrics.failures.labels(str(s)).inc(),
+        metrics=metrics,
     )
     return app
 

@@ -28,24 +28,29 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .errors import NotReady, OverCapacity
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Closed", "DynamicBatcher", "QueueFull"]
 
 
-class Closed(Exception):
-    """The model behind this batcher was unloaded."""
+class Closed(NotReady):
+    """The model behind this batcher was unloaded (a new version may be loading)."""
+
+    def __init__(self, message: str):
+        super().__init__(f"{message}; ask again (a new version may be loading)", retry_after=1)
 
 
-class QueueFull(Exception):
+class QueueFull(OverCapacity):
     """Too many images are waiting; try again after ``retry_after`` seconds."""
 
     def __init__(self, waiting: int, max_queue: int, retry_after: int):
         super().__init__(
             f"the server is busy: {waiting} images are waiting and the queue holds {max_queue}; "
-            f"retry after {retry_after} s"
+            f"retry after {retry_after} s",
+            retry_after=retry_after,
         )
-        self.retry_after = retry_after
 
 
 class DynamicBatcher:

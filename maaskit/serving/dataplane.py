@@ -1,5 +1,6 @@
 """The data plane: the models being served, their versions and readiness, and the batcher in
-front of each. No HTTP here: the V2 and V1 routers (``rest_v2``, ``rest_v1``) translate their
+front of each. No HTTP here: it raises the domain errors of :mod:`.errors` (the app answers them in
+each protocol's shape), and the routers (``rest_v2``, ``rest_v1``, ``rest_openai``) translate their
 protocols into calls on this module, as KServe's and MLServer's data planes do.
 """
 
@@ -25,27 +26,20 @@ from ..artifact import MANIFEST, load_artifact, make_manifest, read_manifest
 from ..device import pick_device
 from ..normalization import Normalization
 from .batching import DynamicBatcher
+from .errors import Conflict, InvalidInput, ModelNotFound, NotReady
 from .explainer import ExplainerProcess
 from .protocol import ProtocolError
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
 
-__all__ = ["HTTPError", "ModelRepository", "ModelSource", "ServedLanguageModel", "ServedModel"]
+__all__ = ["ModelRepository", "ModelSource", "ServedLanguageModel", "ServedModel"]
 
 # what can be served: an artifact directory, a model from build_model (with data=), (model, manifest),
 # or a language model as (model, tokenizer)
 ModelSource = Union[str, Path, torch.nn.Module, tuple[torch.nn.Module, dict], tuple[torch.nn.Module, Tokenizer]]  # noqa: UP007 (3.10 needs Union at run time)
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
-class HTTPError(Exception):
-    """An answer other than 200, with the message the client will read."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
 
 
 @dataclass
@@ -138,7 +132,7 @@ class ServedModel:
         try:
             return await self._explainer.explain(x, method, target, params)
         except BrokenProcessPool:
-            raise HTTPError(503, "the explanation process stopped; try again", {"Retry-After": "1"}) from None
+            raise NotReady("the explanation process stopped; try again", retry_after=1) from None
 
     def close(self) -> None:
         """Stop taking requests; stop the explanation process if one runs."""
@@ -298,24 +292,24 @@ class ModelRepository:
         served = self.language_models.get(name)
         if served is None:
             known = ", ".join(sorted(self.language_models)) or "none"
-            raise HTTPError(404, f"the model {name!r} does not exist; this server's language models: {known}")
+            raise ModelNotFound(f"the model {name!r} does not exist; this server's language models: {known}")
         return served
 
     def get(self, name: str, version: str | None = None) -> ServedModel:
         """The model to run; 404 if there is none by that name or version, 503 while it loads."""
         versions = self._models.get(name)
         if not versions and name in self.language_models:
-            raise HTTPError(404, f"{name!r} is a language model: it answers /v1/completions and /v1/chat/completions")
+            raise ModelNotFound(f"{name!r} is a language model: it answers /v1/completions and /v1/chat/completions")
         if not versions:
             if name in self._loading:
-                raise HTTPError(503, f"model {name!r} is loading; try again shortly", {"Retry-After": "1"})
+                raise NotReady(f"model {name!r} is loading; try again shortly", retry_after=1)
             known = ", ".join(sorted(self._models)) or "none"
-            raise HTTPError(404, f"unknown model {name!r}; this server has: {known}")
+            raise ModelNotFound(f"unknown model {name!r}; this server has: {known}")
         if version is None:
             return versions[max(versions, key=int)]
         if version not in versions:
-            raise HTTPError(
-                404, f"model {name!r} has no version {version!r}; it has {', '.join(sorted(versions, key=int))}"
+            raise ModelNotFound(
+                f"model {name!r} has no version {version!r}; it has {', '.join(sorted(versions, key=int))}"
             )
         return versions[version]
 
@@ -346,14 +340,12 @@ class ModelRepository:
     async def load(self, name: str) -> None:
         """Load (or reload) ``root/name`` without blocking the requests being served meanwhile."""
         if self.root is None:
-            raise HTTPError(400, "this server has no model repository to load from (serve with model_repository=DIR)")
+            raise InvalidInput("this server has no model repository to load from (serve with model_repository=DIR)")
         if name not in self.available():
-            raise HTTPError(
-                404, f"no model {name!r} in the repository; it has: {', '.join(self.available()) or 'none'}"
-            )
+            raise ModelNotFound(f"no model {name!r} in the repository; it has: {', '.join(self.available()) or 'none'}")
         with self._lock:
             if name in self._loading:
-                raise HTTPError(409, f"model {name!r} is already loading")
+                raise Conflict(f"model {name!r} is already loading")
             self._loading.add(name)
         try:
             model, manifest = await asyncio.to_thread(load_artifact, self.root / name)
@@ -362,7 +354,7 @@ class ModelRepository:
             for served in old.values():
                 served.close()
         except Exception as err:
-            raise HTTPError(400, f"model {name!r} could not be loaded: {err}") from None
+            raise InvalidInput(f"model {name!r} could not be loaded: {err}") from None
         finally:
             self._loading.discard(name)
 
@@ -381,6 +373,6 @@ class ModelRepository:
         with self._lock:
             versions = self._models.pop(name, None)
         if versions is None:
-            raise HTTPError(404, f"model {name!r} is not loaded")
+            raise ModelNotFound(f"model {name!r} is not loaded")
         for served in versions.values():
             served.close()

@@ -1,5 +1,6 @@
 """The server's Prometheus metrics: requests, failures, latency, batch sizes and queueing; for
-language models time to first token, inter-token latency, tokens/s, running and waiting
+language models time to first token, inter-token latency, tokens generated (a counter: tokens/s is
+``rate(maaskit_lm_generated_tokens_total[1m])``), running and waiting
 sequences; and per API key its requests, tokens and refusals (by the key's name, never the key).
 
 With ``--workers N`` each worker process counts for itself and ``/metrics`` adds them up
@@ -10,8 +11,6 @@ scrape sees the whole server whichever worker answers it.
 from __future__ import annotations
 
 import os
-import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -58,10 +57,6 @@ class ServerMetrics:
             buckets=_SECONDS,
         )  # fmt: skip
         self.tokens = Counter("maaskit_lm_generated_tokens", "Tokens generated", lm, registry=r)
-        self.tokens_per_s = Gauge(
-            "maaskit_lm_tokens_per_second", "Tokens generated per second, over the last 5 s", lm, registry=r,
-            multiprocess_mode="livesum",
-        )  # fmt: skip
         self.running = Gauge(
             "maaskit_lm_running_sequences",
             "Sequences in the running batch",
@@ -90,11 +85,9 @@ class ServerMetrics:
         engine, name = served.engine, served.name
         # the labelled series, looked up once: this runs for every token
         first, inter = self.first_token.labels(name), self.inter_token.labels(name)
-        tokens, rate = self.tokens.labels(name), self.tokens_per_s.labels(name)
+        tokens = self.tokens.labels(name)  # tokens/s is Prometheus' rate() of this counter
         running, waiting = self.running.labels(name), self.waiting_sequences.labels(name)
         dropped = self.abandoned.labels(name)
-        recent: deque[tuple[float, float]] = deque()  # (time, tokens) of the steps of the last 5 s
-        in_window = [0.0]
 
         def listener(kind: str, value: float) -> None:
             if kind == "token":
@@ -104,13 +97,7 @@ class ServerMetrics:
                 first.observe(value)
                 return
             if kind == "step":
-                now = time.monotonic()
-                recent.append((now, value))
-                in_window[0] += value
-                while recent[0][0] < now - 5:
-                    in_window[0] -= recent.popleft()[1]
                 tokens.inc(value)
-                rate.set(in_window[0] / 5)
             elif kind == "dropped":
                 dropped.inc(value)
             running.set(engine.running)

@@ -24,9 +24,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ..lm.engine import SamplingParams, TokenEvent
+from ..lm.engine import ContextTooLong, SamplingParams, TokenEvent
 from ..lm.text import CHAT_TEMPLATE, TURN_ENDS, TextStream, chat_prompt
-from .dataplane import HTTPError, ModelRepository, ServedLanguageModel
+from .dataplane import ModelRepository, ServedLanguageModel
+from .errors import InvalidInput, ModelNotFound
 from .keys import APIKey, APIKeys, RateLimited
 from .metrics import ServerMetrics
 from .openai_schemas import (
@@ -169,12 +170,14 @@ def router(repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | 
         }
     }
 
-    def served_model(name: str) -> ServedLanguageModel:
+    def served_model(request: Request, name: str) -> ServedLanguageModel:
         try:
             served = repository.get_language_model(name)
-        except HTTPError as err:
-            raise OpenAIError(404, err.message, param="model", code="model_not_found") from None
+        except ModelNotFound as err:
+            err.param = "model"
+            raise
         metrics.watch_language_model(served)
+        request.state.model = served.name  # the Guard counts the request under this name
         return served
 
     def key_of(request: Request) -> APIKey | None:
@@ -214,11 +217,10 @@ def router(repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | 
         for prompt in prompts:
             try:
                 served.engine.check(prompt, params)
+            except ContextTooLong:
+                raise  # answered with its param and code at the edge
             except ValueError as err:
-                param = "max_tokens" if "context" in str(err) else None
-                raise OpenAIError(
-                    400, str(err), param=param, code="context_length_exceeded" if param else None
-                ) from None
+                raise InvalidInput(str(err)) from None
         key = key_of(request)
         use = None
         worst = sum(len(p) for p in prompts) + params.max_tokens * req.n * len(prompts)
@@ -332,7 +334,7 @@ def router(repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | 
     async def completions(request: Request):
         """Continue a prompt (text, texts, or token ids). ``echo`` is not supported."""
         req = parse(CompletionRequest, await body_of(request))
-        served = served_model(req.model)
+        served = served_model(request, req.model)
         if req.echo:
             raise OpenAIError(400, "echo is not supported by this server", param="echo")
         raw = req.prompt
@@ -363,7 +365,7 @@ def router(repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | 
     )
     async def chat_completions(request: Request):
         req = parse(ChatRequest, await body_of(request))
-        served = served_model(req.model)
+        served = served_model(request, req.model)
         try:
             prompt = chat_prompt([m.model_dump() for m in req.messages])
         except ValueError as err:

@@ -6,7 +6,6 @@ language models speak uses the same path for its model object.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Union
 
 import numpy as np
@@ -14,7 +13,6 @@ from fastapi import APIRouter, Request
 
 from ..explain import LIMITS
 from .dataplane import ModelRepository
-from .metrics import ServerMetrics
 from .openai_schemas import OpenAIModel
 from .protocol import ProtocolError, split_body, top_k, v1_rows
 from .rest_openai import model_object
@@ -34,7 +32,7 @@ from .schemas import (
 __all__ = ["router"]
 
 
-def router(repository: ModelRepository, metrics: ServerMetrics) -> APIRouter:
+def router(repository: ModelRepository) -> APIRouter:
     api = APIRouter(tags=["V1: TF Serving REST"])
     errors = error_responses(400, 401, 404, 413, 503)
 
@@ -77,7 +75,6 @@ def router(repository: ModelRepository, metrics: ServerMetrics) -> APIRouter:
         except (TypeError, ValueError, OverflowError) as err:
             raise ProtocolError(f"V1 input is not a numeric array of shape [N, ...]: {err}") from None
         logits = await served.infer(served.prepare(array, "FP32", served.input_name))
-        metrics.requests.labels(served.name, "v1").inc()
         return logits, key
 
     predict_doc: dict[str, Any] = {
@@ -89,9 +86,7 @@ def router(repository: ModelRepository, metrics: ServerMetrics) -> APIRouter:
     @api.post("/v1/models/{name:segment}:predict", **predict_doc)
     @api.post("/v1/models/{name:segment}/versions/{version:segment}:predict", **predict_doc)
     async def predict(name: str, request: Request, version: str | None = None):
-        start = time.perf_counter()
         logits, key = await logits_of(request, name, version)
-        metrics.latency.labels("v1").observe(time.perf_counter() - start)
         return {key: logits.tolist()}
 
     classify_doc: dict[str, Any] = {**predict_doc, "response_model": ClassifyResponse}
@@ -99,10 +94,8 @@ def router(repository: ModelRepository, metrics: ServerMetrics) -> APIRouter:
     @api.post("/v1/models/{name:segment}:classify", **classify_doc)
     @api.post("/v1/models/{name:segment}/versions/{version:segment}:classify", **classify_doc)
     async def classify(name: str, request: Request, version: str | None = None):
-        start = time.perf_counter()
         logits, _ = await logits_of(request, name, version)
         classes = repository.get(name, version).classes
-        metrics.latency.labels("v1").observe(time.perf_counter() - start)
         return {"results": [[list(pair) for pair in row] for row in top_k(logits, 5, classes)]}
 
     explain_doc: dict[str, Any] = {

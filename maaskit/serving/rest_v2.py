@@ -9,7 +9,6 @@ against the same Pydantic model.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -17,8 +16,8 @@ from fastapi import APIRouter, Request, Response
 
 from .._version import __version__
 from ..explain import LIMITS
-from .dataplane import HTTPError, ModelRepository, ServedModel
-from .metrics import ServerMetrics
+from .dataplane import ModelRepository, ServedModel
+from .errors import Forbidden, NotReady
 from .protocol import (
     HEADER_LENGTH,
     ProtocolError,
@@ -53,7 +52,7 @@ async def _json_or_empty(request: Request, model: type, what: str) -> Any:
     return validate(model, split_body(body, None)[0], what) if body.strip() else None
 
 
-def router(repository: ModelRepository, metrics: ServerMetrics, *, admin: bool) -> APIRouter:
+def router(repository: ModelRepository, *, admin: bool) -> APIRouter:
     """The V2 routes. ``admin``: loading and unloading models is allowed (a token guards the server)."""
     api = APIRouter(tags=["V2: Open Inference Protocol"])
     model_errors = error_responses(400, 401, 404, 503)
@@ -65,7 +64,7 @@ def router(repository: ModelRepository, metrics: ServerMetrics, *, admin: bool) 
     @api.get("/v2/health/ready", response_model=Ready, responses=error_responses(503))
     async def ready():
         if not repository.ready:
-            raise HTTPError(503, "models are still loading", {"Retry-After": "1"})
+            raise NotReady("models are still loading", retry_after=1)
         return {"ready": True}
 
     @api.get("/v2", response_model=ServerMetadata, responses=error_responses(401))
@@ -102,7 +101,6 @@ def router(repository: ModelRepository, metrics: ServerMetrics, *, admin: bool) 
     @api.post("/v2/models/{name:segment}/infer", **infer_doc)
     @api.post("/v2/models/{name:segment}/versions/{version:segment}/infer", **infer_doc)
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        start = time.perf_counter()
         served = repository.get(name, version)
         header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
         validate(InferRequest, header, "V2 inference request")
@@ -116,8 +114,6 @@ def router(repository: ModelRepository, metrics: ServerMetrics, *, admin: bool) 
             body, headers = await _explained(served, header, x, explaining)
         else:
             body, headers = _reply(served, header, await served.infer(x))
-        metrics.requests.labels(name, "v2").inc()
-        metrics.latency.labels("v2").observe(time.perf_counter() - start)
         return Response(body, headers=headers, media_type=headers["Content-Type"])
 
     @api.post(
@@ -138,7 +134,7 @@ def router(repository: ModelRepository, metrics: ServerMetrics, *, admin: bool) 
 
     def _allowed():
         if not admin:
-            raise HTTPError(403, "loading and unloading models needs a server started with a token (--token)")
+            raise Forbidden("loading and unloading models needs a server started with a token (--token)")
 
     @api.post("/v2/repository/models/{name:segment}/load", responses=admin_errors, status_code=200)
     async def load(name: str) -> dict:
