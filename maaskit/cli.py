@@ -7,10 +7,12 @@ import importlib
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import fields
 
 from ._version import __version__
 from .lm.config import GPTConfig, LMRecipe
 from .recipes import Recipe, default_recipe
+from .serving.config import ServeConfig
 
 
 class _Names:
@@ -140,30 +142,21 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 def _serve(args) -> int:
     from .artifact import ArtifactError
-    from .serving.runner import serve, serve_workers
+    from .serving.runner import serve_config, serve_workers
 
-    token = args.token or os.environ.get("MAASKIT_TOKEN")
-    settings = {
-        "device": args.device,
-        "max_batch_size": args.max_batch_size,
-        "max_delay_ms": args.max_delay_ms,
-        "max_queue": args.max_queue,
-        "model_repository": args.model_repository,
-        "name": args.name,
-        "access_log": args.access_log,
-        "api_keys": args.api_keys,
-        "max_sequences": args.max_sequences,
-    }
-    where = {"host": args.host, "port": args.port, "token": token, "allow_insecure": args.allow_insecure}
+    config = ServeConfig(
+        **{f.name: getattr(args, f.name) for f in fields(ServeConfig) if f.name != "token"},
+        token=args.token or os.environ.get("MAASKIT_TOKEN"),
+    )
     if not args.artifacts and not args.model_repository:
         print("maaskit serve: give artifact directories, or --model-repository DIR", file=sys.stderr)
         return 2
     try:
-        if args.workers > 1:
-            ready = lambda url: print(f"{args.workers} workers serving at {url}; docs at {url}/docs", flush=True)
-            serve_workers(args.artifacts, workers=args.workers, on_ready=ready, **where, **settings)
+        if config.workers > 1:
+            ready = lambda url: print(f"{config.workers} workers serving at {url}; docs at {url}/docs", flush=True)
+            serve_workers(args.artifacts, config, on_ready=ready)
             return 0
-        server = serve(*args.artifacts, **where, **settings, log_level="info")
+        server = serve_config(config, *args.artifacts)
     except (ValueError, ArtifactError, OSError) as err:
         print(f"maaskit serve: {err}", file=sys.stderr)
         return 2
@@ -272,23 +265,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="a directory of artifact directories, loadable and unloadable through /v2/repository (Triton's)",
     )
     serve.add_argument("--name", help="the model's name (one artifact only; default: from its manifest)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (loopback: only this machine)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free one)")
+    defaults = ServeConfig()
+    serve.add_argument("--host", default=defaults.host, help="address to bind (loopback: only this machine)")
+    serve.add_argument("--port", type=int, default=defaults.port, help="port to listen on (0: any free one)")
     serve.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (or set MAASKIT_TOKEN)")
     serve.add_argument("--allow-insecure", action="store_true", help="bind a non-loopback address without a token")
-    serve.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    serve.add_argument("--max-batch-size", type=int, default=32, help="most images in one forward pass")
+    serve.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N or mps")
+    serve.add_argument(
+        "--max-batch-size", type=int, default=defaults.max_batch_size, help="most images in one forward pass"
+    )
     serve.add_argument(
         "--max-delay-ms",
         type=float,
-        default=0.0,
+        default=defaults.max_delay_ms,
         help="extra wait for other requests to share a forward pass (0: a request that finds the model idle runs "
         "at once; those arriving while it is busy share the next pass anyway)",
     )
     serve.add_argument(
-        "--max-queue", type=int, default=1024, help="images that may wait; past that the answer is 503 + Retry-After"
+        "--max-queue",
+        type=int,
+        default=defaults.max_queue,
+        help="images that may wait; past that the answer is 503 + Retry-After",
     )
-    serve.add_argument("--workers", type=int, default=1, help="server processes (for CPU-bound models)")
+    serve.add_argument("--workers", type=int, default=defaults.workers, help="server processes (for CPU-bound models)")
     serve.add_argument(
         "--api-keys",
         metavar="FILE",
@@ -297,13 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-sequences",
         type=int,
-        default=16,
+        default=defaults.max_sequences,
         help="a language model's sequences sharing each decode step (continuous batching; 1: one at a time)",
     )
     serve.add_argument(
         "--access-log", action="store_true", help="log every request (off by default: it costs time on every request)"
     )
-    serve.set_defaults(func=_serve)
+    serve.add_argument(
+        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"), help="%(choices)s"
+    )
+    serve.set_defaults(func=_serve, inline=defaults.inline, max_body_bytes=defaults.max_body_bytes)
 
     lm = sub.add_parser("lm", help="language models: train a small GPT")
     lm_sub = lm.add_subparsers(dest="lm_command", metavar="COMMAND", help="train")

@@ -19,7 +19,8 @@ from conftest import require
 from labserver import free_port
 
 import maaskit
-from maaskit.artifact import save_artifact
+import maaskit.cli
+from maaskit.artifact import ArtifactError, save_artifact
 from maaskit.serving.batching import Closed, DynamicBatcher, QueueFull
 from maaskit.serving.client import Client, EndpointError, load_test
 from maaskit.serving.protocol import (
@@ -602,3 +603,31 @@ def test_several_models_at_once_and_a_graceful_stop(tmp_path, digits):
     assert result["logits"].shape == (2, 10)  # finished, not cut off
     with pytest.raises(EndpointError, match="cannot reach"):
         Client(running.url, retries=0, timeout=2).live()
+
+
+def test_one_serve_config_holds_the_defaults_and_one_rule_guards_a_public_address(tmp_path, artifact):
+    import inspect
+
+    from maaskit.serving.batching import DynamicBatcher
+    from maaskit.serving.config import ServeConfig
+    from maaskit.serving.runner import serve_workers
+
+    defaults = ServeConfig()
+    params = inspect.signature(maaskit.serve).parameters
+    for name in ("max_batch_size", "max_delay_ms", "max_queue", "inline", "max_sequences", "max_body_bytes"):
+        assert params[name].default == getattr(defaults, name), name
+    assert inspect.signature(DynamicBatcher).parameters["max_queue"].default == defaults.max_queue
+    assert maaskit.cli.build_parser().parse_args(["serve"]).max_batch_size == defaults.max_batch_size
+
+    public = ServeConfig(host="0.0.0.0")
+    with pytest.raises(ValueError, match="without a token or API keys"):
+        public.check_exposure(has_keys=False)
+    public.check_exposure(has_keys=True)  # keys protect it, for one worker or many
+    public.but(token="t").check_exposure(has_keys=False)
+    # --workers 2 on a public address with only API keys gets past the exposure check to the artifacts
+    keys = tmp_path / "keys.json"
+    keys.write_text('[{"name": "alice", "key": "sk-alice-0123456789"}]')
+    with pytest.raises(ValueError, match="without a token or API keys"):
+        serve_workers([str(artifact[0])], public.but(workers=2))
+    with pytest.raises(ArtifactError):
+        serve_workers([str(tmp_path / "missing")], public.but(workers=2, api_keys=str(keys)))

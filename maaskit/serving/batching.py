@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .config import ServeConfig
 from .errors import NotReady, OverCapacity
 
 logger = logging.getLogger(__name__)
@@ -64,10 +65,10 @@ class DynamicBatcher:
         self,
         fn: Callable[[np.ndarray], np.ndarray],
         *,
-        max_batch_size: int = 32,
-        max_delay_ms: float = 0.0,
-        max_queue: int = 1024,
-        inline: bool | str = "auto",
+        max_batch_size: int = ServeConfig.max_batch_size,  # the defaults are written once, in ServeConfig
+        max_delay_ms: float = ServeConfig.max_delay_ms,
+        max_queue: int = ServeConfig.max_queue,
+        inline: bool | str = ServeConfig.inline,
         inline_below_ms: float = 0.5,
         on_batch: Callable[[int, float, list[float]], None] | None = None,
         thread_setup: Callable[[], None] | None = None,

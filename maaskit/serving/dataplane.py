@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -26,6 +27,7 @@ from ..artifact import MANIFEST, load_artifact, make_manifest, read_manifest
 from ..device import pick_device
 from ..normalization import Normalization
 from .batching import DynamicBatcher
+from .config import ServeConfig
 from .errors import Conflict, InvalidInput, ModelNotFound, NotReady
 from .explainer import ExplainerProcess
 from .protocol import ProtocolError
@@ -43,17 +45,6 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass
-class Batching:
-    """How each served model batches (see :class:`~maaskit.serving.batching.DynamicBatcher`)."""
-
-    max_batch_size: int = 32
-    max_delay_ms: float = 0.0
-    max_queue: int = 1024
-    inline: bool | str = "auto"
-    max_sequences: int = 16  # a language model's running batch (continuous batching); 1: one at a time
-
-
-@dataclass
 class ServedModel:
     """One version of one model: the network, its manifest, and the batcher in front of it."""
 
@@ -62,7 +53,8 @@ class ServedModel:
     model: torch.nn.Module
     manifest: dict
     device: torch.device
-    batching: Batching = field(default_factory=Batching)
+    config: ServeConfig = field(default_factory=ServeConfig)
+    thread_setup: Callable[[], None] = field(default=lambda: forward_thread_setup())
     # f(this model, batch size, forward seconds, seconds each request queued) after each pass
     listeners: list[Callable[[ServedModel, int, float, list[float]], None]] = field(default_factory=list)
 
@@ -75,15 +67,15 @@ class ServedModel:
         self.model = self.model.to(self.device).eval()
         self.batch_sizes: deque[int] = deque(maxlen=10_000)  # the latest forward passes' sizes
         self._explainer = ExplainerProcess(self.model, self.manifest, self.device)
-        b = self.batching
+        c = self.config
         self.batcher = DynamicBatcher(
             self._forward,
-            max_batch_size=b.max_batch_size,
-            max_delay_ms=b.max_delay_ms,
-            max_queue=b.max_queue,
-            inline=b.inline,
+            max_batch_size=c.max_batch_size,
+            max_delay_ms=c.max_delay_ms,
+            max_queue=c.max_queue,
+            inline=c.inline,
             on_batch=self._seen_batch,
-            thread_setup=forward_thread_setup,
+            thread_setup=self.thread_setup,
         )
 
     def _seen_batch(self, size: int, seconds: float, queued: list[float]) -> None:
@@ -154,7 +146,7 @@ class ServedLanguageModel:
     """A language model, its tokenizer, and the continuous-batching engine in front of it."""
 
     def __init__(self, name: str, model: torch.nn.Module, tokenizer: Any, manifest: dict, device: torch.device,
-                 batching: Batching):  # fmt: skip
+                 config: ServeConfig, thread_setup: Callable[[], None]):  # fmt: skip
         from ..lm.engine import Engine
         from ..lm.model import GPT
 
@@ -163,9 +155,7 @@ class ServedLanguageModel:
         self.name, self.tokenizer, self.manifest = name, tokenizer, manifest
         self.created = int(time.time())
         self.end_of_text: int = manifest["tokenizer"]["end_of_text"]
-        self.engine = Engine(
-            model.to(device).eval(), max_sequences=batching.max_sequences, thread_setup=forward_thread_setup
-        )
+        self.engine = Engine(model.to(device).eval(), max_sequences=config.max_sequences, thread_setup=thread_setup)
 
     @property
     def context(self) -> int:
@@ -175,20 +165,17 @@ class ServedLanguageModel:
         self.engine.close()
 
 
-server_processes = 1  # with --workers N, each worker process gets its share of the cores
-
-
-def forward_threads() -> int:
+def forward_threads(processes: int = 1) -> int:
     """PyTorch threads for a server's forward passes: all cores but one, which the event loop needs,
-    shared among the server's processes.
+    shared among the server's ``processes`` (``--workers``).
     Measured on 2 cores with LeNet: 1 thread gives 0.17 ms a pass at batch 1 and 0.27 ms at 32;
     2 threads 0.20 and 0.34, and 0.55 when a second thread runs passes too (OpenMP teams collide)."""
-    return max(1, ((os.cpu_count() or 2) - 1) // server_processes)
+    return max(1, ((os.cpu_count() or 2) - 1) // processes)
 
 
-def forward_thread_setup() -> None:
+def forward_thread_setup(processes: int = 1) -> None:
     """Run in each thread that runs forward passes: PyTorch's thread count is per thread."""
-    torch.set_num_threads(forward_threads())
+    torch.set_num_threads(forward_threads(processes))
 
 
 def _check_name(name: str) -> str:
@@ -207,17 +194,11 @@ class ModelRepository:
     """
 
     def __init__(
-        self,
-        *,
-        device: str | torch.device = "auto",
-        batching: Batching | None = None,
-        root: str | Path | None = None,
-        **batching_options: Any,
+        self, *, device: str | torch.device = "auto", config: ServeConfig | None = None, root: str | Path | None = None
     ):
         self.device = pick_device(device)
-        if batching is not None and batching_options:
-            raise TypeError("pass batching=Batching(...) or its fields as keywords, not both")
-        self.batching = batching or Batching(**batching_options)
+        self.config = config or ServeConfig()
+        self.thread_setup: Callable[[], None] = partial(forward_thread_setup, self.config.workers)
         self.root = Path(root) if root is not None else None
         self._models: dict[str, dict[str, ServedModel]] = {}
         self.language_models: dict[str, ServedLanguageModel] = {}
@@ -263,7 +244,9 @@ class ModelRepository:
         with self._lock:
             versions = self._models.setdefault(name, {})
             version = str(version) if version is not None else str(max((int(v) for v in versions), default=0) + 1)
-            served = ServedModel(name, version, model, manifest, self.device, self.batching, self.listeners)
+            served = ServedModel(
+                name, version, model, manifest, self.device, self.config, self.thread_setup, self.listeners
+            )
             versions[version] = served
         return served
 
@@ -280,7 +263,7 @@ class ModelRepository:
         else:
             raise TypeError("a language model is served from its directory or as a (model, tokenizer) pair")
         name = _check_name(name or manifest["name"])
-        served = ServedLanguageModel(name, model, tokenizer, manifest, self.device, self.batching)
+        served = ServedLanguageModel(name, model, tokenizer, manifest, self.device, self.config, self.thread_setup)
         with self._lock:
             old = self.language_models.pop(name, None)
             self.language_models[name] = served

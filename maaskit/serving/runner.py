@@ -5,21 +5,20 @@
 from __future__ import annotations
 
 import gc
-import ipaddress
-import json
 import os
 import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from . import dataplane
-from .app import MAX_BODY_BYTES, create_app
-from .dataplane import Batching, ModelRepository, ModelSource, forward_thread_setup
+from .app import create_app
+from .config import ServeConfig
+from .dataplane import ModelRepository, ModelSource
 from .keys import APIKeys
 
 if TYPE_CHECKING:
@@ -28,9 +27,7 @@ if TYPE_CHECKING:
 
     from ..data import ImageDataset
 
-__all__ = ["RunningServer", "app_from_environment", "serve", "serve_workers"]
-
-_SETTINGS = "MAASKIT_SERVE_SETTINGS"  # how --workers hands its settings to each worker process
+__all__ = ["RunningServer", "app_from_environment", "serve", "serve_config", "serve_workers"]
 
 
 class RunningServer:
@@ -60,21 +57,6 @@ class RunningServer:
         return f"RunningServer({self.url}, models: {', '.join(m['name'] for m in self.repository.index())})"
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
-    except (OSError, ValueError):
-        return False
-
-
-def _check_exposure(host: str, token: Any, allow_insecure: bool) -> None:
-    if not _is_loopback(host) and token is None and not allow_insecure:
-        raise ValueError(
-            f"refusing to serve on {host} without a token: anyone who can reach it could use it. "
-            "Pass token=... (maaskit serve --token), or allow_insecure=True if you mean it"
-        )
-
-
 def _bind(host: str, port: int) -> socket.socket:
     # IPPROTO_TCP named explicitly: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets
     # that say so, and without it every response waited ~40 ms for a delayed ACK.
@@ -90,77 +72,89 @@ def _url(sock: socket.socket) -> str:
 
 
 def _repository(
-    sources: tuple[Any, ...],
-    *,
-    data: Any = None,
-    name: str | None = None,
-    device: str | torch.device = "auto",
-    batching: Batching,
-    model_repository: str | Path | None = None,
+    sources: tuple[Any, ...], config: ServeConfig, *, data: Any = None, device: str | torch.device | None = None
 ) -> ModelRepository:
-    if not sources and model_repository is None:
+    if not sources and config.model_repository is None:
         raise ValueError("give at least one artifact directory to serve, or a model_repository directory")
-    repository = ModelRepository(device=device, batching=batching, root=model_repository)
+    repository = ModelRepository(device=device or config.device, config=config, root=config.model_repository)
     for source in sources:
-        repository.add(source, name=name if len(sources) == 1 else None, data=data)
+        repository.add(source, name=config.name if len(sources) == 1 else None, data=data)
     for found in repository.available() if not sources else []:  # a repository alone: serve all it holds
-        repository.add(Path(model_repository or ".") / found, name=found, version=1)
+        repository.add(Path(config.model_repository or ".") / found, name=found, version=1)
     return repository
+
+
+def _keys(api_keys: APIKeys | str | Path | None) -> APIKeys | None:
+    """The keys given, or read from their file, or from $MAASKIT_API_KEYS if set."""
+    if isinstance(api_keys, APIKeys):
+        return api_keys
+    return APIKeys.load(api_keys) if api_keys is not None else APIKeys.load()
 
 
 def serve(
     *sources: ModelSource,
     data: ImageDataset | None = None,
     name: str | None = None,
-    host: str = "127.0.0.1",
+    host: str = ServeConfig.host,
     port: int = 0,
     token: str | None = None,
     allow_insecure: bool = False,
-    device: str | torch.device = "auto",
-    max_batch_size: int = 32,
-    max_delay_ms: float = 0.0,
-    max_queue: int = 1024,
-    inline: bool | str = "auto",
+    device: str | torch.device = ServeConfig.device,
+    max_batch_size: int = ServeConfig.max_batch_size,
+    max_delay_ms: float = ServeConfig.max_delay_ms,
+    max_queue: int = ServeConfig.max_queue,
+    inline: bool | str = ServeConfig.inline,
     model_repository: str | Path | None = None,
-    max_body_bytes: int = MAX_BODY_BYTES,
-    log_level: str = "warning",
+    max_body_bytes: int = ServeConfig.max_body_bytes,
+    log_level: str = ServeConfig.log_level,
     access_log: bool = False,
     api_keys: APIKeys | str | Path | None = None,
-    max_sequences: int = 16,
+    max_sequences: int = ServeConfig.max_sequences,
 ) -> RunningServer:
     """Serve artifact directories (or models with ``data=``, or ``(model, manifest)`` pairs) in a
-    background thread.
+    background thread. The keywords are :class:`~maaskit.serving.config.ServeConfig`'s, which says
+    what each does and holds the defaults.
 
     ``port=0`` picks a free port; the returned handle's ``url`` says which. Binding anything
-    but a loopback address without a ``token`` is refused unless ``allow_insecure=True``.
-    Batching: a request that finds the model idle runs at once, those that arrive while it is busy
-    share the next pass (up to ``max_batch_size`` images); ``max_delay_ms`` adds a wait for company;
-    past ``max_queue`` waiting images the server answers 503 with ``Retry-After``.
+    but a loopback address without a ``token`` or API keys is refused unless ``allow_insecure=True``.
     ``model_repository``: a directory of artifact directories (one per model, named as the model)
     that ``/v2/repository`` can load from and unload, as Triton's does; with no ``sources``, all of
     them are served.
     Language models (directories from ``maaskit lm train``, or ``(model, tokenizer)`` pairs) are
-    served through the OpenAI-compatible API; ``max_sequences`` of them share each decode step
-    (continuous batching; 1 runs them one at a time). ``api_keys``: an :class:`APIKeys`, or its JSON
+    served through the OpenAI-compatible API. ``api_keys``: an :class:`APIKeys`, or its JSON
     file (see :mod:`.keys`); by default ``$MAASKIT_API_KEYS`` if set. Keys are accepted wherever the
     token is, and carry quotas on the language-model routes.
     """
+    config = ServeConfig(
+        host=host, port=port, token=token, allow_insecure=allow_insecure, device=str(device),
+        max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue, inline=inline,
+        max_sequences=max_sequences, model_repository=None if model_repository is None else str(model_repository),
+        name=name, max_body_bytes=max_body_bytes, log_level=log_level, access_log=access_log,
+    )  # fmt: skip
+    return serve_config(config, *sources, data=data, api_keys=api_keys, device=device)
+
+
+def serve_config(
+    config: ServeConfig,
+    *sources: ModelSource,
+    data: ImageDataset | None = None,
+    api_keys: APIKeys | str | Path | None = None,
+    device: str | torch.device | None = None,
+) -> RunningServer:
+    """:func:`serve` from a :class:`ServeConfig` (what ``maaskit serve`` builds from its options)."""
     import uvicorn
 
-    keys = api_keys if isinstance(api_keys, APIKeys) or api_keys is None else APIKeys.load(api_keys)
-    keys = keys if keys is not None else APIKeys.load()
-    _check_exposure(host, token or keys, allow_insecure)
-    batching = Batching(max_batch_size, max_delay_ms, max_queue, inline, max_sequences)
-    repository = _repository(
-        sources, data=data, name=name, device=device, batching=batching, model_repository=model_repository
+    keys = _keys(api_keys if api_keys is not None else config.api_keys)
+    config.check_exposure(has_keys=keys is not None)
+    repository = _repository(sources, config, data=data, device=device)
+    app = create_app(repository, token=config.token, api_keys=keys, max_body_bytes=config.max_body_bytes)
+    sock = _bind(config.host, config.port)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level=config.log_level, access_log=config.access_log, timeout_graceful_shutdown=10)
     )
-    app = create_app(repository, token=token, api_keys=keys, max_body_bytes=max_body_bytes)
-    sock = _bind(host, port)
-    config = uvicorn.Config(app, log_level=log_level, access_log=access_log, timeout_graceful_shutdown=10)
-    server = uvicorn.Server(config)
 
     def run() -> None:
-        forward_thread_setup()  # cheap passes run on this thread (the event loop's)
+        repository.thread_setup()  # cheap passes run on this thread (the event loop's)
         try:
             server.run(sockets=[sock])
         finally:
@@ -202,77 +196,51 @@ def _thaw_gc() -> None:
             gc.unfreeze()
 
 
-def serve_workers(
-    sources: list[str],
-    *,
-    workers: int,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    token: str | None = None,
-    allow_insecure: bool = False,
-    on_ready: Any = None,
-    log_level: str = "info",
-    **settings: Any,
-) -> None:
-    """Serve in ``workers`` processes sharing one socket, until Ctrl-C (for CPU-bound models: each
-    process has its own interpreter, so Python's work is spread over the cores). ``settings`` are
-    :func:`serve`'s keywords. ``on_ready(url)`` is called once the socket is bound."""
+def serve_workers(sources: list[str], config: ServeConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve in ``config.workers`` processes sharing one socket, until Ctrl-C (for CPU-bound models:
+    each process has its own interpreter, so Python's work is spread over the cores).
+    ``on_ready(url)`` is called once the socket is bound."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    if workers < 2:
+    if config.workers < 2:
         raise ValueError("serve_workers is for 2 or more workers; use serve() for one")
-    _check_exposure(host, token, allow_insecure)
+    config.check_exposure(has_keys=_keys(config.api_keys) is not None)  # the same rule as one worker's
     # each worker checks its artifacts before any binds, so a typo fails here rather than N times
-    _repository(tuple(sources), batching=Batching(), device="cpu", model_repository=settings.get("model_repository"))
-    sock = _bind(host, port)
-    metrics_dir = tempfile.mkdtemp(prefix="maaskit-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the workers: metrics add up
-    os.environ[_SETTINGS] = json.dumps(
-        {"sources": [str(s) for s in sources], "token": token, "workers": workers, **settings}
-    )
-    config = uvicorn.Config(
+    _repository(tuple(sources), config, device="cpu").close()
+    sock = _bind(config.host, config.port)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="maaskit-metrics-")  # the workers' add up
+    os.environ[_SOURCES] = os.pathsep.join(str(s) for s in sources)
+    config.to_environment()
+    uvicorn_config = uvicorn.Config(
         "maaskit.serving.runner:app_from_environment",
         factory=True,
-        workers=workers,
-        log_level=log_level,
-        access_log=settings.pop("access_log", False),
+        workers=config.workers,
+        log_level=config.log_level,
+        access_log=config.access_log,
         timeout_graceful_shutdown=10,
     )
     if on_ready is not None:
         on_ready(_url(sock))
     try:
-        Multiprocess(config, sockets=[sock]).run()
+        Multiprocess(uvicorn_config, sockets=[sock]).run()
     finally:
-        os.environ.pop(_SETTINGS, None)
+        ServeConfig.clear_environment()
+        os.environ.pop(_SOURCES, None)
+
+
+_SOURCES = "MAASKIT_SERVE_SOURCES"  # the artifact directories of a --workers server
 
 
 def app_from_environment() -> FastAPI:
-    """The app of one ``--workers`` process, built from the settings its parent left in the environment."""
-    settings = json.loads(os.environ[_SETTINGS])
-    dataplane.server_processes = settings["workers"]  # the cores are shared out
-    batching = Batching(
-        settings.get("max_batch_size", 32),
-        settings.get("max_delay_ms", 0.0),
-        settings.get("max_queue", 1024),
-        settings.get("inline", "auto"),
-        settings.get("max_sequences", 16),
-    )
-    repository = _repository(
-        tuple(settings["sources"]),
-        name=settings.get("name"),
-        device=settings.get("device", "auto"),
-        batching=batching,
-        model_repository=settings.get("model_repository"),
-    )
-    keys = settings.get("api_keys")
+    """The app of one ``--workers`` process, from the config its parent left in the environment."""
+    config = ServeConfig.from_environment()
+    sources = tuple(s for s in os.environ.get(_SOURCES, "").split(os.pathsep) if s)
+    repository = _repository(sources, config)
     app = create_app(
-        repository,
-        token=settings.get("token"),
-        api_keys=APIKeys.load(keys) if keys else APIKeys.load(),
-        max_body_bytes=settings.get("max_body_bytes", MAX_BODY_BYTES),
+        repository, token=config.token, api_keys=_keys(config.api_keys), max_body_bytes=config.max_body_bytes
     )
-    forward_thread_setup()  # this process's event loop runs the cheap passes
+    repository.thread_setup()  # this process's event loop runs the cheap passes
     gc.collect()
     gc.freeze()  # this process only serves, for as long as it lives: see _freeze_gc
     return app

@@ -1,0 +1,88 @@
+"""Every serving default, written once: :class:`ServeConfig` is what ``maaskit serve`` parses into,
+what :func:`~maaskit.serving.runner.serve` and ``serve_workers`` build from, and what each
+``--workers`` process reads back. Pure data: the CLI's help needs no PyTorch.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+__all__ = ["ServeConfig"]
+
+_ENVIRONMENT = "MAASKIT_SERVE_CONFIG"  # how --workers hands the config to each worker process
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How a server listens, who may call it, and how its models batch.
+
+    Batching: a request that finds the model idle runs at once, those arriving while it is busy share
+    the next pass (up to ``max_batch_size`` images); ``max_delay_ms`` adds a wait for company; past
+    ``max_queue`` waiting images the answer is 503 with ``Retry-After``. ``max_sequences``: a language
+    model's sequences sharing each decode step (continuous batching; 1 runs them one at a time).
+    ``inline``: run cheap passes on the event loop's thread ("auto": when they take under a
+    millisecond). ``workers``: server processes sharing the socket (each gets its share of the cores).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000  # serve() in a notebook passes 0: any free port
+    token: str | None = None
+    api_keys: str | None = None  # a JSON file of keys with quotas (else $MAASKIT_API_KEYS, if set)
+    allow_insecure: bool = False
+    device: str = "auto"
+    max_batch_size: int = 32
+    max_delay_ms: float = 0.0
+    max_queue: int = 1024
+    inline: bool | str = "auto"
+    max_sequences: int = 16
+    model_repository: str | None = None
+    name: str | None = None
+    max_body_bytes: int = 32 * 1024 * 1024
+    workers: int = 1
+    log_level: str = "warning"
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_queue", "max_sequences", "workers", "max_body_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if self.max_delay_ms < 0:
+            raise ValueError(f"max_delay_ms must be 0 or more, got {self.max_delay_ms!r}")
+
+    def but(self, **changes: Any) -> ServeConfig:
+        return replace(self, **changes)
+
+    def check_exposure(self, *, has_keys: bool) -> None:
+        """Refuse a public address that nothing protects: neither a token nor API keys (the same rule
+        for one worker or many)."""
+        if not _is_loopback(self.host) and self.token is None and not has_keys and not self.allow_insecure:
+            raise ValueError(
+                f"refusing to serve on {self.host} without a token or API keys: anyone who can reach it could "
+                "use it. Pass token=... (maaskit serve --token) or API keys, or allow_insecure=True if you mean it"
+            )
+
+    def to_environment(self) -> None:
+        """Leave this config where a worker process (started by uvicorn from an import string) finds it."""
+        os.environ[_ENVIRONMENT] = json.dumps(asdict(self))
+
+    @classmethod
+    def from_environment(cls) -> ServeConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(os.environ[_ENVIRONMENT]).items() if k in known})
+
+    @staticmethod
+    def clear_environment() -> None:
+        os.environ.pop(_ENVIRONMENT, None)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except (OSError, ValueError):
+        return False
