@@ -60,9 +60,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
 
-# The unit tests alone: seconds, for the edit-test loop.
+# The fast unit tests alone, for the edit-test loop (under a minute on 2 cores): no notebooks, and none
+# of the tests marked slow in tests/conftest.py (torchrun, the browser, peers, load, LM training).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not notebook" tests
+	$(BIN)/python -m pytest -n 2 -m "not notebook and not slow" tests
 
 # Re-execute the notebooks and keep only the outputs nbval checks (after editing a notebook).
 notebooks: $(STAMP)

@@ -8,7 +8,11 @@ a time, taking turns round by round. For concurrency 1, 4, 8 and 16: time to fir
 inter-token latency p50/p99 and the tokens/s of all streams together, medians of ``--rounds``
 rounds. The floor is the engine alone, in process: tokens/s of one sequence and of 16.
 
-    python benchmarks/lm_serving.py [--model DIR] [--streams 48] [--max-tokens 64] [--rounds 3]
+    python benchmarks/lm_serving.py [--model DIR] [--streams 48] [--max-tokens 64] [--rounds 3] [--baseline DIR]
+
+``--baseline DIR``: also serve with the maaskit of another checkout (``git worktree add DIR <commit>``),
+"baseline", batching on, taking turns with the others; it trains its own copy of the model with its
+own code (the same recipe and seed), since artifacts of an older maaskit may differ in format.
 """
 
 from __future__ import annotations
@@ -56,6 +60,15 @@ def engine_floor(model_dir: Path, max_tokens: int) -> dict[int, float]:
     return {n: statistics.median(asyncio.run(run(n)) for _ in range(3)) for n in (1, 16)}
 
 
+def baseline_server(checkout: Path, folder: Path, epochs: int) -> list[str]:
+    """The command serving a model trained and served by the maaskit in ``checkout``."""
+    env = ["env", f"PYTHONPATH={checkout.resolve()}"]
+    model_dir = folder / "gpt-baseline"
+    train = [*env, sys.executable, "-m", "maaskit", "lm", "train", "--out", str(model_dir), "--device", "cpu"]
+    subprocess.run([*train, "--epochs", str(epochs)], check=True, capture_output=True, timeout=1800)
+    return [*env, sys.executable, "-m", "maaskit", "serve", str(model_dir), "--port", "{port}", "--device", "cpu"]
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
@@ -82,6 +95,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds; medians are printed")
     parser.add_argument("--epochs", type=int, default=12, help="training epochs when no --model is given")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--baseline", type=Path, help="a checkout of an earlier maaskit to serve beside this one")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="maaskit-lm-bench-") as tmp:
@@ -96,6 +110,8 @@ def main() -> int:
         print(f"engine alone (no HTTP): {floor[1]:,.0f} tokens/s one sequence, {floor[16]:,.0f} with 16", flush=True)
         serve = [sys.executable, "-m", "maaskit", "serve", str(model_dir), "--port", "{port}", "--device", "cpu"]
         commands = {"batching on": serve, "batching off": [*serve, "--max-sequences", "1"]}
+        if args.baseline is not None:
+            commands["baseline"] = baseline_server(args.baseline, folder, args.epochs)
         ports = {name: free_port() for name in commands}
         processes = {name: start(cmd, ports[name], folder / f"{name}.log") for name, cmd in commands.items()}
         rounds: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in CONCURRENCY} for name in commands}
@@ -137,6 +153,13 @@ def main() -> int:
         ]
         print(f"| {name} | " + " | ".join(cells) + " |")
     on, off = results["batching on"], results["batching off"]
+    if "baseline" in results:
+        for c in CONCURRENCY:
+            base = results["baseline"][c]
+            print(
+                f"c={c}: this / baseline {on[c]['tokens_per_s'] / base['tokens_per_s']:.2f}x tokens/s, "
+                f"TTFT p50 {on[c]['ttft_p50_ms']:.1f} vs {base['ttft_p50_ms']:.1f} ms"
+            )
     print(f"\nengine alone: {floor[1]:,.0f} tokens/s (1 sequence), {floor[16]:,.0f} (16): {floor[16] / floor[1]:.1f}x")
     for c in CONCURRENCY:
         print(

@@ -13,7 +13,11 @@ explanation request in flight all the time (integrated gradients, 50 steps, one 
 ``:explain``): what explanations cost plain inference on the same server.
 
     python benchmarks/serving.py [--requests 4000] [--rounds 3]
-        [--servers maaskit,explaining,unbatched,naive,kserve]
+        [--servers maaskit,explaining,unbatched,naive,kserve] [--baseline DIR]
+
+``--baseline DIR``: also serve the same artifact with the maaskit of another checkout (say
+``git worktree add DIR <commit>``), as "baseline", taking turns with the others: a change measured
+against the code before it, in one run.
 """
 
 from __future__ import annotations
@@ -79,7 +83,9 @@ def prepare(folder: Path) -> tuple[Path, float, dict[str, tuple[bytes, dict]]]:
     return artifact, statistics.median(times) * 1000, bodies
 
 
-def servers(artifact: Path, chosen: list[str]) -> dict[str, tuple[list[str], tuple[str, ...]]]:
+def servers(
+    artifact: Path, chosen: list[str], baseline: Path | None = None
+) -> dict[str, tuple[list[str], tuple[str, ...]]]:
     """name: (command, formats it speaks)."""
     maaskit_serve = [sys.executable, "-m", "maaskit", "serve", str(artifact), "--port", "{port}"]
     table = {
@@ -102,6 +108,10 @@ def servers(artifact: Path, chosen: list[str]) -> dict[str, tuple[list[str], tup
             str(ROOT),
         ]
         table["kserve"] = (command, ("json", "binary"))
+    chosen = list(chosen)
+    if baseline is not None:  # the same command, importing maaskit from the other checkout
+        table["baseline"] = (["env", f"PYTHONPATH={baseline.resolve()}", *maaskit_serve], ("json", "binary"))
+        chosen.insert(1, "baseline")
     return {name: table[name] for name in chosen}
 
 
@@ -185,6 +195,7 @@ def main() -> None:
         "--servers", default="maaskit,explaining,unbatched,naive,kserve", help="comma-separated, in order"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--baseline", type=Path, help="a checkout of an earlier maaskit to serve beside this one")
     args = parser.parse_args()
     if shutil.which("hey") is None:
         sys.exit("this benchmark needs `hey` (Debian: apt-get install hey; `make test` installs it)")
@@ -197,7 +208,7 @@ def main() -> None:
     running: dict[str, tuple[subprocess.Popen, str, tuple[str, ...]]] = {}
     runs: dict[str, dict[str, list[dict]]] = {}
     try:
-        for name, (command, formats) in servers(artifact, chosen).items():
+        for name, (command, formats) in servers(artifact, chosen, args.baseline).items():
             port = free_port()
             running[name] = (start(command, port, folder / f"{name}.log"), f"http://127.0.0.1:{port}", formats)
             url = f"{running[name][1]}/v2/models/digits/infer"
@@ -268,7 +279,7 @@ def report(results: dict[str, dict], floor_ms: float) -> None:
             f"{busy['rps'] / quiet['rps']:.2f}x the req/s, p50 {busy['p50']:.2f} vs {quiet['p50']:.2f} ms, "
             f"p99 {busy['p99']:.2f} vs {quiet['p99']:.2f} ms"
         )
-    for other in ("kserve", "naive", "unbatched"):
+    for other in ("baseline", "kserve", "naive", "unbatched"):
         for fmt in ("json", "binary"):
             if f"{fmt} c=32" not in results.get(other, {}):
                 continue

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Iterator
 from dataclasses import fields
+from typing import Any
 
 from ._version import __version__
 from .lm.config import GPTConfig, LMRecipe
@@ -201,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="report versions, devices, the widgets extension and the dataset cache")
     doctor.set_defaults(func=_doctor)
 
+    for add in (_add_train, _add_serve, _add_lm, _add_predict):  # one function per command
+        add(sub, helpful)
+    return parser
+
+
+def _add_train(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
+    """``maaskit train``: its options default to the recipe of notebooks 04-06."""
     recipe = default_recipe("digits")  # the defaults: maaskit.recipes, shared with the notebooks and the dashboard
     train = sub.add_parser(
         "train",
@@ -250,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=_train)
 
+
+def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
+    """``maaskit serve``: its options default to ServeConfig's."""
     serve = sub.add_parser(
         "serve",
         help="serve artifacts over the V2 (KServe/Triton) and V1 (TF Serving) APIs",
@@ -307,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve, inline=defaults.inline, max_body_bytes=defaults.max_body_bytes)
 
+
+def _add_lm(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
+    """``maaskit lm train``: its options default to LMRecipe's."""
     lm = sub.add_parser("lm", help="language models: train a small GPT")
     lm_sub = lm.add_subparsers(dest="lm_command", metavar="COMMAND", help="train")
     lm_train = lm_sub.add_parser(
@@ -342,6 +356,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     lm.set_defaults(func=lm_help)
 
+
+def _add_predict(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
+    """``maaskit predict``."""
     predict = sub.add_parser(
         "predict", help="send images to an endpoint and print the top classes", formatter_class=helpful
     )
@@ -351,7 +368,6 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--token", default=None, help="bearer token, if the endpoint wants one")
     predict.add_argument("--top-k", type=int, default=3, help="how many classes to print per image")
     predict.set_defaults(func=_predict)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -264,6 +264,7 @@ class GradientMonitor(Callback):
         """The global gradient norm (what ``clip_grad_norm_`` clips) at each record."""
         return np.sqrt((self.record.grad_norm**2).sum(axis=1))
 
+    # long: one check after another, each with its own message; split, the order they run in would hide
     def diagnose(
         self,
         last: int = 5,

@@ -128,6 +128,7 @@ def _cannot_run(nproc: int) -> str | None:
     return None
 
 
+# long: one subprocess's life (start, wait, read each rank's result, clean up) reads best in one place
 def launch(
     target: str,
     *,

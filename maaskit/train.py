@@ -646,6 +646,7 @@ def _set_up(
     return run, net, train_loader, ordered
 
 
+# long: the docstring is the manual of every keyword; the body is a dozen lines
 def fit(
     model: nn.Module,
     data: TrainingData,

@@ -25,6 +25,25 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(_threads)
 
 
+# Modules whose tests start real processes (torchrun ranks, JupyterLab and Chromium, peer servers
+# in their own virtual environments), train a language model, or put thousands of requests through a
+# server: `make test` runs them, `make test-fast` (the edit-test loop, under a minute) leaves them out.
+SLOW_MODULES = {
+    "test_browser.py",
+    "test_distributed.py",
+    "test_lab.py",
+    "test_lm_service.py",
+    "test_peers.py",
+    "test_serving_robustness.py",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def require(module: str):
     """Import a dev dependency; without it, skip on a contributor's machine but fail under CI=true,
     where a missing package is a broken install step, never a reason to test less."""

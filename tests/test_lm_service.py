@@ -392,6 +392,7 @@ def test_every_route_that_runs_a_model_is_counted_and_timed_in_one_place(server,
         server.url + f"/v1/models/{name}:explain",
         json={"instances": [[[[0.0] * 8] * 8]], "method": "saliency"},
         headers=headers,
+        timeout=300,  # the first explanation starts the explanation process (it imports PyTorch)
     )
     assert explained.status_code == 200, explained.text
     missing = httpx.post(server.url + "/v1/completions", json={"model": "nobody", "prompt": "x"}, headers=headers)

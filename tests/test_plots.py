@@ -32,6 +32,17 @@ def test_history_groups_losses_and_accuracies():
         plots.history({"epoch": [1, 2]}, x="epoch")
 
 
+def test_history_draws_a_dashboards_panels_from_records_and_running_values():
+    records = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.2, "train_acc": 0.5, "val_acc": 0.4, "lr": 0.1}]
+    live = {"x": [0.5, 1.0], "train_loss": [1.5, 1.0], "train_acc": [0.3, 0.5]}
+    fig = plots.history(records, groups=("loss", "accuracy"), live=live, epochs=3, log_loss=True)
+    loss, acc = fig.axes
+    assert [line.get_label() for line in loss.get_lines()] == ["train_loss (running)", "train_loss", "val_loss"]
+    assert loss.get_yscale() == "log" and acc.get_yscale() == "linear" and loss.get_xlim() == (0, 3)
+    empty = plots.history([], groups=("loss", "accuracy"))  # before training: the panels, empty
+    assert [ax.get_title() for ax in empty.axes] == ["loss", "accuracy"]
+
+
 def test_history_draws_every_series_it_is_given():
     series = {"nll_loss on logits (bug)": [2, -5, -40], "cross_entropy (fix)": [2.3, 1, 0.4], "lr": [0.1, 0.1, 0.01]}
     fig = plots.history(series)

@@ -199,3 +199,26 @@ def test_no_module_imports_from_a_layer_above_its_own():
 def test_every_module_belongs_to_a_layer():
     for path in PACKAGE.rglob("*.py"):
         _layer(_module_name(path))
+
+
+def _long_functions_without_a_reason(path: Path, text: str | None = None, limit: int = 60) -> list[str]:
+    source = text if text is not None else path.read_text()
+    lines = source.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > limit:
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            above = lines[first - 2].strip() if first > 1 else ""
+            if not above.startswith("# long:"):
+                found.append(
+                    f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+                )
+    return found
+
+
+def test_no_function_is_over_60_lines_without_a_reason_beside_it():
+    offenders = [hit for path in sorted(PACKAGE.rglob("*.py")) for hit in _long_functions_without_a_reason(path)]
+    assert offenders == [], "split them, or say why not in a '# long: ...' comment above the def"
+    body = "def f():\n" + "    x = 1\n" * 61
+    assert len(_long_functions_without_a_reason(PACKAGE / "probe.py", body)) == 1
+    assert _long_functions_without_a_reason(PACKAGE / "probe.py", "# long: a table\n" + body) == []

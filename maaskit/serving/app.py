@@ -22,7 +22,6 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
-from . import rest_openai, rest_v1, rest_v2
 from .dataplane import ModelRepository
 from .errors import (
     Conflict,
@@ -38,6 +37,9 @@ from .keys import APIKeys
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .openai_schemas import ChatRequest, CompletionRequest, OpenAIError
 from .protocol import ProtocolError, dumps
+from .rest_openai import OPENAI_PATHS, OpenAIEndpoints
+from .rest_v1 import V1Endpoints
+from .rest_v2 import V2Endpoints
 from .schemas import ExplainRequest, InferRequest, PredictRequest, RepositoryIndexRequest, error_responses
 
 __all__ = ["MAX_BODY_BYTES", "STATUS", "create_app"]
@@ -64,7 +66,7 @@ class _TooLarge(Exception):
 
 
 def _openai_path(path: str) -> bool:
-    return path == "/v1/models" or path.startswith(rest_openai.OPENAI_PATHS)
+    return path == "/v1/models" or path.startswith(OPENAI_PATHS)
 
 
 # the routes that run a model: (protocol, the model's name from the path, or None: OpenAI's is in the body)
@@ -213,6 +215,44 @@ def create_app(
     app.state.repository, app.state.metrics = repository, metrics
     repository.listeners.append(metrics.observe_batch)
 
+    _answer_errors(app)
+
+    # the routers' routes go straight into the app's: include_router would add a layer of dispatch
+    # to every request (about 6% of the server's time at concurrency 1)
+    for api in (
+        V2Endpoints(repository, admin=token is not None).router(),
+        V1Endpoints(repository).router(),
+        OpenAIEndpoints(repository, metrics, api_keys).router(),
+    ):
+        app.router.routes.extend(api.routes)
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"},
+            **error_responses(401),
+        },
+    )
+    async def prometheus_metrics():
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    app.openapi = lambda: _openapi(app, secured=token is not None or api_keys is not None)  # type: ignore[method-assign]
+    app.add_middleware(
+        Guard,
+        token=token,
+        keys=api_keys,
+        max_body_bytes=max_body_bytes,
+        metrics=metrics,
+    )
+    return app
+
+
+def _answer_errors(app: FastAPI) -> None:
+    """Every error, answered once here: a domain error with its status (:data:`STATUS`) in the shape of
+    the protocol asked (OpenAI's on its routes), the others as ``{"error": "..."}``."""
+
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
         return Response(dumps({"error": message}), status, headers, media_type="application/json")
 
@@ -245,37 +285,6 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)  # 404 for unknown paths, 405 for wrong methods
     async def _starlette_error(_request: Request, err: StarletteHTTPException):
         return error(err.status_code, str(err.detail), dict(err.headers or {}))
-
-    # the routers' routes go straight into the app's: include_router would add a layer of dispatch
-    # to every request (about 6% of the server's time at concurrency 1)
-    for api in (
-        rest_v2.router(repository, admin=token is not None),
-        rest_v1.router(repository),
-        rest_openai.router(repository, metrics, api_keys),
-    ):
-        app.router.routes.extend(api.routes)
-
-    @app.get(
-        "/metrics",
-        tags=["operations"],
-        response_class=Response,
-        responses={
-            200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus"},
-            **error_responses(401),
-        },
-    )
-    async def prometheus_metrics():
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
-
-    app.openapi = lambda: _openapi(app, secured=token is not None or api_keys is not None)  # type: ignore[method-assign]
-    app.add_middleware(
-        Guard,
-        token=token,
-        keys=api_keys,
-        max_body_bytes=max_body_bytes,
-        metrics=metrics,
-    )
-    return app
 
 
 def _openapi(app: FastAPI, *, secured: bool) -> dict:

@@ -161,6 +161,10 @@ class ServedLanguageModel:
     def context(self) -> int:
         return self.engine.context
 
+    def model_object(self) -> dict:
+        """OpenAI's description of this model (``GET /v1/models``)."""
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "maaskit"}
+
     def close(self) -> None:
         self.engine.close()
 

@@ -11,7 +11,10 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..lm.engine import SamplingParams
+
 __all__ = [
+    "DEFAULT_MAX_TOKENS",
     "ChatRequest",
     "CompletionRequest",
     "OpenAIError",
@@ -55,6 +58,9 @@ class StreamOptions(_Lenient):
     include_usage: bool = Field(False, description="send a last chunk with the usage (and no choices) before [DONE]")
 
 
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
+
+
 class _Sampling(_Lenient):
     model: str = Field(description="a language model this server serves (GET /v1/models)")
     max_tokens: int | None = Field(None, ge=1, description="new tokens at most (default 16; prompt + this <= context)")
@@ -67,6 +73,23 @@ class _Sampling(_Lenient):
     stop: Union[str, list[str], None] = Field(None, description="up to 4 sequences that end a choice")  # noqa: UP007
     seed: int | None = Field(None, description="the same seed and request give the same text")
 
+    def stop_sequences(self) -> list[str]:
+        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stop) > 4:
+            raise OpenAIError(400, f"stop takes at most 4 sequences, got {len(stop)}", param="stop")
+        return stop
+
+    def _params(self, max_tokens: int | None, end_of_text: int, logprobs: int | None) -> SamplingParams:
+        return SamplingParams(
+            max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
+            temperature=self.temperature,
+            top_p=self.top_p if self.top_p < 1 else None,
+            top_k=self.top_k,
+            seed=self.seed,
+            logprobs=logprobs,
+            stop_tokens=(end_of_text,),
+        )
+
 
 class CompletionRequest(_Sampling):
     prompt: Union[str, list[str], list[int]] = Field(description="text, texts, or token ids")  # noqa: UP007
@@ -74,6 +97,10 @@ class CompletionRequest(_Sampling):
         None, ge=0, le=20, description="log-probabilities of the chosen and N likeliest tokens"
     )
     echo: bool = Field(False, description="not supported (400 if true)")
+
+    def sampling_params(self, end_of_text: int) -> SamplingParams:
+        """How each choice is generated; ``end_of_text`` ends a choice."""
+        return self._params(self.max_tokens, end_of_text, self.logprobs)
 
 
 class Message(_Lenient):
@@ -86,6 +113,14 @@ class ChatRequest(_Sampling):
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     max_completion_tokens: int | None = Field(None, ge=1, description="the newer name for max_tokens")
+
+    def sampling_params(self, end_of_text: int) -> SamplingParams:
+        """How each choice is generated; ``end_of_text`` ends a choice. ``logprobs: true`` alone gives
+        the chosen tokens' log-probabilities, ``top_logprobs`` that many alternatives too."""
+        if self.top_logprobs is not None and not self.logprobs:
+            raise OpenAIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return self._params(self.max_completion_tokens or self.max_tokens, end_of_text, logprobs)
 
 
 class OpenAIModel(BaseModel):

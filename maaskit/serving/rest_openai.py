@@ -18,7 +18,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -41,14 +41,9 @@ from .openai_schemas import (
 from .protocol import ProtocolError, dumps, loads
 from .schemas import request_body_doc
 
-__all__ = ["OPENAI_PATHS", "model_object", "router"]
+__all__ = ["OPENAI_PATHS", "OpenAIEndpoints"]
 
 OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions")  # and /v1/models, exactly
-DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
-
-
-def model_object(served: ServedLanguageModel) -> dict:
-    return {"id": served.name, "object": "model", "created": served.created, "owned_by": "maaskit"}
 
 
 @dataclass
@@ -62,6 +57,8 @@ class _Piece:
 
 
 class _Usage:
+    """Tokens in and out of one request; settled against the caller's key when it ends."""
+
     def __init__(self, prompt_tokens: int):
         self.prompt_tokens, self.completion_tokens = prompt_tokens, 0
 
@@ -160,60 +157,163 @@ def _chat_logprobs(served: ServedLanguageModel, events: list[TokenEvent]) -> dic
     }
 
 
-def router(repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | None) -> APIRouter:
-    api = APIRouter(tags=["OpenAI-compatible: language models"])
-    errors = openai_error_responses(400, 401, 404, 413, 429)
-    streamed: dict[int | str, dict[str, Any]] = {
-        200: {
-            "description": "the answer; with stream=true, server-sent events (data: {chunk}, ..., data: [DONE])",
-            "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}},
-        }
-    }
+class _Completion:
+    """How a text completion's answer looks, whole and streamed."""
 
-    def served_model(request: Request, name: str) -> ServedLanguageModel:
+    object, chunk_object, id_prefix = "text_completion", "text_completion", "cmpl-"
+
+    def opening(self, choices: int) -> list[dict] | None:
+        return None
+
+    def whole(self, served: ServedLanguageModel, index: int, text: str, events: list[TokenEvent],
+              finish: str | None, logprobs: bool) -> dict:  # fmt: skip
+        lp = _completion_logprobs(served, events, 0) if logprobs else None
+        return {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
+
+    def delta(self, served: ServedLanguageModel, index: int, text: str | None, finish: str | None,
+              events: list[TokenEvent], offset: int, logprobs: bool) -> dict:  # fmt: skip
+        lp = _completion_logprobs(served, events, offset) if logprobs and events else None
+        return {"index": index, "text": text or "", "logprobs": lp, "finish_reason": finish}
+
+
+class _Chat(_Completion):
+    """How a chat completion's answer looks: a message, streamed as deltas after the role."""
+
+    object, chunk_object, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl-"
+
+    def opening(self, choices: int) -> list[dict] | None:  # the role first, with empty content (null breaks clients)
+        return [
+            {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+            for i in range(choices)
+        ]
+
+    def whole(self, served: ServedLanguageModel, index: int, text: str, events: list[TokenEvent],
+              finish: str | None, logprobs: bool) -> dict:  # fmt: skip
+        lp = _chat_logprobs(served, events) if logprobs else None
+        message = {"role": "assistant", "content": text}
+        return {"index": index, "message": message, "logprobs": lp, "finish_reason": finish}
+
+    def delta(self, served: ServedLanguageModel, index: int, text: str | None, finish: str | None,
+              events: list[TokenEvent], offset: int, logprobs: bool) -> dict:  # fmt: skip
+        lp = _chat_logprobs(served, events) if logprobs and events else None
+        content = {"content": text} if text is not None else {}
+        return {"index": index, "delta": content, "logprobs": lp, "finish_reason": finish}
+
+
+@dataclass
+class _Job:
+    """One admitted request: what to generate, for whom, and how its answer looks."""
+
+    served: ServedLanguageModel
+    prompts: list[list[int]]
+    params: SamplingParams
+    stop: list[str]
+    choices_per_prompt: int
+    shape: _Completion
+    headers: dict[str, str]
+    usage: _Usage
+    settle: Any  # called once when the request ends: the key's quota and metrics
+
+    def runs(self) -> list[tuple[list[int], SamplingParams]]:
+        """Each choice's prompt and settings; with a seed, choice i uses seed + i."""
+        seeded = lambda i: self.params if self.params.seed is None else replace(self.params, seed=self.params.seed + i)
+        return [(prompt, seeded(i)) for prompt in self.prompts for i in range(self.choices_per_prompt)]
+
+
+class OpenAIEndpoints:
+    """``GET /v1/models``, ``POST /v1/completions`` and ``POST /v1/chat/completions``: one method per
+    route (as vLLM's ``OpenAIServingChat``); the answer, whole or streamed, is built from the same
+    pieces of generated text."""
+
+    def __init__(self, repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | None):
+        self.repository, self.metrics, self.keys = repository, metrics, keys
+
+    def router(self) -> APIRouter:
+        api = APIRouter(tags=["OpenAI-compatible: language models"])
+        errors = openai_error_responses(400, 401, 404, 413, 429)
+        streamed: dict[int | str, dict[str, Any]] = {
+            200: {
+                "description": "the answer; with stream=true, server-sent events (data: {chunk}, ..., data: [DONE])",
+                "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}},
+            }
+        }
+        api.add_api_route(
+            "/v1/models", self.list_models, methods=["GET"], response_model=OpenAIModelList,
+            responses=openai_error_responses(401),
+        )  # fmt: skip
+        api.add_api_route(
+            "/v1/completions", self.completions, methods=["POST"], responses={**streamed, **errors},
+            openapi_extra=request_body_doc(CompletionRequest), response_class=Response,
+        )  # fmt: skip
+        api.add_api_route(
+            "/v1/chat/completions", self.chat_completions, methods=["POST"], responses={**streamed, **errors},
+            openapi_extra=request_body_doc(ChatRequest), response_class=Response,
+            description=(
+                "Answer a conversation. The messages become the prompt through the chat template: each as "
+                f"`{CHAT_TEMPLATE.strip()}` on its own line, then `assistant:`. Unless `stop` says otherwise, the "
+                "answer ends where the model starts another turn (`\\nuser:` or `\\nsystem:`), or at max_tokens."
+            ),
+        )  # fmt: skip
+        return api
+
+    # --- the routes -------------------------------------------------------------------------
+
+    async def list_models(self) -> dict:
+        """The language models served (OpenAI's model list; classifiers are listed by /v2/repository/index)."""
+        return {"object": "list", "data": [m.model_object() for m in self.repository.language_models.values()]}
+
+    async def completions(self, request: Request) -> Response:
+        """Continue a prompt (text, texts, or token ids). ``echo`` is not supported."""
+        req = parse(CompletionRequest, await _body(request))
+        served = self._served(request, req.model)
+        if req.echo:
+            raise OpenAIError(400, "echo is not supported by this server", param="echo")
+        prompts = _completion_prompts(served, req.prompt)
+        params = req.sampling_params(served.end_of_text)
+        return await self._answer(request, served, prompts, req, params, req.stop_sequences(), _Completion())
+
+    async def chat_completions(self, request: Request) -> Response:
+        req = parse(ChatRequest, await _body(request))
+        served = self._served(request, req.model)
         try:
-            served = repository.get_language_model(name)
+            prompt = chat_prompt([m.model_dump() for m in req.messages])
+        except ValueError as err:
+            raise OpenAIError(400, str(err), param="messages") from None
+        params = req.sampling_params(served.end_of_text)
+        # the answer ends where the model would begin the next turn, unless the client says otherwise
+        stop = req.stop_sequences() or list(TURN_ENDS)
+        return await self._answer(request, served, [served.tokenizer.encode(prompt).ids], req, params, stop, _Chat())
+
+    # --- the steps of an answer ---------------------------------------------------------------
+
+    def _served(self, request: Request, name: str) -> ServedLanguageModel:
+        try:
+            served = self.repository.get_language_model(name)
         except ModelNotFound as err:
             err.param = "model"
             raise
-        metrics.watch_language_model(served)
+        self.metrics.watch_language_model(served)
         request.state.model = served.name  # the Guard counts the request under this name
         return served
 
-    def key_of(request: Request) -> APIKey | None:
+    def _admit(self, request: Request, job_tokens: int) -> tuple[APIKey | None, Any, dict[str, str]]:
+        """The caller's key, its admission for ``job_tokens`` at worst (429 past its quota), and its headers."""
+        keys = self.keys
         # the Guard has already refused requests without a good key; this finds whose it is, for quotas
-        return keys.identify(request.headers.get("authorization", "")) if keys is not None else None
-
-    async def body_of(request: Request) -> Any:
+        key = keys.identify(request.headers.get("authorization", "")) if keys is not None else None
+        if key is None or keys is None:
+            return None, None, {}
         try:
-            return loads(await request.body())
-        except ProtocolError as err:
-            raise OpenAIError(400, str(err)) from None
+            use = keys.admit(key, job_tokens)
+        except RateLimited as err:
+            self.metrics.key_rejections.labels(key.name).inc()
+            raise OpenAIError(429, str(err), code="rate_limit_exceeded", headers=err.headers) from None
+        self.metrics.key_requests.labels(key.name).inc()
+        return key, use, keys.headers(key)
 
-    def sampling(req: CompletionRequest | ChatRequest, max_tokens: int | None, end: int, logprobs: int | None):
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        if len(stop) > 4:
-            raise OpenAIError(400, f"stop takes at most 4 sequences, got {len(stop)}", param="stop")
-        params = SamplingParams(
-            max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
-            temperature=req.temperature,
-            top_p=req.top_p if req.top_p < 1 else None,
-            top_k=req.top_k,
-            seed=req.seed,
-            logprobs=logprobs,
-            stop_tokens=(end,),
-        )
-        return params, stop
-
-    async def answer(
-        request: Request,
-        served: ServedLanguageModel,
-        prompts: list[list[int]],
-        req: CompletionRequest | ChatRequest,
-        params: SamplingParams,
-        stop: list[str],
-        chat: bool,
-    ) -> Response:
+    async def _answer(self, request: Request, served: ServedLanguageModel, prompts: list[list[int]],
+                      req: CompletionRequest | ChatRequest, params: SamplingParams, stop: list[str],
+                      shape: _Completion) -> Response:  # fmt: skip
         for prompt in prompts:
             try:
                 served.engine.check(prompt, params)
@@ -221,164 +321,100 @@ def router(repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | 
                 raise  # answered with its param and code at the edge
             except ValueError as err:
                 raise InvalidInput(str(err)) from None
-        key = key_of(request)
-        use = None
         worst = sum(len(p) for p in prompts) + params.max_tokens * req.n * len(prompts)
-        if key is not None and keys is not None:
-            try:
-                use = keys.admit(key, worst)
-            except RateLimited as err:
-                metrics.key_rejections.labels(key.name).inc()
-                raise OpenAIError(429, str(err), code="rate_limit_exceeded", headers=err.headers) from None
-            metrics.key_requests.labels(key.name).inc()
-        headers = keys.headers(key) if key is not None and keys is not None else {}
+        key, use, headers = self._admit(request, worst)
         usage = _Usage(sum(len(p) for p in prompts))
-        jobs = [
-            (prompt, params if params.seed is None else SamplingParams(**{**params.__dict__, "seed": params.seed + i}))
-            for prompt in prompts
-            for i in range(req.n)
-        ]
-        ident = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
-        created = int(time.time())
-        head = {"id": ident, "created": created, "model": served.name}
 
         def settle() -> None:
-            if use is not None and keys is not None and key is not None:
-                keys.settle(use, usage.prompt_tokens + usage.completion_tokens)
-                metrics.key_tokens.labels(key.name, "prompt").inc(usage.prompt_tokens)
-                metrics.key_tokens.labels(key.name, "completion").inc(usage.completion_tokens)
+            if use is not None and key is not None and self.keys is not None:
+                self.keys.settle(use, usage.prompt_tokens + usage.completion_tokens)
+                self.metrics.key_tokens.labels(key.name, "prompt").inc(usage.prompt_tokens)
+                self.metrics.key_tokens.labels(key.name, "completion").inc(usage.completion_tokens)
 
-        pieces = _run_choices(served, jobs, stop, usage)
-        if not req.stream:
-            texts = [""] * len(jobs)
-            collected: list[list[TokenEvent]] = [[] for _ in jobs]
-            finishes: list[str | None] = [None] * len(jobs)
-            try:
-                async for piece in pieces:
-                    texts[piece.index] += piece.text
-                    collected[piece.index] += piece.events
-                    finishes[piece.index] = piece.finish_reason or finishes[piece.index]
-            except RuntimeError as err:
-                raise OpenAIError(503, str(err)) from None
-            finally:
-                settle()
-            choices = []
-            for i, (text, evs, finish) in enumerate(zip(texts, collected, finishes)):
-                if chat:
-                    logprobs = _chat_logprobs(served, evs) if params.logprobs is not None else None
-                    choices.append(
-                        {
-                            "index": i,
-                            "message": {"role": "assistant", "content": text},
-                            "logprobs": logprobs,
-                            "finish_reason": finish,
-                        }  # fmt: skip
-                    )
-                else:
-                    logprobs = _completion_logprobs(served, evs, 0) if params.logprobs is not None else None
-                    choices.append({"index": i, "text": text, "logprobs": logprobs, "finish_reason": finish})
-            body = {**head, "object": "chat.completion" if chat else "text_completion", "choices": choices,
-                    "usage": usage.as_dict()}  # fmt: skip
-            return Response(dumps(body), media_type="application/json", headers=headers)
+        job = _Job(served, prompts, params, stop, req.n, shape, headers, usage, settle)
+        head = {"id": shape.id_prefix + secrets.token_hex(12), "created": int(time.time()), "model": served.name}
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(
+                _stream(job, head, include_usage),
+                media_type="text/event-stream",
+                headers={**headers, "Cache-Control": "no-cache"},
+            )
+        return Response(dumps(await _whole(job, head)), media_type="application/json", headers=headers)
 
-        kind = "chat.completion.chunk" if chat else "text_completion"
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        def chunk(choices: list[dict], **extra: Any) -> bytes:
-            return b"data: " + dumps({**head, "object": kind, "choices": choices, **extra}) + b"\n\n"
+async def _body(request: Request) -> Any:
+    try:
+        return loads(await request.body())
+    except ProtocolError as err:
+        raise OpenAIError(400, str(err)) from None
 
-        def choice(index: int, text: str | None, finish: str | None, evs: list[TokenEvent], offset: int) -> dict:
-            if chat:
-                delta = {"content": text} if text is not None else {}
-                logprobs = _chat_logprobs(served, evs) if params.logprobs is not None and evs else None
-                return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-            logprobs = _completion_logprobs(served, evs, offset) if params.logprobs is not None and evs else None
-            return {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
 
-        async def sse() -> AsyncIterator[bytes]:
-            offsets = [0] * len(jobs)
-            try:
-                if chat:  # the role first, with empty content (a null content breaks some clients)
-                    yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                  "finish_reason": None} for i in range(len(jobs))])  # fmt: skip
-                async for piece in pieces:
-                    if piece.text or piece.events:
-                        yield chunk([choice(piece.index, piece.text, None, piece.events, offsets[piece.index])])
-                        offsets[piece.index] += len(piece.text)
-                    if piece.finish_reason is not None:
-                        yield chunk([choice(piece.index, None, piece.finish_reason, [], 0)])
-                if include_usage:
-                    yield chunk([], usage=usage.as_dict())
-            except Exception as err:  # the status is sent already: the error is an event
-                yield b"data: " + dumps(OpenAIError(500, f"generation failed: {err}").body()) + b"\n\n"
-            finally:
-                settle()
-                await pieces.aclose()
-            yield b"data: [DONE]\n\n"
+def _completion_prompts(served: ServedLanguageModel, raw: str | list[str] | list[int]) -> list[list[int]]:
+    """A completion's prompt (text, texts, or token ids) as token ids, one list per prompt."""
+    if isinstance(raw, str):
+        prompts = [served.tokenizer.encode(raw).ids]
+    elif raw and all(isinstance(p, str) for p in raw):
+        prompts = [served.tokenizer.encode(p).ids for p in raw]
+    else:
+        prompts = [list(raw)]
+        vocab = served.tokenizer.get_vocab_size()
+        if any(not 0 <= t < vocab for t in prompts[0]):
+            raise OpenAIError(400, f"token ids must be in [0, {vocab})", param="prompt")
+    if any(not p for p in prompts):
+        raise OpenAIError(400, "the prompt is empty", param="prompt")
+    return prompts
 
-        return StreamingResponse(
-            sse(), media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
-        )
 
-    @api.get("/v1/models", response_model=OpenAIModelList, responses=openai_error_responses(401))
-    async def list_models():
-        """The language models served (OpenAI's model list; classifiers are listed by /v2/repository/index)."""
-        return {"object": "list", "data": [model_object(m) for m in repository.language_models.values()]}
+async def _whole(job: _Job, head: dict) -> dict:
+    """The whole answer: every choice's pieces gathered, then one body."""
+    runs = job.runs()
+    texts = [""] * len(runs)
+    collected: list[list[TokenEvent]] = [[] for _ in runs]
+    finishes: list[str | None] = [None] * len(runs)
+    try:
+        async for piece in _run_choices(job.served, runs, job.stop, job.usage):
+            texts[piece.index] += piece.text
+            collected[piece.index] += piece.events
+            finishes[piece.index] = piece.finish_reason or finishes[piece.index]
+    except RuntimeError as err:
+        raise OpenAIError(503, str(err)) from None
+    finally:
+        job.settle()
+    logprobs = job.params.logprobs is not None
+    choices = [
+        job.shape.whole(job.served, i, text, events, finish, logprobs)
+        for i, (text, events, finish) in enumerate(zip(texts, collected, finishes))
+    ]
+    return {**head, "object": job.shape.object, "choices": choices, "usage": job.usage.as_dict()}
 
-    @api.post(
-        "/v1/completions",
-        responses={**streamed, **errors},
-        openapi_extra=request_body_doc(CompletionRequest),
-        response_class=Response,
-    )
-    async def completions(request: Request):
-        """Continue a prompt (text, texts, or token ids). ``echo`` is not supported."""
-        req = parse(CompletionRequest, await body_of(request))
-        served = served_model(request, req.model)
-        if req.echo:
-            raise OpenAIError(400, "echo is not supported by this server", param="echo")
-        raw = req.prompt
-        if isinstance(raw, str):
-            prompts = [served.tokenizer.encode(raw).ids]
-        elif raw and all(isinstance(p, str) for p in raw):
-            prompts = [served.tokenizer.encode(p).ids for p in raw]
-        else:
-            prompts = [list(raw)]
-            vocab = served.tokenizer.get_vocab_size()
-            if any(not 0 <= t < vocab for t in prompts[0]):
-                raise OpenAIError(400, f"token ids must be in [0, {vocab})", param="prompt")
-        if any(not p for p in prompts):
-            raise OpenAIError(400, "the prompt is empty", param="prompt")
-        params, stop = sampling(req, req.max_tokens, served.end_of_text, req.logprobs)
-        return await answer(request, served, prompts, req, params, stop, chat=False)
 
-    @api.post(
-        "/v1/chat/completions",
-        responses={**streamed, **errors},
-        openapi_extra=request_body_doc(ChatRequest),
-        response_class=Response,
-        description=(
-            "Answer a conversation. The messages become the prompt through the chat template: each as "
-            f"`{CHAT_TEMPLATE.strip()}` on its own line, then `assistant:`. Unless `stop` says otherwise, the "
-            "answer ends where the model starts another turn (`\\nuser:` or `\\nsystem:`), or at max_tokens."
-        ),
-    )
-    async def chat_completions(request: Request):
-        req = parse(ChatRequest, await body_of(request))
-        served = served_model(request, req.model)
-        try:
-            prompt = chat_prompt([m.model_dump() for m in req.messages])
-        except ValueError as err:
-            raise OpenAIError(400, str(err), param="messages") from None
-        top = req.top_logprobs if req.logprobs else None
-        if req.top_logprobs is not None and not req.logprobs:
-            raise OpenAIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-        params, stop = sampling(req, req.max_completion_tokens or req.max_tokens, served.end_of_text, top)
-        if req.logprobs and top is None:
-            params = SamplingParams(**{**params.__dict__, "logprobs": 0})
-        # the answer ends where the model would begin the next turn, unless the client says otherwise
-        return await answer(
-            request, served, [served.tokenizer.encode(prompt).ids], req, params, stop or list(TURN_ENDS), chat=True
-        )
+async def _stream(job: _Job, head: dict, include_usage: bool) -> AsyncIterator[bytes]:
+    """The answer as server-sent events: the same pieces as :func:`_whole`, each sent as it comes."""
+    shape, served, logprobs = job.shape, job.served, job.params.logprobs is not None
+    runs = job.runs()
+    pieces = _run_choices(served, runs, job.stop, job.usage)
 
-    return api
+    def chunk(choices: list[dict], **extra: Any) -> bytes:
+        return b"data: " + dumps({**head, "object": shape.chunk_object, "choices": choices, **extra}) + b"\n\n"
+
+    offsets = [0] * len(runs)
+    try:
+        opening = shape.opening(len(runs))
+        if opening is not None:
+            yield chunk(opening)
+        async for piece in pieces:
+            if piece.text or piece.events:
+                at = offsets[piece.index]
+                yield chunk([shape.delta(served, piece.index, piece.text, None, piece.events, at, logprobs)])
+                offsets[piece.index] += len(piece.text)
+            if piece.finish_reason is not None:
+                yield chunk([shape.delta(served, piece.index, None, piece.finish_reason, [], 0, logprobs)])
+        if include_usage:
+            yield chunk([], usage=job.usage.as_dict())
+    except Exception as err:  # the status is sent already: the error is an event
+        yield b"data: " + dumps(OpenAIError(500, f"generation failed: {err}").body()) + b"\n\n"
+    finally:
+        job.settle()
+        await pieces.aclose()
+    yield b"data: [DONE]\n\n"

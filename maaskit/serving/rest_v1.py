@@ -15,7 +15,6 @@ from ..explain import LIMITS
 from .dataplane import ModelRepository
 from .openai_schemas import OpenAIModel
 from .protocol import ProtocolError, split_body, top_k, v1_rows
-from .rest_openai import model_object
 from .schemas import (
     Alive,
     ClassifyResponse,
@@ -29,34 +28,51 @@ from .schemas import (
     validate,
 )
 
-__all__ = ["router"]
+__all__ = ["V1Endpoints"]
 
 
-def router(repository: ModelRepository) -> APIRouter:
-    api = APIRouter(tags=["V1: TF Serving REST"])
-    errors = error_responses(400, 401, 404, 413, 503)
+class V1Endpoints:
+    """TF Serving's REST routes (and KServe V1's liveness and explain verbs): one method per route."""
 
-    @api.get("/", response_model=Alive, responses=error_responses(401))
-    async def alive():
+    def __init__(self, repository: ModelRepository):
+        self.repository = repository
+
+    def router(self) -> APIRouter:
+        api = APIRouter(tags=["V1: TF Serving REST"])
+        errors = error_responses(400, 401, 404, 413, 503)
+        status_errors = error_responses(401, 404, 503)
+        api.add_api_route("/", self.alive, methods=["GET"], response_model=Alive, responses=error_responses(401))
+        api.add_api_route(
+            "/v1/models/{name:segment}", self.status, methods=["GET"], responses=status_errors,
+            response_model=Union[ModelStatus, OpenAIModel],  # noqa: UP007
+            description="TF Serving's model status; for a language model, OpenAI's model object.",
+        )  # fmt: skip
+        api.add_api_route(
+            "/v1/models/{name:segment}/versions/{version:segment}", self.status, methods=["GET"],
+            response_model=ModelStatus, responses=status_errors,
+        )  # fmt: skip
+        verbs = (
+            ("predict", self.predict, PredictResponse, PredictRequest),
+            ("classify", self.classify, ClassifyResponse, PredictRequest),
+            ("explain", self.explain, ExplainResponse, ExplainRequest),
+        )
+        for verb, endpoint, answer, body in verbs:
+            for path in ("/v1/models/{name:segment}", "/v1/models/{name:segment}/versions/{version:segment}"):
+                api.add_api_route(
+                    f"{path}:{verb}", endpoint, methods=["POST"], response_model=answer, responses=errors,
+                    openapi_extra=request_body_doc(body),
+                )  # fmt: skip
+        return api
+
+    async def alive(self) -> dict:
         """KServe V1's liveness check."""
         return {"status": "alive"}
 
-    @api.get(
-        "/v1/models/{name:segment}",
-        response_model=Union[ModelStatus, OpenAIModel],  # noqa: UP007
-        responses=error_responses(401, 404, 503),
-        description="TF Serving's model status; for a language model, OpenAI's model object.",
-    )
-    @api.get(
-        "/v1/models/{name:segment}/versions/{version:segment}",
-        response_model=ModelStatus,
-        responses=error_responses(401, 404, 503),
-    )
-    async def status(name: str, version: str | None = None):
-        if version is None and name in repository.language_models:
-            return model_object(repository.language_models[name])
-        repository.get(name, version)
-        versions = [version] if version else repository.versions(name)
+    async def status(self, name: str, version: str | None = None) -> dict:
+        if version is None and name in self.repository.language_models:
+            return self.repository.language_models[name].model_object()
+        self.repository.get(name, version)
+        versions = [version] if version else self.repository.versions(name)
         return {
             "name": name,
             "ready": True,
@@ -66,59 +82,24 @@ def router(repository: ModelRepository) -> APIRouter:
             ],
         }
 
-    async def logits_of(request: Request, name: str, version: str | None) -> tuple[np.ndarray, str]:
-        served = repository.get(name, version)
-        body = validate(PredictRequest, split_body(await request.body(), None)[0], "V1 request")
-        rows, key = v1_rows(body.model_dump(exclude_none=True), served.input_name)
-        try:
-            array = np.asarray(rows, dtype=np.float32)
-        except (TypeError, ValueError, OverflowError) as err:
-            raise ProtocolError(f"V1 input is not a numeric array of shape [N, ...]: {err}") from None
-        logits = await served.infer(served.prepare(array, "FP32", served.input_name))
-        return logits, key
-
-    predict_doc: dict[str, Any] = {
-        "response_model": PredictResponse,
-        "responses": errors,
-        "openapi_extra": request_body_doc(PredictRequest),
-    }
-
-    @api.post("/v1/models/{name:segment}:predict", **predict_doc)
-    @api.post("/v1/models/{name:segment}/versions/{version:segment}:predict", **predict_doc)
-    async def predict(name: str, request: Request, version: str | None = None):
-        logits, key = await logits_of(request, name, version)
+    async def predict(self, name: str, request: Request, version: str | None = None) -> dict:
+        logits, key = await self._logits(request, name, version)
         return {key: logits.tolist()}
 
-    classify_doc: dict[str, Any] = {**predict_doc, "response_model": ClassifyResponse}
-
-    @api.post("/v1/models/{name:segment}:classify", **classify_doc)
-    @api.post("/v1/models/{name:segment}/versions/{version:segment}:classify", **classify_doc)
-    async def classify(name: str, request: Request, version: str | None = None):
-        logits, _ = await logits_of(request, name, version)
-        classes = repository.get(name, version).classes
+    async def classify(self, name: str, request: Request, version: str | None = None) -> dict:
+        logits, _ = await self._logits(request, name, version)
+        classes = self.repository.get(name, version).classes
         return {"results": [[list(pair) for pair in row] for row in top_k(logits, 5, classes)]}
 
-    explain_doc: dict[str, Any] = {
-        "response_model": ExplainResponse,
-        "responses": errors,
-        "openapi_extra": request_body_doc(ExplainRequest),
-    }
-
-    @api.post("/v1/models/{name:segment}:explain", **explain_doc)
-    @api.post("/v1/models/{name:segment}/versions/{version:segment}:explain", **explain_doc)
-    async def explain(name: str, request: Request, version: str | None = None):
+    async def explain(self, name: str, request: Request, version: str | None = None) -> dict:
         """KServe V1's explain verb: attributions per input value (maaskit.explain), work capped per request."""
-        served = repository.get(name, version)
+        served = self.repository.get(name, version)
         body = validate(ExplainRequest, split_body(await request.body(), None)[0], "explain request")
         if not 1 <= len(body.instances) <= LIMITS["images"]:
             raise ProtocolError(
                 f"explain takes 1 to {LIMITS['images']} instances per request, got {len(body.instances)}"
             )
-        try:
-            array = np.asarray(body.instances, dtype=np.float32)
-        except (TypeError, ValueError, OverflowError) as err:
-            raise ProtocolError(f"instances are not a numeric array of shape [N, ...]: {err}") from None
-        x = served.prepare(array, "FP32", served.input_name)
+        x = served.prepare(_numeric(body.instances, "instances"), "FP32", served.input_name)
         params = {"steps": body.steps, "samples": body.samples, "window": body.window, "seed": body.seed}
         attributions, targets = await served.explain(x, body.method, body.target, **params)
         return {
@@ -127,4 +108,16 @@ def router(repository: ModelRepository) -> APIRouter:
             ]
         }
 
-    return api
+    async def _logits(self, request: Request, name: str, version: str | None) -> tuple[np.ndarray, str]:
+        served = self.repository.get(name, version)
+        body = validate(PredictRequest, split_body(await request.body(), None)[0], "V1 request")
+        rows, key = v1_rows(body.model_dump(exclude_none=True), served.input_name)
+        x = served.prepare(_numeric(rows, "V1 input"), "FP32", served.input_name)
+        return await served.infer(x), key
+
+
+def _numeric(rows: Any, what: str) -> np.ndarray:
+    try:
+        return np.asarray(rows, dtype=np.float32)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise ProtocolError(f"{what} is not a numeric array of shape [N, ...]: {err}") from None

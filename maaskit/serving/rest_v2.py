@@ -42,7 +42,7 @@ from .schemas import (
     validate,
 )
 
-__all__ = ["router"]
+__all__ = ["V2Endpoints"]
 
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository"]
 
@@ -52,56 +52,76 @@ async def _json_or_empty(request: Request, model: type, what: str) -> Any:
     return validate(model, split_body(body, None)[0], what) if body.strip() else None
 
 
-def router(repository: ModelRepository, *, admin: bool) -> APIRouter:
-    """The V2 routes. ``admin``: loading and unloading models is allowed (a token guards the server)."""
-    api = APIRouter(tags=["V2: Open Inference Protocol"])
-    model_errors = error_responses(400, 401, 404, 503)
+class V2Endpoints:
+    """The V2 routes, one method per route (as KServe's ``V2Endpoints``). ``admin``: loading and
+    unloading models is allowed (a token guards the server)."""
 
-    @api.get("/v2/health/live", response_model=Live)
-    async def live():
-        return {"live": True}
+    def __init__(self, repository: ModelRepository, *, admin: bool):
+        self.repository, self.admin = repository, admin
 
-    @api.get("/v2/health/ready", response_model=Ready, responses=error_responses(503))
-    async def ready():
-        if not repository.ready:
-            raise NotReady("models are still loading", retry_after=1)
-        return {"ready": True}
-
-    @api.get("/v2", response_model=ServerMetadata, responses=error_responses(401))
-    async def server_metadata():
-        return {"name": "maaskit", "version": __version__, "extensions": EXTENSIONS}
-
-    @api.get("/v2/models/{name:segment}", response_model=ModelMetadata, responses=model_errors)
-    @api.get(
-        "/v2/models/{name:segment}/versions/{version:segment}", response_model=ModelMetadata, responses=model_errors
-    )
-    async def model_metadata(name: str, version: str | None = None):
-        return repository.get(name, version).metadata(repository.versions(name))
-
-    @api.get("/v2/models/{name:segment}/ready", response_model=ModelReady, responses=model_errors)
-    @api.get(
-        "/v2/models/{name:segment}/versions/{version:segment}/ready", response_model=ModelReady, responses=model_errors
-    )
-    async def model_ready(name: str, version: str | None = None):
-        repository.get(name, version)
-        return {"name": name, "ready": True}
-
-    infer_doc: dict[str, Any] = {
-        "response_model": InferResponse,
-        "responses": {
+    def router(self) -> APIRouter:
+        api = APIRouter(tags=["V2: Open Inference Protocol"])
+        model_errors = error_responses(400, 401, 404, 503)
+        admin_errors = error_responses(400, 401, 403, 404, 409)
+        infer_responses = {
             **error_responses(400, 401, 404, 413, 503),
             200: {
                 "description": "the outputs; as JSON, or with binary outputs the JSON header and raw bytes",
                 "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
             },
-        },
-        "openapi_extra": request_body_doc(InferRequest, binary=True),
-    }
+        }
+        get, post = ["GET"], ["POST"]
+        api.add_api_route("/v2/health/live", self.live, methods=get, response_model=Live)
+        api.add_api_route(
+            "/v2/health/ready", self.ready, methods=get, response_model=Ready, responses=error_responses(503)
+        )
+        api.add_api_route(
+            "/v2", self.server_metadata, methods=get, response_model=ServerMetadata, responses=error_responses(401)
+        )
+        for model in ("/v2/models/{name:segment}", "/v2/models/{name:segment}/versions/{version:segment}"):
+            api.add_api_route(
+                model, self.model_metadata, methods=get, response_model=ModelMetadata, responses=model_errors
+            )
+            api.add_api_route(
+                model + "/ready", self.model_ready, methods=get, response_model=ModelReady, responses=model_errors
+            )
+        for model in ("/v2/models/{name:segment}", "/v2/models/{name:segment}/versions/{version:segment}"):
+            api.add_api_route(
+                model + "/infer", self.infer, methods=post, response_model=InferResponse,
+                responses=infer_responses, openapi_extra=request_body_doc(InferRequest, binary=True),
+            )  # fmt: skip
+        api.add_api_route(
+            "/v2/repository/index", self.repository_index, methods=post, response_model=list[RepositoryEntry],
+            response_model_exclude_none=True, responses=error_responses(400, 401),
+            openapi_extra=request_body_doc(RepositoryIndexRequest, required=False),
+        )  # fmt: skip
+        for verb, endpoint in (("load", self.load), ("unload", self.unload)):
+            api.add_api_route(
+                f"/v2/repository/models/{{name:segment}}/{verb}", endpoint, methods=post, responses=admin_errors,
+                status_code=200,
+            )  # fmt: skip
+        return api
 
-    @api.post("/v2/models/{name:segment}/infer", **infer_doc)
-    @api.post("/v2/models/{name:segment}/versions/{version:segment}/infer", **infer_doc)
-    async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        served = repository.get(name, version)
+    async def live(self) -> dict:
+        return {"live": True}
+
+    async def ready(self) -> dict:
+        if not self.repository.ready:
+            raise NotReady("models are still loading", retry_after=1)
+        return {"ready": True}
+
+    async def server_metadata(self) -> dict:
+        return {"name": "maaskit", "version": __version__, "extensions": EXTENSIONS}
+
+    async def model_metadata(self, name: str, version: str | None = None) -> dict:
+        return self.repository.get(name, version).metadata(self.repository.versions(name))
+
+    async def model_ready(self, name: str, version: str | None = None) -> dict:
+        self.repository.get(name, version)
+        return {"name": name, "ready": True}
+
+    async def infer(self, name: str, request: Request, version: str | None = None) -> Response:
+        served = self.repository.get(name, version)
         header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
         validate(InferRequest, header, "V2 inference request")
         inputs = header["inputs"]
@@ -116,39 +136,26 @@ def router(repository: ModelRepository, *, admin: bool) -> APIRouter:
             body, headers = _reply(served, header, await served.infer(x))
         return Response(body, headers=headers, media_type=headers["Content-Type"])
 
-    @api.post(
-        "/v2/repository/index",
-        response_model=list[RepositoryEntry],
-        response_model_exclude_none=True,
-        responses=error_responses(400, 401),
-        openapi_extra=request_body_doc(RepositoryIndexRequest, required=False),
-    )
-    async def repository_index(request: Request):
+    async def repository_index(self, request: Request) -> list[dict]:
         wanted = await _json_or_empty(request, RepositoryIndexRequest, "repository index request")
-        entries = repository.index()
+        entries = self.repository.index()
         if wanted is not None and wanted.ready:
             entries = [e for e in entries if e["state"] == "READY"]
         return entries
 
-    admin_errors = error_responses(400, 401, 403, 404, 409)
+    async def load(self, name: str) -> dict:
+        self._allowed()
+        await self.repository.load(name)
+        return {}
 
-    def _allowed():
-        if not admin:
+    async def unload(self, name: str) -> dict:
+        self._allowed()
+        self.repository.unload(name)
+        return {}
+
+    def _allowed(self) -> None:
+        if not self.admin:
             raise Forbidden("loading and unloading models needs a server started with a token (--token)")
-
-    @api.post("/v2/repository/models/{name:segment}/load", responses=admin_errors, status_code=200)
-    async def load(name: str) -> dict:
-        _allowed()
-        await repository.load(name)
-        return {}
-
-    @api.post("/v2/repository/models/{name:segment}/unload", responses=admin_errors, status_code=200)
-    async def unload(name: str) -> dict:
-        _allowed()
-        repository.unload(name)
-        return {}
-
-    return api
 
 
 async def _explained(served: ServedModel, header: dict, x: np.ndarray, explaining: dict) -> tuple[bytes, dict]:

@@ -30,6 +30,7 @@ class EndpointConsole(WidgetBase):
     and print the console for the same results as text.
     """
 
+    # long: one line per control of the console, laid out as it appears
     def __init__(
         self,
         url: str = "",

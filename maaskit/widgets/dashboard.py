@@ -42,6 +42,7 @@ class TrainingDashboard(WidgetBase, Callback):
       loss and perplexity curves and a sample of generated text that updates as it learns.
     """
 
+    # long: one line per control of the dashboard, laid out as it appears
     def __init__(
         self,
         data: ImageDataset | None = None,
@@ -354,7 +355,7 @@ class TrainingDashboard(WidgetBase, Callback):
         fig = Figure(figsize=(10, 7.5), layout="constrained")
         top, bottom = fig.subfigures(2, 1, height_ratios=[1, 1.4])  # type: ignore[misc]
         records = self.history.records if self.history is not None else []
-        plots.training_curves(records, self._live, fig=top)
+        plots.history(records, groups=("loss", "accuracy"), live=self._live, fig=top, log_loss=True)
         if self.evaluation is not None and self.data is not None:
             ev, data = self.evaluation, self.data
             left, right = bottom.subfigures(1, 2, width_ratios=[1, 1.5])

@@ -25,6 +25,7 @@ class OptimizerPlayground(WidgetBase):
     text table instead of a widget that nothing renders.
     """
 
+    # long: one line per control of the playground, laid out as it appears
     def __init__(
         self,
         surface: str = "rosenbrock",

@@ -29,6 +29,7 @@ def _fmt(v: float) -> str:
     return f"{v:.3g}" if v else "0"
 
 
+# long: one SVG document written top to bottom (axes, ticks, series, legend)
 def line_chart(
     series: dict,
     *,

@@ -1,0 +1,41 @@
+"""Figures for the notebooks, built with matplotlib's object API, by topic: :mod:`.training`,
+:mod:`.optimizers`, :mod:`.gradients`, :mod:`.serving`, :mod:`.explanations`, and what they share
+(:mod:`.figures`). Language models draw their curves with :func:`history` too (a ``perplexity``
+panel) and their dashboards with ``maaskit.widgets.svgchart``.
+
+Every function returns a ``matplotlib.figure.Figure`` and touches no pyplot state, so
+figures never pile up across cells, work the same under papermill and in scripts, and
+can be saved with ``fig.savefig(...)``. In a notebook, a returned figure is displayed: importing
+this package calls :func:`show_figures_in_ipython` once (it does nothing outside IPython).
+"""
+
+from __future__ import annotations
+
+from .explanations import attributions, projection
+from .figures import ArrayLike, FigureLike, as_array, function_grid, log_curve, png_bytes, show_figures_in_ipython
+from .gradients import gradient_inspection
+from .optimizers import convergence, optimizer_paths
+from .serving import latency_histogram, prediction
+from .training import confusion_matrix, history, image_grid
+
+__all__ = [
+    "ArrayLike",
+    "FigureLike",
+    "as_array",
+    "attributions",
+    "confusion_matrix",
+    "convergence",
+    "function_grid",
+    "gradient_inspection",
+    "history",
+    "image_grid",
+    "latency_histogram",
+    "log_curve",
+    "optimizer_paths",
+    "png_bytes",
+    "prediction",
+    "projection",
+    "show_figures_in_ipython",
+]
+
+show_figures_in_ipython()
