@@ -12,37 +12,7 @@ from typing import TYPE_CHECKING
 from ._lazy import lazy_exports
 from ._version import __version__
 
-# public name -> the module that defines it
-_EXPORTS = {
-    "load_dataset": "data",
-    "ImageDataset": "data",
-    "Split": "data",
-    "Normalization": "normalization",
-    "pick_device": "device",
-    "seed_everything": "device",
-    "build_model": "models",
-    "summary": "models",
-    "fit": "train",
-    "Callback": "train",
-    "History": "train",
-    "EarlyStopping": "train",
-    "Checkpoint": "train",
-    "PrintProgress": "train",
-    "evaluate": "evaluation",
-    "Recipe": "recipes",
-    "default_recipe": "recipes",
-    "load_or_train": "workflows",
-    "save_artifact": "artifact",
-    "load_artifact": "artifact",
-    "serve": "serving.runner",
-    "Client": "serving.client",
-    "load_test": "serving.client",
-    "publish_metrics": "report",
-}
-
-__all__ = ["__version__", *sorted(_EXPORTS)]
-
-if TYPE_CHECKING:  # what the names are, for type checkers and editors
+if TYPE_CHECKING:  # the public names: for type checkers and editors, and read by lazy_exports
     from .artifact import load_artifact, save_artifact
     from .data import ImageDataset, Split, load_dataset
     from .device import pick_device, seed_everything
@@ -57,4 +27,4 @@ if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from .workflows import load_or_train
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, ("__version__",))

@@ -134,6 +134,14 @@ class History:
     def last(self) -> dict:
         return self.records[-1] if self.records else {}
 
+    def summary(self) -> str:
+        """One line: epochs, steps, seconds, throughput in its unit, and why training stopped, if it did."""
+        last = self.last
+        rate = next((k for k in last if k.endswith("_per_s")), None)
+        speed = f", {last[rate]:,.0f} {rate.removesuffix('_per_s')}/s" if rate else ""
+        stopped = f" — stopped: {self.stopped}" if self.stopped else ""
+        return f"{len(self)} epochs, {last.get('step', 0)} steps, {last.get('wall_time', 0.0):.1f} s{speed}{stopped}"
+
     def __repr__(self) -> str:
         last = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.last.items())
         return (

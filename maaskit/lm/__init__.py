@@ -14,31 +14,7 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
 
-_EXPORTS = {
-    "GPTConfig": "config",
-    "LMRecipe": "config",
-    "GPT": "model",
-    "KVCache": "model",
-    "SlotCache": "model",
-    "load_corpus": "corpus",
-    "TextDataset": "data",
-    "TokenLoader": "data",
-    "Generation": "generation",
-    "generate": "generation",
-    "ENDOFTEXT": "tokenizer",
-    "load_tokenizer": "tokenizer",
-    "train_tokenizer": "tokenizer",
-    "SampleText": "training",
-    "sample_text": "training",
-    "train_language_model": "training",
-    "save_language_model": "artifact",
-    "load_language_model": "artifact",
-    "Engine": "engine",
-}
-
-__all__ = sorted(_EXPORTS)
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the public names: for type checkers and editors, and read by lazy_exports
     from .artifact import load_language_model, save_language_model
     from .config import GPTConfig, LMRecipe
     from .corpus import load_corpus
@@ -49,4 +25,4 @@ if TYPE_CHECKING:
     from .tokenizer import ENDOFTEXT, load_tokenizer, train_tokenizer
     from .training import SampleText, sample_text, train_language_model
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__)

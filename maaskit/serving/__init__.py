@@ -11,23 +11,11 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
 
-_EXPORTS = {
-    "serve": "runner",
-    "RunningServer": "runner",
-    "ModelRepository": "dataplane",
-    "create_app": "app",
-    "Client": "client",
-    "EndpointError": "client",
-    "load_test": "client",
-}
-
-__all__ = sorted(_EXPORTS)
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the public names: for type checkers and editors, and read by lazy_exports
     from .app import create_app
     from .client import Client, EndpointError, load_test
     from .dataplane import ModelRepository
     from .runner import RunningServer, serve
 
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__)

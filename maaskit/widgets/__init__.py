@@ -10,18 +10,7 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
 
-_EXPORTS = {
-    "ChatConsole": "chat",
-    "EndpointConsole": "console",
-    "GradientInspector": "inspector",
-    "LMDashboard": "lm_dashboard",
-    "OptimizerPlayground": "playground",
-    "TrainingDashboard": "dashboard",
-}
-
-__all__ = sorted(_EXPORTS)
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the public names: for type checkers and editors, and read by lazy_exports
     from .chat import ChatConsole
     from .console import EndpointConsole
     from .dashboard import TrainingDashboard
@@ -29,4 +18,4 @@ if TYPE_CHECKING:
     from .lm_dashboard import LMDashboard
     from .playground import OptimizerPlayground
 
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__, __all__ = lazy_exports(__name__)

@@ -48,6 +48,13 @@ class WidgetBase:
 
     widget: w.Box
 
+    def _training_report(self, history: Any, details: Callable[[dict], list[str]]) -> str:
+        """What a training widget prints: "not trained yet", or the run's summary line and then
+        ``details(last record)``."""
+        if history is None or not history.records:
+            return f"{type(self).__name__}: not trained yet"
+        return "\n".join([history.summary(), *details(history.last)])
+
     def still_png(self) -> bytes | None:
         """A PNG of what the widget shows now, for front ends that cannot render widgets."""
         return None

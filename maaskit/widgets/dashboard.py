@@ -374,15 +374,12 @@ class TrainingDashboard(WidgetBase, Callback):
     def __str__(self) -> str:
         if self._text is not None and self._text.history is not None:
             return str(self._text)
-        if self.history is None or not self.history.records:
-            return "TrainingDashboard: not trained yet"
-        last = self.history.last
+        return self._training_report(self.history, self._final_lines)
+
+    def _final_lines(self, last: dict) -> list[str]:
         lines = [
-            f"{len(self.history.records)} epochs, {last['step']} steps, {last['wall_time']:.1f} s, "
-            f"{last['images_per_s']:,.0f} img/s"
-            + (f" — stopped: {self.history.stopped}" if self.history.stopped else ""),
             f"final: train loss {last['train_loss']:.4f} acc {last['train_acc']:.2%} · "
-            f"val loss {last['val_loss']:.4f} acc {last['val_acc']:.2%}",
+            f"val loss {last['val_loss']:.4f} acc {last['val_acc']:.2%}"
         ]
         if self.evaluation is not None:
             ev = self.evaluation
@@ -391,7 +388,7 @@ class TrainingDashboard(WidgetBase, Callback):
                 f"test accuracy {ev.accuracy:.2%} on {len(ev.labels)} images; weakest class "
                 f"{ev.classes[weakest]!r} at {ev.per_class_accuracy[weakest]:.0%}"
             )
-        return "\n".join(lines)
+        return lines
 
     # --- display --------------------------------------------------------------------------
 

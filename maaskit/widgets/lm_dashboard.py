@@ -138,19 +138,16 @@ class LMDashboard(WidgetBase, Callback):
         return plots.png_bytes(self.figure())
 
     def __str__(self) -> str:
-        if self.history is None or not self.history.records:
-            return "LMDashboard: not trained yet"
-        last = self.history.last
+        return self._training_report(self.history, self._final_lines)
+
+    def _final_lines(self, last: dict) -> list[str]:
         lines = [
-            f"{len(self.history)} epochs, {last['step']} steps, {last['wall_time']:.1f} s, "
-            f"{last['tokens_per_s']:,.0f} tokens/s"
-            + (f" — stopped: {self.history.stopped}" if self.history.stopped else ""),
             f"validation loss {last['val_loss']:.3f} nats per token, perplexity {last['val_perplexity']:.1f}, "
-            f"next-token accuracy {last['val_acc']:.1%}",
+            f"next-token accuracy {last['val_acc']:.1%}"
         ]
         if self.sampler.samples:
             lines.append(f"sample at step {self.sampler.samples[-1][0]}: {self.sampler.samples[-1][1]!r}")
-        return "\n".join(lines)
+        return lines
 
     def _ipython_display_(self):
         from IPython.display import display
