@@ -1,5 +1,6 @@
 """maaskit.lm: the GPT, its KV cache, the tokenizer and generation (issue 10, first part)."""
 
+import math
 from dataclasses import asdict
 
 import pytest
@@ -163,6 +164,9 @@ def test_fit_trains_a_gpt_on_text_and_the_validation_loss_falls(text_data, tmp_p
         model, text_data, optimizer="adamw", lr=3e-3, epochs=2, batch_size=32, callbacks=[sampler], device="cpu"
     )
     assert len(history) == 2 and history["val_loss"][1] < history["val_loss"][0] < 5.7  # ln(300) = 5.70
+    # a language model's metrics: perplexity (exp of the loss per token) and throughput in tokens
+    assert history["val_perplexity"] == pytest.approx([math.exp(v) for v in history["val_loss"]])
+    assert "tokens_per_s" in history and "images_per_s" not in history
     assert [step for step, _ in sampler.samples] == [history[0]["step"], history[1]["step"]]
     assert all(text.startswith("The ") for _, text in sampler.samples)
     # checkpoints keep the tied head and resume
@@ -431,3 +435,41 @@ def test_a_failing_step_reaches_every_reader_and_the_engine_keeps_serving(model)
     failed, after, engine = _run(main())
     assert sum("generation failed: out of memory" in str(f) for f in failed) >= 2  # those in the step, and waiting
     assert after == list(generate(model, [1], max_tokens=10, temperature=0)) and engine.running == 0
+
+
+def test_a_sequence_whose_reader_left_while_it_waited_is_counted_as_abandoned(model):
+    """Two running sequences finish in the same step; of the three waiting, the middle one's reader
+    has gone: the next round skips it as it lets the other two join, and counts it."""
+    import asyncio
+
+    from maaskit.lm.engine import Engine, SamplingParams
+
+    async def until(condition) -> None:
+        while not condition():  # yields to the event loop until the engine's state says so
+            await asyncio.sleep(0)
+
+    async def main():
+        engine = Engine(model, max_sequences=2)
+        dropped = []
+        engine.listeners.append(lambda kind, value: dropped.append(value) if kind == "dropped" else None)
+        greedy = SamplingParams(max_tokens=6, temperature=0)
+        running = [engine.generate([1, 2], greedy), engine.generate([1, 2], greedy)]
+        first = await asyncio.gather(*(s.__anext__() for s in running))  # both joined in one round
+        waiting = [engine.generate([i, 3], greedy) for i in (4, 5, 6)]
+        reads = [asyncio.create_task(s.__anext__()) for s in waiting]
+        await until(lambda: engine.waiting == 3)
+        reads[1].cancel()  # the middle reader leaves
+        await asyncio.gather(reads[1], return_exceptions=True)
+        await waiting[1].aclose()
+        rest = []
+        for stream in running:
+            rest.append([e async for e in stream])
+        for task, stream in ((reads[0], waiting[0]), (reads[2], waiting[2])):
+            await task
+            _ = [e async for e in stream]
+        engine.close()
+        return first, rest, engine.abandoned, dropped
+
+    first, rest, abandoned, dropped = _run(main())
+    assert all(e.token is not None for e in first) and all(r[-1].finish_reason == "length" for r in rest)
+    assert abandoned == 1 and dropped == [1]

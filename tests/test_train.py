@@ -222,3 +222,49 @@ def test_evaluate_reports_confusion_and_worst_examples(digits):
     losses = torch.nn.functional.cross_entropy(model(digits.normalize(digits.test.x)), digits.test.y, reduction="none")
     assert list(result.worst) == torch.argsort(losses, descending=True)[:5].tolist()
     assert "accuracy=" in repr(result)
+
+
+def test_adamw_decays_only_weights_of_two_or_more_dimensions_and_zero_means_zero(digits):
+    from maaskit.train import build_optimizer
+
+    model = model_for(digits, "lenet")
+    opt = build_optimizer("adamw", model, 1e-3)  # weight_decay=None: AdamW's default, 0.01
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() < 2 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(model.parameters()))
+    assert all(g["weight_decay"] == 0.0 for g in build_optimizer("adamw", model, 1e-3, 0.0).param_groups)
+    assert build_optimizer("sgd", model, 1e-3).param_groups[0]["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="weight_decay must be 0 or more"):
+        build_optimizer("adam", model, 1e-3, -1.0)
+
+    # fit passes it on: an explicit 0.0 stays 0.0 (it once became 0.01)
+    class Seen(Callback):
+        def on_fit_start(self, run):
+            self.decays = [g["weight_decay"] for g in run.optimizer.param_groups]
+
+    seen = Seen()
+    fit(model_for(digits, "mlp"), digits, optimizer="adamw", weight_decay=0.0, epochs=1, callbacks=[seen])
+    assert seen.decays == [0.0, 0.0]
+
+
+def test_fit_trains_on_anything_that_follows_the_training_data_protocol(digits):
+    """Not an ImageDataset: a class of its own with name, unit, loader() and metrics()."""
+    from maaskit.scoring import Accuracy, Metric
+    from maaskit.train import TrainingData
+
+    class Halves:
+        name, unit = "digits, first half", "examples"
+
+        def loader(self, split="train", **kwargs):
+            return digits.loader(split, **kwargs)
+
+        def metrics(self) -> tuple[Metric, ...]:
+            return (Accuracy(),)
+
+    data = Halves()
+    assert isinstance(data, TrainingData) and not isinstance(object(), TrainingData)
+    history = fit(model_for(digits, "mlp"), data, epochs=2, batch_size=64)
+    assert {"train_acc", "val_acc", "examples_per_s"} <= set(history) and history.last["val_acc"] > 0.5
+    with pytest.raises(TypeError, match="data with name, unit, loader"):
+        fit(model_for(digits, "mlp"), object(), epochs=1)
