@@ -11,8 +11,8 @@ rounds. The floor is the engine alone, in process: tokens/s of one sequence and 
     python benchmarks/lm_serving.py [--model DIR] [--streams 48] [--max-tokens 64] [--rounds 3] [--baseline DIR]
 
 ``--baseline DIR``: also serve with the maaskit of another checkout (``git worktree add DIR <commit>``),
-"baseline", batching on, taking turns with the others; it trains its own copy of the model with its
-own code (the same recipe and seed), since artifacts of an older maaskit may differ in format.
+"baseline", batching on, taking turns with the others. The model is then trained by that checkout
+(with no ``--model``), so that both servers serve the same weights, and generate the same tokens.
 """
 
 from __future__ import annotations
@@ -60,13 +60,9 @@ def engine_floor(model_dir: Path, max_tokens: int) -> dict[int, float]:
     return {n: statistics.median(asyncio.run(run(n)) for _ in range(3)) for n in (1, 16)}
 
 
-def baseline_server(checkout: Path, folder: Path, epochs: int) -> list[str]:
-    """The command serving a model trained and served by the maaskit in ``checkout``."""
-    env = ["env", f"PYTHONPATH={checkout.resolve()}"]
-    model_dir = folder / "gpt-baseline"
-    train = [*env, sys.executable, "-m", "maaskit", "lm", "train", "--out", str(model_dir), "--device", "cpu"]
-    subprocess.run([*train, "--epochs", str(epochs)], check=True, capture_output=True, timeout=1800)
-    return [*env, sys.executable, "-m", "maaskit", "serve", str(model_dir), "--port", "{port}", "--device", "cpu"]
+def baseline_command(checkout: Path, *args: str) -> list[str]:
+    """``python -m maaskit ARGS`` importing the maaskit of ``checkout``."""
+    return ["env", f"PYTHONPATH={checkout.resolve()}", sys.executable, "-m", "maaskit", *args]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -101,7 +97,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="maaskit-lm-bench-") as tmp:
         folder = Path(tmp)
         model_dir = args.model
-        if model_dir is None:
+        if model_dir is None and args.baseline is not None:  # an older maaskit's artifact: both load it
+            model_dir = folder / "gpt"
+            train = baseline_command(args.baseline, "lm", "train", "--out", str(model_dir), "--device", "cpu")
+            subprocess.run([*train, "--epochs", str(args.epochs)], check=True, capture_output=True, timeout=1800)
+        elif model_dir is None:
             from maaskit.lm import LMRecipe, train_language_model
 
             model_dir = folder / "gpt"
@@ -111,7 +111,9 @@ def main() -> int:
         serve = [sys.executable, "-m", "maaskit", "serve", str(model_dir), "--port", "{port}", "--device", "cpu"]
         commands = {"batching on": serve, "batching off": [*serve, "--max-sequences", "1"]}
         if args.baseline is not None:
-            commands["baseline"] = baseline_server(args.baseline, folder, args.epochs)
+            commands["baseline"] = baseline_command(
+                args.baseline, "serve", str(model_dir), "--port", "{port}", "--device", "cpu"
+            )
         ports = {name: free_port() for name in commands}
         processes = {name: start(cmd, ports[name], folder / f"{name}.log") for name, cmd in commands.items()}
         rounds: dict[str, dict[int, list[dict]]] = {name: {c: [] for c in CONCURRENCY} for name in commands}

@@ -207,6 +207,17 @@ def test_a_language_model_artifact_keeps_its_tokenizer_and_checks_both_hashes(te
     x = torch.randint(text_data.vocab_size, (1, 10))
     torch.testing.assert_close(loaded(x), model(x))
     assert loaded.head.weight is loaded.tokens.weight
+    # a manifest from before GPTConfig (the image factory's layout) still loads, to the same model
+    import json
+
+    manifest_file = path / "manifest.json"
+    old_layout = json.loads(manifest_file.read_text())
+    old_layout["architecture"] = {
+        "name": "gpt", "in_shape": [32], "num_classes": text_data.vocab_size,
+        "kwargs": {"layers": 1, "heads": 2, "width": 32},
+    }  # fmt: skip
+    manifest_file.write_text(json.dumps(old_layout))
+    torch.testing.assert_close(load_language_model(path)[0](x), model(x))
     (path / "tokenizer.json").write_text((path / "tokenizer.json").read_text().replace('"a"', '"b"', 1))
     with pytest.raises(ArtifactError, match="tokenizer.json does not match its manifest"):
         load_language_model(path)

@@ -189,4 +189,14 @@ class GPT(nn.Module):
         return self.head(self.norm(x))
 
 
-register_model("gpt", lambda architecture: GPT(GPTConfig(**architecture["config"])))
+def _rebuild(architecture: dict) -> GPT:
+    """A GPT from its manifest: ``{"config": {...}}``, or the layout maaskit wrote before GPTConfig
+    (``in_shape`` = (context,), ``num_classes`` = the vocabulary, the other sizes in ``kwargs``), so a
+    model trained then still loads."""
+    if "config" in architecture:
+        return GPT(GPTConfig(**architecture["config"]))
+    context, vocab = architecture["in_shape"][0], architecture["num_classes"]
+    return GPT(GPTConfig(vocab_size=vocab, context=context, **architecture.get("kwargs", {})))
+
+
+register_model("gpt", _rebuild)
