@@ -61,8 +61,10 @@ def engine_floor(model_dir: Path, max_tokens: int) -> dict[int, float]:
 
 
 def baseline_command(checkout: Path, *args: str) -> list[str]:
-    """``python -m maaskit ARGS`` importing the maaskit of ``checkout``."""
-    return ["env", f"PYTHONPATH={checkout.resolve()}", sys.executable, "-m", "maaskit", *args]
+    """``python -m maaskit ARGS`` importing the maaskit of ``checkout``: run from there (GNU env -C), since
+    ``python -m`` puts the working directory first on the path."""
+    where = str(checkout.resolve())
+    return ["env", "-C", where, f"PYTHONPATH={where}", sys.executable, "-m", "maaskit", *args]
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -110,7 +110,9 @@ def servers(
         table["kserve"] = (command, ("json", "binary"))
     chosen = list(chosen)
     if baseline is not None:  # the same command, importing maaskit from the other checkout
-        table["baseline"] = (["env", f"PYTHONPATH={baseline.resolve()}", *maaskit_serve], ("json", "binary"))
+        # run from that checkout (GNU env -C): `python -m` puts the working directory first on the path
+        where = str(baseline.resolve())
+        table["baseline"] = (["env", "-C", where, f"PYTHONPATH={where}", *maaskit_serve], ("json", "binary"))
         chosen.insert(1, "baseline")
     return {name: table[name] for name in chosen}
 
