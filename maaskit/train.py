@@ -1,9 +1,11 @@
-"""``fit()``: the training loop, its events, and the callbacks that ship with maaskit.
+"""``fit()``: the training loop in its steps (set up, train an epoch, validate it), its events, and
+the callbacks that ship with maaskit.
 
 The loop has no UI. It tells callbacks what happens (fit, epoch and batch start and end);
-a widget is one such callback. Loss and accuracy accumulate in tensors on the device and
-are read back once per epoch, or when a callback asks (a dashboard, a few times a
-second), so a step never waits for the host.
+a widget is one such callback. The loss and the data's metrics (:mod:`maaskit.scoring`: accuracy,
+perplexity) accumulate in tensors on the device and are read back once per epoch, or when a
+callback asks (a dashboard, a few times a second), so a step never waits for the host; under
+DDP the ranks agree on stopping every ``STOP_CHECK_EVERY`` steps, not every step.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
+from .config import ServeConfig
 from .dataplane import ModelRepository
 from .errors import (
     Conflict,
@@ -57,7 +58,7 @@ STATUS: dict[type[Exception], int] = {
 }
 OPENAI_CODES: dict[type[Exception], str] = {ContextTooLong: "context_length_exceeded", ModelNotFound: "model_not_found"}
 
-MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_BODY_BYTES = ServeConfig.max_body_bytes  # the default, written once in ServeConfig
 OPEN_PATHS = ("/v2/health/", "/docs", "/openapi.json")  # probes and the API's documentation need no token
 
 
