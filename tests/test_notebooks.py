@@ -155,7 +155,7 @@ def check_training(m, out_dir: Path):
 def test_04_training_cnns_defaults():
     m = run("04_training_cnns.ipynb", "defaults")
     assert m["dataset"] == "digits" and m["model"] == "lenet" and m["parameters"] == 21_386
-    assert m["epochs"] == 30 and m["test_accuracy"] >= 0.97  # measured 0.9805
+    assert m["epochs"] == 30 and m["test_accuracy"] >= 0.97  # measured 0.9721 (bitwise repeatable on CPU)
     check_training(m, NOTEBOOKS / m["saved_to"])
 
 
