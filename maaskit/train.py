@@ -529,7 +529,7 @@ def _check_inputs(model: Any, data: Any, epochs: Any, batch_size: Any, lr: Any, 
 
 
 class _Fit:
-    """One ``fit()`` call in its steps: :meth:`set_up`, then per epoch :meth:`train_epoch` and
+    """One ``fit()`` call in its steps, after :func:`_set_up`: per epoch :meth:`train_epoch` and
     :func:`validate_epoch`, each telling the callbacks what happens."""
 
     def __init__(self, run: Run, net: Callable[..., torch.Tensor], loader: Any, callbacks: list[Callback]):
@@ -586,11 +586,9 @@ class _Fit:
                 break
             run.epoch = epoch
             self.train_epoch()
-            if self.ranks > 1:  # a stop between checks, or on another rank, ends every rank's epoch here
-                _agree_on_stopping(run)
             run.validation = validate_epoch(run)
             self.fire("on_epoch_end")
-            if self.ranks > 1:  # early stopping and checkpoints decide at the end of an epoch
+            if self.ranks > 1:  # one agreement for a stop since the last check, early stopping and checkpoints
                 _agree_on_stopping(run)
 
 

@@ -136,7 +136,7 @@ def test_two_ranks_read_from_the_device_per_epoch_and_per_stop_check_never_per_s
     done = launch("ddp_ranks:reads_from_the_device", nproc=2, kwargs={"epochs": 2}, timeout=300, quiet=True)
     steps = done.result["steps"]  # 40 per epoch
     # per epoch: the training sums' count after the all-reduce, their read, the validation read and
-    # the two stop agreements around validation; plus one agreement every STOP_CHECK_EVERY steps
+    # the stop agreement at the epoch's end; plus one agreement every STOP_CHECK_EVERY steps
     assert done.result["reads"] <= 2 * 5 + steps // STOP_CHECK_EVERY < steps, done.result
 
 

@@ -455,8 +455,13 @@ def test_a_sequence_whose_reader_left_while_it_waited_is_counted_as_abandoned(mo
 
     from maaskit.lm.engine import Engine, SamplingParams
 
-    async def until(condition) -> None:
-        while not condition():  # yields to the event loop until the engine's state says so
+    async def until(condition, seconds: float = 60) -> None:
+        """Poll the engine's state, with a deadline: each pass yields once to the event loop (the
+        readers' tasks run), it does not wait for time to pass."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not condition():
+            assert loop.time() < deadline, "the three readers never all waited"
             await asyncio.sleep(0)
 
     async def main():
