@@ -97,3 +97,14 @@ def test_convergence_draws_each_series_log_log():
     assert ax.get_xscale() == ax.get_yscale() == "log"
     assert [line.get_label() for line in ax.get_lines() if not line.get_label().startswith("_")] == ["a", "b"]
     assert any("0 from steps 8" in t.get_text() for t in ax.texts)  # where 'b' left the axis is said
+
+
+def test_loss_and_perplexity_draws_both_panels_on_a_log_scale():
+    records = [{"epoch": 1, "train_loss": 3.0, "val_loss": 3.2}, {"epoch": 2, "train_loss": 2.0, "val_loss": 2.5}]
+    fig = plots.loss_and_perplexity(records, {"x": [0.5, 1.5], "loss": [4.0, 2.5]})
+    loss, perplexity = fig.axes
+    assert loss.get_title() == "loss (nats per token)" and perplexity.get_yscale() == "log"
+    validation = perplexity.get_lines()[2]
+    assert validation.get_label() == "validation" and list(validation.get_ydata()) == pytest.approx(
+        [np.exp(3.2), np.exp(2.5)]
+    )

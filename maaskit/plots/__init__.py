@@ -1,7 +1,7 @@
 """Figures for the notebooks, built with matplotlib's object API, by topic: :mod:`.training`,
-:mod:`.optimizers`, :mod:`.gradients`, :mod:`.serving`, :mod:`.explanations`, and what they share
-(:mod:`.figures`). Language models draw their curves with :func:`history` too (a ``perplexity``
-panel) and their dashboards with ``maaskit.widgets.svgchart``.
+:mod:`.optimizers`, :mod:`.gradients`, :mod:`.serving`, :mod:`.explanations`,
+:mod:`.language_models`, and what they share (:mod:`.figures`). (Live dashboards draw their curves as SVG
+with ``maaskit.widgets.svgchart``.)
 
 Every function returns a ``matplotlib.figure.Figure`` and touches no pyplot state, so
 figures never pile up across cells, work the same under papermill and in scripts, and
@@ -14,6 +14,7 @@ from __future__ import annotations
 from .explanations import attributions, projection
 from .figures import ArrayLike, FigureLike, as_array, function_grid, log_curve, png_bytes, show_figures_in_ipython
 from .gradients import gradient_inspection
+from .language_models import loss_and_perplexity
 from .optimizers import convergence, optimizer_paths
 from .serving import latency_histogram, prediction
 from .training import confusion_matrix, history, image_grid
@@ -31,6 +32,7 @@ __all__ = [
     "image_grid",
     "latency_histogram",
     "log_curve",
+    "loss_and_perplexity",
     "optimizer_paths",
     "png_bytes",
     "prediction",

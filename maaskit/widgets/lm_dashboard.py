@@ -122,17 +122,8 @@ class LMDashboard(WidgetBase, Callback):
 
     def figure(self) -> Figure:
         """The curves as a static figure (for headless runs and reports)."""
-        fig = Figure(figsize=(9, 3.2), layout="constrained")
         records = self.history.records if self.history is not None else []
-        for ax, (title, f) in zip(
-            fig.subplots(1, 2), (("loss (nats per token)", lambda v: v), ("perplexity", math.exp))
-        ):
-            ax.plot(self._live["x"], [f(v) for v in self._live["loss"]], color="0.6", lw=1, label="train (running)")
-            ax.plot([r["epoch"] for r in records], [f(r["train_loss"]) for r in records], "o-", label="train")
-            ax.plot([r["epoch"] for r in records], [f(r["val_loss"]) for r in records], "o-", label="validation")
-            ax.set(title=title, xlabel="epoch", yscale="log")
-            ax.legend(fontsize=8)
-        return fig
+        return plots.loss_and_perplexity(records, self._live)
 
     def still_png(self) -> bytes:
         return plots.png_bytes(self.figure())
