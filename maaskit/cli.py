@@ -88,7 +88,7 @@ def _train(args) -> int:
         return 2
     distributed.teardown()  # all ranks together
     if not main_rank:
-        distributed.mark_done()
+        distributed.leave()
         return 0  # rank 0 evaluates and writes the artifact
     result = evaluate(model, data)
     print(f"test accuracy {result.accuracy:.2%} (loss {result.loss:.4f}) on {len(result.labels)} images")
@@ -100,7 +100,7 @@ def _train(args) -> int:
     }
     out = save_artifact(model, args.out, data, name=f"{args.model}-{data.name}", metrics=metrics)
     print(f"saved to {out}/ (model.safetensors, manifest.json)")
-    distributed.mark_done()
+    distributed.leave()
     return 0
 
 
@@ -166,11 +166,12 @@ def _serve(args) -> int:
             print(f"serving language model {m['name']}: {server.url}/v1/chat/completions (OpenAI)", flush=True)
         else:
             print(f"serving {m['name']} version {m['version']}: {server.url}/v2/models/{m['name']}/infer", flush=True)
-    print(f"OpenAPI docs at {server.url}/docs; Ctrl-C stops (requests in flight are finished)", flush=True)
-    try:
-        server.wait()
-    except KeyboardInterrupt:
-        server.stop()
+    print(
+        f"OpenAPI docs at {server.url}/docs; Ctrl-C or SIGTERM stops after the requests in flight "
+        f"(at most {config.drain_seconds:g} s; twice: at once)",
+        flush=True,
+    )
+    server.wait()
     return 0
 
 
@@ -264,7 +265,7 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
     serve = sub.add_parser(
         "serve",
         help="serve artifacts over the V2 (KServe/Triton) and V1 (TF Serving) APIs",
-        description="Serve one or more artifact directories until Ctrl-C.",
+        description="Serve one or more artifact directories until Ctrl-C or SIGTERM (both drain first).",
         formatter_class=helpful,
     )
     serve.add_argument(
@@ -309,6 +310,13 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
         type=int,
         default=defaults.max_sequences,
         help="a language model's sequences sharing each decode step (continuous batching; 1: one at a time)",
+    )
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=defaults.drain_seconds,
+        help="on SIGTERM or Ctrl-C, how long requests in flight may finish (streams still running then end with "
+        "an error event); the same signal again stops at once",
     )
     serve.add_argument(
         "--access-log", action="store_true", help="log every request (off by default: it costs time on every request)"

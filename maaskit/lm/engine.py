@@ -27,13 +27,17 @@ import torch
 from .generation import check_sampling, sample_rows
 from .model import GPT, SlotCache
 
-__all__ = ["ContextTooLong", "Engine", "SamplingParams", "TokenEvent"]
+__all__ = ["ContextTooLong", "Engine", "Interrupted", "SamplingParams", "TokenEvent"]
 
 
 class ContextTooLong(ValueError):
     """The prompt and the tokens asked for do not fit the model's context (``param``: the field to shorten)."""
 
     param = "max_tokens"
+
+
+class Interrupted(RuntimeError):
+    """Generation was ended from outside (a server stopping after its drain): the reason is the message."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class Engine:
         self._lengths = [0] * max_sequences  # how far each slot of the cache is filled
         self._executor = ThreadPoolExecutor(1, "maaskit-lm", initializer=thread_setup)
         self._waiting: deque[_Sequence] = deque()
+        self._readers: set[_Sequence] = set()  # every sequence someone reads: waiting, joining or running
         self._running: list[_Sequence] = []
         self._free = list(range(max_sequences))
         self._wake: asyncio.Event | None = None
@@ -132,6 +137,7 @@ class Engine:
         self._start()
         assert self._wake is not None
         self._waiting.append(seq)
+        self._readers.add(seq)
         self._wake.set()
         try:
             while True:
@@ -142,11 +148,22 @@ class Engine:
                 if event.finish_reason is not None:
                     return
         finally:  # also on a client's disconnect (the generator is cancelled): the scheduler drops it
+            self._readers.discard(seq)
             if not seq.finished:
                 seq.cancelled = True
                 self._wake.set()
 
+    def interrupt(self, reason: str) -> None:
+        """End every sequence now, running or waiting: each reader hears :class:`Interrupted` (``reason``)."""
+        for seq in list(self._readers):  # joining ones too: they are in neither list during their first step
+            if not seq.finished and not seq.cancelled:
+                seq.queue.put_nowait(Interrupted(reason))
+                seq.cancelled = True  # the scheduler frees its slot
+        if self._wake is not None:
+            self._wake.set()
+
     def close(self) -> None:
+        self.interrupt("the model was unloaded")  # no reader is left waiting for a token that never comes
         if self._task is not None:
             self._task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)

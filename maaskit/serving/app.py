@@ -12,18 +12,19 @@ import math
 import re
 import secrets
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
 from .config import ServeConfig
 from .dataplane import ModelRepository
+from .drain import Drain
 from .errors import (
     Conflict,
     ContextTooLong,
@@ -36,12 +37,13 @@ from .errors import (
 )
 from .keys import APIKeys
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .openai_schemas import ChatRequest, CompletionRequest, OpenAIError
+from .openai_schemas import OpenAIError
+from .openapi import openapi_document
 from .protocol import ProtocolError, dumps
 from .rest_openai import OPENAI_PATHS, OpenAIEndpoints
 from .rest_v1 import V1Endpoints
 from .rest_v2 import V2Endpoints
-from .schemas import ExplainRequest, InferRequest, PredictRequest, RepositoryIndexRequest, error_responses
+from .schemas import error_responses
 
 __all__ = ["MAX_BODY_BYTES", "STATUS", "create_app"]
 
@@ -60,6 +62,8 @@ OPENAI_CODES: dict[type[Exception], str] = {ContextTooLong: "context_length_exce
 
 MAX_BODY_BYTES = ServeConfig.max_body_bytes  # the default, written once in ServeConfig
 OPEN_PATHS = ("/v2/health/", "/docs", "/openapi.json")  # probes and the API's documentation need no token
+# answered while the server drains, and not counted as work in flight (probes, docs, metrics)
+DRAIN_EXEMPT = (*OPEN_PATHS, "/metrics")
 
 
 class _TooLarge(Exception):
@@ -89,12 +93,14 @@ def _inference_route(path: str) -> tuple[str, str | None] | None:
 class Guard:
     """Checks the bearer token (the server's token, or one of its API keys) and the body size
     before a request reaches a route; and records every request in the metrics, in one place: its
-    failures by status, and for the routes that run a model, the count and the latency.
+    failures by status, and for the routes that run a model, the count and the latency. While the
+    server drains (see :mod:`.drain`) it admits no new work, and it counts the work in flight.
 
     (An OpenAI route names its model in the body: it leaves the name in ``request.state.model``.)"""
 
-    def __init__(self, app: Any, *, token: str | None, keys: APIKeys | None, max_body_bytes: int, metrics: Any):
-        self.app, self.max_body_bytes, self.metrics, self.keys = app, max_body_bytes, metrics, keys
+    def __init__(self, app: Any, *, token: str | None, keys: APIKeys | None, max_body_bytes: int, metrics: Any,
+                 drain: Drain):  # fmt: skip
+        self.app, self.max_body_bytes, self.metrics, self.keys, self.drain = app, max_body_bytes, metrics, keys, drain
         self.expected = f"Bearer {token}".encode() if token is not None else None
 
     def _accepts(self, authorization: bytes) -> bool:
@@ -112,9 +118,21 @@ class Guard:
                 status[0] = message["status"]
             await send(message)
 
+        work = not scope["path"].startswith(DRAIN_EXEMPT)
+        if work and self.drain.draining:
+            await self._refuse(
+                send, 503, "the server is shutting down; retry on another instance", {"Retry-After": "1",
+                "Connection": "close"}, openai=_openai_path(scope["path"]),
+            )  # fmt: skip
+            self._record(scope, 503, 0.0)
+            return
+        if work:
+            self.drain.admitted()
         try:
             await self._checked(scope, receive, recorded_send)
         finally:
+            if work:
+                self.drain.left()
             self._record(scope, status[0], time.perf_counter() - start)
 
     def _record(self, scope, status: int, seconds: float) -> None:
@@ -196,11 +214,23 @@ def create_app(
     token: str | None = None,
     api_keys: APIKeys | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
+    drain_seconds: float = ServeConfig.drain_seconds,
 ) -> FastAPI:
     """The ASGI app. ``token``: every route but the health checks and the docs needs
     ``Authorization: Bearer <token>``, and only then may models be loaded and unloaded.
-    ``api_keys``: keys accepted as well, each with its own quotas on the language-model routes."""
+    ``api_keys``: keys accepted as well, each with its own quotas on the language-model routes.
+    ``app.state.drain`` stops it without losing work (:mod:`.drain`); the models are closed when
+    it shuts down."""
+    drain = Drain(repository, drain_seconds)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        drain.started()
+        yield
+        repository.close()  # after the last connection: no request finds its model gone
+
     app = FastAPI(
+        lifespan=lifespan,
         title="maaskit inference server",
         version=__version__,
         description=(
@@ -213,7 +243,7 @@ def create_app(
         ),
     )
     metrics = ServerMetrics()
-    app.state.repository, app.state.metrics = repository, metrics
+    app.state.repository, app.state.metrics, app.state.drain = repository, metrics, drain
     repository.listeners.append(metrics.observe_batch)
 
     _answer_errors(app)
@@ -239,13 +269,15 @@ def create_app(
     async def prometheus_metrics():
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    app.openapi = lambda: _openapi(app, secured=token is not None or api_keys is not None)  # type: ignore[method-assign]
+    secured = token is not None or api_keys is not None
+    app.openapi = lambda: openapi_document(app, repository, secured=secured, open_paths=OPEN_PATHS)  # type: ignore[method-assign]
     app.add_middleware(
         Guard,
         token=token,
         keys=api_keys,
         max_body_bytes=max_body_bytes,
         metrics=metrics,
+        drain=drain,
     )
     return app
 
@@ -286,35 +318,3 @@ def _answer_errors(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)  # 404 for unknown paths, 405 for wrong methods
     async def _starlette_error(_request: Request, err: StarletteHTTPException):
         return error(err.status_code, str(err.detail), dict(err.headers or {}))
-
-
-def _openapi(app: FastAPI, *, secured: bool) -> dict:
-    """FastAPI's document, plus the schemas of the bodies the routes read themselves, and the
-    bearer token where the server asks for one."""
-    if app.openapi_schema is None:
-        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        _, defs = models_json_schema(
-            [
-                (m, "validation")
-                for m in (
-                    InferRequest,
-                    PredictRequest,
-                    ExplainRequest,
-                    RepositoryIndexRequest,
-                    CompletionRequest,
-                    ChatRequest,
-                )  # fmt: skip
-            ],
-            ref_template="#/components/schemas/{model}",
-        )
-        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-        for name, schema in defs.get("$defs", {}).items():
-            schemas.setdefault(name, schema)
-        if secured:
-            doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
-            for path, operations in doc["paths"].items():
-                if not path.startswith(OPEN_PATHS):
-                    for operation in operations.values():
-                        operation["security"] = [{"bearer": []}]
-        app.openapi_schema = doc
-    return app.openapi_schema

@@ -27,6 +27,8 @@ class ServeConfig:
     model's sequences sharing each decode step (continuous batching; 1 runs them one at a time).
     ``inline``: run cheap passes on the event loop's thread ("auto": when they take under a
     millisecond). ``workers``: server processes sharing the socket (each gets its share of the cores).
+    ``drain_seconds``: how long a stopping server lets admitted requests finish (see
+    :mod:`~maaskit.serving.drain`); token streams still running then end with an error event.
     """
 
     host: str = "127.0.0.1"
@@ -46,6 +48,7 @@ class ServeConfig:
     workers: int = 1
     log_level: str = "warning"
     access_log: bool = False
+    drain_seconds: float = 20.0  # under Kubernetes' default 30 s grace, with room for the rest of the stop
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_queue", "max_sequences", "workers", "max_body_bytes"):
@@ -54,6 +57,8 @@ class ServeConfig:
                 raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
         if self.max_delay_ms < 0:
             raise ValueError(f"max_delay_ms must be 0 or more, got {self.max_delay_ms!r}")
+        if not self.drain_seconds >= 0:
+            raise ValueError(f"drain_seconds must be 0 or more, got {self.drain_seconds!r}")
 
     def but(self, **changes: Any) -> ServeConfig:
         return replace(self, **changes)

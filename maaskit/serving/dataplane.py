@@ -207,6 +207,7 @@ class ModelRepository:
         self._models: dict[str, dict[str, ServedModel]] = {}
         self.language_models: dict[str, ServedLanguageModel] = {}
         self._loading: set[str] = set()
+        self.draining = False  # the server is stopping (see .drain): not ready
         self._lock = threading.Lock()
         self.listeners: list[Callable[[ServedModel, int, float, list[float]], None]] = []  # every pass of every model
 
@@ -305,8 +306,13 @@ class ModelRepository:
 
     @property
     def ready(self) -> bool:
-        """Every model asked for is loaded (Triton's server readiness)."""
-        return not self._loading
+        """Every model asked for is loaded and the server is not stopping (Triton's server readiness)."""
+        return not self._loading and not self.draining
+
+    def interrupt(self, reason: str) -> None:
+        """End every language model's generation now (the drain's deadline): each stream hears ``reason``."""
+        for lm in list(self.language_models.values()):
+            lm.engine.interrupt(reason)
 
     def index(self) -> list[dict]:
         """What is served (``READY``), loading, and, with a ``root``, what could be (``UNAVAILABLE``)."""

@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ..lm.engine import ContextTooLong, SamplingParams, TokenEvent
+from ..lm.engine import ContextTooLong, Interrupted, SamplingParams, TokenEvent
 from ..lm.text import CHAT_TEMPLATE, TURN_ENDS, TextStream, chat_prompt
 from .dataplane import ModelRepository, ServedLanguageModel
 from .errors import InvalidInput, ModelNotFound
@@ -412,6 +412,8 @@ async def _stream(job: _Job, head: dict, include_usage: bool) -> AsyncIterator[b
                 yield chunk([shape.delta(served, piece.index, None, piece.finish_reason, [], 0, logprobs)])
         if include_usage:
             yield chunk([], usage=job.usage.as_dict())
+    except Interrupted as err:  # the server is stopping: the stream ends as on an error, not cut
+        yield b"data: " + dumps(OpenAIError(503, str(err)).body()) + b"\n\n"
     except Exception as err:  # the status is sent already: the error is an event
         yield b"data: " + dumps(OpenAIError(500, f"generation failed: {err}").body()) + b"\n\n"
     finally:

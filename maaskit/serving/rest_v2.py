@@ -106,6 +106,8 @@ class V2Endpoints:
         return {"live": True}
 
     async def ready(self) -> dict:
+        if self.repository.draining:
+            raise NotReady("the server is shutting down", retry_after=1)
         if not self.repository.ready:
             raise NotReady("models are still loading", retry_after=1)
         return {"ready": True}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -19,6 +20,7 @@ import torch
 from .app import create_app
 from .config import ServeConfig
 from .dataplane import ModelRepository, ModelSource
+from .drain import DRAIN_GRACE_SECONDS, Drain, drain_on_signals
 from .keys import APIKeys
 
 if TYPE_CHECKING:
@@ -33,19 +35,53 @@ __all__ = ["RunningServer", "app_from_environment", "serve", "serve_config", "se
 class RunningServer:
     """A server running in a background thread: ``url``, ``stop()``, and ``with`` use."""
 
-    def __init__(self, server: uvicorn.Server, thread: threading.Thread, url: str, repository: ModelRepository):
-        self._server, self._thread, self.url, self.repository = server, thread, url, repository
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread, url: str, app: FastAPI):
+        self._server, self._thread, self.url, self._app = server, thread, url, app
+        self.repository: ModelRepository = app.state.repository
 
-    def stop(self, timeout: float = 10) -> None:
-        """Finish the requests in flight, then stop."""
+    @property
+    def drain(self) -> Drain:
+        """The server's drain: ``draining``, and ``in_flight``, the requests admitted and not yet answered."""
+        return self._app.state.drain
+
+    @property
+    def bound_seconds(self) -> float:
+        """The longest a stop takes: the drain, the streams' last events, and the server's own shutdown."""
+        return self.drain.seconds + DRAIN_GRACE_SECONDS + _SHUTDOWN_SECONDS
+
+    def begin_stop(self) -> None:
+        """Start the drain (see :mod:`.drain`) and return; the server stops when it is over."""
+        self.drain.begin(self._exit)
+
+    def force_stop(self) -> None:
+        """Stop now: requests still running are cut."""
+        self._server.force_exit = True
+        self._exit()
+
+    def _exit(self) -> None:
         self._server.should_exit = True
-        self._thread.join(timeout)
-        self.repository.close()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Drain (requests in flight are finished, streams end with their last event), then stop
+        and unload the models. After ``timeout`` (by default the drain's own bound) it stops at once."""
+        self.begin_stop()
+        self._thread.join(self.bound_seconds if timeout is None else timeout)
+        if self._thread.is_alive():
+            self.force_stop()
+            self._thread.join()
 
     def wait(self) -> None:
-        """Block until the server stops (Ctrl-C still reaches the caller)."""
-        while self._thread.is_alive():
-            self._thread.join(0.5)
+        """Block until the server stops. SIGTERM and Ctrl-C drain it; the same signal again stops it at once
+        (from the main thread; elsewhere Ctrl-C reaches the caller as usual)."""
+        restore = None
+        if threading.current_thread() is threading.main_thread():
+            restore = drain_on_signals(self.begin_stop, self.force_stop)
+        try:
+            while self._thread.is_alive():
+                self._thread.join(0.5)  # a timeout, so the signal handlers get their turn
+        finally:
+            if restore is not None:
+                restore()
 
     def __enter__(self):
         return self
@@ -55,6 +91,9 @@ class RunningServer:
 
     def __repr__(self):
         return f"RunningServer({self.url}, models: {', '.join(m['name'] for m in self.repository.index())})"
+
+
+_SHUTDOWN_SECONDS = 3.0  # uvicorn's own wait for connections after a drain (the drain already waited for them)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -110,6 +149,7 @@ def serve(
     access_log: bool = False,
     api_keys: APIKeys | str | Path | None = None,
     max_sequences: int = ServeConfig.max_sequences,
+    drain_seconds: float = ServeConfig.drain_seconds,
 ) -> RunningServer:
     """Serve artifact directories (or models with ``data=``, or ``(model, manifest)`` pairs) in a
     background thread. The keywords are :class:`~maaskit.serving.config.ServeConfig`'s, which says
@@ -130,6 +170,7 @@ def serve(
         max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue, inline=inline,
         max_sequences=max_sequences, model_repository=None if model_repository is None else str(model_repository),
         name=name, max_body_bytes=max_body_bytes, log_level=log_level, access_log=access_log,
+        drain_seconds=drain_seconds,
     )  # fmt: skip
     return serve_config(config, *sources, data=data, api_keys=api_keys, device=device)
 
@@ -147,10 +188,12 @@ def serve_config(
     keys = _keys(api_keys if api_keys is not None else config.api_keys)
     config.check_exposure(has_keys=keys is not None)
     repository = _repository(sources, config, data=data, device=device)
-    app = create_app(repository, token=config.token, api_keys=keys, max_body_bytes=config.max_body_bytes)
+    app = _app(repository, config, keys)
     sock = _bind(config.host, config.port)
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level=config.log_level, access_log=config.access_log, timeout_graceful_shutdown=10)
+        uvicorn.Config(
+            app, log_level=config.log_level, access_log=config.access_log, timeout_graceful_shutdown=_SHUTDOWN_SECONDS
+        )
     )
 
     def run() -> None:
@@ -158,6 +201,7 @@ def serve_config(
         try:
             server.run(sockets=[sock])
         finally:
+            repository.close()  # already done by the app's shutdown, unless the stop was forced
             _thaw_gc()
 
     _freeze_gc()
@@ -168,7 +212,17 @@ def serve_config(
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the server did not start (see the log above)")
         time.sleep(0.02)
-    return RunningServer(server, thread, _url(sock), repository)
+    return RunningServer(server, thread, _url(sock), app)
+
+
+def _app(repository: ModelRepository, config: ServeConfig, keys: APIKeys | None) -> FastAPI:
+    return create_app(
+        repository,
+        token=config.token,
+        api_keys=keys,
+        max_body_bytes=config.max_body_bytes,
+        drain_seconds=config.drain_seconds,
+    )
 
 
 _frozen = 0
@@ -218,7 +272,7 @@ def serve_workers(sources: list[str], config: ServeConfig, *, on_ready: Callable
         workers=config.workers,
         log_level=config.log_level,
         access_log=config.access_log,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=_SHUTDOWN_SECONDS,
     )
     if on_ready is not None:
         on_ready(_url(sock))
@@ -237,10 +291,27 @@ def app_from_environment() -> FastAPI:
     config = ServeConfig.from_environment()
     sources = tuple(s for s in os.environ.get(_SOURCES, "").split(os.pathsep) if s)
     repository = _repository(sources, config)
-    app = create_app(
-        repository, token=config.token, api_keys=_keys(config.api_keys), max_body_bytes=config.max_body_bytes
-    )
+    app = _app(repository, config, _keys(config.api_keys))
+    _drain_worker_on_signals(app)
     repository.thread_setup()  # this process's event loop runs the cheap passes
     gc.collect()
     gc.freeze()  # this process only serves, for as long as it lives: see _freeze_gc
     return app
+
+
+def _drain_worker_on_signals(app: FastAPI) -> None:
+    """In a ``--workers`` process, whose uvicorn server runs on the main thread and has just set its
+    own handlers: a signal drains first (see :mod:`.drain`), then tells uvicorn to stop."""
+    import uvicorn
+
+    server = getattr(signal.getsignal(signal.SIGTERM), "__self__", None)  # uvicorn's bound handle_exit
+    if not isinstance(server, uvicorn.Server):
+        return  # not started by uvicorn's supervisor (an import in a test): uvicorn's own handling stays
+
+    def stop() -> None:
+        server.should_exit = True
+
+    def force() -> None:
+        server.should_exit = server.force_exit = True
+
+    drain_on_signals(lambda: app.state.drain.begin(stop), force)
