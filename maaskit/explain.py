@@ -24,11 +24,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["LIMITS", "METHODS", "completeness_gap", "explain", "explained_classes", "rank_correlation"]
+__all__ = ["LIMITS", "MAX_MAGNITUDE", "METHODS", "completeness_gap", "explain", "explained_classes", "rank_correlation"]
 
 METHODS = ("saliency", "integrated_gradients", "occlusion", "kernel_shap", "lime")
 # the most work a served explanation may ask for (the server answers 400 beyond)
-LIMITS = {"steps": 256, "samples": 1024, "images": 16}
+LIMITS = {"steps": 256, "samples": 1024, "images": 16}  # what one served explanation may ask for
+# the largest input value a served explanation takes: normalized pixels lie within about ±10, and
+# values near FP32's limit make a model's outputs overflow, and LIME's and kernel SHAP's fits with them
+MAX_MAGNITUDE = 1e4
 
 
 def explained_classes(
@@ -98,6 +101,8 @@ def explain(
                 c = x.shape[1]
                 shapes = {"sliding_window_shapes": (c, window, window), "strides": (c, stride, stride)}
                 out = attr.Occlusion(model).attribute(x, target=targets, baselines=base, **shapes)
+            elif method == "kernel_shap" and window >= max(x.shape[2:]):
+                out = _one_player_shapley(model, x, base, targets)
             else:
                 explainer = attr.KernelShap(model) if method == "kernel_shap" else attr.Lime(model)
                 mask = _patches(x.shape[1:], window, device)
@@ -114,6 +119,15 @@ def explain(
     finally:
         model.train(was_training)
     return out.detach().to(images.device)
+
+
+def _one_player_shapley(model: nn.Module, x: torch.Tensor, base: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Kernel SHAP with one patch (the window covers the image): a game of one player, whose Shapley
+    value is the whole change, f(image) - f(baseline). Captum's sampler has no weights to draw then."""
+    with torch.no_grad():
+        rows = torch.arange(len(x), device=x.device)
+        change = model(x)[rows, targets] - model(base)[rows, targets]
+    return change[:, None, None, None].expand_as(x).clone()
 
 
 def completeness_gap(

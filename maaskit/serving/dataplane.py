@@ -25,6 +25,7 @@ from tokenizers import Tokenizer
 
 from ..artifact import MANIFEST, load_artifact, make_manifest, read_manifest
 from ..device import pick_device
+from ..explain import MAX_MAGNITUDE
 from ..normalization import Normalization
 from .batching import DynamicBatcher
 from .config import ServeConfig
@@ -115,6 +116,8 @@ class ServedModel:
         """Attributions of a prepared batch and the classes explained. In a process of their own
         at the lowest priority (see :mod:`.explainer`), never in the batcher: an explanation
         costs tens of forward passes and must not hold up plain requests, nor share their batches."""
+        if np.abs(x).max() > MAX_MAGNITUDE:
+            raise ProtocolError(f"explanations take input values within ±{MAX_MAGNITUDE:g}")
         if target is not None:
             wanted = [target] if isinstance(target, int) else target
             if not isinstance(target, int) and len(wanted) != len(x):

@@ -45,7 +45,7 @@ class ServerMetrics:
             "maaskit_queue_images", "Images waiting for a forward pass", registry=r, multiprocess_mode="livesum"
         )
         # one series per server process (a pid label with --workers): how many are up
-        self.process = Gauge("maaskit_server_process", "1 per serving process", registry=r, multiprocess_mode="livemax")
+        self.process = Gauge("maaskit_server_process", "1 per serving process", registry=r, multiprocess_mode="liveall")
         self.process.set(1)
 
         lm = ["model"]

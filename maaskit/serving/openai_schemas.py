@@ -7,11 +7,12 @@ know (``user``, ``presence_penalty``, ``tools``, ...) and a strict schema would 
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..lm.engine import SamplingParams
+from .schemas import WHOLE
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -51,7 +52,9 @@ class OpenAIError(Exception):
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Unknown fields ignored; known ones strictly typed (``0`` is not ``false``), as the document says."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(_Lenient):
@@ -63,15 +66,25 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 
 class _Sampling(_Lenient):
     model: str = Field(description="a language model this server serves (GET /v1/models)")
-    max_tokens: int | None = Field(None, ge=1, description="new tokens at most (default 16; prompt + this <= context)")
+    max_tokens: Annotated[int, Field(ge=1), WHOLE] | None = Field(
+        None,
+        description="new tokens at most (default 16), below the model's context; an answer that reaches the "
+        "context's end stops there (finish_reason 'length')",
+    )
     temperature: float = Field(1.0, ge=0, le=2, description="0: greedy")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
-    top_k: int | None = Field(None, ge=1, description="not OpenAI's: sample from the k likeliest tokens only")
-    n: int = Field(1, ge=1, le=16, description="choices to generate")
+    top_k: Annotated[int, Field(ge=1), WHOLE] | None = Field(
+        None, description="not OpenAI's: sample from the k likeliest tokens only"
+    )
+    n: Annotated[int, Field(ge=1, le=16), WHOLE] = Field(1, description="choices to generate")
     stream: bool = Field(False, description="server-sent events, one chunk per token")
     stream_options: StreamOptions | None = None
-    stop: Union[str, list[str], None] = Field(None, description="up to 4 sequences that end a choice")  # noqa: UP007
-    seed: int | None = Field(None, description="the same seed and request give the same text")
+    stop: Union[str, Annotated[list[str], Field(max_length=4)], None] = Field(  # noqa: UP007
+        None, description="up to 4 sequences that end a choice"
+    )
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1), WHOLE] | None = Field(
+        None, description="the same seed and request give the same text"
+    )
 
     def stop_sequences(self) -> list[str]:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -92,9 +105,11 @@ class _Sampling(_Lenient):
 
 
 class CompletionRequest(_Sampling):
-    prompt: Union[str, list[str], list[int]] = Field(description="text, texts, or token ids")  # noqa: UP007
-    logprobs: int | None = Field(
-        None, ge=0, le=20, description="log-probabilities of the chosen and N likeliest tokens"
+    prompt: Union[str, list[str], list[Annotated[int, WHOLE]]] = Field(  # noqa: UP007
+        description="text, texts, or token ids"
+    )
+    logprobs: Annotated[int, Field(ge=0, le=20), WHOLE] | None = Field(
+        None, description="log-probabilities of the chosen and N likeliest tokens"
     )
     echo: bool = Field(False, description="not supported (400 if true)")
 
@@ -103,16 +118,23 @@ class CompletionRequest(_Sampling):
         return self._params(self.max_tokens, end_of_text, self.logprobs)
 
 
+class TextPart(_Lenient):
+    type: Literal["text"]
+    text: str
+
+
 class Message(_Lenient):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: Union[str, list[dict[str, Any]]]  # noqa: UP007
+    content: Union[str, list[TextPart]]  # noqa: UP007 (the text parts are read; images and audio are not served)
 
 
 class ChatRequest(_Sampling):
     messages: list[Message] = Field(min_length=1, description="the conversation; see the chat template in /docs")
     logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    max_completion_tokens: int | None = Field(None, ge=1, description="the newer name for max_tokens")
+    top_logprobs: Annotated[int, Field(ge=0, le=20), WHOLE] | None = Field(None, description="needs logprobs: true")
+    max_completion_tokens: Annotated[int, Field(ge=1), WHOLE] | None = Field(
+        None, description="the newer name for max_tokens"
+    )
 
     def sampling_params(self, end_of_text: int) -> SamplingParams:
         """How each choice is generated; ``end_of_text`` ends a choice. ``logprobs: true`` alone gives

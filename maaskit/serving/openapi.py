@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from ..explain import LIMITS
+from ..explain import LIMITS, MAX_MAGNITUDE
 from .openai_schemas import ChatRequest, CompletionRequest
-from .schemas import ExplainRequest, InferRequest, PredictRequest, RepositoryIndexRequest
+from .schemas import SEED_MAX, ExplainRequest, InferRequest, PredictRequest, RepositoryIndexRequest
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["DOCUMENTED_BATCH", "openapi_document"]
 
 DOCUMENTED_BATCH = 4  # the batch sizes a per-model V2 body lists (a tensor's values must match its shape)
-FP32_MAX = 3.4028234663852886e38  # past it a JSON number is infinity as FP32, which the server refuses
+# a JSON number at or past this is infinity as FP32 (the float32 rounding midpoint past the largest), refused
+FP32_PAST = float.fromhex("0x1.ffffffp127")
 _BODIES = (InferRequest, PredictRequest, ExplainRequest, RepositoryIndexRequest, CompletionRequest, ChatRequest)
 
 
@@ -128,10 +129,17 @@ def _body(path: str, served: ServedModel) -> dict | None:
     return None
 
 
-def _number(datatype: str) -> dict:
+def _or_null(schema: dict) -> dict:
+    """What the server takes as "not given" too: ``null`` (Pydantic's ``None``)."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _number(datatype: str, explained: bool = False) -> dict:
     if datatype == "UINT8":
         return {"type": "integer", "minimum": 0, "maximum": 255}
-    return {"type": "number", "minimum": -FP32_MAX, "maximum": FP32_MAX}
+    if explained:
+        return {"type": "number", "minimum": -MAX_MAGNITUDE, "maximum": MAX_MAGNITUDE}
+    return {"type": "number", "exclusiveMinimum": -FP32_PAST, "exclusiveMaximum": FP32_PAST}
 
 
 def _nested(shape: list[int], leaf: dict) -> dict:
@@ -157,7 +165,7 @@ def _explain_parameters(served: ServedModel, batch: int | None) -> dict:
         "steps": {"type": "integer", "minimum": 1, "maximum": LIMITS["steps"]},
         "samples": {"type": "integer", "minimum": 1, "maximum": LIMITS["samples"]},
         "window": {"type": "integer", "minimum": 1, "maximum": 8},
-        "seed": {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+        "seed": {"type": "integer", "minimum": 0, "maximum": SEED_MAX},
     }
 
 
@@ -174,47 +182,56 @@ def _v2_body(served: ServedModel) -> dict:
             "required": ["name"],
             "properties": {
                 "name": {"const": served.output_name},
-                "parameters": {
-                    "type": "object",
-                    "properties": {
-                        "binary_data": {"type": "boolean"},
-                        "classification": {"type": "integer", "minimum": 1},
-                    },
-                },
+                "parameters": _or_null(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "binary_data": _or_null({"type": "boolean"}),
+                            "classification": _or_null({"type": "integer", "minimum": 1}),
+                        },
+                    }
+                ),
             },
         },
     }
     bodies = []
     for batch in range(1, DOCUMENTED_BATCH + 1):
         for datatype in ("FP32", "UINT8"):
-            tensor = {
-                "type": "object",
-                "required": ["name", "shape", "datatype", "data"],
-                "properties": {
-                    "name": {"const": served.input_name},
-                    "shape": {"const": [batch, *shape]},
-                    "datatype": {"const": datatype},
-                    "data": {"type": "array", "items": _number(datatype), "minItems": batch * per_image,
-                             "maxItems": batch * per_image},
-                },
-            }  # fmt: skip
-            explain = {"type": "object", "properties": _explain_parameters(served, batch)}
-            bodies.append(
-                {
-                    "type": "object",
-                    "required": ["inputs"],
-                    "properties": {
-                        "id": {"type": "string"},
-                        "inputs": {"type": "array", "items": tensor, "minItems": 1, "maxItems": 1},
-                        "outputs": outputs,
-                        "parameters": {
-                            "type": "object",
-                            "properties": {"binary_data_output": {"type": "boolean"}, "explain": explain},
-                        },
-                    },
-                }
-            )
+            for explained in (False, True):
+                bodies.append(_v2_case(served, batch, datatype, explained, outputs, per_image))
     return {"anyOf": bodies, "description": f"one input named {served.input_name!r} of shape [N, {shape}]"}
+
+
+def _v2_case(served: ServedModel, batch: int, datatype: str, explained: bool, outputs: dict, size: int) -> dict:
+    """A V2 body of ``batch`` images of one datatype, asking for an explanation or not."""
+    tensor = {
+        "type": "object",
+        "required": ["name", "shape", "datatype", "data"],
+        "properties": {
+            "name": {"const": served.input_name},
+            "shape": {"const": [batch, *served.input_shape[1:]]},
+            "datatype": {"const": datatype},
+            "data": {"type": "array", "items": _number(datatype, explained), "minItems": batch * size,
+                     "maxItems": batch * size},
+        },
+    }  # fmt: skip
+    explain = {"type": "object", "properties": _explain_parameters(served, batch)} if explained else {"type": "null"}
+    parameters: dict[str, Any] = {
+        "type": "object",
+        "properties": {"binary_data_output": _or_null({"type": "boolean"}), "explain": explain},
+    }
+    if explained:
+        parameters["required"] = ["explain"]
+    return {
+        "type": "object",
+        "required": ["inputs", "parameters"] if explained else ["inputs"],
+        "properties": {
+            "id": _or_null({"type": "string"}),
+            "inputs": {"type": "array", "items": tensor, "minItems": 1, "maxItems": 1},
+            "outputs": {"type": "null"} if explained else _or_null(outputs),  # an explanation has its own
+            "parameters": parameters if explained else _or_null(parameters),
+        },
+    }
 
 
 def _v1_body(served: ServedModel) -> dict:
@@ -226,7 +243,7 @@ def _v1_body(served: ServedModel) -> dict:
     named_rows = {"type": "array", "minItems": 1, "items": named}
     columns = {"type": "object", "required": [served.input_name], "additionalProperties": False,
                "properties": {served.input_name: rows}}  # fmt: skip
-    signature = {"signature_name": {"type": "string"}}
+    signature = {"signature_name": _or_null({"type": "string"})}
     return {
         "oneOf": [
             {
@@ -246,15 +263,16 @@ def _v1_body(served: ServedModel) -> dict:
 
 
 def _explain_body(served: ServedModel) -> dict:
-    example = _nested(served.input_shape[1:], _number("FP32"))
+    """KServe V1's explain request: 1 to LIMITS["images"] instances, one target per instance if a list."""
+    example = _nested(served.input_shape[1:], _number("FP32", explained=True))
     bodies = []
-    for batch in range(1, DOCUMENTED_BATCH + 1):
+    for batch in range(1, LIMITS["images"] + 1):
         instances = {"type": "array", "items": example, "minItems": batch, "maxItems": batch}
         bodies.append(
             {"type": "object", "required": ["instances"],
              "properties": {"instances": instances, **_explain_parameters(served, batch)}}
         )  # fmt: skip
-    return {"anyOf": bodies, "description": f"1 to {LIMITS['images']} instances (the document lists 1 to 4)"}
+    return {"anyOf": bodies}
 
 
 def _openai_body(schema: dict, served: ServedLanguageModel, completion: bool) -> dict:
@@ -266,7 +284,13 @@ def _openai_body(schema: dict, served: ServedLanguageModel, completion: bool) ->
     for field in ("max_tokens", "max_completion_tokens"):
         if field in props:
             props[field] = {"anyOf": [room, {"type": "null"}], "description": props[field].get("description", "")}
+    if not completion:  # top_logprobs (a number) needs logprobs: true
+        body["anyOf"] = [
+            {"properties": {"top_logprobs": {"type": "null"}}},
+            {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+        ]
     if completion:
+        props["echo"] = {"const": False, "description": "not supported"}
         vocab = served.tokenizer.get_vocab_size()
         ids = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0, "maximum": vocab - 1}}
         texts = {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}

@@ -206,7 +206,7 @@ class _Job:
 
     served: ServedLanguageModel
     prompts: list[list[int]]
-    params: SamplingParams
+    params: list[SamplingParams]  # one per prompt
     stop: list[str]
     choices_per_prompt: int
     shape: _Completion
@@ -216,8 +216,16 @@ class _Job:
 
     def runs(self) -> list[tuple[list[int], SamplingParams]]:
         """Each choice's prompt and settings; with a seed, choice i uses seed + i."""
-        seeded = lambda i: self.params if self.params.seed is None else replace(self.params, seed=self.params.seed + i)
-        return [(prompt, seeded(i)) for prompt in self.prompts for i in range(self.choices_per_prompt)]
+        seeded = lambda p, i: p if p.seed is None else replace(p, seed=p.seed + i)
+        return [
+            (prompt, seeded(params, i))
+            for prompt, params in zip(self.prompts, self.params)
+            for i in range(self.choices_per_prompt)
+        ]
+
+    @property
+    def logprobs(self) -> bool:
+        return self.params[0].logprobs is not None
 
 
 class OpenAIEndpoints:
@@ -234,7 +242,7 @@ class OpenAIEndpoints:
         streamed: dict[int | str, dict[str, Any]] = {
             200: {
                 "description": "the answer; with stream=true, server-sent events (data: {chunk}, ..., data: [DONE])",
-                "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}},
+                "content": {"application/json": {}, "text/event-stream": {}},
             }
         }
         api.add_api_route(
@@ -314,14 +322,8 @@ class OpenAIEndpoints:
     async def _answer(self, request: Request, served: ServedLanguageModel, prompts: list[list[int]],
                       req: CompletionRequest | ChatRequest, params: SamplingParams, stop: list[str],
                       shape: _Completion) -> Response:  # fmt: skip
-        for prompt in prompts:
-            try:
-                served.engine.check(prompt, params)
-            except ContextTooLong:
-                raise  # answered with its param and code at the edge
-            except ValueError as err:
-                raise InvalidInput(str(err)) from None
-        worst = sum(len(p) for p in prompts) + params.max_tokens * req.n * len(prompts)
+        fitted = _fit_to_context(served, prompts, req, params)
+        worst = sum(len(p) + f.max_tokens * req.n for p, f in zip(prompts, fitted))
         key, use, headers = self._admit(request, worst)
         usage = _Usage(sum(len(p) for p in prompts))
 
@@ -331,7 +333,7 @@ class OpenAIEndpoints:
                 self.metrics.key_tokens.labels(key.name, "prompt").inc(usage.prompt_tokens)
                 self.metrics.key_tokens.labels(key.name, "completion").inc(usage.completion_tokens)
 
-        job = _Job(served, prompts, params, stop, req.n, shape, headers, usage, settle)
+        job = _Job(served, prompts, fitted, stop, req.n, shape, headers, usage, settle)
         head = {"id": shape.id_prefix + secrets.token_hex(12), "created": int(time.time()), "model": served.name}
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -341,6 +343,39 @@ class OpenAIEndpoints:
                 headers={**headers, "Cache-Control": "no-cache"},
             )
         return Response(dumps(await _whole(job, head)), media_type="application/json", headers=headers)
+
+
+def _fit_to_context(served: ServedLanguageModel, prompts: list[list[int]], req: CompletionRequest | ChatRequest,
+                    params: SamplingParams) -> list[SamplingParams]:  # fmt: skip
+    """Each prompt's settings, ``max_tokens`` cut to the room its prompt leaves in the context.
+
+    ``max_tokens`` past the context is a 400 (a rule of the model, in the document). A prompt that
+    leaves less room than asked is answered up to the context's end (finish_reason "length"), as
+    llama.cpp does, rather than refused as OpenAI and vLLM do: a client cannot count the tokens of
+    its text before it sends it, and so could not keep to the rule. A prompt that fills the
+    context leaves no room at all: 400, ``context_length_exceeded``."""
+    asked = [v for v in (req.max_tokens, getattr(req, "max_completion_tokens", None)) if v is not None]
+    if any(v > served.context - 1 for v in asked):
+        raise OpenAIError(
+            400, f"this model's context is {served.context} tokens: max_tokens can be at most {served.context - 1}",
+            param="max_tokens", code="context_length_exceeded",
+        )  # fmt: skip
+    fitted = []
+    for prompt in prompts:
+        if len(prompt) >= served.context:
+            err = ContextTooLong(
+                f"this model's context is {served.context} tokens and the prompt has {len(prompt)}: shorten it "
+                "(it must leave room for at least one new token)"
+            )
+            err.param = "prompt" if isinstance(req, CompletionRequest) else "messages"
+            raise err
+        one = replace(params, max_tokens=min(params.max_tokens, served.context - len(prompt)))
+        try:
+            served.engine.check(prompt, one)
+        except ValueError as err:
+            raise InvalidInput(str(err)) from None
+        fitted.append(one)
+    return fitted
 
 
 async def _body(request: Request) -> Any:
@@ -381,7 +416,7 @@ async def _whole(job: _Job, head: dict) -> dict:
         raise OpenAIError(503, str(err)) from None
     finally:
         job.settle()
-    logprobs = job.params.logprobs is not None
+    logprobs = job.logprobs
     choices = [
         job.shape.whole(job.served, i, text, events, finish, logprobs)
         for i, (text, events, finish) in enumerate(zip(texts, collected, finishes))
@@ -391,7 +426,7 @@ async def _whole(job: _Job, head: dict) -> dict:
 
 async def _stream(job: _Job, head: dict, include_usage: bool) -> AsyncIterator[bytes]:
     """The answer as server-sent events: the same pieces as :func:`_whole`, each sent as it comes."""
-    shape, served, logprobs = job.shape, job.served, job.params.logprobs is not None
+    shape, served, logprobs = job.shape, job.served, job.logprobs
     runs = job.runs()
     pieces = _run_choices(served, runs, job.stop, job.usage)
 

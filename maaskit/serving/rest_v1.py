@@ -117,6 +117,14 @@ class V1Endpoints:
 
 
 def _numeric(rows: Any, what: str) -> np.ndarray:
+    """Numbers only: NumPy alone would read true as 1 and "0.5" as 0.5, which the document forbids."""
+    stack = [rows]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ProtocolError(f"{what} must hold numbers only, got {value!r:.40}")
     try:
         return np.asarray(rows, dtype=np.float32)
     except (TypeError, ValueError, OverflowError) as err:

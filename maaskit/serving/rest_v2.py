@@ -125,15 +125,15 @@ class V2Endpoints:
     async def infer(self, name: str, request: Request, version: str | None = None) -> Response:
         served = self.repository.get(name, version)
         header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
-        validate(InferRequest, header, "V2 inference request")
+        checked = validate(InferRequest, header, "V2 inference request")
         inputs = header["inputs"]
         if len(inputs) != 1:
             raise ProtocolError(f"model {name!r} takes exactly one input, {served.input_name!r}; got {len(inputs)}")
         array, _ = decode_tensor(inputs[0], memoryview(binary))
         x = served.prepare(array, inputs[0]["datatype"], inputs[0]["name"])
-        explaining = (header.get("parameters") or {}).get("explain")
+        explaining = checked.parameters.explain if checked.parameters is not None else None
         if explaining is not None:  # never through the batcher: see ServedModel.explain
-            body, headers = await _explained(served, header, x, explaining)
+            body, headers = await _explained(served, header, x, explaining.model_dump(exclude_unset=True))
         else:
             body, headers = _reply(served, header, await served.infer(x))
         return Response(body, headers=headers, media_type=headers["Content-Type"])
@@ -165,6 +165,8 @@ async def _explained(served: ServedModel, header: dict, x: np.ndarray, explainin
     and the ``targets`` explained, JSON or binary as asked."""
     if len(x) > LIMITS["images"]:
         raise ProtocolError(f"explain takes 1 to {LIMITS['images']} images per request, got {len(x)}")
+    if header.get("outputs") is not None:
+        raise ProtocolError("an explanation answers 'attributions' and 'targets': leave 'outputs' out")
     how = {"method": "integrated_gradients", **explaining}
     method, target = how.pop("method"), how.pop("target", None)
     attributions, targets = await served.explain(x, method, target, **how)

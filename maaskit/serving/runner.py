@@ -93,7 +93,7 @@ class RunningServer:
         return f"RunningServer({self.url}, models: {', '.join(m['name'] for m in self.repository.index())})"
 
 
-_SHUTDOWN_SECONDS = 3.0  # uvicorn's own wait for connections after a drain (the drain already waited for them)
+_SHUTDOWN_SECONDS = 3  # uvicorn's own wait for connections after a drain (the drain already waited for them)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -255,7 +255,6 @@ def serve_workers(sources: list[str], config: ServeConfig, *, on_ready: Callable
     each process has its own interpreter, so Python's work is spread over the cores).
     ``on_ready(url)`` is called once the socket is bound."""
     import uvicorn
-    from uvicorn.supervisors import Multiprocess
 
     if config.workers < 2:
         raise ValueError("serve_workers is for 2 or more workers; use serve() for one")
@@ -277,13 +276,32 @@ def serve_workers(sources: list[str], config: ServeConfig, *, on_ready: Callable
     if on_ready is not None:
         on_ready(_url(sock))
     try:
-        Multiprocess(uvicorn_config, sockets=[sock]).run()
+        _supervisor_class()(uvicorn_config, sockets=[sock]).run()
     finally:
         ServeConfig.clear_environment()
         os.environ.pop(_SOURCES, None)
 
 
 _SOURCES = "MAASKIT_SERVE_SOURCES"  # the artifact directories of a --workers server
+
+
+def _supervisor_class() -> type:
+    from prometheus_client.multiprocess import mark_process_dead
+    from uvicorn.supervisors import Multiprocess
+
+    class Supervisor(Multiprocess):
+        """uvicorn's supervisor, which replaces a worker that dies (checked every half second); and
+        then tells the metrics, so that the dead worker's gauges leave the sums (its counters stay:
+        what it answered was answered)."""
+
+        def keep_subprocess_alive(self) -> None:
+            before = {p.pid for p in self.processes}
+            super().keep_subprocess_alive()
+            for pid in before - {p.pid for p in self.processes}:
+                if pid is not None:
+                    mark_process_dead(pid)
+
+    return Supervisor
 
 
 def app_from_environment() -> FastAPI:

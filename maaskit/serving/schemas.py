@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import core_schema
 from starlette.convertors import Convertor, register_url_convertor
 
 from ..explain import LIMITS
@@ -34,7 +35,10 @@ __all__ = [
     "Ready",
     "RepositoryEntry",
     "RepositoryIndexRequest",
+    "SEED_MAX",
+    "WHOLE",
     "ServerMetadata",
+    "Whole",
     "error_responses",
     "request_body_doc",
     "validate",
@@ -56,10 +60,30 @@ class NameSegment(Convertor):
 
 register_url_convertor("segment", NameSegment())
 
+
+def _whole_number(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+class _WholeNumber:
+    """``Annotated[int, Field(...), WHOLE]``: a JSON integer. 3 and 3.0 are the same number to JSON
+    Schema (and to clients' encoders), so both are accepted; "3", true and 3.5 are not."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        schema = handler(source)
+        schema["strict"] = True
+        return core_schema.no_info_before_validator_function(_whole_number, schema)
+
+
+WHOLE = _WholeNumber()
+Whole = Annotated[int, WHOLE]
+
+SEED_MAX = 2**32 - 1  # NumPy's random generators, which the explanations use, take seeds up to this
+
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"
 ]
-Dim = Annotated[int, Field(ge=0)]
+Dim = Annotated[int, Field(ge=0), WHOLE]
 
 
 class _Strict(BaseModel):
@@ -88,7 +112,7 @@ class RequestInput(_Strict):
 class OutputParameters(_Strict):
     model_config = ConfigDict(strict=True, extra="allow")
     binary_data: bool | None = Field(None, description="answer this output as raw bytes after the JSON header")
-    classification: Annotated[int, Field(ge=1)] | None = Field(
+    classification: Annotated[int, Field(ge=1), WHOLE] | None = Field(
         None, description="the top k classes as BYTES strings 'score:index:label' (Triton's extension)"
     )
 
@@ -111,7 +135,7 @@ class InferRequest(_Strict):
 
     id: str | None = Field(None, description="echoed in the response")
     parameters: RequestParameters | None = None
-    inputs: list[RequestInput]
+    inputs: list[RequestInput] = Field(min_length=1, description="the model's inputs (maaskit's models take one)")
     outputs: list[RequestOutput] | None = Field(None, description="the outputs wanted; default: all, as JSON")
 
 
@@ -181,11 +205,24 @@ class RepositoryEntry(BaseModel):
 
 
 class PredictRequest(_Strict):
-    """TF Serving's predict and classify request: rows (``instances``) or columns (``inputs``)."""
+    """TF Serving's predict and classify request: rows (``instances``) or columns (``inputs``),
+    exactly one of them, with at least one example."""
 
+    model_config = ConfigDict(
+        strict=True,
+        json_schema_extra={"oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}]},
+    )
     signature_name: str | None = None
-    instances: list[Any] | None = Field(None, description="one entry per example")
+    instances: list[Any] | None = Field(None, min_length=1, description="one entry per example")
     inputs: list[Any] | dict[str, Any] | None = Field(None, description="columnar: the batch, or {input name: batch}")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PredictRequest:
+        if (self.instances is None) == (self.inputs is None):
+            raise ValueError("a V1 request has either 'instances' (one entry per example) or 'inputs' (columnar)")
+        if not self.inputs and self.inputs is not None:
+            raise ValueError("'inputs' holds at least one example")
+        return self
 
 
 class PredictResponse(BaseModel):
@@ -194,28 +231,36 @@ class PredictResponse(BaseModel):
 
 
 class ClassifyResponse(BaseModel):
-    results: list[list[tuple[str, float]]] = Field(description="per example, (label, probability), best first")
+    results: list[list[Annotated[list[str | float], Field(min_length=2, max_length=2)]]] = Field(
+        description="per example, [label, probability] pairs, best first"
+    )
 
 
 class ExplainParameters(_Strict):
     """How to explain: the method (maaskit.explain) and its parameters, each capped per request."""
 
     method: Literal["saliency", "integrated_gradients", "occlusion", "kernel_shap", "lime"] = "integrated_gradients"
-    target: Annotated[int, Field(ge=0)] | list[Annotated[int, Field(ge=0)]] | None = Field(
+    target: Annotated[int, Field(ge=0), WHOLE] | list[Annotated[int, Field(ge=0), WHOLE]] | None = Field(
         None, description="the class to explain: one, one per example, or none for the predicted class"
     )
-    steps: Annotated[int, Field(ge=1, le=LIMITS["steps"])] = Field(50, description="integrated gradients: path steps")
-    samples: Annotated[int, Field(ge=1, le=LIMITS["samples"])] = Field(
+    steps: Annotated[int, Field(ge=1, le=LIMITS["steps"]), WHOLE] = Field(
+        50, description="integrated gradients: path steps"
+    )
+    samples: Annotated[int, Field(ge=1, le=LIMITS["samples"]), WHOLE] = Field(
         200, description="kernel_shap and lime: model calls"
     )
-    window: Annotated[int, Field(ge=1, le=8)] = Field(2, description="occlusion, kernel_shap, lime: patch size")
-    seed: int = Field(0, description="kernel_shap and lime sample at random; the same seed, the same answer")
+    window: Annotated[int, Field(ge=1, le=8), WHOLE] = Field(2, description="occlusion, kernel_shap, lime: patch size")
+    seed: Annotated[int, Field(ge=0, le=SEED_MAX), WHOLE] = Field(
+        0, description="kernel_shap and lime sample at random; the same seed, the same answer"
+    )
 
 
 class ExplainRequest(ExplainParameters):
     """KServe V1's explain request: the rows to explain, the method and its (capped) parameters."""
 
-    instances: list[Any] = Field(description="one entry per example: the model's normalized input")
+    instances: list[Any] = Field(
+        min_length=1, max_length=LIMITS["images"], description="one entry per example: the model's normalized input"
+    )
 
 
 class Explanation(BaseModel):
