@@ -7,7 +7,12 @@ import gzip
 import hashlib
 import os
 import pickle
+import re
 import struct
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +161,63 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     monkeypatch.setattr(urllib.request.OpenerDirector, "open", refuse)
+
+
+# --- serving: a language model to serve, a server on the command line, a state to wait for ------------
+
+
+def wait_for(condition, what: str, seconds: float = 60) -> None:
+    """Poll a state until it holds; fail with ``what`` if it does not within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    """An untrained GPT of one layer and its tokenizer: a language model to serve, quickly. Its context
+    (2048) is longer than any prompt the generated-request tests write."""
+    from maaskit.lm import GPT, GPTConfig, load_corpus, train_tokenizer
+
+    tokenizer = train_tokenizer([load_corpus()[:30_000]], vocab_size=280)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), context=2048, layers=1, heads=2, width=32))
+    return model.eval(), tokenizer
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tiny_lm, tmp_path_factory):
+    from maaskit.lm import save_language_model
+
+    model, tokenizer = tiny_lm
+    return save_language_model(model, tokenizer, tmp_path_factory.mktemp("lm") / "gpt", name="gpt")
+
+
+def v2_body(digits, n: int = 1) -> dict:
+    x = digits.normalize(digits.test.x[:n]).numpy().astype(np.float32)
+    return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
+
+
+def start_cli(*args: str) -> tuple[subprocess.Popen, str, list[str]]:
+    """``maaskit serve ARGS --port 0``; returns the process, its URL, and its output lines as they come."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "maaskit", "serve", *args, "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+    )  # fmt: skip
+    lines: list[str] = []
+    found = threading.Event()
+
+    def read():
+        for line in process.stdout:
+            lines.append(line)
+            if "docs at" in line:
+                found.set()
+        found.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert found.wait(120), "".join(lines)
+    url = re.search(r"(http://[\d.:]+)", "".join(lines))
+    assert url and process.poll() is None, "".join(lines)
+    return process, url.group(1), lines

@@ -8,20 +8,16 @@ process and check every answer that came back."""
 from __future__ import annotations
 
 import json
-import re
 import signal
-import subprocess
-import sys
 import threading
-import time
 from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
 import pytest
+from conftest import start_cli, v2_body, wait_for
 
 import maaskit
-from maaskit.lm import GPT, GPTConfig, load_corpus, save_language_model, train_tokenizer
 from maaskit.serving.drain import drain_on_signals
 
 
@@ -35,23 +31,6 @@ class Gate:
         self.entered.set()
         self.opened.wait(120)  # bounded: a failing test must not hang the run
         return self.fn(*args, **kwargs)
-
-
-def wait_for(condition, what: str, seconds: float = 60) -> None:
-    """Poll a state until it holds; fail with ``what`` if it does not within ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-@pytest.fixture(scope="module")
-def tiny_lm():
-    tokenizer = train_tokenizer([load_corpus()[:30_000]], vocab_size=280)
-    maaskit.seed_everything(0)
-    model = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), context=512, layers=1, heads=2, width=32))
-    return model.eval(), tokenizer
 
 
 @dataclass
@@ -93,11 +72,6 @@ class Stream:
             and self.events[-1:] == ["[DONE]"]
             and (any(self.finish_reasons) or "error" in self.events[-2])
         )
-
-
-def v2_body(digits, n: int = 1) -> dict:
-    x = digits.normalize(digits.test.x[:n]).numpy().astype(np.float32)
-    return {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]}
 
 
 @pytest.fixture
@@ -205,35 +179,6 @@ def test_the_first_signal_drains_and_the_same_signal_again_forces():
 
 
 # --- the command line, with real signals --------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def lm_dir(tiny_lm, tmp_path_factory):
-    model, tokenizer = tiny_lm
-    return save_language_model(model, tokenizer, tmp_path_factory.mktemp("lm") / "gpt", name="gpt")
-
-
-def start_cli(*args: str) -> tuple[subprocess.Popen, str, list[str]]:
-    """``maaskit serve ARGS --port 0``; returns the process, its URL, and its output lines as they come."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "maaskit", "serve", *args, "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-    )  # fmt: skip
-    lines: list[str] = []
-    found = threading.Event()
-
-    def read():
-        for line in process.stdout:
-            lines.append(line)
-            if "docs at" in line:
-                found.set()
-        found.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    assert found.wait(120), "".join(lines)
-    url = re.search(r"(http://[\d.:]+)", "".join(lines))
-    assert url and process.poll() is None, "".join(lines)
-    return process, url.group(1), lines
 
 
 @dataclass

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 import threading
 from dataclasses import dataclass, field
 
@@ -15,11 +16,9 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-from conftest import require
-from test_drain import start_cli, v2_body, wait_for
+from conftest import require, start_cli, v2_body, wait_for
 
 import maaskit
-from maaskit.lm import GPT, GPTConfig, load_corpus, train_tokenizer
 
 # --- a worker killed under load ------------------------------------------------------------------------
 
@@ -44,7 +43,8 @@ class Looper:
         return self
 
     def start(self) -> None:
-        threading.Thread(target=self._run, daemon=True).start()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
 
     def _run(self) -> None:
         while not self.stop.is_set():
@@ -96,6 +96,9 @@ def test_a_worker_killed_under_load_is_replaced_and_its_peer_loses_nothing(artif
     finally:
         for looper in loopers:
             looper.stop.set()
+        for looper in loopers:
+            if hasattr(looper, "thread"):
+                looper.thread.join(60)  # its last request answered: the counts are final
     try:
         for looper in by_worker[survivor]:
             assert looper.errors == []  # the other worker's clients lost nothing
@@ -116,3 +119,128 @@ def test_a_worker_killed_under_load_is_replaced_and_its_peer_loses_nothing(artif
     finally:
         if process.poll() is None:
             process.kill()
+
+
+# --- clients that vanish --------------------------------------------------------------------------------
+
+
+def _metric(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def _half_a_body(port: int, path: str, body: bytes) -> None:
+    """Connect, send the headers and half the body, vanish."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body[: len(body) // 2])
+
+
+def _stream_then_leave(url: str, lines: int) -> None:
+    """A token stream whose client reads ``lines`` lines, then disconnects."""
+    body = {"model": "gpt", "prompt": "def", "max_tokens": 400, "stream": True}
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
+        for i, _ in enumerate(response.iter_lines()):
+            if i >= lines:
+                break
+
+
+def test_clients_that_vanish_leave_nothing_behind(artifact, lm_dir, digits):
+    from concurrent.futures import ThreadPoolExecutor
+
+    process, url, _ = start_cli(str(artifact[0]), str(lm_dir))
+    try:
+        server = psutil.Process(process.pid)
+        port = int(url.rsplit(":", 1)[1])
+        v2 = json.dumps(v2_body(digits, 4)).encode()
+        explain = json.dumps({"instances": v2_body(digits, 2)["inputs"][0]["data"], "method": "lime"}).encode()
+        for _ in range(20):  # warm: the first requests allocate what every later one reuses
+            assert httpx.post(url + "/v2/models/digits/infer", content=v2).status_code == 200
+            _stream_then_leave(url, 3)
+        before = server.memory_info().rss
+        rng = np.random.default_rng(0)
+        with ThreadPoolExecutor(16) as pool:
+            halves = [pool.submit(_half_a_body, port, "/v2/models/digits/infer", v2) for _ in range(450)]
+            halves += [pool.submit(_half_a_body, port, "/v1/models/digits:explain", explain) for _ in range(50)]
+            streams = [pool.submit(_stream_then_leave, url, int(n)) for n in rng.integers(0, 60, size=200)]
+            for job in halves + streams:
+                job.result()
+        wait_for(lambda: _metric(url, "maaskit_lm_running_sequences") == 0, "no running sequence", 120)
+        assert _metric(url, "maaskit_lm_waiting_sequences") == 0
+        assert _metric(url, "maaskit_lm_cache_slots_used") == 0  # every slot came back
+        assert _metric(url, "maaskit_lm_abandoned_sequences_total") >= 200 - 10  # they stopped, not ran on
+        explainers = [c for c in server.children(recursive=True) if "multiprocessing" in " ".join(c.cmdline())]
+        assert len(explainers) <= 1  # one per model at most, started on the first explanation
+        after = server.memory_info().rss
+        assert after - before < 50 * 2**20, (before, after)
+        answer = httpx.post(url + "/v2/models/digits/infer", content=v2)  # and it still answers
+        assert answer.status_code == 200 and answer.json()["outputs"][0]["shape"] == [4, 10]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+# --- generated OpenAI bodies ------------------------------------------------------------------------------
+
+hypothesis = require("hypothesis")
+st = hypothesis.strategies
+
+texts = st.text(st.characters(codec="utf-8"), max_size=40)  # every plane, control characters included
+contents = texts | st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]), "text": texts}),
+                            max_size=3) | st.integers() | st.none()  # fmt: skip
+messages = st.lists(
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["system", "user", "assistant", "developer", "tool", "robot", ""])},
+        optional={"content": contents, "name": texts},
+    ),
+    max_size=4,
+)
+numbers = st.integers(-5, 4000) | st.floats(allow_nan=False) | st.none() | st.text(max_size=3)
+openai_bodies = st.fixed_dictionaries(
+    {"model": st.sampled_from(["gpt", "nope", ""])},
+    optional={
+        "messages": messages,
+        "prompt": texts | st.lists(texts, max_size=3) | st.lists(st.integers(-3, 400), max_size=30),
+        "max_tokens": numbers,
+        "max_completion_tokens": numbers,
+        "n": st.integers(-1, 40) | st.none(),
+        "temperature": numbers,
+        "top_p": numbers,
+        "top_k": numbers,
+        "logprobs": st.booleans() | numbers,
+        "top_logprobs": numbers,
+        "stop": texts | st.lists(texts, max_size=6) | st.none(),
+        "seed": numbers,
+        "stream": st.booleans(),
+        "echo": st.booleans(),
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def quota_server(tiny_lm):
+    from maaskit.serving.keys import APIKeys
+
+    keys = APIKeys.parse(json.dumps([{"name": "small", "key": "sk-small-000001", "tpm": 2000}]))
+    with maaskit.serve(tiny_lm, api_keys=keys) as running:
+        yield running
+
+
+@hypothesis.settings(max_examples=200, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.given(body=openai_bodies, chat=st.booleans())
+def test_generated_openai_bodies_get_no_5xx_and_every_error_in_openais_shape(quota_server, body, chat):
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    headers = {"Authorization": "Bearer sk-small-000001"}
+    with httpx.Client(base_url=quota_server.url, timeout=60, headers=headers) as http:
+        response = http.post(path, json=body)
+        assert response.status_code < 500, response.text
+        if response.status_code >= 400:
+            error = response.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"} and error["message"], error
+        elif body.get("stream"):
+            assert response.text.rstrip().endswith("data: [DONE]")

@@ -113,6 +113,11 @@ class Engine:
         return len(self._running)
 
     @property
+    def slots_in_use(self) -> int:
+        """Slots of the cache held by a sequence (freed when it finishes, is dropped, or is interrupted)."""
+        return self.max_sequences - len(self._free)
+
+    @property
     def waiting(self) -> int:
         return sum(not s.cancelled for s in self._waiting)
 

@@ -1,7 +1,7 @@
 """The server's Prometheus metrics: requests, failures, latency, batch sizes and queueing; for
 language models time to first token, inter-token latency, tokens generated (a counter: tokens/s is
-``rate(maaskit_lm_generated_tokens_total[1m])``), running and waiting
-sequences; and per API key its requests, tokens and refusals (by the key's name, never the key).
+``rate(maaskit_lm_generated_tokens_total[1m])``), running and waiting sequences and the cache slots
+they hold; and per API key its requests, tokens and refusals (by the key's name, never the key).
 
 With ``--workers N`` each worker process counts for itself and ``/metrics`` adds them up
 (prometheus_client's multiprocess mode, switched on by ``PROMETHEUS_MULTIPROC_DIR``), so a
@@ -67,6 +67,10 @@ class ServerMetrics:
         self.waiting_sequences = Gauge(
             "maaskit_lm_waiting_sequences", "Sequences waiting to join it", lm, registry=r, multiprocess_mode="livesum"
         )
+        self.slots = Gauge(
+            "maaskit_lm_cache_slots_used", "KV-cache slots held by a sequence", lm, registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.abandoned = Counter(
             "maaskit_lm_abandoned_sequences", "Sequences stopped because their client left", lm, registry=r
         )
@@ -87,6 +91,7 @@ class ServerMetrics:
         first, inter = self.first_token.labels(name), self.inter_token.labels(name)
         tokens = self.tokens.labels(name)  # tokens/s is Prometheus' rate() of this counter
         running, waiting = self.running.labels(name), self.waiting_sequences.labels(name)
+        slots = self.slots.labels(name)
         dropped = self.abandoned.labels(name)
 
         def listener(kind: str, value: float) -> None:
@@ -102,6 +107,7 @@ class ServerMetrics:
                 dropped.inc(value)
             running.set(engine.running)
             waiting.set(engine.waiting)
+            slots.set(engine.slots_in_use)
 
         engine.listeners.append(listener)
 
