@@ -252,13 +252,14 @@ def test_the_engine_gives_each_sequence_the_tokens_it_would_get_alone(model):
     async def main():
         engine = Engine(model, max_sequences=3)  # 5 sequences, 3 slots: some wait, then join mid-run
 
-        async def one(p, delay, **kw):
-            await asyncio.sleep(delay)
+        async def one(p, after_steps, **kw):
+            while engine.steps < after_steps:  # joins once the engine has run this many steps
+                await asyncio.sleep(0)
             return [
                 e.token async for e in engine.generate(p, SamplingParams(max_tokens=12, **kw)) if e.token is not None
             ]
 
-        greedy = await asyncio.gather(*(one(p, i * 0.003, temperature=0) for i, p in enumerate(prompts)))
+        greedy = await asyncio.gather(*(one(p, 2 * i, temperature=0) for i, p in enumerate(prompts)))
         seeded = await asyncio.gather(*(one(p, 0, temperature=1.0, top_k=20, seed=i) for i, p in enumerate(prompts)))
         engine.close()
         return greedy, seeded, engine
@@ -301,12 +302,11 @@ def test_a_reader_that_leaves_frees_its_slot_within_a_step(model):
             if len(seen) == 3:
                 break
         await stream.aclose()
-        for _ in range(100):
-            if engine.running == 0:
-                break
-            await asyncio.sleep(0.01)
+        while engine.running:  # the scheduler drops it at its next step
+            await asyncio.sleep(0)
         running, made = engine.running, engine.tokens_generated
-        await asyncio.sleep(0.1)
+        for _ in range(20):  # the loop runs on; an idle scheduler waits to be woken and makes nothing
+            await asyncio.sleep(0)
         engine.close()
         return running, made, engine.tokens_generated, engine.abandoned
 

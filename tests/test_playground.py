@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import time
 
 import pytest
 import torch
@@ -132,7 +133,10 @@ def test_slider_drags_are_debounced_into_one_redraw():
         for lr in (0.01, 0.02, 0.03, 0.04, 0.05):
             pg.lr_w.value = lr
         assert pg.renders == 1  # nothing drawn while the slider moves
-        await asyncio.sleep(0.3)
+        deadline = time.monotonic() + 60
+        while pg.renders < 2:  # the debounce timer fires once the slider rests
+            assert time.monotonic() < deadline, "the redraw never came"
+            await asyncio.sleep(0.01)
         return pg
 
     pg = asyncio.run(drag())

@@ -93,25 +93,36 @@ def test_bad_tensors_say_what_was_expected(spec, message):
 
 
 def held_batcher(**kw):
-    """A batcher whose first forward pass waits for ``release``: what arrives meanwhile queues."""
+    """A batcher whose first forward pass waits for ``release``: what arrives meanwhile queues.
+    ``release.entered`` is set when that first pass has started."""
     release, sizes, threads = threading.Event(), [], []
+    release.entered = threading.Event()
 
     def forward(x):
         threads.append(threading.current_thread().name)
         if len(sizes) == 0:
-            release.wait(10)
+            release.entered.set()
+            release.wait(60)
         return x * 10
 
     batcher = DynamicBatcher(forward, on_batch=lambda n, _s, _q: sizes.append(n), **kw)
     return batcher, release, sizes, threads
 
 
+async def until(condition, what: str) -> None:
+    """Poll a state on the event loop until it holds (a deadline, so that a failure cannot hang)."""
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
 async def _submit_while_held(batcher, release, count, first=1):
     rows = [np.full((first, 2), -1, np.float32)] + [np.full((1, 2), i, np.float32) for i in range(count)]
     head = asyncio.ensure_future(batcher.submit(rows[0]))
-    await asyncio.sleep(0.05)  # the first pass is running (and held)
+    await until(release.entered.is_set, "the first pass to run (held)")
     rest = [asyncio.ensure_future(batcher.submit(r)) for r in rows[1:]]
-    await asyncio.sleep(0.01)
+    await until(lambda: batcher.waiting == count, "the rest to queue")
     release.set()
     return rows, await asyncio.gather(head, *rest)
 
@@ -141,9 +152,9 @@ def test_a_full_queue_is_refused_at_once_with_a_retry_after():
 
     async def main():
         head = asyncio.ensure_future(batcher.submit(np.zeros((1, 2), np.float32)))
-        await asyncio.sleep(0.05)
+        await until(release.entered.is_set, "the first pass to run (held)")
         queued = [asyncio.ensure_future(batcher.submit(np.zeros((1, 2), np.float32))) for _ in range(3)]
-        await asyncio.sleep(0)
+        await until(lambda: batcher.waiting == 3, "three to queue")
         with pytest.raises(QueueFull, match="3 images are waiting") as refused:
             await batcher.submit(np.zeros((1, 2), np.float32))
         release.set()
@@ -201,9 +212,9 @@ def test_a_closed_batcher_answers_what_it_queued_and_refuses_new_requests():
 
     async def main():
         head = asyncio.ensure_future(batcher.submit(np.zeros((1, 2), np.float32)))
-        await asyncio.sleep(0.05)
+        await until(release.entered.is_set, "the first pass to run (held)")
         queued = asyncio.ensure_future(batcher.submit(np.ones((1, 2), np.float32)))
-        await asyncio.sleep(0)
+        await until(lambda: batcher.waiting == 1, "one to queue")
         batcher.close()
         with pytest.raises(Closed):
             await batcher.submit(np.zeros((1, 2), np.float32))
@@ -584,8 +595,11 @@ def test_several_models_at_once_and_a_graceful_stop(tmp_path, digits):
     served = running.repository.get("mlp-digits")
     forward = served.batcher.fn
 
+    entered, release = threading.Event(), threading.Event()
+
     def slow(x):  # a request still in flight when the stop comes
-        time.sleep(1.0)
+        entered.set()
+        release.wait(60)
         return forward(x)
 
     served.batcher.fn = slow
@@ -597,7 +611,9 @@ def test_several_models_at_once_and_a_graceful_stop(tmp_path, digits):
 
     caller = threading.Thread(target=call)
     caller.start()
-    time.sleep(0.3)
+    assert entered.wait(60)  # its forward pass is running
+    running.begin_stop()
+    release.set()
     running.stop()
     caller.join(10)
     assert result["logits"].shape == (2, 10)  # finished, not cut off

@@ -150,7 +150,11 @@ def schemathesis_run(url: str, tmp_path: Path, token: str, *extra: str) -> str:
     allows must be answered and every one it forbids refused. Returns the report."""
     require("schemathesis")
     config = tmp_path / "schemathesis.toml"
-    config.write_text(f'request-timeout = 120\nheaders = {{ Authorization = "Bearer {token}" }}\n')
+    # max_response_time (a check of "all") as a hang detector, not a speed test: explanations of 16
+    # images by LIME take seconds, longer on a busy machine
+    config.write_text(
+        f'request-timeout = 600\nheaders = {{ Authorization = "Bearer {token}" }}\n[checks]\nmax_response_time = 600\n'
+    )
     st_cli = Path(sys.executable).with_name("st")
     command = [str(st_cli), "--config-file", str(config), "run", f"{url}/openapi.json", "--checks", "all"]
     command += ["--max-examples", "25", "--seed", "1", "--no-color", "--report-dir", str(tmp_path / "report"), *extra]
@@ -251,15 +255,27 @@ def test_5000_mixed_requests_at_concurrency_32_each_answered_correctly_and_match
 def test_a_full_queue_answers_503_with_retry_after_and_the_client_waits_it_out(repository, digits):
     with serve(repository / "digits", max_queue=2, inline=False) as running:
         served = running.repository.get("digits")
-        fast, gate = served.batcher.fn, threading.Event()
+        fast, gate, entered = served.batcher.fn, threading.Event(), threading.Event()
 
         def slow(x):
-            gate.wait(10)
+            entered.set()
+            gate.wait(60)
             return fast(x)
 
         served.batcher.fn = slow
         body = {"inputs": [encode_tensor("input", digits.test.x[:1].numpy())[0]]}
         payload, headers = encode_body(body, [])
+
+        async def until(condition, what: str) -> None:  # a polled state, with a deadline
+            deadline = time.monotonic() + 60
+            while not condition():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                await asyncio.sleep(0.01)
+
+        def refusals() -> int:
+            text = httpx.get(f"{running.url}/metrics").text
+            found = re.search(r'maaskit_request_failures_total\{status="503"\} (\d+)', text)
+            return int(float(found.group(1))) if found else 0
 
         async def burst():
             async with httpx.AsyncClient(base_url=running.url, timeout=30) as http:
@@ -267,13 +283,13 @@ def test_a_full_queue_answers_503_with_retry_after_and_the_client_waits_it_out(r
                     http.post("/v2/models/digits/infer", content=payload, headers=headers)
                 )
                 held = post()
-                await asyncio.sleep(0.5)  # its forward pass is running, held at the gate
+                await until(entered.is_set, "the first forward pass, held at the gate")
                 sent = [post() for _ in range(5)]
-                await asyncio.sleep(0.5)  # two wait in the queue; three are refused at once
-                refused = [s.result() for s in sent if s.done()]
+                await until(lambda: sum(s.done() for s in sent) == 3 and served.batcher.waiting == 2, "the queue")
+                refused = [s.result() for s in sent if s.done()]  # two wait in the queue; three were refused
                 with Client(running.url, retries=2) as client:  # maaskit's client waits out Retry-After
                     waiting = asyncio.get_running_loop().run_in_executor(None, client.infer, "digits", x)
-                    await asyncio.sleep(0.3)
+                    await until(lambda: refusals() == 4, "the client's first try to be refused")
                     gate.set()
                     answered = await waiting
                 return refused, await asyncio.gather(held, *sent), answered
@@ -312,8 +328,11 @@ def test_models_load_and_unload_from_the_repository_without_a_restart(repository
         release = threading.Event()
         loader = maaskit.serving.dataplane.load_artifact
 
+        started = threading.Event()
+
         def slow_load(path):
-            release.wait(10)
+            started.set()
+            release.wait(60)
             return loader(path)
 
         maaskit.serving.dataplane.load_artifact = slow_load
@@ -322,7 +341,7 @@ def test_models_load_and_unload_from_the_repository_without_a_restart(repository
                 target=http.post, args=("/v2/repository/models/digits/load",), kwargs={"headers": auth}
             )
             loading.start()
-            time.sleep(0.3)
+            assert started.wait(60)  # the load is under way
             for path in ("/v2/models/digits/ready", "/v2/health/ready"):
                 not_yet = http.get(path, headers=auth)
                 assert not_yet.status_code == 503 and not_yet.headers["retry-after"] == "1", not_yet.text
