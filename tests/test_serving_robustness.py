@@ -186,10 +186,15 @@ def test_the_openapi_document_matches_a_server_with_a_token_and_model_loading(re
 
 def test_docs_show_the_request_schemas_and_every_error(server):
     doc = httpx.get(f"{server.url}/openapi.json").json()
-    infer = doc["paths"]["/v2/models/{name}/infer"]["post"]
-    body = infer["requestBody"]["content"]
-    assert body["application/json"]["schema"] == {"$ref": "#/components/schemas/InferRequest"}
-    assert "application/octet-stream" in body
+    infer = doc["paths"]["/v2/models/digits/infer"]["post"]  # the model's own path, its own body
+    cases = infer["requestBody"]["content"]["application/json"]["schema"]["anyOf"]
+    tensors = [case["properties"]["inputs"]["items"]["properties"] for case in cases]
+    assert {t["name"]["const"] for t in tensors} == {"input"} and {t["datatype"]["const"] for t in tensors} == {
+        "FP32",
+        "UINT8",
+    }
+    assert [1, 1, 8, 8] in [t["shape"]["const"] for t in tensors]
+    assert "Inference-Header-Content-Length" in infer["description"]  # the binary extension, in words
     assert {"400", "401", "404", "413", "503"} <= set(infer["responses"])
     assert infer["responses"]["503"]["headers"]["Retry-After"]
     assert {"InferRequest", "RequestInput", "InferResponse", "Error", "PredictRequest"} <= set(

@@ -38,6 +38,11 @@ __all__ = ["DOCUMENTED_BATCH", "openapi_document"]
 DOCUMENTED_BATCH = 4  # the batch sizes a per-model V2 body lists (a tensor's values must match its shape)
 # a JSON number at or past this is infinity as FP32 (the float32 rounding midpoint past the largest), refused
 FP32_PAST = float.fromhex("0x1.ffffffp127")
+BINARY_EXTENSION = (
+    "\n\nTriton's binary tensor extension is accepted too: the JSON header above, then each tensor's raw "
+    "little-endian bytes (`parameters.binary_data_size` per input), with `Content-Type: application/octet-stream` "
+    "and `Inference-Header-Content-Length: <bytes of the header>`."
+)
 _BODIES = (InferRequest, PredictRequest, ExplainRequest, RepositoryIndexRequest, CompletionRequest, ChatRequest)
 
 
@@ -116,6 +121,8 @@ def _for_model(item: dict, name: str, path: str, served: ServedModel | None, rep
         body = _body(path, served) if served is not None and "requestBody" in operation else None
         if body is not None:
             operation["requestBody"]["content"] = {"application/json": {"schema": body}}
+        if body is not None and path.endswith("/infer"):
+            operation["description"] = (operation.get("description", "") + BINARY_EXTENSION).strip()
     return item
 
 
