@@ -260,6 +260,7 @@ def _add_train(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
     train.set_defaults(func=_train)
 
 
+# long: one add_argument per ServeConfig option reads best as one list, in the order of --help
 def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
     """``maaskit serve``: its options default to ServeConfig's."""
     serve = sub.add_parser(

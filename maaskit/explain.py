@@ -79,9 +79,7 @@ def explain(
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
         raise ValueError("images must be a float tensor N x C x H x W (the model's normalized inputs)")
-    for name, value in (("steps", steps), ("window", window), ("stride", stride), ("samples", samples)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    _check_counts(steps=steps, window=window, stride=stride, samples=samples)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -119,6 +117,12 @@ def explain(
     finally:
         model.train(was_training)
     return out.detach().to(images.device)
+
+
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _one_player_shapley(model: nn.Module, x: torch.Tensor, base: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

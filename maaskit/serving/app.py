@@ -257,6 +257,14 @@ def create_app(
     ):
         app.router.routes.extend(api.routes)
 
+    _serve_metrics(app, metrics)
+    secured = token is not None or api_keys is not None
+    app.openapi = lambda: openapi_document(app, repository, secured=secured, open_paths=OPEN_PATHS)  # type: ignore[method-assign]
+    app.add_middleware(Guard, token=token, keys=api_keys, max_body_bytes=max_body_bytes, metrics=metrics, drain=drain)
+    return app
+
+
+def _serve_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
     @app.get(
         "/metrics",
         tags=["operations"],
@@ -268,18 +276,6 @@ def create_app(
     )
     async def prometheus_metrics():
         return Response(metrics.render(), media_type=CONTENT_TYPE)
-
-    secured = token is not None or api_keys is not None
-    app.openapi = lambda: openapi_document(app, repository, secured=secured, open_paths=OPEN_PATHS)  # type: ignore[method-assign]
-    app.add_middleware(
-        Guard,
-        token=token,
-        keys=api_keys,
-        max_body_bytes=max_body_bytes,
-        metrics=metrics,
-        drain=drain,
-    )
-    return app
 
 
 def _answer_errors(app: FastAPI) -> None:

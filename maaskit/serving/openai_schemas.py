@@ -175,9 +175,12 @@ def parse(model: type[BaseModel], value: Any) -> Any:
     try:
         return model.model_validate(value)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise OpenAIError(400, f"{where}: {first['msg']}", param=where or None) from None
+        # a field of several types (stop: a string or a list) fails once per type: the error that is not
+        # about the type ("at most 4 items") says what was wrong
+        errors = err.errors()
+        first = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
+        where = str(first["loc"][0]) if first["loc"] else None
+        raise OpenAIError(400, f"{where or 'the body'}: {first['msg']}", param=where) from None
 
 
 _DESCRIPTIONS = {
