@@ -317,6 +317,7 @@ def _call(target: str, work: Path) -> None:
         result = fn(**json.loads((work / "kwargs.json").read_text()))
         if me == 0:
             (work / "result.json").write_text(json.dumps(result))
+        mark_done()  # before the teardown's barrier: every rank's marker is written before any can leave
     except BaseException:
         (work / f"rank{me}.error").write_text(f"rank {me} failed:\n{traceback.format_exc()}")
         teardown(together=False)

@@ -217,8 +217,18 @@ def test_the_ddp_benchmark_prints_one_rank_beside_two():
 
 def test_a_script_rank_that_crashes_after_marking_its_work_done_costs_a_warning_not_the_run(tmp_path):
     # what gloo does now and then at exit under load ("terminate called without an active exception")
+    # each rank crashes only once every rank has marked its work done: a rank that crashed first would
+    # have torchrun stop the other before its marker was written (a race this test once lost)
     script = tmp_path / "crash_on_exit.py"
-    script.write_text("import os\nfrom maaskit.distributed import mark_done\nmark_done()\nos.abort()\n")
+    script.write_text(
+        "import os, pathlib, time\n"
+        "from maaskit.distributed import mark_done\n"
+        "mark_done()\n"
+        "work, deadline = pathlib.Path(os.environ['MAASKIT_LAUNCH_DIR']), time.monotonic() + 60\n"
+        "while len(list(work.glob('rank*.done'))) < int(os.environ['WORLD_SIZE']) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "os.abort()\n"
+    )
     with pytest.warns(RuntimeWarning, match="crashed while leaving, after its work was done"):
         launch(str(script), nproc=2, timeout=120, quiet=True)
     unfinished = tmp_path / "crash_before_done.py"
