@@ -7,10 +7,10 @@ runs="${1:-5}"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${TMPDIR:-/tmp}/maaskit-repeat-ci"
 mkdir -p "$out"
-commit="$(git -C "$repo" rev-parse --short HEAD)"
 for i in $(seq 1 "$runs"); do
     clone="$(mktemp -d)"
     git clone -q "$repo" "$clone"
+    commit="$(git -C "$clone" rev-parse --short HEAD)"  # each run takes the HEAD of its moment
     start=$(date +%s)
     (cd "$clone" && CI=true bash .ci/run) > "$out/run$i.log" 2>&1
     status=$?
