@@ -1,6 +1,7 @@
 """maaskit.lm: the GPT, its KV cache, the tokenizer and generation (issue 10, first part)."""
 
 import math
+import time
 from dataclasses import asdict
 
 import pytest
@@ -253,7 +254,9 @@ def test_the_engine_gives_each_sequence_the_tokens_it_would_get_alone(model):
         engine = Engine(model, max_sequences=3)  # 5 sequences, 3 slots: some wait, then join mid-run
 
         async def one(p, after_steps, **kw):
+            deadline = time.monotonic() + 60
             while engine.steps < after_steps:  # joins once the engine has run this many steps
+                assert time.monotonic() < deadline, "the engine stopped stepping"
                 await asyncio.sleep(0)
             return [
                 e.token async for e in engine.generate(p, SamplingParams(max_tokens=12, **kw)) if e.token is not None
@@ -302,7 +305,9 @@ def test_a_reader_that_leaves_frees_its_slot_within_a_step(model):
             if len(seen) == 3:
                 break
         await stream.aclose()
+        deadline = time.monotonic() + 60
         while engine.running:  # the scheduler drops it at its next step
+            assert time.monotonic() < deadline, "the reader's sequence was never dropped"
             await asyncio.sleep(0)
         running, made = engine.running, engine.tokens_generated
         for _ in range(20):  # the loop runs on; an idle scheduler waits to be woken and makes nothing
