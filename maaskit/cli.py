@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from dataclasses import fields
 from typing import Any
 
 from ._version import __version__
-from .lm.config import GPTConfig, LMRecipe
+from .lm.config import GPTConfig, LMRecipe, SFTRecipe
 from .recipes import Recipe, default_recipe
 from .serving.config import ServeConfig
 
@@ -328,10 +329,84 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
     serve.set_defaults(func=_serve, inline=defaults.inline, max_body_bytes=defaults.max_body_bytes)
 
 
+def _lm_finetune(args) -> int:
+    from .device import DeviceNotAvailableError
+    from .lm.sft import finetune
+
+    recipe = SFTRecipe(examples=args.examples, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
+    try:
+        tuned = finetune(args.base, task=args.task, recipe=recipe, device=args.device, seed=args.seed, out=args.out,
+                         name=args.name, progress=sys.stdout)  # fmt: skip
+    except (ValueError, FileNotFoundError, DeviceNotAvailableError) as err:
+        print(f"maaskit lm finetune: {err}", file=sys.stderr)
+        return 2
+    print(f"fine-tuned on {tuned.data!r}")
+    print(f"saved to {args.out}/; serve it: maaskit serve {args.out}, then: maaskit lm eval http://127.0.0.1:8000 "
+          f"--model {args.name} --task {args.task}")  # fmt: skip
+    return 0
+
+
+def _lm_eval(args) -> int:
+    from .lm.evaluate import evaluate
+
+    try:
+        report = evaluate(args.url, args.api_key, args.model, args.task, n=args.n, concurrency=args.concurrency,
+                          constrained=not args.no_constraints, seed=args.seed, progress=True)  # fmt: skip
+    except ValueError as err:
+        print(f"maaskit lm eval: {err}", file=sys.stderr)
+        return 2
+    print(report)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1))
+    return 0
+
+
+def _add_lm_assistant(lm_sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
+    """``maaskit lm finetune`` and ``maaskit lm eval``."""
+    from .lm.tasks import TASKS
+
+    recipe = SFTRecipe()
+    tune = lm_sub.add_parser(
+        "finetune", help="fine-tune a GPT into an assistant that answers in turns and calls tools",
+        formatter_class=helpful,
+        description="Add the chat tokens to a trained GPT's tokenizer, fine-tune it on --task's conversations "
+        "(the loss on the assistant's tokens only) and save it to --out.",
+    )  # fmt: skip
+    tune.add_argument("--from", dest="base", metavar="DIR", help="a maaskit lm train directory (default: a new model)")
+    tune.add_argument("--task", default="assistant", choices=sorted(TASKS), help="%(choices)s")
+    tune.add_argument("--out", required=True, help="directory for the fine-tuned model")
+    tune.add_argument("--name", default="assistant", help="the model's name when served")
+    for option, value, what in (("examples", recipe.examples, "training conversations"),
+                                ("epochs", recipe.epochs, "passes over them"),
+                                ("batch-size", recipe.batch_size, "rows per optimizer step")):  # fmt: skip
+        tune.add_argument(f"--{option}", type=int, default=value, help=what)
+    tune.add_argument("--lr", type=float, default=recipe.lr, help="peak learning rate (AdamW, cosine)")
+    tune.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    tune.add_argument("--seed", type=int, default=0, help="seeds the examples, the weights' new rows and the batches")
+    tune.set_defaults(func=_lm_finetune)
+    ev = lm_sub.add_parser(
+        "eval", help="grade a model on a task's held-out requests through its OpenAI-compatible API",
+        formatter_class=helpful,
+        description="Send --task's held-out requests to URL (maaskit serve, vLLM, a hosted API) with the official "
+        "openai client, run the tools the model calls, and print exact-match accuracy with a 95%% interval, "
+        "schema and tool-call validity, tokens and latency.",
+    )  # fmt: skip
+    ev.add_argument("url", help="the endpoint, e.g. http://127.0.0.1:8000 (/v1 is added)")
+    ev.add_argument("--model", required=True, help="the model's name at the endpoint")
+    ev.add_argument("--task", default="assistant", choices=sorted(TASKS), help="%(choices)s")
+    ev.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "none"), help="default: $OPENAI_API_KEY")
+    ev.add_argument("-n", type=int, default=300, help="held-out requests")
+    ev.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    ev.add_argument("--seed", type=int, default=0, help="which held-out requests")
+    ev.add_argument("--no-constraints", action="store_true", help="send no response_format (the model on its own)")
+    ev.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    ev.set_defaults(func=_lm_eval)
+
+
 def _add_lm(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
-    """``maaskit lm train``: its options default to LMRecipe's."""
-    lm = sub.add_parser("lm", help="language models: train a small GPT")
-    lm_sub = lm.add_subparsers(dest="lm_command", metavar="COMMAND", help="train")
+    """``maaskit lm train``, ``finetune`` and ``eval``: train's options default to LMRecipe's."""
+    lm = sub.add_parser("lm", help="language models: train a small GPT, fine-tune it, evaluate it")
+    lm_sub = lm.add_subparsers(dest="lm_command", metavar="COMMAND", help="train, finetune, eval")
     lm_train = lm_sub.add_parser(
         "train",
         help="train a GPT on a text and save it with its tokenizer",
@@ -358,6 +433,7 @@ def _add_lm(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
     lm_train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     lm_train.add_argument("--seed", type=int, default=0, help="seeds the weights and the batches")
     lm_train.set_defaults(func=_lm_train)
+    _add_lm_assistant(lm_sub, helpful)
 
     def lm_help(_args: argparse.Namespace) -> int:
         lm.print_help(sys.stderr)

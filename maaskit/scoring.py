@@ -13,7 +13,11 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["Accuracy", "Metric", "Perplexity", "Totals"]
+__all__ = ["IGNORE", "Accuracy", "Metric", "Perplexity", "Totals"]
+
+# A label that is not scored: no loss, no metric (PyTorch's cross_entropy ignores it by default). Fine-tuning
+# a chat model labels every token that is not the assistant's with it.
+IGNORE = -100
 
 
 class Metric:
@@ -55,20 +59,23 @@ class Perplexity(Metric):
 
 
 class Totals:
-    """Summed loss, metric totals and the number of labels of one pass over a split."""
+    """Summed loss, metric totals and the number of labels of one pass over a split; labels equal to
+    :data:`IGNORE` are seen (``count``, for throughput) but not scored."""
 
     def __init__(self, metrics: Sequence[Metric], device: torch.device | str):
         self.metrics = list(metrics)
-        self.sums = torch.zeros(1 + len(self.metrics), device=device)  # the loss, then each metric
+        # the loss, then each metric, then the labels scored (counted on the device: no sync)
+        self.sums = torch.zeros(2 + len(self.metrics), device=device)
         self.count = 0  # labels seen: a shape, known on the host
 
     def add(self, loss_sum: torch.Tensor, output: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add a batch: ``loss_sum`` is its loss summed over its labels. Stays on the device."""
+        """Add a batch: ``loss_sum`` is its loss summed over its scored labels. Stays on the device."""
         self.sums[0] += loss_sum.detach().float()
         for i, metric in enumerate(self.metrics, 1):
             total = metric.batch_total(output, labels)
             if total is not None:
                 self.sums[i] += total
+        self.sums[-1] += (labels != IGNORE).sum()
         self.count += labels.numel()
 
     def reset(self) -> None:
@@ -86,9 +93,9 @@ class Totals:
 
     def read(self, prefix: str) -> dict[str, float]:
         """``{prefix_loss: ..., prefix_<metric>: ...}``: one transfer from the device."""
-        sums = self.sums.tolist()
-        mean_loss = sums[0] / max(self.count, 1)
+        *sums, scored = self.sums.tolist()
+        mean_loss = sums[0] / max(scored, 1)
         record = {f"{prefix}_loss": mean_loss}
         for metric, total in zip(self.metrics, sums[1:]):
-            record[f"{prefix}_{metric.name}"] = metric.value(total, self.count, mean_loss)
+            record[f"{prefix}_{metric.name}"] = metric.value(total, int(scored), mean_loss)
         return record

@@ -26,7 +26,7 @@ from torch import nn
 
 from . import distributed
 from .device import pick_device, seed_everything
-from .scoring import Metric, Totals
+from .scoring import IGNORE, Metric, Totals
 
 __all__ = [
     "Callback",
@@ -246,7 +246,8 @@ class Recorder(Callback):
     def on_batch_end(self, run: Run) -> None:
         assert run.batch is not None and run.loss is not None and run.output is not None
         labels = run.batch[1]  # one per image, or one per token (B x T) for a language model
-        run.totals.add(run.loss * labels.numel(), run.output, labels)  # stays on the device: no sync
+        scored = (labels != IGNORE).sum()  # all of them, unless a fine-tuning mask ignores some
+        run.totals.add(run.loss * scored, run.output, labels)  # stays on the device: no sync
 
     def on_epoch_end(self, run: Run) -> None:
         if distributed.world_size() > 1:
@@ -480,8 +481,9 @@ def validate_epoch(run: Run) -> dict[str, float]:
 
 def _loss(out: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of logits N x classes against N labels, or of B x T x vocab against B x T
-    next tokens (a language model: every position predicts the token after it)."""
-    return F.cross_entropy(out.float().flatten(0, -2), labels.flatten(), reduction=reduction)
+    next tokens (a language model: every position predicts the token after it). Labels equal to
+    :data:`~maaskit.scoring.IGNORE` do not count (every fine-tuning row holds some that do)."""
+    return F.cross_entropy(out.float().flatten(0, -2), labels.flatten(), reduction=reduction, ignore_index=IGNORE)
 
 
 # Under DDP the ranks agree on stopping every this many steps (and at each epoch's end): reading the

@@ -13,6 +13,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from ..artifact import FORMAT, ArtifactError, load_artifact, made_with, sha256_of, write_artifact
+from .chat import CHAT_TOKENS, ChatFormat
 from .model import GPT
 from .tokenizer import ENDOFTEXT
 
@@ -40,10 +41,17 @@ def language_model_manifest(
         "inputs": [{"name": "tokens", "datatype": "INT64", "shape": [-1, -1]}],
         "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, -1, model.vocab_size]}],
         "context": model.context,
-        "tokenizer": {"file": TOKENIZER, "end_of_text": end},
+        "tokenizer": {"file": TOKENIZER, "end_of_text": end, **_chat_tokens(tokenizer)},
         "versions": made_with(),
         "metrics": metrics or {},
     }
+
+
+def _chat_tokens(tokenizer: Tokenizer) -> dict:
+    """A fine-tuned model's chat tokens and their ids (what the served chat format uses), if it has them."""
+    if not ChatFormat.supports(tokenizer):
+        return {}
+    return {"chat_format": "maaskit-chat-1", "chat_tokens": {t: tokenizer.token_to_id(t) for t in CHAT_TOKENS}}
 
 
 def save_language_model(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["GPTConfig", "LMRecipe"]
+__all__ = ["GPTConfig", "LMRecipe", "SFTRecipe"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,16 @@ class LMRecipe:
         """This recipe with ``changes``; the model's own fields (``context=64``) change its shape."""
         shape = {k: changes.pop(k) for k in list(changes) if k in GPTConfig.__dataclass_fields__}
         return replace(self, model=self.model.but(**shape), **changes)
+
+
+@dataclass(frozen=True)
+class SFTRecipe:
+    """How :func:`finetune` trains: ``examples`` conversations of the task, ``epochs`` passes.
+    The defaults fine-tune notebook 07's model to at least 95% on the held-out set in about
+    three minutes on a 2-core CPU (``benchmarks/assistant.py`` measures it)."""
+
+    examples: int = 6000
+    epochs: int = 8
+    batch_size: int = 32
+    lr: float = 2e-3
+    scheduler: str | None = "cosine"

@@ -128,6 +128,17 @@ class TextDataset:
         assert token is not None, "maaskit tokenizers have an end-of-text token"
         return token
 
+    # what SampleText asks of data: a prompt's ids, the tokens that end a sample, how to show it
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return self.tokenizer.encode(prompt).ids or [self.end_of_text]
+
+    @property
+    def stop_tokens(self) -> tuple[int, ...]:
+        return (self.end_of_text,)
+
+    def show(self, prompt: str, ids: list[int]) -> str:
+        return prompt + self.tokenizer.decode(ids)
+
     def loader(
         self,
         split: str = "train",

@@ -21,9 +21,11 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from .constrain import Guide
 from .generation import check_sampling, sample_rows
 from .model import GPT, SlotCache
 
@@ -51,6 +53,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None  # with a number: the chosen token's log-probability and that many alternatives
     stop_tokens: tuple[int, ...] = ()
+    grammar: str | None = None  # constrained decoding (maaskit.lm.constrain): only tokens that keep to it
 
 
 @dataclass
@@ -77,6 +80,7 @@ class _Sequence:
     cancelled: bool = False
     finished: bool = False
     last_token_at: float | None = None
+    matcher: Any = None  # the grammar's state, when constrained
 
 
 class Engine:
@@ -85,14 +89,17 @@ class Engine:
     ``max_sequences``: sequences in the running batch (slots of the cache); more wait their turn.
     ``listeners`` are told ``("first_token", seconds since submitted)``, ``("token", seconds since
     the sequence's last token)``, ``("step", tokens it produced)`` and ``("dropped", sequences
-    whose readers left)`` (for metrics)."""
+    whose readers left)`` (for metrics). ``guide`` (a :class:`~maaskit.lm.constrain.Guide` for the
+    model's tokenizer) lets sequences be constrained to a grammar, each row with its own mask."""
 
-    def __init__(self, model: GPT, *, max_sequences: int = 16, thread_setup: Callable[[], None] | None = None):
+    def __init__(self, model: GPT, *, max_sequences: int = 16, thread_setup: Callable[[], None] | None = None,
+                 guide: Guide | None = None):  # fmt: skip
         if max_sequences < 1:
             raise ValueError(f"max_sequences must be at least 1, got {max_sequences}")
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.context, self.max_sequences = model.context, max_sequences
+        self.guide = guide
         self.cache = SlotCache.empty(model, max_sequences)
         self._lengths = [0] * max_sequences  # how far each slot of the cache is filled
         self._executor = ThreadPoolExecutor(1, "maaskit-lm", initializer=thread_setup)
@@ -134,11 +141,17 @@ class Engine:
             )
         if params.logprobs is not None and not 0 <= params.logprobs <= 20:
             raise ValueError(f"logprobs must be between 0 and 20, got {params.logprobs}")
+        if params.grammar is not None:
+            if self.guide is None:
+                raise ValueError("this engine has no guide for constrained decoding (Engine(..., guide=Guide(...)))")
+            self.guide.check(params.grammar)  # UnsupportedGrammar (a ValueError) says why
 
     async def generate(self, prompt: Sequence[int], params: SamplingParams) -> AsyncGenerator[TokenEvent, None]:
         self.check(prompt, params)
         seed = params.seed if params.seed is not None else int(torch.randint(2**31, ())) + next(self._seeds)
         seq = _Sequence(list(prompt), params, torch.Generator().manual_seed(seed), asyncio.Queue(), time.perf_counter())
+        if params.grammar is not None and self.guide is not None:
+            seq.matcher = self.guide.matcher(params.grammar)
         self._start()
         assert self._wake is not None
         self._waiting.append(seq)
@@ -273,11 +286,20 @@ class Engine:
             self._lengths[seq.slot] = len(seq.prompt)
         step = [*running, *joining]
         logits = torch.cat(parts).float()
+        constrained = [(s.matcher, i) for i, s in enumerate(step) if s.matcher is not None]
+        if constrained and self.guide is not None:  # each constrained row keeps only the tokens its grammar allows
+            masks = self.guide.masks(len(step))
+            masks.fill_(-1)  # every bit set: the free rows keep every token
+            self.guide.fill(constrained, masks)
+            self.guide.apply(logits, masks)
         # every row sampled at once, each with its own settings and its own generator's draw
         settings = [(s.params.temperature, s.params.top_k or 0, s.params.top_p or 1.0) for s in step]
         temperature, top_k, top_p = (torch.tensor(column, device=self.device) for column in zip(*settings))
         uniform = torch.cat([torch.rand(1, generator=s.generator) for s in step]).to(self.device)
         tokens = sample_rows(logits, temperature, top_k, top_p, uniform).tolist()
+        for matcher, i in constrained:
+            if not matcher.consume_token(tokens[i]):
+                raise RuntimeError(f"the grammar refused token {tokens[i]}: {matcher.get_error()}")
         logprobs = logits.log_softmax(-1) if any(s.params.logprobs is not None for s in step) else None
         return [
             self._event(s, t, logprobs[i] if logprobs is not None else None)

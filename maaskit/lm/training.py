@@ -20,33 +20,35 @@ from .corpus import load_corpus
 from .data import TextDataset
 from .generation import generate
 from .model import GPT
+from .sft import ChatDataset
 
 __all__ = ["LMRecipe", "SampleText", "sample_text", "train_language_model"]
 
 
 def sample_text(
     model: GPT,
-    data: TextDataset,
+    data: TextDataset | ChatDataset,
     prompt: str = "The ",
     *,
     max_tokens: int = 48,
     temperature: float = 0.8,
     seed: int = 0,
 ) -> str:
-    """What ``model`` writes after ``prompt`` (sampled with a fixed seed, so samples compare over time)."""
-    ids = data.tokenizer.encode(prompt).ids or [data.end_of_text]
+    """What ``model`` writes after ``prompt`` (sampled with a fixed seed, so samples compare over
+    time); for a :class:`~maaskit.lm.sft.ChatDataset` the prompt is a user's message and the answer
+    is shown with its chat tokens."""
     out = list(
         generate(
             model,
-            ids,
+            data.prompt_ids(prompt),
             max_tokens=max_tokens,
             temperature=temperature,
             top_k=40,
             seed=seed,
-            stop_tokens=[data.end_of_text],
+            stop_tokens=data.stop_tokens,
         )
     )
-    return prompt + data.tokenizer.decode(out)
+    return data.show(prompt, out)
 
 
 class SampleText(Callback):
@@ -61,7 +63,7 @@ class SampleText(Callback):
         self._last = 0.0
 
     def _sample(self, run: Run) -> None:
-        assert isinstance(run.data, TextDataset) and isinstance(run.model, GPT)
+        assert isinstance(run.data, (TextDataset, ChatDataset)) and isinstance(run.model, GPT)
         was_training = run.model.training
         self.samples.append((run.step, sample_text(run.model, run.data, self.prompt)))
         run.model.train(was_training)

@@ -150,6 +150,8 @@ class ServedLanguageModel:
 
     def __init__(self, name: str, model: torch.nn.Module, tokenizer: Any, manifest: dict, device: torch.device,
                  config: ServeConfig, thread_setup: Callable[[], None]):  # fmt: skip
+        from ..lm.chat import ChatFormat
+        from ..lm.constrain import Guide
         from ..lm.engine import Engine
         from ..lm.model import GPT
 
@@ -158,7 +160,12 @@ class ServedLanguageModel:
         self.name, self.tokenizer, self.manifest = name, tokenizer, manifest
         self.created = int(time.time())
         self.end_of_text: int = manifest["tokenizer"]["end_of_text"]
-        self.engine = Engine(model.to(device).eval(), max_sequences=config.max_sequences, thread_setup=thread_setup)
+        # a fine-tuned model has the chat tokens: its turns end with <|end|> and it can call tools
+        self.chat = ChatFormat(tokenizer) if ChatFormat.supports(tokenizer) else None
+        self.stop_tokens = (self.end_of_text,) if self.chat is None else (self.end_of_text, self.chat.end)
+        guide = Guide(tokenizer, model.vocab_size, self.stop_tokens[-1])
+        self.engine = Engine(model.to(device).eval(), max_sequences=config.max_sequences, thread_setup=thread_setup,
+                             guide=guide)  # fmt: skip
 
     @property
     def context(self) -> int:

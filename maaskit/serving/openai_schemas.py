@@ -2,7 +2,7 @@
 ``/v1/chat/completions``) as Pydantic models, for ``/docs`` and for checking requests.
 
 Unknown fields are ignored, never rejected: real clients send fields a small server does not
-know (``user``, ``presence_penalty``, ``tools``, ...) and a strict schema would break them.
+know (``user``, ``presence_penalty``, ``parallel_tool_calls``, ...) and a strict schema would break them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "ChatRequest",
     "CompletionRequest",
+    "ResponseFormat",
     "OpenAIError",
     "OpenAIErrorBody",
     "OpenAIModel",
@@ -92,7 +93,7 @@ class _Sampling(_Lenient):
             raise OpenAIError(400, f"stop takes at most 4 sequences, got {len(stop)}", param="stop")
         return stop
 
-    def _params(self, max_tokens: int | None, end_of_text: int, logprobs: int | None) -> SamplingParams:
+    def _params(self, max_tokens: int | None, stop_tokens: tuple[int, ...], logprobs: int | None) -> SamplingParams:
         return SamplingParams(
             max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
             temperature=self.temperature,
@@ -100,11 +101,42 @@ class _Sampling(_Lenient):
             top_k=self.top_k,
             seed=self.seed,
             logprobs=logprobs,
-            stop_tokens=(end_of_text,),
+            stop_tokens=stop_tokens,
         )
 
 
-class CompletionRequest(_Sampling):
+class JSONSchemaFormat(_Lenient):
+    name: str = Field("answer", description="a name for the schema (not used to generate)")
+    description: str | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema", description="a JSON Schema")
+    strict: bool | None = Field(None, description="always enforced here, strict or not")
+
+
+class ResponseFormat(_Lenient):
+    type: Literal["text", "json_object", "json_schema"] = Field(
+        description="json_object: any JSON object; json_schema: one of `json_schema.schema`; both enforced by "
+        "constrained decoding (compact JSON)"
+    )
+    json_schema: JSONSchemaFormat | None = None
+
+    def schema_or_none(self) -> tuple[bool, dict | None]:
+        """``(constrained, schema)``: text is free, json_object any object, json_schema its schema."""
+        if self.type == "text":
+            return False, None
+        if self.type == "json_object":
+            return True, None
+        if self.json_schema is None:
+            raise OpenAIError(400, "response_format json_schema needs json_schema.schema", param="response_format")
+        return True, self.json_schema.schema_
+
+
+class _Structured(_Sampling):
+    response_format: ResponseFormat | None = Field(
+        None, description="structured output: a JSON object, or JSON of a given schema"
+    )
+
+
+class CompletionRequest(_Structured):
     prompt: Union[str, list[str], list[Annotated[int, WHOLE]]] = Field(  # noqa: UP007
         description="text, texts, or token ids"
     )
@@ -113,9 +145,9 @@ class CompletionRequest(_Sampling):
     )
     echo: bool = Field(False, description="not supported (400 if true)")
 
-    def sampling_params(self, end_of_text: int) -> SamplingParams:
-        """How each choice is generated; ``end_of_text`` ends a choice."""
-        return self._params(self.max_tokens, end_of_text, self.logprobs)
+    def sampling_params(self, stop_tokens: tuple[int, ...]) -> SamplingParams:
+        """How each choice is generated; any of ``stop_tokens`` ends a choice."""
+        return self._params(self.max_tokens, stop_tokens, self.logprobs)
 
 
 class TextPart(_Lenient):
@@ -123,26 +155,64 @@ class TextPart(_Lenient):
     text: str
 
 
+class FunctionCall(_Lenient):
+    name: str
+    arguments: str = Field(description="the arguments as a JSON string")
+
+
+class ToolCall(_Lenient):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(_Lenient):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: Union[str, list[TextPart]]  # noqa: UP007 (the text parts are read; images and audio are not served)
+    # the text parts are read; images and audio are not served. None: an assistant turn that only calls tools
+    content: Union[str, list[TextPart], None] = None  # noqa: UP007
+    tool_calls: list[ToolCall] | None = Field(None, description="an assistant's calls")
+    tool_call_id: str | None = Field(None, description="the call a tool message answers")
 
 
-class ChatRequest(_Sampling):
+class FunctionTool(_Lenient):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object"}, description="a JSON Schema for the arguments"
+    )
+
+
+class Tool(_Lenient):
+    type: Literal["function"]
+    function: FunctionTool
+
+
+class NamedToolChoice(_Lenient):
+    type: Literal["function"]
+    function: dict[str, str] = Field(description='{"name": ...}: this tool must be called')
+
+
+class ChatRequest(_Structured):
     messages: list[Message] = Field(min_length=1, description="the conversation; see the chat template in /docs")
+    tools: list[Tool] | None = Field(
+        None, max_length=64, description="functions the model may call (a model fine-tuned with the chat format)"
+    )
+    tool_choice: Union[Literal["none", "auto", "required"], NamedToolChoice, None] = Field(  # noqa: UP007
+        None, description="auto (the default with tools), none, required, or a named function"
+    )
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20), WHOLE] | None = Field(None, description="needs logprobs: true")
     max_completion_tokens: Annotated[int, Field(ge=1), WHOLE] | None = Field(
         None, description="the newer name for max_tokens"
     )
 
-    def sampling_params(self, end_of_text: int) -> SamplingParams:
-        """How each choice is generated; ``end_of_text`` ends a choice. ``logprobs: true`` alone gives
+    def sampling_params(self, stop_tokens: tuple[int, ...]) -> SamplingParams:
+        """How each choice is generated; any of ``stop_tokens`` ends a choice. ``logprobs: true`` alone gives
         the chosen tokens' log-probabilities, ``top_logprobs`` that many alternatives too."""
         if self.top_logprobs is not None and not self.logprobs:
             raise OpenAIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return self._params(self.max_completion_tokens or self.max_tokens, end_of_text, logprobs)
+        return self._params(self.max_completion_tokens or self.max_tokens, stop_tokens, logprobs)
 
 
 class OpenAIModel(BaseModel):

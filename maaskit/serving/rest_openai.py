@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from ..lm.constrain import UnsupportedGrammar, json_grammar, tools_grammar
 from ..lm.engine import ContextTooLong, Interrupted, SamplingParams, TokenEvent
 from ..lm.text import CHAT_TEMPLATE, TURN_ENDS, TextStream, chat_prompt
 from .dataplane import ModelRepository, ServedLanguageModel
@@ -40,6 +41,7 @@ from .openai_schemas import (
 )
 from .protocol import ProtocolError, dumps, loads
 from .schemas import request_body_doc
+from .tool_calls import CallStream, whole_call
 
 __all__ = ["OPENAI_PATHS", "OpenAIEndpoints"]
 
@@ -54,6 +56,7 @@ class _Piece:
     text: str
     events: list[TokenEvent] = field(default_factory=list)
     finish_reason: str | None = None
+    call: bool = False  # the text is a tool call's (the model wrote <|call|> first)
 
 
 class _Usage:
@@ -74,14 +77,19 @@ async def _one_choice(
     stops its generation."""
     text = TextStream(served.tokenizer, stop)
     tokens = served.engine.generate(prompt, params)
+    call_token = served.chat.call if served.chat is not None and params.grammar is not None else None
+    calling = False
     try:
         async for event in tokens:
             usage.completion_tokens += event.token is not None
+            calling = calling or (event.token is not None and event.token == call_token)
             new = text.push(event.token) if event.token is not None else ""
             finish = "stop" if text.stopped else event.finish_reason
             if finish is not None and not text.stopped:
                 new += text.flush()
-            yield _Piece(index, new, [event] if event.token is not None else [], finish)
+            if finish == "stop" and calling:
+                finish = "tool_calls"
+            yield _Piece(index, new, [event] if event.token is not None else [], finish, calling)
             if finish is not None:
                 return
     finally:
@@ -166,9 +174,13 @@ class _Completion:
         return None
 
     def whole(self, served: ServedLanguageModel, index: int, text: str, events: list[TokenEvent],
-              finish: str | None, logprobs: bool) -> dict:  # fmt: skip
+              finish: str | None, logprobs: bool, call: bool) -> dict:  # fmt: skip
         lp = _completion_logprobs(served, events, 0) if logprobs else None
         return {"index": index, "text": text, "logprobs": lp, "finish_reason": finish}
+
+    def call_deltas(self, piece: _Piece) -> list[dict]:
+        """A tool call's pieces as deltas (chat only)."""
+        return []
 
     def delta(self, served: ServedLanguageModel, index: int, text: str | None, finish: str | None,
               events: list[TokenEvent], offset: int, logprobs: bool) -> dict:  # fmt: skip
@@ -181,6 +193,9 @@ class _Chat(_Completion):
 
     object, chunk_object, id_prefix = "chat.completion", "chat.completion.chunk", "chatcmpl-"
 
+    def __init__(self) -> None:
+        self.calls: dict[int, CallStream] = {}  # each choice's tool call being streamed
+
     def opening(self, choices: int) -> list[dict] | None:  # the role first, with empty content (null breaks clients)
         return [
             {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
@@ -188,10 +203,20 @@ class _Chat(_Completion):
         ]
 
     def whole(self, served: ServedLanguageModel, index: int, text: str, events: list[TokenEvent],
-              finish: str | None, logprobs: bool) -> dict:  # fmt: skip
+              finish: str | None, logprobs: bool, call: bool) -> dict:  # fmt: skip
         lp = _chat_logprobs(served, events) if logprobs else None
-        message = {"role": "assistant", "content": text}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if call:
+            message = {"role": "assistant", "content": None, "tool_calls": [whole_call(text)]}
         return {"index": index, "message": message, "logprobs": lp, "finish_reason": finish}
+
+    def call_deltas(self, piece: _Piece) -> list[dict]:
+        stream = self.calls.setdefault(piece.index, CallStream())
+        deltas = stream.push(piece.text)
+        if piece.finish_reason is not None:
+            deltas += stream.finish(complete=piece.finish_reason == "tool_calls")
+        return [{"index": piece.index, "delta": {"tool_calls": [d]}, "logprobs": None, "finish_reason": None}
+                for d in deltas]  # fmt: skip
 
     def delta(self, served: ServedLanguageModel, index: int, text: str | None, finish: str | None,
               events: list[TokenEvent], offset: int, logprobs: bool) -> dict:  # fmt: skip
@@ -277,20 +302,33 @@ class OpenAIEndpoints:
         if req.echo:
             raise OpenAIError(400, "echo is not supported by this server", param="echo")
         prompts = _completion_prompts(served, req.prompt)
-        params = req.sampling_params(served.end_of_text)
+        params = replace(req.sampling_params(served.stop_tokens), grammar=_grammar(served, req, None))
         return await self._answer(request, served, prompts, req, params, req.stop_sequences(), _Completion())
 
     async def chat_completions(self, request: Request) -> Response:
         req = parse(ChatRequest, await _body(request))
         served = self._served(request, req.model)
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        for m in messages:  # the arguments of earlier calls arrive as JSON text
+            for call in m.get("tool_calls", ()):
+                call["function"] = dict(call["function"])
+        tools = [t.model_dump() for t in req.tools or ()]
         try:
-            prompt = chat_prompt([m.model_dump() for m in req.messages])
+            if served.chat is not None:  # a fine-tuned model: its own chat tokens; tools listed when offered
+                offered = tools if req.tool_choice != "none" else []
+                prompt = served.chat.encode(messages, offered).ids
+                stop = req.stop_sequences()
+            else:
+                if tools:
+                    raise OpenAIError(400, f"{served.name} has no chat format, so it cannot call tools: fine-tune "
+                                      "it first (maaskit lm finetune)", param="tools")  # fmt: skip
+                prompt = served.tokenizer.encode(chat_prompt(messages)).ids
+                # the answer ends where the model would begin the next turn, unless the client says otherwise
+                stop = req.stop_sequences() or list(TURN_ENDS)
         except ValueError as err:
             raise OpenAIError(400, str(err), param="messages") from None
-        params = req.sampling_params(served.end_of_text)
-        # the answer ends where the model would begin the next turn, unless the client says otherwise
-        stop = req.stop_sequences() or list(TURN_ENDS)
-        return await self._answer(request, served, [served.tokenizer.encode(prompt).ids], req, params, stop, _Chat())
+        params = replace(req.sampling_params(served.stop_tokens), grammar=_grammar(served, req, tools))
+        return await self._answer(request, served, [prompt], req, params, stop, _Chat())
 
     # --- the steps of an answer ---------------------------------------------------------------
 
@@ -343,6 +381,28 @@ class OpenAIEndpoints:
                 headers={**headers, "Cache-Control": "no-cache"},
             )
         return Response(dumps(await _whole(job, head)), media_type="application/json", headers=headers)
+
+
+def _grammar(served: ServedLanguageModel, req: CompletionRequest | ChatRequest, tools: list[dict] | None) -> str | None:
+    """The grammar a request's answer is held to (None: free text): JSON for ``response_format``;
+    with ``tools``, a call under the tool's schema, as ``tool_choice`` allows. 400 when a schema
+    uses what the decoder cannot enforce (never a silent unconstrained answer)."""
+    constrained, schema = req.response_format.schema_or_none() if req.response_format else (False, None)
+    choice = getattr(req, "tool_choice", None)
+    choice = choice.model_dump() if hasattr(choice, "model_dump") else choice
+    if not tools and choice not in (None, "none", "auto"):
+        raise OpenAIError(400, f"tool_choice {choice!r} needs tools", param="tool_choice")
+    try:
+        if tools:
+            grammar = tools_grammar(tools, choice or "auto", (schema or {"type": "object"}) if constrained else None)
+        else:
+            grammar = json_grammar(schema) if constrained else None
+        if grammar is not None and served.engine.guide is not None:
+            served.engine.guide.check(grammar)
+        return grammar
+    except UnsupportedGrammar as err:
+        param = "tools" if tools else "response_format"
+        raise OpenAIError(400, f"{param}: this schema cannot be enforced: {err}", param=param) from None
 
 
 def _fit_to_context(served: ServedLanguageModel, prompts: list[list[int]], req: CompletionRequest | ChatRequest,
@@ -407,19 +467,21 @@ async def _whole(job: _Job, head: dict) -> dict:
     texts = [""] * len(runs)
     collected: list[list[TokenEvent]] = [[] for _ in runs]
     finishes: list[str | None] = [None] * len(runs)
+    calls = [False] * len(runs)
     try:
         async for piece in _run_choices(job.served, runs, job.stop, job.usage):
             texts[piece.index] += piece.text
             collected[piece.index] += piece.events
             finishes[piece.index] = piece.finish_reason or finishes[piece.index]
+            calls[piece.index] = calls[piece.index] or piece.call
     except RuntimeError as err:
         raise OpenAIError(503, str(err)) from None
     finally:
         job.settle()
     logprobs = job.logprobs
     choices = [
-        job.shape.whole(job.served, i, text, events, finish, logprobs)
-        for i, (text, events, finish) in enumerate(zip(texts, collected, finishes))
+        job.shape.whole(job.served, i, text, events, finish, logprobs, call)
+        for i, (text, events, finish, call) in enumerate(zip(texts, collected, finishes, calls))
     ]
     return {**head, "object": job.shape.object, "choices": choices, "usage": job.usage.as_dict()}
 
@@ -439,7 +501,10 @@ async def _stream(job: _Job, head: dict, include_usage: bool) -> AsyncIterator[b
         if opening is not None:
             yield chunk(opening)
         async for piece in pieces:
-            if piece.text or piece.events:
+            if piece.call:  # a tool call: its name, then its arguments in pieces
+                for choice in shape.call_deltas(piece):
+                    yield chunk([choice])
+            elif piece.text or piece.events:
                 at = offsets[piece.index]
                 yield chunk([shape.delta(served, piece.index, piece.text, None, piece.events, at, logprobs)])
                 offsets[piece.index] += len(piece.text)

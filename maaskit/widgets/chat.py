@@ -1,12 +1,18 @@
 """ChatConsole: talk to any OpenAI-compatible endpoint — maaskit's, vLLM, Ollama, llama.cpp's
 server, a hosted API — and watch the tokens stream in, with time to first token, tokens/s and
-usage under each answer. It calls the endpoint with the official ``openai`` client."""
+usage under each answer. It calls the endpoint with the official ``openai`` client.
+
+Python functions given as ``tools`` are offered to the model; when it calls one, the console shows
+the call, runs the function, sends the result back and shows the final answer."""
 
 from __future__ import annotations
 
 import html
+import inspect
+import json
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,15 +20,51 @@ import ipywidgets as w
 
 from .base import CONTROL, WidgetBase, flow
 
-__all__ = ["ChatConsole", "Turn"]
+__all__ = ["ChatConsole", "ToolRun", "Turn", "tool_schema"]
+
+MAX_TOOL_ROUNDS = 4  # calls in one turn before the console stops asking (a model that only calls tools)
+
+
+def tool_schema(function: Callable) -> dict:
+    """An OpenAI tool for a Python function: its name, its docstring's first line, and a JSON
+    Schema of its parameters from their annotations (Pydantic writes it)."""
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {}
+    for name, p in inspect.signature(function).parameters.items():
+        annotation = p.annotation if p.annotation is not inspect.Parameter.empty else Any
+        fields[name] = (annotation, ... if p.default is inspect.Parameter.empty else p.default)
+    schema = create_model(function.__name__, **fields).model_json_schema()
+    for prop in schema.get("properties", {}).values():
+        prop.pop("title", None)
+    parameters = {k: v for k, v in schema.items() if k in ("type", "properties", "required")}
+    doc = (inspect.getdoc(function) or "").split("\n")[0]
+    return {
+        "type": "function",
+        "function": {
+            "name": function.__name__,
+            "description": doc,
+            "parameters": {**parameters, "additionalProperties": False},
+        },
+    }
+
+
+@dataclass
+class ToolRun:
+    """A call the model made, and what the function returned (or the error it raised)."""
+
+    name: str
+    arguments: str
+    result: str = ""
 
 
 @dataclass
 class Turn:
-    """One question and its answer, with how the answer arrived."""
+    """One question and its answer, with how the answer arrived (and the tools it called)."""
 
     prompt: str
     answer: str = ""
+    tools: list[ToolRun] = field(default_factory=list)
     finish_reason: str | None = None
     first_token_s: float | None = None  # from sending to the first text
     seconds: float | None = None  # from sending to the end
@@ -58,7 +100,8 @@ class ChatConsole(WidgetBase):
     """Endpoint URL and API key, **Connect** (lists the models), temperature and max tokens, a
     prompt box, **Send** and **Stop** (closes the stream: the server stops generating), and the
     conversation with each answer's figures. ``remember`` sends the whole conversation each turn
-    (a small model's context fills fast; off by default).
+    (a small model's context fills fast; off by default). ``tools``: Python functions the model may
+    call (their annotations become the tools' JSON schemas).
 
     ``connect()``, ``send(prompt)`` and ``stop()`` are what the buttons do; ``send(prompt)`` streams
     in a background thread, ``send(prompt, wait=True)`` blocks until the answer is complete (for
@@ -74,16 +117,20 @@ class ChatConsole(WidgetBase):
         max_tokens: int = 48,
         system: str | None = None,
         remember: bool = False,
+        tools: Sequence[Callable] = (),
     ):
         self.turns: list[Turn] = []
+        self.functions = {f.__name__: f for f in tools}
+        self.tools = [tool_schema(f) for f in tools]
         self.system = system
         self.client: Any = None  # an openai.OpenAI once connected
         self.error: Exception | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         ctl, wide = CONTROL, w.Layout(width="420px")
-        self.url_w = w.Text(value=url, description="endpoint", placeholder="http://127.0.0.1:8000/v1",
-                            style=ctl["style"], layout=wide)  # fmt: skip
+        self.url_w = w.Text(
+            value=url, description="endpoint", placeholder="http://127.0.0.1:8000/v1", style=ctl["style"], layout=wide
+        )
         self.key_w = w.Password(value=api_key, description="API key", style=ctl["style"], layout=wide)
         self.connect_button = w.Button(description="Connect", icon="plug")
         self.model_w = w.Dropdown(options=[model] if model else [], value=model, description="model", **ctl)
@@ -174,36 +221,75 @@ class ChatConsole(WidgetBase):
         assert self.client is not None
         start = time.perf_counter()
         try:
-            stream = self.client.chat.completions.create(
-                model=self.model_w.value,
-                messages=messages,
-                temperature=self.temperature_w.value,
-                max_tokens=self.max_tokens_w.value,
-                stream=True,
-                stream_options={"include_usage": True},
-            )
-            with stream:
-                for chunk in stream:
-                    if self._stop.is_set():
-                        turn.finish_reason = "stopped by you"
-                        break  # leaving the with-block closes the connection: the server stops generating
-                    if chunk.usage is not None:
-                        turn.usage = chunk.usage.model_dump(include={"prompt_tokens", "completion_tokens"})
-                    for choice in chunk.choices:
-                        if choice.delta.content:
-                            if turn.first_token_s is None:
-                                turn.first_token_s = time.perf_counter() - start
-                            turn.answer += choice.delta.content
-                            turn.chunks += 1
-                            self._render()
-                        if choice.finish_reason:
-                            turn.finish_reason = choice.finish_reason
+            for _ in range(MAX_TOOL_ROUNDS):
+                calls = self._one_answer(turn, messages, start)
+                if not calls or self._stop.is_set():
+                    break
+                # the model called tools: run them, send their results back, and let it answer
+                messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+                for call in calls:
+                    run = self._run_tool(call["function"]["name"], call["function"]["arguments"])
+                    turn.tools.append(run)
+                    messages.append({"role": "tool", "tool_call_id": call["id"], "content": run.result})
+                self._render()
         except Exception as err:
             turn.error = f"{type(err).__name__}: {err}"
         finally:
             turn.seconds = time.perf_counter() - start
             self.send_button.disabled, self.stop_button.disabled = False, True
             self._render()
+
+    def _one_answer(self, turn: Turn, messages: list[dict], start: float) -> list[dict]:
+        """Stream one answer into ``turn``; return the tool calls it made (assembled from their deltas)."""
+        assert self.client is not None
+        extra = {"tools": self.tools} if self.tools else {}
+        stream = self.client.chat.completions.create(
+            model=self.model_w.value,
+            messages=messages,
+            temperature=self.temperature_w.value,
+            max_tokens=self.max_tokens_w.value,
+            stream=True,
+            stream_options={"include_usage": True},
+            **extra,
+        )
+        calls: dict[int, dict] = {}
+        with stream:
+            for chunk in stream:
+                if self._stop.is_set():
+                    turn.finish_reason = "stopped by you"
+                    break  # leaving the with-block closes the connection: the server stops generating
+                if chunk.usage is not None:
+                    usage = chunk.usage.model_dump(include={"prompt_tokens", "completion_tokens"})
+                    turn.usage = {k: turn.usage.get(k, 0) + v for k, v in usage.items()}
+                for choice in chunk.choices:
+                    if choice.delta.content:
+                        if turn.first_token_s is None:
+                            turn.first_token_s = time.perf_counter() - start
+                        turn.answer += choice.delta.content
+                        turn.chunks += 1
+                        self._render()
+                    for delta in choice.delta.tool_calls or ():
+                        call = calls.setdefault(
+                            delta.index, {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+                        )
+                        call["id"] = delta.id or call["id"]
+                        if delta.function is not None:
+                            call["function"]["name"] += delta.function.name or ""
+                            call["function"]["arguments"] += delta.function.arguments or ""
+                    if choice.finish_reason:
+                        turn.finish_reason = choice.finish_reason
+        return [calls[i] for i in sorted(calls)] if turn.finish_reason == "tool_calls" else []
+
+    def _run_tool(self, name: str, arguments: str) -> ToolRun:
+        run = ToolRun(name, arguments)
+        function = self.functions.get(name)
+        try:
+            if function is None:
+                raise KeyError(f"no tool named {name!r}")
+            run.result = str(function(**json.loads(arguments or "{}")))
+        except Exception as err:  # the model hears of the error, as a tool's answer
+            run.result = f"error: {type(err).__name__}: {err}"
+        return run
 
     def stop(self) -> None:
         """Close the stream being received; what arrived stays."""
@@ -220,8 +306,13 @@ class ChatConsole(WidgetBase):
     def _render(self) -> None:
         rows = []
         for turn in self.turns:
+            calls = "".join(
+                f"<div style='margin:2px 0 0 12px;font-family:monospace;color:#555' class='maaskit-tool-call'>"
+                f"called {html.escape(t.name)}({html.escape(t.arguments)}) → {html.escape(t.result)}</div>"
+                for t in turn.tools
+            )
             rows.append(
-                f"<div style='margin:4px 0'><b>you:</b> {html.escape(turn.prompt)}</div>"
+                f"<div style='margin:4px 0'><b>you:</b> {html.escape(turn.prompt)}</div>{calls}"
                 f"<div style='margin:4px 0 0 12px;white-space:pre-wrap' class='maaskit-answer'>"
                 f"<b>{html.escape(str(self.model_w.value))}:</b> {html.escape(turn.answer.lstrip())}</div>"
                 f"<div style='margin:0 0 8px 12px;color:#666;font-size:90%'>{html.escape(turn.stats())}</div>"
@@ -231,4 +322,9 @@ class ChatConsole(WidgetBase):
     def __str__(self) -> str:
         if not self.turns:
             return "ChatConsole: no conversation yet"
-        return "\n".join(f"you: {t.prompt}\n{self.model_w.value}: {t.answer}\n  ({t.stats()})" for t in self.turns)
+        return "\n".join(
+            f"you: {t.prompt}\n"
+            + "".join(f"  called {r.name}({r.arguments}) -> {r.result}\n" for r in t.tools)
+            + f"{self.model_w.value}: {t.answer}\n  ({t.stats()})"
+            for t in self.turns
+        )

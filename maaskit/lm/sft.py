@@ -1,0 +1,297 @@
+"""Supervised fine-tuning: from a text predictor to an assistant that answers in turns and calls tools.
+
+Three steps, each small:
+
+1. The tokenizer gains the chat tokens (:func:`maaskit.lm.chat.add_chat_tokens`) and the model's
+   embedding grows to match (:func:`grow_vocabulary`; the new rows start at the mean of the old ones,
+   so they begin as an "average token" rather than noise).
+2. Conversations become training rows (:class:`ChatDataset`): each is encoded with the chat format,
+   conversations are packed whole into rows of ``context`` tokens, and every label that is not the
+   assistant's own token is :data:`~maaskit.scoring.IGNORE`, so the loss is on the answers only (the
+   model is not taught to write the user's questions).
+3. ``fit`` trains on them like on any data (the dashboards, checkpoints and data parallelism work),
+   and :func:`finetune` saves the artifact with its chat tokens in the tokenizer and the manifest.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import torch
+from tokenizers import Tokenizer
+
+from ..device import pick_device, seed_everything
+from ..scoring import IGNORE, Accuracy, Metric, Perplexity
+from ..train import Callback, History, PrintProgress, fit
+from .chat import ChatFormat, add_chat_tokens
+from .config import LMRecipe, SFTRecipe
+from .model import GPT
+from .tasks import AssistantTask, Example, get_task
+from .tokenizer import ENDOFTEXT
+
+__all__ = ["ChatDataset", "FineTuned", "SFTRecipe", "finetune", "grow_vocabulary"]
+
+
+def grow_vocabulary(model: GPT, vocab_size: int) -> GPT:
+    """A copy of ``model`` whose (tied) token embedding has ``vocab_size`` rows: the old rows kept,
+    each new one the mean of the old."""
+    old = model.vocab_size
+    if vocab_size < old:
+        raise ValueError(f"the vocabulary can only grow: {old} tokens, asked for {vocab_size}")
+    grown = GPT(model.config.but(vocab_size=vocab_size)).to(next(model.parameters()).device)
+    state = dict(model.state_dict())
+    weight = state.pop("tokens.weight")
+    state.pop("head.weight", None)
+    with torch.no_grad():
+        grown.tokens.weight[:old] = weight
+        grown.tokens.weight[old:] = weight.mean(0)
+    grown.load_state_dict(state, strict=False)
+    return grown
+
+
+class ChatLoader:
+    """Batches of packed rows, ``(tokens, next tokens)`` with unscored labels set to IGNORE, shuffled
+    with a seeded generator for training; each rank takes its own slice of every global batch."""
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        batch_size: int,
+        shuffle: bool,
+        device: torch.device,
+        seed: int,
+        rank: int,
+        world_size: int,
+    ):
+        self.device = device
+        self.x, self.y = x.to(device), y.to(device)
+        self.batch_size, self.shuffle, self.rank, self.world_size = batch_size, shuffle, rank, world_size
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+
+    def __len__(self) -> int:
+        step = self.batch_size * self.world_size
+        return max(1, len(self.x) // step) if self.world_size > 1 else -(-len(self.x) // step)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(self.x), generator=self.generator) if self.shuffle else torch.arange(len(self.x))
+        order = order.to(self.device)
+        step = self.batch_size * self.world_size
+        for i in range(len(self)):
+            rows = order[i * step + self.rank * self.batch_size :][: self.batch_size]
+            yield self.x[rows], self.y[rows]
+
+
+@dataclass(frozen=True)
+class ChatDataset:
+    """Conversations as training data for ``fit``: ``train`` and ``val`` rows of token ids (N x
+    context) and their labels (IGNORE where the token is not the assistant's)."""
+
+    name: str
+    tokenizer: Tokenizer
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    context: int
+    tools: list[dict] = field(default_factory=list)
+
+    unit = "tokens"
+
+    @classmethod
+    def from_conversations(
+        cls,
+        conversations: Sequence[tuple[list[dict], Sequence[dict]]],
+        tokenizer: Tokenizer,
+        *,
+        context: int,
+        val_fraction: float = 0.05,
+        seed: int = 0,
+        name: str = "chat",
+    ) -> ChatDataset:
+        """Pack ``conversations`` (``(messages, tools offered)`` pairs) into rows of ``context`` tokens."""
+        chat = ChatFormat(tokenizer)
+        pad = tokenizer.token_to_id(ENDOFTEXT)
+        encoded = [chat.encode(messages, tools, add_generation_prompt=False) for messages, tools in conversations]
+        too_long = [i for i, e in enumerate(encoded) if len(e.ids) > context + 1]
+        if too_long:
+            raise ValueError(
+                f"{len(too_long)} conversations are longer than the context ({context} tokens), e.g. number "
+                f"{too_long[0]} with {len(encoded[too_long[0]].ids)}: use a model with a longer context"
+            )
+        random.Random(seed).shuffle(encoded)
+        rows: list[tuple[list[int], list[bool]]] = []
+        for e in encoded:  # whole conversations, greedily, into rows of context + 1 tokens
+            if rows and len(rows[-1][0]) + len(e.ids) <= context + 1:
+                rows[-1][0].extend(e.ids)
+                rows[-1][1].extend(e.trained)
+            else:
+                rows.append((list(e.ids), list(e.trained)))
+        x = torch.full((len(rows), context + 1), pad, dtype=torch.long)
+        y = torch.full((len(rows), context + 1), IGNORE, dtype=torch.long)
+        for i, (ids, trained) in enumerate(rows):
+            x[i, : len(ids)] = torch.tensor(ids)
+            y[i, : len(ids)] = torch.tensor([t if mine else IGNORE for t, mine in zip(ids, trained)])
+        cut = max(1, round(len(rows) * (1 - val_fraction)))
+        if cut >= len(rows):
+            raise ValueError(f"{len(conversations)} conversations are too few to hold some out for validation")
+        inputs, labels = x[:, :-1], y[:, 1:]  # each position predicts the next token
+        tools = next((list(t) for _, t in conversations if t), [])
+        return cls(name, tokenizer, (inputs[:cut], labels[:cut]), (inputs[cut:], labels[cut:]), context, tools)
+
+    def metrics(self) -> tuple[Metric, ...]:
+        """Next-token accuracy and perplexity, both over the assistant's tokens only."""
+        return (Accuracy(), Perplexity())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    @property
+    def scored_fraction(self) -> float:
+        """The share of training labels that are the assistant's (the rest are masked out)."""
+        labels = self.train[1]
+        return float((labels != IGNORE).float().mean())
+
+    # what SampleText asks of data: a prompt's ids, the tokens that end an answer, how to show it
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return ChatFormat(self.tokenizer).encode([{"role": "user", "content": prompt}], self.tools).ids
+
+    @property
+    def stop_tokens(self) -> tuple[int, ...]:
+        return (ChatFormat(self.tokenizer).end,)
+
+    def show(self, prompt: str, ids: list[int]) -> str:
+        return f"user: {prompt}\nassistant: {self.tokenizer.decode(ids, skip_special_tokens=False)}"
+
+    def loader(
+        self,
+        split: str = "train",
+        *,
+        batch_size: int = 32,
+        shuffle: bool | None = None,
+        augment: bool = False,
+        device: str | torch.device = "auto",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> ChatLoader:
+        """Batches of rows from ``split`` ("train" or "val"); what ``fit`` asks for."""
+        if split not in ("train", "val"):
+            raise ValueError(f"unknown split {split!r}; a ChatDataset has train and val")
+        if augment:
+            raise ValueError("augment is for images; a ChatDataset has no augmentation")
+        x, y = self.train if split == "train" else self.val
+        return ChatLoader(
+            x,
+            y,
+            batch_size=batch_size,
+            shuffle=(split == "train") if shuffle is None else shuffle,
+            device=pick_device(device),
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
+
+    def __repr__(self) -> str:
+        rows, context = self.train[0].shape
+        return (
+            f"ChatDataset({self.name!r}: {rows:,} training rows of {context} tokens, {len(self.val[0]):,} for "
+            f"validation; {self.scored_fraction:.0%} of the labels are the assistant's)"
+        )
+
+
+@dataclass
+class FineTuned:
+    model: GPT
+    tokenizer: Tokenizer
+    data: ChatDataset
+    history: History
+    samples: list[tuple[int, str]] = field(default_factory=list)
+
+
+def finetune(
+    base: str | Path | tuple[GPT, Tokenizer] | None = None,
+    *,
+    task: str | AssistantTask = "assistant",
+    recipe: SFTRecipe | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    callbacks: Sequence[Callback] = (),
+    out: str | Path | None = None,
+    name: str = "assistant",
+    progress: TextIO | None = None,
+) -> FineTuned:
+    """Fine-tune ``base`` (an artifact directory of ``maaskit lm train``, a ``(model, tokenizer)``
+    pair, or None: a fresh model of the default shape, with a tokenizer trained on the default
+    corpus) on ``task``'s training conversations; with ``out``, save the assistant there."""
+    from .artifact import load_language_model, save_language_model
+    from .training import SampleText
+
+    r = recipe or SFTRecipe()
+    the_task = get_task(task) if isinstance(task, str) else task
+    model, tokenizer, origin = _base(base, load_language_model)
+    tokenizer = add_chat_tokens(tokenizer) if not ChatFormat.supports(tokenizer) else tokenizer
+    seed_everything(seed)
+    model = (
+        grow_vocabulary(model, tokenizer.get_vocab_size()) if model.vocab_size < tokenizer.get_vocab_size() else model
+    )
+    examples = the_task.examples("train", r.examples, seed)
+    data = ChatDataset.from_conversations(
+        [(e.conversation(), e.tools) for e in examples], tokenizer, context=model.context, seed=seed, name=the_task.name
+    )
+    found = [getattr(cb, "sampler", None) for cb in callbacks]
+    sampler = next((s for s in found if isinstance(s, SampleText)), None)
+    extra: list[Callback] = [PrintProgress(progress)] if progress is not None else []
+    if sampler is None:
+        sampler = SampleText(_sample_question(the_task), file=progress)
+        extra.append(sampler)
+    history = fit(
+        model,
+        data,
+        optimizer="adamw",
+        lr=r.lr,
+        epochs=r.epochs,
+        batch_size=r.batch_size,
+        scheduler=r.scheduler,
+        device=device,
+        seed=seed,
+        grad_clip=1.0,
+        callbacks=[*callbacks, *extra],
+    )
+    model.to("cpu")
+    if out is not None:
+        last = history.last
+        metrics = {
+            "val_loss": last.get("val_loss"),
+            "val_acc": last.get("val_acc"),
+            "epochs": len(history),
+            "wall_time_s": last.get("wall_time"),
+            "finetuned_from": origin,
+            "task": the_task.name,
+        }
+        save_language_model(model, tokenizer, out, name=name, metrics=metrics)
+    return FineTuned(model, tokenizer, data, history, sampler.samples)
+
+
+def _sample_question(task: AssistantTask) -> str:
+    """A held-out question the samples answer as training goes."""
+    example: Example = task.examples("test", 2, seed=0)[1]
+    return example.question
+
+
+def _base(base: str | Path | tuple[GPT, Tokenizer] | None, load) -> tuple[GPT, Tokenizer, str]:
+    if isinstance(base, tuple):
+        model, tokenizer = base
+        return model, tokenizer, "a model in memory"
+    if base is not None:
+        model, tokenizer, _ = load(base)
+        return model, tokenizer, str(base)
+    from .data import TextDataset
+
+    recipe = LMRecipe()
+    tokenizer = TextDataset.from_text(vocab_size=recipe.model.vocab_size, context=recipe.model.context).tokenizer
+    return GPT(recipe.model.but(vocab_size=tokenizer.get_vocab_size())), tokenizer, "scratch"
