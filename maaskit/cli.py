@@ -347,7 +347,7 @@ def _lm_finetune(args) -> int:
 
 
 def _lm_eval(args) -> int:
-    from .lm.evaluate import evaluate
+    from .lm.harness import evaluate
 
     try:
         report = evaluate(args.url, args.api_key, args.model, args.task, n=args.n, concurrency=args.concurrency,

@@ -73,7 +73,7 @@ CONVERT = {
         "parameters": {
             "type": "object",
             "properties": {
-                "value": {"type": "number"},
+                "value": {"type": "number", "minimum": 0, "maximum": 100000, "multipleOf": 0.1},
                 "from": {"enum": list(UNITS)},
                 "to": {"enum": list(UNITS)},
             },
@@ -94,9 +94,9 @@ BOOKING = {
     "required": ["name", "people", "day", "time"],
     "additionalProperties": False,
 }
-# held-out names: real first names, never in training. Training names are made up from syllables (thousands
-# of them), so copying the name from the request is the only way to get it right; with a few dozen real names
-# a small model memorises them instead, and on a name it has not seen writes one it has.
+# held-out names: real first names, never in training. Training names are made up (thousands of them), so
+# copying the name from the request is the only way to get it right; with a few dozen real names a small
+# model memorises them instead, and on a name it has not seen writes one it has.
 _REAL = (
     "Ada Alan Grace Linus Guido Barbara Edsger Donald Ken Dennis Margaret Tim Radia Frances John Katherine "
     "Claude Hedy Ida Niklaus Bjarne Yukihiro Anders Brendan James Larry Rasmus Sophie Karen Mary Jean Adele "
@@ -149,12 +149,14 @@ def _held_out(*parts: Any) -> bool:
     return zlib.crc32(repr(parts).encode()) % 4 == 0
 
 
-_SYLLABLES = [c + v for c in "bdfghjklmnprstvz" for v in "aeiou"] + ["an", "el", "or", "is", "ul"]
 _REAL_NAMES = {n.lower() for n in NAMES}
+_LETTERS = "eeeeaaaiiooonnrrsstlldhcumkbgjpvwyzfq"  # roughly as often as in names
 
 
 def _made_up_name(rng: random.Random) -> str:
-    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+    """Letters at random, 3 to 8 of them: every letter pair occurs, as in real names (made-up names of
+    neat syllables leave out the clusters of Arjun or Brendan, and the model then cannot copy those)."""
+    return "".join(rng.choice(_LETTERS) for _ in range(rng.randint(3, 8))).capitalize()
 
 
 def _number(value: float) -> str:
@@ -223,7 +225,9 @@ class AssistantTask:
             if op == "-" and b > a:
                 a, b = b, a
             phrase, ask = rng.randrange(4), rng.randrange(len(ASK))
-            if _held_out(op, phrase, ask) == test and _held_out(a, op, b) == test:
+            # the same (phrasing, request) pairs are held out for every operation: no operation is missing
+            # from a request that the others are seen with (a pattern a small model would learn instead)
+            if _held_out(phrase, ask) == test and _held_out(a, op, b) == test:
                 break
         question = ASK[ask].format(x=ARITHMETIC[op][phrase].format(a=a, b=b))
         question = question[0].upper() + question[1:]

@@ -31,7 +31,7 @@ def tool_schema(function: Callable) -> dict:
     from pydantic import create_model
 
     fields: dict[str, Any] = {}
-    for name, p in inspect.signature(function).parameters.items():
+    for name, p in inspect.signature(function, eval_str=True).parameters.items():
         annotation = p.annotation if p.annotation is not inspect.Parameter.empty else Any
         fields[name] = (annotation, ... if p.default is inspect.Parameter.empty else p.default)
     schema = create_model(function.__name__, **fields).model_json_schema()
@@ -101,7 +101,8 @@ class ChatConsole(WidgetBase):
     prompt box, **Send** and **Stop** (closes the stream: the server stops generating), and the
     conversation with each answer's figures. ``remember`` sends the whole conversation each turn
     (a small model's context fills fast; off by default). ``tools``: Python functions the model may
-    call (their annotations become the tools' JSON schemas).
+    call (their annotations become the tools' JSON schemas); ``tool_choice`` is sent with the first
+    answer of each turn (``"required"``: it must be a call).
 
     ``connect()``, ``send(prompt)`` and ``stop()`` are what the buttons do; ``send(prompt)`` streams
     in a background thread, ``send(prompt, wait=True)`` blocks until the answer is complete (for
@@ -118,10 +119,12 @@ class ChatConsole(WidgetBase):
         system: str | None = None,
         remember: bool = False,
         tools: Sequence[Callable] = (),
+        tool_choice: str | dict | None = None,
     ):
         self.turns: list[Turn] = []
         self.functions = {f.__name__: f for f in tools}
         self.tools = [tool_schema(f) for f in tools]
+        self.tool_choice = tool_choice  # for a turn's first answer (then "auto"); None: the endpoint's default
         self.system = system
         self.client: Any = None  # an openai.OpenAI once connected
         self.error: Exception | None = None
@@ -221,8 +224,8 @@ class ChatConsole(WidgetBase):
         assert self.client is not None
         start = time.perf_counter()
         try:
-            for _ in range(MAX_TOOL_ROUNDS):
-                calls = self._one_answer(turn, messages, start)
+            for round_ in range(MAX_TOOL_ROUNDS):
+                calls = self._one_answer(turn, messages, start, first=round_ == 0)
                 if not calls or self._stop.is_set():
                     break
                 # the model called tools: run them, send their results back, and let it answer
@@ -239,10 +242,12 @@ class ChatConsole(WidgetBase):
             self.send_button.disabled, self.stop_button.disabled = False, True
             self._render()
 
-    def _one_answer(self, turn: Turn, messages: list[dict], start: float) -> list[dict]:
+    def _one_answer(self, turn: Turn, messages: list[dict], start: float, first: bool) -> list[dict]:
         """Stream one answer into ``turn``; return the tool calls it made (assembled from their deltas)."""
         assert self.client is not None
-        extra = {"tools": self.tools} if self.tools else {}
+        extra: dict[str, Any] = {"tools": self.tools} if self.tools else {}
+        if self.tools and first and self.tool_choice is not None:
+            extra["tool_choice"] = self.tool_choice
         stream = self.client.chat.completions.create(
             model=self.model_w.value,
             messages=messages,
