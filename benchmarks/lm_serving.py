@@ -6,7 +6,9 @@ Each server runs in its own process on 127.0.0.1; the load comes from a process 
 (``peers/sse_load.py``: streamed completions read as raw server-sent events), against one server at
 a time, taking turns round by round. For concurrency 1, 4, 8 and 16: time to first token p50/p99,
 inter-token latency p50/p99 and the tokens/s of all streams together, medians of ``--rounds``
-rounds. The floor is the engine alone, in process: tokens/s of one sequence and of 16.
+rounds. The floor is the engine alone, in process: tokens/s of one sequence and of 16. Then the
+cost of constrained decoding (``response_format`` JSON): the engine's decode step with every sequence
+held to a JSON grammar, against the same step free, at batch 1 and 16, rounds interleaved.
 
     python benchmarks/lm_serving.py [--model DIR] [--streams 48] [--max-tokens 64] [--rounds 3] [--baseline DIR]
 
@@ -60,6 +62,48 @@ def engine_floor(model_dir: Path, max_tokens: int) -> dict[int, float]:
     return {n: statistics.median(asyncio.run(run(n)) for _ in range(3)) for n in (1, 16)}
 
 
+def constrained_step_cost(model_dir: Path, max_tokens: int, rounds: int) -> dict[int, dict[str, float]]:
+    """Milliseconds per decode step with every sequence free and with every sequence held to a JSON
+    object's grammar (masks computed and applied each step), batch 1 and 16; medians of ``rounds``."""
+    import torch
+
+    from maaskit.lm import load_language_model
+    from maaskit.lm.constrain import Guide, json_grammar
+    from maaskit.lm.engine import Engine, SamplingParams
+
+    torch.set_num_threads(1)
+    model, tokenizer, manifest = load_language_model(model_dir)
+    guide = Guide(tokenizer, model.vocab_size, manifest["tokenizer"]["end_of_text"])
+    grammar = json_grammar()  # any JSON object: keys and values run on, so no sequence ends early
+
+    async def run(n: int, constrained: bool) -> float:
+        engine = Engine(model, max_sequences=16, guide=guide)
+        prompt = tokenizer.encode("{").ids
+
+        async def one(i: int) -> None:
+            params = SamplingParams(
+                max_tokens=max_tokens, temperature=1.0, seed=i, grammar=grammar if constrained else None
+            )
+            async for _ in engine.generate(prompt, params):
+                pass
+
+        await one(0)
+        steps, start_s = engine.steps, time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        elapsed = time.perf_counter() - start_s
+        engine.close()
+        return elapsed / (engine.steps - steps) * 1000
+
+    out: dict[int, dict[str, float]] = {}
+    for n in (1, 16):
+        free, held = [], []
+        for _ in range(rounds):
+            free.append(asyncio.run(run(n, False)))
+            held.append(asyncio.run(run(n, True)))
+        out[n] = {"free_ms": statistics.median(free), "constrained_ms": statistics.median(held)}
+    return out
+
+
 def baseline_command(checkout: Path, *args: str) -> list[str]:
     """``python -m maaskit ARGS`` importing the maaskit of ``checkout``: run from there (GNU env -C), since
     ``python -m`` puts the working directory first on the path."""
@@ -110,6 +154,7 @@ def main() -> int:
             train_language_model(recipe=LMRecipe(epochs=args.epochs), out=model_dir, device="cpu")
         floor = engine_floor(model_dir, args.max_tokens)
         print(f"engine alone (no HTTP): {floor[1]:,.0f} tokens/s one sequence, {floor[16]:,.0f} with 16", flush=True)
+        steps = constrained_step_cost(model_dir, args.max_tokens, max(args.rounds, 3))
         serve = [sys.executable, "-m", "maaskit", "serve", str(model_dir), "--port", "{port}", "--device", "cpu"]
         commands = {"batching on": serve, "batching off": [*serve, "--max-sequences", "1"]}
         if args.baseline is not None:
@@ -170,8 +215,13 @@ def main() -> int:
             f"c={c}: batching on / off {on[c]['tokens_per_s'] / off[c]['tokens_per_s']:.2f}x tokens/s; "
             f"on, vs one stream: {on[c]['tokens_per_s'] / on[1]['tokens_per_s']:.2f}x"
         )
+    for n, cost in steps.items():
+        print(
+            f"decode step at batch {n}: {cost['constrained_ms']:.3f} ms held to a JSON grammar, "
+            f"{cost['free_ms']:.3f} ms free: {cost['constrained_ms'] / cost['free_ms']:.2f}x"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"floor": floor, "results": results}, indent=1))
+        args.json.write_text(json.dumps({"floor": floor, "results": results, "constrained_steps": steps}, indent=1))
     return 0
 
 

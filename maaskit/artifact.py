@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +28,7 @@ from .normalization import Normalization
 if TYPE_CHECKING:
     from .data import ImageDataset
 
-__all__ = ["ArtifactError", "FORMAT", "load_artifact", "make_manifest", "save_artifact", "write_artifact"]
+__all__ = ["ArtifactError", "FORMAT", "load_artifact", "make_manifest", "replacing", "save_artifact", "write_artifact"]
 
 FORMAT = "maaskit-artifact/1"
 WEIGHTS, MANIFEST = "model.safetensors", "manifest.json"
@@ -109,6 +113,27 @@ def write_artifact(model: torch.nn.Module, directory: str | Path, manifest: dict
     return directory
 
 
+@contextmanager
+def replacing(directory: str | Path) -> Iterator[Path]:
+    """A new directory to write an artifact into; on success it takes ``directory``'s place in one
+    step (the old one moved aside, then deleted), so a reader never finds a half-written artifact: a
+    notebook that reads the model another one is saving again sees the old or the new, never a mix."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    staging.chmod(0o755)  # mkdtemp's is private; an artifact directory is not
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    old = staging.with_name(staging.name + ".old")
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(staging, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def save_artifact(
     model: torch.nn.Module,
     directory: str | Path,
@@ -122,7 +147,9 @@ def save_artifact(
     """Write ``model`` (built by :func:`maaskit.build_model`) and what it was trained on (``data``, or
     ``classes`` and ``normalization``) to ``directory``; returns the path."""
     manifest = make_manifest(model, data, classes=classes, normalization=normalization, name=name, metrics=metrics)
-    return write_artifact(model, directory, manifest)
+    with replacing(directory) as staging:
+        write_artifact(model, staging, manifest)
+    return Path(directory)
 
 
 def check_file(path: Path, sha256: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from ..artifact import FORMAT, ArtifactError, load_artifact, made_with, sha256_of, write_artifact
+from ..artifact import FORMAT, ArtifactError, load_artifact, made_with, replacing, sha256_of, write_artifact
 from .chat import CHAT_TOKENS, ChatFormat
 from .model import GPT
 from .tokenizer import ENDOFTEXT
@@ -59,11 +59,11 @@ def save_language_model(
 ) -> Path:
     """Write ``model`` (a :class:`GPT`) and its ``tokenizer`` to ``directory``."""
     manifest: dict[str, Any] = language_model_manifest(model, tokenizer, name=name, metrics=metrics)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(directory / TOKENIZER))
-    manifest["tokenizer"]["sha256"] = sha256_of(directory / TOKENIZER)
-    return write_artifact(model, directory, manifest)
+    with replacing(directory) as staging:  # written whole, then put in place: never read half-written
+        tokenizer.save(str(staging / TOKENIZER))
+        manifest["tokenizer"]["sha256"] = sha256_of(staging / TOKENIZER)
+        write_artifact(model, staging, manifest)
+    return Path(directory)
 
 
 def load_language_model(directory: str | Path, *, device: str = "cpu") -> tuple[GPT, Tokenizer, dict]:

@@ -19,7 +19,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +103,7 @@ class Engine:
         self.cache = SlotCache.empty(model, max_sequences)
         self._lengths = [0] * max_sequences  # how far each slot of the cache is filled
         self._executor = ThreadPoolExecutor(1, "maaskit-lm", initializer=thread_setup)
+        self._masker = ThreadPoolExecutor(1, "maaskit-lm-masks")  # grammar masks, beside the forward pass
         self._waiting: deque[_Sequence] = deque()
         self._readers: set[_Sequence] = set()  # every sequence someone reads: waiting, joining or running
         self._running: list[_Sequence] = []
@@ -185,6 +186,7 @@ class Engine:
         if self._task is not None:
             self._task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._masker.shutdown(wait=False, cancel_futures=True)
 
     # --- the scheduler ----------------------------------------------------------------------
 
@@ -271,7 +273,12 @@ class Engine:
     @torch.inference_mode()
     def _step(self, joining: list[_Sequence], running: list[_Sequence]) -> list[TokenEvent]:
         """One forward pass for the running sequences, and a prefill for each joining one; returns
-        an event per sequence, running ones first. Each slot's length is kept here, on the host."""
+        an event per sequence, running ones first. Each slot's length is kept here, on the host.
+        The masks of constrained rows are computed meanwhile, on another core (they depend only on
+        the tokens chosen so far), so a constrained step costs little more than a free one."""
+        step = [*running, *joining]
+        constrained = [(s.matcher, i) for i, s in enumerate(step) if s.matcher is not None]
+        masks = self._masks(constrained, len(step)) if constrained else None
         parts: list[torch.Tensor] = []
         if running:
             slots = [s.slot for s in running]
@@ -284,27 +291,39 @@ class Engine:
             prompt = torch.tensor([seq.prompt], device=self.device)
             parts.append(self.model(prompt, self.cache.prefill(seq.slot))[:, -1])
             self._lengths[seq.slot] = len(seq.prompt)
-        step = [*running, *joining]
         logits = torch.cat(parts).float()
-        constrained = [(s.matcher, i) for i, s in enumerate(step) if s.matcher is not None]
-        if constrained and self.guide is not None:  # each constrained row keeps only the tokens its grammar allows
-            masks = self.guide.masks(len(step))
-            masks.fill_(-1)  # every bit set: the free rows keep every token
-            self.guide.fill(constrained, masks)
-            self.guide.apply(logits, masks)
+        if masks is not None and self.guide is not None:  # each constrained row keeps the tokens its grammar allows
+            self.guide.apply(logits, masks.result())
         # every row sampled at once, each with its own settings and its own generator's draw
         settings = [(s.params.temperature, s.params.top_k or 0, s.params.top_p or 1.0) for s in step]
         temperature, top_k, top_p = (torch.tensor(column, device=self.device) for column in zip(*settings))
         uniform = torch.cat([torch.rand(1, generator=s.generator) for s in step]).to(self.device)
         tokens = sample_rows(logits, temperature, top_k, top_p, uniform).tolist()
-        for matcher, i in constrained:
-            if not matcher.consume_token(tokens[i]):
-                raise RuntimeError(f"the grammar refused token {tokens[i]}: {matcher.get_error()}")
+        if constrained and self.guide is not None:
+            taken = self.guide.advance([(matcher, tokens[i]) for matcher, i in constrained])
+            if not all(taken):
+                raise RuntimeError(
+                    f"a grammar refused the token chosen under its own mask: {constrained[0][0].get_error()}"
+                )
         logprobs = logits.log_softmax(-1) if any(s.params.logprobs is not None for s in step) else None
         return [
             self._event(s, t, logprobs[i] if logprobs is not None else None)
             for i, (s, t) in enumerate(zip(step, tokens))
         ]
+
+    def _masks(self, constrained: list[tuple[Any, int]], rows: int) -> Future:
+        """The allowed tokens of each constrained row (every bit set for the free ones), filled in a
+        thread of their own while the forward pass runs."""
+        assert self.guide is not None
+        guide = self.guide
+
+        def fill() -> torch.Tensor:
+            masks = guide.masks(rows)
+            masks.fill_(-1)
+            guide.fill(constrained, masks)
+            return masks
+
+        return self._masker.submit(fill)
 
     def _event(self, seq: _Sequence, token: int, logprobs: torch.Tensor | None) -> TokenEvent:
         p = seq.params

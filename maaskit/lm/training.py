@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from tokenizers import Tokenizer
+
 from ..device import seed_everything
 from ..train import Callback, History, PrintProgress, Run, fit
 from .config import LMRecipe
@@ -22,7 +24,7 @@ from .generation import generate
 from .model import GPT
 from .sft import ChatDataset
 
-__all__ = ["LMRecipe", "SampleText", "sample_text", "train_language_model"]
+__all__ = ["LMRecipe", "SampleText", "load_or_train_language_model", "sample_text", "train_language_model"]
 
 
 def sample_text(
@@ -148,3 +150,18 @@ def train_language_model(
         }
         save_language_model(model, data.tokenizer, out, name=name, metrics=metrics)
     return TrainedLanguageModel(model, data, history, sampler.samples)
+
+
+def load_or_train_language_model(
+    path: str | Path, *, recipe: LMRecipe | None = None, seed: int = 0, device: str = "auto", verbose: bool = True
+) -> tuple[GPT, Tokenizer, dict]:
+    """The language model at ``path`` if one is there; otherwise train ``recipe`` on the default corpus,
+    save it there and return it: ``(model, tokenizer, manifest)``. Notebook 10 uses it to pick up
+    notebook 07's model, or to make the same one when 07 has not run here."""
+    from .artifact import load_language_model
+
+    if not (Path(path) / "manifest.json").is_file():
+        if verbose:
+            print(f"{path} not found: training notebook 07's GPT (about a minute on a 2-core CPU)", flush=True)
+        train_language_model(recipe=recipe, seed=seed, device=device, out=path)
+    return load_language_model(path)
