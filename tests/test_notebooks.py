@@ -42,6 +42,7 @@ def test_every_notebook_is_covered_here():
         "07_language_model_service.ipynb",
         "08_explaining_predictions.ipynb",
         "09_scaling_out.ipynb",
+        "10_assistant.ipynb",
     }
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == tested
 
@@ -357,3 +358,42 @@ def test_09_scaling_out_on_one_rank():
     m = run("09_scaling_out.ipynb", "one-rank", nproc=1, epochs=2)
     assert m["ranks"] == 1 and m["ddp_weight_difference"] == 0 and m["steps"] == 2 * 40  # global batch 32
     assert set(m["images_per_s"]) == {"1"}
+
+
+def check_assistant(m: dict) -> None:
+    assert m["held_out_seen_in_training"] == 0
+    assert set(m["compare_val_loss"]) == {"from 07's model", "from scratch"}
+    # constrained answers fit their schema whatever the model: the grammar guarantees it
+    assert m["schema_valid"]["before, constrained"] == m["schema_valid"]["assistant, constrained"] == 1.0
+    low, high = m["interval"]["assistant"]
+    assert 0 <= low <= m["accuracy"]["assistant"] <= high <= 1
+
+
+def test_10_assistant_defaults():
+    m = run("10_assistant.ipynb", "defaults")
+    check_assistant(m)
+    # 07's model with the chat tokens but no fine-tuning fails the task; fine-tuned, it passes most of it
+    # (the >= 95% target is measured by benchmarks/assistant.py, not asserted here)
+    assert m["accuracy"]["before"] <= 0.05 and m["accuracy"]["assistant"] >= 0.8
+    assert m["tool_call_finish_reason"] == "tool_calls" and m["console_tools"]
+    assert m["remote"] is None
+
+
+def test_10_assistant_other_parameters_and_a_remote_endpoint(tmp_path, tiny_lm):
+    from maaskit.lm import LMRecipe, add_chat_tokens, train_language_model
+    from maaskit.lm.sft import grow_vocabulary
+
+    base = tmp_path / "base"
+    train_language_model(text=None, recipe=LMRecipe(epochs=1), out=base)  # a quick stand-in for 07's model
+    model, tokenizer = tiny_lm
+    chat_tokenizer = add_chat_tokens(tokenizer)
+    remote_model = grow_vocabulary(model, chat_tokenizer.get_vocab_size())
+    with serve((remote_model, chat_tokenizer), name="remote-assistant") as remote:
+        m = run(
+            "10_assistant.ipynb", "small-remote", seed=1, examples=600, epochs=1, compare_examples=200, eval_n=12,
+            pretrained_path=str(base), model_path=str(tmp_path / "assistant"), endpoint_url=remote.url + "/v1",
+            api_key="none", model="remote-assistant",
+        )  # fmt: skip
+    check_assistant(m)
+    assert m["remote"]["n"] == 12 and m["remote"]["model"] == "remote-assistant"
+    assert (tmp_path / "assistant" / "manifest.json").is_file() and (tmp_path / "assistant-before").is_dir()

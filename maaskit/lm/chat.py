@@ -78,7 +78,7 @@ class ChatFormat:
         if missing:
             raise ValueError(f"the tokenizer has no chat tokens ({', '.join(missing)}): add them with add_chat_tokens")
         self.tokenizer = tokenizer
-        self.ids = {t: tokenizer.token_to_id(t) for t in CHAT_TOKENS}
+        self.ids: dict[str, int] = {t: tokenizer.token_to_id(t) for t in CHAT_TOKENS}  # type: ignore[misc]
         self.end, self.call = self.ids["<|end|>"], self.ids["<|call|>"]
         # content is text: special tokens in it are encoded as characters (a copy with them off)
         self._text = Tokenizer.from_str(tokenizer.to_str())

@@ -18,6 +18,7 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -227,6 +228,7 @@ async def evaluate_async(
     constrained: bool = True,
     seed: int = 0,
     max_tokens: int = 64,
+    kinds: Sequence[str] | None = None,
     progress: bool = False,
 ) -> EvalReport:
     """:func:`evaluate`, awaitable (in a notebook, ``await evaluate_async(...)``)."""
@@ -234,6 +236,11 @@ async def evaluate_async(
 
     the_task = get_task(task) if isinstance(task, str) else task
     examples = the_task.examples("test", n, seed)
+    if kinds is not None:
+        unknown = set(kinds) - set(the_task.kinds)
+        if unknown:
+            raise ValueError(f"unknown kinds {sorted(unknown)}; the task has {', '.join(the_task.kinds)}")
+        examples = [e for e in examples if e.kind in kinds]
     url = base_url.rstrip("/")
     url = url if url.endswith("/v1") else url + "/v1"
     client = AsyncOpenAI(base_url=url, api_key=api_key or "none", max_retries=2, timeout=120)
@@ -268,11 +275,13 @@ def evaluate(
     constrained: bool = True,
     seed: int = 0,
     max_tokens: int = 64,
+    kinds: Sequence[str] | None = None,
     progress: bool = False,
 ) -> EvalReport:
     """Run ``n`` held-out requests of ``task`` against ``model`` at ``base_url`` (``.../v1``), with
-    ``concurrency`` in flight, and grade them (see the module's docstring). Blocks; from a running
-    event loop (a notebook cell) it runs in a thread of its own."""
+    ``concurrency`` in flight, and grade them (see the module's docstring); ``kinds`` keeps only the
+    requests of those kinds among the ``n``. Blocks; from a running event loop (a notebook cell) it
+    runs in a thread of its own."""
     call = evaluate_async(
         base_url,
         api_key,
@@ -283,6 +292,7 @@ def evaluate(
         constrained=constrained,
         seed=seed,
         max_tokens=max_tokens,
+        kinds=kinds,
         progress=progress,
     )
     try:

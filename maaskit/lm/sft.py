@@ -115,6 +115,8 @@ class ChatDataset:
         """Pack ``conversations`` (``(messages, tools offered)`` pairs) into rows of ``context`` tokens."""
         chat = ChatFormat(tokenizer)
         pad = tokenizer.token_to_id(ENDOFTEXT)
+        if pad is None:
+            raise ValueError(f"the tokenizer has no {ENDOFTEXT} token (train it with maaskit.lm.train_tokenizer)")
         encoded = [chat.encode(messages, tools, add_generation_prompt=False) for messages, tools in conversations]
         too_long = [i for i, e in enumerate(encoded) if len(e.ids) > context + 1]
         if too_long:

@@ -156,13 +156,14 @@ def _held_out(*parts: Any) -> bool:
 _REAL_NAMES = {n.lower() for n in NAMES}
 
 
-def _phrasing(rng: random.Random, test: bool, *key: object) -> tuple[int, Callable[[str], str]]:
-    """A request template of ``key[1]`` and an opener and closer around it, drawn until the whole
-    combination (with the rest of ``key``) is held out (``test``) or not; returns the template's
+def _phrasing(
+    rng: random.Random, test: bool, kind: str, templates: int, *rest: object
+) -> tuple[int, Callable[[str], str]]:
+    """One of ``templates`` request templates of ``kind``, and an opener and closer around it, drawn
+    until the whole combination (with ``rest``) is held out (``test``) or not; returns the template's
     index and the function that wraps a sentence in the opener and closer."""
-    kind, templates, *rest = key
     while True:
-        ask, opener, closer = rng.randrange(int(templates)), rng.randrange(len(OPENERS)), rng.randrange(len(CLOSERS))
+        ask, opener, closer = rng.randrange(templates), rng.randrange(len(OPENERS)), rng.randrange(len(CLOSERS))
         if _held_out(kind, ask, opener, closer, *rest) == test:
             break
 
@@ -172,6 +173,8 @@ def _phrasing(rng: random.Random, test: bool, *key: object) -> tuple[int, Callab
         return text[0].upper() + text[1:] + CLOSERS[closer]
 
     return ask, wrap
+
+
 _LETTERS = "eeeeaaaiiooonnrrsstlldhcumkbgjpvwyzfq"  # roughly as often as in names
 
 
@@ -232,7 +235,7 @@ class AssistantTask:
             raise ValueError(f"n must be at least 1, got {n}")
         rng = random.Random(f"{self.name}-{split}-{seed}")
         makers: list[Callable[[random.Random, bool], Example]] = [self._calculate, self._convert, self._book]
-        out = []
+        out: list[Example] = []
         while len(out) < n:
             example = makers[len(out) % 3](rng, split == "test")
             out.append(example)
@@ -342,9 +345,8 @@ class AssistantTask:
             jsonschema.validate(parsed, tool["parameters"])
         except (json.JSONDecodeError, jsonschema.ValidationError):
             return False, False
-        return True, example.call is not None and name == example.call["name"] and (
-            self.run_tool(name, parsed) == example.result
-        )
+        correct = example.call is not None and name == example.call["name"]
+        return True, correct and self.run_tool(str(name), parsed) == example.result
 
 
 TASKS: dict[str, type[AssistantTask]] = {"assistant": AssistantTask}

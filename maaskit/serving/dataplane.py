@@ -162,7 +162,9 @@ class ServedLanguageModel:
         self.end_of_text: int = manifest["tokenizer"]["end_of_text"]
         # a fine-tuned model has the chat tokens: its turns end with <|end|> and it can call tools
         self.chat = ChatFormat(tokenizer) if ChatFormat.supports(tokenizer) else None
-        self.stop_tokens = (self.end_of_text,) if self.chat is None else (self.end_of_text, self.chat.end)
+        self.stop_tokens: tuple[int, ...] = (
+            (self.end_of_text,) if self.chat is None else (self.end_of_text, self.chat.end)
+        )
         guide = Guide(tokenizer, model.vocab_size, self.stop_tokens[-1])
         self.engine = Engine(model.to(device).eval(), max_sequences=config.max_sequences, thread_setup=thread_setup,
                              guide=guide)  # fmt: skip

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 from fastapi.responses import Response, StreamingResponse
 
 from ..lm.constrain import UnsupportedGrammar, json_grammar, tools_grammar
@@ -388,15 +389,16 @@ def _grammar(served: ServedLanguageModel, req: CompletionRequest | ChatRequest, 
     with ``tools``, a call under the tool's schema, as ``tool_choice`` allows. 400 when a schema
     uses what the decoder cannot enforce (never a silent unconstrained answer)."""
     constrained, schema = req.response_format.schema_or_none() if req.response_format else (False, None)
-    choice = getattr(req, "tool_choice", None)
-    choice = choice.model_dump() if hasattr(choice, "model_dump") else choice
+    named = getattr(req, "tool_choice", None)
+    choice: str | dict | None = named.model_dump() if isinstance(named, BaseModel) else named
     if not tools and choice not in (None, "none", "auto"):
         raise OpenAIError(400, f"tool_choice {choice!r} needs tools", param="tool_choice")
+    grammar: str | None = None
     try:
         if tools:
             grammar = tools_grammar(tools, choice or "auto", (schema or {"type": "object"}) if constrained else None)
-        else:
-            grammar = json_grammar(schema) if constrained else None
+        elif constrained:
+            grammar = json_grammar(schema)
         if grammar is not None and served.engine.guide is not None:
             served.engine.guide.check(grammar)
         return grammar

@@ -101,7 +101,8 @@ class ChatConsole(WidgetBase):
     prompt box, **Send** and **Stop** (closes the stream: the server stops generating), and the
     conversation with each answer's figures. ``remember`` sends the whole conversation each turn
     (a small model's context fills fast; off by default). ``tools``: Python functions the model may
-    call (their annotations become the tools' JSON schemas); ``tool_choice`` is sent with the first
+    call (their annotations become the tools' JSON schemas), or ``(function, tool)`` pairs with
+    OpenAI tools written out (the function is called with the arguments as keywords); ``tool_choice`` is sent with the first
     answer of each turn (``"required"``: it must be a call).
 
     ``connect()``, ``send(prompt)`` and ``stop()`` are what the buttons do; ``send(prompt)`` streams
@@ -118,12 +119,13 @@ class ChatConsole(WidgetBase):
         max_tokens: int = 48,
         system: str | None = None,
         remember: bool = False,
-        tools: Sequence[Callable] = (),
+        tools: Sequence[Callable | tuple[Callable, dict]] = (),
         tool_choice: str | dict | None = None,
     ):
         self.turns: list[Turn] = []
-        self.functions = {f.__name__: f for f in tools}
-        self.tools = [tool_schema(f) for f in tools]
+        pairs = [t if isinstance(t, tuple) else (t, tool_schema(t)) for t in tools]
+        self.functions = {schema["function"]["name"]: f for f, schema in pairs}
+        self.tools = [schema for _, schema in pairs]
         self.tool_choice = tool_choice  # for a turn's first answer (then "auto"); None: the endpoint's default
         self.system = system
         self.client: Any = None  # an openai.OpenAI once connected
