@@ -227,7 +227,7 @@ async def evaluate_async(
     concurrency: int = 8,
     constrained: bool = True,
     seed: int = 0,
-    max_tokens: int = 64,
+    max_tokens: int = 96,
     kinds: Sequence[str] | None = None,
     progress: bool = False,
 ) -> EvalReport:
@@ -274,7 +274,7 @@ def evaluate(
     concurrency: int = 8,
     constrained: bool = True,
     seed: int = 0,
-    max_tokens: int = 64,
+    max_tokens: int = 96,
     kinds: Sequence[str] | None = None,
     progress: bool = False,
 ) -> EvalReport:

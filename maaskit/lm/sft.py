@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 
 from ..device import pick_device, seed_everything
 from ..scoring import IGNORE, Accuracy, Metric, Perplexity
-from ..train import Callback, History, PrintProgress, fit
+from ..train import Callback, History, fit
 from .chat import ChatFormat, add_chat_tokens
 from .config import LMRecipe, SFTRecipe
 from .model import GPT
@@ -231,7 +231,7 @@ def finetune(
     pair, or None: a fresh model of the default shape, with a tokenizer trained on the default
     corpus) on ``task``'s training conversations; with ``out``, save the assistant there."""
     from .artifact import load_language_model, save_language_model
-    from .training import SampleText
+    from .training import with_sampler
 
     r = recipe or SFTRecipe()
     the_task = get_task(task) if isinstance(task, str) else task
@@ -245,12 +245,7 @@ def finetune(
     data = ChatDataset.from_conversations(
         [(e.conversation(), e.tools) for e in examples], tokenizer, context=model.context, seed=seed, name=the_task.name
     )
-    found = [getattr(cb, "sampler", None) for cb in callbacks]
-    sampler = next((s for s in found if isinstance(s, SampleText)), None)
-    extra: list[Callback] = [PrintProgress(progress)] if progress is not None else []
-    if sampler is None:
-        sampler = SampleText(_sample_question(the_task), file=progress)
-        extra.append(sampler)
+    sampler, extra = with_sampler(callbacks, _sample_question(the_task), progress)
     history = fit(
         model,
         data,

@@ -15,6 +15,7 @@ names are held out the same way.
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -86,7 +87,7 @@ DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sun
 BOOKING = {
     "type": "object",
     "properties": {
-        "name": {"type": "string", "maxLength": 24},
+        "name": {"type": "string", "maxLength": 16},
         "people": {"type": "integer", "minimum": 1, "maximum": 20},
         "day": {"enum": DAYS},
         "time": {"type": "string", "pattern": "^[0-2][0-9]:[0-5][0-9]$"},
@@ -161,7 +162,8 @@ def _phrasing(
 ) -> tuple[int, Callable[[str], str]]:
     """One of ``templates`` request templates of ``kind``, and an opener and closer around it, drawn
     until the whole combination (with ``rest``) is held out (``test``) or not; returns the template's
-    index and the function that wraps a sentence in the opener and closer."""
+    index and the function that wraps a template in the opener and closer (before its values are
+    filled in, so a name that starts the sentence keeps its capital)."""
     while True:
         ask, opener, closer = rng.randrange(templates), rng.randrange(len(OPENERS)), rng.randrange(len(CLOSERS))
         if _held_out(kind, ask, opener, closer, *rest) == test:
@@ -179,9 +181,21 @@ _LETTERS = "eeeeaaaiiooonnrrsstlldhcumkbgjpvwyzfq"  # roughly as often as in nam
 
 
 def _made_up_name(rng: random.Random) -> str:
-    """Letters at random, 3 to 8 of them: every letter pair occurs, as in real names (made-up names of
-    neat syllables leave out the clusters of Arjun or Brendan, and the model then cannot copy those)."""
-    return "".join(rng.choice(_LETTERS) for _ in range(rng.randint(3, 8))).capitalize()
+    """Half the time letters at random (3 to 8: every letter pair occurs, as in real names), half the
+    time a word of Python's documentation, capitalised: its letters come in the tokenizer's longer
+    pieces, as a real name's do ("James" is a few tokens, not five). Made-up names of neat syllables
+    alone leave both out, and the model then cannot copy a real name it has not seen."""
+    if rng.random() < 0.5:
+        return "".join(rng.choice(_LETTERS) for _ in range(rng.randint(3, 8))).capitalize()
+    return rng.choice(_corpus_words()).capitalize()
+
+
+@functools.cache
+def _corpus_words() -> list[str]:
+    from .corpus import load_corpus
+
+    words = {w.lower() for w in re.findall(r"\b[A-Za-z]{3,9}\b", load_corpus())}
+    return sorted(words - _REAL_NAMES)
 
 
 def _number(value: float) -> str:
@@ -253,7 +267,7 @@ class AssistantTask:
                 a, b = b, a
             if _held_out(a, op, b) == test:
                 break
-        question = wrap(ASK[ask].format(x=ARITHMETIC[op][phrase].format(a=a, b=b)))
+        question = wrap(ASK[ask]).format(x=ARITHMETIC[op][phrase].format(a=a, b=b))
         arguments = {"expression": f"{a}{op}{b}"}
         result = self.run_tool("calculate", arguments)
         return Example(
@@ -294,7 +308,7 @@ class AssistantTask:
             name = _made_up_name(rng)
         people, day = rng.randint(1, 12), rng.choice(DAYS)
         time = f"{rng.randint(11, 22):02d}:{rng.choice(['00', '15', '30', '45'])}"
-        question = wrap(BOOK_ASK[ask].format(n=people, t=time, d=day, name=name))
+        question = wrap(BOOK_ASK[ask]).format(n=people, t=time, d=day, name=name)
         answer = compact_json({"name": name, "people": people, "day": day, "time": time})
         return Example("book", question, [], None, None, answer, self.schema)
 

@@ -84,6 +84,20 @@ class SampleText(Callback):
         self._sample(run)
 
 
+def with_sampler(
+    callbacks: Sequence[Callback], prompt: str, progress: TextIO | None
+) -> tuple[SampleText, list[Callback]]:
+    """The :class:`SampleText` of ``callbacks`` (a dashboard brings its own: it shows the samples) or a
+    new one for ``prompt``, and the callbacks to add to them (the new sampler, progress lines)."""
+    found = [getattr(cb, "sampler", None) for cb in callbacks]
+    sampler = next((s for s in found if isinstance(s, SampleText)), None)
+    extra: list[Callback] = [PrintProgress(progress)] if progress is not None else []
+    if sampler is None:
+        sampler = SampleText(prompt, file=progress)
+        extra.append(sampler)
+    return sampler, extra
+
+
 @dataclass
 class TrainedLanguageModel:
     model: GPT
@@ -115,13 +129,7 @@ def train_language_model(
         data = TextDataset("python-docs", data.tokenizer, data.train, data.val, data.context)
     seed_everything(seed)
     model = GPT(r.model.but(vocab_size=data.vocab_size))  # the tokenizer may have learned fewer merges
-    # a dashboard brings its own sampler (it shows the samples); otherwise one is added here
-    found = [getattr(cb, "sampler", None) for cb in callbacks]
-    sampler = next((s for s in found if isinstance(s, SampleText)), None)
-    extra: list[Callback] = [PrintProgress(progress)] if progress is not None else []
-    if sampler is None:
-        sampler = SampleText(file=progress)
-        extra.append(sampler)
+    sampler, extra = with_sampler(callbacks, "The ", progress)
     history = fit(
         model,
         data,

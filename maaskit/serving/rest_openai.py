@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel
 from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
 
 from ..lm.constrain import UnsupportedGrammar, json_grammar, tools_grammar
 from ..lm.engine import ContextTooLong, Interrupted, SamplingParams, TokenEvent

@@ -102,8 +102,8 @@ class ChatConsole(WidgetBase):
     conversation with each answer's figures. ``remember`` sends the whole conversation each turn
     (a small model's context fills fast; off by default). ``tools``: Python functions the model may
     call (their annotations become the tools' JSON schemas), or ``(function, tool)`` pairs with
-    OpenAI tools written out (the function is called with the arguments as keywords); ``tool_choice`` is sent with the first
-    answer of each turn (``"required"``: it must be a call).
+    OpenAI tools written out (the function is called with the arguments as keywords);
+    ``tool_choice`` is sent with the first answer of each turn (``"required"``: it must be a call).
 
     ``connect()``, ``send(prompt)`` and ``stop()`` are what the buttons do; ``send(prompt)`` streams
     in a background thread, ``send(prompt, wait=True)`` blocks until the answer is complete (for
