@@ -354,3 +354,26 @@ def test_the_chat_console_runs_a_tool_and_shows_the_final_answer(server):
     assert turn.error is None, turn.error
     assert seen and turn.tools[0].name == "convert" and turn.tools[0].result == "3000"
     assert "called convert(" in console.history.value and "called convert(" in str(console)
+
+
+def test_the_assistant_benchmark_runs_and_prints_its_table(tmp_path):
+    # small: the benchmark must keep working; its figures are for people, never asserted
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from maaskit.lm import LMRecipe, train_language_model
+
+    base = tmp_path / "base"
+    train_language_model(text=load_corpus()[:60_000], recipe=LMRecipe(epochs=1), out=base, device="cpu")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "assistant.py"), "--base", str(base), "--examples", "300"]
+        + ["--epochs", "1", "--n", "6", "--validity-requests", "3", "--json", str(tmp_path / "a.json")],
+        capture_output=True, text=True, timeout=600, cwd=root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    figures = json.loads((tmp_path / "a.json").read_text())
+    assert figures["before"]["n"] == figures["after"]["n"] == 6
+    assert figures["validity after constrained"] == [3, 3]  # the grammar's guarantee, trained or not
+    assert "| after |" in done.stdout and "decode step at batch 16" in done.stdout

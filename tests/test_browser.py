@@ -66,6 +66,7 @@ def lab(tmp_path_factory):
     ]  # offline
     env = {"JUPYTER_RUNTIME_DIR": str(root / "runtime"), "JUPYTERLAB_WORKSPACES_DIR": str(root / "workspaces")}
     with running_lab(argv, cwd=root, port=port, token=token, env=env) as server:
+        server.notebooks = root / "notebooks"  # what the lab serves: tests may add notebooks there
         yield server
 
 
@@ -379,4 +380,45 @@ def test_chat_console_streams_an_answer_in_jupyterlab(page, lab):
     page.screenshot(path=str(ARTIFACTS / "07_chat.png"))
     assert_ran_cleanly(page)
     (ARTIFACTS / "07_timings.json").write_text(json.dumps(timings, indent=1))
+    print("browser timings:", timings)
+
+
+def small_copy(lab_root: Path, notebook: str, **parameters) -> str:
+    """A copy of ``notebook`` in the lab with its parameters cell changed, as papermill would inject them."""
+    source = lab_root / notebook
+    nb = json.loads(source.read_text())
+    cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+    lines = "".join(cell["source"]).splitlines()
+    for name, value in parameters.items():
+        lines = [f"{name} = {value!r}" if line.startswith(f"{name} = ") else line for line in lines]
+    cell["source"] = "\n".join(lines)
+    name = source.stem + "_small.ipynb"
+    (lab_root / name).write_text(json.dumps(nb))
+    return name
+
+
+def test_chat_console_runs_a_tool_and_shows_the_final_answer_in_jupyterlab(page, lab, tmp_path):
+    # notebook 10 with a short fine-tuning: enough for the model to call its tools (not to be right)
+    name = small_copy(lab.notebooks, "10_assistant.ipynb", examples=3000, epochs=3, compare_examples=200, eval_n=12)
+    kernel, timings, console = run_and_find(page, lab, name, ".maaskit-chat-console")
+    history = console.locator(".maaskit-chat-history")
+    calls = history.locator(".maaskit-tool-call")
+    assert calls.count() >= 1, history.inner_text()  # the notebook's own question: a tool was called
+    assert_fits(page, console, "10_chat_tools")
+    before = calls.count()
+    console.locator(".maaskit-chat-prompt textarea").fill("What is 12 times 34?")
+    console.get_by_role("button", name="Send").click()
+    page.wait_for_function(
+        "([el, n]) => el.querySelectorAll('.maaskit-tool-call').length > n && "
+        "el.innerText.split('first token after').length > 2",
+        arg=[history.element_handle(), before], timeout=60_000,
+    )  # fmt: skip
+    text = history.inner_text()
+    last = text[text.rindex("What is 12 times 34?") :]
+    # the call with its result, then the model's final answer under it
+    assert re.search(r"called (calculate|convert)\(.*\) → ", last), last
+    assert re.search(r"assistant:\s*\S", last[last.index("→") :]), last
+    lab.wait_idle(kernel, timeout=60)
+    page.screenshot(path=str(ARTIFACTS / "10_chat_tools.png"))
+    assert_ran_cleanly(page)
     print("browser timings:", timings)

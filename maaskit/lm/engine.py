@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .constrain import Guide
+from .constrain import SERIAL_BELOW, Guide
 from .generation import check_sampling, sample_rows
 from .model import GPT, SlotCache
 
@@ -81,6 +81,7 @@ class _Sequence:
     finished: bool = False
     last_token_at: float | None = None
     matcher: Any = None  # the grammar's state, when constrained
+    unread: int | None = None  # the token chosen last, not yet fed to the matcher (the next step's mask job does)
 
 
 class Engine:
@@ -277,8 +278,8 @@ class Engine:
         The masks of constrained rows are computed meanwhile, on another core (they depend only on
         the tokens chosen so far), so a constrained step costs little more than a free one."""
         step = [*running, *joining]
-        constrained = [(s.matcher, i) for i, s in enumerate(step) if s.matcher is not None]
-        masks = self._masks(constrained, len(step)) if constrained else None
+        constrained = [(s, i) for i, s in enumerate(step) if s.matcher is not None]
+        allowed = self._masks(constrained, len(step)) if constrained else None
         parts: list[torch.Tensor] = []
         if running:
             slots = [s.slot for s in running]
@@ -292,38 +293,46 @@ class Engine:
             parts.append(self.model(prompt, self.cache.prefill(seq.slot))[:, -1])
             self._lengths[seq.slot] = len(seq.prompt)
         logits = torch.cat(parts).float()
-        if masks is not None and self.guide is not None:  # each constrained row keeps the tokens its grammar allows
-            self.guide.apply(logits, masks.result())
+        if allowed is not None:  # each constrained row keeps the tokens its grammar allows
+            logits.masked_fill_(~allowed.result().to(logits.device), float("-inf"))
         # every row sampled at once, each with its own settings and its own generator's draw
         settings = [(s.params.temperature, s.params.top_k or 0, s.params.top_p or 1.0) for s in step]
         temperature, top_k, top_p = (torch.tensor(column, device=self.device) for column in zip(*settings))
         uniform = torch.cat([torch.rand(1, generator=s.generator) for s in step]).to(self.device)
         tokens = sample_rows(logits, temperature, top_k, top_p, uniform).tolist()
-        if constrained and self.guide is not None:
-            taken = self.guide.advance([(matcher, tokens[i]) for matcher, i in constrained])
-            if not all(taken):
-                raise RuntimeError(
-                    f"a grammar refused the token chosen under its own mask: {constrained[0][0].get_error()}"
-                )
+        for seq, i in constrained:  # fed to its matcher by the next step's mask job, beside that forward pass
+            seq.unread = tokens[i]
         logprobs = logits.log_softmax(-1) if any(s.params.logprobs is not None for s in step) else None
         return [
             self._event(s, t, logprobs[i] if logprobs is not None else None)
             for i, (s, t) in enumerate(zip(step, tokens))
         ]
 
-    def _masks(self, constrained: list[tuple[Any, int]], rows: int) -> Future:
-        """The allowed tokens of each constrained row (every bit set for the free ones), filled in a
-        thread of their own while the forward pass runs."""
+    def _masks(self, constrained: list[tuple[_Sequence, int]], rows: int) -> Future:
+        """Which tokens each row may take (all, for the free ones), as booleans: each constrained
+        sequence's matcher first takes the token chosen last step, then gives its mask. Done in a
+        thread of its own while the forward pass runs, or here for a row or two (a hand-off to a
+        thread costs more than their work)."""
         assert self.guide is not None
         guide = self.guide
 
-        def fill() -> torch.Tensor:
+        def work() -> torch.Tensor:
+            unread = [(s.matcher, s.unread) for s, _ in constrained if s.unread is not None]
+            if not all(guide.advance(unread)):
+                refused = next(m for m, _ in unread if m.is_error())
+                raise RuntimeError(f"a grammar refused the token chosen under its own mask: {refused.get_error()}")
+            for seq, _ in constrained:
+                seq.unread = None
             masks = guide.masks(rows)
             masks.fill_(-1)
-            guide.fill(constrained, masks)
-            return masks
+            guide.fill([(s.matcher, i) for s, i in constrained], masks)
+            return guide.unpack(masks, self.model.vocab_size)
 
-        return self._masker.submit(fill)
+        if len(constrained) <= SERIAL_BELOW:
+            done: Future = Future()
+            done.set_result(work())
+            return done
+        return self._masker.submit(work)
 
     def _event(self, seq: _Sequence, token: int, logprobs: torch.Tensor | None) -> TokenEvent:
         p = seq.params
