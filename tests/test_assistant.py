@@ -377,3 +377,56 @@ def test_the_assistant_benchmark_runs_and_prints_its_table(tmp_path):
     assert figures["before"]["n"] == figures["after"]["n"] == 6
     assert figures["validity after constrained"] == [3, 3]  # the grammar's guarantee, trained or not
     assert "| after |" in done.stdout and "decode step at batch 16" in done.stdout
+
+
+# keywords of JSON Schema, some the decoder enforces and some it does not, with values of any shape
+_KEYWORDS = ["type", "properties", "required", "additionalProperties", "items", "enum", "const", "minimum",
+             "maximum", "minLength", "maxLength", "pattern", "anyOf", "not", "$ref", "format", "x-unknown"]  # fmt: skip
+
+
+def _schemas():
+    from hypothesis import strategies as st
+
+    leaf = st.one_of(st.none(), st.booleans(), st.integers(-5, 50), st.sampled_from(["string", "object", "integer",
+                     "number", "array", "boolean", "null", "weird", "(", "#/nope", "date-time"]))  # fmt: skip
+    keyword = st.sampled_from(_KEYWORDS)
+    return st.recursive(
+        leaf, lambda inner: st.dictionaries(keyword, inner, max_size=4) | st.lists(inner, max_size=3), max_leaves=12
+    )
+
+
+def test_generated_response_formats_and_tools_get_an_answer_or_a_400_that_names_the_field(server):
+    """The bodies schemathesis leaves out (tests/schemathesis_hooks.py): a schema of any shape in
+    ``response_format`` or a tool is enforced, or refused with 400 naming the field; never a 5xx, and a
+    constrained answer that stopped parses."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    schemas = _schemas()
+    choice = st.sampled_from([None, "auto", "none", "required", {"type": "function", "function": {"name": "f"}}])
+    tool = st.builds(lambda p: {"type": "function", "function": {"name": "f", "parameters": p}}, schemas)
+    fmt = st.one_of(
+        st.none(), st.just({"type": "json_object"}), st.just({"type": "text"}),
+        st.builds(lambda s: {"type": "json_schema", "json_schema": {"name": "x", "schema": s}}, schemas),
+    )  # fmt: skip
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(fmt=fmt, tools=st.none() | st.lists(tool, max_size=2), choice=choice)
+    def check(fmt, tools, choice):
+        body = {"model": "assistant", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 24}
+        body |= {
+            k: v for k, v in (("response_format", fmt), ("tools", tools), ("tool_choice", choice)) if v is not None
+        }
+        answer = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+        assert answer.status_code in (200, 400), answer.text
+        if answer.status_code == 400:
+            error = answer.json()["error"]
+            assert error["type"] == "invalid_request_error" and error["message"]
+            assert error["param"] in ("response_format", "tools", "tool_choice"), error
+            return
+        choice0 = answer.json()["choices"][0]
+        constrained_json = fmt is not None and fmt["type"] != "text" and not choice0["message"].get("tool_calls")
+        if constrained_json and choice0["finish_reason"] == "stop":
+            json.loads(choice0["message"]["content"])
+
+    check()

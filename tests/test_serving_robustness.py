@@ -159,7 +159,8 @@ def schemathesis_run(url: str, tmp_path: Path, token: str, *extra: str) -> str:
     command = [str(st_cli), "--config-file", str(config), "run", f"{url}/openapi.json", "--checks", "all"]
     command += ["--max-examples", "25", "--seed", "1", "--no-color", "--report-dir", str(tmp_path / "report"), *extra]
     # cwd: schemathesis keeps a cache in .schemathesis/ under the folder it runs in
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "schemathesis_hooks", "PYTHONPATH": str(Path(__file__).parent)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=tmp_path, env=env)
     summary = done.stdout[-6000:]
     assert done.returncode == 0, summary
     assert re.search(r"\d+ generated, \d+ passed", summary), summary

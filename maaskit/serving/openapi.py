@@ -291,6 +291,9 @@ def _openai_body(schema: dict, served: ServedLanguageModel, completion: bool) ->
     for field in ("max_tokens", "max_completion_tokens"):
         if field in props:
             props[field] = {"anyOf": [room, {"type": "null"}], "description": props[field].get("description", "")}
+    if not completion and served.chat is None:
+        props["tools"] = {"type": "null", "description": "this model has no chat format, so it calls no tools: "
+                          "fine-tune it with `maaskit lm finetune`"}  # fmt: skip
     if not completion:  # top_logprobs (a number) needs logprobs: true
         body["anyOf"] = [
             {"properties": {"top_logprobs": {"type": "null"}}},

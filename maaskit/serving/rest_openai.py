@@ -310,9 +310,6 @@ class OpenAIEndpoints:
         req = parse(ChatRequest, await _body(request))
         served = self._served(request, req.model)
         messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        for m in messages:  # the arguments of earlier calls arrive as JSON text
-            for call in m.get("tool_calls", ()):
-                call["function"] = dict(call["function"])
         tools = [t.model_dump() for t in req.tools or ()]
         try:
             if served.chat is not None:  # a fine-tuned model: its own chat tokens; tools listed when offered
