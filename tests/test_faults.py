@@ -200,7 +200,7 @@ messages = st.lists(
     ),
     max_size=4,
 )
-numbers = st.integers(-5, 4000) | st.floats(allow_nan=False) | st.none() | st.text(max_size=3)
+numbers = st.integers(-5, 4000) | st.floats(allow_nan=False, allow_infinity=False) | st.none() | st.text(max_size=3)
 openai_bodies = st.fixed_dictionaries(
     {"model": st.sampled_from(["gpt", "nope", ""])},
     optional={

@@ -7,7 +7,7 @@ know (``user``, ``presence_penalty``, ``parallel_tool_calls``, ...) and a strict
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -19,6 +19,7 @@ __all__ = [
     "ChatRequest",
     "CompletionRequest",
     "ResponseFormat",
+    "response_constraint",
     "OpenAIError",
     "OpenAIErrorBody",
     "OpenAIModel",
@@ -105,33 +106,38 @@ class _Sampling(_Lenient):
         )
 
 
-class JSONSchemaFormat(_Lenient):
+class JSONSchemaSpec(_Lenient):
     name: str = Field("answer", description="a name for the schema (not used to generate)")
     description: str | None = None
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema", description="a JSON Schema")
+    schema_: dict[str, Any] = Field(alias="schema", description="a JSON Schema the answer must fit")
     strict: bool | None = Field(None, description="always enforced here, strict or not")
 
 
-class ResponseFormat(_Lenient):
-    type: Literal["text", "json_object", "json_schema"] = Field(
-        description="json_object: any JSON object; json_schema: one of `json_schema.schema`; both enforced by "
-        "constrained decoding (compact JSON)"
-    )
-    json_schema: JSONSchemaFormat | None = None
+class TextFormat(_Lenient):
+    type: Literal["text"] = Field(description="free text (the default)")
 
-    def schema_or_none(self) -> tuple[bool, dict | None]:
-        """``(constrained, schema)``: text is free, json_object any object, json_schema its schema."""
-        if self.type == "text":
-            return False, None
-        if self.type == "json_object":
-            return True, None
-        if self.json_schema is None:
-            raise OpenAIError(400, "response_format json_schema needs json_schema.schema", param="response_format")
-        return True, self.json_schema.schema_
+
+class JSONObjectFormat(_Lenient):
+    type: Literal["json_object"] = Field(description="any JSON object, enforced by constrained decoding")
+
+
+class JSONSchemaFormat(_Lenient):
+    type: Literal["json_schema"] = Field(description="JSON of `json_schema.schema`, enforced by constrained decoding")
+    json_schema: JSONSchemaSpec
+
+
+ResponseFormat = Annotated[Union[TextFormat, JSONObjectFormat, JSONSchemaFormat], Field(discriminator="type")]  # noqa: UP007
+
+
+def response_constraint(fmt: TextFormat | JSONObjectFormat | JSONSchemaFormat | None) -> tuple[bool, dict | None]:
+    """``(constrained, schema)``: text is free, json_object any object (None), json_schema its schema."""
+    if fmt is None or isinstance(fmt, TextFormat):
+        return False, None
+    return True, fmt.json_schema.schema_ if isinstance(fmt, JSONSchemaFormat) else None
 
 
 class _Structured(_Sampling):
-    response_format: ResponseFormat | None = Field(
+    response_format: Optional[ResponseFormat] = Field(  # noqa: UP045
         None, description="structured output: a JSON object, or JSON of a given schema"
     )
 
@@ -166,12 +172,32 @@ class ToolCall(_Lenient):
     function: FunctionCall
 
 
-class Message(_Lenient):
-    role: Literal["system", "user", "assistant", "developer", "tool"]
-    # the text parts are read; images and audio are not served. None: an assistant turn that only calls tools
-    content: Union[str, list[TextPart], None] = None  # noqa: UP007
-    tool_calls: list[ToolCall] | None = Field(None, description="an assistant's calls")
-    tool_call_id: str | None = Field(None, description="the call a tool message answers")
+Content = Union[str, list[TextPart]]  # noqa: UP007 (the text parts are read; images and audio are not served)
+
+
+class SystemMessage(_Lenient):
+    role: Literal["system", "developer"]
+    content: Content
+
+
+class UserMessage(_Lenient):
+    role: Literal["user"]
+    content: Content
+
+
+class AssistantMessage(_Lenient):
+    role: Literal["assistant"]
+    content: Optional[Content] = None  # noqa: UP045 (None: a turn that only calls tools)
+    tool_calls: list[ToolCall] | None = Field(None, description="the calls this turn made")
+
+
+class ToolMessage(_Lenient):
+    role: Literal["tool"]
+    content: Content = Field(description="what the tool returned")
+    tool_call_id: str | None = Field(None, description="the call this answers")
+
+
+Message = Annotated[Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage], Field(discriminator="role")]  # noqa: UP007
 
 
 class FunctionTool(_Lenient):

@@ -39,6 +39,7 @@ from .openai_schemas import (
     OpenAIModelList,
     openai_error_responses,
     parse,
+    response_constraint,
 )
 from .protocol import ProtocolError, dumps, loads
 from .schemas import request_body_doc
@@ -385,7 +386,7 @@ def _grammar(served: ServedLanguageModel, req: CompletionRequest | ChatRequest, 
     """The grammar a request's answer is held to (None: free text): JSON for ``response_format``;
     with ``tools``, a call under the tool's schema, as ``tool_choice`` allows. 400 when a schema
     uses what the decoder cannot enforce (never a silent unconstrained answer)."""
-    constrained, schema = req.response_format.schema_or_none() if req.response_format else (False, None)
+    constrained, schema = response_constraint(req.response_format)
     named = getattr(req, "tool_choice", None)
     choice: str | dict | None = named.model_dump() if isinstance(named, BaseModel) else named
     if not tools and choice not in (None, "none", "auto"):
