@@ -30,6 +30,8 @@ def chat_prompt(messages: Sequence[dict]) -> str:
         role, content = message.get("role"), message.get("content")
         if role not in roles:
             raise ValueError(f"messages[{i}].role must be one of {', '.join(roles)}, got {role!r}")
+        if content is None and role == "assistant":  # a turn that only called tools (the calls are not shown)
+            content = ""
         if isinstance(content, list):  # OpenAI's content parts: the text ones are read
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
         if not isinstance(content, str):
