@@ -154,7 +154,7 @@ def main() -> int:
             train_language_model(recipe=LMRecipe(epochs=args.epochs), out=model_dir, device="cpu")
         floor = engine_floor(model_dir, args.max_tokens)
         print(f"engine alone (no HTTP): {floor[1]:,.0f} tokens/s one sequence, {floor[16]:,.0f} with 16", flush=True)
-        steps = constrained_step_cost(model_dir, args.max_tokens, max(args.rounds, 3))
+        steps = constrained_step_cost(model_dir, args.max_tokens, max(args.rounds, 9))
         serve = [sys.executable, "-m", "maaskit", "serve", str(model_dir), "--port", "{port}", "--device", "cpu"]
         commands = {"batching on": serve, "batching off": [*serve, "--max-sequences", "1"]}
         if args.baseline is not None:

@@ -19,6 +19,7 @@ answer with runaway spaces.
 from __future__ import annotations
 
 import json
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -33,6 +34,11 @@ ANY_OBJECT: dict = {"type": "object"}
 COMPACT = {"whitespace_flexible": False}
 CACHED_GRAMMARS = 64
 SERIAL_BELOW = 2  # this many rows or fewer: one after another (handing work to threads costs more)
+# Threads for the masks (a job beside the forward pass, llguidance's pool for many rows) only where
+# cores are left over. On 2 cores, one runs the forward pass and the other the server's event loop:
+# a constrained step at batch 16 cost 1.27x a free one with both, 1.05-1.17x with the masks done in
+# line (benchmarks/lm_serving.py)
+SPARE_CORES = (os.cpu_count() or 1) >= 4
 
 
 # row b: the 8 bits of the byte b, lowest first (bit i of each int32 of a mask is token 32 * word + i)
@@ -129,18 +135,19 @@ class Guide:
         return llt.allocate_token_bitmask(rows, self.vocab_size)
 
     def fill(self, matchers: Sequence[tuple[llguidance.LLMatcher, int]], masks: torch.Tensor) -> None:
-        """Write each matcher's allowed tokens into its row of ``masks`` (several in parallel, off the GIL)."""
-        if len(matchers) <= SERIAL_BELOW:
+        """Write each matcher's allowed tokens into its row of ``masks`` (off the GIL; with cores to
+        spare, several in parallel)."""
+        if SPARE_CORES and len(matchers) > SERIAL_BELOW:
+            llt.fill_next_token_bitmask_par(self.executor, list(matchers), masks)
+        else:
             for matcher, row in matchers:
                 llt.fill_next_token_bitmask(matcher, masks, row)
-        else:
-            llt.fill_next_token_bitmask_par(self.executor, list(matchers), masks)
 
     def advance(self, matchers: Sequence[tuple[llguidance.LLMatcher, int]]) -> list[bool]:
         """Each matcher takes its token (``(matcher, token)`` pairs); False where the grammar refused it."""
-        if len(matchers) <= SERIAL_BELOW:
-            return [matcher.consume_token(token) for matcher, token in matchers]
-        return llt.consume_token_par(self.executor, list(matchers))
+        if SPARE_CORES and len(matchers) > SERIAL_BELOW:
+            return llt.consume_token_par(self.executor, list(matchers))
+        return [matcher.consume_token(token) for matcher, token in matchers]
 
     @staticmethod
     def unpack(masks: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .constrain import SERIAL_BELOW, Guide
+from .constrain import SERIAL_BELOW, SPARE_CORES, Guide
 from .generation import check_sampling, sample_rows
 from .model import GPT, SlotCache
 
@@ -275,8 +275,8 @@ class Engine:
     def _step(self, joining: list[_Sequence], running: list[_Sequence]) -> list[TokenEvent]:
         """One forward pass for the running sequences, and a prefill for each joining one; returns
         an event per sequence, running ones first. Each slot's length is kept here, on the host.
-        The masks of constrained rows are computed meanwhile, on another core (they depend only on
-        the tokens chosen so far), so a constrained step costs little more than a free one."""
+        The masks of constrained rows depend only on the tokens chosen so far, so where cores are
+        spare they are computed meanwhile, on another one."""
         step = [*running, *joining]
         constrained = [(s, i) for i, s in enumerate(step) if s.matcher is not None]
         allowed = self._masks(constrained, len(step)) if constrained else None
@@ -311,8 +311,8 @@ class Engine:
     def _masks(self, constrained: list[tuple[_Sequence, int]], rows: int) -> Future:
         """Which tokens each row may take (all, for the free ones), as booleans: each constrained
         sequence's matcher first takes the token chosen last step, then gives its mask. Done in a
-        thread of its own while the forward pass runs, or here for a row or two (a hand-off to a
-        thread costs more than their work)."""
+        thread of its own while the forward pass runs where cores are spare, here otherwise (and for
+        a row or two, whose work costs less than a hand-off)."""
         assert self.guide is not None
         guide = self.guide
 
@@ -328,7 +328,7 @@ class Engine:
             guide.fill([(s.matcher, i) for s, i in constrained], masks)
             return guide.unpack(masks, self.model.vocab_size)
 
-        if len(constrained) <= SERIAL_BELOW:
+        if not SPARE_CORES or len(constrained) <= SERIAL_BELOW:
             done: Future = Future()
             done.set_result(work())
             return done
