@@ -34,6 +34,7 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 # in their own virtual environments), train a language model, or put thousands of requests through a
 # server: `make test` runs them, `make test-fast` (the edit-test loop, under a minute) leaves them out.
 SLOW_MODULES = {
+    "test_assistant.py",
     "test_browser.py",
     "test_distributed.py",
     "test_lab.py",
