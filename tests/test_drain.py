@@ -221,8 +221,11 @@ def test_a_signal_to_maaskit_serve_drains_every_request_and_stream_in_flight(sig
             assert s.first.wait(60) and s.error is None
         wait_for(lambda: all(len(s.events) > 1 for s in streams), "every stream's first token")
         wait_for(lambda: all(c.outcomes for c in callers), "every caller's first answer")
-        at_signal = [len(s.events) for s in streams]
-        assert not any(s.events[-1:] == ["[DONE]"] for s in streams), "a stream ended before the signal"
+        # an untrained model may write its end-of-text token early (about 1 in 280 a token): the streams
+        # still running when the signal comes are the ones it must not cut
+        running = [s for s in streams if s.events[-1:] != ["[DONE]"]]
+        at_signal = [len(s.events) for s in running]
+        assert len(running) >= 4, "most streams ended before the signal"
         process.send_signal(sig)
         assert process.wait(120) == 0, "".join(lines)
     finally:
@@ -233,8 +236,9 @@ def test_a_signal_to_maaskit_serve_drains_every_request_and_stream_in_flight(sig
     for s in streams:
         s.first.wait(60)
     wait_for(lambda: all(s.error is not None or s.events[-1:] == ["[DONE]"] for s in streams), "the streams' ends")
-    assert all(s.ended_whole() for s in streams), [s.events[-3:] for s in streams]
-    assert all(len(s.events) > n for s, n in zip(streams, at_signal))  # each ran on after the signal
+    cut = [(i, repr(s.error), s.events[-3:]) for i, s in enumerate(streams) if not s.ended_whole()]
+    assert not cut, cut
+    assert all(len(s.events) > n for s, n in zip(running, at_signal))  # each ran on after the signal
     assert all(s.finish_reasons[-1] in ("length", "stop") for s in streams)  # finished: 60 s was time enough
     for c in callers:
         c.stop.set()
