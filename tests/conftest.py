@@ -37,6 +37,8 @@ SLOW_MODULES = {
     "test_assistant.py",
     "test_browser.py",
     "test_distributed.py",
+    "test_drain.py",
+    "test_faults.py",
     "test_lab.py",
     "test_lm_service.py",
     "test_peers.py",
