@@ -286,7 +286,10 @@ class OpenAIEndpoints:
             description=(
                 "Answer a conversation. The messages become the prompt through the chat template: each as "
                 f"`{CHAT_TEMPLATE.strip()}` on its own line, then `assistant:`. Unless `stop` says otherwise, the "
-                "answer ends where the model starts another turn (`\\nuser:` or `\\nsystem:`), or at max_tokens."
+                "answer ends where the model starts another turn (`\\nuser:` or `\\nsystem:`), or at max_tokens. "
+                "A model fine-tuned with `maaskit lm finetune` reads the messages in its own chat tokens "
+                "(`<|user|>...<|end|>`), ends its turn with `<|end|>`, and takes `tools` and `tool_choice`. "
+                "`response_format` (json_object, json_schema) is enforced by constrained decoding on every model."
             ),
         )  # fmt: skip
         return api
