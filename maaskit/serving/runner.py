@@ -94,6 +94,10 @@ class RunningServer:
 
 
 _SHUTDOWN_SECONDS = 3  # uvicorn's own wait for connections after a drain (the drain already waited for them)
+# How long an idle keep-alive connection stays open. uvicorn's default, 5 s, lost a request in a
+# clean-clone CI run: under load the close timer fired as the client sent on the connection
+# (httpx.ReadError). Longer than a load balancer's usual idle timeout (60 s), as proxies advise.
+_KEEP_ALIVE_SECONDS = 65
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -192,7 +196,11 @@ def serve_config(
     sock = _bind(config.host, config.port)
     server = uvicorn.Server(
         uvicorn.Config(
-            app, log_level=config.log_level, access_log=config.access_log, timeout_graceful_shutdown=_SHUTDOWN_SECONDS
+            app,
+            log_level=config.log_level,
+            access_log=config.access_log,
+            timeout_graceful_shutdown=_SHUTDOWN_SECONDS,
+            timeout_keep_alive=_KEEP_ALIVE_SECONDS,
         )
     )
 
@@ -272,6 +280,7 @@ def serve_workers(sources: list[str], config: ServeConfig, *, on_ready: Callable
         log_level=config.log_level,
         access_log=config.access_log,
         timeout_graceful_shutdown=_SHUTDOWN_SECONDS,
+        timeout_keep_alive=_KEEP_ALIVE_SECONDS,
     )
     if on_ready is not None:
         on_ready(_url(sock))
