@@ -4,7 +4,9 @@ text as training data (:mod:`.data`), generation with a KV cache (:mod:`.generat
 ``fit`` (:mod:`.training`), artifacts with their tokenizer (:mod:`.artifact`) and continuous batching
 for a server (:mod:`.engine`). From text predictor to assistant: the chat format (:mod:`.chat`),
 supervised fine-tuning (:mod:`.sft`) on a checkable task (:mod:`.tasks`), constrained decoding
-(:mod:`.constrain`) and an evaluation harness that calls the API (:mod:`.harness`).
+(:mod:`.constrain`) and an evaluation harness that calls the API (:mod:`.harness`). Open models: the
+Llama family written from scratch (:mod:`.llama`), Hugging Face folders loaded from disk (:mod:`.hf`)
+and their Jinja chat templates (:mod:`.template`).
 
 Every name is imported on first use, so ``maaskit.lm.config`` (pure data, what the CLI's help reads)
 needs no PyTorch.
@@ -26,9 +28,12 @@ if TYPE_CHECKING:  # the public names: for type checkers and editors, and read b
     from .engine import Engine
     from .generation import Generation, generate
     from .harness import EvalReport, evaluate
+    from .hf import HFModel, load_hf
+    from .llama import Llama, LlamaConfig
     from .model import GPT, KVCache, SlotCache
     from .sft import ChatDataset, finetune
     from .tasks import get_task
+    from .template import ChatTemplate
     from .tokenizer import ENDOFTEXT, load_tokenizer, train_tokenizer
     from .training import SampleText, sample_text, train_language_model
 

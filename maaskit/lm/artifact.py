@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 
 from ..artifact import FORMAT, ArtifactError, load_artifact, made_with, replacing, sha256_of, write_artifact
 from .chat import CHAT_TOKENS, ChatFormat
-from .model import GPT
+from .model import GPT, CausalLM
 from .tokenizer import ENDOFTEXT
 
 __all__ = ["TASK", "TOKENIZER", "language_model_manifest", "load_language_model", "save_language_model"]
@@ -66,12 +66,18 @@ def save_language_model(
     return Path(directory)
 
 
-def load_language_model(directory: str | Path, *, device: str = "cpu") -> tuple[GPT, Tokenizer, dict]:
-    """``(model, tokenizer, manifest)`` from a directory ``save_language_model`` wrote (hashes checked)."""
+def load_language_model(directory: str | Path, *, device: str = "cpu") -> tuple[CausalLM, Tokenizer, dict]:
+    """``(model, tokenizer, manifest)`` from a directory ``save_language_model`` wrote (hashes checked),
+    or from a Hugging Face model folder (see :mod:`maaskit.lm.hf`)."""
+    from .hf import is_huggingface_folder, load_hf
+
+    if is_huggingface_folder(directory):
+        hf = load_hf(directory, device=device)
+        return hf.model, hf.tokenizer, hf.manifest
     model, manifest = load_artifact(directory, device=device)
     if manifest.get("task") != TASK:
         raise ArtifactError(
             f"{directory} holds a {manifest.get('task', 'image classification')} model, not a language model"
         )
-    assert isinstance(model, GPT)
+    assert isinstance(model, CausalLM)
     return model, Tokenizer.from_file(str(Path(directory) / TOKENIZER)), manifest

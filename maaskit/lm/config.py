@@ -72,3 +72,4 @@ class SFTRecipe:
     batch_size: int = 32
     lr: float = 3e-3
     scheduler: str | None = "cosine"
+    weight_decay: float | None = None  # None: AdamW's 0.01, as in pre-training

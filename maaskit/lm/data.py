@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 import torch
 from tokenizers import Tokenizer
@@ -18,7 +19,9 @@ from ..scoring import Accuracy, Metric, Perplexity
 from .corpus import load_corpus
 from .tokenizer import ENDOFTEXT, train_tokenizer
 
-__all__ = ["TextDataset", "TokenLoader"]
+__all__ = ["SplitLoaders", "TextDataset", "TokenLoader"]
+
+L = TypeVar("L")
 
 
 class TokenLoader:
@@ -71,8 +74,47 @@ class TokenLoader:
             yield windows[:, :-1], windows[:, 1:]
 
 
+class SplitLoaders(Generic[L]):
+    """What ``fit`` asks of token data, shared by :class:`TextDataset` and ``ChatDataset``: a
+    ``loader`` of the "train" or "val" split (``self.train``, ``self.val``), built by ``_loader``."""
+
+    train: Any
+    val: Any
+
+    def _loader(self, data: Any, **options: Any) -> L:
+        raise NotImplementedError
+
+    def loader(
+        self,
+        split: str = "train",
+        *,
+        batch_size: int = 32,
+        shuffle: bool | None = None,
+        augment: bool = False,
+        device: str | torch.device = "auto",
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> L:
+        """Batches of ``split`` ("train" or "val"), shuffled for training; what ``fit`` asks for."""
+        kind = type(self).__name__
+        if split not in ("train", "val"):
+            raise ValueError(f"unknown split {split!r}; a {kind} has train and val")
+        if augment:
+            raise ValueError(f"augment is for images; a {kind} has no augmentation")
+        return self._loader(
+            self.train if split == "train" else self.val,
+            batch_size=batch_size,
+            shuffle=(split == "train") if shuffle is None else shuffle,
+            device=pick_device(device),
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+        )
+
+
 @dataclass(frozen=True)
-class TextDataset:
+class TextDataset(SplitLoaders[TokenLoader]):
     """A tokenized corpus: ``train`` and ``val`` token ids (int64), the ``tokenizer`` that made them
     and the ``context`` (window length) the model trains on."""
 
@@ -139,34 +181,8 @@ class TextDataset:
     def show(self, prompt: str, ids: list[int]) -> str:
         return prompt + self.tokenizer.decode(ids)
 
-    def loader(
-        self,
-        split: str = "train",
-        *,
-        batch_size: int = 32,
-        shuffle: bool | None = None,
-        augment: bool = False,
-        device: str | torch.device = "auto",
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> TokenLoader:
-        """Batches of windows from ``split`` ("train" or "val"); what ``fit`` asks for."""
-        if split not in ("train", "val"):
-            raise ValueError(f"unknown split {split!r}; a TextDataset has train and val")
-        if augment:
-            raise ValueError("augment is for images; a TextDataset has no augmentation")
-        tokens = self.train if split == "train" else self.val
-        return TokenLoader(
-            tokens,
-            self.context,
-            batch_size=batch_size,
-            shuffle=(split == "train") if shuffle is None else shuffle,
-            device=device,
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-        )
+    def _loader(self, data: torch.Tensor, **options: Any) -> TokenLoader:
+        return TokenLoader(data, self.context, **options)
 
     def __repr__(self) -> str:
         return (

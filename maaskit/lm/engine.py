@@ -27,7 +27,7 @@ import torch
 
 from .constrain import SERIAL_BELOW, SPARE_CORES, Guide
 from .generation import check_sampling, sample_rows
-from .model import GPT, SlotCache
+from .model import CausalLM, SlotCache
 
 __all__ = ["ContextTooLong", "Engine", "Interrupted", "SamplingParams", "TokenEvent"]
 
@@ -93,7 +93,7 @@ class Engine:
     whose readers left)`` (for metrics). ``guide`` (a :class:`~maaskit.lm.constrain.Guide` for the
     model's tokenizer) lets sequences be constrained to a grammar, each row with its own mask."""
 
-    def __init__(self, model: GPT, *, max_sequences: int = 16, thread_setup: Callable[[], None] | None = None,
+    def __init__(self, model: CausalLM, *, max_sequences: int = 16, thread_setup: Callable[[], None] | None = None,
                  guide: Guide | None = None):  # fmt: skip
         if max_sequences < 1:
             raise ValueError(f"max_sequences must be at least 1, got {max_sequences}")

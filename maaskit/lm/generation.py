@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .model import GPT, KVCache
+from .model import CausalLM, KVCache
 
 __all__ = ["Generation", "check_sampling", "generate", "next_token", "sample_rows"]
 
@@ -82,7 +82,7 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, m
 
 @torch.inference_mode()
 def generate(
-    model: GPT,
+    model: CausalLM,
     prompt: Sequence[int],
     *,
     max_tokens: int = 64,

@@ -15,14 +15,18 @@ asks nothing of the server's grammar support), to measure what a model does on i
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from .tasks import AssistantTask, Example, get_task
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 __all__ = ["EvalReport", "evaluate", "wilson"]
 
@@ -264,45 +268,29 @@ async def evaluate_async(
     return EvalReport(model, url, constrained, list(graded), time.perf_counter() - start)
 
 
-def evaluate(
-    base_url: str,
-    api_key: str,
-    model: str,
-    task: str | AssistantTask = "assistant",
-    *,
-    n: int = 300,
-    concurrency: int = 8,
-    constrained: bool = True,
-    seed: int = 0,
-    max_tokens: int = 96,
-    kinds: Sequence[str] | None = None,
-    progress: bool = False,
-) -> EvalReport:
-    """Run ``n`` held-out requests of ``task`` against ``model`` at ``base_url`` (``.../v1``), with
+def _blocking(run: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """``run``, blocking: from a running event loop (a notebook cell) in a thread of its own."""
+
+    @functools.wraps(run)  # help() and inspect show run's keywords
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(run(*args, **kwargs))
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:  # Jupyter's loop is running: a loop of our own, in a thread
+            return pool.submit(asyncio.run, run(*args, **kwargs)).result()
+
+    return call
+
+
+evaluate = _blocking(evaluate_async)
+evaluate.__name__ = evaluate.__qualname__ = "evaluate"
+evaluate.__doc__ = """Run ``n`` held-out requests of ``task`` against ``model`` at ``base_url`` (``.../v1``), with
     ``concurrency`` in flight, and grade them (see the module's docstring); ``kinds`` keeps only the
     requests of those kinds among the ``n``. Blocks; from a running event loop (a notebook cell) it
     runs in a thread of its own."""
-    call = evaluate_async(
-        base_url,
-        api_key,
-        model,
-        task,
-        n=n,
-        concurrency=concurrency,
-        constrained=constrained,
-        seed=seed,
-        max_tokens=max_tokens,
-        kinds=kinds,
-        progress=progress,
-    )
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(call)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1) as pool:  # Jupyter's loop is running: a loop of our own, in a thread
-        return pool.submit(asyncio.run, call).result()
 
 
 def _progress(total: int) -> Any:

@@ -22,7 +22,20 @@ from torch import nn
 from ..models import register_model
 from .config import GPTConfig
 
-__all__ = ["GPT", "DecodeStep", "KVCache", "SlotCache"]
+__all__ = ["GPT", "CausalLM", "DecodeStep", "KVCache", "SlotCache"]
+
+
+class CausalLM(nn.Module):
+    """What the engine, the samplers and the server ask of a language model (the GPT here, the Llama
+    family in :mod:`maaskit.lm.llama`): ``forward(tokens, cache)`` giving next-token logits, its
+    ``context`` and ``vocab_size``, and the shape of its key/value cache."""
+
+    context: int
+    vocab_size: int
+
+    def cache_shape(self) -> tuple[int, int, int]:
+        """(layers, key/value heads, head width): what a :class:`KVCache` holds per position."""
+        raise NotImplementedError
 
 
 @dataclass
@@ -37,12 +50,13 @@ class KVCache:
     length: int = 0
 
     @classmethod
-    def empty(cls, model: GPT, batch: int = 1) -> KVCache:
-        p, c = next(model.parameters()), model.config
-        shape = (batch, c.heads, c.context, c.head_width)
+    def empty(cls, model: CausalLM, batch: int = 1) -> KVCache:
+        p = next(model.parameters())
+        layers, heads, width = model.cache_shape()
+        shape = (batch, heads, model.context, width)
         return cls(
-            [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in model.blocks],
-            [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in model.blocks],
+            [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(layers)],
+            [torch.zeros(shape, device=p.device, dtype=p.dtype) for _ in range(layers)],
         )
 
     def advance(self, tokens: int) -> None:
@@ -62,7 +76,7 @@ class SlotCache:
     values: list[torch.Tensor]
 
     @classmethod
-    def empty(cls, model: GPT, slots: int) -> SlotCache:
+    def empty(cls, model: CausalLM, slots: int) -> SlotCache:
         kv = KVCache.empty(model, slots)
         return cls(kv.keys, kv.values)
 
@@ -139,7 +153,7 @@ class _Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class GPT(nn.Module):
+class GPT(CausalLM):
     """``GPT(GPTConfig(vocab_size=512, context=128, ...))``: logits for the next token at every position.
 
     The config is kept as ``model.config`` and, for artifacts, as ``model.maaskit_config``."""
@@ -162,6 +176,9 @@ class GPT(nn.Module):
     # the sizes other code reads most, named as before
     vocab_size = property(lambda self: self.config.vocab_size)
     context = property(lambda self: self.config.context)
+
+    def cache_shape(self) -> tuple[int, int, int]:
+        return self.config.layers, self.config.heads, self.config.head_width
 
     @staticmethod
     def _init(module: nn.Module) -> None:

@@ -19,16 +19,17 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import torch
 from tokenizers import Tokenizer
 
-from ..device import pick_device, seed_everything
+from ..device import seed_everything
 from ..scoring import IGNORE, Accuracy, Metric, Perplexity
-from ..train import Callback, History, fit
+from ..train import Callback, History
 from .chat import ChatFormat, add_chat_tokens
 from .config import LMRecipe, SFTRecipe
+from .data import SplitLoaders
 from .model import GPT
 from .tasks import AssistantTask, Example, get_task
 from .tokenizer import ENDOFTEXT
@@ -88,7 +89,7 @@ class ChatLoader:
 
 
 @dataclass(frozen=True)
-class ChatDataset:
+class ChatDataset(SplitLoaders[ChatLoader]):
     """Conversations as training data for ``fit``: ``train`` and ``val`` rows of token ids (N x
     context) and their labels (IGNORE where the token is not the assistant's)."""
 
@@ -169,34 +170,8 @@ class ChatDataset:
     def show(self, prompt: str, ids: list[int]) -> str:
         return f"user: {prompt}\nassistant: {self.tokenizer.decode(ids, skip_special_tokens=False)}"
 
-    def loader(
-        self,
-        split: str = "train",
-        *,
-        batch_size: int = 32,
-        shuffle: bool | None = None,
-        augment: bool = False,
-        device: str | torch.device = "auto",
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> ChatLoader:
-        """Batches of rows from ``split`` ("train" or "val"); what ``fit`` asks for."""
-        if split not in ("train", "val"):
-            raise ValueError(f"unknown split {split!r}; a ChatDataset has train and val")
-        if augment:
-            raise ValueError("augment is for images; a ChatDataset has no augmentation")
-        x, y = self.train if split == "train" else self.val
-        return ChatLoader(
-            x,
-            y,
-            batch_size=batch_size,
-            shuffle=(split == "train") if shuffle is None else shuffle,
-            device=pick_device(device),
-            seed=seed,
-            rank=rank,
-            world_size=world_size,
-        )
+    def _loader(self, data: tuple[torch.Tensor, torch.Tensor], **options: Any) -> ChatLoader:
+        return ChatLoader(*data, **options)
 
     def __repr__(self) -> str:
         rows, context = self.train[0].shape
@@ -231,7 +206,7 @@ def finetune(
     pair, or None: a fresh model of the default shape, with a tokenizer trained on the default
     corpus) on ``task``'s training conversations; with ``out``, save the assistant there."""
     from .artifact import load_language_model, save_language_model
-    from .training import with_sampler
+    from .training import fit_with_samples, run_metrics
 
     r = recipe or SFTRecipe()
     the_task = get_task(task) if isinstance(task, str) else task
@@ -245,31 +220,18 @@ def finetune(
     data = ChatDataset.from_conversations(
         [(e.conversation(), e.tools) for e in examples], tokenizer, context=model.context, seed=seed, name=the_task.name
     )
-    sampler, extra = with_sampler(callbacks, _sample_question(the_task), progress)
-    history = fit(
+    history, sampler = fit_with_samples(
         model,
         data,
-        optimizer="adamw",
-        lr=r.lr,
-        epochs=r.epochs,
-        batch_size=r.batch_size,
-        scheduler=r.scheduler,
+        recipe=r,
+        prompt=_sample_question(the_task),
+        progress=progress,
+        callbacks=callbacks,
         device=device,
         seed=seed,
-        grad_clip=1.0,
-        callbacks=[*callbacks, *extra],
     )
-    model.to("cpu")
     if out is not None:
-        last = history.last
-        metrics = {
-            "val_loss": last.get("val_loss"),
-            "val_acc": last.get("val_acc"),
-            "epochs": len(history),
-            "wall_time_s": last.get("wall_time"),
-            "finetuned_from": origin,
-            "task": the_task.name,
-        }
+        metrics = run_metrics(history, "val_loss", "val_acc", finetuned_from=origin, task=the_task.name)
         save_language_model(model, tokenizer, out, name=name, metrics=metrics)
     return FineTuned(model, tokenizer, data, history, sampler.samples)
 

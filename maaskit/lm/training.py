@@ -17,14 +17,22 @@ from tokenizers import Tokenizer
 
 from ..device import seed_everything
 from ..train import Callback, History, PrintProgress, Run, fit
-from .config import LMRecipe
+from .config import LMRecipe, SFTRecipe
 from .corpus import load_corpus
 from .data import TextDataset
 from .generation import generate
 from .model import GPT
 from .sft import ChatDataset
 
-__all__ = ["LMRecipe", "SampleText", "load_or_train_language_model", "sample_text", "train_language_model"]
+__all__ = [
+    "LMRecipe",
+    "SampleText",
+    "fit_with_samples",
+    "run_metrics",
+    "load_or_train_language_model",
+    "sample_text",
+    "train_language_model",
+]
 
 
 def sample_text(
@@ -84,7 +92,7 @@ class SampleText(Callback):
         self._sample(run)
 
 
-def with_sampler(
+def _with_sampler(
     callbacks: Sequence[Callback], prompt: str, progress: TextIO | None
 ) -> tuple[SampleText, list[Callback]]:
     """The :class:`SampleText` of ``callbacks`` (a dashboard brings its own: it shows the samples) or a
@@ -96,6 +104,49 @@ def with_sampler(
         sampler = SampleText(prompt, file=progress)
         extra.append(sampler)
     return sampler, extra
+
+
+def fit_with_samples(
+    model: GPT,
+    data: TextDataset | ChatDataset,
+    *,
+    recipe: LMRecipe | SFTRecipe,
+    prompt: str,
+    progress: TextIO | None,
+    callbacks: Sequence[Callback],
+    device: str,
+    seed: int,
+) -> tuple[History, SampleText]:
+    """``fit`` a language model as ``recipe`` says, with AdamW and gradient clipping (both pre-training
+    and fine-tuning), sampling text after ``prompt`` as it learns; the model ends on the CPU."""
+    sampler, extra = _with_sampler(callbacks, prompt, progress)
+    history = fit(
+        model,
+        data,
+        optimizer="adamw",
+        grad_clip=1.0,
+        weight_decay=recipe.weight_decay,
+        lr=recipe.lr,
+        epochs=recipe.epochs,
+        batch_size=recipe.batch_size,
+        scheduler=recipe.scheduler,
+        device=device,
+        seed=seed,
+        callbacks=[*callbacks, *extra],
+    )
+    model.to("cpu")
+    return history, sampler
+
+
+def run_metrics(history: History, *names: str, **extra: object) -> dict[str, object]:
+    """What an artifact's manifest records of a run: the last epoch's ``names``, epochs and time."""
+    last = history.last
+    return {
+        **{name: last.get(name) for name in names},
+        "epochs": len(history),
+        "wall_time_s": last.get("wall_time"),
+        **extra,
+    }
 
 
 @dataclass
@@ -129,33 +180,13 @@ def train_language_model(
         data = TextDataset("python-docs", data.tokenizer, data.train, data.val, data.context)
     seed_everything(seed)
     model = GPT(r.model.but(vocab_size=data.vocab_size))  # the tokenizer may have learned fewer merges
-    sampler, extra = with_sampler(callbacks, "The ", progress)
-    history = fit(
-        model,
-        data,
-        optimizer="adamw",
-        weight_decay=r.weight_decay,
-        lr=r.lr,
-        epochs=r.epochs,
-        batch_size=r.batch_size,
-        scheduler=r.scheduler,
-        device=device,
-        seed=seed,
-        grad_clip=1.0,
-        callbacks=[*callbacks, *extra],
+    history, sampler = fit_with_samples(
+        model, data, recipe=r, prompt="The ", progress=progress, callbacks=callbacks, device=device, seed=seed
     )
-    model.to("cpu")
     if out is not None:
         from .artifact import save_language_model
 
-        last = history.last
-        metrics = {
-            "val_loss": last.get("val_loss"),
-            "val_perplexity": last.get("val_perplexity"),
-            "epochs": len(history),
-            "wall_time_s": last.get("wall_time"),
-            "recipe": asdict(r),
-        }
+        metrics = run_metrics(history, "val_loss", "val_perplexity", recipe=asdict(r))
         save_language_model(model, data.tokenizer, out, name=name, metrics=metrics)
     return TrainedLanguageModel(model, data, history, sampler.samples)
 
@@ -172,4 +203,6 @@ def load_or_train_language_model(
         if verbose:
             print(f"{path} not found: training notebook 07's GPT (about a minute on a 2-core CPU)", flush=True)
         train_language_model(recipe=recipe, seed=seed, device=device, out=path)
-    return load_language_model(path)
+    model, tokenizer, manifest = load_language_model(path)
+    assert isinstance(model, GPT), "load_or_train_language_model's folders hold maaskit GPTs"
+    return model, tokenizer, manifest

@@ -153,16 +153,20 @@ class ServedLanguageModel:
         from ..lm.chat import ChatFormat
         from ..lm.constrain import Guide
         from ..lm.engine import Engine
-        from ..lm.model import GPT
+        from ..lm.model import CausalLM
+        from ..lm.template import ChatTemplate
 
-        if not isinstance(model, GPT):
-            raise TypeError(f"a language model is a maaskit.lm.GPT, got {type(model).__name__}")
+        if not isinstance(model, CausalLM):
+            raise TypeError(f"a language model is a maaskit.lm GPT or Llama, got {type(model).__name__}")
         self.name, self.tokenizer, self.manifest = name, tokenizer, manifest
         self.created = int(time.time())
         self.end_of_text: int = manifest["tokenizer"]["end_of_text"]
         # a fine-tuned model has the chat tokens: its turns end with <|end|> and it can call tools
         self.chat = ChatFormat(tokenizer) if ChatFormat.supports(tokenizer) else None
-        self.stop_tokens: tuple[int, ...] = (
+        # a Hugging Face model: its own Jinja template, and the stop tokens its generation config lists
+        template = manifest.get("chat_template")
+        self.template = ChatTemplate(template["source"], template["special_tokens"]) if template else None
+        self.stop_tokens: tuple[int, ...] = tuple(manifest["tokenizer"].get("stop_tokens") or ()) or (
             (self.end_of_text,) if self.chat is None else (self.end_of_text, self.chat.end)
         )
         guide = Guide(tokenizer, model.vocab_size, self.stop_tokens[-1])

@@ -320,10 +320,14 @@ class OpenAIEndpoints:
                 offered = tools if req.tool_choice != "none" else []
                 prompt = served.chat.encode(messages, offered).ids
                 stop = req.stop_sequences()
+            elif tools:
+                raise OpenAIError(400, f"{served.name} cannot call tools here: tool calls are read from the chat "
+                                  "format of models fine-tuned with maaskit lm finetune", param="tools")  # fmt: skip
+            elif served.template is not None:  # a Hugging Face model: the text its template renders
+                text = served.template.render(messages, add_generation_prompt=True)
+                prompt = served.tokenizer.encode(text, add_special_tokens=False).ids  # the template has them
+                stop = req.stop_sequences()
             else:
-                if tools:
-                    raise OpenAIError(400, f"{served.name} has no chat format, so it cannot call tools: fine-tune "
-                                      "it first (maaskit lm finetune)", param="tools")  # fmt: skip
                 prompt = served.tokenizer.encode(chat_prompt(messages)).ids
                 # the answer ends where the model would begin the next turn, unless the client says otherwise
                 stop = req.stop_sequences() or list(TURN_ENDS)

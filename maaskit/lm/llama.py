@@ -1,0 +1,260 @@
+"""The Llama family (Llama 2/3, SmolLM2, Qwen2, Qwen3), written from scratch beside the GPT.
+
+Four changes to notebook 07's GPT block, each a few lines here:
+
+- **RoPE** instead of learned positions: each query and key is rotated by an angle proportional
+  to its position, so their dot product depends on the positions' difference only.
+- **RMSNorm** instead of LayerNorm: scale by the root mean square, no mean, no bias.
+- **SwiGLU** instead of a GELU MLP: ``down(silu(gate(x)) * up(x))``.
+- **Grouped-query attention**: fewer key/value heads than query heads, each shared by a group of
+  queries; the KV cache shrinks by that factor.
+
+Qwen2 adds a bias to the query, key and value projections, Qwen3 an RMSNorm on each head's queries
+and keys. Module names follow Hugging Face's, so a checkpoint loads by name (see
+:mod:`maaskit.lm.hf`); the cache interface is the GPT's, so the same engine serves both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import register_model
+from .model import CausalLM, DecodeStep, KVCache
+
+__all__ = ["Llama", "LlamaConfig"]
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """The shape of a Llama-family model, in Hugging Face's terms (``LlamaConfig.from_hf`` reads a
+    ``config.json``). ``context`` is how many positions the cache holds: at most the model's
+    ``max_position_embeddings``, often far fewer to keep the cache small."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    context: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # Llama 3's long-context "llama3" scaling
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # Qwen2: q, k and v projections have biases
+    qk_norm: bool = False  # Qwen3: an RMSNorm over each head's queries and keys
+    model_type: str = "llama"
+    extra: dict[str, Any] = field(default_factory=dict)  # what the loader kept (ids of special tokens)
+
+    ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+                     "MistralForCausalLM": "mistral"}  # fmt: skip
+
+    @classmethod
+    def from_hf(cls, config: dict[str, Any], *, context: int | None = None) -> LlamaConfig:
+        """From a Hugging Face ``config.json``'s contents; refuses architectures it does not know."""
+        archs = config.get("architectures") or [config.get("model_type", "?")]
+        types = set(cls.ARCHITECTURES.values())
+        known = [cls.ARCHITECTURES.get(a, a) for a in archs if a in cls.ARCHITECTURES or a in types]
+        if not known:
+            raise ValueError(
+                f"architecture {', '.join(archs)} is not one maaskit knows; "
+                f"it loads {', '.join(cls.ARCHITECTURES)}"
+            )
+        if config.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act {config['hidden_act']!r}: the Llama family uses silu")
+        if config.get("sliding_window") and config.get("use_sliding_window", known[0] == "mistral"):
+            raise ValueError("sliding-window attention is not supported")
+        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in ("default", "llama3"):
+            raise ValueError(f"RoPE type {rope_type!r} is not supported (default and llama3 are)")
+        heads = config["num_attention_heads"]
+        longest = config.get("max_position_embeddings", 2048)
+        return cls(
+            vocab_size=config["vocab_size"],
+            hidden_size=config["hidden_size"],
+            intermediate_size=config["intermediate_size"],
+            num_hidden_layers=config["num_hidden_layers"],
+            num_attention_heads=heads,
+            num_key_value_heads=config.get("num_key_value_heads") or heads,
+            head_dim=config.get("head_dim") or config["hidden_size"] // heads,
+            context=min(context or longest, longest),
+            rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+            rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
+            rope_scaling=dict(rope) if rope_type == "llama3" else None,
+            tie_word_embeddings=config.get("tie_word_embeddings", False),
+            attention_bias=config.get("attention_bias", known[0] == "qwen2"),
+            qk_norm=known[0] == "qwen3",
+            model_type=known[0],
+        )
+
+    def but(self, **changes: Any) -> LlamaConfig:
+        return replace(self, **changes)
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x²) + eps) * weight``, computed in float32 as Llama's reference does."""
+
+    def __init__(self, width: int, eps: float):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(width)), eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_frequencies(c: LlamaConfig) -> torch.Tensor:
+    """The rotation speed of each pair of dimensions (head_dim / 2 of them), slowest last."""
+    inv = 1.0 / c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.int64, device="cpu").float() / c.head_dim)
+    s = c.rope_scaling
+    if s is None:
+        return inv
+    # Llama 3.1+: long wavelengths slowed by `factor`, short ones kept, a smooth blend between
+    old, factor = s["original_max_position_embeddings"], s["factor"]
+    low, high = s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
+    wavelength = 2 * math.pi / inv
+    scaled = torch.where(wavelength > old / low, inv / factor, inv)
+    blend = (old / wavelength - low) / (high - low)
+    smoothed = (1 - blend) * scaled / factor + blend * scaled
+    middle = (wavelength >= old / high) & (wavelength <= old / low)
+    return torch.where(middle, smoothed, scaled)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE as Hugging Face lays it out: dimension i pairs with i + head_dim/2 (not its neighbour)."""
+    half = x.shape[-1] // 2
+    turned = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + turned * sin
+
+
+class _Attention(nn.Module):
+    def __init__(self, c: LlamaConfig):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=c.attention_bias)
+        self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
+        self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
+        self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=False)
+        if c.qk_norm:
+            self.q_norm, self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps), RMSNorm(c.head_dim, c.rms_norm_eps)
+
+    def forward(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | DecodeStep | None, layer: int
+    ) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
+        gqa = self.kv_heads != self.heads  # each key/value head serves heads / kv_heads query heads
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        elif isinstance(cache, DecodeStep):
+            keys, values = cache.attend(layer, k, v)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask, enable_gqa=gqa)
+        else:
+            start = cache.length
+            cache.keys[layer][:, :, start : start + t] = k
+            cache.values[layer][:, :, start : start + t] = v
+            keys, values = cache.keys[layer][:, :, : start + t], cache.values[layer][:, :, : start + t]
+            allowed = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, enable_gqa=gqa)
+        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
+
+class _MLP(nn.Module):
+    def __init__(self, c: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class _Layer(nn.Module):
+    def __init__(self, c: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.self_attn = _Attention(c)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.mlp = _MLP(c)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Any, layer: int) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class _Trunk(nn.Module):  # "model." in a checkpoint's names
+    def __init__(self, c: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.layers = nn.ModuleList(_Layer(c) for _ in range(c.num_hidden_layers))
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+
+class Llama(CausalLM):
+    """``Llama(LlamaConfig(...))``: next-token logits at every position; the GPT's cache interface."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        if not isinstance(config, LlamaConfig):
+            raise TypeError(f"a Llama is built from a maaskit.lm.LlamaConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.maaskit_config = {"name": "llama", "module": __name__, "config": asdict(c)}
+        self.model = _Trunk(c)
+        self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
+        if c.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        # cos and sin of every position's angles, computed once (not saved: a checkpoint lacks them);
+        # on the CPU even while the weights are built on "meta" (the loader streams those in)
+        angles = torch.outer(torch.arange(c.context, dtype=torch.float32, device="cpu"), rope_frequencies(c))
+        angles = torch.cat((angles, angles), dim=-1)
+        self.rope_cos: torch.Tensor
+        self.rope_sin: torch.Tensor
+        self.register_buffer("rope_cos", angles.cos(), persistent=False)
+        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+
+    vocab_size = property(lambda self: self.config.vocab_size)
+    context = property(lambda self: self.config.context)
+
+    def cache_shape(self) -> tuple[int, int, int]:
+        c = self.config
+        return c.num_hidden_layers, c.num_key_value_heads, c.head_dim
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache | DecodeStep | None = None) -> torch.Tensor:
+        """``tokens``: B x T ids (the new ones, with a cache); B x T x vocab logits."""
+        t = tokens.shape[1]
+        if isinstance(cache, DecodeStep):
+            where = cache.positions[:, None]  # B x 1: each row at its own position
+        else:
+            start = cache.length if cache is not None else 0
+            if start + t > self.context:
+                raise ValueError(f"{start + t} tokens do not fit the model's context of {self.context}")
+            where = torch.arange(start, start + t, device=tokens.device)[None, :]
+        x = self.model.embed_tokens(tokens)
+        cos, sin = (table[where][:, None].to(x.dtype) for table in (self.rope_cos, self.rope_sin))  # B x 1 x T x d
+        for layer, block in enumerate(self.model.layers):
+            x = block(x, cos, sin, cache, layer)
+        if isinstance(cache, KVCache):
+            cache.advance(t)
+        return self.lm_head(self.model.norm(x))
+
+
+def _rebuild(architecture: dict) -> Llama:
+    return Llama(LlamaConfig(**architecture["config"]))
+
+
+register_model("llama", _rebuild)

@@ -1,0 +1,246 @@
+"""Open models: the Llama family written in maaskit, proved equal to ``transformers`` on tiny random
+checkpoints (Llama with and without tied embeddings, Llama 3's RoPE scaling, Qwen2's biases,
+Qwen3's q/k norms, grouped-query attention with 2 key/value heads), loaded from disk the way the
+Hub lays them out, their chat templates rendered as ``apply_chat_template`` renders them, and
+served through the OpenAI API. Nothing is downloaded: every checkpoint is built here from a config.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from maaskit.artifact import ArtifactError, load_artifact  # noqa: E402
+from maaskit.lm.generation import generate  # noqa: E402
+from maaskit.lm.hf import load_hf  # noqa: E402
+from maaskit.lm.template import ChatTemplate, TemplateError  # noqa: E402
+from maaskit.lm.tokenizer import train_tokenizer  # noqa: E402
+
+# fp32 logits must agree to this absolute tolerance (the same operations in the same order: 0 observed)
+TOLERANCE = 1e-5
+VOCAB = 320
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)  # SmolLM2-Instruct's template
+LLAMA3 = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)  # Llama 3's layout, without its date line
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
+            "<|end_header_id|>", "<|eot_id|>"]  # fmt: skip
+
+SHAPE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
+FAMILY = {
+    "llama": lambda: transformers.LlamaConfig(**SHAPE, tie_word_embeddings=False),
+    "llama3-tied": lambda: transformers.LlamaConfig(
+        **SHAPE, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+    ),  # fmt: skip
+    "qwen2": lambda: transformers.Qwen2Config(**SHAPE, tie_word_embeddings=True),
+    "qwen3": lambda: transformers.Qwen3Config(**SHAPE, head_dim=32, tie_word_embeddings=False),
+}
+
+
+def _tokenizer():
+    tok = train_tokenizer("The quick brown fox jumps over the lazy dog. Hello, world! " * 40, vocab_size=VOCAB - 8)
+    tok.add_special_tokens(SPECIALS)
+    return tok
+
+
+def write_checkpoint(directory: Path, kind: str, *, template: str = CHATML, seed: int = 0):
+    """A random ``kind`` model saved as ``save_pretrained`` does, with a tokenizer and a chat template."""
+    torch.manual_seed(seed)
+    config = FAMILY[kind]()
+    tok = _tokenizer()
+    end = tok.token_to_id("<|im_end|>" if template is CHATML else "<|eot_id|>")
+    config.eos_token_id = config.bos_token_id = None
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model.generation_config.eos_token_id = end
+    model.save_pretrained(directory)
+    tok.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "chat_template": template, "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|im_end|>" if template is CHATML else "<|eot_id|>", "model_max_length": 256,
+    }))  # fmt: skip
+    return model
+
+
+@pytest.fixture(scope="module", params=list(FAMILY))
+def checkpoint(request, tmp_path_factory):
+    directory = tmp_path_factory.mktemp(request.param)
+    return request.param, directory, write_checkpoint(directory, request.param)
+
+
+def test_logits_equal_transformers(checkpoint):
+    kind, directory, reference = checkpoint
+    ours = load_hf(directory).model
+    tokens = torch.randint(0, VOCAB, (3, 57), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected, got = reference(tokens).logits, ours(tokens)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() <= TOLERANCE, kind
+
+
+def test_greedy_tokens_equal_transformers_with_and_without_the_cache(checkpoint):
+    kind, directory, reference = checkpoint
+    ours = load_hf(directory).model
+    prompt = [5, 17, 42, 99, 7, 250, 3]
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, eos_token_id=None,
+                                 min_new_tokens=24)  # fmt: skip
+    expected = out[0, len(prompt) :].tolist()
+    assert list(generate(ours, prompt, max_tokens=24, temperature=0)) == expected, kind
+    assert list(generate(ours, prompt, max_tokens=24, temperature=0, cache=False)) == expected, kind
+
+
+def test_a_continuous_batch_gives_each_prompt_its_own_greedy_tokens(tmp_path):
+    import asyncio
+
+    from maaskit.lm.engine import Engine, SamplingParams
+
+    write_checkpoint(tmp_path, "qwen3")
+    model = load_hf(tmp_path).model
+    prompts = [[1, 2, 3], [9] * 11, [40, 41], [7, 8, 9, 10, 11], [200]]
+    alone = [list(generate(model, p, max_tokens=10, temperature=0)) for p in prompts]
+
+    async def main():
+        engine = Engine(model, max_sequences=3)  # 5 prompts, 3 slots: two wait and join mid-run
+
+        async def one(prompt):
+            run = engine.generate(prompt, SamplingParams(max_tokens=10, temperature=0))
+            return [e.token async for e in run if e.token is not None]
+
+        try:
+            return await asyncio.gather(*(one(p) for p in prompts))
+        finally:
+            engine.close()
+
+    assert asyncio.run(main()) == alone
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hello!"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 2?"},
+     {"role": "assistant", "content": "4"}, {"role": "user", "content": "Und auf Deutsch? Ünïcödé ✓"}],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("template", [CHATML, LLAMA3], ids=["chatml", "llama3"])
+@pytest.mark.parametrize("generation_prompt", [True, False])
+def test_the_chat_template_renders_byte_for_byte_as_transformers(tmp_path, template, generation_prompt):
+    write_checkpoint(tmp_path, "llama", template=template)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    ours = load_hf(tmp_path)
+    assert ours.template is not None
+    for messages in CONVERSATIONS:
+        expected = theirs.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        assert ours.template.render(messages, add_generation_prompt=generation_prompt) == expected
+        ids = theirs.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+        text = ours.template.render(messages, add_generation_prompt=generation_prompt)
+        assert ours.tokenizer.encode(text, add_special_tokens=False).ids == list(ids)
+
+
+def test_a_template_refusing_a_conversation_says_why(tmp_path):
+    write_checkpoint(tmp_path, "llama", template=LLAMA3)
+    with pytest.raises(TemplateError, match="unknown role tool"):
+        load_hf(tmp_path).template.render([{"role": "tool", "content": "x"}])
+    with pytest.raises(TemplateError, match="does not compile"):
+        ChatTemplate("{% for %}")
+
+
+def test_the_stop_tokens_come_from_the_generation_config(tmp_path):
+    write_checkpoint(tmp_path, "qwen2")
+    loaded = load_hf(tmp_path)
+    assert loaded.stop_tokens == (loaded.tokenizer.token_to_id("<|im_end|>"),)
+
+
+def test_load_artifact_reads_a_hugging_face_folder_and_never_unpickles(tmp_path, monkeypatch):
+    write_checkpoint(tmp_path, "llama")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load (pickle) was called")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    model, manifest = load_artifact(tmp_path)
+    assert manifest["task"] == "text-generation" and manifest["architecture"]["name"] == "llama"
+    assert not any(p.device.type == "meta" for p in model.parameters())
+    assert not any(b.device.type == "meta" for b in model.buffers())
+
+
+def test_bf16_loads_in_bf16(tmp_path):
+    reference = write_checkpoint(tmp_path, "llama")
+    model = load_hf(tmp_path, dtype="bfloat16").model
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    tokens = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        close = (model(tokens).float() - reference(tokens).logits).abs().max().item()
+    assert close < 0.1  # bf16 keeps 8 bits of mantissa: near, not equal
+
+
+def test_unknown_architectures_and_pickled_weights_are_refused_clearly(tmp_path):
+    gpt2 = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64)
+    transformers.AutoModelForCausalLM.from_config(gpt2).save_pretrained(tmp_path / "gpt2")
+    with pytest.raises(ArtifactError, match="GPT2LMHeadModel is not one maaskit knows; it loads LlamaForCausalLM"):
+        load_hf(tmp_path / "gpt2")
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text(json.dumps(FAMILY["llama"]().to_dict()))  # model_type "llama"
+    torch.save({}, pickled / "pytorch_model.bin")
+    with pytest.raises(ArtifactError, match="only pickled weights"):
+        load_hf(pickled)
+
+
+def test_a_damaged_blob_in_the_hub_cache_is_refused(tmp_path):
+    """The Hub cache keeps each file as ``snapshots/<rev>/name -> ../../blobs/<sha256>``."""
+    source = tmp_path / "source"
+    write_checkpoint(source, "llama")
+    blobs, snapshot = tmp_path / "cache" / "blobs", tmp_path / "cache" / "snapshots" / "abc"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for f in source.iterdir():
+        import hashlib
+
+        data = f.read_bytes()
+        blob = blobs / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / f.name)
+    assert load_hf(snapshot).model is not None  # intact: loads
+    weights = (snapshot / "model.safetensors").resolve()
+    damaged = bytearray(weights.read_bytes())
+    damaged[-1] ^= 0xFF
+    weights.write_bytes(bytes(damaged))
+    with pytest.raises(ArtifactError, match="does not match its sha256"):
+        load_hf(snapshot)
+
+
+def test_served_through_the_openai_api_it_answers_as_transformers_generates(tmp_path):
+    openai = pytest.importorskip("openai")
+    import maaskit
+
+    folder = tmp_path / "tiny-qwen"
+    reference = write_checkpoint(folder, "qwen2")
+    theirs = transformers.AutoTokenizer.from_pretrained(folder)
+    messages = [{"role": "user", "content": "Hello, world!"}]
+    prompt = theirs.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)
+    expected = theirs.decode(out[0, len(prompt) :], skip_special_tokens=True)
+    with maaskit.serve(folder) as running:
+        client = openai.OpenAI(base_url=running.url + "/v1", api_key="none", max_retries=0)
+        assert [m.id for m in client.models.list()] == ["tiny-qwen"]
+        reply = client.chat.completions.create(model="tiny-qwen", messages=messages, max_tokens=16, temperature=0)
+    assert reply.choices[0].message.content == expected
+    assert reply.usage.prompt_tokens == len(prompt)
