@@ -271,7 +271,10 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
         formatter_class=helpful,
     )
     serve.add_argument(
-        "artifacts", nargs="*", metavar="DIR", help="directories written by maaskit train or maaskit lm train"
+        "artifacts",
+        nargs="*",
+        metavar="DIR",
+        help="directories written by maaskit train or maaskit lm train, or Hugging Face model folders (Llama family)",
     )
     serve.add_argument(
         "--model-repository",
@@ -312,6 +315,37 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
         type=int,
         default=defaults.max_sequences,
         help="a language model's sequences sharing each decode step (continuous batching; 1: one at a time)",
+    )
+    serve.add_argument(
+        "--dtype",
+        default=defaults.dtype,
+        choices=("auto", "float32", "bfloat16"),
+        help="a language model's weights and cache (auto: float32 on a CPU, the checkpoint's own on a GPU)",
+    )
+    serve.add_argument(
+        "--context",
+        type=int,
+        default=defaults.context,
+        help="positions a Hugging Face model's cache holds (at most the model's own limit)",
+    )
+    serve.add_argument(
+        "--kv-cache-gb",
+        type=float,
+        default=defaults.kv_cache_gb,
+        help="memory for the sequences' key/value caches; fewer slots than --max-sequences if it holds fewer "
+        "(more requests wait their turn); default: --max-sequences slots",
+    )
+    serve.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=defaults.prefill_chunk,
+        help="prompt tokens computed per step beside the running streams (a long prompt does not stall them)",
+    )
+    serve.add_argument(
+        "--prefix-cache-gb",
+        type=float,
+        default=defaults.prefix_cache_gb,
+        help="memory for the keys and values of shared prompt prefixes, reused across requests (0: off)",
     )
     serve.add_argument(
         "--drain-seconds",

@@ -66,13 +66,16 @@ def save_language_model(
     return Path(directory)
 
 
-def load_language_model(directory: str | Path, *, device: str = "cpu") -> tuple[CausalLM, Tokenizer, dict]:
+def load_language_model(
+    directory: str | Path, *, device: str = "cpu", context: int | None = 2048
+) -> tuple[CausalLM, Tokenizer, dict]:
     """``(model, tokenizer, manifest)`` from a directory ``save_language_model`` wrote (hashes checked),
-    or from a Hugging Face model folder (see :mod:`maaskit.lm.hf`)."""
+    or from a Hugging Face model folder (see :mod:`maaskit.lm.hf`; ``context``: the positions its
+    cache holds)."""
     from .hf import is_huggingface_folder, load_hf
 
     if is_huggingface_folder(directory):
-        hf = load_hf(directory, device=device)
+        hf = load_hf(directory, device=device, context=context)
         return hf.model, hf.tokenizer, hf.manifest
     model, manifest = load_artifact(directory, device=device)
     if manifest.get("task") != TASK:

@@ -7,6 +7,11 @@ A sequence leaves the batch the step it finishes, or the step after its reader g
 its slot goes to the next in line. With ``max_sequences=1`` sequences run one after another (no
 batching), for comparison.
 
+A long prompt is prefilled in chunks of ``prefill_chunk`` tokens, one chunk per step beside the
+running sequences' decode, so it does not stall their streams (vLLM's chunked prefill). With a
+:class:`~maaskit.lm.prefix.PrefixCache`, a prompt that begins as an earlier one did (a system
+prompt, a tool list) copies those blocks' keys and values instead of computing them again.
+
 The forward passes run in one thread of their own, so the event loop keeps streaming tokens to
 clients meanwhile. Readers are async generators: when a client disconnects, Starlette cancels
 the generator, its ``finally`` marks the sequence cancelled, and the scheduler drops it.
@@ -28,6 +33,7 @@ import torch
 from .constrain import SERIAL_BELOW, SPARE_CORES, Guide
 from .generation import check_sampling, sample_rows
 from .model import CausalLM, SlotCache
+from .prefix import PrefixCache
 
 __all__ = ["ContextTooLong", "Engine", "Interrupted", "SamplingParams", "TokenEvent"]
 
@@ -54,6 +60,8 @@ class SamplingParams:
     logprobs: int | None = None  # with a number: the chosen token's log-probability and that many alternatives
     stop_tokens: tuple[int, ...] = ()
     grammar: str | None = None  # constrained decoding (maaskit.lm.constrain): only tokens that keep to it
+    min_tokens: int = 0  # vLLM's: the stop tokens are masked until this many tokens are generated
+    ignore_eos: bool = False  # vLLM's: a stop token does not end the sequence (fixed-length benchmarks)
 
 
 @dataclass
@@ -75,6 +83,7 @@ class _Sequence:
     queue: asyncio.Queue
     submitted: float
     slot: int = -1
+    filled: int = -1  # prompt tokens in the slot's cache (-1: prefix cache not yet looked up)
     last: int = -1
     generated: int = 0
     cancelled: bool = False
@@ -89,25 +98,35 @@ class Engine:
 
     ``max_sequences``: sequences in the running batch (slots of the cache); more wait their turn.
     ``listeners`` are told ``("first_token", seconds since submitted)``, ``("token", seconds since
-    the sequence's last token)``, ``("step", tokens it produced)`` and ``("dropped", sequences
-    whose readers left)`` (for metrics). ``guide`` (a :class:`~maaskit.lm.constrain.Guide` for the
-    model's tokenizer) lets sequences be constrained to a grammar, each row with its own mask."""
+    the sequence's last token)``, ``("step", tokens it produced)``, ``("prompt", tokens of a
+    prompt taking a slot)`` and ``("dropped", sequences whose readers left)`` (for metrics).
+    ``guide`` (a :class:`~maaskit.lm.constrain.Guide` for the model's tokenizer) lets sequences be
+    constrained to a grammar, each row with its own mask. ``prefill_chunk``: prompt tokens per step
+    (None: whole prompts); ``prefix_cache``: shared prompt prefixes reused; ``cache``: the slots'
+    keys and values (made for ``max_sequences`` if not given)."""
 
     def __init__(self, model: CausalLM, *, max_sequences: int = 16, thread_setup: Callable[[], None] | None = None,
-                 guide: Guide | None = None):  # fmt: skip
+                 guide: Guide | None = None, prefill_chunk: int | None = None,
+                 prefix_cache: PrefixCache | None = None, cache: SlotCache | None = None):  # fmt: skip
         if max_sequences < 1:
             raise ValueError(f"max_sequences must be at least 1, got {max_sequences}")
+        if prefill_chunk is not None and prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be at least 1 token, got {prefill_chunk}")
+        self.prefill_chunk, self.prefix_cache = prefill_chunk, prefix_cache
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.context, self.max_sequences = model.context, max_sequences
         self.guide = guide
-        self.cache = SlotCache.empty(model, max_sequences)
+        self.cache = cache if cache is not None else SlotCache.empty(model, max_sequences)
+        if self.cache.keys[0].shape[0] < max_sequences:
+            raise ValueError(f"the cache has {self.cache.keys[0].shape[0]} slots, fewer than max_sequences")
         self._lengths = [0] * max_sequences  # how far each slot of the cache is filled
         self._executor = ThreadPoolExecutor(1, "maaskit-lm", initializer=thread_setup)
         self._masker = ThreadPoolExecutor(1, "maaskit-lm-masks")  # grammar masks, beside the forward pass
         self._waiting: deque[_Sequence] = deque()
         self._readers: set[_Sequence] = set()  # every sequence someone reads: waiting, joining or running
-        self._running: list[_Sequence] = []
+        self._running: list[_Sequence] = []  # decoding: one token per step each
+        self._prefilling: list[_Sequence] = []  # holding a slot, their prompts partly in the cache
         self._free = list(range(max_sequences))
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -119,7 +138,8 @@ class Engine:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        """Sequences in the batch: decoding, or with a prompt being prefilled."""
+        return len(self._running) + len(self._prefilling)
 
     @property
     def slots_in_use(self) -> int:
@@ -136,6 +156,10 @@ class Engine:
         check_sampling(params.temperature, params.top_k, params.top_p, params.max_tokens)
         if not prompt:
             raise ValueError("the prompt must have at least one token")
+        if not 0 <= params.min_tokens <= params.max_tokens:
+            raise ValueError(
+                f"min_tokens must be between 0 and max_tokens ({params.max_tokens}), got {params.min_tokens}"
+            )
         if len(prompt) + params.max_tokens > self.context:
             raise ContextTooLong(
                 f"this model's context is {self.context} tokens; the prompt has {len(prompt)} and max_tokens "
@@ -200,44 +224,41 @@ class Engine:
         assert self._wake is not None
         while True:
             self._drop_cancelled()
-            if not self._running and not self._waiting:
+            if not self._running and not self._prefilling and not self._waiting:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             try:
                 await self._round()
             except Exception as err:  # the model (or this code) failed: every sequence hears of it, none hangs
-                for seq in [*self._running, *self._waiting]:
+                for seq in [*self._running, *self._prefilling, *self._waiting]:
                     seq.queue.put_nowait(RuntimeError(f"generation failed: {err}"))
                     self._leave(seq)
                 self._waiting.clear()
 
     async def _round(self) -> None:
-        """Let waiting sequences join while slots are free, run one step, hand out its tokens."""
-        joining: list[_Sequence] = []
+        """Let waiting sequences take free slots, run one step, hand out its tokens."""
         left = 0
-        try:
-            while self._waiting and len(self._running) + len(joining) < self.max_sequences:
-                seq = self._waiting.popleft()
-                if seq.cancelled:  # its reader left while it waited
-                    left += 1
-                    continue
-                seq.slot = self._free.pop()
-                joining.append(seq)
-            if left:
-                self.abandoned += left
-                self._tell("dropped", left)
-            step = [*self._running, *joining]
-            loop = asyncio.get_running_loop()
-            events = await loop.run_in_executor(self._executor, self._step, joining, self._running)
-        except Exception:
-            self._waiting.extendleft(reversed(joining))  # heard of by the caller, with the rest
-            raise
-        self._running.extend(joining)
+        while self._waiting and self.running < self.max_sequences:
+            seq = self._waiting.popleft()
+            if seq.cancelled:  # its reader left while it waited
+                left += 1
+                continue
+            seq.slot = self._free.pop()
+            self._prefilling.append(seq)
+            self._tell("prompt", len(seq.prompt))
+        if left:
+            self.abandoned += left
+            self._tell("dropped", left)
+        loop = asyncio.get_running_loop()
+        events = await loop.run_in_executor(self._executor, self._step, list(self._prefilling), list(self._running))
         self.steps += 1
-        self._tell("step", sum(e.token is not None for e in events))
+        self._tell("step", sum(e.token is not None for _, e in events))
         now = time.perf_counter()
-        for seq, event in zip(step, events):
+        for seq, event in events:
+            if seq in self._prefilling:  # its prompt is in: it decodes from the next step
+                self._prefilling.remove(seq)
+                self._running.append(seq)
             if seq.last_token_at is None:
                 self._tell("first_token", now - seq.submitted)
             else:
@@ -251,7 +272,7 @@ class Engine:
 
     def _drop_cancelled(self) -> None:
         before = self.abandoned
-        for seq in [s for s in self._running if s.cancelled]:
+        for seq in [s for s in [*self._running, *self._prefilling] if s.cancelled]:
             self.abandoned += 1
             self._leave(seq)
         while self._waiting and self._waiting[0].cancelled:
@@ -263,6 +284,8 @@ class Engine:
     def _leave(self, seq: _Sequence) -> None:
         if seq in self._running:
             self._running.remove(seq)
+        if seq in self._prefilling:
+            self._prefilling.remove(seq)
         if seq.slot >= 0:
             self._free.append(seq.slot)
             seq.slot = -1
@@ -271,13 +294,31 @@ class Engine:
         for listener in self.listeners:
             listener(kind, value)
 
+    def _plan_prefill(self, prefilling: list[_Sequence]) -> list[tuple[_Sequence, int]]:
+        """How many prompt tokens each prefilling sequence computes this step: whole prompts, or
+        ``prefill_chunk`` tokens in all, first come first served. A sequence new to its slot first
+        takes what the prefix cache holds of its prompt."""
+        plan, budget = [], self.prefill_chunk or self.context * len(prefilling)
+        for seq in prefilling:
+            if seq.filled < 0:
+                seq.filled = (
+                    0 if self.prefix_cache is None else self.prefix_cache.reuse(seq.prompt, self.cache, seq.slot)
+                )
+            n = min(len(seq.prompt) - seq.filled, budget)
+            if n <= 0:
+                break
+            plan.append((seq, n))
+            budget -= n
+        return plan
+
     @torch.inference_mode()
-    def _step(self, joining: list[_Sequence], running: list[_Sequence]) -> list[TokenEvent]:
-        """One forward pass for the running sequences, and a prefill for each joining one; returns
-        an event per sequence, running ones first. Each slot's length is kept here, on the host.
-        The masks of constrained rows depend only on the tokens chosen so far, so where cores are
-        spare they are computed meanwhile, on another one."""
-        step = [*running, *joining]
+    def _step(self, prefilling: list[_Sequence], running: list[_Sequence]) -> list[tuple[_Sequence, TokenEvent]]:
+        """One forward pass for the running sequences, and the next prompt chunk of each prefilling
+        one; an event for every running sequence and for each whose prompt is now all in. Each slot's
+        length is kept here, on the host. The masks of constrained rows depend only on the tokens
+        chosen so far, so where cores are spare they are computed meanwhile, on another one."""
+        plan = self._plan_prefill(prefilling)
+        step = [*running, *(seq for seq, n in plan if seq.filled + n == len(seq.prompt))]  # rows sampled
         constrained = [(s, i) for i, s in enumerate(step) if s.matcher is not None]
         allowed = self._masks(constrained, len(step)) if constrained else None
         parts: list[torch.Tensor] = []
@@ -288,13 +329,23 @@ class Engine:
             parts.append(self.model(last, decode)[:, -1])
             for slot in slots:
                 self._lengths[slot] += 1
-        for seq in joining:
-            prompt = torch.tensor([seq.prompt], device=self.device)
-            parts.append(self.model(prompt, self.cache.prefill(seq.slot))[:, -1])
-            self._lengths[seq.slot] = len(seq.prompt)
+        for seq, n in plan:
+            chunk = torch.tensor([seq.prompt[seq.filled : seq.filled + n]], device=self.device)
+            logits = self.model(chunk, self.cache.prefill(seq.slot, seq.filled))[:, -1]
+            seq.filled += n
+            self._lengths[seq.slot] = seq.filled
+            if seq.filled == len(seq.prompt):
+                parts.append(logits)
+                if self.prefix_cache is not None:
+                    self.prefix_cache.keep(seq.prompt, self.cache, seq.slot)
+        if not step:  # only prompt chunks this step
+            return []
         logits = torch.cat(parts).float()
         if allowed is not None:  # each constrained row keeps the tokens its grammar allows
             logits.masked_fill_(~allowed.result().to(logits.device), float("-inf"))
+        for i, s in enumerate(step):  # min_tokens: no stop token yet
+            if s.generated < s.params.min_tokens and s.params.stop_tokens:
+                logits[i, list(s.params.stop_tokens)] = float("-inf")
         # every row sampled at once, each with its own settings and its own generator's draw
         settings = [(s.params.temperature, s.params.top_k or 0, s.params.top_p or 1.0) for s in step]
         temperature, top_k, top_p = (torch.tensor(column, device=self.device) for column in zip(*settings))
@@ -304,7 +355,7 @@ class Engine:
             seq.unread = tokens[i]
         logprobs = logits.log_softmax(-1) if any(s.params.logprobs is not None for s in step) else None
         return [
-            self._event(s, t, logprobs[i] if logprobs is not None else None)
+            (s, self._event(s, t, logprobs[i] if logprobs is not None else None))
             for i, (s, t) in enumerate(zip(step, tokens))
         ]
 
@@ -342,7 +393,7 @@ class Engine:
             if p.logprobs:
                 top = logprobs.topk(p.logprobs)
                 event.top_logprobs = [(int(i), float(v)) for v, i in zip(top.values, top.indices)]
-        if token in p.stop_tokens:
+        if token in p.stop_tokens and not p.ignore_eos:
             return TokenEvent(None, "stop")
         seq.last = token
         seq.generated += 1

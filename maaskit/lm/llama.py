@@ -64,8 +64,7 @@ class LlamaConfig:
         known = [cls.ARCHITECTURES.get(a, a) for a in archs if a in cls.ARCHITECTURES or a in types]
         if not known:
             raise ValueError(
-                f"architecture {', '.join(archs)} is not one maaskit knows; "
-                f"it loads {', '.join(cls.ARCHITECTURES)}"
+                f"architecture {', '.join(archs)} is not one maaskit knows; it loads {', '.join(cls.ARCHITECTURES)}"
             )
         if config.get("hidden_act", "silu") != "silu":
             raise ValueError(f"hidden_act {config['hidden_act']!r}: the Llama family uses silu")

@@ -80,9 +80,10 @@ class SlotCache:
         kv = KVCache.empty(model, slots)
         return cls(kv.keys, kv.values)
 
-    def prefill(self, slot: int) -> KVCache:
-        """An empty KVCache writing into ``slot``'s rows (views, not copies)."""
-        return KVCache([k[slot : slot + 1] for k in self.keys], [v[slot : slot + 1] for v in self.values])
+    def prefill(self, slot: int, start: int = 0) -> KVCache:
+        """A KVCache writing into ``slot``'s rows (views, not copies), filled up to ``start`` (a
+        prompt prefilled in chunks, or after a prefix the prefix cache supplied)."""
+        return KVCache([k[slot : slot + 1] for k in self.keys], [v[slot : slot + 1] for v in self.values], start)
 
     def decode(self, slots: Sequence[int], lengths: Sequence[int]) -> DecodeStep:
         """One decode step for ``slots``, each filled to its ``lengths`` entry (host numbers: no sync)."""

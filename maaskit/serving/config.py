@@ -29,6 +29,12 @@ class ServeConfig:
     millisecond). ``workers``: server processes sharing the socket (each gets its share of the cores).
     ``drain_seconds``: how long a stopping server lets admitted requests finish (see
     :mod:`~maaskit.serving.drain`); token streams still running then end with an error event.
+
+    Language models: ``dtype`` of the weights and cache ("auto": float32 on a CPU, the checkpoint's
+    own on a GPU); ``context``: positions a Hugging Face model's cache holds (its own limit is often
+    far more than a small machine needs); ``kv_cache_gb``: memory for the sequences' caches, which
+    caps ``max_sequences`` (None: ``max_sequences`` slots); ``prefill_chunk``: prompt tokens computed
+    per step beside the running streams; ``prefix_cache_gb``: memory for shared prompt prefixes (0: off).
     """
 
     host: str = "127.0.0.1"
@@ -49,9 +55,22 @@ class ServeConfig:
     log_level: str = "warning"
     access_log: bool = False
     drain_seconds: float = 20.0  # under Kubernetes' default 30 s grace, with room for the rest of the stop
+    dtype: str = "auto"
+    context: int = 2048
+    kv_cache_gb: float | None = None
+    prefill_chunk: int = 256
+    prefix_cache_gb: float = 0.25
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_queue", "max_sequences", "workers", "max_body_bytes"):
+        for name in (
+            "max_batch_size",
+            "max_queue",
+            "max_sequences",
+            "workers",
+            "max_body_bytes",
+            "context",
+            "prefill_chunk",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
@@ -59,6 +78,12 @@ class ServeConfig:
             raise ValueError(f"max_delay_ms must be 0 or more, got {self.max_delay_ms!r}")
         if not self.drain_seconds >= 0:
             raise ValueError(f"drain_seconds must be 0 or more, got {self.drain_seconds!r}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
+        if self.kv_cache_gb is not None and not self.kv_cache_gb > 0:
+            raise ValueError(f"kv_cache_gb must be more than 0, got {self.kv_cache_gb!r}")
+        if not self.prefix_cache_gb >= 0:
+            raise ValueError(f"prefix_cache_gb must be 0 or more, got {self.prefix_cache_gb!r}")
 
     def but(self, **changes: Any) -> ServeConfig:
         return replace(self, **changes)

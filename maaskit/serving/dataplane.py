@@ -153,7 +153,8 @@ class ServedLanguageModel:
         from ..lm.chat import ChatFormat
         from ..lm.constrain import Guide
         from ..lm.engine import Engine
-        from ..lm.model import CausalLM
+        from ..lm.model import CausalLM, SlotCache
+        from ..lm.prefix import PrefixCache
         from ..lm.template import ChatTemplate
 
         if not isinstance(model, CausalLM):
@@ -170,8 +171,12 @@ class ServedLanguageModel:
             (self.end_of_text,) if self.chat is None else (self.end_of_text, self.chat.end)
         )
         guide = Guide(tokenizer, model.vocab_size, self.stop_tokens[-1])
-        self.engine = Engine(model.to(device).eval(), max_sequences=config.max_sequences, thread_setup=thread_setup,
-                             guide=guide)  # fmt: skip
+        model = model.to(device=device, dtype=serving_dtype(config.dtype, model, device)).eval()
+        self.slots = cache_slots(model, config)
+        cache = SlotCache.empty(model, self.slots)
+        prefix = PrefixCache.sized(cache, int(config.prefix_cache_gb * 2**30))
+        self.engine = Engine(model, max_sequences=self.slots, thread_setup=thread_setup, guide=guide,
+                             prefill_chunk=config.prefill_chunk, prefix_cache=prefix, cache=cache)  # fmt: skip
 
     @property
     def context(self) -> int:
@@ -183,6 +188,31 @@ class ServedLanguageModel:
 
     def close(self) -> None:
         self.engine.close()
+
+
+def serving_dtype(name: str, model: torch.nn.Module, device: torch.device) -> torch.dtype:
+    """The dtype a language model is served in: "auto" keeps a GPU's checkpoint dtype and uses float32
+    on a CPU (bfloat16 matrix products are slower there without AMX/AVX512-BF16)."""
+    if name == "auto":
+        own = next(model.parameters()).dtype
+        return own if device.type != "cpu" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def cache_slots(model: torch.nn.Module, config: ServeConfig) -> int:
+    """Sequences that run at once: ``max_sequences``, or fewer if ``kv_cache_gb`` holds fewer caches
+    of the whole context (a request beyond them waits for a slot: admission, never out of memory)."""
+    layers, heads, width = model.cache_shape()  # type: ignore[operator]
+    per_slot = 2 * layers * heads * width * model.context * next(model.parameters()).element_size()
+    if config.kv_cache_gb is None:
+        return config.max_sequences
+    fits = int(config.kv_cache_gb * 2**30 // per_slot)
+    if fits < 1:
+        raise ValueError(
+            f"one sequence's key/value cache takes {per_slot / 2**30:.3g} GB at a context of {model.context}; "
+            f"--kv-cache-gb {config.kv_cache_gb:g} holds none: raise it or lower --context"
+        )
+    return min(fits, config.max_sequences)
 
 
 def forward_threads(processes: int = 1) -> int:
@@ -277,7 +307,7 @@ class ModelRepository:
         from ..lm.artifact import language_model_manifest, load_language_model
 
         if isinstance(source, (str, Path)):
-            model, tokenizer, manifest = load_language_model(source)
+            model, tokenizer, manifest = load_language_model(source, context=self.config.context)
         elif isinstance(source, tuple) and len(source) == 2:
             model, tokenizer = source
             manifest = language_model_manifest(model, tokenizer, name=name or "gpt")

@@ -11,6 +11,7 @@ scrape sees the whole server whichever worker answers it.
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -26,6 +27,7 @@ _SECONDS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 
 class ServerMetrics:
+    # long: one statement per series the server exports, read as the list of them
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -74,6 +76,13 @@ class ServerMetrics:
         self.abandoned = Counter(
             "maaskit_lm_abandoned_sequences", "Sequences stopped because their client left", lm, registry=r
         )
+        self.prompt_tokens, self.prefix_queries, self.prefix_hits = (
+            Counter(name, doc, lm, registry=r)
+            for name, doc in (("maaskit_lm_prompt_tokens", "Prompt tokens admitted"),
+                              ("maaskit_lm_prefix_cache_queries", "Prompt tokens looked up in the prefix cache"),
+                              ("maaskit_lm_prefix_cache_hits", "Prompt tokens the prefix cache supplied"))
+        )  # fmt: skip
+        self.vllm = _VLLMNames(r)
         self.key_requests = Counter("maaskit_api_key_requests", "Requests admitted, per API key", ["key"], registry=r)
         self.key_tokens = Counter("maaskit_api_key_tokens", "Tokens used, per API key", ["key", "kind"], registry=r)
         self.key_rejections = Counter(
@@ -93,21 +102,40 @@ class ServerMetrics:
         running, waiting = self.running.labels(name), self.waiting_sequences.labels(name)
         slots = self.slots.labels(name)
         dropped = self.abandoned.labels(name)
+        prompts, queries, hits = (m.labels(name) for m in (self.prompt_tokens, self.prefix_queries, self.prefix_hits))
+        v = self.vllm.labelled(name)
+        prefix = engine.prefix_cache
+        seen = [0, 0]  # the prefix cache's counts already added
 
         def listener(kind: str, value: float) -> None:
             if kind == "token":
                 inter.observe(value)
+                v.inter_token.observe(value)
                 return
             if kind == "first_token":
                 first.observe(value)
+                v.first_token.observe(value)
                 return
             if kind == "step":
                 tokens.inc(value)
+                v.tokens.inc(value)
+            elif kind == "prompt":
+                prompts.inc(value)
+                v.prompt_tokens.inc(value)
             elif kind == "dropped":
                 dropped.inc(value)
             running.set(engine.running)
             waiting.set(engine.waiting)
             slots.set(engine.slots_in_use)
+            v.running.set(engine.running)
+            v.waiting.set(engine.waiting)
+            v.cache_usage.set(engine.slots_in_use / engine.max_sequences)
+            if prefix is not None and (prefix.queries, prefix.hits) != tuple(seen):
+                for counter, alias, i, now in ((queries, v.prefix_queries, 0, prefix.queries),
+                                               (hits, v.prefix_hits, 1, prefix.hits)):  # fmt: skip
+                    counter.inc(now - seen[i])
+                    alias.inc(now - seen[i])
+                    seen[i] = now
 
         engine.listeners.append(listener)
 
@@ -124,3 +152,28 @@ class ServerMetrics:
             MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
+
+
+class _VLLMNames:
+    """The same language-model series under the names vLLM gives them (``vllm:...``, labelled by
+    ``model_name``), so that a Grafana dashboard built for vLLM reads a maaskit server."""
+
+    def __init__(self, r: CollectorRegistry):
+        lm = ["model_name"]
+        self.first_token = Histogram("vllm:time_to_first_token_seconds", "Time to first token", lm, registry=r,
+                                     buckets=_SECONDS)  # fmt: skip
+        self.inter_token = Histogram("vllm:inter_token_latency_seconds", "Inter-token latency", lm, registry=r,
+                                     buckets=_SECONDS)  # fmt: skip
+        self.tokens = Counter("vllm:generation_tokens", "Generation tokens", lm, registry=r)
+        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prompt tokens", lm, registry=r)
+        self.running = Gauge("vllm:num_requests_running", "Requests running", lm, registry=r,
+                             multiprocess_mode="livesum")  # fmt: skip
+        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting", lm, registry=r,
+                             multiprocess_mode="livesum")  # fmt: skip
+        self.cache_usage = Gauge("vllm:kv_cache_usage_perc", "KV-cache usage (1: full)", lm, registry=r,
+                                 multiprocess_mode="livemax")  # fmt: skip
+        self.prefix_queries = Counter("vllm:prefix_cache_queries", "Prefix cache queries, in tokens", lm, registry=r)
+        self.prefix_hits = Counter("vllm:prefix_cache_hits", "Prefix cache hits, in tokens", lm, registry=r)
+
+    def labelled(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(**{k: m.labels(name) for k, m in vars(self).items()})

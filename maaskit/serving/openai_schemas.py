@@ -16,6 +16,8 @@ from .schemas import WHOLE
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
+    "DetokenizeRequest",
+    "TokenizeRequest",
     "ChatRequest",
     "CompletionRequest",
     "ResponseFormat",
@@ -87,6 +89,12 @@ class _Sampling(_Lenient):
     seed: Annotated[int, Field(ge=0, le=2**63 - 1), WHOLE] | None = Field(
         None, description="the same seed and request give the same text"
     )
+    min_tokens: Annotated[int, Field(ge=0), WHOLE] = Field(
+        0, description="not OpenAI's (vLLM's): no stop token before this many tokens"
+    )
+    ignore_eos: bool = Field(
+        False, description="not OpenAI's (vLLM's): the model's end-of-text token does not end a choice (benchmarks)"
+    )
 
     def stop_sequences(self) -> list[str]:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -103,6 +111,8 @@ class _Sampling(_Lenient):
             seed=self.seed,
             logprobs=logprobs,
             stop_tokens=stop_tokens,
+            min_tokens=self.min_tokens,
+            ignore_eos=self.ignore_eos,
         )
 
 
@@ -149,7 +159,7 @@ class CompletionRequest(_Structured):
     logprobs: Annotated[int, Field(ge=0, le=20), WHOLE] | None = Field(
         None, description="log-probabilities of the chosen and N likeliest tokens"
     )
-    echo: bool = Field(False, description="not supported (400 if true)")
+    echo: bool = Field(False, description="the prompt's text first, then the completion")
 
     def sampling_params(self, stop_tokens: tuple[int, ...]) -> SamplingParams:
         """How each choice is generated; any of ``stop_tokens`` ends a choice."""
@@ -239,6 +249,20 @@ class ChatRequest(_Structured):
             raise OpenAIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
         return self._params(self.max_completion_tokens or self.max_tokens, stop_tokens, logprobs)
+
+
+class TokenizeRequest(_Lenient):
+    """vLLM's ``/tokenize``: a prompt, or chat messages as the model's chat template renders them."""
+
+    model: str = Field(description="a language model this server serves")
+    prompt: str | None = Field(None, description="text to tokenize (or messages)")
+    messages: list[Message] | None = Field(None, min_length=1, description="a conversation, as the chat route reads it")
+    add_special_tokens: bool = Field(True, description="the tokenizer's own (a BOS, say) around a prompt")
+
+
+class DetokenizeRequest(_Lenient):
+    model: str = Field(description="a language model this server serves")
+    tokens: list[Annotated[int, Field(ge=0), WHOLE]] = Field(description="token ids")
 
 
 class OpenAIModel(BaseModel):

@@ -25,7 +25,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
 from ..explain import LIMITS, MAX_MAGNITUDE
-from .openai_schemas import ChatRequest, CompletionRequest
+from .openai_schemas import ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from .schemas import SEED_MAX, ExplainRequest, InferRequest, PredictRequest, RepositoryIndexRequest
 
 if TYPE_CHECKING:
@@ -43,7 +43,8 @@ BINARY_EXTENSION = (
     "little-endian bytes (`parameters.binary_data_size` per input), with `Content-Type: application/octet-stream` "
     "and `Inference-Header-Content-Length: <bytes of the header>`."
 )
-_BODIES = (InferRequest, PredictRequest, ExplainRequest, RepositoryIndexRequest, CompletionRequest, ChatRequest)
+_BODIES = (InferRequest, PredictRequest, ExplainRequest, RepositoryIndexRequest, CompletionRequest, ChatRequest,
+           TokenizeRequest, DetokenizeRequest)  # fmt: skip
 
 
 def openapi_document(app: FastAPI, repository: ModelRepository, *, secured: bool, open_paths: tuple[str, ...]) -> dict:
@@ -100,6 +101,12 @@ def _per_model(doc: dict, repository: ModelRepository) -> None:
             kind = CompletionRequest if route == "/v1/completions" else ChatRequest
             schema = doc["components"]["schemas"][kind.__name__]
             bodies = [_openai_body(schema, served, kind is CompletionRequest) for served in language.values()]
+            operation["requestBody"]["content"]["application/json"]["schema"] = _one_of(bodies)
+    for route, body_model in (("/tokenize", TokenizeRequest), ("/detokenize", DetokenizeRequest)):
+        operation = doc["paths"].get(route, {}).get("post")
+        if operation is not None and language:
+            schema = doc["components"]["schemas"][body_model.__name__]
+            bodies = [_token_body(schema, served, route) for served in language.values()]
             operation["requestBody"]["content"]["application/json"]["schema"] = _one_of(bodies)
 
 
@@ -300,13 +307,32 @@ def _openai_body(schema: dict, served: ServedLanguageModel, completion: bool) ->
             {"properties": {"top_logprobs": {"type": "null"}}},
             {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
         ]
-    if completion:
-        props["echo"] = {"const": False, "description": "not supported"}
+    if completion:  # echo and logprobs: not both
+        body["anyOf"] = [
+            {"properties": {"echo": {"const": False}}},
+            {"properties": {"logprobs": {"type": "null"}}},
+        ]
         vocab = served.tokenizer.get_vocab_size()
         ids = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0, "maximum": vocab - 1}}
         texts = {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
         text = {"type": "string", "minLength": 1}
         props["prompt"] = {"anyOf": [text, texts, ids], "description": "text, texts, or token ids"}
+    return body
+
+
+def _token_body(schema: dict, served: ServedLanguageModel, route: str) -> dict:
+    """/tokenize (a prompt or messages, not both) and /detokenize (ids in the vocabulary) for one model."""
+    body = copy.deepcopy(schema)
+    props = body["properties"]
+    props["model"] = {"const": served.name, "type": "string"}
+    if route == "/detokenize":
+        vocab = served.tokenizer.get_vocab_size()
+        props["tokens"] = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": vocab - 1}}
+    else:
+        props["prompt"] = {"type": "string"}
+        messages = props["messages"]
+        props["messages"] = {**messages["anyOf"][0], "description": messages.get("description", "")}
+        body["oneOf"] = [{"required": ["prompt"]}, {"required": ["messages"]}]
     return body
 
 

@@ -1,5 +1,6 @@
 """The OpenAI-compatible API for language models: ``GET /v1/models``, ``POST /v1/completions`` and
-``POST /v1/chat/completions``, answered whole or streamed as server-sent events.
+``POST /v1/chat/completions``, answered whole or streamed as server-sent events; and vLLM's
+``POST /tokenize`` and ``POST /detokenize``.
 
 A stream is ``data: {json}\\n\\n`` chunks sharing one ``id`` and ``created``: for chat, first a
 chunk whose delta carries the role; then the text as it is generated; then, per choice, a chunk
@@ -35,8 +36,10 @@ from .metrics import ServerMetrics
 from .openai_schemas import (
     ChatRequest,
     CompletionRequest,
+    DetokenizeRequest,
     OpenAIError,
     OpenAIModelList,
+    TokenizeRequest,
     openai_error_responses,
     parse,
     response_constraint,
@@ -47,7 +50,7 @@ from .tool_calls import CallStream, whole_call
 
 __all__ = ["OPENAI_PATHS", "OpenAIEndpoints"]
 
-OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions")  # and /v1/models, exactly
+OPENAI_PATHS = ("/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize")  # and /v1/models, exactly
 
 
 @dataclass
@@ -190,6 +193,24 @@ class _Completion:
         return {"index": index, "text": text or "", "logprobs": lp, "finish_reason": finish}
 
 
+class _Echoed(_Completion):
+    """A completion whose text begins with its prompt's (``echo``): whole, or as the stream's first chunk."""
+
+    def __init__(self, prompts: list[str], per_prompt: int):
+        self.prompts, self.per_prompt = prompts, per_prompt
+
+    def opening(self, choices: int) -> list[dict] | None:
+        return [
+            {"index": i, "text": self.prompts[i // self.per_prompt], "logprobs": None, "finish_reason": None}
+            for i in range(choices)
+        ]
+
+    def whole(self, served: ServedLanguageModel, index: int, text: str, events: list[TokenEvent],
+              finish: str | None, logprobs: bool, call: bool) -> dict:  # fmt: skip
+        answer = super().whole(served, index, text, events, finish, logprobs, call)
+        return {**answer, "text": self.prompts[index // self.per_prompt] + text}
+
+
 class _Chat(_Completion):
     """How a chat completion's answer looks: a message, streamed as deltas after the role."""
 
@@ -292,6 +313,10 @@ class OpenAIEndpoints:
                 "`response_format` (json_object, json_schema) is enforced by constrained decoding on every model."
             ),
         )  # fmt: skip
+        for path, endpoint, kind in (("/tokenize", self.tokenize, TokenizeRequest),
+                                     ("/detokenize", self.detokenize, DetokenizeRequest)):  # fmt: skip
+            api.add_api_route(path, endpoint, methods=["POST"], responses=errors, openapi_extra=request_body_doc(kind),
+                              tags=["vLLM-compatible: tokens"])  # fmt: skip
         return api
 
     # --- the routes -------------------------------------------------------------------------
@@ -301,51 +326,67 @@ class OpenAIEndpoints:
         return {"object": "list", "data": [m.model_object() for m in self.repository.language_models.values()]}
 
     async def completions(self, request: Request) -> Response:
-        """Continue a prompt (text, texts, or token ids). ``echo`` is not supported."""
+        """Continue a prompt (text, texts, or token ids); with ``echo``, the answer begins with the prompt."""
         req = parse(CompletionRequest, await _body(request))
         served = self._served(request, req.model)
-        if req.echo:
-            raise OpenAIError(400, "echo is not supported by this server", param="echo")
+        if req.echo and req.logprobs is not None:
+            raise OpenAIError(400, "echo with logprobs would need the prompt's log-probabilities, which this "
+                              "server does not compute: ask for one of them", param="echo")  # fmt: skip
         prompts = _completion_prompts(served, req.prompt)
         params = replace(req.sampling_params(served.stop_tokens), grammar=_grammar(served, req, None))
-        return await self._answer(request, served, prompts, req, params, req.stop_sequences(), _Completion())
+        shape = _Completion()
+        if req.echo:
+            texts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+            if texts and not isinstance(texts[0], str):  # token ids: their text
+                texts = [served.tokenizer.decode(prompts[0], skip_special_tokens=False)]
+            shape = _Echoed([str(t) for t in texts], req.n)
+        return await self._answer(request, served, prompts, req, params, req.stop_sequences(), shape)
 
     async def chat_completions(self, request: Request) -> Response:
         req = parse(ChatRequest, await _body(request))
         served = self._served(request, req.model)
-        messages = [m.model_dump(exclude_none=True) for m in req.messages]
         tools = [t.model_dump() for t in req.tools or ()]
-        try:
-            if served.chat is not None:  # a fine-tuned model: its own chat tokens; tools listed when offered
-                offered = tools if req.tool_choice != "none" else []
-                prompt = served.chat.encode(messages, offered).ids
-                stop = req.stop_sequences()
-            elif tools:
-                raise OpenAIError(400, f"{served.name} cannot call tools here: tool calls are read from the chat "
-                                  "format of models fine-tuned with maaskit lm finetune", param="tools")  # fmt: skip
-            elif served.template is not None:  # a Hugging Face model: the text its template renders
-                text = served.template.render(messages, add_generation_prompt=True)
-                prompt = served.tokenizer.encode(text, add_special_tokens=False).ids  # the template has them
-                stop = req.stop_sequences()
-            else:
-                prompt = served.tokenizer.encode(chat_prompt(messages)).ids
-                # the answer ends where the model would begin the next turn, unless the client says otherwise
-                stop = req.stop_sequences() or list(TURN_ENDS)
-        except ValueError as err:
-            raise OpenAIError(400, str(err), param="messages") from None
+        # tool_choice "none": a fine-tuned model is not shown the tools; any other model still refuses them
+        offered = [] if served.chat is not None and req.tool_choice == "none" else tools
+        prompt, own_turns = _chat_prompt(served, req.messages, offered)
+        # a model with its own turn tokens stops at them; the plain template's answer ends where the model
+        # would begin the next turn, unless the client says otherwise
+        stop = req.stop_sequences() or ([] if own_turns else list(TURN_ENDS))
         params = replace(req.sampling_params(served.stop_tokens), grammar=_grammar(served, req, tools))
         return await self._answer(request, served, [prompt], req, params, stop, _Chat())
 
+    async def tokenize(self, request: Request) -> dict:
+        """vLLM's: a prompt's token ids, or a conversation's as the chat route builds its prompt."""
+        req = parse(TokenizeRequest, await _body(request))
+        served = self._served(request, req.model, count=False)
+        if (req.prompt is None) == (req.messages is None):
+            raise OpenAIError(400, "give a prompt or messages (one of them)", param="prompt")
+        if req.messages is not None:
+            tokens, _ = _chat_prompt(served, req.messages, [])
+        else:
+            tokens = served.tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens).ids
+        return {"count": len(tokens), "max_model_len": served.context, "tokens": tokens}
+
+    async def detokenize(self, request: Request) -> dict:
+        """vLLM's: the text of token ids (special tokens shown)."""
+        req = parse(DetokenizeRequest, await _body(request))
+        served = self._served(request, req.model, count=False)
+        vocab = served.tokenizer.get_vocab_size()
+        if any(t >= vocab for t in req.tokens):
+            raise OpenAIError(400, f"token ids must be in [0, {vocab})", param="tokens")
+        return {"prompt": served.tokenizer.decode(req.tokens, skip_special_tokens=False)}
+
     # --- the steps of an answer ---------------------------------------------------------------
 
-    def _served(self, request: Request, name: str) -> ServedLanguageModel:
+    def _served(self, request: Request, name: str, *, count: bool = True) -> ServedLanguageModel:
         try:
             served = self.repository.get_language_model(name)
         except ModelNotFound as err:
             err.param = "model"
             raise
         self.metrics.watch_language_model(served)
-        request.state.model = served.name  # the Guard counts the request under this name
+        if count:
+            request.state.model = served.name  # the Guard counts the request under this name
         return served
 
     def _admit(self, request: Request, job_tokens: int) -> tuple[APIKey | None, Any, dict[str, str]]:
@@ -436,7 +477,8 @@ def _fit_to_context(served: ServedLanguageModel, prompts: list[list[int]], req: 
             )
             err.param = "prompt" if isinstance(req, CompletionRequest) else "messages"
             raise err
-        one = replace(params, max_tokens=min(params.max_tokens, served.context - len(prompt)))
+        room = min(params.max_tokens, served.context - len(prompt))
+        one = replace(params, max_tokens=room, min_tokens=min(params.min_tokens, room))  # as many as fit
         try:
             served.engine.check(prompt, one)
         except ValueError as err:
@@ -450,6 +492,25 @@ async def _body(request: Request) -> Any:
         return loads(await request.body())
     except ProtocolError as err:
         raise OpenAIError(400, str(err)) from None
+
+
+def _chat_prompt(served: ServedLanguageModel, messages: list[Any], tools: list[dict]) -> tuple[list[int], bool]:
+    """The prompt of a conversation, and whether the model marks its turns with tokens of its own: a
+    model fine-tuned here has its chat tokens (tools listed when offered); a Hugging Face model its
+    Jinja template; any other the plain ``role: content`` lines."""
+    plain = [m.model_dump(exclude_none=True) for m in messages]
+    try:
+        if served.chat is not None:
+            return served.chat.encode(plain, tools).ids, True
+        if tools:
+            raise OpenAIError(400, f"{served.name} cannot call tools here: tool calls are read from the chat "
+                              "format of models fine-tuned with maaskit lm finetune", param="tools")  # fmt: skip
+        if served.template is not None:  # the template writes the special tokens itself
+            text = served.template.render(plain, add_generation_prompt=True)
+            return served.tokenizer.encode(text, add_special_tokens=False).ids, True
+        return served.tokenizer.encode(chat_prompt(plain)).ids, False
+    except ValueError as err:
+        raise OpenAIError(400, str(err), param="messages") from None
 
 
 def _completion_prompts(served: ServedLanguageModel, raw: str | list[str] | list[int]) -> list[list[int]]:

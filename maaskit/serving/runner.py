@@ -154,6 +154,11 @@ def serve(
     api_keys: APIKeys | str | Path | None = None,
     max_sequences: int = ServeConfig.max_sequences,
     drain_seconds: float = ServeConfig.drain_seconds,
+    dtype: str = ServeConfig.dtype,
+    context: int = ServeConfig.context,
+    kv_cache_gb: float | None = ServeConfig.kv_cache_gb,
+    prefill_chunk: int = ServeConfig.prefill_chunk,
+    prefix_cache_gb: float = ServeConfig.prefix_cache_gb,
 ) -> RunningServer:
     """Serve artifact directories (or models with ``data=``, or ``(model, manifest)`` pairs) in a
     background thread. The keywords are :class:`~maaskit.serving.config.ServeConfig`'s, which says
@@ -164,17 +169,18 @@ def serve(
     ``model_repository``: a directory of artifact directories (one per model, named as the model)
     that ``/v2/repository`` can load from and unload, as Triton's does; with no ``sources``, all of
     them are served.
-    Language models (directories from ``maaskit lm train``, or ``(model, tokenizer)`` pairs) are
-    served through the OpenAI-compatible API. ``api_keys``: an :class:`APIKeys`, or its JSON
-    file (see :mod:`.keys`); by default ``$MAASKIT_API_KEYS`` if set. Keys are accepted wherever the
-    token is, and carry quotas on the language-model routes.
+    Language models (directories from ``maaskit lm train``, Hugging Face folders of the Llama family,
+    or ``(model, tokenizer)`` pairs) are served through the OpenAI-compatible API. ``api_keys``: an
+    :class:`APIKeys`, or its JSON file (see :mod:`.keys`); by default ``$MAASKIT_API_KEYS`` if set.
+    Keys are accepted wherever the token is, and carry quotas on the language-model routes.
     """
     config = ServeConfig(
         host=host, port=port, token=token, allow_insecure=allow_insecure, device=str(device),
         max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue, inline=inline,
         max_sequences=max_sequences, model_repository=None if model_repository is None else str(model_repository),
         name=name, max_body_bytes=max_body_bytes, log_level=log_level, access_log=access_log,
-        drain_seconds=drain_seconds,
+        drain_seconds=drain_seconds, dtype=dtype, context=context, kv_cache_gb=kv_cache_gb,
+        prefill_chunk=prefill_chunk, prefix_cache_gb=prefix_cache_gb,
     )  # fmt: skip
     return serve_config(config, *sources, data=data, api_keys=api_keys, device=device)
 

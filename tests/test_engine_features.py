@@ -1,0 +1,183 @@
+"""The engine for real sizes: prompts prefilled in chunks beside running streams, shared prompt
+prefixes reused from the prefix cache, ``min_tokens`` and ``ignore_eos``, a KV-cache budget that
+sets how many sequences run, bf16 serving; and through the server, vLLM's ``/tokenize`` and
+``/detokenize``, ``echo``, and the ``vllm:`` metric names. Every output is compared with plain
+generation (greedy), which does none of these things."""
+
+import asyncio
+
+import httpx
+import pytest
+import torch
+
+import maaskit
+from maaskit.lm import GPT, GPTConfig
+from maaskit.lm.engine import Engine, SamplingParams
+from maaskit.lm.generation import generate
+from maaskit.lm.llama import Llama, LlamaConfig
+from maaskit.lm.prefix import PrefixCache
+from maaskit.serving.config import ServeConfig
+from maaskit.serving.dataplane import cache_slots
+
+GREEDY = SamplingParams(max_tokens=8, temperature=0)
+
+
+def _gpt():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=300, context=96, layers=2, heads=2, width=32)).eval()
+
+
+def _llama():
+    torch.manual_seed(0)
+    shape = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=16, context=96)  # fmt: skip
+    return Llama(shape).eval()
+
+
+MODELS = {"gpt": _gpt, "llama": _llama}
+
+
+def run_engine(engine: Engine, jobs, *, one_after_another: bool = False):
+    """Each job's tokens (``jobs``: (prompt, params)), all submitted together or one after another."""
+
+    async def one(prompt, params):
+        return [e.token async for e in engine.generate(prompt, params) if e.token is not None]
+
+    async def main():
+        try:
+            if one_after_another:
+                return [await one(p, params) for p, params in jobs]
+            return await asyncio.gather(*(one(p, params) for p, params in jobs))
+        finally:
+            engine.close()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_chunked_prefill_gives_the_tokens_whole_prompts_give(kind):
+    model = MODELS[kind]()
+    prompts = [list(range(1, 60)), [7, 8, 9], list(range(100, 141)), [42] * 30]
+    alone = [list(generate(model, p, max_tokens=8, temperature=0)) for p in prompts]
+    engine = Engine(model, max_sequences=4, prefill_chunk=7)
+    assert run_engine(engine, [(p, GREEDY) for p in prompts]) == alone
+    # the 59-token prompt alone needs ceil(59 / 7) = 9 steps of chunks before its first token
+    assert engine.steps >= 9 + 7
+
+
+def test_a_long_prompt_joins_running_streams_a_chunk_per_step():
+    """While a whole-context prompt is prefilled in chunks, the running streams get a token every step."""
+    model = _gpt()
+    engine = Engine(model, max_sequences=3, prefill_chunk=8)
+    per_step: list[float] = []
+    engine.listeners.append(lambda kind, value: per_step.append(value) if kind == "step" else None)
+    long = list(range(1, 88))  # 87 tokens: 11 chunks of 8
+    params = SamplingParams(max_tokens=30, temperature=0)
+
+    async def main():
+        async def stream(prompt):
+            return [e.token async for e in engine.generate(prompt, params) if e.token is not None]
+
+        first = asyncio.create_task(stream([1, 2]))
+        second = asyncio.create_task(stream([3, 4]))
+        while engine.steps < 3:  # both streams running
+            await asyncio.sleep(0)
+        started = len(per_step)
+        late = await stream(long[:60] + [5])  # joins: 61 tokens, 8 steps of chunks
+        return started, await first, await second, late
+
+    try:
+        started, first, second, late = asyncio.run(main())
+    finally:
+        engine.close()
+    assert first == list(generate(model, [1, 2], max_tokens=30, temperature=0))
+    assert late == list(generate(model, long[:60] + [5], max_tokens=30, temperature=0))
+    # in the 8 steps that prefilled the late prompt, each running stream got its token (2 per step)
+    assert per_step[started : started + 7] == [2] * 7, per_step
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+def test_the_prefix_cache_reuses_shared_blocks_and_changes_no_token(kind):
+    model = MODELS[kind]()
+    system = list(range(10, 50))  # 40 tokens: 5 blocks of 8
+    prompts = [system + [1, 2, 3], system + [4, 5], system[:20] + [6, 7, 8], [9] * 12]
+    alone = [list(generate(model, p, max_tokens=8, temperature=0)) for p in prompts]
+    prefix = PrefixCache(max_blocks=64, block=8)
+    engine = Engine(model, max_sequences=2, prefix_cache=prefix)
+    assert run_engine(engine, [(p, GREEDY) for p in prompts], one_after_another=True) == alone
+    # the first prompt finds nothing; the second its 5 system blocks; the third 2 blocks (16 of its
+    # 20 shared tokens); the fourth nothing. Queried: full blocks before the last token of each.
+    assert prefix.hits == 0 + 40 + 16 + 0
+    assert prefix.queries == 40 + 40 + 16 + 8
+
+
+def test_the_prefix_cache_forgets_the_least_recently_used_blocks():
+    model = _gpt()
+    prefix = PrefixCache(max_blocks=3, block=4)
+    engine = Engine(model, max_sequences=1, prefix_cache=prefix)
+    a, b = list(range(1, 14)), list(range(50, 63))  # 3 full blocks each (12 of 13 tokens)
+    run_engine(engine, [(a, GREEDY), (b, GREEDY), (a, GREEDY)], one_after_another=True)
+    assert len(prefix) == 3
+    assert prefix.hits == 0  # b pushed a's blocks out; a found none of its own
+
+
+def test_min_tokens_and_ignore_eos():
+    model = _gpt()
+    prompt = [5, 6, 7]
+    first = next(generate(model, prompt, max_tokens=1, temperature=0))
+    stop_at_first = SamplingParams(max_tokens=12, temperature=0, stop_tokens=(first,))
+    engine = Engine(model, max_sequences=3)
+    plain, held, ignored = run_engine(
+        engine,
+        [
+            (prompt, stop_at_first),
+            (prompt, SamplingParams(max_tokens=12, temperature=0, stop_tokens=(first,), min_tokens=5)),
+            (prompt, SamplingParams(max_tokens=12, temperature=0, stop_tokens=(first,), ignore_eos=True)),
+        ],
+    )
+    assert plain == []  # the first token is the stop token
+    assert len(held) >= 5 and first not in held[:5]
+    assert len(ignored) == 12 and ignored[0] == first
+
+
+def test_a_kv_cache_budget_sets_how_many_sequences_run():
+    model = _gpt()  # 2 layers x 2 heads x 16 wide x 96 positions x 4 bytes x 2 (keys, values) = 48 KiB a slot
+    per_slot = 2 * 2 * 2 * 16 * 96 * 4
+    assert cache_slots(model, ServeConfig(max_sequences=16)) == 16
+    assert cache_slots(model, ServeConfig(max_sequences=16, kv_cache_gb=3.5 * per_slot / 2**30)) == 3
+    with pytest.raises(ValueError, match="holds none: raise it or lower --context"):
+        cache_slots(model, ServeConfig(kv_cache_gb=0.5 * per_slot / 2**30))
+
+
+def test_served_with_tokenize_detokenize_echo_bf16_and_vllm_metrics(lm_dir, tiny_lm):
+    _, tokenizer = tiny_lm
+    text = "The quick brown fox"
+    ids = tokenizer.encode(text).ids
+    with maaskit.serve(lm_dir, dtype="bfloat16", kv_cache_gb=0.001, prefix_cache_gb=0.01) as running:
+        served = running.repository.get_language_model("gpt")
+        assert next(served.engine.model.parameters()).dtype == torch.bfloat16
+        assert served.engine.max_sequences < 16  # the budget holds fewer slots than the default
+        with httpx.Client(base_url=running.url, timeout=60) as http:
+            got = http.post("/tokenize", json={"model": "gpt", "prompt": text}).json()
+            assert got == {"count": len(ids), "max_model_len": 2048, "tokens": ids}
+            chat = http.post("/tokenize", json={"model": "gpt", "messages": [{"role": "user", "content": "hi"}]})
+            assert chat.json()["tokens"] == tokenizer.encode("user: hi\nassistant:").ids
+            assert http.post("/detokenize", json={"model": "gpt", "tokens": ids}).json() == {"prompt": text}
+            neither = http.post("/tokenize", json={"model": "gpt"})
+            assert neither.status_code == 400 and neither.json()["error"]["param"] == "prompt"
+            body = {"model": "gpt", "prompt": text, "max_tokens": 5, "temperature": 0, "echo": True}
+            whole = http.post("/v1/completions", json=body).json()["choices"][0]["text"]
+            plain = http.post("/v1/completions", json={**body, "echo": False}).json()["choices"][0]["text"]
+            assert whole == text + plain
+            refused = http.post("/v1/completions", json={**body, "logprobs": 1})
+            assert refused.status_code == 400 and refused.json()["error"]["param"] == "echo"
+            long = " ".join(["shared system prompt words"] * 40)
+            for question in ("one", "two"):
+                http.post("/v1/completions", json={"model": "gpt", "prompt": long + question, "max_tokens": 2})
+            metrics = http.get("/metrics").text
+    for name in ("vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket",
+                 "vllm:generation_tokens_total", "vllm:prompt_tokens_total", "vllm:num_requests_running",
+                 "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):  # fmt: skip
+        assert f'{name}{{' in metrics and 'model_name="gpt"' in metrics, name
+    hits = [line for line in metrics.splitlines() if line.startswith('vllm:prefix_cache_hits_total{model_name="gpt"}')]
+    assert hits and float(hits[0].split()[-1]) > 0  # the second long prompt reused the first one's blocks
