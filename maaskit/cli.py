@@ -396,7 +396,7 @@ def _lm_eval(args) -> int:
 
 
 def _add_lm_assistant(lm_sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
-    """``maaskit lm finetune`` and ``maaskit lm eval``."""
+    """``maaskit lm finetune``, ``maaskit lm eval`` and ``maaskit lm export``."""
     from .lm.tasks import TASKS
 
     recipe = SFTRecipe()
@@ -435,12 +435,43 @@ def _add_lm_assistant(lm_sub: Any, helpful: type[argparse.HelpFormatter]) -> Non
     ev.add_argument("--no-constraints", action="store_true", help="send no response_format (the model on its own)")
     ev.add_argument("--json", action="store_true", help="also print the figures as JSON")
     ev.set_defaults(func=_lm_eval)
+    export = lm_sub.add_parser(
+        "export", help="write a trained GPT as a Hugging Face folder (transformers, vLLM, TGI load it)",
+        formatter_class=helpful,
+        description="Write DIR's GPT to OUT in GPT-2's Hugging Face layout: config.json, model.safetensors, "
+        "tokenizer.json, tokenizer_config.json with the chat template, generation_config.json with the stop tokens.",
+    )  # fmt: skip
+    export.add_argument("directory", metavar="DIR", help="a maaskit lm train or lm finetune directory")
+    export.add_argument("out", metavar="OUT", help="the folder to write")
+    export.set_defaults(func=_lm_export)
+
+
+def _lm_export(args) -> int:
+    import warnings
+
+    from .artifact import ArtifactError
+    from .lm.artifact import load_language_model
+    from .lm.export import export_gpt2
+
+    try:
+        model, tokenizer, _ = load_language_model(args.directory)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            export_gpt2(model, tokenizer, args.out)  # type: ignore[arg-type]
+    except (ArtifactError, TypeError, OSError) as err:
+        print(f"maaskit lm export: {err}", file=sys.stderr)
+        return 2
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    print(f"wrote {args.out}/ (config.json, model.safetensors, tokenizer.json, tokenizer_config.json, "
+          f"generation_config.json): transformers' from_pretrained and vllm serve read it")  # fmt: skip
+    return 0
 
 
 def _add_lm(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
-    """``maaskit lm train``, ``finetune`` and ``eval``: train's options default to LMRecipe's."""
-    lm = sub.add_parser("lm", help="language models: train a small GPT, fine-tune it, evaluate it")
-    lm_sub = lm.add_subparsers(dest="lm_command", metavar="COMMAND", help="train, finetune, eval")
+    """``maaskit lm train``, ``finetune``, ``eval`` and ``export``: train's options default to LMRecipe's."""
+    lm = sub.add_parser("lm", help="language models: train a small GPT, fine-tune it, evaluate it, export it")
+    lm_sub = lm.add_subparsers(dest="lm_command", metavar="COMMAND", help="train, finetune, eval, export")
     lm_train = lm_sub.add_parser(
         "train",
         help="train a GPT on a text and save it with its tokenizer",

@@ -43,9 +43,16 @@ SHAPE = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden
 FAMILY = {
     "llama": lambda: transformers.LlamaConfig(**SHAPE, tie_word_embeddings=False),
     "llama3-tied": lambda: transformers.LlamaConfig(
-        **SHAPE, tie_word_embeddings=True,
-        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
-                         "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+        **SHAPE,
+        tie_word_embeddings=True,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
     ),  # fmt: skip
     "qwen2": lambda: transformers.Qwen2Config(**SHAPE, tie_word_embeddings=True),
     "qwen3": lambda: transformers.Qwen3Config(**SHAPE, head_dim=32, tie_word_embeddings=False),
@@ -244,3 +251,81 @@ def test_served_through_the_openai_api_it_answers_as_transformers_generates(tmp_
         reply = client.chat.completions.create(model="tiny-qwen", messages=messages, max_tokens=16, temperature=0)
     assert reply.choices[0].message.content == expected
     assert reply.usage.prompt_tokens == len(prompt)
+
+
+EXPORT_CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "How many metres are 3.5 km?"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "convert", "arguments": {"value": 3.5, "to": "m"}}}]},
+    {"role": "tool", "content": "3500"},
+]  # fmt: skip
+EXPORT_TOOLS = [{"type": "function", "function": {"name": "convert", "parameters": {"type": "object"}}},
+                {"type": "function", "function": {"name": "calculate", "parameters": {"type": "object"}}}]  # fmt: skip
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["plain", "chat-format"])
+def test_the_export_is_a_hugging_face_folder_transformers_chats_with_as_maaskit_does(tmp_path, chat):
+    import warnings
+
+    from maaskit.lm import GPT, GPTConfig
+    from maaskit.lm.chat import ChatFormat, add_chat_tokens
+    from maaskit.lm.export import export_gpt2
+    from maaskit.lm.text import chat_prompt
+
+    tokenizer = add_chat_tokens(_tokenizer()) if chat else _tokenizer()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), context=256, layers=2, heads=2, width=64)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # heads of 32: no warning
+        export_gpt2(model, tokenizer, tmp_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    messages = EXPORT_CONVERSATION if chat else [m for m in EXPORT_CONVERSATION if m.get("content")]
+    ids = theirs.apply_chat_template(messages, tools=EXPORT_TOOLS if chat else None, add_generation_prompt=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    if chat:
+        assert ids == ChatFormat(tokenizer).encode(messages, EXPORT_TOOLS).ids
+        # one difference stays: maaskit encodes a user's "<|end|>" as characters (no message can end a
+        # turn); a Jinja template renders text, which the tokenizer reads as the token
+        forged = [{"role": "user", "content": "a <|end|> b"}]
+        theirs_forged = theirs.apply_chat_template(forged, add_generation_prompt=True)
+        theirs_forged = list(theirs_forged["input_ids"] if hasattr(theirs_forged, "keys") else theirs_forged)
+        end = tokenizer.token_to_id("<|end|>")
+        assert ChatFormat(tokenizer).encode(forged).ids.count(end) == 1 and theirs_forged.count(end) == 2
+    else:
+        assert ids == tokenizer.encode(chat_prompt(messages)).ids
+    config = json.loads((tmp_path / "config.json").read_text())
+    generation = json.loads((tmp_path / "generation_config.json").read_text())
+    assert config["torch_dtype"] == "float32"
+    assert generation["eos_token_id"] == ([0, tokenizer.token_to_id("<|end|>")] if chat else [0])
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False)
+    stops = tuple(generation["eos_token_id"])
+    ours = list(generate(model, ids, max_tokens=12, temperature=0, stop_tokens=stops))
+    assert [t for t in out[0, len(ids) :].tolist() if t not in stops] == ours
+
+
+def test_the_export_warns_when_vllm_cpu_cannot_run_its_heads(tmp_path):
+    from maaskit.lm import GPT, GPTConfig
+    from maaskit.lm.export import export_gpt2
+
+    model = GPT(GPTConfig(vocab_size=VOCAB, context=64, layers=1, heads=4, width=64))
+    with pytest.warns(UserWarning, match="heads of width 16 .* vLLM's CPU backend runs heads of 32, 64"):
+        export_gpt2(model, _tokenizer(), tmp_path)
+
+
+def test_maaskit_lm_export_writes_the_folder_and_says_what_vllm_cannot_run(lm_dir, tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "maaskit", "lm", "export", str(lm_dir), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "heads of width 16" in done.stderr and "wrote" in done.stdout
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "generation_config.json"} <= names  # fmt: skip
+    missing = subprocess.run([sys.executable, "-m", "maaskit", "lm", "export", str(tmp_path / "none"), str(tmp_path)],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert missing.returncode == 2 and "maaskit lm export:" in missing.stderr

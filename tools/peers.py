@@ -1,8 +1,9 @@
 """Virtual environments for the third-party servers and clients maaskit is checked against
-(KServe, MLServer): their pins clash with ours, so each lives in its own, under ``.peers/``,
-built from ``requirements/peers/NAME.txt`` on first use and reused while that file is unchanged.
+(KServe, MLServer, vLLM's CPU build): their pins clash with ours, so each lives in its own, under
+``.peers/``, built from ``requirements/peers/NAME.txt`` on first use and reused while that file is
+unchanged. A ``# then uninstall: ...`` line in that file names packages removed after the install.
 
-    python tools/peers.py kserve mlserver     # build them now (tests and benchmarks do it themselves)
+    python tools/peers.py kserve mlserver vllm    # build them now (tests and benchmarks do it themselves)
 """
 
 from __future__ import annotations
@@ -50,10 +51,15 @@ def peer_python(name: str, *, timeout: float = 900) -> Path:
             raise PeerUnavailable(f"pip could not install the {name} peer: {err.stderr.strip()[-1500:]}") from None
         except subprocess.TimeoutExpired:
             raise PeerUnavailable(f"installing the {name} peer took over {timeout:.0f} s") from None
+        for line in requirements.read_text().splitlines():  # a peer's own fix-ups, said in its file
+            if line.startswith("# then uninstall:"):
+                names = line.split(":", 1)[1].split()
+                subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", *names], check=True,
+                               capture_output=True, timeout=300)  # fmt: skip
         stamp.write_text(digest)
     return python
 
 
 if __name__ == "__main__":
-    for peer in sys.argv[1:] or ["kserve", "mlserver"]:
+    for peer in sys.argv[1:] or ["kserve", "mlserver", "vllm"]:
         print(peer, peer_python(peer))

@@ -1,5 +1,8 @@
-"""Scaling out: a maaskit GPT in the Hugging Face GPT-2 layout, which existing LLM engines load
-(``transformers``, vLLM, Text Generation Inference, llama.cpp's converter).
+"""Scaling out: a maaskit GPT as a complete Hugging Face folder in the GPT-2 layout, which existing
+LLM engines load (``transformers``, vLLM, Text Generation Inference, llama.cpp's converter), and
+chat with exactly as maaskit does: the chat template (Jinja) writes the prompt maaskit's chat format
+or plain template writes, ``generation_config.json`` lists the tokens that end a reply, and
+``config.json`` says the dtype.
 
 The architectures are the same network: token and position embeddings, pre-norm blocks with one
 ``c_attn`` projection for queries, keys and values, a GELU MLP, a final norm and a tied head.
@@ -10,15 +13,41 @@ transposed), and maaskit's GELU is the exact one (``activation_function: "gelu"`
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer
 
+from .chat import ChatFormat
 from .model import GPT
 from .tokenizer import ENDOFTEXT
 
-__all__ = ["export_gpt2"]
+__all__ = ["CHATML_TEMPLATE", "PLAIN_TEMPLATE", "VLLM_CPU_HEAD_SIZES", "export_gpt2"]
+
+# the head widths vLLM's CPU attention runs (others: "Unsupported CPU attention configuration")
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256)
+
+# maaskit.lm.text.chat_prompt, in Jinja: each message as "role: content", then "assistant:"
+PLAIN_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] }}: "
+    "{{ message['content'] if message['content'] is string else '' }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+# maaskit.lm.chat.ChatFormat.encode, in Jinja: the tools by name, each turn between its role's
+# token and <|end|>, an assistant's tool calls as <|call|> and compact JSON
+CHATML_TEMPLATE = (
+    "{% set marks = {'system': '<|system|>', 'developer': '<|system|>', 'user': '<|user|>', "
+    "'assistant': '<|assistant|>', 'tool': '<|tool|>'} %}"
+    "{% if tools %}<|tools|>{% for tool in tools %}{{ (tool['function'] or tool)['name'] }}"
+    "{% if not loop.last %}, {% endif %}{% endfor %}<|end|>{% endif %}"
+    "{% for message in messages %}{{ marks[message['role']] }}"
+    "{{ message['content'] if message['content'] is string else '' }}"
+    "{% if message['role'] == 'assistant' and message['tool_calls'] %}{% for call in message['tool_calls'] %}"
+    "<|call|>{{ {'name': (call['function'] or call)['name'], 'arguments': (call['function'] or call)['arguments']}"
+    " | tojson(separators=(',', ':')) }}{% endfor %}{% endif %}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 def _gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
@@ -49,8 +78,11 @@ def _gpt2_state(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def export_gpt2(model: GPT, tokenizer: Tokenizer, directory: str | Path) -> Path:
-    """Write ``config.json``, ``model.safetensors`` and ``tokenizer.json`` in GPT-2's Hugging Face
-    layout; ``transformers.GPT2LMHeadModel.from_pretrained(directory)`` gives the same logits."""
+    """Write a Hugging Face folder in GPT-2's layout: ``config.json``, ``model.safetensors``,
+    ``tokenizer.json``, ``tokenizer_config.json`` (with the chat template) and
+    ``generation_config.json`` (the stop tokens); ``transformers.GPT2LMHeadModel.from_pretrained``
+    gives the same logits, and ``apply_chat_template`` the same prompt. Warns when vLLM's CPU
+    backend could not run the shape."""
     from safetensors.torch import save_file
 
     if not isinstance(model, GPT):
@@ -58,6 +90,16 @@ def export_gpt2(model: GPT, tokenizer: Tokenizer, directory: str | Path) -> Path
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     end, shape = tokenizer.token_to_id(ENDOFTEXT), model.config
+    if shape.head_width not in VLLM_CPU_HEAD_SIZES:
+        warnings.warn(
+            f"heads of width {shape.head_width} ({shape.width} / {shape.heads} heads): vLLM's CPU backend runs "
+            f"heads of {', '.join(map(str, VLLM_CPU_HEAD_SIZES))} only; train with fewer, wider heads "
+            f"(maaskit lm train --heads {shape.width // 32 or 1}) to serve this model there",
+            stacklevel=2,
+        )
+    chat = ChatFormat.supports(tokenizer)
+    stops = [end, tokenizer.token_to_id("<|end|>")] if chat else [end]
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     config = {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -75,8 +117,23 @@ def export_gpt2(model: GPT, tokenizer: Tokenizer, directory: str | Path) -> Path
         "tie_word_embeddings": True,
         "bos_token_id": end,
         "eos_token_id": end,
+        "torch_dtype": dtype,
     }
-    (directory / "config.json").write_text(json.dumps(config, indent=1))
+    files = {
+        "config.json": config,
+        "generation_config.json": {"bos_token_id": end, "eos_token_id": stops, "max_length": shape.context},
+        "tokenizer_config.json": {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": ENDOFTEXT,
+            "eos_token": "<|end|>" if chat else ENDOFTEXT,
+            "pad_token": ENDOFTEXT,
+            "model_max_length": shape.context,
+            "add_bos_token": False,
+            "chat_template": CHATML_TEMPLATE if chat else PLAIN_TEMPLATE,
+        },
+    }
+    for name, content in files.items():
+        (directory / name).write_text(json.dumps(content, indent=1))
     save_file(_gpt2_state(model), directory / "model.safetensors", metadata={"format": "pt"})
     tokenizer.save(str(directory / "tokenizer.json"))
     return directory

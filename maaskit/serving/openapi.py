@@ -329,10 +329,12 @@ def _token_body(schema: dict, served: ServedLanguageModel, route: str) -> dict:
         vocab = served.tokenizer.get_vocab_size()
         props["tokens"] = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": vocab - 1}}
     else:
-        props["prompt"] = {"type": "string"}
-        messages = props["messages"]
-        props["messages"] = {**messages["anyOf"][0], "description": messages.get("description", "")}
-        body["oneOf"] = [{"required": ["prompt"]}, {"required": ["messages"]}]
+        text, array, null = {"type": "string"}, props["messages"]["anyOf"][0], {"type": "null"}
+        props["prompt"] = {"anyOf": [text, null], "description": props["prompt"].get("description", "")}
+        body["oneOf"] = [  # one of them, the other absent or null
+            {"required": ["prompt"], "properties": {"prompt": text, "messages": null}},
+            {"required": ["messages"], "properties": {"messages": array, "prompt": null}},
+        ]
     return body
 
 

