@@ -19,7 +19,7 @@ def test_notebooks_exist_and_are_numbered_in_reading_order():
     names = [p.name for p in NOTEBOOKS]
     assert names[:3] == ["01_forward_pass.ipynb", "02_backpropagation.ipynb", "03_optimizers.ipynb"]
     numbers = [int(n[:2]) for n in names]
-    assert numbers == sorted(set(numbers)) == list(range(1, 11))  # in reading order, each number once
+    assert numbers == sorted(set(numbers)) == list(range(1, 12))  # in reading order, each number once
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -43,6 +43,7 @@ def test_every_notebook_is_covered_here():
         "08_explaining_predictions.ipynb",
         "09_scaling_out.ipynb",
         "10_assistant.ipynb",
+        "11_open_models.ipynb",
     }
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == tested
 
@@ -397,3 +398,17 @@ def test_10_assistant_other_parameters_and_a_remote_endpoint(tmp_path, tiny_lm):
     check_assistant(m)
     assert m["remote"]["n"] == 12 and m["remote"]["model"] == "remote-assistant"
     assert (tmp_path / "assistant" / "manifest.json").is_file() and (tmp_path / "assistant-before").is_dir()
+
+
+def test_11_open_models_defaults():
+    m = run("11_open_models.ipynb", "defaults")
+    assert m["hf_model"] is None  # offline: a tiny random Llama built by the notebook
+    assert m["logit_gap"] < 1e-4 and m["greedy_identical"] and m["template_identical"]
+    assert m["prefix_identical"] and m["prefix_hits"] >= 5 * 352  # 5 requests x 11 shared blocks of 32
+    assert m["fits_binder"] == {"SmolLM2-135M": "fp32", "SmolLM2-360M": "bf16", "Qwen3-0.6B": "no",
+                                "Llama-3.2-1B": "no"}  # fmt: skip
+
+
+def test_11_open_models_other_parameters(tmp_path):
+    m = run("11_open_models.ipynb", "small", context=256, max_tokens=8, shared_prompt_tokens=100)
+    assert m["greedy_identical"] and m["prefix_identical"] and m["prefix_hits"] >= 5 * 96

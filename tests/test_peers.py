@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -136,3 +137,18 @@ def test_the_serving_benchmark_runs_and_prints_its_table(tmp_path):
     assert all(cell["explanations_per_s"] > 0 for cell in results["explaining"].values())
     assert all(cell["errors"] == 0 for server in results.values() for cell in server.values()), results
     assert "| maaskit |" in done.stdout and "maaskit / kserve json" in done.stdout and "while explaining" in done.stdout
+
+
+def test_the_open_models_benchmark_runs_against_vllm():
+    """The benchmark against vLLM's CPU build, small: a tiny Llama both servers load from one folder.
+    Its speeds are for people, never asserted; what is asserted is that both answered every stream,
+    and that the prefix cache changed no output."""
+    peer("vllm")
+    done = subprocess.run([sys.executable, str(HERE.parent / "benchmarks" / "open_models.py"), "--smoke"],
+                          capture_output=True, text=True, timeout=1500)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "| maaskit |" in out and "| vLLM-CPU |" in out and "maaskit / vLLM-CPU" in out
+    errors = [int(n) for n in re.findall(r"errors (\d+)", out)]
+    assert errors and set(errors) == {0}, out  # every stream of every cell answered in full
+    assert "identical outputs: True" in out and "p99 ITL of 8 streams" in out
