@@ -329,15 +329,10 @@ class Engine:
             parts.append(self.model(last, decode)[:, -1])
             for slot in slots:
                 self._lengths[slot] += 1
-        for seq, n in plan:
-            chunk = torch.tensor([seq.prompt[seq.filled : seq.filled + n]], device=self.device)
-            logits = self.model(chunk, self.cache.prefill(seq.slot, seq.filled))[:, -1]
-            seq.filled += n
-            self._lengths[seq.slot] = seq.filled
-            if seq.filled == len(seq.prompt):
-                parts.append(logits)
-                if self.prefix_cache is not None:
-                    self.prefix_cache.keep(seq.prompt, self.cache, seq.slot)
+        finished: dict[int, torch.Tensor] = {}  # by id: the last prompt position's logits
+        for group in self._prefill_groups(plan):
+            finished |= self._prefill(group)
+        parts += [finished[id(seq)] for seq in step[len(running) :]]
         if not step:  # only prompt chunks this step
             return []
         logits = torch.cat(parts).float()
@@ -358,6 +353,37 @@ class Engine:
             (s, self._event(s, t, logprobs[i] if logprobs is not None else None))
             for i, (s, t) in enumerate(zip(step, tokens))
         ]
+
+    def _prefill_groups(self, plan: list[tuple[_Sequence, int]]) -> list[list[tuple[_Sequence, int]]]:
+        """The chunks prefilled together: one forward pass each, the shorter chunks padded to the
+        longest. Chunks of like lengths go together (padding at most doubles the work), and a group
+        never writes past the context."""
+        groups: list[list[tuple[_Sequence, int]]] = []
+        for seq, n in sorted(plan, key=lambda item: item[1]):
+            group = groups[-1] if groups else None
+            if (group is not None and n * (len(group) + 1) <= 2 * (sum(m for _, m in group) + n) + 8
+                    and max(s.filled for s, _ in group + [(seq, n)]) + n <= self.context):  # fmt: skip
+                group.append((seq, n))
+            else:
+                groups.append([(seq, n)])
+        return groups
+
+    def _prefill(self, group: list[tuple[_Sequence, int]]) -> dict[int, torch.Tensor]:
+        """One forward pass over ``group``'s prompt chunks; the logits of each prompt now all in."""
+        width = max(n for _, n in group)
+        chunks = [seq.prompt[seq.filled : seq.filled + n] + [0] * (width - n) for seq, n in group]
+        step = self.cache.decode([seq.slot for seq, _ in group], [seq.filled for seq, _ in group], tokens=width)
+        last = torch.tensor([n - 1 for _, n in group], device=self.device)  # each row's last real token
+        logits = self.model(torch.tensor(chunks, device=self.device), step, select=last)[:, -1]
+        out = {}
+        for i, (seq, n) in enumerate(group):
+            seq.filled += n
+            self._lengths[seq.slot] = seq.filled
+            if seq.filled == len(seq.prompt):
+                out[id(seq)] = logits[i : i + 1]
+                if self.prefix_cache is not None:
+                    self.prefix_cache.keep(seq.prompt, self.cache, seq.slot)
+        return out
 
     def _masks(self, constrained: list[tuple[_Sequence, int]], rows: int) -> Future:
         """Which tokens each row may take (all, for the free ones), as booleans: each constrained

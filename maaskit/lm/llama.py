@@ -233,11 +233,14 @@ class Llama(CausalLM):
         c = self.config
         return c.num_hidden_layers, c.num_key_value_heads, c.head_dim
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | DecodeStep | None = None) -> torch.Tensor:
-        """``tokens``: B x T ids (the new ones, with a cache); B x T x vocab logits."""
+    def forward(
+        self, tokens: torch.Tensor, cache: KVCache | DecodeStep | None = None, select: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``tokens``: B x T ids (the new ones, with a cache); B x T x vocab logits, or with ``select``
+        (a position per row) B x 1 x vocab."""
         t = tokens.shape[1]
         if isinstance(cache, DecodeStep):
-            where = cache.positions[:, None]  # B x 1: each row at its own position
+            where = cache.positions  # B x T: each row at its own positions
         else:
             start = cache.length if cache is not None else 0
             if start + t > self.context:
@@ -249,6 +252,8 @@ class Llama(CausalLM):
             x = block(x, cos, sin, cache, layer)
         if isinstance(cache, KVCache):
             cache.advance(t)
+        if select is not None:  # one position per row (a prompt's last): the head's work for it only
+            x = x[torch.arange(x.shape[0], device=x.device), select][:, None]
         return self.lm_head(self.model.norm(x))
 
 

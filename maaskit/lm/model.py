@@ -85,32 +85,39 @@ class SlotCache:
         prompt prefilled in chunks, or after a prefix the prefix cache supplied)."""
         return KVCache([k[slot : slot + 1] for k in self.keys], [v[slot : slot + 1] for v in self.values], start)
 
-    def decode(self, slots: Sequence[int], lengths: Sequence[int]) -> DecodeStep:
-        """One decode step for ``slots``, each filled to its ``lengths`` entry (host numbers: no sync)."""
+    def decode(self, slots: Sequence[int], lengths: Sequence[int], tokens: int = 1) -> DecodeStep:
+        """One step for ``slots``, each filled to its ``lengths`` entry (host numbers: no sync), taking
+        ``tokens`` new tokens per row: 1 to decode, more for prompt chunks prefilled together (a row
+        with fewer real tokens is padded; what the padding writes lies past that row's length, where
+        nothing reads it, and the next real token overwrites it)."""
         device = self.keys[0].device
-        span = max(lengths) + 1
-        at = torch.tensor(lengths, device=device)
-        allowed = torch.arange(span, device=device)[None, :] <= at[:, None]  # rows x span
-        return DecodeStep(self, torch.tensor(slots, device=device), at, span, allowed[:, None, None, :])
+        span = max(lengths) + tokens
+        at = torch.tensor(lengths, device=device)[:, None] + torch.arange(tokens, device=device)  # rows x tokens
+        allowed = torch.arange(span, device=device)[None, None, :] <= at[:, :, None]  # rows x tokens x span
+        return DecodeStep(self, torch.tensor(slots, device=device), at, span, allowed[:, None])
 
 
 @dataclass
 class DecodeStep:
-    """One new token for each of ``rows`` (slots of ``cache``), row ``i`` written at ``positions[i]``
-    and attending to its own first ``positions[i] + 1`` entries of the ``span`` read."""
+    """New tokens for each of ``rows`` (slots of ``cache``): row ``i``'s token ``t`` is written at
+    ``positions[i, t]`` and attends to the row's entries up to it, within the ``span`` read."""
 
     cache: SlotCache
     rows: torch.Tensor
-    positions: torch.Tensor
+    positions: torch.Tensor  # rows x tokens
     span: int
-    mask: torch.Tensor  # rows x 1 x 1 x span
+    mask: torch.Tensor  # rows x 1 x tokens x span
 
     def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this layer's new keys and values (rows x heads x 1 x head width); return the rows'
-        keys and values up to the span."""
+        """Store this layer's new keys and values (rows x heads x tokens x head width); return the
+        rows' keys and values up to the span."""
         keys, values = self.cache.keys[layer], self.cache.values[layer]
-        keys[self.rows, :, self.positions] = k[:, :, 0]
-        values[self.rows, :, self.positions] = v[:, :, 0]
+        if k.shape[2] == 1:  # decoding: one position per row
+            keys[self.rows, :, self.positions[:, 0]] = k[:, :, 0]
+            values[self.rows, :, self.positions[:, 0]] = v[:, :, 0]
+        else:  # indexed as (rows, tokens, heads, width)
+            keys[self.rows[:, None], :, self.positions] = k.transpose(1, 2)
+            values[self.rows[:, None], :, self.positions] = v.transpose(1, 2)
         return keys[self.rows, :, : self.span], values[self.rows, :, : self.span]
 
 
@@ -188,12 +195,14 @@ class GPT(CausalLM):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | DecodeStep | None = None) -> torch.Tensor:
-        """``tokens``: B x T token ids (the new ones, with a cache). Returns B x T x vocab logits.
-        With a :class:`DecodeStep`, B x 1: the next token of each of its rows."""
+    def forward(
+        self, tokens: torch.Tensor, cache: KVCache | DecodeStep | None = None, select: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``tokens``: B x T token ids (the new ones, with a cache). Returns B x T x vocab logits;
+        with ``select`` (a position per row), B x 1 x vocab: the logits at those positions only."""
         t = tokens.shape[1]
         if isinstance(cache, DecodeStep):
-            where = cache.positions[:, None]  # each row's own position (the engine checks the context)
+            where = cache.positions  # each row's own positions (the engine checks the context)
         else:
             start = cache.length if cache is not None else 0
             if start + t > self.context:
@@ -204,6 +213,8 @@ class GPT(CausalLM):
             x = block(x, cache, layer)
         if isinstance(cache, KVCache):
             cache.advance(t)
+        if select is not None:  # one position per row (a prompt's last): the head's work for it only
+            x = x[torch.arange(x.shape[0], device=x.device), select][:, None]
         return self.head(self.norm(x))
 
 
