@@ -149,7 +149,7 @@ class ServedLanguageModel:
     """A language model, its tokenizer, and the continuous-batching engine in front of it."""
 
     def __init__(self, name: str, model: torch.nn.Module, tokenizer: Any, manifest: dict, device: torch.device,
-                 config: ServeConfig, thread_setup: Callable[[], None]):  # fmt: skip
+                 config: ServeConfig, thread_setup: Callable[[], None], *, owned: bool = False):  # fmt: skip
         from ..lm.chat import ChatFormat
         from ..lm.constrain import Guide
         from ..lm.engine import Engine
@@ -172,6 +172,8 @@ class ServedLanguageModel:
         )
         guide = Guide(tokenizer, model.vocab_size, self.stop_tokens[-1])
         model = model.to(device=device, dtype=serving_dtype(config.dtype, model, device)).eval()
+        if owned and device.type == "cpu":  # a model it loaded itself (a caller's own is left as it is)
+            column_major(model)
         self.slots = cache_slots(model, config)
         cache = SlotCache.empty(model, self.slots)
         prefix = PrefixCache.sized(cache, int(config.prefix_cache_gb * 2**30))
@@ -197,6 +199,15 @@ def serving_dtype(name: str, model: torch.nn.Module, device: torch.device) -> to
         own = next(model.parameters()).dtype
         return own if device.type != "cpu" else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def column_major(model: torch.nn.Module) -> None:
+    """Store every linear layer's weight transposed in memory (the same values, the same shape). On a
+    CPU, PyTorch's matrix product reads such a weight without packing it first: measured on 2 cores
+    for SmolLM2-135M's shapes, 1.5x faster at 4 rows and 1.2-1.6x at 16, the same at 1."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module.weight.is_contiguous():
+            module.weight.data = module.weight.data.t().contiguous().t()
 
 
 def cache_slots(model: torch.nn.Module, config: ServeConfig) -> int:
@@ -314,7 +325,8 @@ class ModelRepository:
         else:
             raise TypeError("a language model is served from its directory or as a (model, tokenizer) pair")
         name = _check_name(name or manifest["name"])
-        served = ServedLanguageModel(name, model, tokenizer, manifest, self.device, self.config, self.thread_setup)
+        served = ServedLanguageModel(name, model, tokenizer, manifest, self.device, self.config, self.thread_setup,
+                                     owned=isinstance(source, (str, Path)))  # fmt: skip
         with self._lock:
             old = self.language_models.pop(name, None)
             self.language_models[name] = served
