@@ -1,10 +1,10 @@
 """Prefix caching: the keys and values of a prompt's first blocks, kept and reused by later prompts
 that begin the same way (a system prompt, a tool list, a few-shot block).
 
-A prompt is cut into blocks of ``block`` tokens. Each full block is named by every token up to its
-end (so a block stands for its whole prefix, as in vLLM's automatic prefix caching; the dictionary
-compares the tokens themselves on a hit, so two prefixes never share a block by a hash collision), and
-its keys and values, for every layer, are kept after a prefill. A new prompt looks up its blocks in
+A prompt is cut into blocks of ``block`` tokens. Each full block is named by its parent block's
+number and its own tokens, so a block stands for its whole prefix (as in vLLM's automatic prefix
+caching); names are compared exactly, never by a hash alone, and a name costs one block of tokens.
+Its keys and values, for every layer, are kept after a prefill. A new prompt looks up its blocks in
 order and stops at the first miss; the engine copies the hits into the sequence's slot and
 prefills only the rest. Keys and values depend on the tokens and their positions only, and a
 prefix is always at positions 0.., so a reused block is what the prefill would have computed.
@@ -13,8 +13,9 @@ Least recently used blocks go first once ``max_blocks`` are kept.
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -30,7 +31,10 @@ class PrefixCache:
         if block < 1 or max_blocks < 0:
             raise ValueError(f"a prefix cache needs block >= 1 and max_blocks >= 0, got {block}, {max_blocks}")
         self.block, self.max_blocks = block, max_blocks
-        self._blocks: OrderedDict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = OrderedDict()
+        # (parent's number, tokens) -> (this block's number, keys per layer, values per layer)
+        self._blocks: OrderedDict[tuple[int, tuple[int, ...]], tuple[int, list[torch.Tensor], list[torch.Tensor]]]
+        self._blocks = OrderedDict()
+        self._numbers = itertools.count(1)  # 0: the root, before any block
         self.queries = 0  # prompt tokens looked up
         self.hits = 0  # of those, tokens found
 
@@ -47,10 +51,10 @@ class PrefixCache:
     def __len__(self) -> int:
         return len(self._blocks)
 
-    def _names(self, prompt: Sequence[int]) -> list[tuple[int, ...]]:
-        """The name of each full block of ``prompt``: all the tokens up to its end."""
-        tokens = tuple(prompt)
-        return [tokens[:end] for end in range(self.block, len(tokens) + 1, self.block)]
+    def _blocks_of(self, prompt: Sequence[int], count: int) -> Iterator[tuple[int, tuple[int, ...]]]:
+        """The first ``count`` full blocks of ``prompt``: (index, tokens)."""
+        for i in range(min(count, len(prompt) // self.block)):
+            yield i, tuple(prompt[i * self.block : (i + 1) * self.block])
 
     def reuse(self, prompt: Sequence[int], cache: SlotCache, slot: int) -> int:
         """Copy the cached blocks that begin ``prompt`` into ``slot``; how many tokens they cover.
@@ -59,14 +63,15 @@ class PrefixCache:
             return 0
         usable = (len(prompt) - 1) // self.block
         self.queries += usable * self.block
-        found = 0
-        for name in self._names(prompt)[:usable]:
-            kept = self._blocks.get(name)
+        found, parent = 0, 0
+        for i, tokens in self._blocks_of(prompt, usable):
+            kept = self._blocks.get((parent, tokens))
             if kept is None:
                 break
-            self._blocks.move_to_end(name)
-            start = found * self.block
-            for layer, (k, v) in enumerate(zip(*kept)):
+            self._blocks.move_to_end((parent, tokens))
+            parent, keys, values = kept
+            start = i * self.block
+            for layer, (k, v) in enumerate(zip(keys, values)):
                 cache.keys[layer][slot, :, start : start + self.block] = k
                 cache.values[layer][slot, :, start : start + self.block] = v
             found += 1
@@ -77,14 +82,20 @@ class PrefixCache:
         """Keep the full blocks of ``prompt``, now in ``slot``, that are not kept yet."""
         if not self.max_blocks:
             return
-        for i, name in enumerate(self._names(prompt)):
-            if name in self._blocks:
-                self._blocks.move_to_end(name)
+        parent = 0
+        for i, tokens in self._blocks_of(prompt, len(prompt)):
+            kept = self._blocks.get((parent, tokens))
+            if kept is not None:
+                self._blocks.move_to_end((parent, tokens))
+                parent = kept[0]
                 continue
             span = slice(i * self.block, (i + 1) * self.block)
-            self._blocks[name] = (
+            number = next(self._numbers)
+            self._blocks[(parent, tokens)] = (
+                number,
                 [k[slot, :, span].clone() for k in cache.keys],
                 [v[slot, :, span].clone() for v in cache.values],
             )
-            while len(self._blocks) > self.max_blocks:
-                self._blocks.popitem(last=False)
+            parent = number
+            while len(self._blocks) > self.max_blocks:  # the least recently used; its children, unreachable
+                self._blocks.popitem(last=False)  # now, age out after it
