@@ -5,6 +5,7 @@ Models (random weights, built here from their configs: nothing is downloaded):
   smollm2-135m  SmolLM2-135M's shape (Llama: 30 layers x 576, 9 heads, 3 key/value heads, vocabulary 49,152)
   gpt-10.9m     a maaskit GPT of 6 layers x 384 (heads of 64), served by maaskit from its artifact and
                 by vLLM from ``export_gpt2``'s folder
+  gpt-default   notebook 07's GPT shape (0.14M parameters, 2 heads of 32, context 128), the same way
 
 For each model and dtype, each server is started once; while one is measured the others are
 frozen (SIGSTOP: vLLM's engine busy-polls even when idle). Rounds interleave the servers. Every
@@ -82,17 +83,17 @@ def llama_folder(out: Path, shape: dict) -> Path:
     return out
 
 
-def gpt_folders(out: Path, layers: int, width: int, context: int) -> tuple[Path, Path]:
+def gpt_folders(out: Path, layers: int, width: int, heads: int, context: int, vocab: int) -> tuple[Path, Path]:
     """A maaskit GPT artifact and its Hugging Face export (GPT-2 layout): the same weights."""
     import torch
 
     from maaskit.lm import GPT, GPTConfig, save_language_model
     from maaskit.lm.export import export_gpt2
 
-    tokenizer = tokenizer_of(4096)
+    tokenizer = tokenizer_of(vocab)
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), context=context, layers=layers,
-                          heads=width // 64, width=width))  # fmt: skip
+                          heads=heads, width=width))  # fmt: skip
     ours = save_language_model(model, tokenizer, out / "maaskit", name="model")
     return ours, export_gpt2(model, tokenizer, out / "hf")
 
@@ -299,7 +300,7 @@ def running_now(server: Server, n: int) -> None:
 
 def main() -> int:  # long: the run reads top to bottom as the note's table
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="smollm2-135m,gpt-10.9m")
+    parser.add_argument("--models", default="smollm2-135m,gpt-10.9m,gpt-default")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--rounds", type=int, default=3)
@@ -319,9 +320,11 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
     with tempfile.TemporaryDirectory(prefix="maaskit-open-") as tmp:
         folder = Path(tmp)
         for name in models:
-            context = 256 if args.smoke else 1024
+            context = 256 if args.smoke else 128 if name == "gpt-default" else 1024
             if name == "gpt-10.9m":
-                ours, theirs = gpt_folders(folder / name, 6, 384, context)
+                ours, theirs = gpt_folders(folder / name, 6, 384, 6, context, 4096)
+            elif name == "gpt-default":
+                ours, theirs = gpt_folders(folder / name, 2, 64, 2, context, 512)
             else:
                 ours = theirs = llama_folder(folder / name, TINY_LLAMA if name == "tiny-llama" else SMOLLM2_135M)
             for dtype in dtypes:
@@ -349,7 +352,7 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
                     a, b = ours_t[c], theirs_t[c]
                     print(f"c={c}: maaskit / vLLM-CPU {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s, "
                           f"TTFT p50 {a['ttft_p50_ms']:.0f} vs {b['ttft_p50_ms']:.0f} ms")  # fmt: skip
-            if name != "gpt-10.9m":
+            if not name.startswith("gpt"):
                 extra = prefix_and_chunks(ours, dtypes[0], context, folder / f"{name}.features.log", args.smoke)
                 results["models"][name + " features"] = extra
                 on, off = extra["prefix cache on"], extra["prefix cache off"]

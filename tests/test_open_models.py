@@ -329,3 +329,15 @@ def test_maaskit_lm_export_writes_the_folder_and_says_what_vllm_cannot_run(lm_di
     missing = subprocess.run([sys.executable, "-m", "maaskit", "lm", "export", str(tmp_path / "none"), str(tmp_path)],
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert missing.returncode == 2 and "maaskit lm export:" in missing.stderr
+
+
+def test_a_sharded_checkpoint_loads_shard_by_shard(tmp_path):
+    reference = write_checkpoint(tmp_path / "whole", "qwen3")
+    reference.save_pretrained(tmp_path / "sharded", max_shard_size="40KB")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "sharded" / name).write_bytes((tmp_path / "whole" / name).read_bytes())
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert len(list((tmp_path / "sharded").glob("model-*.safetensors"))) > 1
+    tokens = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        assert torch.equal(load_hf(tmp_path / "sharded").model(tokens), load_hf(tmp_path / "whole").model(tokens))
