@@ -503,8 +503,8 @@ def _chat_prompt(served: ServedLanguageModel, messages: list[Any], tools: list[d
         if served.chat is not None:
             return served.chat.encode(plain, tools).ids, True
         if tools:
-            raise OpenAIError(400, f"{served.name} cannot call tools here: tool calls are read from the chat "
-                              "format of models fine-tuned with maaskit lm finetune", param="tools")  # fmt: skip
+            raise OpenAIError(400, f"{served.name} has no chat format maaskit reads tool calls in, so it cannot "
+                              "call tools here: fine-tune a model with maaskit lm finetune", param="tools")  # fmt: skip
         if served.template is not None:  # the template writes the special tokens itself
             text = served.template.render(plain, add_generation_prompt=True)
             return served.tokenizer.encode(text, add_special_tokens=False).ids, True
