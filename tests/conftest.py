@@ -46,10 +46,18 @@ SLOW_MODULES = {
 }
 
 
+# nbval waits 5 s for each output message after a cell ends: a wall-clock bound that a kernel starved
+# of CPU (a peer server busy on the other core) missed once in a CI run. An event, not a time, ends a
+# cell (the kernel's "idle"); this bound is only for a kernel that died.
+NBVAL_OUTPUT_SECONDS = 300
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+        if hasattr(item, "output_timeout"):  # an nbval cell
+            item.output_timeout = NBVAL_OUTPUT_SECONDS
 
 
 def require(module: str):
