@@ -163,11 +163,7 @@ class _Attention(nn.Module):
             keys, values = cache.attend(layer, k, v)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask, enable_gqa=gqa)
         else:
-            start = cache.length
-            cache.keys[layer][:, :, start : start + t] = k
-            cache.values[layer][:, :, start : start + t] = v
-            keys, values = cache.keys[layer][:, :, : start + t], cache.values[layer][:, :, : start + t]
-            allowed = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            keys, values, allowed = cache.attend(layer, k, v)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 

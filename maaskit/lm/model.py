@@ -62,6 +62,16 @@ class KVCache:
     def advance(self, tokens: int) -> None:
         self.length += tokens
 
+    def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store this layer's new keys and values (batch x heads x T x head width) after the kept
+        ones; return all of them and the mask: the new tokens see every kept position and,
+        causally, each other."""
+        start, t = self.length, k.shape[2]
+        self.keys[layer][:, :, start : start + t] = k
+        self.values[layer][:, :, start : start + t] = v
+        allowed = torch.ones(t, start + t, dtype=torch.bool, device=k.device).tril(diagonal=start)
+        return self.keys[layer][:, :, : start + t], self.values[layer][:, :, : start + t], allowed
+
 
 @dataclass
 class SlotCache:
@@ -138,11 +148,7 @@ class _Attention(nn.Module):
             keys, values = cache.attend(layer, k, v)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask)
         else:  # the new tokens attend to every kept position and, causally, to each other
-            start = cache.length
-            cache.keys[layer][:, :, start : start + t] = k
-            cache.values[layer][:, :, start : start + t] = v
-            keys, values = cache.keys[layer][:, :, : start + t], cache.values[layer][:, :, : start + t]
-            allowed = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
+            keys, values, allowed = cache.attend(layer, k, v)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, dropout_p=drop)
         return self.out(y.transpose(1, 2).reshape(b, t, c))
 
