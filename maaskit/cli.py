@@ -322,31 +322,16 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
         choices=("auto", "float32", "bfloat16"),
         help="a language model's weights and cache (auto: float32 on a CPU, the checkpoint's own on a GPU)",
     )
-    serve.add_argument(
-        "--context",
-        type=int,
-        default=defaults.context,
-        help="positions a Hugging Face model's cache holds (at most the model's own limit)",
-    )
-    serve.add_argument(
-        "--kv-cache-gb",
-        type=float,
-        default=defaults.kv_cache_gb,
-        help="memory for the sequences' key/value caches; fewer slots than --max-sequences if it holds fewer "
-        "(more requests wait their turn); default: --max-sequences slots",
-    )
-    serve.add_argument(
-        "--prefill-chunk",
-        type=int,
-        default=defaults.prefill_chunk,
-        help="prompt tokens computed per step beside the running streams (a long prompt does not stall them)",
-    )
-    serve.add_argument(
-        "--prefix-cache-gb",
-        type=float,
-        default=defaults.prefix_cache_gb,
-        help="memory for the keys and values of shared prompt prefixes, reused across requests (0: off)",
-    )
+    for option, kind, what in (  # a language model's engine: sizes and memory
+        ("context", int, "positions a Hugging Face model's cache holds (at most the model's own limit)"),
+        ("kv-cache-gb", float, "memory for the sequences' key/value caches; fewer slots than --max-sequences if "
+         "it holds fewer (more requests wait their turn); default: --max-sequences slots"),
+        ("prefill-chunk", int, "prompt tokens computed per step beside the running streams (a long prompt does not "
+         "stall them)"),
+        ("prefix-cache-gb", float, "memory for the keys and values of shared prompt prefixes, reused across "
+         "requests (0: off)"),
+    ):  # fmt: skip
+        serve.add_argument(f"--{option}", type=kind, default=getattr(defaults, option.replace("-", "_")), help=what)
     serve.add_argument(
         "--drain-seconds",
         type=float,
