@@ -78,10 +78,11 @@ def test_a_long_prompt_joins_running_streams_a_chunk_per_step():
         async def stream(prompt):
             return [e.token async for e in engine.generate(prompt, params) if e.token is not None]
 
+        running = asyncio.Event()  # set by the engine's third step: both streams decode
+        engine.listeners.append(lambda kind, value: running.set() if kind == "step" and len(per_step) >= 3 else None)
         first = asyncio.create_task(stream([1, 2]))
         second = asyncio.create_task(stream([3, 4]))
-        while engine.steps < 3:  # both streams running
-            await asyncio.sleep(0)
+        await asyncio.wait_for(running.wait(), 60)
         started = len(per_step)
         late = await stream(long[:60] + [5])  # joins: 61 tokens, 8 steps of chunks
         return started, await first, await second, late
