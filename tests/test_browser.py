@@ -368,7 +368,8 @@ def test_chat_console_streams_an_answer_in_jupyterlab(page, lab):
     console.get_by_role("button", name="Send").click()
     try:
         page.wait_for_function(
-            "el => el.innerText.split('first token after').length === 3", arg=history.element_handle(), timeout=30_000
+            # the answer's last line says how it finished; "first token after" shows from its first token on
+            "el => el.innerText.split('finished:').length === 3", arg=history.element_handle(), timeout=30_000
         )
     finally:
         print("status:", console.locator(".maaskit-status").inner_text(), "history:", history.inner_text()[-300:])
@@ -406,12 +407,13 @@ def test_chat_console_runs_a_tool_and_shows_the_final_answer_in_jupyterlab(page,
     assert calls.count() >= 1, history.inner_text()  # the notebook's own question: a tool was called
     assert_fits(page, console, "10_chat_tools")
     before = calls.count()
+    finished = history.inner_text().count("finished:")
     console.locator(".maaskit-chat-prompt textarea").fill("What is 12 times 34?")
     console.get_by_role("button", name="Send").click()
     page.wait_for_function(
-        "([el, n]) => el.querySelectorAll('.maaskit-tool-call').length > n && "
-        "el.innerText.split('first token after').length > 2",
-        arg=[history.element_handle(), before], timeout=60_000,
+        "([el, n, f]) => el.querySelectorAll('.maaskit-tool-call').length > n && "
+        "el.innerText.split('finished:').length > f + 1",  # the final answer has ended, not only begun
+        arg=[history.element_handle(), before, finished], timeout=60_000,
     )  # fmt: skip
     text = history.inner_text()
     last = text[text.rindex("What is 12 times 34?") :]

@@ -292,7 +292,8 @@ def test_the_chat_console_streams_an_answer_with_its_figures_and_stop_closes_the
     turn = console.send("What is a dict?", wait=True)
     assert turn.error is None and turn.answer and turn.finish_reason in ("stop", "length")
     assert turn.first_token_s is not None and turn.usage["completion_tokens"] >= 1
-    assert "first token after" in turn.stats() and html_text(console.history.value).count("you:") == 1
+    assert "first token after" in turn.stats() and f"finished: {turn.finish_reason}" in turn.stats()
+    assert html_text(console.history.value).count("you:") == 1
     assert str(console).startswith("you: What is a dict?\ngpt: ")
     abandoned = _metric(server, "maaskit_lm_abandoned_sequences_total")
     console.max_tokens_w.value = CONTEXT - 40

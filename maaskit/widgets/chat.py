@@ -91,7 +91,7 @@ class Turn:
             parts.append(
                 f"{self.usage.get('prompt_tokens')} prompt + {self.usage.get('completion_tokens')} completion tokens"
             )
-        if self.finish_reason:
+        if self.finish_reason and self.seconds is not None:  # only once the whole turn, tool rounds included, is over
             parts.append(f"finished: {self.finish_reason}")
         return " · ".join(parts)
 
