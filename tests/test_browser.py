@@ -369,7 +369,9 @@ def test_chat_console_streams_an_answer_in_jupyterlab(page, lab):
     try:
         page.wait_for_function(
             # the answer's last line says how it finished; "first token after" shows from its first token on
-            "el => el.innerText.split('finished:').length === 3", arg=history.element_handle(), timeout=30_000
+            "el => el.innerText.split('finished:').length === 3",
+            arg=history.element_handle(),
+            timeout=30_000,
         )
     finally:
         print("status:", console.locator(".maaskit-status").inner_text(), "history:", history.inner_text()[-300:])
