@@ -140,7 +140,7 @@ LAYERS = {
     "workflows": {"workflows"},
     "lm": {"lm"},
     "serving": {"serving"},
-    "faces": {"widgets", "plots", "cli", "doctor", "__init__", "__main__"},
+    "faces": {"widgets", "plots", "cli", "doctor", "exercises", "__init__", "__main__"},
 }  # fmt: skip
 RANK = {top: rank for rank, tops in enumerate(LAYERS.values()) for top in tops}
 
