@@ -351,8 +351,10 @@ def test_09_scaling_out_two_ranks_equal_one():
     m = run("09_scaling_out.ipynb", "defaults")
     assert m["ranks"] == 2 and m["pool_map_images"] == 1294
     assert m["all_reduce_max_difference"] < 1e-12
-    assert m["ddp_weight_difference"] < 1e-4  # measured 6e-8 to 9e-8
-    assert m["steps"] == 3 * 20 and set(m["images_per_s"]) == {"1", "2"}
+    assert m["one_step_hand_vs_ddp"] < 1e-6 and m["one_step_hand_vs_whole_batch"] < 1e-6
+    assert m["ddp_weight_difference"] < 1e-4  # measured 9e-7 after 120 steps
+    assert m["steps"] == 6 * 20 and set(m["images_per_s"]) == {"1", "2"}
+    assert min(m["val_accuracy"].values()) > 0.8  # the runs learn (50% with the 3 epochs of an earlier default)
 
 
 def test_09_scaling_out_on_one_rank():
