@@ -4,9 +4,10 @@
 the images. The methods, cheapest first:
 
 - ``saliency``: the gradient of the class score with respect to the pixels (its absolute value);
-- ``integrated_gradients``: gradients averaged along the straight path from a baseline (black,
-  by default) to the image, times the difference; they add up to f(image) - f(baseline)
-  (completeness: :func:`completeness_gap` measures how nearly, and it shrinks with ``steps``);
+- ``integrated_gradients``: gradients averaged along the straight path from a baseline (by
+  default 0 after normalization: the average pixel, a mean grey, not black) to the image, times
+  the difference; they add up to f(image) - f(baseline) (completeness: :func:`completeness_gap`
+  measures how nearly, and it shrinks with ``steps``);
 - ``occlusion``: how much the score drops when a ``window`` x ``window`` patch is blanked;
 - ``kernel_shap`` and ``lime``: a linear model fitted to the scores of ``samples`` random
   patch-blanked copies (the model-agnostic methods the seeds name; SHAP's own DeepExplainer

@@ -221,6 +221,8 @@ def test_06_serving_defaults():
     check_serving(m)
     assert m["endpoint"] == "local" and m["remote_accuracy"] == m["local_accuracy"]
     assert m["mean_batch"]["1"] == 1.0 and m["mean_batch"]["16"] > 1  # concurrent requests were batched
+    toy = m["toy_batcher"]  # the notebook's own batcher: one pass per request when off, fewer when on
+    assert toy["1"]["passes"] == 200 and toy["1"]["mean_batch"] == 1 and toy["32"]["passes"] < 200
     assert m["burst_statuses"].get("503", 0) > 0  # backpressure: the full queue refused some
 
 

@@ -518,7 +518,7 @@ def test_triton_repository_and_kserve_manifest(artifact, tmp_path, digits):
     yaml = require("yaml")
     from maaskit.serving.export import kserve_manifest, triton_repository
 
-    folder = triton_repository(artifact[0], tmp_path / "repo", max_batch_size=16)
+    folder = triton_repository(artifact[0], tmp_path / "repo", max_batch_size=16, max_queue_size=64)
     assert (folder / "1" / "model.onnx").is_file()
     assert (folder / "labels.txt").read_text().split() == list(digits.classes)
     config = (folder / "config.pbtxt").read_text()
@@ -527,7 +527,8 @@ def test_triton_repository_and_kserve_manifest(artifact, tmp_path, digits):
         'backend: "onnxruntime"',
         "max_batch_size: 16",
         "dims: [ 1, 8, 8 ]",
-        "dynamic_batching",
+        "max_queue_delay_microseconds: 0",  # as maaskit's batcher: no fixed wait
+        "default_queue_policy { max_queue_size: 64 }",
     ):
         assert line in config
     service = yaml.safe_load(kserve_manifest("digits", "gs://models/repo", gpu=True))

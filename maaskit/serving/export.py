@@ -100,12 +100,16 @@ def triton_repository(
     *,
     name: str | None = None,
     max_batch_size: int = 32,
-    max_queue_delay_us: int = 2000,
+    max_queue_delay_us: int = 0,
+    max_queue_size: int = 1024,
     fmt: str = "onnx",
     isolated: bool = False,
 ) -> Path:
     """``repository/<name>/config.pbtxt`` and ``repository/<name>/1/model.(onnx|pt)``; returns the model folder.
-    ``isolated=True`` runs the export in a separate process, as :func:`export_onnx` does."""
+    Batching as ``maaskit serve`` does it by default: no fixed wait for company (``max_queue_delay_us``
+    0: Triton, too, then batches what waits while the model is busy) and at most ``max_queue_size``
+    waiting requests, past which Triton refuses at once (0: no limit). ``isolated=True`` runs the
+    export in a separate process, as :func:`export_onnx` does."""
     if fmt not in ("onnx", "torchscript"):
         raise ValueError(f"fmt must be onnx or torchscript, got {fmt!r}")
     _, manifest = load_artifact(artifact)
@@ -130,7 +134,10 @@ def triton_repository(
         input [{{ name: "{names[0]}", data_type: TYPE_FP32, dims: [ {dims(spec_in)} ] }}]
         output [{{ name: "{names[1]}", data_type: TYPE_FP32, dims: [ {dims(spec_out)} ], \
 label_filename: "labels.txt" }}]
-        dynamic_batching {{ max_queue_delay_microseconds: {max_queue_delay_us} }}
+        dynamic_batching {{
+          max_queue_delay_microseconds: {max_queue_delay_us}
+          default_queue_policy {{ max_queue_size: {max_queue_size} }}
+        }}
         """)
     )
     return folder
