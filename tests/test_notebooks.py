@@ -313,6 +313,8 @@ def check_explaining(m: dict) -> None:
     sanity = m["sanity_median_correlation"]
     assert sanity["saliency (plain gradients)"] < 0.5 and sanity["integrated gradients"] < 0.5
     assert sanity["edge detector"] > 0.99
+    area = m["deletion_area"]  # faithful: removing the pixels IG ranks first kills the class faster than chance
+    assert area["integrated gradients' order"] < area["random order (mean of 5)"]
     # what each method runs, exactly (its time is printed for people, never asserted): one image to
     # find the class, then the method's own passes (occlusion: the image and 7x7 windows of 2x2)
     steps, samples = m["steps"], m["samples"]

@@ -91,6 +91,14 @@ def test_attributions_draw_the_image_then_one_overlay_per_method():
         plots.attributions(images, {"saliency": torch.rand(3, 1, 4, 4)})
 
 
+def test_deletion_curves_give_each_ordering_a_line_with_its_area():
+    fig = plots.deletion_curves([0, 0.5, 1], {"IG order": [1.0, 0.2, 0.1], "random order": [1.0, 0.8, 0.1]})
+    (ax,) = fig.axes
+    assert [line.get_label() for line in ax.get_lines()] == ["IG order (area 0.375)", "random order (area 0.675)"]
+    with pytest.raises(ValueError, match="the 'IG order' curve has 2 points for 3 fractions"):
+        plots.deletion_curves([0, 0.5, 1], {"IG order": [1.0, 0.2]})
+
+
 def test_convergence_draws_each_series_log_log():
     fig = plots.convergence([2, 8, 64], {"a": [0.3, 0.05, 0.001], "b": [0.2, 0.0, 0.0]}, ylabel="gap")
     (ax,) = fig.axes

@@ -11,7 +11,7 @@ this package calls :func:`show_figures_in_ipython` once (it does nothing outside
 
 from __future__ import annotations
 
-from .explanations import attributions, projection
+from .explanations import attributions, deletion_curves, projection
 from .figures import ArrayLike, FigureLike, as_array, function_grid, log_curve, png_bytes, show_figures_in_ipython
 from .gradients import gradient_inspection
 from .language_models import loss_and_perplexity
@@ -24,6 +24,7 @@ __all__ = [
     "FigureLike",
     "as_array",
     "attributions",
+    "deletion_curves",
     "confusion_matrix",
     "convergence",
     "function_grid",
