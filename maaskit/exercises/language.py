@@ -9,58 +9,41 @@ from .checking import Hint, exercise, same
 
 
 @exercise(
-    "07.shift_targets",
-    "shift_targets(tokens) splits a B x (T+1) block of token ids into the inputs "
-    "(every token but the last) and the targets (every token but the first): position t learns to "
-    "predict token t+1. [[5, 6, 7, 8]] gives ([[5, 6, 7]], [[6, 7, 8]]).",
+    "07.top_p_filter",
+    "top_p_filter(logits, p) keeps the smallest set of likeliest tokens whose probabilities add up to at "
+    "least p (nucleus sampling) and sets every other logit to -inf: with probabilities 0.5, 0.3, 0.15, 0.05, "
+    "p = 0.7 keeps the first two and p = 1 keeps all; what maaskit's sampler does with top_p.",
 )
-def _shift_targets(shift_targets):
-    tokens = torch.tensor([[5, 6, 7, 8], [1, 2, 3, 4]])
-    answer = shift_targets(tokens)
-    if not isinstance(answer, tuple) or len(answer) != 2:
-        raise Hint("return two tensors: (inputs, targets)")
-    same(answer[0], tokens[:, :-1], "the inputs", hint="every column but the last")
-    same(answer[1], tokens[:, 1:], "the targets", hint="every column but the first")
-
-
-@exercise(
-    "07.top_k_filter",
-    "top_k_filter(logits, k) keeps the k largest logits of a vector and sets "
-    "every other to -inf, so that softmax gives them probability 0; k = vocabulary size keeps all.",
-)
-def _top_k_filter(top_k_filter):
-    logits = torch.tensor([1.0, 4.0, -2.0, 3.0, 0.5])
-    for k in (1, 2, 5):
+def _top_p_filter(top_p_filter):
+    logits = torch.tensor([0.15, 0.5, 0.05, 0.3]).log()
+    for p, kept in ((0.7, [1, 3]), (0.45, [1]), (0.9, [0, 1, 3]), (1.0, [0, 1, 2, 3])):
         want = torch.full_like(logits, float("-inf"))
-        top = logits.topk(k).indices
-        want[top] = logits[top]
+        want[kept] = logits[kept]
         same(
-            top_k_filter(logits.clone(), k),
+            top_p_filter(logits.clone(), p),
             want,
-            f"top_k_filter(logits, {k})",
-            hint="logits.topk(k).values[-1] is the smallest kept; masked_fill the ones below it",
+            f"top_p_filter(logits, {p})",
+            hint="sort the probabilities in descending order; keep a token while the mass before it is below p",
         )
 
 
 @exercise(
-    "07.merge_pair",
-    "merge_pair(ids, pair, new_id) replaces each occurrence of the adjacent pair in a "
-    "list of ids, left to right, by new_id: one step of BPE. [1, 1, 1] with the pair (1, 1) gives "
-    "[new_id, 1]: a merged token is not merged again in the same pass.",
+    "07.positions_processed",
+    "positions_processed(prompt, new) is the number of token positions the model runs to generate new "
+    "tokens after a prompt of that length, greedily: (with a KV cache, without one). With a cache the "
+    "prompt goes through once, then one position per further token; without, each step runs the whole "
+    "sequence so far. (4, 123) gives (126, 7995), as section 6 counts.",
 )
-def _merge_pair(merge_pair):
-    cases: tuple[tuple[list[int], tuple[int, int], int, list[int]], ...] = (
-        ([1, 2, 3, 1, 2], (1, 2), 9, [9, 3, 9]),
-        ([1, 1, 1], (1, 1), 7, [7, 1]),
-        ([4, 5], (5, 4), 8, [4, 5]),
-        ([], (1, 2), 3, []),
-    )
-    for ids, pair, new_id, want in cases:
+def _positions_processed(positions_processed):
+    for prompt, new in ((4, 123), (1, 1), (10, 5)):
+        with_cache = prompt + new - 1  # the last token is sampled, never run
+        without = sum(prompt + i for i in range(new))
         same(
-            list(merge_pair(list(ids), pair, new_id)),
-            want,
-            f"merge_pair({ids}, {pair}, {new_id})",
-            hint="walk with an index; on a match append new_id and step 2, else append the id and step 1",
+            tuple(positions_processed(prompt, new)),
+            (with_cache, without),
+            f"positions_processed({prompt}, {new})",
+            hint="the step that makes token i (from 0) runs prompt + i positions without a cache, "
+            "and only its newest one with it (the prompt's prompt positions at the first step)",
         )
 
 

@@ -1,22 +1,16 @@
 """Notebook 07's exercises, solved."""
 
-def shift_targets(tokens):
-    return tokens[:, :-1], tokens[:, 1:]
+import torch
 
 
-def top_k_filter(logits, k):
-    kth = logits.topk(k).values[-1]
-    return logits.masked_fill(logits < kth, float("-inf"))
+def top_p_filter(logits, p):
+    probs, order = logits.softmax(-1).sort(descending=True)
+    before = probs.cumsum(-1) - probs  # the mass of the likelier tokens
+    dropped = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, before >= p)
+    return logits.masked_fill(dropped, float("-inf"))
 
 
-def merge_pair(ids, pair, new_id):
-    merged, i = [], 0
-    while i < len(ids):
-        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == tuple(pair):
-            merged.append(new_id)
-            i += 2
-        else:
-            merged.append(ids[i])
-            i += 1
-    return merged
-
+def positions_processed(prompt, new):
+    with_cache = prompt + (new - 1)  # the prompt once, then each new token but the last
+    without = sum(prompt + i for i in range(new))  # every step runs the whole sequence so far
+    return with_cache, without
