@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .checking import Hint, exercise, same
 
@@ -97,44 +96,45 @@ def _parse_tool_call(parse_tool_call):
 
 
 @exercise(
-    "11.rms_norm",
-    "rms_norm(x, weight, eps) divides each vector (the last dimension) by its root mean "
-    "square, sqrt(mean(x**2) + eps), and multiplies by weight: what maaskit's Llama (and Llama's "
-    "reference code) computes; no mean is subtracted, unlike LayerNorm.",
+    "11.kv_cache_bytes",
+    "kv_cache_bytes(layers, kv_heads, head_dim, tokens, bytes_per_value) is the memory a KV cache needs for "
+    "that many tokens: a key and a value vector per layer, key/value head and position. SmolLM2-135M "
+    "(30 layers, 3 key/value heads of 64) in float32 takes 46,080,000 bytes per 1,000 tokens; a maaskit "
+    "Llama's own cache agrees.",
 )
-def _rms_norm(rms_norm):
-    from ..lm.llama import RMSNorm
+def _kv_cache_bytes(kv_cache_bytes):
+    from ..lm.llama import Llama, LlamaConfig
+    from ..lm.model import KVCache
 
-    g = torch.Generator().manual_seed(0)
-    x, weight = torch.randn(2, 3, 8, generator=g) * 3 + 1, torch.randn(8, generator=g)
-    norm = RMSNorm(8, 1e-5)
-    with torch.no_grad():
-        norm.weight.copy_(weight)
-        want = norm(x)
     same(
-        rms_norm(x, weight, 1e-5),
-        want,
-        "rms_norm(x, weight, 1e-5)",
-        hint="x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight",
+        kv_cache_bytes(30, 3, 64, 1000, 4),
+        46_080_000,
+        "kv_cache_bytes(30, 3, 64, 1000, 4)",
+        hint="2 (a key and a value) x layers x kv_heads x head_dim x tokens x bytes_per_value",
     )
+    config = LlamaConfig(64, 32, 64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                         context=48)  # fmt: skip
+    model = Llama(config).to(torch.bfloat16)
+    cache = KVCache.empty(model)
+    held = sum(t.numel() * t.element_size() for t in [*cache.keys, *cache.values])
+    same(kv_cache_bytes(3, 2, 8, 48, 2), held, "a maaskit Llama's bfloat16 cache for 48 tokens")
 
 
 @exercise(
-    "11.repeat_kv",
-    "repeat_kv(kv, n_rep) repeats each of the key/value heads (B x kv_heads x T x D) "
-    "n_rep times, next to each other, so that query head h reads key head h // n_rep: attention with "
-    "the result equals scaled_dot_product_attention(..., enable_gqa=True).",
+    "11.rope_angles",
+    "rope_angles(position, head_dim, theta) are the head_dim // 2 angles RoPE turns a query or key at that "
+    "position by: position x theta ** (-2i / head_dim) for pair i = 0, 1, ...; the first pair turns fastest. "
+    "maaskit's rope_frequencies gives the same speeds.",
 )
-def _repeat_kv(repeat_kv):
-    g = torch.Generator().manual_seed(0)
-    q = torch.randn(1, 6, 5, 4, generator=g)
-    k, v = torch.randn(1, 2, 5, 4, generator=g), torch.randn(1, 2, 5, 4, generator=g)
-    want = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    keys, values = repeat_kv(k, 3), repeat_kv(v, 3)
-    same(
-        keys,
-        k.repeat_interleave(3, dim=1),
-        "repeat_kv(k, 3)",
-        hint="head h of the result is head h // n_rep: repeat_interleave on dim 1, not repeat",
-    )
-    same(F.scaled_dot_product_attention(q, keys, values, is_causal=True), want, "attention with the repeated heads")
+def _rope_angles(rope_angles):
+    from ..lm.llama import LlamaConfig, rope_frequencies
+
+    config = LlamaConfig(64, 32, 64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, head_dim=16,
+                         context=32, rope_theta=10000.0)  # fmt: skip
+    for position in (0, 1, 7):
+        same(
+            torch.as_tensor(rope_angles(position, 16, 10000.0), dtype=torch.float32),
+            position * rope_frequencies(config),
+            f"rope_angles({position}, 16, 10000.0)",
+            hint="theta ** (-torch.arange(0, head_dim, 2) / head_dim), times the position",
+        )

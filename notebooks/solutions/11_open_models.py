@@ -3,10 +3,10 @@
 import torch
 
 
-def rms_norm(x, weight, eps):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+def kv_cache_bytes(layers, kv_heads, head_dim, tokens, bytes_per_value):
+    return 2 * layers * kv_heads * head_dim * tokens * bytes_per_value  # a key and a value
 
 
-def repeat_kv(kv, n_rep):
-    b, heads, t, d = kv.shape
-    return kv[:, :, None].expand(b, heads, n_rep, t, d).reshape(b, heads * n_rep, t, d)
+def rope_angles(position, head_dim, theta):
+    speeds = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    return position * speeds
