@@ -16,9 +16,10 @@ under Poisson arrivals; and at batch 1 the decode roofline: bytes of weights rea
 against this machine's measured memory bandwidth (MBU). vLLM runs as its docs advise for CPUs, its
 engine's threads pinned to one core (vLLM at its best on 2 cores).
 
-Then maaskit alone: TTFT with a shared 512-token system prompt, prefix cache on and off; and the
-p99 inter-token latency of 8 running streams while a whole-context prompt joins, chunked prefill
-on and off.
+First, the same greedy chat requests to both, compared token by token with their log-probabilities
+(the export and the chat template are exact). Then maaskit alone: TTFT with a shared 512-token
+system prompt, prefix cache on and off; and the p99 inter-token latency of 8 running streams
+while a whole-context prompt joins, chunked prefill on and off.
 
     python benchmarks/open_models.py [--models smollm2-135m,gpt-6x384] [--dtypes float32,bfloat16]
         [--concurrency 1,4,16] [--rounds 3] [--max-tokens 64] [--smoke]
@@ -229,6 +230,43 @@ def compare(servers: list[Server], concurrency: list[int], rounds: int, max_toke
             for n, by in cells.items()}  # fmt: skip
 
 
+def agreement(servers: list[Server], tokens: int = 16, near_tie: float = 1e-3) -> dict:
+    """The same greedy chat requests to both servers, compared token by token with their log-probabilities.
+    Where the two likeliest tokens are within ``near_tie`` of each other, float rounding may pick either
+    (random weights make such ties common), so an answer is compared up to that point only."""
+    questions = ["What is a list?", "Name three colours.", "Say hello to the class.", "Count to five."]
+    answers = {}
+    for s in servers:
+        s.thaw()
+        try:
+            body = {"model": s.model, "max_tokens": tokens, "temperature": 0, "logprobs": True, "top_logprobs": 2,
+                    "ignore_eos": True}  # fmt: skip
+            answers[s.name] = [
+                httpx.post(
+                    f"{s.url}/v1/chat/completions",
+                    json={**body, "messages": [{"role": "user", "content": q}]},
+                    timeout=300,
+                ).json()["choices"][0]["logprobs"]["content"]  # fmt: skip
+                for q in questions
+            ]
+        finally:
+            s.freeze()
+    ours, theirs = answers.values()
+    out = {"answers": len(questions), "identical": 0, "near_ties": 0, "differ": 0, "tokens": 0, "max_logprob_gap": 0.0}
+    for a, b in zip(ours, theirs):
+        for x, y in zip(a, b):
+            if x["token"] != y["token"]:
+                tops = [t["top_logprobs"] for t in (x, y) if len(t["top_logprobs"]) == 2]
+                tied = any(abs(t[0]["logprob"] - t[1]["logprob"]) < near_tie for t in tops)
+                out["near_ties" if tied else "differ"] += 1
+                break
+            out["tokens"] += 1
+            out["max_logprob_gap"] = max(out["max_logprob_gap"], abs(x["logprob"] - y["logprob"]))
+        else:
+            out["identical"] += len(a) == len(b) == tokens
+    return out
+
+
 def goodput(servers: list[Server], rate: float, streams: int, max_tokens: int) -> dict[str, float]:
     """Requests/s meeting TTFT <= 1 s and TPOT <= 100 ms, arriving as a Poisson process of ``rate``/s."""
     return {s.name: load(s, streams, 16, max_tokens, "--rate", str(rate))["goodput_rps"] for s in servers}
@@ -336,13 +374,19 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
                 servers = [maaskit_server(ours, dtype, context, folder / f"{name}.{dtype}.maaskit.log"),
                            vllm_server(theirs, dtype, context, folder / f"{name}.{dtype}.vllm.log")]  # fmt: skip
                 try:
+                    agreed = agreement(servers)
+                    print(f"greedy chat answers, token by token: {agreed['identical']} of {agreed['answers']} "
+                          f"identical, {agreed['near_ties']} parted at a near-tie, {agreed['differ']} differ; "
+                          f"{agreed['tokens']} tokens compared, largest log-probability gap "
+                          f"{agreed['max_logprob_gap']:.1e}", flush=True)  # fmt: skip
                     table = compare(servers, concurrency, args.rounds, args.max_tokens, args.streams)
                     good = goodput(servers, 2.0, args.streams, args.max_tokens)
                 finally:
                     for s in servers:
                         s.stop()
                 step_bytes = weight_bytes(theirs, dtype)
-                results["models"][f"{name} {dtype}"] = {"table": table, "goodput": good, "weight_bytes": step_bytes}
+                results["models"][f"{name} {dtype}"] = {"table": table, "goodput": good, "weight_bytes": step_bytes,
+                                                        "agreement": agreed}  # fmt: skip
                 heads = [f"c={c}: tokens/s, TTFT p50, TPOT p50 / p99, ITL p99" for c in concurrency]
                 print(f"\n| {name} {dtype} | " + " | ".join(heads) + " | goodput at 2 req/s | MBU c=1 |")
                 print("|---|" + "---|" * (len(concurrency) + 2))

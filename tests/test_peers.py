@@ -141,14 +141,21 @@ def test_the_serving_benchmark_runs_and_prints_its_table(tmp_path):
 
 def test_the_open_models_benchmark_runs_against_vllm():
     """The benchmark against vLLM's CPU build, small: a tiny Llama both servers load from one folder.
-    Its speeds are for people, never asserted; what is asserted is that both answered every stream,
-    and that the prefix cache changed no output."""
+    Its speeds are for people, never asserted; what is asserted is that both gave the same greedy chat
+    answers token by token (up to a near-tie of random weights), that both answered every stream, and
+    that the prefix cache changed no output."""
     peer("vllm")
     done = subprocess.run([sys.executable, str(HERE.parent / "benchmarks" / "open_models.py"), "--smoke"],
                           capture_output=True, text=True, timeout=1500)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "| maaskit |" in out and "| vLLM-CPU |" in out and "maaskit / vLLM-CPU" in out
+    agreed = re.search(r"(\d+) of (\d+) identical, (\d+) parted at a near-tie, (\d+) differ; (\d+) tokens compared, "
+                       r"largest log-probability gap (\S+)", out)  # fmt: skip
+    assert agreed, out
+    identical, answers, ties, differ, tokens, gap = agreed.groups()
+    assert differ == "0" and int(identical) + int(ties) == int(answers) and int(identical) >= 1, out
+    assert int(tokens) >= 16 and float(gap) < 1e-3, out  # the same tokens with the same log-probabilities
     errors = [int(n) for n in re.findall(r"errors (\d+)", out)]
     assert errors and set(errors) == {0}, out  # every stream of every cell answered in full
     assert "identical outputs: True" in out and "p99 ITL of 8 streams" in out
