@@ -326,8 +326,10 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
         ("context", int, "positions a Hugging Face model's cache holds (at most the model's own limit)"),
         ("kv-cache-gb", float, "memory for the sequences' key/value caches; fewer slots than --max-sequences if "
          "it holds fewer (more requests wait their turn); default: --max-sequences slots"),
-        ("prefill-chunk", int, "prompt tokens computed per step beside the running streams (a long prompt does not "
-         "stall them)"),
+        ("prefill-chunk", int, "prompt tokens computed per step beside the running streams, at most (a long prompt "
+         "does not stall them)"),
+        ("prefill-stall", float, "fewer prompt tokens, sized by time, so that a step with them costs at most 1 + this "
+         "many decode steps (0: always --prefill-chunk)"),
         ("prefix-cache-gb", float, "memory for the keys and values of shared prompt prefixes, reused across "
          "requests (0: off)"),
     ):  # fmt: skip

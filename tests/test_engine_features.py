@@ -15,6 +15,7 @@ from maaskit.lm import GPT, GPTConfig
 from maaskit.lm.engine import Engine, SamplingParams
 from maaskit.lm.generation import generate
 from maaskit.lm.llama import Llama, LlamaConfig
+from maaskit.lm.pace import PrefillPace
 from maaskit.lm.prefix import PrefixCache
 from maaskit.serving.config import ServeConfig
 from maaskit.serving.dataplane import cache_slots
@@ -65,10 +66,28 @@ def test_chunked_prefill_gives_the_tokens_whole_prompts_give(kind):
     assert engine.steps >= 9 + 7
 
 
-def test_a_long_prompt_joins_running_streams_a_chunk_per_step():
-    """While a whole-context prompt is prefilled in chunks, the running streams get a token every step."""
+class _EightTokens(PrefillPace):
+    """A pace that has measured chunks of 8 tokens to be right (timings are the machine's; this is not)."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: list[tuple[float, int, int]] = []
+
+    def chunk(self, limit: int) -> int:
+        return min(limit, 8)
+
+    def record(self, seconds: float, running: int, prefilled: int) -> None:
+        self.records.append((seconds, running, prefilled))
+
+
+@pytest.mark.parametrize("paced", [False, True], ids=["fixed chunks", "paced chunks"])
+def test_a_long_prompt_joins_running_streams_a_chunk_per_step(paced):
+    """While a whole-context prompt is prefilled in chunks, the running streams get a token every step.
+    Paced, the chunk is what the pace says beside running streams, and the whole limit otherwise."""
     model = _gpt()
-    engine = Engine(model, max_sequences=3, prefill_chunk=8)
+    engine = Engine(model, max_sequences=3, prefill_chunk=64 if paced else 8, prefill_stall=1.0 if paced else None)
+    if paced:
+        engine.pace = _EightTokens()
     per_step: list[float] = []
     engine.listeners.append(lambda kind, value: per_step.append(value) if kind == "step" else None)
     long = list(range(1, 88))  # 87 tokens: 11 chunks of 8
@@ -95,6 +114,28 @@ def test_a_long_prompt_joins_running_streams_a_chunk_per_step():
     assert late == list(generate(model, long[:60] + [5], max_tokens=30, temperature=0))
     # in the 8 steps that prefilled the late prompt, each running stream got its token (2 per step)
     assert per_step[started : started + 7] == [2] * 7, per_step
+    if paced:  # every step was timed; the late prompt went in 8 tokens at a time beside the two streams
+        pace = engine.pace
+        assert isinstance(pace, _EightTokens) and len(pace.records) == engine.steps
+        assert [n for _, running, n in pace.records if running == 2 and n] == [8] * 7 + [5]
+
+
+def test_the_prefill_pace_sizes_chunks_by_time():
+    pace = PrefillPace(stall=1.0)
+    assert pace.chunk(256) == 256  # nothing measured yet: the limit
+    pace.record(0.05, running=4, prefilled=0)  # a decode step: 50 ms
+    assert pace.chunk(256) == 256
+    pace.record(1.0, running=0, prefilled=100)  # a prompt alone: 10 ms a token
+    assert pace.chunk(256) == 16  # 50 ms buys 5 tokens; 16 is the floor, so a prompt always moves
+    assert PrefillPace(stall=8.0).chunk(256) == 256
+    wide = PrefillPace(stall=8.0)
+    wide.record(0.05, running=4, prefilled=0)
+    wide.record(1.0, running=0, prefilled=100)
+    assert wide.chunk(256) == 40 and wide.chunk(30) == 30 and pace.chunk(8) == 8  # never past the limit
+    pace.record(0.25, running=4, prefilled=20)  # beside the decode, 20 tokens added 200 ms: 10 ms each still
+    assert pace.token_s == pytest.approx(0.01) and pace.decode_s == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="stall must be more than 0"):
+        PrefillPace(stall=0)
 
 
 @pytest.mark.parametrize("kind", list(MODELS))

@@ -7,8 +7,10 @@ A sequence leaves the batch the step it finishes, or the step after its reader g
 its slot goes to the next in line. With ``max_sequences=1`` sequences run one after another (no
 batching), for comparison.
 
-A long prompt is prefilled in chunks of ``prefill_chunk`` tokens, one chunk per step beside the
-running sequences' decode, so it does not stall their streams (vLLM's chunked prefill). With a
+A long prompt is prefilled in chunks of at most ``prefill_chunk`` tokens, one chunk per step beside
+the running sequences' decode, so it does not stall their streams (vLLM's chunked prefill); with
+``prefill_stall``, each chunk is sized by time so that a step takes at most ``1 + prefill_stall``
+decode steps (:mod:`~maaskit.lm.pace`). With a
 :class:`~maaskit.lm.prefix.PrefixCache`, a prompt that begins as an earlier one did (a system
 prompt, a tool list) copies those blocks' keys and values instead of computing them again.
 
@@ -33,6 +35,7 @@ import torch
 from .constrain import SERIAL_BELOW, SPARE_CORES, Guide
 from .generation import check_sampling, sample_rows
 from .model import CausalLM, SlotCache
+from .pace import PrefillPace
 from .prefix import PrefixCache
 
 __all__ = ["ContextTooLong", "Engine", "Interrupted", "SamplingParams", "TokenEvent"]
@@ -102,17 +105,19 @@ class Engine:
     prompt taking a slot)`` and ``("dropped", sequences whose readers left)`` (for metrics).
     ``guide`` (a :class:`~maaskit.lm.constrain.Guide` for the model's tokenizer) lets sequences be
     constrained to a grammar, each row with its own mask. ``prefill_chunk``: prompt tokens per step
-    (None: whole prompts); ``prefix_cache``: shared prompt prefixes reused; ``cache``: the slots'
-    keys and values (made for ``max_sequences`` if not given)."""
+    at most (None: whole prompts); ``prefill_stall``: beside running sequences, chunks sized to cost
+    at most that many decode steps (None: always ``prefill_chunk``); ``prefix_cache``: shared prompt
+    prefixes reused; ``cache``: the slots' keys and values (made for ``max_sequences`` if not given)."""
 
     def __init__(self, model: CausalLM, *, max_sequences: int = 16, thread_setup: Callable[[], None] | None = None,
-                 guide: Guide | None = None, prefill_chunk: int | None = None,
+                 guide: Guide | None = None, prefill_chunk: int | None = None, prefill_stall: float | None = None,
                  prefix_cache: PrefixCache | None = None, cache: SlotCache | None = None):  # fmt: skip
         if max_sequences < 1:
             raise ValueError(f"max_sequences must be at least 1, got {max_sequences}")
         if prefill_chunk is not None and prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be at least 1 token, got {prefill_chunk}")
         self.prefill_chunk, self.prefix_cache = prefill_chunk, prefix_cache
+        self.pace = PrefillPace(prefill_stall) if prefill_stall is not None else None
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self.context, self.max_sequences = model.context, max_sequences
@@ -294,11 +299,14 @@ class Engine:
         for listener in self.listeners:
             listener(kind, value)
 
-    def _plan_prefill(self, prefilling: list[_Sequence]) -> list[tuple[_Sequence, int]]:
+    def _plan_prefill(self, prefilling: list[_Sequence], decoding: bool) -> list[tuple[_Sequence, int]]:
         """How many prompt tokens each prefilling sequence computes this step: whole prompts, or
-        ``prefill_chunk`` tokens in all, first come first served. A sequence new to its slot first
-        takes what the prefix cache holds of its prompt."""
-        plan, budget = [], self.prefill_chunk or self.context * len(prefilling)
+        ``prefill_chunk`` tokens in all (fewer beside ``decoding`` sequences, when paced), first come
+        first served. A sequence new to its slot first takes what the prefix cache holds of its prompt."""
+        budget = self.prefill_chunk or self.context * len(prefilling)
+        if decoding and self.pace is not None:
+            budget = self.pace.chunk(budget)
+        plan = []
         for seq in prefilling:
             if seq.filled < 0:
                 seq.filled = (
@@ -317,7 +325,9 @@ class Engine:
         one; an event for every running sequence and for each whose prompt is now all in. Each slot's
         length is kept here, on the host. The masks of constrained rows depend only on the tokens
         chosen so far, so where cores are spare they are computed meanwhile, on another one."""
-        plan = self._plan_prefill(prefilling)
+        start = time.perf_counter()
+        plan = self._plan_prefill(prefilling, bool(running))
+        prefilled = sum(n for _, n in plan)
         step = [*running, *(seq for seq, n in plan if seq.filled + n == len(seq.prompt))]  # rows sampled
         constrained = [(s, i) for i, s in enumerate(step) if s.matcher is not None]
         allowed = self._masks(constrained, len(step)) if constrained else None
@@ -334,6 +344,10 @@ class Engine:
             finished |= self._prefill(group)
         parts += [finished[id(seq)] for seq in step[len(running) :]]
         if not step:  # only prompt chunks this step
+            if self.pace is not None:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)  # time the chunk, not its launch
+                self.pace.record(time.perf_counter() - start, 0, prefilled)
             return []
         logits = torch.cat(parts).float()
         if allowed is not None:  # each constrained row keeps the tokens its grammar allows
@@ -345,7 +359,9 @@ class Engine:
         settings = [(s.params.temperature, s.params.top_k or 0, s.params.top_p or 1.0) for s in step]
         temperature, top_k, top_p = (torch.tensor(column, device=self.device) for column in zip(*settings))
         uniform = torch.cat([torch.rand(1, generator=s.generator) for s in step]).to(self.device)
-        tokens = sample_rows(logits, temperature, top_k, top_p, uniform).tolist()
+        tokens = sample_rows(logits, temperature, top_k, top_p, uniform).tolist()  # waits for the device
+        if self.pace is not None:
+            self.pace.record(time.perf_counter() - start, len(running), prefilled)
         for seq, i in constrained:  # fed to its matcher by the next step's mask job, beside that forward pass
             seq.unread = tokens[i]
         logprobs = logits.log_softmax(-1) if any(s.params.logprobs is not None for s in step) else None

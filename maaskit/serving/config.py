@@ -34,7 +34,9 @@ class ServeConfig:
     own on a GPU); ``context``: positions a Hugging Face model's cache holds (its own limit is often
     far more than a small machine needs); ``kv_cache_gb``: memory for the sequences' caches, which
     caps ``max_sequences`` (None: ``max_sequences`` slots); ``prefill_chunk``: prompt tokens computed
-    per step beside the running streams; ``prefix_cache_gb``: memory for shared prompt prefixes (0: off).
+    per step beside the running streams, at most; ``prefill_stall``: fewer, sized by time, so that such
+    a step costs at most ``1 + prefill_stall`` decode steps (0: always ``prefill_chunk``);
+    ``prefix_cache_gb``: memory for shared prompt prefixes (0: off).
     """
 
     host: str = "127.0.0.1"
@@ -59,6 +61,7 @@ class ServeConfig:
     context: int = 2048
     kv_cache_gb: float | None = None
     prefill_chunk: int = 256
+    prefill_stall: float = 1.0
     prefix_cache_gb: float = 0.25
 
     def __post_init__(self) -> None:
@@ -82,6 +85,8 @@ class ServeConfig:
             raise ValueError(f"dtype must be auto, float32 or bfloat16, got {self.dtype!r}")
         if self.kv_cache_gb is not None and not self.kv_cache_gb > 0:
             raise ValueError(f"kv_cache_gb must be more than 0, got {self.kv_cache_gb!r}")
+        if not self.prefill_stall >= 0:
+            raise ValueError(f"prefill_stall must be 0 or more, got {self.prefill_stall!r}")
         if not self.prefix_cache_gb >= 0:
             raise ValueError(f"prefix_cache_gb must be 0 or more, got {self.prefix_cache_gb!r}")
 
