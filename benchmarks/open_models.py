@@ -274,8 +274,9 @@ def goodput(servers: list[Server], rate: float, streams: int, max_tokens: int) -
 
 def prefix_and_chunks(folder: Path, dtype: str, context: int, folder_log: Path, smoke: bool, chunk: int) -> dict:
     """maaskit alone: a 512-token shared system prompt with the prefix cache on and off (TTFT p50, and
-    the outputs compared); 8 streams running while a whole-context prompt joins, chunked prefill on
-    (256) and off (one step prefills it all): their p99 inter-token latency."""
+    the outputs compared); 8 streams running while a whole-context prompt joins, prefilled in fixed
+    chunks of ``chunk``, in chunks paced by time (the default: a step costs at most two decode steps),
+    or in one step: their p99 and longest inter-token gaps, and the long prompt's own time."""
     from maaskit.lm import load_language_model
 
     _, tokenizer, _ = load_language_model(folder)
@@ -304,9 +305,11 @@ def prefix_and_chunks(folder: Path, dtype: str, context: int, folder_log: Path, 
     long = tokenizer.decode(tokenizer.encode(words * 8).ids[: context - 70])
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as g:
         g.write(long)
-    for label, size in (("no long prompt", chunk), ("chunked prefill", chunk), ("whole-prompt prefill", context)):
-        server = maaskit_server(folder, dtype, context, folder_log.with_suffix(f".{size}.log"), "--prefill-chunk",
-                                str(size), "--prefix-cache-gb", "0")  # fmt: skip
+    runs = (("no long prompt", chunk, 0), ("chunked prefill", chunk, 0), ("paced prefill", 256, 1),
+            ("whole-prompt prefill", context, 0))  # fmt: skip
+    for label, size, stall in runs:
+        options = ("--prefill-chunk", str(size), "--prefill-stall", str(stall), "--prefix-cache-gb", "0")
+        server = maaskit_server(folder, dtype, context, folder_log.with_suffix(f".{label.split()[0]}.log"), *options)
         try:
             server.thaw()
             streams = [sys.executable, str(HERE / "peers" / "sse_load.py"), server.url, "model", "8", "8",
@@ -315,7 +318,9 @@ def prefix_and_chunks(folder: Path, dtype: str, context: int, folder_log: Path, 
             running_now(server, 8)
             if label != "no long prompt":
                 body = {"model": "model", "prompt": long, "max_tokens": 4, "ignore_eos": True}
+                start = time.perf_counter()
                 httpx.post(f"{server.url}/v1/completions", json=body, timeout=600)
+                out[label + " long prompt s"] = time.perf_counter() - start
             raw = json.loads(running.communicate(timeout=1800)[0])
             out[label] = 1000 * percentile(raw["itl_s"], 0.99)
             out[label + " max"] = 1000 * max(raw["itl_s"])
@@ -408,13 +413,15 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
                 print(f"\n{name}: TTFT p50 with a shared system prompt: prefix cache on {on:.0f} ms, off {off:.0f} ms "
                       f"({off / on:.1f}x); identical outputs: {extra['identical outputs']}")  # fmt: skip
                 alone = extra["no long prompt"]
-                chunked, whole = extra["chunked prefill"], extra["whole-prompt prefill"]
                 print(
-                    f"{name}: p99 ITL of 8 streams: alone {alone:.1f} ms; while a whole-context prompt joins, chunked "
-                    f"by {args.prefill_chunk} {chunked:.1f} ms ({chunked / alone:.2f}x), whole {whole:.1f} ms "
-                    f"({whole / alone:.2f}x); longest gap: alone {extra['no long prompt max']:.0f} ms, chunked "
-                    f"{extra['chunked prefill max']:.0f} ms, whole {extra['whole-prompt prefill max']:.0f} ms"
+                    f"{name}: 8 streams alone: p99 ITL {alone:.1f} ms, longest gap {extra['no long prompt max']:.0f} ms"
                 )
+                for label in ("chunked prefill", "paced prefill", "whole-prompt prefill"):
+                    how = f"chunks of {args.prefill_chunk}" if label == "chunked prefill" else label.split()[0]
+                    print(f"{name}: while a whole-context prompt joins ({how}): p99 ITL {extra[label]:.1f} ms "
+                          f"({extra[label] / alone:.2f}x alone), longest gap {extra[label + ' max']:.0f} ms "
+                          f"({extra[label + ' max'] / extra['no long prompt max']:.2f}x); the long prompt took "
+                          f"{extra[label + ' long prompt s']:.1f} s")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
