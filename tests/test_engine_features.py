@@ -15,6 +15,7 @@ from maaskit.lm import GPT, GPTConfig
 from maaskit.lm.engine import Engine, SamplingParams
 from maaskit.lm.generation import generate
 from maaskit.lm.llama import Llama, LlamaConfig
+from maaskit.lm.model import PackedStep, SlotCache
 from maaskit.lm.pace import PrefillPace
 from maaskit.lm.prefix import PrefixCache
 from maaskit.serving.config import ServeConfig
@@ -53,6 +54,30 @@ def run_engine(engine: Engine, jobs, *, one_after_another: bool = False):
             engine.close()
 
     return asyncio.run(main())
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
+@torch.inference_mode()
+def test_a_packed_step_gives_the_logits_and_the_cache_of_separate_passes(kind):
+    """Two rows decoding and a prompt chunk in one pass (PackedStep) against a decode pass and a
+    prefill pass: the same logits, the same keys and values."""
+    model = MODELS[kind]()
+    a, b, c = [5, 6, 7, 8, 9], list(range(20, 29)), list(range(40, 50))
+    caches = [SlotCache.empty(model, 3) for _ in range(2)]
+    for cache in caches:  # rows 0 and 1 prefilled; row 2 holds the first 4 tokens of its prompt
+        for slot, prompt in ((0, a), (1, b), (2, c[:4])):
+            model(torch.tensor([prompt]), cache.prefill(slot))
+    separate, packed = caches
+    rows = model(torch.tensor([[1], [2]]), separate.decode([0, 1], [5, 9]))[:, -1]
+    chunk = model(torch.tensor([c[4:]]), separate.prefill(2, 4))[:, -1]
+    step = PackedStep(packed.decode([0, 1], [5, 9]), packed.prefill(2, 4), torch.tensor([[5, 9, *range(4, 10)]]))
+    logits = model(torch.tensor([[1, 2, *c[4:]]]), step, select=torch.tensor([0, 1, 7]))[:, -1]
+    assert torch.allclose(logits, torch.cat([rows, chunk]), atol=1e-5)
+    assert step.chunk.length == 10  # the chunk's slot advanced past its 6 new tokens
+    for mine, theirs in zip([*packed.keys, *packed.values], [*separate.keys, *separate.values]):
+        assert torch.allclose(mine[0, :, :6], theirs[0, :, :6], atol=1e-5)
+        assert torch.allclose(mine[1, :, :10], theirs[1, :, :10], atol=1e-5)
+        assert torch.allclose(mine[2, :, :10], theirs[2, :, :10], atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
@@ -120,20 +145,22 @@ def test_a_long_prompt_joins_running_streams_a_chunk_per_step(paced):
         assert [n for _, running, n in pace.records if running == 2 and n] == [8] * 7 + [5]
 
 
-def test_the_prefill_pace_sizes_chunks_by_time():
-    pace = PrefillPace(stall=1.0)
-    assert pace.chunk(256) == 256  # nothing measured yet: the limit
-    pace.record(0.05, running=4, prefilled=0)  # a decode step: 50 ms
-    assert pace.chunk(256) == 256
-    pace.record(1.0, running=0, prefilled=100)  # a prompt alone: 10 ms a token
-    assert pace.chunk(256) == 16  # 50 ms buys 5 tokens; 16 is the floor, so a prompt always moves
-    assert PrefillPace(stall=8.0).chunk(256) == 256
-    wide = PrefillPace(stall=8.0)
-    wide.record(0.05, running=4, prefilled=0)
-    wide.record(1.0, running=0, prefilled=100)
-    assert wide.chunk(256) == 40 and wide.chunk(30) == 30 and pace.chunk(8) == 8  # never past the limit
-    pace.record(0.25, running=4, prefilled=20)  # beside the decode, 20 tokens added 200 ms: 10 ms each still
-    assert pace.token_s == pytest.approx(0.01) and pace.decode_s == pytest.approx(0.05)
+def test_the_prefill_pace_steers_the_chunk_by_the_time_steps_take():
+    pace = PrefillPace(stall=1.0, floor=16, first=32)
+    assert pace.chunk(256) == 32 and pace.chunk(20) == 20  # before any step: a modest first chunk
+    pace.record(0.9, running=0, prefilled=500)  # a prompt alone: nobody waited, nothing learned
+    assert pace.chunk(256) == 32 and pace.decode_s is None
+    pace.record(0.100, running=4, prefilled=0)  # decode steps of 100 ms
+    pace.record(0.140, running=4, prefilled=32)  # 32 tokens added 40 ms of the 100 allowed: grow, at most x2
+    assert pace.chunk(256) == 64
+    pace.record(0.300, running=4, prefilled=64)  # 64 tokens added 200 ms: halve
+    assert pace.chunk(256) == 32
+    pace.record(0.150, running=4, prefilled=32)  # 50 ms of 100: double again, never past the limit
+    assert pace.chunk(256) == 64 and pace.chunk(40) == 40
+    for _ in range(5):  # a chunk that costs more than a decode step whatever its size: down to the floor
+        pace.record(0.250, running=4, prefilled=pace.chunk(256))
+    assert pace.chunk(256) == 16
+    assert PrefillPace(stall=2.0).stall == 2.0
     with pytest.raises(ValueError, match="stall must be more than 0"):
         PrefillPace(stall=0)
 

@@ -34,7 +34,7 @@ import torch
 
 from .constrain import SERIAL_BELOW, SPARE_CORES, Guide
 from .generation import check_sampling, sample_rows
-from .model import CausalLM, SlotCache
+from .model import CausalLM, DecodeStep, PackedStep, SlotCache
 from .pace import PrefillPace
 from .prefix import PrefixCache
 
@@ -332,14 +332,18 @@ class Engine:
         constrained = [(s, i) for i, s in enumerate(step) if s.matcher is not None]
         allowed = self._masks(constrained, len(step)) if constrained else None
         parts: list[torch.Tensor] = []
+        finished: dict[int, torch.Tensor] = {}  # by id: the last prompt position's logits
         if running:
             slots = [s.slot for s in running]
             decode = self.cache.decode(slots, [self._lengths[slot] for slot in slots])
-            last = torch.tensor([[s.last] for s in running], device=self.device)
-            parts.append(self.model(last, decode)[:, -1])
+            if len(plan) == 1:  # the usual joining prompt: its chunk in the same pass as the decode
+                parts.append(self._packed(running, decode, *plan[0], finished))
+                plan = []
+            else:
+                last = torch.tensor([[s.last] for s in running], device=self.device)
+                parts.append(self.model(last, decode)[:, -1])
             for slot in slots:
                 self._lengths[slot] += 1
-        finished: dict[int, torch.Tensor] = {}  # by id: the last prompt position's logits
         for group in self._prefill_groups(plan):
             finished |= self._prefill(group)
         parts += [finished[id(seq)] for seq in step[len(running) :]]
@@ -391,15 +395,33 @@ class Engine:
         step = self.cache.decode([seq.slot for seq, _ in group], [seq.filled for seq, _ in group], tokens=width)
         last = torch.tensor([n - 1 for _, n in group], device=self.device)  # each row's last real token
         logits = self.model(torch.tensor(chunks, device=self.device), step, select=last)[:, -1]
-        out = {}
-        for i, (seq, n) in enumerate(group):
-            seq.filled += n
-            self._lengths[seq.slot] = seq.filled
-            if seq.filled == len(seq.prompt):
-                out[id(seq)] = logits[i : i + 1]
-                if self.prefix_cache is not None:
-                    self.prefix_cache.keep(seq.prompt, self.cache, seq.slot)
-        return out
+        return {id(seq): logits[i : i + 1] for i, (seq, n) in enumerate(group) if self._filled(seq, n)}
+
+    def _packed(self, running: list[_Sequence], decode: DecodeStep, seq: _Sequence, n: int,
+                finished: dict[int, torch.Tensor]) -> torch.Tensor:  # fmt: skip
+        """One forward pass for the running rows and ``seq``'s next ``n`` prompt tokens, packed into
+        one sequence (:class:`~maaskit.lm.model.PackedStep`); the rows' logits, and ``seq``'s into
+        ``finished`` when its prompt is all in."""
+        b, start = len(running), seq.filled
+        tokens = [s.last for s in running] + seq.prompt[start : start + n]
+        positions = [self._lengths[s.slot] for s in running] + list(range(start, start + n))
+        complete = start + n == len(seq.prompt)
+        select = torch.tensor(list(range(b)) + ([b + n - 1] if complete else []), device=self.device)
+        step = PackedStep(decode, self.cache.prefill(seq.slot, start), torch.tensor([positions], device=self.device))
+        logits = self.model(torch.tensor([tokens], device=self.device), step, select=select)[:, -1]
+        if self._filled(seq, n):
+            finished[id(seq)] = logits[b:]
+        return logits[:b]
+
+    def _filled(self, seq: _Sequence, n: int) -> bool:
+        """``n`` more of ``seq``'s prompt tokens are in its slot; True when that is all of them."""
+        seq.filled += n
+        self._lengths[seq.slot] = seq.filled
+        if seq.filled < len(seq.prompt):
+            return False
+        if self.prefix_cache is not None:
+            self.prefix_cache.keep(seq.prompt, self.cache, seq.slot)
+        return True
 
     def _masks(self, constrained: list[tuple[_Sequence, int]], rows: int) -> Future:
         """Which tokens each row may take (all, for the free ones), as booleans: each constrained

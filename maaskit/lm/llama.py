@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import register_model
-from .model import CausalLM, DecodeStep, KVCache
+from .model import CausalLM, DecodeStep, KVCache, PackedStep, pick
 
 __all__ = ["Llama", "LlamaConfig"]
 
@@ -147,7 +147,12 @@ class _Attention(nn.Module):
             self.q_norm, self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps), RMSNorm(c.head_dim, c.rms_norm_eps)
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | DecodeStep | None, layer: int
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | DecodeStep | PackedStep | None,
+        layer: int,
     ) -> torch.Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
@@ -159,6 +164,8 @@ class _Attention(nn.Module):
         gqa = self.kv_heads != self.heads  # each key/value head serves heads / kv_heads query heads
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        elif isinstance(cache, PackedStep):
+            y = cache.attention(layer, q, k, v, gqa)
         elif isinstance(cache, DecodeStep):
             keys, values = cache.attend(layer, k, v)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask, enable_gqa=gqa)
@@ -230,12 +237,15 @@ class Llama(CausalLM):
         return c.num_hidden_layers, c.num_key_value_heads, c.head_dim
 
     def forward(
-        self, tokens: torch.Tensor, cache: KVCache | DecodeStep | None = None, select: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache | DecodeStep | PackedStep | None = None,
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``tokens``: B x T ids (the new ones, with a cache); B x T x vocab logits, or with ``select``
         (a position per row) B x 1 x vocab."""
         t = tokens.shape[1]
-        if isinstance(cache, DecodeStep):
+        if isinstance(cache, (DecodeStep, PackedStep)):
             where = cache.positions  # B x T: each row at its own positions
         else:
             start = cache.length if cache is not None else 0
@@ -246,10 +256,10 @@ class Llama(CausalLM):
         cos, sin = (table[where][:, None].to(x.dtype) for table in (self.rope_cos, self.rope_sin))  # B x 1 x T x d
         for layer, block in enumerate(self.model.layers):
             x = block(x, cos, sin, cache, layer)
-        if isinstance(cache, KVCache):
+        if isinstance(cache, (KVCache, PackedStep)):
             cache.advance(t)
-        if select is not None:  # one position per row (a prompt's last): the head's work for it only
-            x = x[torch.arange(x.shape[0], device=x.device), select][:, None]
+        if select is not None:  # the head's work for the positions that are sampled only
+            x = pick(x, cache, select)
         return self.lm_head(self.model.norm(x))
 
 

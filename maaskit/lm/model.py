@@ -131,6 +131,46 @@ class DecodeStep:
         return keys[self.rows, :, : self.span], values[self.rows, :, : self.span]
 
 
+@dataclass
+class PackedStep:
+    """Decoding rows and one prompt chunk in one forward pass, packed as one sequence of 1 x (rows + n)
+    tokens, so that every projection and MLP reads its weights once for all of them: a pass of its
+    own for the chunk reads them all again, which on a CPU costs about a decode step whatever the
+    chunk's length. Attention is split: the rows through ``decode``, the chunk through ``chunk``."""
+
+    decode: DecodeStep
+    chunk: KVCache
+    positions: torch.Tensor  # 1 x (rows + n): each token's position in its own sequence
+
+    def attention(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool = False
+    ) -> torch.Tensor:
+        """Queries, keys and values of the packed tokens (1 x heads x (rows + n) x width) to the
+        attention output in the same layout; the new keys and values are stored on the way."""
+        b = self.decode.rows.shape[0]
+
+        def row_wise(z: torch.Tensor) -> torch.Tensor:  # rows x heads x 1 x width
+            return z[0, :, :b].transpose(0, 1)[:, :, None]
+
+        keys, values = self.decode.attend(layer, row_wise(k), row_wise(v))
+        rows = F.scaled_dot_product_attention(row_wise(q), keys, values, attn_mask=self.decode.mask, enable_gqa=gqa)
+        keys, values, allowed = self.chunk.attend(layer, k[:, :, b:], v[:, :, b:])
+        chunk = F.scaled_dot_product_attention(q[:, :, b:], keys, values, attn_mask=allowed, enable_gqa=gqa)
+        return torch.cat([rows[:, :, 0].transpose(0, 1)[None], chunk], dim=2)
+
+    def advance(self, tokens: int) -> None:
+        """After the last layer: the chunk's slot is filled further (the rows' lengths are the engine's)."""
+        self.chunk.advance(tokens - self.decode.rows.shape[0])
+
+
+def pick(x: torch.Tensor, cache: KVCache | DecodeStep | PackedStep | None, select: torch.Tensor) -> torch.Tensor:
+    """The positions the head scores: one per row (a prompt's last), or for a packed step the
+    packed tokens listed (each decoding row's, a finished chunk's last), each as a row of one."""
+    if isinstance(cache, PackedStep):
+        return x[0, select][:, None]
+    return x[torch.arange(x.shape[0], device=x.device), select][:, None]
+
+
 class _Attention(nn.Module):
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
@@ -138,12 +178,14 @@ class _Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | DecodeStep | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | DecodeStep | PackedStep | None, layer: int) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in self.qkv(x).split(c, dim=2))
         drop = self.dropout if self.training else 0.0
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        elif isinstance(cache, PackedStep):
+            y = cache.attention(layer, q, k, v)
         elif isinstance(cache, DecodeStep):  # one new token per row, each row at its own length
             keys, values = cache.attend(layer, k, v)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask)
@@ -162,7 +204,7 @@ class _Block(nn.Module):
             nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Dropout(dropout)
         )
 
-    def forward(self, x: torch.Tensor, cache: KVCache | DecodeStep | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | DecodeStep | PackedStep | None, layer: int) -> torch.Tensor:
         x = x + self.attention(self.norm1(x), cache, layer)
         return x + self.mlp(self.norm2(x))
 
@@ -202,12 +244,15 @@ class GPT(CausalLM):
             nn.init.zeros_(module.bias)
 
     def forward(
-        self, tokens: torch.Tensor, cache: KVCache | DecodeStep | None = None, select: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache | DecodeStep | PackedStep | None = None,
+        select: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``tokens``: B x T token ids (the new ones, with a cache). Returns B x T x vocab logits;
         with ``select`` (a position per row), B x 1 x vocab: the logits at those positions only."""
         t = tokens.shape[1]
-        if isinstance(cache, DecodeStep):
+        if isinstance(cache, (DecodeStep, PackedStep)):
             where = cache.positions  # each row's own positions (the engine checks the context)
         else:
             start = cache.length if cache is not None else 0
@@ -217,10 +262,10 @@ class GPT(CausalLM):
         x = self.drop(self.tokens(tokens) + self.positions(where))
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer)
-        if isinstance(cache, KVCache):
+        if isinstance(cache, (KVCache, PackedStep)):
             cache.advance(t)
-        if select is not None:  # one position per row (a prompt's last): the head's work for it only
-            x = x[torch.arange(x.shape[0], device=x.device), select][:, None]
+        if select is not None:  # the head's work for the positions that are sampled only
+            x = pick(x, cache, select)
         return self.head(self.norm(x))
 
 
