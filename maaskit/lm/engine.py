@@ -132,7 +132,7 @@ class Engine:
         self._readers: set[_Sequence] = set()  # every sequence someone reads: waiting, joining or running
         self._running: list[_Sequence] = []  # decoding: one token per step each
         self._prefilling: list[_Sequence] = []  # holding a slot, their prompts partly in the cache
-        self._free = list(range(max_sequences))
+        self._free = list(range(max_sequences))[::-1]  # the lowest last: pop() takes it
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._seeds = itertools.count()
@@ -256,7 +256,10 @@ class Engine:
             self.abandoned += left
             self._tell("dropped", left)
         loop = asyncio.get_running_loop()
-        events = await loop.run_in_executor(self._executor, self._step, list(self._prefilling), list(self._running))
+        # rows in slot order, the lowest slots taken first: the running rows are then often one block of
+        # the cache, which each layer reads as a view instead of gathering it (SlotCache.decode)
+        running = sorted(self._running, key=lambda s: s.slot)
+        events = await loop.run_in_executor(self._executor, self._step, list(self._prefilling), running)
         self.steps += 1
         self._tell("step", sum(e.token is not None for _, e in events))
         now = time.perf_counter()
@@ -293,6 +296,7 @@ class Engine:
             self._prefilling.remove(seq)
         if seq.slot >= 0:
             self._free.append(seq.slot)
+            self._free.sort(reverse=True)
             seq.slot = -1
 
     def _tell(self, kind: str, value: float) -> None:

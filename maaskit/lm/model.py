@@ -104,7 +104,9 @@ class SlotCache:
         span = max(lengths) + tokens
         at = torch.tensor(lengths, device=device)[:, None] + torch.arange(tokens, device=device)  # rows x tokens
         allowed = torch.arange(span, device=device)[None, None, :] <= at[:, :, None]  # rows x tokens x span
-        return DecodeStep(self, torch.tensor(slots, device=device), at, span, allowed[:, None])
+        first = slots[0] if len(slots) else 0
+        block = slice(first, first + len(slots)) if list(slots) == list(range(first, first + len(slots))) else None
+        return DecodeStep(self, torch.tensor(slots, device=device), at, span, allowed[:, None], block)
 
 
 @dataclass
@@ -117,6 +119,7 @@ class DecodeStep:
     positions: torch.Tensor  # rows x tokens
     span: int
     mask: torch.Tensor  # rows x 1 x tokens x span
+    block: slice | None = None  # the rows, when they are consecutive slots: read as a view, not gathered
 
     def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this layer's new keys and values (rows x heads x tokens x head width); return the
@@ -128,6 +131,8 @@ class DecodeStep:
         else:  # indexed as (rows, tokens, heads, width)
             keys[self.rows[:, None], :, self.positions] = k.transpose(1, 2)
             values[self.rows[:, None], :, self.positions] = v.transpose(1, 2)
+        if self.block is not None:  # no copy: on a CPU the gather of every layer's keys costs ~15% of a step
+            return keys[self.block, :, : self.span], values[self.block, :, : self.span]
         return keys[self.rows, :, : self.span], values[self.rows, :, : self.span]
 
 
