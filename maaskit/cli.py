@@ -320,7 +320,8 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
         "--dtype",
         default=defaults.dtype,
         choices=("auto", "float32", "bfloat16"),
-        help="a language model's weights and cache (auto: float32 on a CPU, the checkpoint's own on a GPU)",
+        help="a language model's weights and cache (auto: the checkpoint's own; on a CPU without fast "
+        "bfloat16 products, float32)",
     )
     for option, kind, what in (  # a language model's engine: sizes and memory
         ("context", int, "positions a Hugging Face model's cache holds (at most the model's own limit)"),

@@ -196,6 +196,18 @@ def test_bf16_loads_in_bf16(tmp_path):
     assert close < 0.1  # bf16 keeps 8 bits of mantissa: near, not equal
 
 
+def test_auto_serves_a_checkpoint_in_its_own_dtype_where_the_cpu_runs_it_fast():
+    from maaskit.lm.packing import can_pack
+    from maaskit.serving.dataplane import serving_dtype
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    fp32, bf16 = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).to(torch.bfloat16)
+    assert serving_dtype("auto", fp32, cpu) == torch.float32  # a model trained in float32 served as trained
+    assert serving_dtype("auto", bf16, cpu) == (torch.bfloat16 if can_pack(torch.bfloat16) else torch.float32)
+    assert serving_dtype("auto", bf16, gpu) == torch.bfloat16
+    assert serving_dtype("float32", bf16, cpu) == torch.float32 and serving_dtype("bfloat16", fp32, cpu) == torch.bfloat16
+
+
 def test_unknown_architectures_and_pickled_weights_are_refused_clearly(tmp_path):
     gpt2 = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=1, n_head=2, n_positions=64)
     transformers.AutoModelForCausalLM.from_config(gpt2).save_pretrained(tmp_path / "gpt2")
@@ -232,9 +244,14 @@ def test_a_damaged_blob_in_the_hub_cache_is_refused(tmp_path):
         load_hf(snapshot)
 
 
-def test_served_through_the_openai_api_it_answers_as_transformers_generates(tmp_path):
+@pytest.mark.parametrize("pack_from", [None, 0], ids=["as-served", "every-layer-packed"])
+def test_served_through_the_openai_api_it_answers_as_transformers_generates(tmp_path, monkeypatch, pack_from):
     openai = pytest.importorskip("openai")
     import maaskit
+    from maaskit.lm import packing
+
+    if pack_from is not None:  # the server packs large layers for the CPU's kernels (lm/packing.py); all, here
+        monkeypatch.setattr(packing, "PACK_FROM", pack_from)
 
     folder = tmp_path / "tiny-qwen"
     reference = write_checkpoint(folder, "qwen2")
@@ -341,3 +358,59 @@ def test_a_sharded_checkpoint_loads_shard_by_shard(tmp_path):
     tokens = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     with torch.no_grad():
         assert torch.equal(load_hf(tmp_path / "sharded").model(tokens), load_hf(tmp_path / "whole").model(tokens))
+
+
+def test_packed_linear_layers_compute_what_nn_linear_does():
+    from maaskit.lm.packing import PackedLinear, can_pack
+
+    if not can_pack(torch.float32):
+        pytest.skip("this PyTorch build has no oneDNN")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(48, 80)
+    packed = PackedLinear(linear, rows=16)
+    for shape in [(1, 48), (5, 48), (3, 7, 48)]:  # any number of rows, and rows x tokens
+        x = torch.randn(shape)
+        with torch.no_grad():
+            assert (packed(x) - linear(x)).abs().max().item() <= TOLERANCE
+    assert list(packed.parameters()) == []  # inference only: nothing to train, nothing in the state dict
+
+
+def test_a_model_packed_for_the_cpu_gives_the_same_logits_and_tokens(checkpoint, monkeypatch):
+    from maaskit.lm import packing
+    from maaskit.lm.packing import PackedLinear, can_pack, pack_for_cpu
+
+    kind, directory, _ = checkpoint
+    plain, packed = load_hf(directory).model, load_hf(directory).model
+    linears = sum(isinstance(m, torch.nn.Linear) for m in plain.modules())
+    embedding = packed.model.embed_tokens.weight.clone()
+    assert pack_for_cpu(load_hf(directory).model) == 0  # this tiny model's layers are cheaper left as they are
+    monkeypatch.setattr(packing, "PACK_FROM", 0)  # ... so every layer is packed here, to check them all
+    assert pack_for_cpu(packed) == (linears if can_pack(torch.float32) else 0)
+    assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == (linears if can_pack(torch.float32) else 0)
+    assert torch.equal(packed.model.embed_tokens.weight, embedding)  # a tied head is packed as a copy
+    tokens = torch.randint(0, VOCAB, (3, 57), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (packed(tokens) - plain(tokens)).abs().max().item() <= TOLERANCE, kind
+    prompt = [5, 17, 42, 99, 7, 250, 3]
+    assert list(generate(packed, prompt, max_tokens=24, temperature=0)) == list(
+        generate(plain, prompt, max_tokens=24, temperature=0)
+    )
+
+
+def test_a_bfloat16_model_packed_for_the_cpu_stays_close_to_float32(tmp_path, monkeypatch):
+    from maaskit.lm import packing
+    from maaskit.lm.packing import can_pack, pack_for_cpu
+
+    if not can_pack(torch.bfloat16):
+        pytest.skip("this CPU has no bfloat16 products in oneDNN")
+    monkeypatch.setattr(packing, "PACK_FROM", 0)
+    write_checkpoint(tmp_path, "llama3-tied")
+    exact, plain = load_hf(tmp_path).model, load_hf(tmp_path).model.to(torch.bfloat16)
+    packed = load_hf(tmp_path).model.to(torch.bfloat16)
+    assert pack_for_cpu(packed) > 0
+    tokens = torch.randint(0, VOCAB, (2, 40), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = exact(tokens)
+        gap, plain_gap = ((m(tokens).float() - expected).abs().max().item() for m in (packed, plain))
+    # bfloat16 keeps 8 bits of mantissa (about 6e-3 here on logits up to 1.4); packing adds no error of its own
+    assert gap <= 2 * plain_gap + 1e-3 and gap < 0.02, (gap, plain_gap)

@@ -30,13 +30,14 @@ class ServeConfig:
     ``drain_seconds``: how long a stopping server lets admitted requests finish (see
     :mod:`~maaskit.serving.drain`); token streams still running then end with an error event.
 
-    Language models: ``dtype`` of the weights and cache ("auto": float32 on a CPU, the checkpoint's
-    own on a GPU); ``context``: positions a Hugging Face model's cache holds (its own limit is often
-    far more than a small machine needs); ``kv_cache_gb``: memory for the sequences' caches, which
-    caps ``max_sequences`` (None: ``max_sequences`` slots); ``prefill_chunk``: prompt tokens computed
-    per step beside the running streams, at most; ``prefill_stall``: fewer, sized by time, so that such
-    a step costs at most ``1 + prefill_stall`` decode steps (0: always ``prefill_chunk``);
-    ``prefix_cache_gb``: memory for shared prompt prefixes (0: off).
+    Language models: ``dtype`` of the weights and cache ("auto": the checkpoint's own; on a CPU,
+    bfloat16 only where it has fast bfloat16 products, else float32); ``context``: positions a Hugging
+    Face model's cache holds (its own limit is often far more than a small machine needs);
+    ``kv_cache_gb``: memory for the sequences' caches, which caps ``max_sequences`` (None:
+    ``max_sequences`` slots); ``prefill_chunk``: prompt tokens computed per step beside the running
+    streams, at most; ``prefill_stall``: fewer, sized by time, so that such a step costs at most ``1 +
+    prefill_stall`` decode steps (0: always ``prefill_chunk``); ``prefix_cache_gb``: memory for shared
+    prompt prefixes (0: off).
     """
 
     host: str = "127.0.0.1"

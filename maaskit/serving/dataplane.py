@@ -154,6 +154,7 @@ class ServedLanguageModel:
         from ..lm.constrain import Guide
         from ..lm.engine import Engine
         from ..lm.model import CausalLM, SlotCache
+        from ..lm.packing import pack_for_cpu
         from ..lm.prefix import PrefixCache
         from ..lm.template import ChatTemplate
 
@@ -172,9 +173,9 @@ class ServedLanguageModel:
         )
         guide = Guide(tokenizer, model.vocab_size, self.stop_tokens[-1])
         model = model.to(device=device, dtype=serving_dtype(config.dtype, model, device)).eval()
-        if owned and device.type == "cpu":  # a model it loaded itself (a caller's own is left as it is)
-            column_major(model)
         self.slots = cache_slots(model, config)
+        if owned and device.type == "cpu":  # a model it loaded itself (a caller's own is left as it is)
+            pack_for_cpu(model, rows=self.slots)
         cache = SlotCache.empty(model, self.slots)
         prefix = PrefixCache.sized(cache, int(config.prefix_cache_gb * 2**30))
         self.engine = Engine(model, max_sequences=self.slots, thread_setup=thread_setup, guide=guide,
@@ -194,22 +195,16 @@ class ServedLanguageModel:
 
 
 def serving_dtype(name: str, model: torch.nn.Module, device: torch.device) -> torch.dtype:
-    """The dtype a language model is served in: "auto" keeps a GPU's checkpoint dtype and uses float32
-    on a CPU, where PyTorch's bfloat16 products are slower: SmolLM2-135M's shape on this project's
-    2-core machine gave 13.7 tokens/s in bfloat16 against 17.7 in float32 (benchmarks/open_models.py)."""
+    """The dtype a language model is served in: "auto" keeps the checkpoint's own, but on a CPU only
+    where it runs fast: bfloat16 where oneDNN has bfloat16 products (lm/packing.py; PyTorch's own are
+    slower than its float32), float32 otherwise. A model trained in float32 is served exactly as trained."""
+    from ..lm.packing import can_pack
+
     if name == "auto":
         own = next(model.parameters()).dtype
-        return own if device.type != "cpu" else torch.float32
+        fast_on_cpu = own == torch.float32 or (own == torch.bfloat16 and can_pack(own))
+        return own if device.type != "cpu" or fast_on_cpu else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-
-
-def column_major(model: torch.nn.Module) -> None:
-    """Store every linear layer's weight transposed in memory (the same values, the same shape). On a
-    CPU, PyTorch's matrix product reads such a weight without packing it first: measured on 2 cores
-    for SmolLM2-135M's shapes, 1.5x faster at 4 rows and 1.2-1.6x at 16, the same at 1."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module.weight.is_contiguous():
-            module.weight.data = module.weight.data.t().contiguous().t()
 
 
 def cache_slots(model: torch.nn.Module, config: ServeConfig) -> int:

@@ -1,0 +1,75 @@
+"""Linear layers laid out once for the CPU's matrix kernels, for serving.
+
+A decode step multiplies a few rows by every weight of the model. PyTorch's default CPU product
+(``F.linear``) repacks each weight into its kernel's blocked layout on every call, which at a few
+rows costs as much as the product itself. oneDNN, the library behind PyTorch's ``mkldnn`` ops (and
+vLLM's CPU kernels), can pack a weight once (``_reorder_linear_weight``) and then run the product on
+the packed copy (``_linear_pointwise``). Measured on this project's 2-core machine (one thread,
+SmolLM2-135M's 30 layers and its head): about the same at 1 row, 2-3x faster at 4-16 rows in float32,
+and in bfloat16 the packed product is the faster of all, where PyTorch's own bfloat16 product is
+slower than its float32 (``benchmarks/linear_kernels.py`` measures each kind side by side).
+
+Where oneDNN is missing, weights are stored transposed instead (column-major, the same values):
+PyTorch's product then reads them without repacking (1.5x at 4 rows on the same machine).
+Training never sees any of this: only a server's own copy of a model is packed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["PackedLinear", "can_pack", "pack_for_cpu"]
+
+# oneDNN's call costs about 25 us more than PyTorch's (one thread, this project's machine): worth
+# it for weights that take longer than that to read (1 MiB in float32 takes about 65 us at 15.5 GB/s),
+# a loss on a small model's (notebook 07's GPT: 3x slower products). benchmarks/linear_kernels.py.
+PACK_FROM = 2**18  # elements of a weight
+
+
+def can_pack(dtype: torch.dtype) -> bool:
+    """Whether this PyTorch build and CPU run oneDNN's packed products in ``dtype``."""
+    mkldnn = torch.ops.mkldnn
+    if not (torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_reorder_linear_weight")):
+        return False
+    if dtype == torch.bfloat16:
+        return bool(mkldnn._is_mkldnn_bf16_supported())
+    return dtype == torch.float32
+
+
+class PackedLinear(nn.Module):
+    """``nn.Linear``'s product on a weight oneDNN packed once. Inference only: the packed weight is
+    not a parameter (no gradient, not in the state dict); the layer's shape and dtype are kept."""
+
+    def __init__(self, linear: nn.Linear, rows: int):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach()
+        self.dtype = weight.dtype
+        # ``rows``: the batch oneDNN lays the weight out for; any number of rows still works
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        self.bias = None if linear.bias is None else linear.bias.detach().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features)
+        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, packed"
+
+
+def pack_for_cpu(model: nn.Module, rows: int = 16) -> int:
+    """Replace every large linear layer of a CPU model (``PACK_FROM`` elements or more) by a
+    :class:`PackedLinear`; store the others' weights column-major. A weight tied to an embedding is
+    packed as a copy, so the embedding keeps reading its own. Returns how many layers were packed."""
+    packed = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear and child.weight.device.type == "cpu":
+                if child.weight.numel() >= PACK_FROM and can_pack(child.weight.dtype):
+                    setattr(parent, name, PackedLinear(child, rows))
+                    packed += 1
+                elif child.weight.is_contiguous():
+                    child.weight.data = child.weight.data.t().contiguous().t()
+    return packed
