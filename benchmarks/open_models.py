@@ -305,7 +305,10 @@ def prefix_and_chunks(folder: Path, dtype: str, context: int, folder_log: Path, 
     long = tokenizer.decode(tokenizer.encode(words * 8).ids[: context - 70])
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as g:
         g.write(long)
-    runs = (("no long prompt", chunk, 0), ("chunked prefill", chunk, 0), ("paced prefill", 256, 1),
+    from maaskit.serving.config import ServeConfig
+
+    paced = ServeConfig().prefill_stall  # the server's default pace
+    runs = (("no long prompt", chunk, 0), ("chunked prefill", chunk, 0), ("paced prefill", 256, paced),
             ("whole-prompt prefill", context, 0))  # fmt: skip
     for label, size, stall in runs:
         options = ("--prefill-chunk", str(size), "--prefill-stall", str(stall), "--prefix-cache-gb", "0")

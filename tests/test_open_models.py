@@ -205,7 +205,8 @@ def test_auto_serves_a_checkpoint_in_its_own_dtype_where_the_cpu_runs_it_fast():
     assert serving_dtype("auto", fp32, cpu) == torch.float32  # a model trained in float32 served as trained
     assert serving_dtype("auto", bf16, cpu) == (torch.bfloat16 if can_pack(torch.bfloat16) else torch.float32)
     assert serving_dtype("auto", bf16, gpu) == torch.bfloat16
-    assert serving_dtype("float32", bf16, cpu) == torch.float32 and serving_dtype("bfloat16", fp32, cpu) == torch.bfloat16
+    assert serving_dtype("float32", bf16, cpu) == torch.float32
+    assert serving_dtype("bfloat16", fp32, cpu) == torch.bfloat16
 
 
 def test_unknown_architectures_and_pickled_weights_are_refused_clearly(tmp_path):
