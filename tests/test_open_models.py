@@ -378,16 +378,19 @@ def test_packed_linear_layers_compute_what_nn_linear_does():
 
 def test_a_model_packed_for_the_cpu_gives_the_same_logits_and_tokens(checkpoint, monkeypatch):
     from maaskit.lm import packing
-    from maaskit.lm.packing import PackedLinear, can_pack, pack_for_cpu
+    from maaskit.lm.packing import Fused, PackedLinear, can_pack, pack_for_cpu
 
     kind, directory, _ = checkpoint
     plain, packed = load_hf(directory).model, load_hf(directory).model
-    linears = sum(isinstance(m, torch.nn.Linear) for m in plain.modules())
+    # q, k and v become one product, gate and up another: 7 linear layers a block become 4
+    products = sum(isinstance(m, torch.nn.Linear) for m in plain.modules()) - 3 * len(plain.model.layers)
     embedding = packed.model.embed_tokens.weight.clone()
     assert pack_for_cpu(load_hf(directory).model) == 0  # this tiny model's layers are cheaper left as they are
     monkeypatch.setattr(packing, "PACK_FROM", 0)  # ... so every layer is packed here, to check them all
-    assert pack_for_cpu(packed) == (linears if can_pack(torch.float32) else 0)
-    assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == (linears if can_pack(torch.float32) else 0)
+    assert pack_for_cpu(packed) == (products if can_pack(torch.float32) else 0)
+    assert sum(isinstance(m, PackedLinear) for m in packed.modules()) == (products if can_pack(torch.float32) else 0)
+    assert all(isinstance(layer.self_attn.qkv, Fused) and isinstance(layer.mlp.gate_up, Fused)
+               for layer in packed.model.layers)  # fmt: skip
     assert torch.equal(packed.model.embed_tokens.weight, embedding)  # a tied head is packed as a copy
     tokens = torch.randint(0, VOCAB, (3, 57), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["PackedLinear", "can_pack", "pack_for_cpu"]
+__all__ = ["Fused", "PackedLinear", "can_pack", "pack_for_cpu"]
 
 # oneDNN's call costs about 25 us more than PyTorch's (one thread, this project's machine): worth
 # it for weights that take longer than that to read (1 MiB in float32 takes about 65 us at 15.5 GB/s),
@@ -59,10 +59,43 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, packed"
 
 
+class Fused(nn.Module):
+    """Linear layers that read the same input (a block's q, k and v; its gate and up) as one product:
+    one call and one pass over the weights instead of several. Returns each layer's output, in order."""
+
+    def __init__(self, linears: list[nn.Linear]):
+        super().__init__()
+        self.sizes = [linear.out_features for linear in linears]
+        biased = any(linear.bias is not None for linear in linears)
+        self.product = nn.Linear(linears[0].in_features, sum(self.sizes), bias=biased).to(linears[0].weight)
+        with torch.no_grad():
+            self.product.weight.copy_(torch.cat([linear.weight for linear in linears]))
+            if biased:
+                self.product.bias.copy_(torch.cat([
+                    linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
+                    for linear in linears
+                ]))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.product(x).split(self.sizes, dim=-1)
+
+
+def _fuse(model: nn.Module) -> None:
+    """Each module's ``fusable`` groups (name: the layers it replaces) become one :class:`Fused`."""
+    for module in model.modules():
+        for name, parts in getattr(module, "fusable", {}).items():
+            if all(type(getattr(module, part, None)) is nn.Linear for part in parts):
+                setattr(module, name, Fused([getattr(module, part) for part in parts]))
+                for part in parts:
+                    delattr(module, part)
+
+
 def pack_for_cpu(model: nn.Module, rows: int = 16) -> int:
     """Replace every large linear layer of a CPU model (``PACK_FROM`` elements or more) by a
     :class:`PackedLinear`; store the others' weights column-major. A weight tied to an embedding is
-    packed as a copy, so the embedding keeps reading its own. Returns how many layers were packed."""
+    packed as a copy, so the embedding keeps reading its own. Products that read the same input are
+    fused into one first (:class:`Fused`). Returns how many layers were packed."""
+    _fuse(model)
     packed = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
