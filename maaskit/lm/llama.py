@@ -136,7 +136,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 class _Attention(nn.Module):
-    # products that read the same input, which a server may run as one (lm/packing.py: fuse_and_pack)
+    # products that read the same input, which a server runs as one (lm/packing.py: pack_for_cpu)
     fusable = {"qkv": ("q_proj", "k_proj", "v_proj")}
 
     def __init__(self, c: LlamaConfig):
