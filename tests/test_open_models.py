@@ -418,3 +418,24 @@ def test_a_bfloat16_model_packed_for_the_cpu_stays_close_to_float32(tmp_path, mo
         gap, plain_gap = ((m(tokens).float() - expected).abs().max().item() for m in (packed, plain))
     # bfloat16 keeps 8 bits of mantissa (about 6e-3 here on logits up to 1.4); packing adds no error of its own
     assert gap <= 2 * plain_gap + 1e-3 and gap < 0.02, (gap, plain_gap)
+
+
+def test_the_linear_kernels_benchmark_prints_each_kind_beside_f_linear():
+    # runs, small; the figures themselves are for people (a benchmark, never a timed assertion)
+    import subprocess
+    import sys
+
+    from maaskit.lm.packing import can_pack
+
+    root = Path(__file__).resolve().parents[1]
+    shape = ["--hidden", "64", "--intermediate", "128", "--heads", "4", "--kv-heads", "2", "--layers", "1"]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "linear_kernels.py"), "--rounds", "2", "--vocab", "256",
+         "--rows", "1,3", *shape],
+        capture_output=True, text=True, timeout=300, cwd=root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = [line.split()[:2] for line in done.stdout.splitlines() if "against F.linear float32" in line]
+    kinds = ["F.linear", "column-major"] + (["packed"] if can_pack(torch.float32) else [])
+    assert rows[: len(kinds)] == [[kind, "float32"] for kind in kinds]
+    assert done.stdout.count("row(s): ms per step") == 2
