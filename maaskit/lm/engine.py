@@ -22,6 +22,7 @@ the generator, its ``finally`` marks the sequence cancelled, and the scheduler d
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import time
 from collections import deque
@@ -132,7 +133,7 @@ class Engine:
         self._readers: set[_Sequence] = set()  # every sequence someone reads: waiting, joining or running
         self._running: list[_Sequence] = []  # decoding: one token per step each
         self._prefilling: list[_Sequence] = []  # holding a slot, their prompts partly in the cache
-        self._free = list(range(max_sequences))[::-1]  # the lowest last: pop() takes it
+        self._free = list(range(max_sequences))  # a heap: heappop() takes the lowest free slot
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._seeds = itertools.count()
@@ -249,7 +250,7 @@ class Engine:
             if seq.cancelled:  # its reader left while it waited
                 left += 1
                 continue
-            seq.slot = self._free.pop()
+            seq.slot = heapq.heappop(self._free)
             self._prefilling.append(seq)
             self._tell("prompt", len(seq.prompt))
         if left:
@@ -295,8 +296,7 @@ class Engine:
         if seq in self._prefilling:
             self._prefilling.remove(seq)
         if seq.slot >= 0:
-            self._free.append(seq.slot)
-            self._free.sort(reverse=True)
+            heapq.heappush(self._free, seq.slot)
             seq.slot = -1
 
     def _tell(self, kind: str, value: float) -> None:

@@ -169,14 +169,8 @@ class _Attention(nn.Module):
         gqa = self.kv_heads != self.heads  # each key/value head serves heads / kv_heads query heads
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        elif isinstance(cache, PackedStep):
+        else:  # the cache stores the new keys and values and says what each new token sees
             y = cache.attention(layer, q, k, v, gqa)
-        elif isinstance(cache, DecodeStep):
-            keys, values = cache.attend(layer, k, v)
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask, enable_gqa=gqa)
-        else:
-            keys, values, allowed = cache.attend(layer, k, v)
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, enable_gqa=gqa)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
 

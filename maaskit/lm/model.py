@@ -72,6 +72,12 @@ class KVCache:
         allowed = torch.ones(t, start + t, dtype=torch.bool, device=k.device).tril(diagonal=start)
         return self.keys[layer][:, :, : start + t], self.values[layer][:, :, : start + t], allowed
 
+    def attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool = False,
+                  dropout: float = 0.0) -> torch.Tensor:  # fmt: skip
+        """The new tokens' attention output: they attend to every kept position and, causally, to each other."""
+        keys, values, allowed = self.attend(layer, k, v)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, dropout_p=dropout, enable_gqa=gqa)
+
 
 @dataclass
 class SlotCache:
@@ -135,6 +141,12 @@ class DecodeStep:
             return keys[self.block, :, : self.span], values[self.block, :, : self.span]
         return keys[self.rows, :, : self.span], values[self.rows, :, : self.span]
 
+    def attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool = False,
+                  dropout: float = 0.0) -> torch.Tensor:  # fmt: skip
+        """The rows' attention output: each row's new tokens attend to its own entries up to them."""
+        keys, values = self.attend(layer, k, v)
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.mask, dropout_p=dropout, enable_gqa=gqa)
+
 
 @dataclass
 class PackedStep:
@@ -147,9 +159,8 @@ class PackedStep:
     chunk: KVCache
     positions: torch.Tensor  # 1 x (rows + n): each token's position in its own sequence
 
-    def attention(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool = False
-    ) -> torch.Tensor:
+    def attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool = False,
+                  dropout: float = 0.0) -> torch.Tensor:  # fmt: skip
         """Queries, keys and values of the packed tokens (1 x heads x (rows + n) x width) to the
         attention output in the same layout; the new keys and values are stored on the way."""
         b = self.decode.rows.shape[0]
@@ -157,10 +168,8 @@ class PackedStep:
         def row_wise(z: torch.Tensor) -> torch.Tensor:  # rows x heads x 1 x width
             return z[0, :, :b].transpose(0, 1)[:, :, None]
 
-        keys, values = self.decode.attend(layer, row_wise(k), row_wise(v))
-        rows = F.scaled_dot_product_attention(row_wise(q), keys, values, attn_mask=self.decode.mask, enable_gqa=gqa)
-        keys, values, allowed = self.chunk.attend(layer, k[:, :, b:], v[:, :, b:])
-        chunk = F.scaled_dot_product_attention(q[:, :, b:], keys, values, attn_mask=allowed, enable_gqa=gqa)
+        rows = self.decode.attention(layer, row_wise(q), row_wise(k), row_wise(v), gqa, dropout)
+        chunk = self.chunk.attention(layer, q[:, :, b:], k[:, :, b:], v[:, :, b:], gqa, dropout)
         return torch.cat([rows[:, :, 0].transpose(0, 1)[None], chunk], dim=2)
 
     def advance(self, tokens: int) -> None:
@@ -189,14 +198,8 @@ class _Attention(nn.Module):
         drop = self.dropout if self.training else 0.0
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
-        elif isinstance(cache, PackedStep):
-            y = cache.attention(layer, q, k, v)
-        elif isinstance(cache, DecodeStep):  # one new token per row, each row at its own length
-            keys, values = cache.attend(layer, k, v)
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask)
-        else:  # the new tokens attend to every kept position and, causally, to each other
-            keys, values, allowed = cache.attend(layer, k, v)
-            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, dropout_p=drop)
+        else:  # the cache stores the new keys and values and says what each new token sees
+            y = cache.attention(layer, q, k, v, dropout=drop)
         return self.out(y.transpose(1, 2).reshape(b, t, c))
 
 
