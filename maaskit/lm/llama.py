@@ -17,7 +17,7 @@ and keys. Module names follow Hugging Face's, so a checkpoint loads by name (see
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -215,10 +215,8 @@ class Llama(CausalLM):
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        if not isinstance(config, LlamaConfig):
-            raise TypeError(f"a Llama is built from a maaskit.lm.LlamaConfig, got {type(config).__name__}")
-        self.config = c = config
-        self.maaskit_config = {"name": "llama", "module": __name__, "config": asdict(c)}
+        self.config: LlamaConfig = self._checked_config(config, LlamaConfig, "llama", __name__)
+        c = self.config
         self.model = _Trunk(c)
         self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
         if c.tie_word_embeddings:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,15 @@ class CausalLM(nn.Module):
     def cache_shape(self) -> tuple[int, int, int]:
         """(layers, key/value heads, head width): what a :class:`KVCache` holds per position."""
         raise NotImplementedError
+
+    def _checked_config(self, config: Any, kind: type[Any], name: str, module: str) -> Any:
+        """``config`` once checked to be a ``kind``; kept for artifacts as ``self.maaskit_config``, with
+        the registry ``name`` that rebuilds the model and the ``module`` that registers it."""
+        if not isinstance(config, kind):
+            raise TypeError(f"a {type(self).__name__} is built from a maaskit.lm.{kind.__name__}, "
+                            f"got {type(config).__name__}")  # fmt: skip
+        self.maaskit_config = {"name": name, "module": module, "config": asdict(config)}
+        return config
 
 
 @dataclass
@@ -224,10 +234,8 @@ class GPT(CausalLM):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise TypeError(f"a GPT is built from a maaskit.lm.GPTConfig, got {type(config).__name__}")
-        self.config = c = config
-        self.maaskit_config = {"name": "gpt", "module": __name__, "config": asdict(c)}
+        self.config: GPTConfig = self._checked_config(config, GPTConfig, "gpt", __name__)
+        c = self.config
         self.tokens = nn.Embedding(c.vocab_size, c.width)
         self.positions = nn.Embedding(c.context, c.width)
         self.drop = nn.Dropout(c.dropout)
