@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import register_model
-from .model import CausalLM, DecodeStep, KVCache, PackedStep, pick
+from .model import Cache, CausalLM, DecodeStep, KVCache, PackedStep, pick
 
 __all__ = ["Llama", "LlamaConfig"]
 
@@ -155,7 +155,7 @@ class _Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache | DecodeStep | PackedStep | None,
+        cache: Cache | None,
         layer: int,
     ) -> torch.Tensor:
         b, t, _ = x.shape
@@ -238,10 +238,7 @@ class Llama(CausalLM):
         return c.num_hidden_layers, c.num_key_value_heads, c.head_dim
 
     def forward(
-        self,
-        tokens: torch.Tensor,
-        cache: KVCache | DecodeStep | PackedStep | None = None,
-        select: torch.Tensor | None = None,
+        self, tokens: torch.Tensor, cache: Cache | None = None, select: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``tokens``: B x T ids (the new ones, with a cache); B x T x vocab logits, or with ``select``
         (a position per row) B x 1 x vocab."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 import torch.nn.functional as F
@@ -187,7 +187,11 @@ class PackedStep:
         self.chunk.advance(tokens - self.decode.rows.shape[0])
 
 
-def pick(x: torch.Tensor, cache: KVCache | DecodeStep | PackedStep | None, select: torch.Tensor) -> torch.Tensor:
+# what a model's forward pass takes besides the tokens: a batch's cache, a decode step, or both packed
+Cache: TypeAlias = "KVCache | DecodeStep | PackedStep"
+
+
+def pick(x: torch.Tensor, cache: Cache | None, select: torch.Tensor) -> torch.Tensor:
     """The positions the head scores: one per row (a prompt's last), or for a packed step the
     packed tokens listed (each decoding row's, a finished chunk's last), each as a row of one."""
     if isinstance(cache, PackedStep):
@@ -202,7 +206,7 @@ class _Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | DecodeStep | PackedStep | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None, layer: int) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in self.qkv(x).split(c, dim=2))
         drop = self.dropout if self.training else 0.0
@@ -222,7 +226,7 @@ class _Block(nn.Module):
             nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Dropout(dropout)
         )
 
-    def forward(self, x: torch.Tensor, cache: KVCache | DecodeStep | PackedStep | None, layer: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Cache | None, layer: int) -> torch.Tensor:
         x = x + self.attention(self.norm1(x), cache, layer)
         return x + self.mlp(self.norm2(x))
 
@@ -260,10 +264,7 @@ class GPT(CausalLM):
             nn.init.zeros_(module.bias)
 
     def forward(
-        self,
-        tokens: torch.Tensor,
-        cache: KVCache | DecodeStep | PackedStep | None = None,
-        select: torch.Tensor | None = None,
+        self, tokens: torch.Tensor, cache: Cache | None = None, select: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``tokens``: B x T token ids (the new ones, with a cache). Returns B x T x vocab logits;
         with ``select`` (a position per row), B x 1 x vocab: the logits at those positions only."""
