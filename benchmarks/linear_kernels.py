@@ -4,12 +4,14 @@ head) at 1, 4 and 16 rows, one thread, each kind in turn round by round, medians
 
 - ``F.linear``: PyTorch's product on the weight as stored (row-major: it repacks it every call);
 - ``column-major``: the same on the weight stored transposed (what maaskit did before packing);
-- ``packed``: oneDNN's product on a weight packed once (:class:`maaskit.lm.packing.PackedLinear`);
+- ``packed``: oneDNN's product on a weight packed once (:class:`maaskit.lm.packing.PackedLinear`),
+  fewer rows than ``MIN_ROWS`` padded to that many;
+- ``packed, unpadded``: the same product on the rows as they are (what sets ``MIN_ROWS``);
 
 each in float32 and bfloat16. Printed: milliseconds per step (all layers and the head), and each
 kind's ratio to ``F.linear`` in float32.
 
-    python benchmarks/linear_kernels.py [--rounds 15] [--hidden 576 --intermediate 1536 --layers 30 ...]
+    python benchmarks/linear_kernels.py [--rounds 15] [--rows 1,2,4,16] [--hidden 576 --intermediate 1536 ...]
 """
 
 from __future__ import annotations
@@ -45,8 +47,19 @@ def kinds(weights: list[torch.Tensor], dtype: torch.dtype, rows: int) -> dict[st
         found["F.linear"].append(row_major)
         found["column-major"].append(column)
         if can_pack(dtype):
-            found.setdefault("packed", []).append(PackedLinear(row_major, rows))
+            packed = PackedLinear(row_major, rows)
+            found.setdefault("packed", []).append(packed)
+            found.setdefault("packed, unpadded", []).append(Unpadded(packed))
     return found
+
+
+class Unpadded(nn.Module):
+    def __init__(self, packed: PackedLinear):
+        super().__init__()
+        self.packed, self.in_features = packed, packed.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed.packed, None, "none", [], "")
 
 
 def main() -> None:
@@ -58,7 +71,7 @@ def main() -> None:
     p.add_argument("--kv-heads", type=int, default=3)
     p.add_argument("--layers", type=int, default=30)
     p.add_argument("--vocab", type=int, default=49152)
-    p.add_argument("--rows", default="1,4,16")
+    p.add_argument("--rows", default="1,2,4,16")
     a = p.parse_args()
     torch.set_num_threads(1)  # as the server's engine thread runs on 2 cores
     torch.manual_seed(0)
@@ -83,7 +96,7 @@ def main() -> None:
         print(f"\n{rows} row(s): ms per step (every linear layer and the head), median of {a.rounds} rounds")
         for name, times in table.items():
             ms = statistics.median(times[1:])
-            print(f"  {name:<24} {ms:8.2f} ms   x{base / ms:5.2f} against F.linear float32")
+            print(f"  {name:<33} {ms:8.2f} ms   x{base / ms:5.2f} against F.linear float32")
         del steps
 
 

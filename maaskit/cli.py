@@ -306,6 +306,12 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
     )
     serve.add_argument("--workers", type=int, default=defaults.workers, help="server processes (for CPU-bound models)")
     serve.add_argument(
+        "--threads",
+        type=int,
+        default=defaults.threads,
+        help="PyTorch threads per process for forward passes (default: all cores but one, shared among --workers)",
+    )
+    serve.add_argument(
         "--api-keys",
         metavar="FILE",
         help='JSON [{"name", "key", "rpm", "tpm"}, ...]: keys accepted, with per-key quotas (or set MAASKIT_API_KEYS)',

@@ -251,3 +251,22 @@ def test_served_with_tokenize_detokenize_echo_bf16_and_vllm_metrics(lm_dir, tiny
         assert series and all('model_name="gpt"' in line for line in series), name
     hits = [line for line in metrics.splitlines() if line.startswith('vllm:prefix_cache_hits_total{model_name="gpt"}')]
     assert hits and float(hits[0].split()[-1]) > 0  # the second long prompt reused the first one's blocks
+
+
+@pytest.mark.parametrize("threads", [None, 1, 3])
+def test_the_engine_runs_its_steps_on_the_threads_it_is_given(lm_dir, threads):
+    import os
+
+    from maaskit.cli import build_parser
+    from maaskit.serving.dataplane import ModelRepository
+
+    with pytest.raises(ValueError, match="threads must be a whole number of at least 1"):
+        ServeConfig(threads=0)
+    assert build_parser().parse_args(["serve", "--threads", "3"]).threads == 3
+    repository = ModelRepository(device="cpu", config=ServeConfig(threads=threads))
+    served = repository.add_language_model(lm_dir, name="lm")
+    try:  # PyTorch's thread count is per thread: ask the engine's own
+        used = served.engine._executor.submit(torch.get_num_threads).result()
+    finally:
+        served.close()
+    assert used == (threads or max(1, (os.cpu_count() or 2) - 1))

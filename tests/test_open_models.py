@@ -369,10 +369,12 @@ def test_packed_linear_layers_compute_what_nn_linear_does():
     torch.manual_seed(0)
     linear = torch.nn.Linear(48, 80)
     packed = PackedLinear(linear, rows=16)
-    for shape in [(1, 48), (5, 48), (3, 7, 48)]:  # any number of rows, and rows x tokens
+    # any number of rows (fewer than MIN_ROWS are padded), and rows x tokens
+    for shape in [(1, 48), (2, 48), (5, 48), (3, 7, 48), (1, 1, 48)]:
         x = torch.randn(shape)
         with torch.no_grad():
-            assert (packed(x) - linear(x)).abs().max().item() <= TOLERANCE
+            out = packed(x)
+            assert out.shape == (*shape[:-1], 80) and (out - linear(x)).abs().max().item() <= TOLERANCE
     assert list(packed.parameters()) == []  # inference only: nothing to train, nothing in the state dict
 
 
@@ -435,7 +437,58 @@ def test_the_linear_kernels_benchmark_prints_each_kind_beside_f_linear():
         capture_output=True, text=True, timeout=300, cwd=root,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    rows = [line.split()[:2] for line in done.stdout.splitlines() if "against F.linear float32" in line]
-    kinds = ["F.linear", "column-major"] + (["packed"] if can_pack(torch.float32) else [])
-    assert rows[: len(kinds)] == [[kind, "float32"] for kind in kinds]
+    lines = [line for line in done.stdout.splitlines() if "against F.linear" in line and " float32 " in line]
+    rows = [line.rsplit(" float32 ", 1)[0].strip() for line in lines]
+    kinds = ["F.linear", "column-major"] + (["packed", "packed, unpadded"] if can_pack(torch.float32) else [])
+    assert rows[: len(kinds)] == kinds
     assert done.stdout.count("row(s): ms per step") == 2
+
+
+@pytest.mark.parametrize("heads, kv_heads, tokens", [(4, 2, 1), (4, 4, 1), (6, 2, 3)])
+def test_grouped_attention_computes_what_sdpa_does(heads, kv_heads, tokens):
+    import torch.nn.functional as F
+
+    from maaskit.lm.model import grouped_attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, heads, tokens, 16, generator=g)
+    keys, values = torch.randn(2, 3, kv_heads, 20, 16, generator=g)
+    mask = torch.rand(3, 1, tokens, 20, generator=g) < 0.7
+    mask[..., 0] = True  # every query sees at least one position, as in a decode step
+    expected = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=heads != kv_heads)
+    assert (grouped_attention(q, keys, values, mask) - expected).abs().max().item() < 1e-6
+
+
+def test_a_bfloat16_decode_step_agrees_with_the_whole_sequence_in_bfloat16(tmp_path):
+    # decoding in bfloat16 on a CPU goes through grouped_attention, the whole sequence through SDPA
+    from maaskit.lm.model import SlotCache
+
+    write_checkpoint(tmp_path, "qwen2")
+    exact = load_hf(tmp_path).model
+    model = load_hf(tmp_path).model.to(torch.bfloat16)
+    tokens = torch.randint(0, VOCAB, (3, 12), generator=torch.Generator().manual_seed(3))
+    cache = SlotCache.empty(model, 4)
+    with torch.no_grad():
+        whole, expected = model(tokens)[:, -1].float(), exact(tokens)[:, -1]
+        for row in range(3):  # rows 1-3 of the cache, prefilled to 11 positions, then one step for all
+            model(tokens[row : row + 1, :-1], cache.prefill(row + 1))
+        step = model(tokens[:, -1:], cache.decode([1, 2, 3], [11, 11, 11]))[:, 0].float()
+    plain_gap, step_gap = ((x - expected).abs().max().item() for x in (whole, step))
+    assert step_gap <= 2 * plain_gap + 1e-3 and step_gap < 0.02, (step_gap, plain_gap)
+    assert (step.argmax(-1) == whole.argmax(-1)).all()
+
+
+def test_the_attention_kernels_benchmark_prints_each_kind_beside_sdpa():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "attention_kernels.py"), "--rounds", "2", "--layers", "2",
+         "--context", "64", "--slots", "4", "--rows", "1,3", "--spans", "10"],
+        capture_output=True, text=True, timeout=300, cwd=root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = [line.split()[:2] for line in done.stdout.splitlines() if "against SDPA float32" in line]
+    kinds = [[kind, dtype] for dtype in ("float32", "bfloat16") for kind in ("SDPA", "grouped")]
+    assert rows == kinds * 2

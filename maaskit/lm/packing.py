@@ -5,7 +5,7 @@ A decode step multiplies a few rows by every weight of the model. PyTorch's defa
 rows costs as much as the product itself. oneDNN, the library behind PyTorch's ``mkldnn`` ops (and
 vLLM's CPU kernels), can pack a weight once (``_reorder_linear_weight``) and then run the product on
 the packed copy (``_linear_pointwise``). Measured on this project's 2-core machine (one thread,
-SmolLM2-135M's 30 layers and its head): about the same at 1 row, 2-3x faster at 4-16 rows in float32,
+SmolLM2-135M's 30 layers and its head): 1.3x faster at 1 row and 1.6-2x at 2-16 rows in float32,
 and in bfloat16 the packed product is the faster of all, where PyTorch's own bfloat16 product is
 slower than its float32 (``benchmarks/linear_kernels.py`` measures each kind side by side).
 
@@ -25,6 +25,10 @@ __all__ = ["Fused", "PackedLinear", "can_pack", "pack_for_cpu"]
 # it for weights that take longer than that to read (1 MiB in float32 takes about 65 us at 15.5 GB/s),
 # a loss on a small model's (notebook 07's GPT: 3x slower products). benchmarks/linear_kernels.py.
 PACK_FROM = 2**18  # elements of a weight
+# oneDNN's product at 1 or 2 rows takes longer than at 4 (SmolLM2-135M's products, one thread, this
+# project's machine: float32 45 ms at 1 row, 52 at 2, 37 at 4; bfloat16 23, 26, 20), so a product of
+# fewer rows is padded to this many: the extra rows cost nothing. benchmarks/linear_kernels.py.
+MIN_ROWS = 4
 
 
 def can_pack(dtype: torch.dtype) -> bool:
@@ -46,14 +50,18 @@ class PackedLinear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach()
         self.dtype = weight.dtype
-        # ``rows``: the batch oneDNN lays the weight out for; any number of rows still works
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+        # ``rows``: the batch oneDNN lays the weight out for (any number still works, but a layout for
+        # 1 row runs 4 rows at half speed); at least MIN_ROWS, the fewest it is given
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, max(rows, MIN_ROWS))
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
+        rows = flat.shape[0]
+        if rows < MIN_ROWS:  # padded: oneDNN's kernel for fewer rows reads the weight more slowly
+            flat = torch.cat([flat, flat.new_zeros(MIN_ROWS - rows, self.in_features)])
         out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
-        return out.view(*x.shape[:-1], self.out_features)
+        return out[:rows].view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, packed"

@@ -38,6 +38,9 @@ class ServeConfig:
     streams, at most; ``prefill_stall``: fewer, sized by time, so that such a step costs at most ``1 +
     prefill_stall`` decode steps (0: always ``prefill_chunk``); ``prefix_cache_gb``: memory for shared
     prompt prefixes (0: off).
+
+    ``threads``: PyTorch threads for each process's forward passes (None: all cores but one, which
+    the event loop needs, shared among ``workers``).
     """
 
     host: str = "127.0.0.1"
@@ -64,6 +67,7 @@ class ServeConfig:
     prefill_chunk: int = 256
     prefill_stall: float = 0.5  # a step with a chunk: at most 1.5 decode steps (p99 ITL 2.11x alone at 1.0)
     prefix_cache_gb: float = 0.25
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -78,6 +82,8 @@ class ServeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be a whole number of at least 1, got {self.threads!r}")
         if self.max_delay_ms < 0:
             raise ValueError(f"max_delay_ms must be 0 or more, got {self.max_delay_ms!r}")
         if not self.drain_seconds >= 0:

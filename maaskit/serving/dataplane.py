@@ -227,13 +227,17 @@ def forward_threads(processes: int = 1) -> int:
     """PyTorch threads for a server's forward passes: all cores but one, which the event loop needs,
     shared among the server's ``processes`` (``--workers``).
     Measured on 2 cores with LeNet: 1 thread gives 0.17 ms a pass at batch 1 and 0.27 ms at 32;
-    2 threads 0.20 and 0.34, and 0.55 when a second thread runs passes too (OpenMP teams collide)."""
+    2 threads 0.20 and 0.34, and 0.55 when a second thread runs passes too (OpenMP teams collide).
+    Likewise a language model's steps (SmolLM2-135M, benchmarks/open_models.py): 2 threads make a step
+    1.3-1.6x faster alone, but served beside the event loop and a load generator, 0.75-0.97x in
+    tokens/s at 1 and 4 streams (1.2x at 16 in float32)."""
     return max(1, ((os.cpu_count() or 2) - 1) // processes)
 
 
-def forward_thread_setup(processes: int = 1) -> None:
-    """Run in each thread that runs forward passes: PyTorch's thread count is per thread."""
-    torch.set_num_threads(forward_threads(processes))
+def forward_thread_setup(processes: int = 1, threads: int | None = None) -> None:
+    """Run in each thread that runs forward passes: PyTorch's thread count is per thread (``threads``:
+    the server's ``--threads``, else :func:`forward_threads`)."""
+    torch.set_num_threads(threads or forward_threads(processes))
 
 
 def _check_name(name: str) -> str:
@@ -256,7 +260,9 @@ class ModelRepository:
     ):
         self.device = pick_device(device)
         self.config = config or ServeConfig()
-        self.thread_setup: Callable[[], None] = partial(forward_thread_setup, self.config.workers)
+        self.thread_setup: Callable[[], None] = partial(
+            forward_thread_setup, self.config.workers, threads=self.config.threads
+        )
         self.root = Path(root) if root is not None else None
         self._models: dict[str, dict[str, ServedModel]] = {}
         self.language_models: dict[str, ServedLanguageModel] = {}

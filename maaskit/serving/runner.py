@@ -160,6 +160,7 @@ def serve(
     prefill_chunk: int = ServeConfig.prefill_chunk,
     prefill_stall: float = ServeConfig.prefill_stall,
     prefix_cache_gb: float = ServeConfig.prefix_cache_gb,
+    threads: int | None = ServeConfig.threads,
 ) -> RunningServer:
     """Serve artifact directories (or models with ``data=``, or ``(model, manifest)`` pairs) in a
     background thread. The keywords are :class:`~maaskit.serving.config.ServeConfig`'s, which says
@@ -181,7 +182,7 @@ def serve(
         max_sequences=max_sequences, model_repository=None if model_repository is None else str(model_repository),
         name=name, max_body_bytes=max_body_bytes, log_level=log_level, access_log=access_log,
         drain_seconds=drain_seconds, dtype=dtype, context=context, kv_cache_gb=kv_cache_gb,
-        prefill_chunk=prefill_chunk, prefill_stall=prefill_stall, prefix_cache_gb=prefix_cache_gb,
+        prefill_chunk=prefill_chunk, prefill_stall=prefill_stall, prefix_cache_gb=prefix_cache_gb, threads=threads,
     )  # fmt: skip
     return serve_config(config, *sources, data=data, api_keys=api_keys, device=device)
 

@@ -1,0 +1,75 @@
+"""A decode step's attention, kernel against kernel, side by side in one process: one new query per
+row against each row's cached keys and values, for every layer of a model of real shape (SmolLM2-135M's
+by default: 30 layers of 9 query heads sharing 3 key/value heads of 64), one thread, each kind in turn
+round by round, medians.
+
+- ``SDPA``: ``F.scaled_dot_product_attention`` with ``enable_gqa`` (PyTorch's CPU flash attention);
+- ``grouped``: :func:`maaskit.lm.model.grouped_attention`, two batched products per layer;
+
+each in float32 and bfloat16, the keys read from a slot cache as the engine reads them (a view of the
+first rows, positions up to the span). Printed: milliseconds per step, and each kind's ratio to SDPA in
+float32. maaskit's decode steps use ``grouped`` for bfloat16 on a CPU and SDPA otherwise.
+
+    python benchmarks/attention_kernels.py [--rounds 15] [--rows 1,4,16] [--spans 100,500] [--layers 30 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from maaskit.lm.model import grouped_attention
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--heads", type=int, default=9)
+    p.add_argument("--kv-heads", type=int, default=3)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--layers", type=int, default=30)
+    p.add_argument("--context", type=int, default=1024)
+    p.add_argument("--slots", type=int, default=16)
+    p.add_argument("--rows", default="1,4,16")
+    p.add_argument("--spans", default="100,500")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, one thread; {a.layers} layers of {a.heads} query heads, {a.kv_heads} "
+          f"key/value heads of {a.head_dim}")  # fmt: skip
+    kinds = {
+        "SDPA": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True),
+        "grouped": grouped_attention,
+    }
+    for rows in (int(r) for r in a.rows.split(",")):
+        for span in (int(s) for s in a.spans.split(",")):
+            steps = {}
+            for dtype in (torch.float32, torch.bfloat16):
+                shape = (a.slots, a.kv_heads, a.context, a.head_dim)
+                caches = [(torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)) for _ in range(a.layers)]
+                q = torch.randn(rows, a.heads, 1, a.head_dim, dtype=dtype)
+                mask = torch.ones(rows, 1, 1, span, dtype=torch.bool)
+                for kind, f in kinds.items():
+                    steps[f"{kind} {str(dtype)[6:]}"] = (f, q, [(k[:rows, :, :span], v[:rows, :, :span])
+                                                                for k, v in caches], mask)  # fmt: skip
+            table: dict[str, list[float]] = {name: [] for name in steps}
+            with torch.inference_mode():
+                for _ in range(a.rounds + 1):  # the first round warms up
+                    for name, (f, q, layers, mask) in steps.items():
+                        start = time.perf_counter()
+                        for k, v in layers:
+                            f(q, k, v, mask)
+                        table[name].append((time.perf_counter() - start) * 1e3)
+            base = statistics.median(table["SDPA float32"][1:])
+            print(f"\n{rows} row(s), {span} positions: ms per step (every layer), median of {a.rounds} rounds")
+            for name, times in table.items():
+                ms = statistics.median(times[1:])
+                print(f"  {name:<18} {ms:8.2f} ms   x{base / ms:5.2f} against SDPA float32")
+
+
+if __name__ == "__main__":
+    main()
