@@ -5,10 +5,12 @@ round by round, medians.
 
 - ``SDPA``: ``F.scaled_dot_product_attention`` with ``enable_gqa`` (PyTorch's CPU flash attention);
 - ``grouped``: :func:`maaskit.lm.model.grouped_attention`, two batched products per layer;
+- ``SDPA on float32 copies`` (bfloat16 only): queries, keys and values copied to float32 first;
 
 each in float32 and bfloat16, the keys read from a slot cache as the engine reads them (a view of the
 first rows, positions up to the span). Printed: milliseconds per step, and each kind's ratio to SDPA in
-float32. maaskit's decode steps use ``grouped`` for bfloat16 on a CPU and SDPA otherwise.
+float32. maaskit's decode steps in bfloat16 on a CPU copy one row to float32 and take more through
+``grouped``; in float32, SDPA.
 
     python benchmarks/attention_kernels.py [--rounds 15] [--rows 1,4,16] [--spans 100,500] [--layers 30 ...]
 """
@@ -45,6 +47,8 @@ def main() -> None:
         "SDPA": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True),
         "grouped": grouped_attention,
     }
+    bfloat16_kinds = {**kinds, "SDPA on float32 copies": lambda q, k, v, m: kinds["SDPA"](q.float(), k.float(),
+                                                                                      v.float(), m).to(q.dtype)}
     for rows in (int(r) for r in a.rows.split(",")):
         for span in (int(s) for s in a.spans.split(",")):
             steps = {}
@@ -53,7 +57,7 @@ def main() -> None:
                 caches = [(torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)) for _ in range(a.layers)]
                 q = torch.randn(rows, a.heads, 1, a.head_dim, dtype=dtype)
                 mask = torch.ones(rows, 1, 1, span, dtype=torch.bool)
-                for kind, f in kinds.items():
+                for kind, f in kinds.items() if dtype == torch.float32 else bfloat16_kinds.items():
                     steps[f"{kind} {str(dtype)[6:]}"] = (f, q, [(k[:rows, :, :span], v[:rows, :, :span])
                                                                 for k, v in caches], mask)  # fmt: skip
             table: dict[str, list[float]] = {name: [] for name in steps}
@@ -68,7 +72,7 @@ def main() -> None:
             print(f"\n{rows} row(s), {span} positions: ms per step (every layer), median of {a.rounds} rounds")
             for name, times in table.items():
                 ms = statistics.median(times[1:])
-                print(f"  {name:<18} {ms:8.2f} ms   x{base / ms:5.2f} against SDPA float32")
+                print(f"  {name:<33} {ms:8.2f} ms   x{base / ms:5.2f} against SDPA float32")
 
 
 if __name__ == "__main__":

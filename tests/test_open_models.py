@@ -7,6 +7,7 @@ served through the OpenAI API. Nothing is downloaded: every checkpoint is built 
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -459,20 +460,24 @@ def test_grouped_attention_computes_what_sdpa_does(heads, kv_heads, tokens):
     assert (grouped_attention(q, keys, values, mask) - expected).abs().max().item() < 1e-6
 
 
-def test_a_bfloat16_decode_step_agrees_with_the_whole_sequence_in_bfloat16(tmp_path):
-    # decoding in bfloat16 on a CPU goes through grouped_attention, the whole sequence through SDPA
+@pytest.mark.parametrize("lengths", [[12, 12, 12], [12], [12, 7, 9]], ids=["one-length", "one-row", "lengths"])
+def test_a_bfloat16_decode_step_agrees_with_the_whole_sequence_in_bfloat16(tmp_path, lengths):
+    # decoding in bfloat16 on a CPU: one row through float32 copies, more through grouped_attention
+    # (no mask where the rows are of one length); the whole sequence goes through SDPA
     from maaskit.lm.model import SlotCache
 
     write_checkpoint(tmp_path, "qwen2")
     exact = load_hf(tmp_path).model
     model = load_hf(tmp_path).model.to(torch.bfloat16)
-    tokens = torch.randint(0, VOCAB, (3, 12), generator=torch.Generator().manual_seed(3))
+    tokens = torch.randint(0, VOCAB, (len(lengths), 12), generator=torch.Generator().manual_seed(3))
     cache = SlotCache.empty(model, 4)
     with torch.no_grad():
-        whole, expected = model(tokens)[:, -1].float(), exact(tokens)[:, -1]
-        for row in range(3):  # rows 1-3 of the cache, prefilled to 11 positions, then one step for all
-            model(tokens[row : row + 1, :-1], cache.prefill(row + 1))
-        step = model(tokens[:, -1:], cache.decode([1, 2, 3], [11, 11, 11]))[:, 0].float()
+        whole = torch.cat([model(tokens[r : r + 1, :n])[:, -1].float() for r, n in enumerate(lengths)])
+        expected = torch.cat([exact(tokens[r : r + 1, :n])[:, -1] for r, n in enumerate(lengths)])
+        for r, n in enumerate(lengths):  # rows 1, 2, ... of the cache, prefilled to all but a last token
+            model(tokens[r : r + 1, : n - 1], cache.prefill(r + 1))
+        last = torch.stack([tokens[r, n - 1] for r, n in enumerate(lengths)])[:, None]
+        step = model(last, cache.decode(list(range(1, len(lengths) + 1)), [n - 1 for n in lengths]))[:, 0].float()
     plain_gap, step_gap = ((x - expected).abs().max().item() for x in (whole, step))
     assert step_gap <= 2 * plain_gap + 1e-3 and step_gap < 0.02, (step_gap, plain_gap)
     assert (step.argmax(-1) == whole.argmax(-1)).all()
@@ -489,6 +494,6 @@ def test_the_attention_kernels_benchmark_prints_each_kind_beside_sdpa():
         capture_output=True, text=True, timeout=300, cwd=root,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    rows = [line.split()[:2] for line in done.stdout.splitlines() if "against SDPA float32" in line]
-    kinds = [[kind, dtype] for dtype in ("float32", "bfloat16") for kind in ("SDPA", "grouped")]
+    rows = [re.split(r"\s{2,}", line.strip())[0] for line in done.stdout.splitlines() if "against SDPA" in line]
+    kinds = ["SDPA float32", "grouped float32", "SDPA bfloat16", "grouped bfloat16", "SDPA on float32 copies bfloat16"]
     assert rows == kinds * 2

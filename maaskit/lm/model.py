@@ -119,10 +119,12 @@ class SlotCache:
         device = self.keys[0].device
         span = max(lengths) + tokens
         at = torch.tensor(lengths, device=device)[:, None] + torch.arange(tokens, device=device)  # rows x tokens
-        allowed = torch.arange(span, device=device)[None, None, :] <= at[:, :, None]  # rows x tokens x span
         first = slots[0] if len(slots) else 0
         block = slice(first, first + len(slots)) if list(slots) == list(range(first, first + len(slots))) else None
-        return DecodeStep(self, torch.tensor(slots, device=device), at, span, allowed[:, None], block)
+        mask = None  # rows of one length decoding one token each see all of the span
+        if tokens > 1 or len(set(lengths)) > 1:
+            mask = (torch.arange(span, device=device)[None, None, :] <= at[:, :, None])[:, None]
+        return DecodeStep(self, torch.tensor(slots, device=device), at, span, mask, block)
 
 
 @dataclass
@@ -134,7 +136,7 @@ class DecodeStep:
     rows: torch.Tensor
     positions: torch.Tensor  # rows x tokens
     span: int
-    mask: torch.Tensor  # rows x 1 x tokens x span
+    mask: torch.Tensor | None  # rows x 1 x tokens x span; None where every row sees its whole span
     block: slice | None = None  # the rows, when they are consecutive slots: read as a view, not gathered
 
     def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,21 +158,30 @@ class DecodeStep:
         """The rows' attention output: each row's new tokens attend to its own entries up to them."""
         keys, values = self.attend(layer, k, v)
         if q.shape[2] == 1 and q.dtype == torch.bfloat16 and q.device.type == "cpu" and not dropout:
+            # PyTorch's CPU flash attention is slow in bfloat16 (benchmarks/attention_kernels.py): one row
+            # is fastest copied to float32, more through two batched products
+            if q.shape[0] == 1:
+                up = (z.float() for z in (q, keys, values))
+                return F.scaled_dot_product_attention(*up, attn_mask=self.mask, enable_gqa=gqa).to(q.dtype)
             return grouped_attention(q, keys, values, self.mask)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.mask, dropout_p=dropout, enable_gqa=gqa)
 
 
-def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def grouped_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     """What ``scaled_dot_product_attention`` computes, as two batched products that take each key/value
     head's group of query heads at once (B x heads x T x width queries; ``mask`` True where allowed,
-    broadcast to B x 1 x T x span). maaskit decodes with it in bfloat16 on a CPU, where PyTorch's flash
-    attention takes 3-5x as long as in float32 and this 1-1.5x (SmolLM2-135M's 30 layers, 16 rows at
-    100 positions: 48.7 ms against 13.3; benchmarks/attention_kernels.py measures both side by side)."""
+    broadcast to B x 1 x T x span, or None). maaskit decodes rows with it in bfloat16 on a CPU, where
+    PyTorch's flash attention takes 3-5x as long as in float32 and this 1-1.5x (SmolLM2-135M's 30
+    layers, 16 rows at 100 positions: 48.7 ms against 13.3; benchmarks/attention_kernels.py)."""
     b, heads, t, width = q.shape
     kv = keys.shape[1]
     group = heads // kv
     scores = torch.matmul((q * width**-0.5).reshape(b, kv, group * t, width), keys.transpose(-1, -2))
-    scores = scores.view(b, kv, group, t, -1).masked_fill(~mask.unsqueeze(-3), float("-inf"))
+    scores = scores.view(b, kv, group, t, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask.unsqueeze(-3), float("-inf"))
     weights = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)  # summed in float32, as SDPA does
     return torch.matmul(weights.view(b, kv, group * t, -1), values).view(b, heads, t, width)
 
