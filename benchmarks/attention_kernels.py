@@ -47,8 +47,10 @@ def main() -> None:
         "SDPA": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True),
         "grouped": grouped_attention,
     }
-    bfloat16_kinds = {**kinds, "SDPA on float32 copies": lambda q, k, v, m: kinds["SDPA"](q.float(), k.float(),
-                                                                                      v.float(), m).to(q.dtype)}
+    bfloat16_kinds = {
+        **kinds,
+        "SDPA on float32 copies": lambda q, k, v, m: kinds["SDPA"](q.float(), k.float(), v.float(), m).to(q.dtype),
+    }
     for rows in (int(r) for r in a.rows.split(",")):
         for span in (int(s) for s in a.spans.split(",")):
             steps = {}
