@@ -161,8 +161,9 @@ class DecodeStep:
             # PyTorch's CPU flash attention is slow in bfloat16 (benchmarks/attention_kernels.py): one row
             # is fastest copied to float32, more through two batched products
             if q.shape[0] == 1:
-                up = (z.float() for z in (q, keys, values))
-                return F.scaled_dot_product_attention(*up, attn_mask=self.mask, enable_gqa=gqa).to(q.dtype)
+                y = F.scaled_dot_product_attention(q.float(), keys.float(), values.float(), attn_mask=self.mask,
+                                                   enable_gqa=gqa)  # fmt: skip
+                return y.to(q.dtype)
             return grouped_attention(q, keys, values, self.mask)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.mask, dropout_p=dropout, enable_gqa=gqa)
 
