@@ -4,13 +4,13 @@ by default: 30 layers of 9 query heads sharing 3 key/value heads of 64), one thr
 round by round, medians.
 
 - ``SDPA``: ``F.scaled_dot_product_attention`` with ``enable_gqa`` (PyTorch's CPU flash attention);
-- ``grouped``: :func:`maaskit.lm.model.grouped_attention`, two batched products per layer;
+- ``grouped``: the same as two batched products per layer, each key/value head's group of query
+  heads at once (the textbook formula, without SDPA's kernel);
 - ``SDPA on float32 copies`` (bfloat16 only): queries, keys and values copied to float32 first;
 
 each in float32 and bfloat16, the keys read from a slot cache as the engine reads them (a view of the
 first rows, positions up to the span). Printed: milliseconds per step, and each kind's ratio to SDPA in
-float32. maaskit's decode steps in bfloat16 on a CPU copy one row to float32 and take more through
-``grouped``; in float32, SDPA.
+float32. maaskit's decode steps take SDPA, in bfloat16 on a CPU on float32 copies.
 
     python benchmarks/attention_kernels.py [--rounds 15] [--rows 1,4,16] [--spans 100,500] [--layers 30 ...]
 """
@@ -24,7 +24,17 @@ import time
 import torch
 import torch.nn.functional as F
 
-from maaskit.lm.model import grouped_attention
+
+def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Queries B x heads x T x width against keys and values B x kv heads x span x width; ``mask``
+    True where allowed, B x 1 x T x span."""
+    b, heads, t, width = q.shape
+    kv = keys.shape[1]
+    group = heads // kv
+    scores = torch.matmul((q * width**-0.5).reshape(b, kv, group * t, width), keys.transpose(-1, -2))
+    scores = scores.view(b, kv, group, t, -1).masked_fill(~mask.unsqueeze(-3), float("-inf"))
+    weights = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)
+    return torch.matmul(weights.view(b, kv, group * t, -1), values).view(b, heads, t, width)
 
 
 def main() -> None:

@@ -158,33 +158,12 @@ class DecodeStep:
         """The rows' attention output: each row's new tokens attend to its own entries up to them."""
         keys, values = self.attend(layer, k, v)
         if q.shape[2] == 1 and q.dtype == torch.bfloat16 and q.device.type == "cpu" and not dropout:
-            # PyTorch's CPU flash attention is slow in bfloat16 (benchmarks/attention_kernels.py): one row
-            # is fastest copied to float32, more through two batched products
-            if q.shape[0] == 1:
-                y = F.scaled_dot_product_attention(q.float(), keys.float(), values.float(), attn_mask=self.mask,
-                                                   enable_gqa=gqa)  # fmt: skip
-                return y.to(q.dtype)
-            return grouped_attention(q, keys, values, self.mask)
+            # PyTorch's CPU flash attention is 3-5x slower in bfloat16 than in float32 at one query per
+            # row; on float32 copies it is as fast as float32 (benchmarks/attention_kernels.py)
+            y = F.scaled_dot_product_attention(q.float(), keys.float(), values.float(), attn_mask=self.mask,
+                                               enable_gqa=gqa)  # fmt: skip
+            return y.to(q.dtype)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=self.mask, dropout_p=dropout, enable_gqa=gqa)
-
-
-def grouped_attention(
-    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor | None
-) -> torch.Tensor:
-    """What ``scaled_dot_product_attention`` computes, as two batched products that take each key/value
-    head's group of query heads at once (B x heads x T x width queries; ``mask`` True where allowed,
-    broadcast to B x 1 x T x span, or None). maaskit decodes rows with it in bfloat16 on a CPU, where
-    PyTorch's flash attention takes 3-5x as long as in float32 and this 1-1.5x (SmolLM2-135M's 30
-    layers, 16 rows at 100 positions: 48.7 ms against 13.3; benchmarks/attention_kernels.py)."""
-    b, heads, t, width = q.shape
-    kv = keys.shape[1]
-    group = heads // kv
-    scores = torch.matmul((q * width**-0.5).reshape(b, kv, group * t, width), keys.transpose(-1, -2))
-    scores = scores.view(b, kv, group, t, -1)
-    if mask is not None:
-        scores = scores.masked_fill(~mask.unsqueeze(-3), float("-inf"))
-    weights = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)  # summed in float32, as SDPA does
-    return torch.matmul(weights.view(b, kv, group * t, -1), values).view(b, heads, t, width)
 
 
 @dataclass
