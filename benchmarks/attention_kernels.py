@@ -4,13 +4,14 @@ by default: 30 layers of 9 query heads sharing 3 key/value heads of 64), one thr
 round by round, medians.
 
 - ``SDPA``: ``F.scaled_dot_product_attention`` with ``enable_gqa`` (PyTorch's CPU flash attention);
-- ``grouped``: the same as two batched products per layer, each key/value head's group of query
-  heads at once (the textbook formula, without SDPA's kernel);
-- ``SDPA on float32 copies`` (bfloat16 only): queries, keys and values copied to float32 first;
+- ``grouped``: the textbook formula as two batched products per layer, each key/value head's group
+  of query heads at once;
+- ``maaskit``: what a decode step runs, :func:`maaskit.lm.model.decode_attention` (SDPA with each
+  key/value head's query heads as its queries; in bfloat16 on a CPU, on float32 copies);
 
 each in float32 and bfloat16, the keys read from a slot cache as the engine reads them (a view of the
 first rows, positions up to the span). Printed: milliseconds per step, and each kind's ratio to SDPA in
-float32. maaskit's decode steps take SDPA, in bfloat16 on a CPU on float32 copies.
+float32.
 
     python benchmarks/attention_kernels.py [--rounds 15] [--rows 1,4,16] [--spans 100,500] [--layers 30 ...]
 """
@@ -23,6 +24,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from maaskit.lm.model import decode_attention
 
 
 def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -56,10 +59,7 @@ def main() -> None:
     kinds = {
         "SDPA": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True),
         "grouped": grouped_attention,
-    }
-    bfloat16_kinds = {
-        **kinds,
-        "SDPA on float32 copies": lambda q, k, v, m: kinds["SDPA"](q.float(), k.float(), v.float(), m).to(q.dtype),
+        "maaskit": decode_attention,
     }
     for rows in (int(r) for r in a.rows.split(",")):
         for span in (int(s) for s in a.spans.split(",")):
@@ -69,7 +69,7 @@ def main() -> None:
                 caches = [(torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)) for _ in range(a.layers)]
                 q = torch.randn(rows, a.heads, 1, a.head_dim, dtype=dtype)
                 mask = torch.ones(rows, 1, 1, span, dtype=torch.bool)
-                for kind, f in kinds.items() if dtype == torch.float32 else bfloat16_kinds.items():
+                for kind, f in kinds.items():
                     steps[f"{kind} {str(dtype)[6:]}"] = (f, q, [(k[:rows, :, :span], v[:rows, :, :span])
                                                                 for k, v in caches], mask)  # fmt: skip
             table: dict[str, list[float]] = {name: [] for name in steps}
