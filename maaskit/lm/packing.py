@@ -17,6 +17,7 @@ Training never sees any of this: only a server's own copy of a model is packed.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Fused", "PackedLinear", "can_pack", "pack_for_cpu"]
@@ -59,7 +60,7 @@ class PackedLinear(nn.Module):
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
         if rows < MIN_ROWS:  # padded: oneDNN's kernel for fewer rows reads the weight more slowly
-            flat = torch.cat([flat, flat.new_zeros(MIN_ROWS - rows, self.in_features)])
+            flat = F.pad(flat, (0, 0, 0, MIN_ROWS - rows))
         out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
         return out[:rows].view(*x.shape[:-1], self.out_features)
 
