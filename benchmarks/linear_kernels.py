@@ -1,6 +1,6 @@
 """The decode step's matrix products, kernel against kernel, side by side in one process: the
 linear layers of a model of real shape (SmolLM2-135M's by default: 30 layers and a 49,152-token
-head) at 1, 4 and 16 rows, one thread, each kind in turn round by round, medians.
+head) at 1, 2, 4 and 16 rows, one thread, each kind in turn round by round, medians.
 
 - ``F.linear``: PyTorch's product on the weight as stored (row-major: it repacks it every call);
 - ``column-major``: the same on the weight stored transposed (what maaskit did before packing);
@@ -54,6 +54,8 @@ def kinds(weights: list[torch.Tensor], dtype: torch.dtype, rows: int) -> dict[st
 
 
 class Unpadded(nn.Module):
+    """A :class:`PackedLinear`'s product without its padding (no bias: the benchmark's layers have none)."""
+
     def __init__(self, packed: PackedLinear):
         super().__init__()
         self.packed, self.in_features = packed, packed.in_features

@@ -52,7 +52,7 @@ class PackedLinear(nn.Module):
         weight = linear.weight.detach()
         self.dtype = weight.dtype
         # ``rows``: the batch oneDNN lays the weight out for (any number still works, but a layout for
-        # 1 row runs 4 rows at half speed); at least MIN_ROWS, the fewest it is given
+        # 1 row runs 4 rows at about half speed); at least MIN_ROWS, the fewest it is given
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, max(rows, MIN_ROWS))
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
 

@@ -228,9 +228,10 @@ def forward_threads(processes: int = 1) -> int:
     shared among the server's ``processes`` (``--workers``).
     Measured on 2 cores with LeNet: 1 thread gives 0.17 ms a pass at batch 1 and 0.27 ms at 32;
     2 threads 0.20 and 0.34, and 0.55 when a second thread runs passes too (OpenMP teams collide).
-    Likewise a language model's steps (SmolLM2-135M, benchmarks/open_models.py): 2 threads make a step
-    1.3-1.6x faster alone, but served beside the event loop and a load generator, 0.75-0.97x in
-    tokens/s at 1 and 4 streams (1.2x at 16 in float32)."""
+    Likewise a language model's decode steps (SmolLM2-135M's shape): 2 threads make a step 1.3-1.6x
+    faster alone, but served beside the event loop and a load generator (benchmarks/open_models.py's
+    servers and load, ``--threads 2`` beside ``--threads 1`` in one run, twice), 0.72-1.09x the tokens/s
+    at 1 and 4 streams and 0.86-1.22x at 16."""
     return max(1, ((os.cpu_count() or 2) - 1) // processes)
 
 
