@@ -270,3 +270,15 @@ def test_the_engine_runs_its_steps_on_the_threads_it_is_given(lm_dir, threads):
     finally:
         served.close()
     assert used == (threads or max(1, (os.cpu_count() or 2) - 1))
+
+
+def test_listeners_see_the_engine_empty_once_its_last_sequences_finished():
+    # /metrics sets its gauges from these calls: after the last step they must read none running, not
+    # stay one step stale while the engine sleeps (clients that vanished were seen as still running)
+    engine = Engine(_gpt(), max_sequences=2)
+    seen = []
+    engine.listeners.append(lambda kind, value: seen.append((kind, engine.running, engine.slots_in_use)))
+    done = run_engine(engine, [([5, 6, 7], SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))] * 3)
+    assert [len(tokens) for tokens in done] == [4, 4, 4]
+    steps = [(running, slots) for kind, running, slots in seen if kind == "step"]
+    assert (2, 2) in steps and steps[-1] == (0, 0)

@@ -102,8 +102,9 @@ class Engine:
 
     ``max_sequences``: sequences in the running batch (slots of the cache); more wait their turn.
     ``listeners`` are told ``("first_token", seconds since submitted)``, ``("token", seconds since
-    the sequence's last token)``, ``("step", tokens it produced)``, ``("prompt", tokens of a
-    prompt taking a slot)`` and ``("dropped", sequences whose readers left)`` (for metrics).
+    the sequence's last token)``, ``("step", tokens it produced)`` (once its finished sequences left),
+    ``("prompt", tokens of a prompt taking a slot)`` and ``("dropped", sequences whose readers left)``
+    (for metrics).
     ``guide`` (a :class:`~maaskit.lm.constrain.Guide` for the model's tokenizer) lets sequences be
     constrained to a grammar, each row with its own mask. ``prefill_chunk``: prompt tokens per step
     at most (None: whole prompts); ``prefill_stall``: beside running sequences, chunks sized to cost
@@ -241,6 +242,7 @@ class Engine:
                     seq.queue.put_nowait(RuntimeError(f"generation failed: {err}"))
                     self._leave(seq)
                 self._waiting.clear()
+                self._tell("step", 0)  # the counts changed: listeners see none left
 
     async def _round(self) -> None:
         """Let waiting sequences take free slots, run one step, hand out its tokens."""
@@ -262,7 +264,6 @@ class Engine:
         running = sorted(self._running, key=lambda s: s.slot)
         events = await loop.run_in_executor(self._executor, self._step, list(self._prefilling), running)
         self.steps += 1
-        self._tell("step", sum(e.token is not None for _, e in events))
         now = time.perf_counter()
         for seq, event in events:
             if seq in self._prefilling:  # its prompt is in: it decodes from the next step
@@ -278,6 +279,9 @@ class Engine:
             if event.finish_reason is not None:
                 seq.finished = True
                 self._leave(seq)
+        # after the finished ones left: a listener reading the engine's counts (the /metrics gauges) sees
+        # them as they are now, not one step stale, which after a last step would stay so while idle
+        self._tell("step", sum(e.token is not None for _, e in events))
 
     def _drop_cancelled(self) -> None:
         before = self.abandoned

@@ -111,11 +111,16 @@ class Guard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [500]
+        start, status, recorded = time.perf_counter(), [500], [False]
 
         async def recorded_send(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body") and not recorded[0]:
+                # counted before its last byte goes out: a client holding an answer finds it counted, even
+                # when this process is killed the moment after
+                recorded[0] = True
+                self._record(scope, status[0], time.perf_counter() - start)
             await send(message)
 
         work = not scope["path"].startswith(DRAIN_EXEMPT)
@@ -133,7 +138,8 @@ class Guard:
         finally:
             if work:
                 self.drain.left()
-            self._record(scope, status[0], time.perf_counter() - start)
+            if not recorded[0]:  # no answer went out whole
+                self._record(scope, status[0], time.perf_counter() - start)
 
     def _record(self, scope, status: int, seconds: float) -> None:
         if status >= 400:
