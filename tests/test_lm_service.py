@@ -130,6 +130,15 @@ def test_the_raw_stream_is_framed_as_openai_clients_expect(server):
     assert without_usage[-1] == "[DONE]" and "usage" not in without_usage[-2]
 
 
+def test_an_event_whose_text_holds_unicode_line_breaks_stays_one_line(server):
+    # httpx's iter_lines (as _sse reads) splits at U+0085, U+2028 and U+2029 as str.splitlines does: an
+    # untrained model that wrote one (bytes C2 85) cut a CI run's event in two. Echo sends them back.
+    prompt = "one\x85two\u2028three\u2029four"
+    events = _sse(server, "/v1/completions", {"model": "gpt", "prompt": prompt, "echo": True, "max_tokens": 2,
+                                              "stream": True})  # fmt: skip
+    assert events[0]["choices"][0]["text"] == prompt and events[-1] == "[DONE]"
+
+
 def test_the_async_client_streams_concurrently(server):
     openai = require("openai")
 

@@ -554,6 +554,21 @@ async def _whole(job: _Job, head: dict) -> dict:
     return {**head, "object": job.shape.object, "choices": choices, "usage": job.usage.as_dict()}
 
 
+# JSON may carry U+0085, U+2028 and U+2029 unescaped, but common line readers split lines at them
+# (httpx's iter_lines, Python's str.splitlines): a model that wrote one cut its event in two there.
+# Escaped, every event is one line to every reader, and the same JSON.
+_LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+
+
+def _event(value: Any) -> bytes:
+    """One server-sent event: ``data: {json}`` on one line."""
+    body = dumps(value)
+    for raw, escaped in _LINE_BREAKS:
+        if raw in body:
+            body = body.replace(raw, escaped)
+    return b"data: " + body + b"\n\n"
+
+
 async def _stream(job: _Job, head: dict, include_usage: bool) -> AsyncIterator[bytes]:
     """The answer as server-sent events: the same pieces as :func:`_whole`, each sent as it comes."""
     shape, served, logprobs = job.shape, job.served, job.logprobs
@@ -561,7 +576,7 @@ async def _stream(job: _Job, head: dict, include_usage: bool) -> AsyncIterator[b
     pieces = _run_choices(served, runs, job.stop, job.usage)
 
     def chunk(choices: list[dict], **extra: Any) -> bytes:
-        return b"data: " + dumps({**head, "object": shape.chunk_object, "choices": choices, **extra}) + b"\n\n"
+        return _event({**head, "object": shape.chunk_object, "choices": choices, **extra})
 
     offsets = [0] * len(runs)
     try:
@@ -581,9 +596,9 @@ async def _stream(job: _Job, head: dict, include_usage: bool) -> AsyncIterator[b
         if include_usage:
             yield chunk([], usage=job.usage.as_dict())
     except Interrupted as err:  # the server is stopping: the stream ends as on an error, not cut
-        yield b"data: " + dumps(OpenAIError(503, str(err)).body()) + b"\n\n"
+        yield _event(OpenAIError(503, str(err)).body())
     except Exception as err:  # the status is sent already: the error is an event
-        yield b"data: " + dumps(OpenAIError(500, f"generation failed: {err}").body()) + b"\n\n"
+        yield _event(OpenAIError(500, f"generation failed: {err}").body())
     finally:
         job.settle()
         await pieces.aclose()
