@@ -8,6 +8,9 @@ Models (random weights, built here from their configs: nothing is downloaded):
                 by vLLM from ``export_gpt2``'s folder
   gpt-default   notebook 07's GPT shape (0.14M parameters, 2 heads of 32, context 128), the same way
 
+maaskit serves with ``--compile`` (its decode step through torch.compile, as vLLM compiles its model
+at start; ``--eager`` leaves it out).
+
 For each model and dtype, each server is started once; while one is measured the others are
 frozen (SIGSTOP: vLLM's engine busy-polls even when idle). Rounds interleave the servers. Every
 stream generates exactly ``--max-tokens`` tokens (``ignore_eos``, ``min_tokens``). Per concurrency:
@@ -22,7 +25,7 @@ system prompt, prefix cache on and off; and the p99 inter-token latency of 8 run
 while a whole-context prompt joins, chunked prefill on and off.
 
     python benchmarks/open_models.py [--models smollm2-135m,gpt-6x384] [--dtypes float32,bfloat16]
-        [--concurrency 1,4,16] [--rounds 3] [--max-tokens 64] [--smoke]
+        [--concurrency 1,4,16] [--rounds 3] [--max-tokens 64] [--eager] [--smoke]
 """
 
 from __future__ import annotations
@@ -358,6 +361,7 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
     parser.add_argument("--prefill-chunk", type=int, default=64, help="maaskit's chunk in the chunked-prefill run")
     parser.add_argument("--features-only", action="store_true", help="only the prefix-cache and chunked-prefill runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--eager", action="store_true", help="maaskit without --compile (its decode steps eager)")
     args = parser.parse_args()
     concurrency = [int(c) for c in args.concurrency.split(",")]
     dtypes = args.dtypes.split(",")
@@ -379,7 +383,10 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
                 ours = theirs = llama_folder(folder / name, TINY_LLAMA if name == "tiny-llama" else SMOLLM2_135M)
             for dtype in [] if args.features_only else dtypes:
                 print(f"\n{name}, {dtype}", flush=True)
-                servers = [maaskit_server(ours, dtype, context, folder / f"{name}.{dtype}.maaskit.log"),
+                # compiled as vLLM compiles its model; the smoke run stays eager (tests/test_engine_features.py
+                # tests the compiled step), so that the suite does not wait for Inductor
+                compiled = [] if args.eager or args.smoke else ["--compile"]
+                servers = [maaskit_server(ours, dtype, context, folder / f"{name}.{dtype}.maaskit.log", *compiled),
                            vllm_server(theirs, dtype, context, folder / f"{name}.{dtype}.vllm.log")]  # fmt: skip
                 try:
                     agreed = agreement(servers)

@@ -312,6 +312,12 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
         help="PyTorch threads per process for forward passes (default: all cores but one, shared among --workers)",
     )
     serve.add_argument(
+        "--compile",
+        action="store_true",
+        help="language models: compile the decode step with torch.compile (1.2-1.5x faster steps on a CPU; "
+        "minutes of compiling at start, kept on disk for the next; needs a C++ compiler)",
+    )
+    serve.add_argument(
         "--api-keys",
         metavar="FILE",
         help='JSON [{"name", "key", "rpm", "tpm"}, ...]: keys accepted, with per-key quotas (or set MAASKIT_API_KEYS)',

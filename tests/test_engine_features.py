@@ -59,25 +59,29 @@ def run_engine(engine: Engine, jobs, *, one_after_another: bool = False):
 @pytest.mark.parametrize("kind", list(MODELS))
 @torch.inference_mode()
 def test_a_packed_step_gives_the_logits_and_the_cache_of_separate_passes(kind):
-    """Two rows decoding and a prompt chunk in one pass (PackedStep) against a decode pass and a
-    prefill pass: the same logits, the same keys and values."""
+    """Two rows decoding and two prompt chunks (one continuing its prompt, one a prompt's start) in
+    one pass (PackedStep) against a decode pass and a prefill pass each: the same logits, the same
+    keys and values."""
     model = MODELS[kind]()
-    a, b, c = [5, 6, 7, 8, 9], list(range(20, 29)), list(range(40, 50))
-    caches = [SlotCache.empty(model, 3) for _ in range(2)]
+    a, b, c, d = [5, 6, 7, 8, 9], list(range(20, 29)), list(range(40, 50)), list(range(60, 67))
+    caches = [SlotCache.empty(model, 4) for _ in range(2)]
     for cache in caches:  # rows 0 and 1 prefilled; row 2 holds the first 4 tokens of its prompt
         for slot, prompt in ((0, a), (1, b), (2, c[:4])):
             model(torch.tensor([prompt]), cache.prefill(slot))
     separate, packed = caches
     rows = model(torch.tensor([[1], [2]]), separate.decode([0, 1], [5, 9]))[:, -1]
     chunk = model(torch.tensor([c[4:]]), separate.prefill(2, 4))[:, -1]
-    step = PackedStep(packed.decode([0, 1], [5, 9]), packed.prefill(2, 4), torch.tensor([[5, 9, *range(4, 10)]]))
-    logits = model(torch.tensor([[1, 2, *c[4:]]]), step, select=torch.tensor([0, 1, 7]))[:, -1]
-    assert torch.allclose(logits, torch.cat([rows, chunk]), atol=1e-5)
-    assert step.chunk.length == 10  # the chunk's slot advanced past its 6 new tokens
+    whole = model(torch.tensor([d]), separate.prefill(3))[:, -1]
+    positions = torch.tensor([[5, 9, *range(4, 10), *range(7)]])
+    step = PackedStep(packed.decode([0, 1], [5, 9]), [packed.prefill(2, 4), packed.prefill(3)], [6, 7], positions)
+    logits = model(torch.tensor([[1, 2, *c[4:], *d]]), step, select=torch.tensor([0, 1, 7, 14]))[:, -1]
+    assert torch.allclose(logits, torch.cat([rows, chunk, whole]), atol=1e-5)
+    assert [chunk.length for chunk in step.chunks] == [10, 7]  # each chunk's slot advanced past its tokens
     for mine, theirs in zip([*packed.keys, *packed.values], [*separate.keys, *separate.values]):
         assert torch.allclose(mine[0, :, :6], theirs[0, :, :6], atol=1e-5)
         assert torch.allclose(mine[1, :, :10], theirs[1, :, :10], atol=1e-5)
         assert torch.allclose(mine[2, :, :10], theirs[2, :, :10], atol=1e-5)
+        assert torch.allclose(mine[3, :, :7], theirs[3, :, :7], atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
@@ -282,3 +286,35 @@ def test_listeners_see_the_engine_empty_once_its_last_sequences_finished():
     assert [len(tokens) for tokens in done] == [4, 4, 4]
     steps = [(running, slots) for kind, running, slots in seen if kind == "step"]
     assert (2, 2) in steps and steps[-1] == (0, 0)
+
+
+def _packed_llama():
+    """A Llama whose products are large enough to be packed (lm/packing.py: PACK_FROM elements)."""
+    from maaskit.lm.packing import pack_for_cpu
+
+    torch.manual_seed(0)
+    shape = LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
+                        num_attention_heads=8, num_key_value_heads=2, head_dim=64, context=96)  # fmt: skip
+    model = Llama(shape).eval()
+    assert pack_for_cpu(model, rows=4) > 0
+    return model
+
+
+@pytest.mark.slow  # each graph takes Inductor a while to build on 2 cores
+@pytest.mark.parametrize("make", [_gpt, _packed_llama], ids=["gpt", "packed llama"])
+def test_a_compiled_decode_step_gives_eager_tokens_and_compiles_only_while_warming_up(make):
+    model = make()
+    prompts = [[5, 6, 7], list(range(20, 41)), [9] * 12, list(range(60, 66)), [3, 1, 4, 1, 5], [2] * 30]
+    jobs = [(p, SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)) for p in prompts]
+    eager = run_engine(Engine(model, max_sequences=4), jobs)
+    engine = Engine(model, max_sequences=4, compile=True)  # warms up: one row, and several
+    # then 1 to 4 rows, of one length and of several, consecutive slots and not: no graph is built again
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = run_engine(engine, jobs)
+    assert compiled == eager
+    with torch.inference_mode(), torch._dynamo.config.patch(error_on_recompile=True):
+        for slots, lengths in (([0], [30]), ([1, 3], [12, 40]), ([0, 1, 2, 3], [50] * 4)):
+            tokens = torch.tensor([[7]] * len(slots))
+            expected = model(tokens, engine.cache.decode(slots, lengths))
+            got = engine._decode(tokens, engine.cache.decode(slots, lengths))  # the same positions written again
+            assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()

@@ -109,11 +109,14 @@ class Engine:
     constrained to a grammar, each row with its own mask. ``prefill_chunk``: prompt tokens per step
     at most (None: whole prompts); ``prefill_stall``: beside running sequences, chunks sized to cost
     at most that many decode steps (None: always ``prefill_chunk``); ``prefix_cache``: shared prompt
-    prefixes reused; ``cache``: the slots' keys and values (made for ``max_sequences`` if not given)."""
+    prefixes reused; ``cache``: the slots' keys and values (made for ``max_sequences`` if not given);
+    ``compile``: decode steps run through ``torch.compile`` (:mod:`.compiled`: faster steps, after
+    minutes of compiling here, before the engine is ready)."""
 
     def __init__(self, model: CausalLM, *, max_sequences: int = 16, thread_setup: Callable[[], None] | None = None,
                  guide: Guide | None = None, prefill_chunk: int | None = None, prefill_stall: float | None = None,
-                 prefix_cache: PrefixCache | None = None, cache: SlotCache | None = None):  # fmt: skip
+                 prefix_cache: PrefixCache | None = None, cache: SlotCache | None = None,
+                 compile: bool = False):  # fmt: skip
         if max_sequences < 1:
             raise ValueError(f"max_sequences must be at least 1, got {max_sequences}")
         if prefill_chunk is not None and prefill_chunk < 1:
@@ -129,6 +132,12 @@ class Engine:
             raise ValueError(f"the cache has {self.cache.keys[0].shape[0]} slots, fewer than max_sequences")
         self._lengths = [0] * max_sequences  # how far each slot of the cache is filled
         self._executor = ThreadPoolExecutor(1, "maaskit-lm", initializer=thread_setup)
+        self._decode: Callable[[torch.Tensor, DecodeStep], torch.Tensor] = self.model
+        if compile:  # built now, on the engine's thread, so that no request waits for it
+            from .compiled import CompiledDecode
+
+            self._decode = CompiledDecode(self.model)
+            self._executor.submit(self._decode.warm_up, self.cache, max_sequences).result()
         self._masker = ThreadPoolExecutor(1, "maaskit-lm-masks")  # grammar masks, beside the forward pass
         self._waiting: deque[_Sequence] = deque()
         self._readers: set[_Sequence] = set()  # every sequence someone reads: waiting, joining or running
@@ -344,12 +353,12 @@ class Engine:
         if running:
             slots = [s.slot for s in running]
             decode = self.cache.decode(slots, [self._lengths[slot] for slot in slots])
-            if len(plan) == 1:  # the usual joining prompt: its chunk in the same pass as the decode
-                parts.append(self._packed(running, decode, *plan[0], finished))
+            if plan:  # joining prompts: their chunks in the same pass as the decode
+                parts.append(self._packed(running, decode, plan, finished))
                 plan = []
             else:
                 last = torch.tensor([[s.last] for s in running], device=self.device)
-                parts.append(self.model(last, decode)[:, -1])
+                parts.append(self._decode(last, decode)[:, -1])
             for slot in slots:
                 self._lengths[slot] += 1
         for group in self._prefill_groups(plan):
@@ -405,20 +414,30 @@ class Engine:
         logits = self.model(torch.tensor(chunks, device=self.device), step, select=last)[:, -1]
         return {id(seq): logits[i : i + 1] for i, (seq, n) in enumerate(group) if self._filled(seq, n)}
 
-    def _packed(self, running: list[_Sequence], decode: DecodeStep, seq: _Sequence, n: int,
+    def _packed(self, running: list[_Sequence], decode: DecodeStep, plan: list[tuple[_Sequence, int]],
                 finished: dict[int, torch.Tensor]) -> torch.Tensor:  # fmt: skip
-        """One forward pass for the running rows and ``seq``'s next ``n`` prompt tokens, packed into
-        one sequence (:class:`~maaskit.lm.model.PackedStep`); the rows' logits, and ``seq``'s into
-        ``finished`` when its prompt is all in."""
-        b, start = len(running), seq.filled
-        tokens = [s.last for s in running] + seq.prompt[start : start + n]
-        positions = [self._lengths[s.slot] for s in running] + list(range(start, start + n))
-        complete = start + n == len(seq.prompt)
-        select = torch.tensor(list(range(b)) + ([b + n - 1] if complete else []), device=self.device)
-        step = PackedStep(decode, self.cache.prefill(seq.slot, start), torch.tensor([positions], device=self.device))
-        logits = self.model(torch.tensor([tokens], device=self.device), step, select=select)[:, -1]
-        if self._filled(seq, n):
-            finished[id(seq)] = logits[b:]
+        """One forward pass for the running rows and every planned prompt chunk, packed into one
+        sequence (:class:`~maaskit.lm.model.PackedStep`); the rows' logits, and into ``finished``
+        those of each prompt now all in."""
+        b = len(running)
+        tokens = [s.last for s in running]
+        positions = [self._lengths[s.slot] for s in running]
+        select, chunks = list(range(b)), []
+        for seq, n in plan:
+            start = seq.filled
+            tokens += seq.prompt[start : start + n]
+            positions += range(start, start + n)
+            chunks.append(self.cache.prefill(seq.slot, start))
+            if start + n == len(seq.prompt):  # its last token's logits give its first token
+                select.append(len(tokens) - 1)
+        step = PackedStep(decode, chunks, [n for _, n in plan], torch.tensor([positions], device=self.device))
+        logits = self.model(torch.tensor([tokens], device=self.device), step, select=torch.tensor(select,
+                            device=self.device))[:, -1]  # fmt: skip
+        complete = iter(range(b, len(select)))
+        for seq, n in plan:
+            if self._filled(seq, n):
+                i = next(complete)
+                finished[id(seq)] = logits[i : i + 1]
         return logits[:b]
 
     def _filled(self, seq: _Sequence, n: int) -> bool:

@@ -182,31 +182,38 @@ def decode_attention(
 
 @dataclass
 class PackedStep:
-    """Decoding rows and one prompt chunk in one forward pass, packed as one sequence of 1 x (rows + n)
-    tokens, so that every projection and MLP reads its weights once for all of them: a pass of its
-    own for the chunk reads them all again, which on a CPU costs about a decode step whatever the
-    chunk's length. Attention is split: the rows through ``decode``, the chunk through ``chunk``."""
+    """Decoding rows and prompt chunks in one forward pass, packed as one sequence of 1 x (rows +
+    chunk tokens), so that every projection and MLP reads its weights once for all of them: a pass
+    of its own for a chunk reads them all again, which on a CPU costs about a decode step whatever
+    the chunk's length. Attention is split: the rows through ``decode``, each chunk through its own
+    slot's :class:`KVCache` (a prompt attends to itself only)."""
 
     decode: DecodeStep
-    chunk: KVCache
-    positions: torch.Tensor  # 1 x (rows + n): each token's position in its own sequence
+    chunks: list[KVCache]  # each joining prompt's slot, filled up to where its chunk begins
+    sizes: list[int]  # each chunk's tokens, packed in this order after the rows
+    positions: torch.Tensor  # 1 x (rows + chunk tokens): each token's position in its own sequence
 
     def attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool = False,
                   dropout: float = 0.0) -> torch.Tensor:  # fmt: skip
-        """Queries, keys and values of the packed tokens (1 x heads x (rows + n) x width) to the
-        attention output in the same layout; the new keys and values are stored on the way."""
+        """Queries, keys and values of the packed tokens (1 x heads x (rows + chunk tokens) x width)
+        to the attention output in the same layout; the new keys and values are stored on the way."""
         b = self.decode.rows.shape[0]
 
         def row_wise(z: torch.Tensor) -> torch.Tensor:  # rows x heads x 1 x width
             return z[0, :, :b].transpose(0, 1)[:, :, None]
 
         rows = self.decode.attention(layer, row_wise(q), row_wise(k), row_wise(v), gqa, dropout)
-        chunk = self.chunk.attention(layer, q[:, :, b:], k[:, :, b:], v[:, :, b:], gqa, dropout)
-        return torch.cat([rows[:, :, 0].transpose(0, 1)[None], chunk], dim=2)
+        parts, at = [rows[:, :, 0].transpose(0, 1)[None]], b
+        for chunk, n in zip(self.chunks, self.sizes):
+            part = slice(at, at + n)
+            parts.append(chunk.attention(layer, q[:, :, part], k[:, :, part], v[:, :, part], gqa, dropout))
+            at += n
+        return torch.cat(parts, dim=2)
 
     def advance(self, tokens: int) -> None:
-        """After the last layer: the chunk's slot is filled further (the rows' lengths are the engine's)."""
-        self.chunk.advance(tokens - self.decode.rows.shape[0])
+        """After the last layer: each chunk's slot is filled further (the rows' lengths are the engine's)."""
+        for chunk, n in zip(self.chunks, self.sizes):
+            chunk.advance(n)
 
 
 # what a model's forward pass takes besides the tokens: a batch's cache, a decode step, or both packed

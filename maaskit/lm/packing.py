@@ -32,6 +32,18 @@ PACK_FROM = 2**18  # elements of a weight
 MIN_ROWS = 4
 
 
+@torch.library.custom_op("maaskit::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    """oneDNN's product on a packed weight, as one opaque operation for ``torch.compile``: Inductor
+    lowers ``_linear_pointwise`` itself only for weights that are constants of a frozen graph."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+@packed_linear.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
+    return x.new_empty(x.shape[0], out_features)
+
+
 def can_pack(dtype: torch.dtype) -> bool:
     """Whether this PyTorch build and CPU run oneDNN's packed products in ``dtype``."""
     mkldnn = torch.ops.mkldnn
@@ -59,6 +71,11 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
+        if torch.compiler.is_compiling():  # a compiled step (lm/compiled.py): one graph for any number of rows
+            flat = F.pad(flat, (0, 0, 0, (-rows) % MIN_ROWS))  # padded to a multiple: a branch would split it
+            return packed_linear(flat, self.packed, self.bias, self.out_features)[:rows].view(
+                *x.shape[:-1], self.out_features
+            )
         if rows < MIN_ROWS:  # padded: oneDNN's kernel for fewer rows reads the weight more slowly
             flat = F.pad(flat, (0, 0, 0, MIN_ROWS - rows))
         out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")

@@ -40,7 +40,8 @@ class ServeConfig:
     prompt prefixes (0: off).
 
     ``threads``: PyTorch threads for each process's forward passes (None: all cores but one, which
-    the event loop needs, shared among ``workers``).
+    the event loop needs, shared among ``workers``). ``compile``: language models' decode steps run
+    through ``torch.compile`` (:mod:`maaskit.lm.compiled`): faster, after minutes of compiling at start.
     """
 
     host: str = "127.0.0.1"
@@ -68,6 +69,7 @@ class ServeConfig:
     prefill_stall: float = 0.5  # a step with a chunk: at most 1.5 decode steps (p99 ITL 2.11x alone at 1.0)
     prefix_cache_gb: float = 0.25
     threads: int | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in (

@@ -180,7 +180,7 @@ class ServedLanguageModel:
         prefix = PrefixCache.sized(cache, int(config.prefix_cache_gb * 2**30))
         self.engine = Engine(model, max_sequences=self.slots, thread_setup=thread_setup, guide=guide,
                              prefill_chunk=config.prefill_chunk, prefill_stall=config.prefill_stall or None,
-                             prefix_cache=prefix, cache=cache)  # fmt: skip
+                             prefix_cache=prefix, cache=cache, compile=config.compile)  # fmt: skip
 
     @property
     def context(self) -> int:

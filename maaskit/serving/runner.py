@@ -161,6 +161,7 @@ def serve(
     prefill_stall: float = ServeConfig.prefill_stall,
     prefix_cache_gb: float = ServeConfig.prefix_cache_gb,
     threads: int | None = ServeConfig.threads,
+    compile: bool = ServeConfig.compile,
 ) -> RunningServer:
     """Serve artifact directories (or models with ``data=``, or ``(model, manifest)`` pairs) in a
     background thread. The keywords are :class:`~maaskit.serving.config.ServeConfig`'s, which says
@@ -183,6 +184,7 @@ def serve(
         name=name, max_body_bytes=max_body_bytes, log_level=log_level, access_log=access_log,
         drain_seconds=drain_seconds, dtype=dtype, context=context, kv_cache_gb=kv_cache_gb,
         prefill_chunk=prefill_chunk, prefill_stall=prefill_stall, prefix_cache_gb=prefix_cache_gb, threads=threads,
+        compile=compile,
     )  # fmt: skip
     return serve_config(config, *sources, data=data, api_keys=api_keys, device=device)
 
