@@ -360,6 +360,7 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
     parser.add_argument("--smoke", action="store_true", help="a tiny Llama, one dtype, one round: the test suite's")
     parser.add_argument("--prefill-chunk", type=int, default=64, help="maaskit's chunk in the chunked-prefill run")
     parser.add_argument("--features-only", action="store_true", help="only the prefix-cache and chunked-prefill runs")
+    parser.add_argument("--no-features", action="store_true", help="without the prefix-cache and chunked-prefill runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--eager", action="store_true", help="maaskit without --compile (its decode steps eager)")
     args = parser.parse_args()
@@ -415,7 +416,7 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
                     a, b = ours_t[c], theirs_t[c]
                     print(f"c={c}: maaskit / vLLM-CPU {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s, "
                           f"TTFT p50 {a['ttft_p50_ms']:.0f} vs {b['ttft_p50_ms']:.0f} ms")  # fmt: skip
-            if not name.startswith("gpt"):
+            if not name.startswith("gpt") and not args.no_features:
                 extra = prefix_and_chunks(ours, dtypes[0], context, folder / f"{name}.features.log", args.smoke,
                                           args.prefill_chunk)  # fmt: skip
                 results["models"][name + " features"] = extra
