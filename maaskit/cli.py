@@ -315,7 +315,7 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
         "--compile",
         action="store_true",
         help="language models: compile the decode step with torch.compile (1.2-1.5x faster steps on a CPU; "
-        "minutes of compiling at start, kept on disk for the next; needs a C++ compiler)",
+        "minutes of compiling at start; needs a C++ compiler)",
     )
     serve.add_argument(
         "--api-keys",

@@ -7,11 +7,12 @@ packed ones (:func:`~maaskit.lm.packing.packed_linear`, one opaque call each). M
 in one process on this project's 2-core machine, SmolLM2-135M's shape, one thread, 100 positions:
 a step at 1 / 4 / 16 rows took 43 / 42 / 66 ms compiled against 62 / 58 / 88 ms eager in bfloat16.
 
-The price is the compilation: about a minute or more per graph on 2 cores (Inductor keeps what it
-built on disk, so the next start of the same model takes seconds). So the step is given one shape of
-input only: every row's keys gathered (no view for consecutive slots) and a mask always (none is
-needed when all rows have one length). Then one graph serves one row and one serves any more (PyTorch
-specializes a size of 1), both built by :meth:`CompiledDecode.warm_up` before the first request.
+The price is the compilation: a minute or more per graph on 2 cores (a server with SmolLM2's shape
+took about three minutes to start, and about as long again the next time, though Inductor keeps
+part of its work on disk). So the step is given one shape of input only: every row's keys gathered
+(no view for consecutive slots) and a mask always (none is needed when all rows have one length).
+Then one graph serves one row and one serves any more (PyTorch specializes a size of 1), both built
+by :meth:`CompiledDecode.warm_up` before the first request.
 """
 
 from __future__ import annotations
