@@ -175,11 +175,11 @@ class Server:
             os.killpg(self.process.pid, signal.SIGKILL)
 
 
-def maaskit_server(folder: Path, dtype: str, context: int, log: Path, *extra: str) -> Server:
+def maaskit_server(folder: Path, dtype: str, context: int, log: Path, *extra: str, name: str = "maaskit") -> Server:
     port = free_port()
     command = [sys.executable, "-m", "maaskit", "serve", str(folder), "--port", str(port), "--device", "cpu",
                "--dtype", dtype, "--context", str(context), "--name", "model", *extra]  # fmt: skip
-    return Server("maaskit", command, port, log, "model")
+    return Server(name, command, port, log, "model")
 
 
 def vllm_server(folder: Path, dtype: str, context: int, log: Path) -> Server:
@@ -234,7 +234,7 @@ def compare(servers: list[Server], concurrency: list[int], rounds: int, max_toke
 
 
 def agreement(servers: list[Server], tokens: int = 16, near_tie: float = 1e-3) -> dict:
-    """The same greedy chat requests to both servers, compared token by token with their log-probabilities.
+    """The same greedy chat requests to two servers, compared token by token with their log-probabilities.
     Where the two likeliest tokens are within ``near_tie`` of each other, float rounding may pick either
     (random weights make such ties common), so an answer is compared up to that point only."""
     questions = ["What is a list?", "Name three colours.", "Say hello to the class.", "Count to five."]
@@ -363,6 +363,9 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
     parser.add_argument("--no-features", action="store_true", help="without the prefix-cache and chunked-prefill runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--eager", action="store_true", help="maaskit without --compile (its decode steps eager)")
+    parser.add_argument("--variant", action="append", default=[], metavar="LABEL:FLAGS",
+                        help="another maaskit server beside the first, with these `maaskit serve` flags only "
+                        "(e.g. 'maaskit, 1 thread:--compile --threads 1'); repeatable")  # fmt: skip
     args = parser.parse_args()
     concurrency = [int(c) for c in args.concurrency.split(",")]
     dtypes = args.dtypes.split(",")
@@ -387,10 +390,14 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
                 # compiled as vLLM compiles its model; the smoke run stays eager (tests/test_engine_features.py
                 # tests the compiled step), so that the suite does not wait for Inductor
                 compiled = [] if args.eager or args.smoke else ["--compile"]
-                servers = [maaskit_server(ours, dtype, context, folder / f"{name}.{dtype}.maaskit.log", *compiled),
-                           vllm_server(theirs, dtype, context, folder / f"{name}.{dtype}.vllm.log")]  # fmt: skip
+                servers = [maaskit_server(ours, dtype, context, folder / f"{name}.{dtype}.maaskit.log", *compiled)]
+                for i, variant in enumerate(args.variant):
+                    label, _, flags = variant.partition(":")
+                    log = folder / f"{name}.{dtype}.maaskit-{i}.log"
+                    servers.append(maaskit_server(ours, dtype, context, log, *flags.split(), name=label))
+                servers.append(vllm_server(theirs, dtype, context, folder / f"{name}.{dtype}.vllm.log"))
                 try:
-                    agreed = agreement(servers)
+                    agreed = agreement([servers[0], servers[-1]])  # maaskit's first server and vLLM
                     print(f"greedy chat answers, token by token: {agreed['identical']} of {agreed['answers']} "
                           f"identical, {agreed['near_ties']} parted at a near-tie, {agreed['differ']} differ; "
                           f"{agreed['tokens']} tokens compared, largest log-probability gap "
@@ -411,11 +418,11 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
                     cells = [f"{m['tokens_per_s']:,.1f}, {m['ttft_p50_ms']:.0f} ms, {m['tpot_p50_ms']:.1f} / "
                              f"{m['tpot_p99_ms']:.1f} ms, {m['itl_p99_ms']:.1f} ms" for m in by_c.values()]  # fmt: skip
                     print(f"| {server} | " + " | ".join(cells) + f" | {good[server]:.2f} req/s | {mbu:.0%} |")
-                ours_t, theirs_t = table["maaskit"], table["vLLM-CPU"]
-                for c in concurrency:
-                    a, b = ours_t[c], theirs_t[c]
-                    print(f"c={c}: maaskit / vLLM-CPU {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s, "
-                          f"TTFT p50 {a['ttft_p50_ms']:.0f} vs {b['ttft_p50_ms']:.0f} ms")  # fmt: skip
+                for ours_name in [s.name for s in servers[:-1]]:
+                    for c in concurrency:
+                        a, b = table[ours_name][c], table["vLLM-CPU"][c]
+                        print(f"c={c}: {ours_name} / vLLM-CPU {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s, "
+                              f"TTFT p50 {a['ttft_p50_ms']:.0f} vs {b['ttft_p50_ms']:.0f} ms")  # fmt: skip
             if not name.startswith("gpt") and not args.no_features:
                 extra = prefix_and_chunks(ours, dtypes[0], context, folder / f"{name}.features.log", args.smoke,
                                           args.prefill_chunk)  # fmt: skip

@@ -309,7 +309,8 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
         "--threads",
         type=int,
         default=defaults.threads,
-        help="PyTorch threads per process for forward passes (default: all cores but one, shared among --workers)",
+        help="PyTorch threads per process for forward passes (default, shared among --workers: all cores but one; "
+        "all cores for a language model)",
     )
     serve.add_argument(
         "--compile",

@@ -39,8 +39,9 @@ class ServeConfig:
     prefill_stall`` decode steps (0: always ``prefill_chunk``); ``prefix_cache_gb``: memory for shared
     prompt prefixes (0: off).
 
-    ``threads``: PyTorch threads for each process's forward passes (None: all cores but one, which
-    the event loop needs, shared among ``workers``). ``compile``: language models' decode steps run
+    ``threads``: PyTorch threads for each process's forward passes (None: shared among ``workers``, all
+    cores but one, which the event loop needs; all cores for a language model's engine, whose steps
+    are long). ``compile``: language models' decode steps run
     through ``torch.compile`` (:mod:`maaskit.lm.compiled`): faster, after minutes of compiling at start.
     """
 

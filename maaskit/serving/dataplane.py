@@ -223,22 +223,25 @@ def cache_slots(model: torch.nn.Module, config: ServeConfig) -> int:
     return min(fits, config.max_sequences)
 
 
-def forward_threads(processes: int = 1) -> int:
-    """PyTorch threads for a server's forward passes: all cores but one, which the event loop needs,
-    shared among the server's ``processes`` (``--workers``).
+def forward_threads(processes: int = 1, *, language_model: bool = False) -> int:
+    """PyTorch threads for a server's forward passes, shared among the server's ``processes``
+    (``--workers``): all cores but one, which the event loop needs; a language model's engine, all.
     Measured on 2 cores with LeNet: 1 thread gives 0.17 ms a pass at batch 1 and 0.27 ms at 32;
     2 threads 0.20 and 0.34, and 0.55 when a second thread runs passes too (OpenMP teams collide).
-    Likewise a language model's decode steps (SmolLM2-135M's shape): 2 threads make a step 1.3-1.6x
-    faster alone, but served beside the event loop and a load generator (benchmarks/open_models.py's
-    servers and load, ``--threads 2`` beside ``--threads 1`` in one run, twice), 0.72-1.09x the tokens/s
-    at 1 and 4 streams and 0.86-1.22x at 16."""
-    return max(1, ((os.cpu_count() or 2) - 1) // processes)
+    A language model's decode step is long (tens of ms), and streaming its tokens takes the event loop
+    little of it: served SmolLM2-135M's shape (in process, a load generator in its own, 16 or 32
+    streams of 64 tokens, the engine's thread count switched between cells, medians of 2-3 rounds)
+    gave 2 threads 1.37x, 1.44x and 1.32x the tokens/s of 1 at 1, 4 and 16 streams in float32, and
+    1.10x, 1.20x and 1.16x in bfloat16; a GPT of 6 x 384, 1.20x, 1.06x, 1.22x in float32 and
+    1.08x, 0.97x, 0.94x in bfloat16."""
+    cores = os.cpu_count() or 2
+    return max(1, (cores if language_model else cores - 1) // processes)
 
 
-def forward_thread_setup(processes: int = 1, threads: int | None = None) -> None:
+def forward_thread_setup(processes: int = 1, threads: int | None = None, *, language_model: bool = False) -> None:
     """Run in each thread that runs forward passes: PyTorch's thread count is per thread (``threads``:
     the server's ``--threads``, else :func:`forward_threads`)."""
-    torch.set_num_threads(threads or forward_threads(processes))
+    torch.set_num_threads(threads or forward_threads(processes, language_model=language_model))
 
 
 def _check_name(name: str) -> str:
@@ -263,6 +266,9 @@ class ModelRepository:
         self.config = config or ServeConfig()
         self.thread_setup: Callable[[], None] = partial(
             forward_thread_setup, self.config.workers, threads=self.config.threads
+        )
+        self.engine_thread_setup: Callable[[], None] = partial(
+            forward_thread_setup, self.config.workers, threads=self.config.threads, language_model=True
         )
         self.root = Path(root) if root is not None else None
         self._models: dict[str, dict[str, ServedModel]] = {}
@@ -329,8 +335,8 @@ class ModelRepository:
         else:
             raise TypeError("a language model is served from its directory or as a (model, tokenizer) pair")
         name = _check_name(name or manifest["name"])
-        served = ServedLanguageModel(name, model, tokenizer, manifest, self.device, self.config, self.thread_setup,
-                                     owned=isinstance(source, (str, Path)))  # fmt: skip
+        served = ServedLanguageModel(name, model, tokenizer, manifest, self.device, self.config,
+                                     self.engine_thread_setup, owned=isinstance(source, (str, Path)))  # fmt: skip
         with self._lock:
             old = self.language_models.pop(name, None)
             self.language_models[name] = served
