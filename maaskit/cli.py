@@ -310,7 +310,7 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
         type=int,
         default=defaults.threads,
         help="PyTorch threads per process for forward passes (default, shared among --workers: all cores but one; "
-        "all cores for a language model)",
+        "all cores for a language model of 32 MiB or more)",
     )
     serve.add_argument(
         "--compile",

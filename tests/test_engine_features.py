@@ -262,7 +262,7 @@ def test_the_engine_runs_its_steps_on_the_threads_it_is_given(lm_dir, threads):
     import os
 
     from maaskit.cli import build_parser
-    from maaskit.serving.dataplane import ModelRepository
+    from maaskit.serving.dataplane import ALL_CORES_FROM, ModelRepository, forward_threads
 
     with pytest.raises(ValueError, match="threads must be a whole number of at least 1"):
         ServeConfig(threads=0)
@@ -273,7 +273,10 @@ def test_the_engine_runs_its_steps_on_the_threads_it_is_given(lm_dir, threads):
         used = served.engine._executor.submit(torch.get_num_threads).result()
     finally:
         served.close()
-    assert used == (threads or os.cpu_count() or 2)  # a language model's engine: all cores by default
+    assert used == (threads or max(1, (os.cpu_count() or 2) - 1))  # a small model: all cores but one
+    # a model whose steps read 32 MiB of weights or more runs its engine on every core
+    assert forward_threads(weights=ALL_CORES_FROM) == (os.cpu_count() or 2)
+    assert forward_threads(2, weights=ALL_CORES_FROM - 1) == max(1, ((os.cpu_count() or 2) - 1) // 2)
 
 
 def test_listeners_see_the_engine_empty_once_its_last_sequences_finished():

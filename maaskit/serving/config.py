@@ -40,8 +40,8 @@ class ServeConfig:
     prompt prefixes (0: off).
 
     ``threads``: PyTorch threads for each process's forward passes (None: shared among ``workers``, all
-    cores but one, which the event loop needs; all cores for a language model's engine, whose steps
-    are long). ``compile``: language models' decode steps run
+    cores but one, which the event loop needs; all cores for a language model of 32 MiB of weights or
+    more, whose decode steps are long). ``compile``: language models' decode steps run
     through ``torch.compile`` (:mod:`maaskit.lm.compiled`): faster, after minutes of compiling at start.
     """
 

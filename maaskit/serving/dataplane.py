@@ -149,7 +149,7 @@ class ServedLanguageModel:
     """A language model, its tokenizer, and the continuous-batching engine in front of it."""
 
     def __init__(self, name: str, model: torch.nn.Module, tokenizer: Any, manifest: dict, device: torch.device,
-                 config: ServeConfig, thread_setup: Callable[[], None], *, owned: bool = False):  # fmt: skip
+                 config: ServeConfig, *, owned: bool = False):  # fmt: skip
         from ..lm.chat import ChatFormat
         from ..lm.constrain import Guide
         from ..lm.engine import Engine
@@ -173,11 +173,13 @@ class ServedLanguageModel:
         )
         guide = Guide(tokenizer, model.vocab_size, self.stop_tokens[-1])
         model = model.to(device=device, dtype=serving_dtype(config.dtype, model, device)).eval()
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())  # what a decode step reads
         self.slots = cache_slots(model, config)
         if owned and device.type == "cpu":  # a model it loaded itself (a caller's own is left as it is)
             pack_for_cpu(model, rows=self.slots)
         cache = SlotCache.empty(model, self.slots)
         prefix = PrefixCache.sized(cache, int(config.prefix_cache_gb * 2**30))
+        thread_setup = partial(forward_thread_setup, config.workers, threads=config.threads, weights=weights)
         self.engine = Engine(model, max_sequences=self.slots, thread_setup=thread_setup, guide=guide,
                              prefill_chunk=config.prefill_chunk, prefill_stall=config.prefill_stall or None,
                              prefix_cache=prefix, cache=cache, compile=config.compile)  # fmt: skip
@@ -223,25 +225,31 @@ def cache_slots(model: torch.nn.Module, config: ServeConfig) -> int:
     return min(fits, config.max_sequences)
 
 
-def forward_threads(processes: int = 1, *, language_model: bool = False) -> int:
+# a language model whose decode step reads at least this many bytes of weights runs its engine on
+# every core (forward_threads): below it, its steps are short and the event loop's work is not small beside them
+ALL_CORES_FROM = 32 * 2**20
+
+
+def forward_threads(processes: int = 1, *, weights: int = 0) -> int:
     """PyTorch threads for a server's forward passes, shared among the server's ``processes``
-    (``--workers``): all cores but one, which the event loop needs; a language model's engine, all.
+    (``--workers``): all cores but one, which the event loop needs; all of them for a language model
+    whose decode steps read ``weights`` bytes of at least :data:`ALL_CORES_FROM`.
     Measured on 2 cores with LeNet: 1 thread gives 0.17 ms a pass at batch 1 and 0.27 ms at 32;
     2 threads 0.20 and 0.34, and 0.55 when a second thread runs passes too (OpenMP teams collide).
-    A language model's decode step is long (tens of ms), and streaming its tokens takes the event loop
-    little of it: served SmolLM2-135M's shape (in process, a load generator in its own, 16 or 32
-    streams of 64 tokens, the engine's thread count switched between cells, medians of 2-3 rounds)
-    gave 2 threads 1.37x, 1.44x and 1.32x the tokens/s of 1 at 1, 4 and 16 streams in float32, and
-    1.10x, 1.20x and 1.16x in bfloat16; a GPT of 6 x 384, 1.20x, 1.06x, 1.22x in float32 and
-    1.08x, 0.97x, 0.94x in bfloat16."""
+    A large language model's decode step is long and streaming its tokens takes the event loop little
+    of it: ``benchmarks/open_models.py`` (2 rounds, a one-thread server beside the two-thread one)
+    gave 2 threads 1.31x, 1.29x and 1.27x the tokens/s of one at 1, 4 and 16 streams on SmolLM2-135M's
+    shape in float32 (540 MB), 1.03x, 1.15x, 1.13x in bfloat16, and 1.13x, 1.03x, 1.13x on a GPT of
+    6 x 384 in float32 (50 MB); but 0.87x, 1.02x, 1.06x on that GPT in bfloat16 (25 MB), and on
+    notebook 07's GPT (0.5 MB, ``benchmarks/lm_serving.py``) 0.77-0.98x."""
     cores = os.cpu_count() or 2
-    return max(1, (cores if language_model else cores - 1) // processes)
+    return max(1, (cores if weights >= ALL_CORES_FROM else cores - 1) // processes)
 
 
-def forward_thread_setup(processes: int = 1, threads: int | None = None, *, language_model: bool = False) -> None:
+def forward_thread_setup(processes: int = 1, threads: int | None = None, *, weights: int = 0) -> None:
     """Run in each thread that runs forward passes: PyTorch's thread count is per thread (``threads``:
     the server's ``--threads``, else :func:`forward_threads`)."""
-    torch.set_num_threads(threads or forward_threads(processes, language_model=language_model))
+    torch.set_num_threads(threads or forward_threads(processes, weights=weights))
 
 
 def _check_name(name: str) -> str:
@@ -266,9 +274,6 @@ class ModelRepository:
         self.config = config or ServeConfig()
         self.thread_setup: Callable[[], None] = partial(
             forward_thread_setup, self.config.workers, threads=self.config.threads
-        )
-        self.engine_thread_setup: Callable[[], None] = partial(
-            forward_thread_setup, self.config.workers, threads=self.config.threads, language_model=True
         )
         self.root = Path(root) if root is not None else None
         self._models: dict[str, dict[str, ServedModel]] = {}
@@ -336,7 +341,7 @@ class ModelRepository:
             raise TypeError("a language model is served from its directory or as a (model, tokenizer) pair")
         name = _check_name(name or manifest["name"])
         served = ServedLanguageModel(name, model, tokenizer, manifest, self.device, self.config,
-                                     self.engine_thread_setup, owned=isinstance(source, (str, Path)))  # fmt: skip
+                                     owned=isinstance(source, (str, Path)))  # fmt: skip
         with self._lock:
             old = self.language_models.pop(name, None)
             self.language_models[name] = served
