@@ -39,17 +39,18 @@ def _llama():
 MODELS = {"gpt": _gpt, "llama": _llama}
 
 
-def run_engine(engine: Engine, jobs, *, one_after_another: bool = False):
-    """Each job's tokens (``jobs``: (prompt, params)), all submitted together or one after another."""
+def run_engine(engine: Engine, jobs, *, one_after_another: bool = False, alone: int = 0):
+    """Each job's tokens (``jobs``: (prompt, params)), all submitted together or one after another
+    (``alone``: the first that many one after another, then the rest together)."""
 
     async def one(prompt, params):
         return [e.token async for e in engine.generate(prompt, params) if e.token is not None]
 
     async def main():
+        first = len(jobs) if one_after_another else alone
         try:
-            if one_after_another:
-                return [await one(p, params) for p, params in jobs]
-            return await asyncio.gather(*(one(p, params) for p, params in jobs))
+            done = [await one(p, params) for p, params in jobs[:first]]
+            return done + list(await asyncio.gather(*(one(p, params) for p, params in jobs[first:])))
         finally:
             engine.close()
 
@@ -307,10 +308,10 @@ def _packed_llama():
 @pytest.mark.parametrize("make", [_gpt, _packed_llama], ids=["gpt", "packed llama"])
 def test_a_compiled_decode_step_gives_eager_tokens_and_compiles_only_while_warming_up(make):
     model = make()
-    prompts = [[5, 6, 7], list(range(20, 41)), [9] * 12, list(range(60, 66)), [3, 1, 4, 1, 5], [2] * 30]
+    prompts = [[5, 6, 7], [8], list(range(20, 41)), [9] * 12, list(range(60, 66)), [3, 1, 4, 1, 5], [2] * 30]
     jobs = [(p, SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)) for p in prompts]
     eager = run_engine(Engine(model, max_sequences=4), jobs)
-    engine = Engine(model, max_sequences=4, compile=True)  # warms up: one row, and several
+    engine = Engine(model, max_sequences=4, compile=True)  # warms up: one row, several, and a prompt
 
     @torch.inference_mode()
     def gaps() -> list[float]:  # on the engine's thread: a graph is guarded by the thread count it was built with
@@ -320,10 +321,16 @@ def test_a_compiled_decode_step_gives_eager_tokens_and_compiles_only_while_warmi
             expected = model(tokens, engine.cache.decode(slots, lengths))
             got = engine._decode(tokens, engine.cache.decode(slots, lengths))  # the same positions written again
             found.append(float((got - expected).abs().max()))
+        for slot, start, prompt in ((2, 0, [5, 6, 7, 8]), (3, 9, list(range(20, 60)))):  # a prompt's pass
+            tokens, last = torch.tensor([prompt]), torch.tensor([len(prompt) - 1])
+            expected = model(tokens, engine.cache.decode([slot], [start], tokens=len(prompt)), select=last)
+            got = engine._decode.prefill(tokens, engine.cache.decode([slot], [start], tokens=len(prompt)), last)
+            found.append(float((got - expected).abs().max()))
         return found  # what these wrote, the jobs below overwrite before they read it
 
-    # then 1 to 4 rows, of one length and of several, consecutive slots and not: no graph is built again
+    # then 1 to 4 rows, of one length and of several, consecutive slots and not, and prompts of any
+    # length, alone (the first two jobs: 3 tokens, then 1) or joining: no graph is built again
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert max(engine._executor.submit(gaps).result()) < 1e-4
-        compiled = run_engine(engine, jobs)
+        compiled = run_engine(engine, jobs, alone=2)
     assert compiled == eager

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from .compiled import CompiledDecode
 from .constrain import SERIAL_BELOW, SPARE_CORES, Guide
 from .generation import check_sampling, sample_rows
 from .model import CausalLM, DecodeStep, PackedStep, SlotCache
@@ -110,8 +111,8 @@ class Engine:
     at most (None: whole prompts); ``prefill_stall``: beside running sequences, chunks sized to cost
     at most that many decode steps (None: always ``prefill_chunk``); ``prefix_cache``: shared prompt
     prefixes reused; ``cache``: the slots' keys and values (made for ``max_sequences`` if not given);
-    ``compile``: decode steps run through ``torch.compile`` (:mod:`.compiled`: faster steps, after
-    minutes of compiling here, before the engine is ready)."""
+    ``compile``: decode steps, and a prompt's pass when it runs alone, through ``torch.compile``
+    (:mod:`.compiled`: faster steps, after minutes of compiling here, before the engine is ready)."""
 
     def __init__(self, model: CausalLM, *, max_sequences: int = 16, thread_setup: Callable[[], None] | None = None,
                  guide: Guide | None = None, prefill_chunk: int | None = None, prefill_stall: float | None = None,
@@ -134,8 +135,6 @@ class Engine:
         self._executor = ThreadPoolExecutor(1, "maaskit-lm", initializer=thread_setup)
         self._decode: Callable[[torch.Tensor, DecodeStep], torch.Tensor] = self.model
         if compile:  # built now, on the engine's thread, so that no request waits for it
-            from .compiled import CompiledDecode
-
             self._decode = CompiledDecode(self.model)
             self._executor.submit(self._decode.warm_up, self.cache, max_sequences).result()
         self._masker = ThreadPoolExecutor(1, "maaskit-lm-masks")  # grammar masks, beside the forward pass
@@ -411,7 +410,11 @@ class Engine:
         chunks = [seq.prompt[seq.filled : seq.filled + n] + [0] * (width - n) for seq, n in group]
         step = self.cache.decode([seq.slot for seq, _ in group], [seq.filled for seq, _ in group], tokens=width)
         last = torch.tensor([n - 1 for _, n in group], device=self.device)  # each row's last real token
-        logits = self.model(torch.tensor(chunks, device=self.device), step, select=last)[:, -1]
+        tokens = torch.tensor(chunks, device=self.device)
+        if isinstance(self._decode, CompiledDecode) and len(group) == 1:  # a request that found the engine idle
+            logits = self._decode.prefill(tokens, step, last)[:, -1]
+        else:
+            logits = self.model(tokens, step, select=last)[:, -1]
         return {id(seq): logits[i : i + 1] for i, (seq, n) in enumerate(group) if self._filled(seq, n)}
 
     def _packed(self, running: list[_Sequence], decode: DecodeStep, plan: list[tuple[_Sequence, int]],
