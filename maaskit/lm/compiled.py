@@ -58,7 +58,7 @@ class CompiledDecode:
     def prefill(self, tokens: torch.Tensor, step: DecodeStep, select: torch.Tensor) -> torch.Tensor:
         """``model(tokens, step, select=select)`` for one row of prompt tokens (1 x T): through the
         decode graph when T is 1, else through the prompt graph (any T above 1, any start)."""
-        if tokens.shape != (1, tokens.shape[1]):
+        if tokens.shape[0] != 1:
             raise ValueError(f"a compiled prompt pass takes one row, got {tuple(tokens.shape)}")
         if tokens.shape[1] == 1:
             return self(tokens, step)
