@@ -16,8 +16,7 @@ prompt, a tool list) copies those blocks' keys and values instead of computing t
 
 The forward passes run in one thread of their own, so the event loop keeps streaming tokens to
 clients meanwhile; while no sequence arrives, finishes or leaves, that thread runs decode steps back
-to back and hands each step's tokens to the loop as it goes (vLLM's engine core loop, in a thread).
-Readers are async generators: when a client disconnects, Starlette cancels
+to back and hands each step's tokens to the loop as it goes (vLLM's engine core loop, in a thread). Readers are async generators: when a client disconnects, Starlette cancels
 the generator, its ``finally`` marks the sequence cancelled, and the scheduler drops it.
 """
 
