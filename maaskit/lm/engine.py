@@ -15,8 +15,7 @@ decode steps (:mod:`~maaskit.lm.pace`). With a
 prompt, a tool list) copies those blocks' keys and values instead of computing them again.
 
 The forward passes run in one thread of their own, so the event loop keeps streaming tokens to
-clients meanwhile; while no sequence arrives, finishes or leaves, that thread runs decode steps back
-to back and hands each step's tokens to the loop as it goes (vLLM's engine core loop, in a thread). Readers are async generators: when a client disconnects, Starlette cancels
+clients meanwhile. Readers are async generators: when a client disconnects, Starlette cancels
 the generator, its ``finally`` marks the sequence cancelled, and the scheduler drops it.
 """
 
@@ -149,7 +148,6 @@ class Engine:
         self._seeds = itertools.count()
         self.listeners: list[Callable[[str, float], None]] = []
         self.steps = 0
-        self._posted = self._delivered = 0  # steps whose events the engine's thread handed on; the loop handed out
         self.tokens_generated = 0
         self.abandoned = 0  # sequences dropped because their reader left before they finished
 
@@ -255,7 +253,7 @@ class Engine:
                 self._tell("step", 0)  # the counts changed: listeners see none left
 
     async def _round(self) -> None:
-        """Let waiting sequences take free slots, then run steps (:meth:`_steps`) until something changes."""
+        """Let waiting sequences take free slots, run one step, hand out its tokens."""
         left = 0
         while self._waiting and self.running < self.max_sequences:
             seq = self._waiting.popleft()
@@ -272,26 +270,7 @@ class Engine:
         # rows in slot order, the lowest slots taken first: the running rows are then often one block of
         # the cache, which each layer reads as a view instead of gathering it (SlotCache.decode)
         running = sorted(self._running, key=lambda s: s.slot)
-        await loop.run_in_executor(self._executor, self._steps, list(self._prefilling), running, loop)
-
-    def _steps(self, prefilling: list[_Sequence], running: list[_Sequence], loop: asyncio.AbstractEventLoop) -> None:
-        """One step, then more decode steps of the same ``running`` rows for as long as nothing
-        changes (no prompt in flight, none finished, cancelled or waiting), each step's events handed
-        to the event loop as it ends. The thread then goes on computing while the loop streams the
-        tokens: a step no longer waits for that thread to be woken again, which on this project's
-        2-core machine took about 1 ms (most of a 12.6M-parameter model's 8 ms step at one stream)."""
-        while True:
-            events = self._step(prefilling, running)
-            self._posted += 1
-            loop.call_soon_threadsafe(self._deliver, events)
-            if (prefilling or not running or self._waiting or self._posted - self._delivered > 1
-                    or any(event.finish_reason is not None for _, event in events)
-                    or any(seq.cancelled for seq in running)):  # fmt: skip
-                return  # the next round, on the event loop, takes it from here
-
-    def _deliver(self, events: list[tuple[_Sequence, TokenEvent]]) -> None:
-        """On the event loop: one step's events to their readers; the sequences that finished leave."""
-        self._delivered += 1
+        events = await loop.run_in_executor(self._executor, self._step, list(self._prefilling), running)
         self.steps += 1
         now = time.perf_counter()
         for seq, event in events:
