@@ -86,6 +86,30 @@ def test_a_packed_step_gives_the_logits_and_the_cache_of_separate_passes(kind):
 
 
 @pytest.mark.parametrize("kind", list(MODELS))
+@torch.inference_mode()
+def test_prompt_tokens_as_rows_of_a_decode_step_give_the_logits_and_the_cache_of_separate_passes(kind):
+    """What a compiled engine does with short prompt chunks (Engine._as_rows): each chunk token a row
+    of one decode step on its prompt's slot. Two rows decoding, a chunk continuing a prompt and a whole
+    prompt, against a decode pass and a prefill pass each: the same logits, the same keys and values."""
+    model = MODELS[kind]()
+    a, b, c, d = [5, 6, 7, 8, 9], list(range(20, 29)), list(range(40, 50)), list(range(60, 67))
+    caches = [SlotCache.empty(model, 4) for _ in range(2)]
+    for cache in caches:  # rows 0 and 1 prefilled; row 2 holds the first 4 tokens of its prompt
+        for slot, prompt in ((0, a), (1, b), (2, c[:4])):
+            model(torch.tensor([prompt]), cache.prefill(slot))
+    separate, as_rows = caches
+    rows = model(torch.tensor([[1], [2]]), separate.decode([0, 1], [5, 9]))[:, -1]
+    chunk = model(torch.tensor([c[4:]]), separate.prefill(2, 4))[:, -1]
+    whole = model(torch.tensor([d]), separate.prefill(3))[:, -1]
+    step = as_rows.decode([0, 1, *[2] * 6, *[3] * 7], [5, 9, *range(4, 10), *range(7)])
+    logits = model(torch.tensor([[1], [2], *([t] for t in c[4:] + d)]), step)[:, -1]
+    assert torch.allclose(logits[[0, 1, 7, 14]], torch.cat([rows, chunk, whole]), atol=1e-5)
+    for mine, theirs in zip([*as_rows.keys, *as_rows.values], [*separate.keys, *separate.values]):
+        for slot, length in enumerate((6, 10, 10, 7)):
+            assert torch.allclose(mine[slot, :, :length], theirs[slot, :, :length], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(MODELS))
 def test_chunked_prefill_gives_the_tokens_whole_prompts_give(kind):
     model = MODELS[kind]()
     prompts = [list(range(1, 60)), [7, 8, 9], list(range(100, 141)), [42] * 30]
@@ -309,7 +333,8 @@ def _packed_llama():
 def test_a_compiled_decode_step_gives_eager_tokens_and_compiles_only_while_warming_up(make):
     model = make()
     prompts = [[5, 6, 7], [8], list(range(20, 41)), [9] * 12, list(range(60, 66)), [3, 1, 4, 1, 5], [2] * 30]
-    jobs = [(p, SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)) for p in prompts]
+    # the 12-token prompt runs longest: the last prompt joins it when the others are done
+    jobs = [(p, SamplingParams(max_tokens=20 if len(p) == 12 else 10, temperature=0, ignore_eos=True)) for p in prompts]
     eager = run_engine(Engine(model, max_sequences=4), jobs)
     engine = Engine(model, max_sequences=4, compile=True)  # warms up: one row, several, and a prompt
 
@@ -329,8 +354,11 @@ def test_a_compiled_decode_step_gives_eager_tokens_and_compiles_only_while_warmi
         return found  # what these wrote, the jobs below overwrite before they read it
 
     # then 1 to 4 rows, of one length and of several, consecutive slots and not, and prompts of any
-    # length, alone (the first two jobs: 3 tokens, then 1) or joining: no graph is built again
+    # length, alone (the first two jobs: 3 tokens, then 1) or joining: no graph is built again. The
+    # four arriving together (44 tokens) have a pass of their own; the last (30 tokens) joins as rows.
+    as_rows, joined = engine._as_rows, []
+    engine._as_rows = lambda running, plan, finished: joined.append(len(plan)) or as_rows(running, plan, finished)
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert max(engine._executor.submit(gaps).result()) < 1e-4
         compiled = run_engine(engine, jobs, alone=2)
-    assert compiled == eager
+    assert compiled == eager and joined == [1]
