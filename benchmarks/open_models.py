@@ -8,8 +8,9 @@ Models (random weights, built here from their configs: nothing is downloaded):
                 by vLLM from ``export_gpt2``'s folder
   gpt-default   notebook 07's GPT shape (0.14M parameters, 2 heads of 32, context 128), the same way
 
-maaskit serves with ``--compile`` (its decode step, and a prompt's pass when it runs alone, through
-torch.compile, as vLLM compiles its model at start; ``--eager`` leaves it out).
+maaskit serves with ``--compile`` (its decode step, a prompt's pass when it runs alone, and short
+prompts arriving together or joining as rows of the decode step, through torch.compile, as vLLM
+compiles its model at start; ``--eager`` leaves it out).
 
 For each model and dtype, each server is started once; while one is measured the others are
 frozen (SIGSTOP: vLLM's engine busy-polls even when idle). Rounds interleave the servers. Every

@@ -315,8 +315,9 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
     serve.add_argument(
         "--compile",
         action="store_true",
-        help="language models: compile the decode step and a lone prompt's pass with torch.compile (1.2-1.5x "
-        "faster on a CPU; minutes of compiling at start; needs a C++ compiler)",
+        help="language models: compile the decode step (short prompts joining go in as its rows) and a lone "
+        "prompt's pass with torch.compile (1.2-1.5x faster on a CPU; minutes of compiling at start; needs a C++ "
+        "compiler)",
     )
     serve.add_argument(
         "--api-keys",

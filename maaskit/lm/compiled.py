@@ -18,6 +18,9 @@ A third graph takes one prompt of two tokens or more (:meth:`CompiledDecode.pref
 is a decode step): what a request that finds the server idle waits for before its first token. On
 the same machine, SmolLM2-135M's shape in bfloat16 on two threads, a 6-token prompt's pass took
 41.2 ms against 58.9 eager (medians of 10 rounds, alternating; 0.69-0.73x in every round).
+
+Short prompts that arrive together, or join running streams, need no graph of their own: the engine
+gives the decode graph each of their tokens as a row on its prompt's slot (``Engine._as_rows``).
 """
 
 from __future__ import annotations

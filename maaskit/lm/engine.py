@@ -119,7 +119,8 @@ class Engine:
     at most that many decode steps (None: always ``prefill_chunk``); ``prefix_cache``: shared prompt
     prefixes reused; ``cache``: the slots' keys and values (made for ``max_sequences`` if not given);
     ``compile``: decode steps, and a prompt's pass when it runs alone, through ``torch.compile``
-    (:mod:`.compiled`: faster steps, after minutes of compiling here, before the engine is ready)."""
+    (:mod:`.compiled`: faster steps, after minutes of compiling here, before the engine is ready);
+    short prompts arriving together or joining running ones go in as rows of the decode step."""
 
     def __init__(self, model: CausalLM, *, max_sequences: int = 16, thread_setup: Callable[[], None] | None = None,
                  guide: Guide | None = None, prefill_chunk: int | None = None, prefill_stall: float | None = None,
