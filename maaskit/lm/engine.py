@@ -45,7 +45,7 @@ __all__ = ["ContextTooLong", "Engine", "Interrupted", "SamplingParams", "TokenEv
 # With a compiled step, prompt chunks of this many tokens in all (or fewer) go through the decode graph,
 # each token a row of its own (Engine._as_rows), instead of an eager packed pass. SmolLM2-135M's shape in
 # bfloat16 on this project's 2-core machine, served, 16 streams: a step where a 5-token prompt joined took
-# 72-75 ms so, against 98-109 packed (61-66 without a prompt). Each such row gathers its slot's keys:
+# 72-75 ms as rows, against 98-109 packed (61-66 without a prompt). Each such row gathers its slot's keys:
 # beside 16 rows at 100 positions, 64 tokens took 0.68x the packed pass's time, 128 tokens 1.20x.
 AS_ROWS = 64
 
