@@ -57,6 +57,24 @@ def run_engine(engine: Engine, jobs, *, one_after_another: bool = False, alone: 
     return asyncio.run(main())
 
 
+A, B, C, D = [5, 6, 7, 8, 9], list(range(20, 29)), list(range(40, 50)), list(range(60, 67))
+
+
+def _two_rows_a_chunk_and_a_prompt(model):
+    """Two caches alike: slots 0 and 1 hold prompts A and B, slot 2 the first 4 tokens of C. On the
+    first, a pass each: slots 0 and 1 decode a token, C's other 6 tokens, D from the start in slot 3.
+    Returns that cache, those passes' logits (4 rows), and the second cache, for one pass to match."""
+    caches = [SlotCache.empty(model, 4) for _ in range(2)]
+    for cache in caches:
+        for slot, prompt in ((0, A), (1, B), (2, C[:4])):
+            model(torch.tensor([prompt]), cache.prefill(slot))
+    separate, other = caches
+    rows = model(torch.tensor([[1], [2]]), separate.decode([0, 1], [5, 9]))[:, -1]
+    chunk = model(torch.tensor([C[4:]]), separate.prefill(2, 4))[:, -1]
+    whole = model(torch.tensor([D]), separate.prefill(3))[:, -1]
+    return separate, torch.cat([rows, chunk, whole]), other
+
+
 @pytest.mark.parametrize("kind", list(MODELS))
 @torch.inference_mode()
 def test_a_packed_step_gives_the_logits_and_the_cache_of_separate_passes(kind):
@@ -64,19 +82,11 @@ def test_a_packed_step_gives_the_logits_and_the_cache_of_separate_passes(kind):
     one pass (PackedStep) against a decode pass and a prefill pass each: the same logits, the same
     keys and values."""
     model = MODELS[kind]()
-    a, b, c, d = [5, 6, 7, 8, 9], list(range(20, 29)), list(range(40, 50)), list(range(60, 67))
-    caches = [SlotCache.empty(model, 4) for _ in range(2)]
-    for cache in caches:  # rows 0 and 1 prefilled; row 2 holds the first 4 tokens of its prompt
-        for slot, prompt in ((0, a), (1, b), (2, c[:4])):
-            model(torch.tensor([prompt]), cache.prefill(slot))
-    separate, packed = caches
-    rows = model(torch.tensor([[1], [2]]), separate.decode([0, 1], [5, 9]))[:, -1]
-    chunk = model(torch.tensor([c[4:]]), separate.prefill(2, 4))[:, -1]
-    whole = model(torch.tensor([d]), separate.prefill(3))[:, -1]
+    separate, expected, packed = _two_rows_a_chunk_and_a_prompt(model)
     positions = torch.tensor([[5, 9, *range(4, 10), *range(7)]])
     step = PackedStep(packed.decode([0, 1], [5, 9]), [packed.prefill(2, 4), packed.prefill(3)], [6, 7], positions)
-    logits = model(torch.tensor([[1, 2, *c[4:], *d]]), step, select=torch.tensor([0, 1, 7, 14]))[:, -1]
-    assert torch.allclose(logits, torch.cat([rows, chunk, whole]), atol=1e-5)
+    logits = model(torch.tensor([[1, 2, *C[4:], *D]]), step, select=torch.tensor([0, 1, 7, 14]))[:, -1]
+    assert torch.allclose(logits, expected, atol=1e-5)
     assert [chunk.length for chunk in step.chunks] == [10, 7]  # each chunk's slot advanced past its tokens
     for mine, theirs in zip([*packed.keys, *packed.values], [*separate.keys, *separate.values]):
         assert torch.allclose(mine[0, :, :6], theirs[0, :, :6], atol=1e-5)
@@ -92,18 +102,10 @@ def test_prompt_tokens_as_rows_of_a_decode_step_give_the_logits_and_the_cache_of
     of one decode step on its prompt's slot. Two rows decoding, a chunk continuing a prompt and a whole
     prompt, against a decode pass and a prefill pass each: the same logits, the same keys and values."""
     model = MODELS[kind]()
-    a, b, c, d = [5, 6, 7, 8, 9], list(range(20, 29)), list(range(40, 50)), list(range(60, 67))
-    caches = [SlotCache.empty(model, 4) for _ in range(2)]
-    for cache in caches:  # rows 0 and 1 prefilled; row 2 holds the first 4 tokens of its prompt
-        for slot, prompt in ((0, a), (1, b), (2, c[:4])):
-            model(torch.tensor([prompt]), cache.prefill(slot))
-    separate, as_rows = caches
-    rows = model(torch.tensor([[1], [2]]), separate.decode([0, 1], [5, 9]))[:, -1]
-    chunk = model(torch.tensor([c[4:]]), separate.prefill(2, 4))[:, -1]
-    whole = model(torch.tensor([d]), separate.prefill(3))[:, -1]
+    separate, expected, as_rows = _two_rows_a_chunk_and_a_prompt(model)
     step = as_rows.decode([0, 1, *[2] * 6, *[3] * 7], [5, 9, *range(4, 10), *range(7)])
-    logits = model(torch.tensor([[1], [2], *([t] for t in c[4:] + d)]), step)[:, -1]
-    assert torch.allclose(logits[[0, 1, 7, 14]], torch.cat([rows, chunk, whole]), atol=1e-5)
+    logits = model(torch.tensor([[1], [2], *([t] for t in C[4:] + D)]), step)[:, -1]
+    assert torch.allclose(logits[[0, 1, 7, 14]], expected, atol=1e-5)
     for mine, theirs in zip([*as_rows.keys, *as_rows.values], [*separate.keys, *separate.values]):
         for slot, length in enumerate((6, 10, 10, 7)):
             assert torch.allclose(mine[slot, :, :length], theirs[slot, :, :length], atol=1e-5)

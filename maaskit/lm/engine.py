@@ -360,7 +360,7 @@ class Engine:
         allowed = self._masks(constrained, len(step)) if constrained else None
         parts: list[torch.Tensor] = []
         finished: dict[int, torch.Tensor] = {}  # by id: the last prompt position's logits
-        as_rows = isinstance(self._decode, CompiledDecode) and 0 < sum(n for _, n in plan) <= AS_ROWS
+        as_rows = isinstance(self._decode, CompiledDecode) and 0 < prefilled <= AS_ROWS
         if as_rows and (running or len(plan) > 1):  # (one prompt alone: CompiledDecode.prefill's graph)
             parts.append(self._as_rows(running, plan, finished))
             plan = []
