@@ -353,6 +353,28 @@ def test_text_is_released_whole_and_never_shows_a_stop_sequence(tokenizer):
     assert not stream.stopped and shown == "it is EN"
 
 
+def test_text_streamed_token_by_token_is_the_decode_of_all_tokens(tokenizer):
+    """Each push decodes only the newest ids (with the ones before as context): what it releases adds
+    up to the whole sequence's decode, also for a decoder that drops a leading space (Metaspace, as
+    SentencePiece models have) and for ids that split characters anywhere."""
+    import random
+
+    from tokenizers import SentencePieceBPETokenizer
+
+    from maaskit.lm.text import TextStream
+
+    spm = SentencePieceBPETokenizer()
+    spm.train_from_iterator(["a café ☕ is hot, the fox jumps over the lazy dog"] * 20, vocab_size=120)
+    rng = random.Random(0)
+    for tok in (tokenizer, spm):
+        text = "  a café ☕ is hot,\n  the fox  jumps"
+        size = tok.get_vocab_size()
+        for ids in [tok.encode(text).ids] + [[rng.randrange(size) for _ in range(40)] for _ in range(20)]:
+            stream = TextStream(tok)
+            shown = "".join(stream.push(t) for t in ids) + stream.flush()
+            assert shown == tok.decode(ids)
+
+
 def test_the_chat_template_is_one_line_per_message_then_the_assistant():
     from maaskit.lm.text import chat_prompt
 

@@ -49,6 +49,10 @@ class TextStream:
     def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()):
         self.tokenizer, self.stop = tokenizer, [s for s in stop if s]
         self.ids: list[int] = []
+        # ids[:read] are in ``text``; each push decodes only ids[prefix:], the ones since the last
+        # release with the release before them as context (a decoder drops a leading space at the start
+        # of what it decodes: the context takes that). Decoding all ids every token cost O(n²) a stream.
+        self.prefix = self.read = 0
         self.shown = 0  # characters of the decoded text already released
         self.text = ""
         self.stopped = False
@@ -56,10 +60,9 @@ class TextStream:
     def push(self, token: int) -> str:
         """The new text that may be shown after ``token`` ('' while it is held back)."""
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):  # a character still incomplete: wait for its other bytes
+        if not self._decode(partial=False):  # a character still incomplete: wait for its other bytes
             return ""
-        self.text = text
+        text = self.text
         for s in self.stop:
             at = text.find(s, max(0, self.shown - len(s) + 1))
             if at != -1:
@@ -73,8 +76,25 @@ class TextStream:
         incomplete by the last token shows as U+FFFD)."""
         if self.stopped:
             return ""
-        self.text = self.tokenizer.decode(self.ids)
+        self._decode(partial=True)
         return self._release(len(self.text))
+
+    def _decode(self, partial: bool) -> bool:
+        """Add the text of the ids not yet in ``text``; False (and nothing added) if it ends in an
+        incomplete character, unless ``partial``."""
+        context = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        window = self.tokenizer.decode(self.ids[self.prefix :])
+        if window.endswith("\ufffd") and not partial:
+            return False
+        if not window.startswith(context):  # a decoder that rewrites earlier text given later tokens
+            self.text, self.prefix, self.read = self.tokenizer.decode(self.ids), self.read, len(self.ids)
+            return True
+        added = window[len(context) :]
+        self.text += added
+        if added:  # ids that added no text (a skipped special token) stay in the context, which must show text
+            self.prefix = self.read
+        self.read = len(self.ids)
+        return True
 
     def _release(self, upto: int) -> str:
         new = self.text[self.shown : upto] if upto > self.shown else ""
