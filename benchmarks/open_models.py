@@ -351,6 +351,9 @@ def running_now(server: Server, n: int) -> None:
 
 
 def main() -> int:  # long: the run reads top to bottom as the note's table
+    # a SIGTERM (a timeout, a kill) ends the run through its finally blocks, which wake and stop the
+    # servers; killed outright, the run left them frozen (SIGSTOP), holding their ports and memory
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="smollm2-135m,gpt-6x384,gpt-default")
     parser.add_argument("--dtypes", default="float32,bfloat16")
