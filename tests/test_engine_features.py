@@ -5,6 +5,7 @@ sets how many sequences run, bf16 serving; and through the server, vLLM's ``/tok
 generation (greedy), which does none of these things."""
 
 import asyncio
+from functools import partial
 
 import httpx
 import pytest
@@ -318,27 +319,33 @@ def test_listeners_see_the_engine_empty_once_its_last_sequences_finished():
     assert (2, 2) in steps and steps[-1] == (0, 0)
 
 
-def _packed_llama():
-    """A Llama whose products are large enough to be packed (lm/packing.py: PACK_FROM elements)."""
+def _llama(pack: bool):
+    """A Llama whose products are large enough to be packed (lm/packing.py: PACK_FROM elements), packed
+    for oneDNN or (as a server that compiles its steps has it) only fused, for Inductor to lay out."""
     from maaskit.lm.packing import pack_for_cpu
 
     torch.manual_seed(0)
     shape = LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
                         num_attention_heads=8, num_key_value_heads=2, head_dim=64, context=96)  # fmt: skip
     model = Llama(shape).eval()
-    assert pack_for_cpu(model, rows=4) > 0
+    assert (pack_for_cpu(model, rows=4, pack=pack) > 0) == pack
     return model
 
 
 @pytest.mark.slow  # each graph takes Inductor a while to build on 2 cores
-@pytest.mark.parametrize("make", [_gpt, _packed_llama], ids=["gpt", "packed llama"])
-def test_a_compiled_decode_step_gives_eager_tokens_and_compiles_only_while_warming_up(make):
+@pytest.mark.parametrize(
+    "make, frozen",
+    [(_gpt, True), (partial(_llama, pack=False), True), (partial(_llama, pack=True), False)],
+    ids=["gpt", "fused llama", "packed llama"],
+)
+def test_a_compiled_decode_step_gives_eager_tokens_and_compiles_only_while_warming_up(make, frozen):
     model = make()
     prompts = [[5, 6, 7], [8], list(range(20, 41)), [9] * 12, list(range(60, 66)), [3, 1, 4, 1, 5], [2] * 30]
     # the 12-token prompt runs longest: the last prompt joins it when the others are done
     jobs = [(p, SamplingParams(max_tokens=20 if len(p) == 12 else 10, temperature=0, ignore_eos=True)) for p in prompts]
     eager = run_engine(Engine(model, max_sequences=4), jobs)
     engine = Engine(model, max_sequences=4, compile=True)  # warms up: one row, several, and a prompt
+    assert engine._decode.frozen == frozen  # on a CPU, weights frozen into the graphs unless packed already
 
     @torch.inference_mode()
     def gaps() -> list[float]:  # on the engine's thread: a graph is guarded by the thread count it was built with

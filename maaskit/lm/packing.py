@@ -133,12 +133,17 @@ def _fuse(model: nn.Module) -> None:
                     delattr(module, part)
 
 
-def pack_for_cpu(model: nn.Module, rows: int = 16) -> int:
+def pack_for_cpu(model: nn.Module, rows: int = 16, *, pack: bool = True) -> int:
     """Replace every large linear layer of a CPU model (:func:`pack_from` elements or more) by a
     :class:`PackedLinear`; store the others' weights column-major. A weight tied to an embedding is
     packed as a copy, so the embedding keeps reading its own. Products that read the same input are
-    fused into one first (:class:`Fused`). Returns how many layers were packed."""
+    fused into one first (:class:`Fused`). Returns how many layers were packed.
+
+    ``pack=False``: only fuse them, for a model whose steps ``torch.compile`` builds (lm/compiled.py:
+    Inductor lays the weights out itself, for kernels faster than these)."""
     _fuse(model)
+    if not pack:
+        return 0
     packed = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -176,7 +176,7 @@ class ServedLanguageModel:
         weights = sum(p.numel() * p.element_size() for p in model.parameters())  # what a decode step reads
         self.slots = cache_slots(model, config)
         if owned and device.type == "cpu":  # a model it loaded itself (a caller's own is left as it is)
-            pack_for_cpu(model, rows=self.slots)
+            pack_for_cpu(model, rows=self.slots, pack=not config.compile)  # compiled: Inductor lays them out
         cache = SlotCache.empty(model, self.slots)
         prefix = PrefixCache.sized(cache, int(config.prefix_cache_gb * 2**30))
         thread_setup = partial(forward_thread_setup, config.workers, threads=config.threads, weights=weights)
