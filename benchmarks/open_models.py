@@ -45,6 +45,7 @@ from pathlib import Path
 import httpx
 
 HERE = Path(__file__).resolve().parent
+START = 1200  # seconds a server may take to answer: its graphs are built before it does
 sys.path.insert(0, str(HERE.parent / "tools"))
 sys.path.insert(0, str(HERE))
 from peers import peer_python  # noqa: E402
@@ -146,7 +147,7 @@ class Server:
         self.url = f"http://127.0.0.1:{port}"
         with open(log, "w") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 600
+        deadline = time.monotonic() + START  # a compiled SmolLM2 shape took ~510 s to start on 2 cores
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{name} exited:\n{log.read_text()[-3000:]}")
@@ -157,7 +158,7 @@ class Server:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"{name} did not answer in 600 s:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"{name} did not answer in {START} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
         self.freeze()
 

@@ -11,7 +11,9 @@ slower than its float32 (``benchmarks/linear_kernels.py`` measures each kind sid
 
 Where oneDNN is missing, weights are stored transposed instead (column-major, the same values):
 PyTorch's product then reads them without repacking (1.5x at 4 rows on the same machine).
-Training never sees any of this: only a server's own copy of a model is packed.
+Training never sees any of this: only a server's own copy of a model is packed. A server that
+compiles its steps only fuses them: Inductor lays out frozen weights for faster kernels of its own
+(lm/compiled.py).
 """
 
 from __future__ import annotations
