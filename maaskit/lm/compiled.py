@@ -16,11 +16,13 @@ prompt 14.1 ms against 25.9; float32 on two threads, 1 row, 2.5 ms against 4.9. 
 and the kernels cost memory: 211 MiB more than the packed graphs' 86 for that GPT (24 MiB of weights).
 
 The price is the compilation: a minute or more per graph on 2 cores (a server with SmolLM2's shape
-took three to four minutes to start, and about as long again the next time, though Inductor keeps
-part of its work on disk). So the step is given one shape of input only: every row's keys gathered
-(no view for consecutive slots) and a mask always (none is needed when all rows have one length).
-Then one graph serves one row and one serves any more (PyTorch specializes a size of 1), both built
-by :meth:`CompiledDecode.warm_up` before the first request.
+took eight to ten minutes to start with its products laid out, three to four before, and about as
+long again the next time, though Inductor keeps part of its work on disk). So the step is given one
+shape of input only: every row's keys gathered (no view for consecutive slots) and a mask always
+(none is needed when all rows have one length). Then one graph serves one row and one serves any
+more (PyTorch specializes a size of 1), both built by :meth:`CompiledDecode.warm_up` before the
+first request. Each graph holds its own copy of the weights, as they were when it was built: a
+change to the model's parameters after :meth:`CompiledDecode.warm_up` is not seen.
 
 A third graph takes one prompt of two tokens or more (:meth:`CompiledDecode.prefill`; a prompt of one
 is a decode step): what a request that finds the server idle waits for before its first token. On
