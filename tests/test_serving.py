@@ -275,7 +275,7 @@ def test_v2_binary_tensors_and_classification(http, artifact, digits):
     spec, raw = encode_tensor("input", np.full((1, 1, 8, 8), np.nan, np.float32), binary=True)
     body, headers = encode_body({"inputs": [spec]}, [raw])
     nan = http.post("/v2/models/digits/infer", content=body, headers=headers)
-    assert nan.status_code == 400 and "contains NaN or infinity" in nan.json()["error"]
+    assert nan.status_code == 400 and "input 'input' holds values that are not finite" in nan.json()["error"]
 
 
 @pytest.mark.parametrize(
@@ -339,6 +339,35 @@ def test_v1_predict_classify_and_status(http, artifact, digits):
     wrong_method = http.put("/v1/models/digits:predict", json={})
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     assert http.post("/v1/models/digits:predict", json={"instances": [[1, 2]]}).status_code == 400
+
+
+def test_numbers_beyond_float32_are_a_400_naming_the_input_on_v2_and_v1(http):
+    # JSON numbers that overflow FP32 would become infinity, and the model's answer NaN or null
+    huge = [[[[1e39] * 8] * 8]]
+    v2 = http.post("/v2/models/digits/infer", json={"inputs": [{**infer_body(np.zeros((1, 1, 8, 8)))["inputs"][0],
+                                                                "data": huge}]})  # fmt: skip
+    assert v2.status_code == 400 and v2.json() == {
+        "error": "tensor 'input': data holds numbers beyond the range of FP32"
+    }
+    for verb in ("predict", "classify", "explain"):
+        v1 = http.post(f"/v1/models/digits:{verb}", json={"instances": huge[0]})
+        assert v1.status_code == 400 and "beyond float32's range" in v1.json()["error"], (verb, v1.text)
+    binary_inf, raw = encode_tensor("input", np.full((1, 1, 8, 8), np.inf, np.float32), binary=True)
+    body, headers = encode_body({"inputs": [binary_inf]}, [raw])
+    answer = http.post("/v2/models/digits/infer", content=body, headers=headers)
+    assert answer.status_code == 400 and "'input' holds values that are not finite" in answer.json()["error"]
+
+
+def test_a_non_finite_output_is_a_500_in_the_protocols_shape_never_a_200_with_nan(http, artifact):
+    # finite inputs, large enough to overflow inside the network: the model fails, not the request
+    x = np.full((1, 1, 8, 8), 3e38, np.float32) * np.where(np.indices((8, 8)).sum(0) % 2, -1, 1).astype(np.float32)
+    assert not np.isfinite(local_logits(artifact[1], x)).all()
+    v2 = http.post("/v2/models/digits/infer", json=infer_body(x))
+    assert v2.status_code == 500 and "model 'digits' gave NaN or infinite outputs" in v2.json()["error"]
+    for verb in ("predict", "classify"):
+        v1 = http.post(f"/v1/models/digits:{verb}", json={"instances": x.tolist()})
+        assert v1.status_code == 500 and set(v1.json()) == {"error"}, (verb, v1.text)
+    assert http.get("/v2/health/ready").status_code == 200  # and the server carries on
 
 
 # --- maaskit's client, tritonclient, batching, versions, metrics ----------------------------------

@@ -157,7 +157,10 @@ def schemathesis_run(url: str, tmp_path: Path, token: str, *extra: str) -> str:
     )
     st_cli = Path(sys.executable).with_name("st")
     command = [str(st_cli), "--config-file", str(config), "run", f"{url}/openapi.json", "--checks", "all"]
-    command += ["--max-examples", "25", "--seed", "1", "--no-color", "--report-dir", str(tmp_path / "report"), *extra]
+    # a fixed seed, so a finding reproduces; another one is a variable away (and printed with the report)
+    seed = os.environ.get("MAASKIT_SCHEMATHESIS_SEED", "1")
+    print(f"schemathesis seed {seed} (MAASKIT_SCHEMATHESIS_SEED)")
+    command += ["--max-examples", "25", "--seed", seed, "--no-color", "--report-dir", str(tmp_path / "report"), *extra]
     # cwd: schemathesis keeps a cache in .schemathesis/ under the folder it runs in
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "schemathesis_hooks", "PYTHONPATH": str(Path(__file__).parent)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=1200, cwd=tmp_path, env=env)

@@ -29,7 +29,7 @@ from ..explain import MAX_MAGNITUDE
 from ..normalization import Normalization
 from .batching import DynamicBatcher
 from .config import ServeConfig
-from .errors import Conflict, InvalidInput, ModelNotFound, NotReady
+from .errors import Conflict, InvalidInput, ModelFailed, ModelNotFound, NotReady
 from .explainer import ExplainerProcess
 from .protocol import ProtocolError
 
@@ -104,13 +104,22 @@ class ServedModel:
             return self.normalization.to_float(array)
         if datatype != "FP32":
             raise ProtocolError(f"input {name!r} must be FP32 (normalized) or UINT8 (pixels), got {datatype}")
-        if not np.isfinite(array).all():
-            raise ProtocolError(f"input {name!r} contains NaN or infinity")
+        if not np.isfinite(array).all():  # JSON numbers beyond float32's range arrive here as infinity
+            raise ProtocolError(
+                f"input {name!r} holds values that are not finite FP32 numbers (NaN, infinity, or beyond ±3.4e38)"
+            )
         return np.require(array, np.float32, ["C", "W"])  # binary inputs arrive read-only
 
     async def infer(self, x: np.ndarray) -> np.ndarray:
-        """The logits of a prepared batch, through the batcher."""
-        return await self.batcher.submit(x)
+        """The logits of a prepared batch, through the batcher; a non-finite output is the model's failure
+        (huge but finite inputs can overflow inside it), never an answer."""
+        logits = await self.batcher.submit(x)
+        if not np.isfinite(logits).all():
+            raise ModelFailed(
+                f"model {self.name!r} gave NaN or infinite outputs for this input (are its values within the "
+                "range it was trained on?)"
+            )
+        return logits
 
     async def explain(self, x: np.ndarray, method: str, target: int | list[int] | None, **params: Any) -> tuple:
         """Attributions of a prepared batch and the classes explained. In a process of their own

@@ -15,6 +15,7 @@ __all__ = [
     "ContextTooLong",
     "Forbidden",
     "InvalidInput",
+    "ModelFailed",
     "ModelNotFound",
     "NotReady",
     "OverCapacity",
@@ -52,3 +53,8 @@ class OverCapacity(ServingError):
 
 class Forbidden(ServingError):
     """The server was not started to allow this (loading models without a token)."""
+
+
+class ModelFailed(ServingError):
+    """The model ran but its answer cannot be sent: an output that is NaN or infinite (a 500, never a
+    200 carrying ``NaN`` or ``null``)."""

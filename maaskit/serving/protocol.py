@@ -164,7 +164,10 @@ def decode_tensor(spec: Any, binary: memoryview | bytes = b"", offset: int = 0) 
             raise ProtocolError(f"tensor {name!r}: shape {shape} needs {count} values, data has {flat.size}")
         return np.array([_as_bytes(v) for v in flat], dtype=object).reshape(shape), offset
     try:
-        array = np.asarray(data, dtype=DATATYPES[datatype])
+        with np.errstate(over="raise"):  # 1e39 as FP32 would silently become infinity
+            array = np.asarray(data, dtype=DATATYPES[datatype])
+    except FloatingPointError:
+        raise ProtocolError(f"tensor {name!r}: data holds numbers beyond the range of {datatype}") from None
     except (TypeError, ValueError, OverflowError) as err:
         raise ProtocolError(f"tensor {name!r}: data is not {datatype}: {err}") from None
     if array.size != count:

@@ -39,7 +39,7 @@ class V1Endpoints:
 
     def router(self) -> APIRouter:
         api = APIRouter(tags=["V1: TF Serving REST"])
-        errors = error_responses(400, 401, 404, 413, 503)
+        errors = error_responses(400, 401, 404, 413, 500, 503)
         status_errors = error_responses(401, 404, 503)
         api.add_api_route("/", self.alive, methods=["GET"], response_model=Alive, responses=error_responses(401))
         api.add_api_route(
@@ -126,6 +126,9 @@ def _numeric(rows: Any, what: str) -> np.ndarray:
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ProtocolError(f"{what} must hold numbers only, got {value!r:.40}")
     try:
-        return np.asarray(rows, dtype=np.float32)
+        with np.errstate(over="raise"):  # 1e39 as float32 would silently become infinity
+            return np.asarray(rows, dtype=np.float32)
+    except FloatingPointError:
+        raise ProtocolError(f"{what} holds numbers beyond float32's range (±3.4e38)") from None
     except (TypeError, ValueError, OverflowError) as err:
         raise ProtocolError(f"{what} is not a numeric array of shape [N, ...]: {err}") from None

@@ -64,7 +64,7 @@ class V2Endpoints:
         model_errors = error_responses(400, 401, 404, 503)
         admin_errors = error_responses(400, 401, 403, 404, 409)
         infer_responses = {
-            **error_responses(400, 401, 404, 413, 503),
+            **error_responses(400, 401, 404, 413, 500, 503),
             200: {
                 "description": "the outputs; as JSON, or with binary outputs the JSON header and raw bytes",
                 "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},

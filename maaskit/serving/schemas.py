@@ -316,6 +316,7 @@ ERRORS: dict[int, dict] = {
     404: _error("no such model or version"),
     409: _error("the model is already loading"),
     413: _error("the request body is over the server's limit"),
+    500: _error("the model failed on this input (its output was NaN or infinite), or the server did"),
     503: _error(
         "not ready: the model is loading, or the queue is full",
         **{"Retry-After": "seconds to wait before trying again"},
