@@ -9,7 +9,6 @@ and the sha256 of the weights, which loading checks.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import platform
@@ -165,17 +164,8 @@ def check_file(path: Path, sha256: str) -> None:
         )
 
 
-def is_huggingface_folder(directory: str | Path) -> bool:
-    """A Hugging Face model folder (``config.json``, no maaskit manifest): maaskit.lm.hf reads it."""
-    directory = Path(directory)
-    return (directory / "config.json").is_file() and not (directory / MANIFEST).exists()
-
-
 def read_manifest(directory: str | Path) -> dict:
-    """The manifest of an artifact directory ({} where there is none to read: loading says why); a
-    Hugging Face folder reads as a text-generation model."""
-    if is_huggingface_folder(directory):
-        return {"task": "text-generation", "source": "huggingface"}
+    """The manifest of an artifact directory ({} where there is none to read: loading says why)."""
     try:
         return json.loads((Path(directory) / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError):
@@ -184,16 +174,21 @@ def read_manifest(directory: str | Path) -> dict:
 
 def load_artifact(directory: str | Path, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the model from ``directory`` after checking its weights' hash; returns (model, manifest).
-    A Hugging Face folder of the Llama family loads too (safetensors only; see maaskit.lm.hf)."""
+    Language models (maaskit's own and Hugging Face folders) load with ``maaskit.lm.load_language_model``,
+    which checks their tokenizer too."""
     from safetensors.torch import load_model
 
     directory = Path(directory)
-    if is_huggingface_folder(directory):  # read by the language-model layer, imported by name as rebuild() does
-        hf = importlib.import_module("maaskit.lm.hf").load_hf(directory, device=device)
-        return hf.model, hf.manifest
     for f in (MANIFEST, WEIGHTS):
         if not (directory / f).is_file():
-            raise ArtifactError(f"{directory} is not a maaskit artifact: {f} is missing")
+            raise ArtifactError(
+                f"{directory} is not a maaskit artifact: {f} is missing"
+                + (
+                    "; a model folder of another kind (a language model's) loads with maaskit.lm"
+                    if f == MANIFEST
+                    else ""
+                )
+            )
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
     except json.JSONDecodeError as err:

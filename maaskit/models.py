@@ -3,7 +3,6 @@ registry an artifact's architecture is rebuilt from (other layers register their
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -203,14 +202,12 @@ def register_model(name: str, rebuild: Callable[[dict[str, Any]], nn.Module]) ->
 def rebuild(config: dict[str, Any]) -> nn.Module:
     """The network a ``maaskit_config`` (a manifest's ``architecture``) describes, with fresh weights.
 
-    An architecture registered outside the core names its module in the config (``"module":
-    "maaskit.lm.model"``); that module is imported to register it — only maaskit's own modules, so a
-    manifest cannot make the loader run other code."""
+    An architecture of a higher layer registers itself when its module is imported (``maaskit.lm``
+    registers "gpt"); the core never imports a module a manifest names, nor any layer above its own."""
     name, module = config.get("name"), config.get("module")
-    if name not in MODELS and isinstance(module, str) and module.startswith("maaskit."):
-        importlib.import_module(module)
     if name not in MODELS:
-        raise ValueError(f"unknown architecture {name!r}; this maaskit knows {', '.join(MODELS)}")
+        hint = f" (it registers when {module} is imported)" if isinstance(module, str) else ""
+        raise ValueError(f"unknown architecture {name!r}{hint}; this maaskit knows {', '.join(MODELS)}")
     return MODELS[name](config)
 
 

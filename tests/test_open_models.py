@@ -16,6 +16,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from maaskit.artifact import ArtifactError, load_artifact  # noqa: E402
+from maaskit.lm.artifact import load_language_model  # noqa: E402
 from maaskit.lm.generation import generate  # noqa: E402
 from maaskit.lm.hf import load_hf  # noqa: E402
 from maaskit.lm.template import ChatTemplate, TemplateError  # noqa: E402
@@ -174,14 +175,17 @@ def test_the_stop_tokens_come_from_the_generation_config(tmp_path):
     assert loaded.stop_tokens == (loaded.tokenizer.token_to_id("<|im_end|>"),)
 
 
-def test_load_artifact_reads_a_hugging_face_folder_and_never_unpickles(tmp_path, monkeypatch):
+def test_a_hugging_face_folder_loads_through_the_lm_layer_only_and_never_unpickles(tmp_path, monkeypatch):
     write_checkpoint(tmp_path, "llama")
+    # the core knows maaskit artifacts only (tests/test_structure.py: no layer reaches up): it says where to go
+    with pytest.raises(ArtifactError, match="manifest.json is missing; .* loads with maaskit.lm"):
+        load_artifact(tmp_path)
 
     def refuse(*args, **kwargs):
         raise AssertionError("torch.load (pickle) was called")
 
     monkeypatch.setattr(torch, "load", refuse)
-    model, manifest = load_artifact(tmp_path)
+    model, _, manifest = load_language_model(tmp_path)
     assert manifest["task"] == "text-generation" and manifest["architecture"]["name"] == "llama"
     assert not any(p.device.type == "meta" for p in model.parameters())
     assert not any(b.device.type == "meta" for b in model.buffers())

@@ -130,7 +130,7 @@ def test_every_public_parameter_is_typed():
 
 
 # The package's layers, lowest first. A module imports only from its own layer or below, lazy
-# imports inside functions included (DESIGN.md, "Package modules").
+# imports inside functions and imports by name included (the project's design notes, "Package modules").
 LAYERS = {
     "core": {
         "_lazy", "_version", "device", "normalization", "images", "scoring", "data", "models", "artifact",
@@ -166,7 +166,29 @@ def _maaskit_imports(path: Path, text: str | None = None) -> list[tuple[int, str
                 found.append((node.lineno, target))
         elif isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
+        elif (name := _imported_by_name(node)) is not None:  # import_module("maaskit.lm.hf") is an import too
+            if name.startswith("."):  # relative to the package, as import_module(".x", __package__) reads it
+                level = len(name) - len(name.lstrip("."))
+                name = ".".join(package[: len(package) - level + 1] + [name.lstrip(".")])
+            found.append((node.lineno, name))
     return [(line, name) for line, name in found if name == "maaskit" or name.startswith("maaskit.")]
+
+
+def _import_call(node: ast.AST) -> ast.Call | None:
+    """``importlib.import_module(...)``, ``import_module(...)`` or ``__import__(...)``."""
+    if not isinstance(node, ast.Call):
+        return None
+    fn = node.func
+    called = fn.attr if isinstance(fn, ast.Attribute) else fn.id if isinstance(fn, ast.Name) else None
+    return node if called in ("import_module", "__import__") else None
+
+
+def _imported_by_name(node: ast.AST) -> str | None:
+    """The module a call imports by a name written in the code; None for other calls."""
+    call = _import_call(node)
+    if call is None or not call.args or not isinstance(call.args[0], ast.Constant):
+        return None
+    return call.args[0].value if isinstance(call.args[0].value, str) else None
 
 
 def _layer(module: str) -> int:
@@ -194,6 +216,88 @@ def test_no_module_imports_from_a_layer_above_its_own():
     probe = "from ..serving.artifact import load_artifact\nfrom .. import widgets\ndef f():\n    import maaskit.cli\n"
     assert len(_upward_imports(PACKAGE / "lm" / "probe.py", probe)) == 3
     assert _upward_imports(PACKAGE / "serving" / "probe.py", "from ..lm.engine import Engine\n") == []
+
+
+def test_imports_by_name_are_seen_as_imports():
+    # a module loaded by its name is an import like any other: layers and circles see it
+    probe = 'import importlib\ndef f():\n    importlib.import_module("maaskit.lm.hf")\n    __import__("maaskit.cli")\n'
+    assert len(_upward_imports(PACKAGE / "artifact.py", probe)) == 2
+    relative = 'from importlib import import_module\nimport_module(".widgets", "maaskit")\n'
+    assert _maaskit_imports(PACKAGE / "probe.py", relative) == [(2, "maaskit.widgets")]
+
+
+# The only imports whose module is computed while running, each with why it cannot be written out.
+IMPORTS_BY_COMPUTED_NAME = {
+    "maaskit/_lazy.py": "the flat API: a package's names, imported when first used",
+    "maaskit/cli.py": "argparse's choices read from a lower layer's registry when help is printed",
+    "maaskit/distributed.py": "each rank runs the 'module:function' its caller named",
+}
+
+
+def test_modules_imported_by_a_computed_name_are_few_and_say_why():
+    found = {
+        str(path.relative_to(ROOT))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if _import_call(node) is not None and _imported_by_name(node) is None
+    }
+    assert found == set(IMPORTS_BY_COMPUTED_NAME), "a new import by a computed name: write it out, or say why here"
+
+
+def _import_graph(texts: dict[Path, str] | None = None) -> dict[str, set[str]]:
+    """Each module under maaskit/ and the maaskit modules it imports (a package for ``from pkg import name``)."""
+    sources = texts if texts is not None else {path: path.read_text() for path in PACKAGE.rglob("*.py")}
+    modules = {_module_name(path) for path in sources}
+
+    def module_of(name: str) -> str:  # maaskit.lm.hf.load_hf -> maaskit.lm.hf
+        while name not in modules and "." in name:
+            name = name.rsplit(".", 1)[0]
+        return name
+
+    return {
+        _module_name(path): {module_of(t) for _, t in _maaskit_imports(path, text)} - {_module_name(path)}
+        for path, text in sources.items()
+    }
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or round a circle (Tarjan's SCCs)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = stack[stack.index(v) :]
+            del stack[stack.index(v) :]
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_modules_import_each_other_round_a_circle():
+    assert _circles(_import_graph()) == []
+    # the check itself sees a circle, lazy imports and imports by name included
+    probe = {
+        PACKAGE / "lm" / "a.py": "def f():\n    from .b import g\n",
+        PACKAGE / "lm" / "b.py": "import importlib\nimportlib.import_module('maaskit.lm.c')\n",
+        PACKAGE / "lm" / "c.py": "from maaskit.lm.a import f\n",
+        PACKAGE / "lm" / "d.py": "from .a import f\n",
+    }
+    assert _circles(_import_graph(probe)) == [["maaskit.lm.a", "maaskit.lm.b", "maaskit.lm.c"]]
 
 
 def test_every_module_belongs_to_a_layer():

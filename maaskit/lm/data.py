@@ -84,6 +84,20 @@ class SplitLoaders(Generic[L]):
     def _loader(self, data: Any, **options: Any) -> L:
         raise NotImplementedError
 
+    # what sampling text while training asks (lm/training.py: SampleText), so it needs no dataset class
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The token ids a sample starts from."""
+        raise NotImplementedError
+
+    @property
+    def stop_tokens(self) -> tuple[int, ...]:
+        """The tokens that end a sample."""
+        raise NotImplementedError
+
+    def show(self, prompt: str, ids: list[int]) -> str:
+        """A sample as text, ``prompt`` and the generated ``ids``."""
+        raise NotImplementedError
+
     def loader(
         self,
         split: str = "train",

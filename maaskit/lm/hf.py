@@ -19,13 +19,19 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from ..artifact import ArtifactError, is_huggingface_folder
+from ..artifact import MANIFEST, ArtifactError
 from .llama import Llama, LlamaConfig
 from .template import ChatTemplate
 
 __all__ = ["HFModel", "is_huggingface_folder", "load_hf"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def is_huggingface_folder(directory: str | Path) -> bool:
+    """A Hugging Face model folder (``config.json``, no maaskit manifest), as :func:`load_hf` reads it."""
+    directory = Path(directory)
+    return (directory / "config.json").is_file() and not (directory / MANIFEST).exists()
 
 
 @dataclass

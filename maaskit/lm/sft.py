@@ -33,6 +33,7 @@ from .data import SplitLoaders
 from .model import GPT
 from .tasks import AssistantTask, Example, get_task
 from .tokenizer import ENDOFTEXT
+from .training import fit_with_samples, run_metrics
 
 __all__ = ["ChatDataset", "FineTuned", "SFTRecipe", "finetune", "grow_vocabulary"]
 
@@ -206,7 +207,6 @@ def finetune(
     pair, or None: a fresh model of the default shape, with a tokenizer trained on the default
     corpus) on ``task``'s training conversations; with ``out``, save the assistant there."""
     from .artifact import load_language_model, save_language_model
-    from .training import fit_with_samples, run_metrics
 
     r = recipe or SFTRecipe()
     the_task = get_task(task) if isinstance(task, str) else task

@@ -19,10 +19,9 @@ from ..device import seed_everything
 from ..train import Callback, History, PrintProgress, Run, fit
 from .config import LMRecipe, SFTRecipe
 from .corpus import load_corpus
-from .data import TextDataset
+from .data import SplitLoaders, TextDataset
 from .generation import generate
 from .model import GPT
-from .sft import ChatDataset
 
 __all__ = [
     "LMRecipe",
@@ -37,7 +36,7 @@ __all__ = [
 
 def sample_text(
     model: GPT,
-    data: TextDataset | ChatDataset,
+    data: SplitLoaders,
     prompt: str = "The ",
     *,
     max_tokens: int = 48,
@@ -45,7 +44,7 @@ def sample_text(
     seed: int = 0,
 ) -> str:
     """What ``model`` writes after ``prompt`` (sampled with a fixed seed, so samples compare over
-    time); for a :class:`~maaskit.lm.sft.ChatDataset` the prompt is a user's message and the answer
+    time); for a chat dataset (:class:`~maaskit.lm.sft.ChatDataset`) the prompt is a user's message and the answer
     is shown with its chat tokens."""
     out = list(
         generate(
@@ -73,7 +72,7 @@ class SampleText(Callback):
         self._last = 0.0
 
     def _sample(self, run: Run) -> None:
-        assert isinstance(run.data, (TextDataset, ChatDataset)) and isinstance(run.model, GPT)
+        assert isinstance(run.data, SplitLoaders) and isinstance(run.model, GPT)
         was_training = run.model.training
         self.samples.append((run.step, sample_text(run.model, run.data, self.prompt)))
         run.model.train(was_training)
@@ -108,7 +107,7 @@ def _with_sampler(
 
 def fit_with_samples(
     model: GPT,
-    data: TextDataset | ChatDataset,
+    data: SplitLoaders,
     *,
     recipe: LMRecipe | SFTRecipe,
     prompt: str,

@@ -261,6 +261,14 @@ def forward_thread_setup(processes: int = 1, threads: int | None = None, *, weig
     torch.set_num_threads(threads or forward_threads(processes, weights=weights))
 
 
+def _is_language_model(directory: str | Path) -> bool:
+    """A folder the language-model layer reads: ``maaskit lm train``'s, or a Hugging Face model folder."""
+    from ..lm.artifact import TASK
+    from ..lm.hf import is_huggingface_folder
+
+    return is_huggingface_folder(directory) or read_manifest(directory).get("task") == TASK
+
+
 def _check_name(name: str) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"model name {name!r}: use letters, digits, '_', '.' and '-' only")
@@ -304,7 +312,7 @@ class ModelRepository:
         or a model from ``build_model`` with the ``data`` (an ImageDataset) it was trained on.
         A language model's directory (``maaskit lm train``) is served through the OpenAI-compatible
         API instead (see :meth:`add_language_model`)."""
-        if isinstance(source, (str, Path)) and read_manifest(source).get("task") == "text-generation":
+        if isinstance(source, (str, Path)) and _is_language_model(source):
             return self.add_language_model(source, name=name)
         if isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], Tokenizer):
             return self.add_language_model(source, name=name)

@@ -44,7 +44,11 @@ class EndpointConsole(WidgetBase):
         requests: int = 200,
         concurrency: int = 16,
         method: str = "integrated_gradients",
+        timeout: float = 120.0,
     ):
+        # how long one request may take: an explanation runs at the lowest CPU priority (its first also
+        # starts its process), so on a busy machine it waits for whatever else runs; a hang, not a wait, fails
+        self.timeout = timeout
         self.images = None if images is None else (images.numpy() if hasattr(images, "numpy") else np.asarray(images))
         self.labels, self.classes, self.top_k = labels, classes, top_k
         self.client: Client | None = None
@@ -147,7 +151,7 @@ class EndpointConsole(WidgetBase):
                 token=self.token_w.value or None,
                 protocol=self.protocol_w.value,
                 retries=1,
-                timeout=10,
+                timeout=self.timeout,
             )
             names = self.client.models() if self.client.protocol == "v2" else []
         except (EndpointError, ValueError) as err:
