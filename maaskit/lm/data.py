@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import torch
 from tokenizers import Tokenizer
 
 from ..device import pick_device
 from ..scoring import Accuracy, Metric, Perplexity
+from ..train import TrainingData
 from .corpus import load_corpus
 from .tokenizer import ENDOFTEXT, train_tokenizer
 
@@ -74,6 +75,19 @@ class TokenLoader:
             yield windows[:, :-1], windows[:, 1:]
 
 
+@runtime_checkable
+class TokenData(TrainingData, Protocol):
+    """What a language model trains on and samples from while it trains (:class:`TextDataset`, and
+    ``ChatDataset`` in :mod:`.sft`): ``fit``'s data, plus how a sample starts, ends and reads."""
+
+    def prompt_ids(self, prompt: str) -> list[int]: ...
+
+    @property
+    def stop_tokens(self) -> tuple[int, ...]: ...
+
+    def show(self, prompt: str, ids: list[int]) -> str: ...
+
+
 class SplitLoaders(Generic[L]):
     """What ``fit`` asks of token data, shared by :class:`TextDataset` and ``ChatDataset``: a
     ``loader`` of the "train" or "val" split (``self.train``, ``self.val``), built by ``_loader``."""
@@ -82,20 +96,6 @@ class SplitLoaders(Generic[L]):
     val: Any
 
     def _loader(self, data: Any, **options: Any) -> L:
-        raise NotImplementedError
-
-    # what sampling text while training asks (lm/training.py: SampleText), so it needs no dataset class
-    def prompt_ids(self, prompt: str) -> list[int]:
-        """The token ids a sample starts from."""
-        raise NotImplementedError
-
-    @property
-    def stop_tokens(self) -> tuple[int, ...]:
-        """The tokens that end a sample."""
-        raise NotImplementedError
-
-    def show(self, prompt: str, ids: list[int]) -> str:
-        """A sample as text, ``prompt`` and the generated ``ids``."""
         raise NotImplementedError
 
     def loader(

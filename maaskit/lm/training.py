@@ -19,7 +19,7 @@ from ..device import seed_everything
 from ..train import Callback, History, PrintProgress, Run, fit
 from .config import LMRecipe, SFTRecipe
 from .corpus import load_corpus
-from .data import SplitLoaders, TextDataset
+from .data import TextDataset, TokenData
 from .generation import generate
 from .model import GPT
 
@@ -36,7 +36,7 @@ __all__ = [
 
 def sample_text(
     model: GPT,
-    data: SplitLoaders,
+    data: TokenData,
     prompt: str = "The ",
     *,
     max_tokens: int = 48,
@@ -72,7 +72,7 @@ class SampleText(Callback):
         self._last = 0.0
 
     def _sample(self, run: Run) -> None:
-        assert isinstance(run.data, SplitLoaders) and isinstance(run.model, GPT)
+        assert isinstance(run.data, TokenData) and isinstance(run.model, GPT)
         was_training = run.model.training
         self.samples.append((run.step, sample_text(run.model, run.data, self.prompt)))
         run.model.train(was_training)
@@ -107,7 +107,7 @@ def _with_sampler(
 
 def fit_with_samples(
     model: GPT,
-    data: SplitLoaders,
+    data: TokenData,
     *,
     recipe: LMRecipe | SFTRecipe,
     prompt: str,
