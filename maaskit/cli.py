@@ -144,6 +144,7 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 def _serve(args) -> int:
     from .artifact import ArtifactError
+    from .serving.dataplane import LANGUAGE_MODEL
     from .serving.runner import serve_config, serve_workers
 
     config = ServeConfig(
@@ -163,7 +164,7 @@ def _serve(args) -> int:
         print(f"maaskit serve: {err}", file=sys.stderr)
         return 2
     for m in server.repository.index():
-        if m["name"] in server.repository.language_models:
+        if server.repository.kind_of(m["name"]) == LANGUAGE_MODEL:
             print(f"serving language model {m['name']}: {server.url}/v1/chat/completions (OpenAI)", flush=True)
         else:
             print(f"serving {m['name']} version {m['version']}: {server.url}/v2/models/{m['name']}/infer", flush=True)

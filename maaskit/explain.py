@@ -30,8 +30,8 @@ __all__ = ["LIMITS", "MAX_MAGNITUDE", "METHODS", "completeness_gap", "explain", 
 METHODS = ("saliency", "integrated_gradients", "occlusion", "kernel_shap", "lime")
 # the most work a served explanation may ask for (the server answers 400 beyond)
 LIMITS = {"steps": 256, "samples": 1024, "images": 16}  # what one served explanation may ask for
-# the largest input value a served explanation takes: normalized pixels lie within about ±10, and
-# values near FP32's limit make a model's outputs overflow, and LIME's and kernel SHAP's fits with them
+# the largest input value a served classifier takes (to answer or explain): normalized pixels lie within
+# about ±10, and values near FP32's limit make a model's outputs overflow, and LIME's and kernel SHAP's fits
 MAX_MAGNITUDE = 1e4
 
 

@@ -79,7 +79,7 @@ def held(artifact, tiny_lm, digits):
     """A server (a classifier and a language model) whose forward passes and decode steps wait at gates."""
     running = maaskit.serve(artifact[0], tiny_lm, inline=False, drain_seconds=60)
     served = running.repository.get("digits")
-    engine = running.repository.language_models["gpt"].engine
+    engine = running.repository.language_model("gpt").engine
     forward, step = Gate(served.batcher.fn), Gate(engine._step)
     served.batcher.fn, engine._step = forward, step
     yield running, forward, step
@@ -136,7 +136,7 @@ def test_stop_finishes_every_admitted_request_refuses_new_ones_then_unloads(held
 
 def test_streams_still_running_at_the_deadline_end_with_an_error_event_then_done(artifact, tiny_lm):
     running = maaskit.serve(artifact[0], tiny_lm, drain_seconds=0.2)
-    engine = running.repository.language_models["gpt"].engine
+    engine = running.repository.language_model("gpt").engine
     step = Gate(engine._step)
     engine._step = step
     try:

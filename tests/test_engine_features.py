@@ -255,7 +255,7 @@ def test_served_with_tokenize_detokenize_echo_bf16_and_vllm_metrics(lm_dir, tiny
     text = "The quick brown fox"
     ids = tokenizer.encode(text).ids
     with maaskit.serve(lm_dir, dtype="bfloat16", kv_cache_gb=0.001, prefix_cache_gb=0.01) as running:
-        served = running.repository.get_language_model("gpt")
+        served = running.repository.language_model("gpt")
         assert next(served.engine.model.parameters()).dtype == torch.bfloat16
         assert served.engine.max_sequences < 16  # the budget holds fewer slots than the default
         with httpx.Client(base_url=running.url, timeout=60) as http:
@@ -296,7 +296,7 @@ def test_the_engine_runs_its_steps_on_the_threads_it_is_given(lm_dir, threads):
         ServeConfig(threads=0)
     assert build_parser().parse_args(["serve", "--threads", "3"]).threads == 3
     repository = ModelRepository(device="cpu", config=ServeConfig(threads=threads))
-    served = repository.add_language_model(lm_dir, name="lm")
+    served = repository.add(lm_dir, name="lm")
     try:  # PyTorch's thread count is per thread: ask the engine's own
         used = served.engine._executor.submit(torch.get_num_threads).result()
     finally:

@@ -235,7 +235,7 @@ def test_a_client_that_disconnects_stops_its_generation(server):
 
 
 def test_an_error_after_the_stream_started_is_an_event_then_done(server, monkeypatch):
-    served = server.repository.language_models["gpt"]
+    served = server.repository.language_model("gpt")
     real = served.engine._step
     calls = []
 

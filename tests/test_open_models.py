@@ -8,10 +8,13 @@ served through the OpenAI API. Nothing is downloaded: every checkpoint is built 
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
+from conftest import require, start_cli, v2_body
 
 transformers = pytest.importorskip("transformers")
 
@@ -486,3 +489,47 @@ def test_the_attention_kernels_benchmark_prints_each_kind_beside_sdpa():
     rows = [re.split(r"\s{2,}", line.strip())[0] for line in done.stdout.splitlines() if "against SDPA" in line]
     kinds = [f"{kind} {dtype}" for dtype in ("float32", "bfloat16") for kind in ("SDPA", "grouped", "maaskit")]
     assert rows == kinds * 2
+
+
+def test_a_model_repository_serves_loads_and_unloads_every_kind_each_listed_once(tmp_path, artifact, lm_dir, digits):
+    # what `maaskit serve` takes, side by side in one repository: a classifier, a GPT from
+    # `maaskit lm train`, and a Hugging Face folder; the repository API and tritonclient see one registry
+    tritonclient = require("tritonclient.http")
+    root = tmp_path / "repo"
+    shutil.copytree(artifact[0], root / "digits")
+    shutil.copytree(lm_dir, root / "gpt")
+    write_checkpoint(root / "tinyllama", "llama")
+    process, url, lines = start_cli("--model-repository", str(root), "--token", "T")
+    auth = {"Authorization": "Bearer T"}
+    try:
+        with httpx.Client(base_url=url, headers=auth, timeout=120) as http:
+            ready = [{"name": n, "version": "1", "state": "READY"} for n in ("digits", "gpt", "tinyllama")]
+            assert http.post("/v2/repository/index").json() == ready
+            chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}
+            for name in ("gpt", "tinyllama"):
+                assert http.get(f"/v2/models/{name}/ready").json() == {"name": name, "ready": True}
+                assert http.get(f"/v2/models/{name}").json()["platform"] == "pytorch_maaskit_lm"
+                assert http.post("/v1/chat/completions", json={**chat, "model": name}).status_code == 200
+            wrong_kind = http.post("/v2/models/gpt/infer", json=v2_body(digits))
+            assert wrong_kind.status_code == 404 and "'gpt' is a language model" in wrong_kind.json()["error"]
+
+            triton = tritonclient.InferenceServerClient(url.removeprefix("http://"), verbose=False)
+            headers = {"Authorization": "Bearer T"}
+            triton.unload_model("gpt", headers=headers)
+            assert not triton.is_model_ready("gpt", headers=headers)
+            listed = triton.get_model_repository_index(headers=headers)
+            assert {"name": "gpt", "state": "UNAVAILABLE", "reason": "unloaded"} in listed
+            assert len([e for e in listed if e["name"] == "gpt"]) == 1
+            gone = http.post("/v1/chat/completions", json={**chat, "model": "gpt"})
+            assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+            triton.load_model("gpt", headers=headers)
+            assert triton.is_model_ready("gpt", headers=headers)
+            assert http.post("/v1/chat/completions", json={**chat, "model": "gpt"}).status_code == 200
+            triton.unload_model("tinyllama", headers=headers)
+            http.post("/v2/repository/models/tinyllama/load").raise_for_status()  # a Hugging Face folder too
+            assert http.post("/v2/repository/index").json() == ready
+            assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["gpt", "tinyllama"]
+    finally:
+        process.terminate()
+        process.wait(60)
+    assert "serving language model gpt" in "".join(lines)

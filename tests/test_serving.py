@@ -358,16 +358,30 @@ def test_numbers_beyond_float32_are_a_400_naming_the_input_on_v2_and_v1(http):
     assert answer.status_code == 400 and "'input' holds values that are not finite" in answer.json()["error"]
 
 
-def test_a_non_finite_output_is_a_500_in_the_protocols_shape_never_a_200_with_nan(http, artifact):
-    # finite inputs, large enough to overflow inside the network: the model fails, not the request
+def test_values_far_past_a_normalized_image_are_a_400_and_a_non_finite_output_a_500(http, artifact, digits):
+    # finite inputs large enough to overflow inside the network (NaN out) are refused, as documented
     x = np.full((1, 1, 8, 8), 3e38, np.float32) * np.where(np.indices((8, 8)).sum(0) % 2, -1, 1).astype(np.float32)
     assert not np.isfinite(local_logits(artifact[1], x)).all()
     v2 = http.post("/v2/models/digits/infer", json=infer_body(x))
-    assert v2.status_code == 500 and "model 'digits' gave NaN or infinite outputs" in v2.json()["error"]
-    for verb in ("predict", "classify"):
+    assert v2.status_code == 400 and "input 'input' holds values beyond ±10000" in v2.json()["error"]
+    for verb in ("predict", "classify", "explain"):
         v1 = http.post(f"/v1/models/digits:{verb}", json={"instances": x.tolist()})
-        assert v1.status_code == 500 and set(v1.json()) == {"error"}, (verb, v1.text)
-    assert http.get("/v2/health/ready").status_code == 200  # and the server carries on
+        assert v1.status_code == 400 and "beyond ±10000" in v1.json()["error"], (verb, v1.text)
+    # a model whose own output is not finite (a NaN weight): a 500 in the protocol's shape, never NaN or null
+    broken = maaskit.build_model("lenet", digits.in_shape, digits.num_classes)
+    with torch.no_grad():
+        next(broken.parameters()).view(-1)[0] = float("nan")
+    with serve(broken, data=digits, name="broken") as running:
+        v2 = httpx.post(f"{running.url}/v2/models/broken/infer", json=infer_body(np.zeros((1, 1, 8, 8), np.float32)))
+        assert v2.status_code == 500 and v2.json() == {
+            "error": "model 'broken' gave NaN or infinite outputs for this input: its weights or its arithmetic failed"
+        }
+        for verb in ("predict", "classify"):
+            v1 = httpx.post(
+                f"{running.url}/v1/models/broken:{verb}", json={"instances": np.zeros((1, 1, 8, 8)).tolist()}
+            )
+            assert v1.status_code == 500 and set(v1.json()) == {"error"}, (verb, v1.text)
+        assert httpx.get(f"{running.url}/v2/health/ready").status_code == 200  # and the server carries on
 
 
 # --- maaskit's client, tritonclient, batching, versions, metrics ----------------------------------

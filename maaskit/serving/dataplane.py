@@ -17,26 +17,36 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Union, cast
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from ..artifact import MANIFEST, load_artifact, make_manifest, read_manifest
+from ..artifact import MANIFEST, ArtifactError, load_artifact, make_manifest, read_manifest
 from ..device import pick_device
 from ..explain import MAX_MAGNITUDE
 from ..normalization import Normalization
 from .batching import DynamicBatcher
 from .config import ServeConfig
-from .errors import Conflict, InvalidInput, ModelFailed, ModelNotFound, NotReady
+from .errors import Conflict, InvalidInput, ModelFailed, ModelNotFound, NotReady, ServingError
 from .explainer import ExplainerProcess
 from .protocol import ProtocolError
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
 
-__all__ = ["ModelRepository", "ModelSource", "ServedLanguageModel", "ServedModel"]
+__all__ = [
+    "CLASSIFIER",
+    "LANGUAGE_MODEL",
+    "ModelRepository",
+    "ModelSource",
+    "Served",
+    "ServedLanguageModel",
+    "ServedModel",
+]
+
+CLASSIFIER, LANGUAGE_MODEL = "classifier", "language model"  # the kinds of model served
 
 # what can be served: an artifact directory, a model from build_model (with data=), (model, manifest),
 # or a language model as (model, tokenizer)
@@ -47,8 +57,9 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 @dataclass
 class ServedModel:
-    """One version of one model: the network, its manifest, and the batcher in front of it."""
+    """One version of one classifier: the network, its manifest, and the batcher in front of it."""
 
+    kind: ClassVar[str] = CLASSIFIER
     name: str
     version: str
     model: torch.nn.Module
@@ -104,20 +115,22 @@ class ServedModel:
             return self.normalization.to_float(array)
         if datatype != "FP32":
             raise ProtocolError(f"input {name!r} must be FP32 (normalized) or UINT8 (pixels), got {datatype}")
-        if not np.isfinite(array).all():  # JSON numbers beyond float32's range arrive here as infinity
+        if not np.isfinite(array).all():
+            raise ProtocolError(f"input {name!r} holds values that are not finite numbers (NaN or infinity)")
+        if array.size and np.abs(array).max() > MAX_MAGNITUDE:  # far past any normalized image: it would overflow
             raise ProtocolError(
-                f"input {name!r} holds values that are not finite FP32 numbers (NaN, infinity, or beyond ±3.4e38)"
+                f"input {name!r} holds values beyond ±{MAX_MAGNITUDE:g}; a normalized image's are a few units "
+                "(send UINT8 pixels to have them normalized here)"
             )
         return np.require(array, np.float32, ["C", "W"])  # binary inputs arrive read-only
 
     async def infer(self, x: np.ndarray) -> np.ndarray:
         """The logits of a prepared batch, through the batcher; a non-finite output is the model's failure
-        (huge but finite inputs can overflow inside it), never an answer."""
+        (its inputs were checked), never an answer."""
         logits = await self.batcher.submit(x)
         if not np.isfinite(logits).all():
             raise ModelFailed(
-                f"model {self.name!r} gave NaN or infinite outputs for this input (are its values within the "
-                "range it was trained on?)"
+                f"model {self.name!r} gave NaN or infinite outputs for this input: its weights or its arithmetic failed"
             )
         return logits
 
@@ -125,8 +138,6 @@ class ServedModel:
         """Attributions of a prepared batch and the classes explained. In a process of their own
         at the lowest priority (see :mod:`.explainer`), never in the batcher: an explanation
         costs tens of forward passes and must not hold up plain requests, nor share their batches."""
-        if np.abs(x).max() > MAX_MAGNITUDE:
-            raise ProtocolError(f"explanations take input values within ±{MAX_MAGNITUDE:g}")
         if target is not None:
             wanted = [target] if isinstance(target, int) else target
             if not isinstance(target, int) and len(wanted) != len(x):
@@ -155,10 +166,13 @@ class ServedModel:
 
 
 class ServedLanguageModel:
-    """A language model, its tokenizer, and the continuous-batching engine in front of it."""
+    """One version of a language model: the model, its tokenizer, and the continuous-batching engine
+    in front of it."""
+
+    kind: ClassVar[str] = LANGUAGE_MODEL
 
     def __init__(self, name: str, model: torch.nn.Module, tokenizer: Any, manifest: dict, device: torch.device,
-                 config: ServeConfig, *, owned: bool = False):  # fmt: skip
+                 config: ServeConfig, *, version: str = "1", owned: bool = False):  # fmt: skip
         from ..lm.chat import ChatFormat
         from ..lm.constrain import Guide
         from ..lm.engine import Engine
@@ -169,7 +183,7 @@ class ServedLanguageModel:
 
         if not isinstance(model, CausalLM):
             raise TypeError(f"a language model is a maaskit.lm GPT or Llama, got {type(model).__name__}")
-        self.name, self.tokenizer, self.manifest = name, tokenizer, manifest
+        self.name, self.version, self.tokenizer, self.manifest = name, version, tokenizer, manifest
         self.created = int(time.time())
         self.end_of_text: int = manifest["tokenizer"]["end_of_text"]
         # a fine-tuned model has the chat tokens: its turns end with <|end|> and it can call tools
@@ -200,6 +214,17 @@ class ServedLanguageModel:
     def model_object(self) -> dict:
         """OpenAI's description of this model (``GET /v1/models``)."""
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "maaskit"}
+
+    def metadata(self, versions: list[str]) -> dict:
+        """V2's model metadata: token ids in, next-token logits out; generation is OpenAI's routes'."""
+        return {
+            "name": self.name,
+            "versions": versions,
+            "platform": "pytorch_maaskit_lm",
+            "inputs": [{"name": "tokens", "datatype": "INT64", "shape": [-1, -1]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, -1, self.engine.model.vocab_size]}],
+            "parameters": {"context": self.context, "routes": ["/v1/completions", "/v1/chat/completions"]},
+        }
 
     def close(self) -> None:
         self.engine.close()
@@ -261,12 +286,17 @@ def forward_thread_setup(processes: int = 1, threads: int | None = None, *, weig
     torch.set_num_threads(threads or forward_threads(processes, weights=weights))
 
 
-def _is_language_model(directory: str | Path) -> bool:
-    """A folder the language-model layer reads: ``maaskit lm train``'s, or a Hugging Face model folder."""
+def _is_language_model(source: Any) -> bool:
+    """A source the language-model layer reads: a folder of ``maaskit lm train``'s, a Hugging Face model
+    folder, or a ``(model, tokenizer)`` pair."""
+    if isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], Tokenizer):
+        return True
+    if not isinstance(source, (str, Path)):
+        return False
     from ..lm.artifact import TASK
     from ..lm.hf import is_huggingface_folder
 
-    return is_huggingface_folder(directory) or read_manifest(directory).get("task") == TASK
+    return is_huggingface_folder(source) or read_manifest(source).get("task") == TASK
 
 
 def _check_name(name: str) -> str:
@@ -275,13 +305,17 @@ def _check_name(name: str) -> str:
     return name
 
 
-class ModelRepository:
-    """Models by name and version. ``add`` while serving loads a new version without a restart;
-    requests without a version get the highest.
+Served = Union[ServedModel, ServedLanguageModel]  # noqa: UP007 (3.10 needs Union at run time)
 
-    With a ``root`` directory (Triton's model repository: one artifact directory per model, named
-    as the model), ``index`` lists what could be served and ``load``/``unload`` change what is.
-    A model is not ready while it loads: readiness and inference answer 503 until it is.
+
+class ModelRepository:
+    """Every served model, of every kind, in one registry: by name, then version. ``add`` while serving
+    puts in a new version without a restart; requests without a version get the highest. A name holds
+    models of one kind (a classifier, a language model); each protocol asks for the kind it serves.
+
+    With a ``root`` directory (Triton's model repository: one folder per model, named as the model,
+    any folder ``maaskit serve`` takes), ``index`` lists what could be served and ``load``/``unload``
+    change what is. A model is not ready while it loads: readiness and inference answer 503 until it is.
     """
 
     def __init__(
@@ -293,8 +327,7 @@ class ModelRepository:
             forward_thread_setup, self.config.workers, threads=self.config.threads
         )
         self.root = Path(root) if root is not None else None
-        self._models: dict[str, dict[str, ServedModel]] = {}
-        self.language_models: dict[str, ServedLanguageModel] = {}
+        self._served: dict[str, dict[str, Served]] = {}  # name -> version -> model
         self._loading: set[str] = set()
         self.draining = False  # the server is stopping (see .drain): not ready
         self._lock = threading.Lock()
@@ -307,92 +340,106 @@ class ModelRepository:
         name: str | None = None,
         version: str | int | None = None,
         data: ImageDataset | None = None,
-    ) -> ServedModel | ServedLanguageModel:
-        """Serve an artifact directory, a ``(model, manifest)`` pair as :func:`load_artifact` returns,
-        or a model from ``build_model`` with the ``data`` (an ImageDataset) it was trained on.
-        A language model's directory (``maaskit lm train``) is served through the OpenAI-compatible
-        API instead (see :meth:`add_language_model`)."""
-        if isinstance(source, (str, Path)) and _is_language_model(source):
-            return self.add_language_model(source, name=name)
-        if isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], Tokenizer):
-            return self.add_language_model(source, name=name)
-        if isinstance(source, (str, Path)):
-            model, manifest = load_artifact(source)
-        elif isinstance(source, torch.nn.Module):
-            if data is None:
-                raise ValueError("serving a model needs data= (its ImageDataset: class names and normalization)")
-            model, manifest = source, make_manifest(source, data, name=name)
-        elif (
-            isinstance(source, tuple)
-            and len(source) == 2
-            and isinstance(source[0], torch.nn.Module)
-            and isinstance(source[1], dict)
-        ):
-            model, manifest = source
-        else:
-            raise TypeError(
-                f"cannot serve a {type(source).__name__}: pass an artifact directory, a model from "
-                "maaskit.build_model with data=..., or the (model, manifest) pair load_artifact returns"
-            )
-        name = _check_name(name or manifest["name"])
+    ) -> Served:
+        """Serve a folder (a maaskit artifact, a language model's from ``maaskit lm train``, a Hugging Face
+        model folder), a ``(model, manifest)`` pair as :func:`load_artifact` returns, a model from
+        ``build_model`` with the ``data`` (an ImageDataset) it was trained on, or a language model as a
+        ``(model, tokenizer)`` pair. Returns the new version; one of the same number is replaced."""
+        return self._put(self._build(source, name, data), version)
+
+    def _build(self, source: ModelSource, name: str | None = None, data: ImageDataset | None = None) -> Served:
+        """The served model for ``source``, of its kind (loaded, its engine or batcher ready), not yet listed."""
+        if _is_language_model(source):
+            return self._language_model(source, name)
+        model, manifest = _classifier(source, name, data)
+        return ServedModel(_check_name(name or manifest["name"]), "", model, manifest, self.device, self.config,
+                           self.thread_setup, self.listeners)  # fmt: skip
+
+    def _put(self, served: Served, version: str | int | None, *, alone: bool = False) -> Served:
+        """List ``served`` under its name (``alone``: as the only version); what it replaces is closed."""
         with self._lock:
-            versions = self._models.setdefault(name, {})
-            version = str(version) if version is not None else str(max((int(v) for v in versions), default=0) + 1)
-            served = ServedModel(
-                name, version, model, manifest, self.device, self.config, self.thread_setup, self.listeners
+            versions = self._served.setdefault(served.name, {})
+            others = {v.kind for v in versions.values()} - {served.kind}
+            if others and not alone:
+                served.close()
+                raise InvalidInput(
+                    f"{served.name!r} is served as a {others.pop()}; give the {served.kind} another name"
+                )
+            served.version = str(version) if version is not None else str(max(map(int, versions), default=0) + 1)
+            replaced = (
+                list(versions.values()) if alone else [versions[served.version]] if served.version in versions else []
             )
-            versions[version] = served
+            if alone:
+                versions.clear()
+            versions[served.version] = served
+        for old in replaced:
+            old.close()
         return served
 
-    def add_language_model(self, source: str | Path | tuple, *, name: str | None = None) -> ServedLanguageModel:
-        """Serve a language model: a directory ``maaskit lm train`` (or ``save_language_model``) wrote,
-        or a ``(model, tokenizer)`` pair. A model of the same name is replaced."""
+    def _language_model(self, source: ModelSource, name: str | None) -> ServedLanguageModel:
         from ..lm.artifact import language_model_manifest, load_language_model
 
         if isinstance(source, (str, Path)):
             model, tokenizer, manifest = load_language_model(source, context=self.config.context)
-        elif isinstance(source, tuple) and len(source) == 2:
-            model, tokenizer = source
-            manifest = language_model_manifest(model, tokenizer, name=name or "gpt")
         else:
-            raise TypeError("a language model is served from its directory or as a (model, tokenizer) pair")
-        name = _check_name(name or manifest["name"])
-        served = ServedLanguageModel(name, model, tokenizer, manifest, self.device, self.config,
-                                     owned=isinstance(source, (str, Path)))  # fmt: skip
-        with self._lock:
-            old = self.language_models.pop(name, None)
-            self.language_models[name] = served
-        if old is not None:
-            old.close()
-        return served
+            model, tokenizer = cast(tuple[Any, Tokenizer], source)
+            manifest = language_model_manifest(model, tokenizer, name=name or "gpt")
+        return ServedLanguageModel(_check_name(name or manifest["name"]), model, tokenizer, manifest, self.device,
+                                   self.config, owned=isinstance(source, (str, Path)))  # fmt: skip
 
-    def get_language_model(self, name: str) -> ServedLanguageModel:
-        served = self.language_models.get(name)
-        if served is None:
-            known = ", ".join(sorted(self.language_models)) or "none"
-            raise ModelNotFound(f"the model {name!r} does not exist; this server's language models: {known}")
-        return served
-
-    def get(self, name: str, version: str | None = None) -> ServedModel:
-        """The model to run; 404 if there is none by that name or version, 503 while it loads."""
-        versions = self._models.get(name)
-        if not versions and name in self.language_models:
-            raise ModelNotFound(f"{name!r} is a language model: it answers /v1/completions and /v1/chat/completions")
+    def get(self, name: str, version: str | None = None, *, kind: str | None = None) -> Served:
+        """The model to run (of ``kind``, if given); 404 if there is none by that name or version (or it is
+        of another kind), 503 while it loads."""
+        versions = self._served.get(name)
         if not versions:
             if name in self._loading:
                 raise NotReady(f"model {name!r} is loading; try again shortly", retry_after=1)
-            known = ", ".join(sorted(self._models)) or "none"
-            raise ModelNotFound(f"unknown model {name!r}; this server has: {known}")
-        if version is None:
-            return versions[max(versions, key=int)]
-        if version not in versions:
-            raise ModelNotFound(
-                f"model {name!r} has no version {version!r}; it has {', '.join(sorted(versions, key=int))}"
-            )
-        return versions[version]
+            if kind == LANGUAGE_MODEL:  # OpenAI's words for it
+                known = ", ".join(self.names(kind)) or "none"
+                raise ModelNotFound(f"the model {name!r} does not exist; this server's language models: {known}")
+            raise ModelNotFound(f"unknown model {name!r}; this server has: {', '.join(self.names()) or 'none'}")
+        if version is not None and version not in versions:
+            raise ModelNotFound(f"model {name!r} has no version {version!r}; it has {', '.join(self.versions(name))}")
+        served = versions[version if version is not None else max(versions, key=int)]
+        if kind is not None and served.kind != kind:
+            where = "/v1/completions and /v1/chat/completions" if served.kind == LANGUAGE_MODEL else "V2 and V1"
+            raise ModelNotFound(f"{name!r} is a {served.kind}: it answers {where}")
+        return served
+
+    def classifier(self, name: str, version: str | None = None) -> ServedModel:
+        """The classifier V2 and V1 run (see :meth:`get`)."""
+        served = self.get(name, version, kind=CLASSIFIER)
+        assert isinstance(served, ServedModel)
+        return served
+
+    def language_model(self, name: str) -> ServedLanguageModel:
+        """The language model OpenAI's routes run: its highest version (see :meth:`get`)."""
+        served = self.get(name, kind=LANGUAGE_MODEL)
+        assert isinstance(served, ServedLanguageModel)
+        return served
+
+    def names(self, kind: str | None = None) -> list[str]:
+        """The names served, of ``kind`` or all."""
+        return [n for n, versions in sorted(self._served.items()) if kind is None or self._kind(versions) == kind]
+
+    def classifiers(self) -> dict[str, ServedModel]:
+        """Each classifier's highest version, by name (what V2's and V1's documents show)."""
+        return {n: self.classifier(n) for n in self.names(CLASSIFIER)}
+
+    def language_models(self) -> dict[str, ServedLanguageModel]:
+        """Each language model's highest version, by name (``GET /v1/models``, OpenAI's document)."""
+        return {n: self.language_model(n) for n in self.names(LANGUAGE_MODEL)}
+
+    def kind_of(self, name: str) -> str | None:
+        versions = self._served.get(name)
+        return self._kind(versions) if versions else None
+
+    @staticmethod
+    def _kind(versions: dict[str, Served]) -> str:
+        return next(iter(versions.values())).kind
 
     def versions(self, name: str) -> list[str]:
-        return sorted(self._models.get(name, {}), key=int)
+        return sorted(self._served.get(name, {}), key=int)
 
     @property
     def ready(self) -> bool:
@@ -401,27 +448,33 @@ class ModelRepository:
 
     def interrupt(self, reason: str) -> None:
         """End every language model's generation now (the drain's deadline): each stream hears ``reason``."""
-        for lm in list(self.language_models.values()):
-            lm.engine.interrupt(reason)
+        for served in self._all():
+            if isinstance(served, ServedLanguageModel):
+                served.engine.interrupt(reason)
+
+    def _all(self) -> list[Served]:
+        with self._lock:
+            return [served for versions in self._served.values() for served in versions.values()]
 
     def index(self) -> list[dict]:
-        """What is served (``READY``), loading, and, with a ``root``, what could be (``UNAVAILABLE``)."""
-        entries = [{"name": n, "version": v, "state": "READY"} for n in sorted(self._models) for v in self.versions(n)]
-        entries += [{"name": n, "version": "1", "state": "READY"} for n in sorted(self.language_models)]
-        entries += [{"name": n, "state": "LOADING"} for n in sorted(self._loading - set(self._models))]
+        """Each model once per version: served (``READY``), loading, and, with a ``root``, what could be
+        (``UNAVAILABLE``)."""
+        entries = [{"name": n, "version": v, "state": "READY"} for n in self.names() for v in self.versions(n)]
+        entries += [{"name": n, "state": "LOADING"} for n in sorted(self._loading - set(self._served))]
         for name in self.available():
-            if name not in self._models and name not in self._loading:
+            if name not in self._served and name not in self._loading:
                 entries.append({"name": name, "state": "UNAVAILABLE", "reason": "unloaded"})
         return entries
 
     def available(self) -> list[str]:
-        """The artifact directories under ``root``, by name."""
+        """The folders under ``root`` that can be served (maaskit artifacts, Hugging Face model folders), by name."""
         if self.root is None or not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / MANIFEST).is_file() and _NAME.fullmatch(p.name))
+        return sorted(p.name for p in self.root.iterdir() if _NAME.fullmatch(p.name) and _servable(p))
 
     async def load(self, name: str) -> None:
-        """Load (or reload) ``root/name`` without blocking the requests being served meanwhile."""
+        """Load (or reload) ``root/name``, of any kind, without blocking the requests served meanwhile;
+        it becomes version 1, and the versions served before are closed."""
         if self.root is None:
             raise InvalidInput("this server has no model repository to load from (serve with model_repository=DIR)")
         if name not in self.available():
@@ -430,32 +483,56 @@ class ModelRepository:
             if name in self._loading:
                 raise Conflict(f"model {name!r} is already loading")
             self._loading.add(name)
-        try:
-            model, manifest = await asyncio.to_thread(load_artifact, self.root / name)
-            old = self._models.pop(name, {})
-            self.add((model, manifest), name=name, version=1)
-            for served in old.values():
-                served.close()
-        except Exception as err:
-            raise InvalidInput(f"model {name!r} could not be loaded: {err}") from None
+        try:  # the versions served so far answer until the new one is ready
+            try:
+                served = await asyncio.to_thread(self._build, self.root / name, name)
+            except (ServingError, ArtifactError, OSError, ValueError, KeyError, TypeError) as err:
+                raise InvalidInput(f"model {name!r} could not be loaded: {err}") from None
+            self._put(served, 1, alone=True)
         finally:
             self._loading.discard(name)
 
-    def close(self) -> None:
-        """Close every model (their explanation processes stop): the server has stopped."""
+    def _take(self, name: str) -> list[Served]:
         with self._lock:
-            models, self._models = self._models, {}
-            language_models, self.language_models = self.language_models, {}
-        for versions in models.values():
-            for served in versions.values():
-                served.close()
-        for lm in language_models.values():
-            lm.close()
+            return list(self._served.pop(name, {}).values())
 
     def unload(self, name: str) -> None:
-        with self._lock:
-            versions = self._models.pop(name, None)
-        if versions is None:
+        """Stop serving every version of ``name``, of any kind."""
+        gone = self._take(name)
+        if not gone:
             raise ModelNotFound(f"model {name!r} is not loaded")
-        for served in versions.values():
+        for served in gone:
             served.close()
+
+    def close(self) -> None:
+        """Close every model (their explanation processes and engines stop): the server has stopped."""
+        with self._lock:
+            served, self._served = self._served, {}
+        for versions in served.values():
+            for one in versions.values():
+                one.close()
+
+
+def _servable(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file() or _is_language_model(folder)
+
+
+def _classifier(source: ModelSource, name: str | None, data: ImageDataset | None) -> tuple[torch.nn.Module, dict]:
+    """``(model, manifest)`` of a classifier to serve, from any source :meth:`ModelRepository.add` takes."""
+    if isinstance(source, (str, Path)):
+        return load_artifact(source)
+    if isinstance(source, torch.nn.Module):
+        if data is None:
+            raise ValueError("serving a model needs data= (its ImageDataset: class names and normalization)")
+        return source, make_manifest(source, data, name=name)
+    if (
+        isinstance(source, tuple)
+        and len(source) == 2
+        and isinstance(source[0], torch.nn.Module)
+        and isinstance(source[1], dict)
+    ):
+        return source[0], source[1]
+    raise TypeError(
+        f"cannot serve a {type(source).__name__}: pass an artifact directory, a model from "
+        "maaskit.build_model with data=..., or the (model, manifest) pair load_artifact returns"
+    )

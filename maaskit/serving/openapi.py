@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["DOCUMENTED_BATCH", "openapi_document"]
 
 DOCUMENTED_BATCH = 4  # the batch sizes a per-model V2 body lists (a tensor's values must match its shape)
-# a JSON number at or past this is infinity as FP32 (the float32 rounding midpoint past the largest), refused
-FP32_PAST = float.fromhex("0x1.ffffffp127")
 BINARY_EXTENSION = (
     "\n\nTriton's binary tensor extension is accepted too: the JSON header above, then each tensor's raw "
     "little-endian bytes (`parameters.binary_data_size` per input), with `Content-Type: application/octet-stream` "
@@ -70,8 +68,8 @@ def openapi_document(app: FastAPI, repository: ModelRepository, *, secured: bool
 
 
 def _served_now(repository: ModelRepository) -> tuple:
-    classifiers = tuple((n, tuple(repository.versions(n))) for n in sorted(repository._models))
-    return classifiers, tuple(sorted(repository.language_models)), tuple(repository.available())
+    served = tuple((n, repository.kind_of(n), tuple(repository.versions(n))) for n in repository.names())
+    return served, tuple(repository.available())
 
 
 # --- each model's own paths ----------------------------------------------------------------------
@@ -79,8 +77,8 @@ def _served_now(repository: ModelRepository) -> tuple:
 
 def _per_model(doc: dict, repository: ModelRepository) -> None:
     """Replace each path with ``{name}`` by one path per model it serves, its body made exact."""
-    classifiers = {n: repository.get(n) for n in sorted(repository._models)}
-    language = dict(sorted(repository.language_models.items()))
+    classifiers = repository.classifiers()
+    language = repository.language_models()
     paths: dict[str, Any] = {}
     for path, item in doc["paths"].items():
         if "{name}" not in path:
@@ -148,12 +146,10 @@ def _or_null(schema: dict) -> dict:
     return {"anyOf": [schema, {"type": "null"}]}
 
 
-def _number(datatype: str, explained: bool = False) -> dict:
+def _number(datatype: str) -> dict:
     if datatype == "UINT8":
         return {"type": "integer", "minimum": 0, "maximum": 255}
-    if explained:
-        return {"type": "number", "minimum": -MAX_MAGNITUDE, "maximum": MAX_MAGNITUDE}
-    return {"type": "number", "exclusiveMinimum": -FP32_PAST, "exclusiveMaximum": FP32_PAST}
+    return {"type": "number", "minimum": -MAX_MAGNITUDE, "maximum": MAX_MAGNITUDE}  # ServedModel.prepare
 
 
 def _nested(shape: list[int], leaf: dict) -> dict:
@@ -225,7 +221,7 @@ def _v2_case(served: ServedModel, batch: int, datatype: str, explained: bool, ou
             "name": {"const": served.input_name},
             "shape": {"const": [batch, *served.input_shape[1:]]},
             "datatype": {"const": datatype},
-            "data": {"type": "array", "items": _number(datatype, explained), "minItems": batch * size,
+            "data": {"type": "array", "items": _number(datatype), "minItems": batch * size,
                      "maxItems": batch * size},
         },
     }  # fmt: skip
@@ -278,7 +274,7 @@ def _v1_body(served: ServedModel) -> dict:
 
 def _explain_body(served: ServedModel) -> dict:
     """KServe V1's explain request: 1 to LIMITS["images"] instances, one target per instance if a list."""
-    example = _nested(served.input_shape[1:], _number("FP32", explained=True))
+    example = _nested(served.input_shape[1:], _number("FP32"))
     bodies = []
     for batch in range(1, LIMITS["images"] + 1):
         instances = {"type": "array", "items": example, "minItems": batch, "maxItems": batch}

@@ -323,7 +323,7 @@ class OpenAIEndpoints:
 
     async def list_models(self) -> dict:
         """The language models served (OpenAI's model list; classifiers are listed by /v2/repository/index)."""
-        return {"object": "list", "data": [m.model_object() for m in self.repository.language_models.values()]}
+        return {"object": "list", "data": [m.model_object() for m in self.repository.language_models().values()]}
 
     async def completions(self, request: Request) -> Response:
         """Continue a prompt (text, texts, or token ids); with ``echo``, the answer begins with the prompt."""
@@ -380,7 +380,7 @@ class OpenAIEndpoints:
 
     def _served(self, request: Request, name: str, *, count: bool = True) -> ServedLanguageModel:
         try:
-            served = self.repository.get_language_model(name)
+            served = self.repository.language_model(name)
         except ModelNotFound as err:
             err.param = "model"
             raise

@@ -12,7 +12,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 
 from ..explain import LIMITS
-from .dataplane import ModelRepository
+from .dataplane import LANGUAGE_MODEL, ModelRepository
 from .openai_schemas import OpenAIModel
 from .protocol import ProtocolError, split_body, top_k, v1_rows
 from .schemas import (
@@ -69,9 +69,9 @@ class V1Endpoints:
         return {"status": "alive"}
 
     async def status(self, name: str, version: str | None = None) -> dict:
-        if version is None and name in self.repository.language_models:
-            return self.repository.language_models[name].model_object()
-        self.repository.get(name, version)
+        if version is None and self.repository.kind_of(name) == LANGUAGE_MODEL:
+            return self.repository.language_model(name).model_object()
+        self.repository.classifier(name, version)
         versions = [version] if version else self.repository.versions(name)
         return {
             "name": name,
@@ -88,12 +88,12 @@ class V1Endpoints:
 
     async def classify(self, name: str, request: Request, version: str | None = None) -> dict:
         logits, _ = await self._logits(request, name, version)
-        classes = self.repository.get(name, version).classes
+        classes = self.repository.classifier(name, version).classes
         return {"results": [[list(pair) for pair in row] for row in top_k(logits, 5, classes)]}
 
     async def explain(self, name: str, request: Request, version: str | None = None) -> dict:
         """KServe V1's explain verb: attributions per input value (maaskit.explain), work capped per request."""
-        served = self.repository.get(name, version)
+        served = self.repository.classifier(name, version)
         body = validate(ExplainRequest, split_body(await request.body(), None)[0], "explain request")
         if not 1 <= len(body.instances) <= LIMITS["images"]:
             raise ProtocolError(
@@ -109,7 +109,7 @@ class V1Endpoints:
         }
 
     async def _logits(self, request: Request, name: str, version: str | None) -> tuple[np.ndarray, str]:
-        served = self.repository.get(name, version)
+        served = self.repository.classifier(name, version)
         body = validate(PredictRequest, split_body(await request.body(), None)[0], "V1 request")
         rows, key = v1_rows(body.model_dump(exclude_none=True), served.input_name)
         x = served.prepare(_numeric(rows, "V1 input"), "FP32", served.input_name)

@@ -123,7 +123,7 @@ class V2Endpoints:
         return {"name": name, "ready": True}
 
     async def infer(self, name: str, request: Request, version: str | None = None) -> Response:
-        served = self.repository.get(name, version)
+        served = self.repository.classifier(name, version)
         header, binary = split_body(await request.body(), request.headers.get(HEADER_LENGTH))
         checked = validate(InferRequest, header, "V2 inference request")
         inputs = header["inputs"]
