@@ -37,8 +37,8 @@ class Recipe:
         return replace(self, **changes)
 
 
-# LeNet-5 with AdamW under a one-cycle schedule and random crops: 98% on digits in about 8 s on
-# a 2-core CPU (benchmarks/train_speed.py, row d). Only digits has been tuned; the other datasets
+# LeNet-5 with AdamW under a one-cycle schedule and random crops: the fastest to 98% on digits that
+# benchmarks/train_speed.py (row d) found. Only digits has been tuned; the other datasets
 # start from the same recipe until one is measured for them.
 RECIPES: dict[str, Recipe] = {"digits": Recipe()}
 

@@ -61,7 +61,7 @@ def _one_shape(step: DecodeStep) -> DecodeStep:
 # weight out once for a C++ kernel of its own (AMX or AVX-512 micro-kernels), fused with what follows it,
 # where it benchmarks faster than oneDNN's (``ATEN``) on that shape; silently: no autotuning tables.
 # In force while the graphs are traced and built (torch.compile's ``options`` come too late for freezing,
-# which decides how the model's weights are traced), not around each step: a patch costs ~20 us.
+# which decides how the model's weights are traced), not around each step, where a patch would cost time.
 _CPU = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
         "autotune_num_choices_displayed": 0}  # fmt: skip
 

@@ -35,9 +35,8 @@ COMPACT = {"whitespace_flexible": False}
 CACHED_GRAMMARS = 64
 SERIAL_BELOW = 2  # this many rows or fewer: one after another (handing work to threads costs more)
 # Threads for the masks (a job beside the forward pass, llguidance's pool for many rows) only where
-# cores are left over. On 2 cores, one runs the forward pass and the other the server's event loop:
-# a constrained step at batch 16 cost 1.27x a free one with both, 1.05-1.17x with the masks done in
-# line (benchmarks/lm_serving.py)
+# cores are left over: on 2 cores, one runs the forward pass and the other the server's event loop, and
+# masks done in line cost less (benchmarks/lm_serving.py; benchmarks/FIGURES.md, "grammar masks")
 SPARE_CORES = (os.cpu_count() or 1) >= 4
 
 
@@ -106,7 +105,7 @@ class Guide:
         self.vocab_size, self.end = vocab_size, end
         self.tokenizer = llguidance.LLTokenizer(tokenizer.to_str(), n_vocab=vocab_size, eos_token=end)
         self.executor = llguidance.LLExecutor()
-        # compiling a grammar takes about 2 ms; requests often share one (a task's tools, its schema), so
+        # compiling a grammar takes milliseconds; requests often share one (a task's tools, its schema), so
         # a compiled matcher is kept per grammar and each sequence gets a copy of it
         self._compiled: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
 
@@ -152,8 +151,8 @@ class Guide:
     @staticmethod
     def unpack(masks: torch.Tensor, vocab_size: int) -> torch.Tensor:
         """The bits as booleans, rows x ``vocab_size``: True where a token is allowed. One lookup of
-        each byte in a table of its 8 bits (llguidance's own ``apply_token_bitmask_inplace`` took
-        20 ms a call on this CPU; this takes microseconds)."""
+        each byte in a table of its 8 bits (llguidance's own ``apply_token_bitmask_inplace`` is orders of
+        magnitude slower on a CPU; benchmarks/FIGURES.md, "grammar masks")."""
         as_bytes = masks.contiguous().view(torch.uint8)  # little-endian: byte k holds tokens 8k..8k+7
         return _BITS.to(masks.device)[as_bytes.long()].flatten(1)[:, :vocab_size]
 

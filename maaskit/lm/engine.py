@@ -43,10 +43,9 @@ from .prefix import PrefixCache
 __all__ = ["ContextTooLong", "Engine", "Interrupted", "SamplingParams", "TokenEvent"]
 
 # With a compiled step, prompt chunks of this many tokens in all (or fewer) go through the decode graph,
-# each token a row of its own (Engine._as_rows), instead of an eager packed pass. SmolLM2-135M's shape in
-# bfloat16 on this project's 2-core machine, served, 16 streams: a step where a 5-token prompt joined took
-# 72-75 ms as rows, against 98-109 packed (61-66 without a prompt). Each such row gathers its slot's keys:
-# beside 16 rows at 100 positions, 64 tokens took 0.68x the packed pass's time, 128 tokens 1.20x.
+# each token a row of its own (Engine._as_rows), instead of an eager packed pass: short chunks run faster
+# as rows of the compiled graph, long ones slower, as each row gathers its slot's keys. Measured by
+# benchmarks/open_models.py (figures: benchmarks/FIGURES.md, "prompt tokens as rows").
 AS_ROWS = 64
 
 
@@ -278,9 +277,9 @@ class Engine:
         # rows in slot order, the lowest slots taken first: the running rows are then often one block of
         # the cache, which each layer reads as a view instead of gathering it (SlotCache.decode)
         running = sorted(self._running, key=lambda s: s.slot)
-        # one step per hand-off. Waking the thread costs ~1 ms here, but running steps back to back in it
-        # (tokens passed to the loop with call_soon_threadsafe) was slower: Inductor's kernels hold the GIL,
-        # so the loop's streaming waited on each step (12.6M GPT, --compile, 1 stream: 54-59 tokens/s, not 104)
+        # one step per hand-off: running steps back to back in the thread (tokens passed to the loop with
+        # call_soon_threadsafe) was slower, as Inductor's kernels hold the GIL and the loop's streaming waited
+        # on each step (benchmarks/lm_serving.py; figures: benchmarks/FIGURES.md, "one step per hand-off")
         events = await loop.run_in_executor(self._executor, self._step, list(self._prefilling), running)
         self.steps += 1
         now = time.perf_counter()
@@ -302,9 +301,8 @@ class Engine:
         # them as they are now, not one step stale, which after a last step would stay so while idle
         self._tell("step", sum(e.token is not None for _, e in events))
         # the readers of these tokens (their server-sent events) run now, before the next step is handed
-        # over. Run during it, their Python held the GIL that the step's thread takes back after each of its
-        # operations: the 12.6M GPT in bf16, compiled, one thread, made 1.2-1.3x the tokens/s at 1, 4 and 16
-        # streams with this one yield (in-process, alternating); on two threads (fp32) it was a tie
+        # over: run during it, their Python held the GIL that the step's thread takes back after each of its
+        # operations (benchmarks/lm_serving.py; figures: benchmarks/FIGURES.md, "the readers' yield")
         await asyncio.sleep(0)
 
     def _drop_cancelled(self) -> None:

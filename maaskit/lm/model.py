@@ -149,7 +149,7 @@ class DecodeStep:
         else:  # indexed as (rows, tokens, heads, width)
             keys[self.rows[:, None], :, self.positions] = k.transpose(1, 2)
             values[self.rows[:, None], :, self.positions] = v.transpose(1, 2)
-        if self.block is not None:  # no copy: on a CPU the gather of every layer's keys costs ~15% of a step
+        if self.block is not None:  # no copy: on a CPU the gather of every layer's keys is a visible part of a step
             return keys[self.block, :, : self.span], values[self.block, :, : self.span]
         return keys[self.rows, :, : self.span], values[self.rows, :, : self.span]
 
@@ -167,11 +167,10 @@ def decode_attention(
 ) -> torch.Tensor:
     """One new query per row (B x heads x 1 x width) against the rows' keys and values (B x key/value
     heads x span x width), ``mask`` B x 1 x 1 x span or None. What ``scaled_dot_product_attention``
-    with ``enable_gqa`` computes, faster on a CPU (benchmarks/attention_kernels.py, SmolLM2-135M's 30
-    layers): each key/value head's group of query heads are passed as its queries, so that SDPA runs
-    fewer, larger products (one row at 100 positions: 0.91 ms a step instead of 1.05; about the same
-    at more rows); in bfloat16, on float32 copies, where PyTorch's CPU flash attention is 3-5x slower
-    than in float32 at these shapes (16 rows at 100 positions: 13.1 ms instead of 47.0)."""
+    with ``enable_gqa`` computes, faster on a CPU: each key/value head's group of query heads are passed
+    as its queries, so that SDPA runs fewer, larger products; in bfloat16, on float32 copies, where
+    PyTorch's CPU flash attention is slower than in float32 at these shapes (benchmarks/attention_kernels.py;
+    figures: benchmarks/FIGURES.md, "decode attention")."""
     b, heads, _, width = q.shape
     grouped = q.reshape(b, keys.shape[1], heads // keys.shape[1], width)
     if q.dtype == torch.bfloat16 and q.device.type == "cpu":

@@ -24,19 +24,18 @@ from torch import nn
 
 __all__ = ["Fused", "PackedLinear", "can_pack", "pack_for_cpu", "pack_from"]
 
-# oneDNN's call costs about 25 us more than PyTorch's (one thread, this project's machine): worth
-# it for weights that take longer than that to read (1 MiB in float32 takes about 65 us at 15.5 GB/s),
-# a loss on a small model's (notebook 07's GPT: 3x slower products). benchmarks/linear_kernels.py.
+# oneDNN's call costs more than PyTorch's: worth it for weights that take longer than that to read, a
+# loss on a small model's (notebook 07's GPT). benchmarks/linear_kernels.py measures where the two cross
+# (figures: benchmarks/FIGURES.md, "packing").
 PACK_FROM = 2**18  # elements of a weight
-# oneDNN's product at 1 or 2 rows takes longer than at 4 (SmolLM2-135M's products, one thread, this
-# project's machine: float32 45 ms at 1 row, 52 at 2, 37 at 4; bfloat16 23, 26, 20), so a product of
-# fewer rows is padded to this many: the extra rows cost nothing. benchmarks/linear_kernels.py.
+# oneDNN's product at 1 or 2 rows takes longer than at 4, so a product of fewer rows is padded to this
+# many: the extra rows cost nothing (benchmarks/linear_kernels.py; benchmarks/FIGURES.md, "packing").
 MIN_ROWS = 4
 
 
 # defined through torch.library.Library rather than the @custom_op decorator: called from a compiled
-# graph, the decorator's wrapper cost ~39 us more per product, about as long as a small product itself
-# (24 products of a 6 x 384 GPT's shapes in bfloat16, one thread: 3.31 ms against 2.37)
+# graph, the decorator's wrapper cost about as long as a small product itself (benchmarks/FIGURES.md,
+# "packing", measured with benchmarks/linear_kernels.py's shapes)
 _LIBRARY = torch.library.Library("maaskit", "DEF")
 _LIBRARY.define("packed_linear(Tensor x, Tensor packed, Tensor? bias, SymInt out_features) -> Tensor")
 
@@ -58,8 +57,7 @@ def _(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_feat
 def pack_from(dtype: torch.dtype) -> int:
     """Elements from which a weight of ``dtype`` is packed: a quarter of :data:`PACK_FROM` in
     bfloat16, whose PyTorch product is slower than oneDNN's already at 384 x 384, though not at
-    128 x 128. One thread, this project's machine: a 6 x 384 GPT's eager decode step took 6.0 ms
-    with its 384 x 384 products packed too, against 7.9 without, at 1 row (7.9 against 8.6 at 4)."""
+    128 x 128 (benchmarks/linear_kernels.py; benchmarks/FIGURES.md, "packing")."""
     return PACK_FROM // 4 if dtype == torch.bfloat16 else PACK_FROM
 
 

@@ -3,7 +3,7 @@ tokens, API keys and body sizes, with every error answered as ``{"error": "..."}
 shape on its routes) and documented in ``/docs``.
 
 The guard is plain ASGI middleware rather than Starlette's ``BaseHTTPMiddleware``, which runs
-each request through an extra task and stream (about a tenth of a millisecond per request).
+each request through an extra task and stream (a cost benchmarks/serving.py sees at concurrency 1).
 """
 
 from __future__ import annotations
@@ -255,7 +255,7 @@ def create_app(
     _answer_errors(app)
 
     # the routers' routes go straight into the app's: include_router would add a layer of dispatch
-    # to every request (about 6% of the server's time at concurrency 1)
+    # to every request (benchmarks/serving.py at concurrency 1 sees it)
     for api in (
         V2Endpoints(repository, admin=token is not None).router(),
         V1Endpoints(repository).router(),

@@ -69,7 +69,7 @@ class ServeConfig:
     context: int = 2048
     kv_cache_gb: float | None = None
     prefill_chunk: int = 256
-    prefill_stall: float = 0.5  # a step with a chunk: at most 1.5 decode steps (p99 ITL 2.11x alone at 1.0)
+    prefill_stall: float = 0.5  # a step with a chunk: at most 1.5 decode steps (p99 ITL within 2x a lone stream's)
     prefix_cache_gb: float = 0.25
     threads: int | None = None
     compile: bool = False

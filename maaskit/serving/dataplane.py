@@ -267,15 +267,10 @@ ALL_CORES_FROM = 32 * 2**20
 def forward_threads(processes: int = 1, *, weights: int = 0) -> int:
     """PyTorch threads for a server's forward passes, shared among the server's ``processes``
     (``--workers``): all cores but one, which the event loop needs; all of them for a language model
-    whose decode steps read ``weights`` bytes of at least :data:`ALL_CORES_FROM`.
-    Measured on 2 cores with LeNet: 1 thread gives 0.17 ms a pass at batch 1 and 0.27 ms at 32;
-    2 threads 0.20 and 0.34, and 0.55 when a second thread runs passes too (OpenMP teams collide).
-    A large language model's decode step is long and streaming its tokens takes the event loop little
-    of it: ``benchmarks/open_models.py`` (2 rounds, a one-thread server beside the two-thread one)
-    gave 2 threads 1.31x, 1.29x and 1.27x the tokens/s of one at 1, 4 and 16 streams on SmolLM2-135M's
-    shape in float32 (540 MB), 1.03x, 1.15x, 1.13x in bfloat16, and 1.13x, 1.03x, 1.13x on a GPT of
-    6 x 384 in float32 (50 MB); but 0.87x, 1.02x, 1.06x on that GPT in bfloat16 (25 MB), and on
-    notebook 07's GPT (0.5 MB, ``benchmarks/lm_serving.py``) 0.77-0.98x."""
+    whose decode steps read ``weights`` bytes of at least :data:`ALL_CORES_FROM`: a small model's
+    pass is short and a second thread costs more than it gives (OpenMP teams collide), while a large
+    language model's decode step is long and streaming its tokens takes the event loop little of it
+    (``benchmarks/serving.py``, ``benchmarks/open_models.py``; figures: benchmarks/FIGURES.md, "threads")."""
     cores = os.cpu_count() or 2
     return max(1, (cores if weights >= ALL_CORES_FROM else cores - 1) // processes)
 

@@ -1,8 +1,8 @@
 """Explanations in a process of their own, at the lowest CPU priority.
 
 An explanation costs tens to hundreds of forward passes, much of it Python (Captum) holding the
-GIL. Run in a thread of the server, it slowed plain inference 2x on 2 cores even at the lowest
-thread priority: the event loop waited for the GIL. In a separate process niced to 19 the
+GIL. Run in a thread of the server, it slowed plain inference even at the lowest thread priority:
+the event loop waited for the GIL. In a separate process niced to 19 the
 operating system gives plain requests the CPU first and explanations what is left
 (`benchmarks/serving.py`, the "explaining" row, measures it).
 

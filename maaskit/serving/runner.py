@@ -102,7 +102,7 @@ _KEEP_ALIVE_SECONDS = 65
 
 def _bind(host: str, port: int) -> socket.socket:
     # IPPROTO_TCP named explicitly: asyncio turns Nagle's algorithm off (TCP_NODELAY) only on sockets
-    # that say so, and without it every response waited ~40 ms for a delayed ACK.
+    # that say so, and without it every response waited for a delayed ACK (tens of milliseconds).
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
@@ -249,8 +249,8 @@ _frozen_lock = threading.Lock()
 
 def _freeze_gc() -> None:
     """Keep what exists now (PyTorch, FastAPI, the models) out of the garbage collector's full passes
-    while a server runs: each scanned it all and stalled every request for ~100 ms (p99 at
-    concurrency 32 went from 105 ms to 20 ms). Undone when the last server stops, so a notebook's
+    while a server runs: each scanned it all and stalled every request in flight (benchmarks/serving.py's
+    p99; benchmarks/FIGURES.md, "serving"). Undone when the last server stops, so a notebook's
     garbage from before is collected again."""
     global _frozen
     with _frozen_lock:
