@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
 __all__ = ["LIMITS", "MAX_MAGNITUDE", "METHODS", "completeness_gap", "explain", "explained_classes", "rank_correlation"]
 
-METHODS = ("saliency", "integrated_gradients", "occlusion", "kernel_shap", "lime")
+# the methods, written once: the type a request's field has (serving/schemas.py) and the tuple to loop over
+Method = Literal["saliency", "integrated_gradients", "occlusion", "kernel_shap", "lime"]
+METHODS: tuple[str, ...] = get_args(Method)
 # the most work a served explanation may ask for (the server answers 400 beyond)
 LIMITS = {"steps": 256, "samples": 1024, "images": 16}  # what one served explanation may ask for
 # the largest input value a served classifier takes (to answer or explain): normalized pixels lie within

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi.openapi.utils import get_openapi
 from pydantic.json_schema import models_json_schema
 
-from ..explain import LIMITS, MAX_MAGNITUDE
+from ..explain import LIMITS, MAX_MAGNITUDE, METHODS
 from .openai_schemas import ChatRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from .schemas import SEED_MAX, ExplainRequest, InferRequest, PredictRequest, RepositoryIndexRequest
 
@@ -170,7 +170,7 @@ def _target(served: ServedModel, batch: int | None) -> dict:
 
 def _explain_parameters(served: ServedModel, batch: int | None) -> dict:
     return {
-        "method": {"type": "string", "enum": ["saliency", "integrated_gradients", "occlusion", "kernel_shap", "lime"]},
+        "method": {"type": "string", "enum": list(METHODS)},
         "target": _target(served, batch),
         "steps": {"type": "integer", "minimum": 1, "maximum": LIMITS["steps"]},
         "samples": {"type": "integer", "minimum": 1, "maximum": LIMITS["samples"]},

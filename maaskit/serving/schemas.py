@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import core_schema
 from starlette.convertors import Convertor, register_url_convertor
 
-from ..explain import LIMITS
+from ..explain import LIMITS, Method
 from .protocol import HEADER_LENGTH, ProtocolError
 
 __all__ = [
@@ -239,7 +239,7 @@ class ClassifyResponse(BaseModel):
 class ExplainParameters(_Strict):
     """How to explain: the method (maaskit.explain) and its parameters, each capped per request."""
 
-    method: Literal["saliency", "integrated_gradients", "occlusion", "kernel_shap", "lime"] = "integrated_gradients"
+    method: Method = "integrated_gradients"
     target: Annotated[int, Field(ge=0), WHOLE] | list[Annotated[int, Field(ge=0), WHOLE]] | None = Field(
         None, description="the class to explain: one, one per example, or none for the predicted class"
     )
