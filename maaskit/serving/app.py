@@ -9,10 +9,9 @@ each request through an extra task and stream (a cost benchmarks/serving.py sees
 from __future__ import annotations
 
 import math
-import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -25,6 +24,7 @@ from .._version import __version__
 from .config import ServeConfig
 from .dataplane import ModelRepository
 from .drain import Drain
+from .endpoints import Endpoints
 from .errors import (
     Conflict,
     ContextTooLong,
@@ -40,7 +40,7 @@ from .metrics import CONTENT_TYPE, ServerMetrics
 from .openai_schemas import OpenAIError
 from .openapi import openapi_document
 from .protocol import ProtocolError, dumps
-from .rest_openai import OPENAI_PATHS, OpenAIEndpoints
+from .rest_openai import OpenAIEndpoints
 from .rest_v1 import V1Endpoints
 from .rest_v2 import V2Endpoints
 from .schemas import error_responses
@@ -61,33 +61,33 @@ STATUS: dict[type[Exception], int] = {
 OPENAI_CODES: dict[type[Exception], str] = {ContextTooLong: "context_length_exceeded", ModelNotFound: "model_not_found"}
 
 MAX_BODY_BYTES = ServeConfig.max_body_bytes  # the default, written once in ServeConfig
-OPEN_PATHS = ("/v2/health/", "/docs", "/openapi.json")  # probes and the API's documentation need no token
-# answered while the server drains, and not counted as work in flight (probes, docs, metrics)
-DRAIN_EXEMPT = (*OPEN_PATHS, "/metrics")
+DOCS_PATHS = ("/docs", "/openapi.json")  # the API's documentation needs no token
 
 
 class _TooLarge(Exception):
     pass
 
 
-def _openai_path(path: str) -> bool:
-    return path == "/v1/models" or path.startswith(OPENAI_PATHS)
+class Protocols:
+    """The protocols an app serves, asked by path: which runs a model there, whose error shape it takes,
+    which paths need no token and which are no work to wait for while draining."""
 
+    def __init__(self, protocols: Sequence[Endpoints]):
+        self.all = tuple(protocols)
+        self.open_paths = (*(path for p in self.all for path in p.open_paths), *DOCS_PATHS)
+        self.drain_exempt = (*self.open_paths, "/metrics")  # answered while draining, and not work in flight
 
-# the routes that run a model: (protocol, the model's name from the path, or None: OpenAI's is in the body)
-_INFERENCE = re.compile(
-    r"^/v2/models/(?P<v2>[^/]+)(?:/versions/[^/]+)?/infer$"
-    r"|^/v1/models/(?P<v1>[^/:]+)(?:/versions/[^/:]+)?:(?:predict|classify|explain)$"
-    r"|^(?P<openai>/v1/(?:chat/)?completions)$"
-)
-
-
-def _inference_route(path: str) -> tuple[str, str | None] | None:
-    match = _INFERENCE.match(path)
-    if match is None:
+    def inference(self, path: str) -> tuple[str, str] | None:
+        """``(protocol, model)`` for a path that runs a model (the model "" where the body names it)."""
+        for protocol in self.all:
+            model = protocol.inference_model(path)
+            if model is not None:
+                return protocol.name, model
         return None
-    protocol = match.lastgroup or ""
-    return protocol, None if protocol == "openai" else match.group(protocol)
+
+    def error_body(self, path: str, status: int, message: str, **detail: str | None) -> bytes:
+        shape = next((p for p in self.all if p.owns_errors(path)), None)
+        return dumps(shape.error_body(status, message, **detail) if shape is not None else {"error": message})
 
 
 class Guard:
@@ -99,8 +99,9 @@ class Guard:
     (An OpenAI route names its model in the body: it leaves the name in ``request.state.model``.)"""
 
     def __init__(self, app: Any, *, token: str | None, keys: APIKeys | None, max_body_bytes: int, metrics: Any,
-                 drain: Drain):  # fmt: skip
+                 drain: Drain, protocols: Protocols):  # fmt: skip
         self.app, self.max_body_bytes, self.metrics, self.keys, self.drain = app, max_body_bytes, metrics, keys, drain
+        self.protocols = protocols
         self.expected = f"Bearer {token}".encode() if token is not None else None
 
     def _accepts(self, authorization: bytes) -> bool:
@@ -123,11 +124,11 @@ class Guard:
                 self._record(scope, status[0], time.perf_counter() - start)
             await send(message)
 
-        work = not scope["path"].startswith(DRAIN_EXEMPT)
+        work = not scope["path"].startswith(self.protocols.drain_exempt)
         if work and self.drain.draining:
             await self._refuse(
-                send, 503, "the server is shutting down; retry on another instance", {"Retry-After": "1",
-                "Connection": "close"}, openai=_openai_path(scope["path"]),
+                scope, send, 503, "the server is shutting down; retry on another instance",
+                {"Retry-After": "1", "Connection": "close"},
             )  # fmt: skip
             self._record(scope, 503, 0.0)
             return
@@ -145,7 +146,7 @@ class Guard:
         if status >= 400:
             self.metrics.failures.labels(str(status)).inc()
             return
-        route = _inference_route(scope["path"])
+        route = self.protocols.inference(scope["path"])
         if route is not None:
             protocol, model = route
             model = model or scope.get("state", {}).get("model", "")
@@ -154,27 +155,26 @@ class Guard:
 
     async def _checked(self, scope, receive, send):
         headers = dict(scope["headers"])
-        openai = _openai_path(scope["path"])
         secured = self.expected is not None or self.keys is not None
         if (
             secured
-            and not scope["path"].startswith(OPEN_PATHS)
+            and not scope["path"].startswith(self.protocols.open_paths)
             and not self._accepts(headers.get(b"authorization", b""))
         ):
             return await self._refuse(
+                scope,
                 send,
                 401,
                 "missing or wrong API key or token: send 'Authorization: Bearer <key>'",
                 {"WWW-Authenticate": "Bearer"},
-                openai=openai,
             )
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_body_bytes:
             return await self._refuse(
+                scope,
                 send,
                 413,
                 f"request body of {int(length):,} bytes is over this server's limit of {self.max_body_bytes:,}",
-                openai=openai,
             )
         if length.isdigit():  # the HTTP parser holds the body to its Content-Length: nothing more to count
             return await self.app(scope, receive, send)
@@ -198,16 +198,11 @@ class Guard:
         except _TooLarge:
             if not started:
                 await self._refuse(
-                    send,
-                    413,
-                    f"request body is over this server's limit of {self.max_body_bytes:,} bytes",
-                    openai=openai,
+                    scope, send, 413, f"request body is over this server's limit of {self.max_body_bytes:,} bytes"
                 )
 
-    async def _refuse(
-        self, send, status: int, message: str, headers: dict[str, str] | None = None, *, openai: bool = False
-    ) -> None:
-        body = dumps(OpenAIError(status, message).body() if openai else {"error": message})
+    async def _refuse(self, scope, send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        body = self.protocols.error_body(scope["path"], status, message)
         raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})
@@ -252,21 +247,27 @@ def create_app(
     app.state.repository, app.state.metrics, app.state.drain = repository, metrics, drain
     repository.listeners.append(metrics.observe_batch)
 
-    _answer_errors(app)
-
+    # the protocols served: a new one is its own module (an Endpoints) and a line here
+    protocols = Protocols(
+        [
+            V2Endpoints(repository, admin=token is not None),
+            V1Endpoints(repository),
+            OpenAIEndpoints(repository, metrics, api_keys),
+        ]
+    )
+    _answer_errors(app, protocols)
     # the routers' routes go straight into the app's: include_router would add a layer of dispatch
     # to every request (benchmarks/serving.py at concurrency 1 sees it)
-    for api in (
-        V2Endpoints(repository, admin=token is not None).router(),
-        V1Endpoints(repository).router(),
-        OpenAIEndpoints(repository, metrics, api_keys).router(),
-    ):
-        app.router.routes.extend(api.routes)
+    for protocol in protocols.all:
+        app.router.routes.extend(protocol.router().routes)
 
     _serve_metrics(app, metrics)
     secured = token is not None or api_keys is not None
-    app.openapi = lambda: openapi_document(app, repository, secured=secured, open_paths=OPEN_PATHS)  # type: ignore[method-assign]
-    app.add_middleware(Guard, token=token, keys=api_keys, max_body_bytes=max_body_bytes, metrics=metrics, drain=drain)
+    app.openapi = lambda: openapi_document(  # type: ignore[method-assign]
+        app, repository, protocols.all, secured=secured, open_paths=protocols.open_paths
+    )
+    app.add_middleware(Guard, token=token, keys=api_keys, max_body_bytes=max_body_bytes, metrics=metrics, drain=drain,
+                       protocols=protocols)  # fmt: skip
     return app
 
 
@@ -284,39 +285,38 @@ def _serve_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 
-def _answer_errors(app: FastAPI) -> None:
-    """Every error, answered once here: a domain error with its status (:data:`STATUS`) in the shape of
-    the protocol asked (OpenAI's on its routes), the others as ``{"error": "..."}``."""
+def _answer_errors(app: FastAPI, protocols: Protocols) -> None:
+    """Every error, answered once here: a domain error with its status (:data:`STATUS`), each in the
+    shape of the protocol whose path was asked (:meth:`Endpoints.error_body`)."""
 
-    def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-        return Response(dumps({"error": message}), status, headers, media_type="application/json")
+    def error(
+        request: Request, status: int, message: str, headers: dict[str, str] | None = None, **detail: str | None
+    ) -> Response:
+        body = protocols.error_body(request.url.path, status, message, **detail)
+        return Response(body, status, headers, media_type="application/json")
 
     @app.exception_handler(ServingError)
     @app.exception_handler(ContextTooLong)
     async def _serving_error(request: Request, err: ServingError | ContextTooLong):
         status = next(code for kind, code in STATUS.items() if isinstance(err, kind))
-        message = str(err)
         retry_after = getattr(err, "retry_after", None)
         headers = {"Retry-After": str(math.ceil(retry_after))} if retry_after else {}
-        if _openai_path(request.url.path):
-            param = getattr(err, "param", None)
-            code = next((c for kind, c in OPENAI_CODES.items() if isinstance(err, kind)), None)
-            return await _openai_error(request, OpenAIError(status, message, param=param, code=code, headers=headers))
-        return error(status, message, headers)
+        code = next((c for kind, c in OPENAI_CODES.items() if isinstance(err, kind)), None)
+        return error(request, status, str(err), headers, param=getattr(err, "param", None), code=code)
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(_request: Request, err: OpenAIError):
         return Response(dumps(err.body()), err.status, err.headers, media_type="application/json")
 
     @app.exception_handler(ProtocolError)
-    async def _protocol_error(_request: Request, err: ProtocolError):
-        return error(400, str(err))
+    async def _protocol_error(request: Request, err: ProtocolError):
+        return error(request, 400, str(err))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, err: RequestValidationError):
+    async def _validation_error(request: Request, err: RequestValidationError):
         first = err.errors()[0]
-        return error(400, f"bad request: {'.'.join(map(str, first.get('loc', ())))}: {first.get('msg', err)}")
+        return error(request, 400, f"bad request: {'.'.join(map(str, first.get('loc', ())))}: {first.get('msg', err)}")
 
     @app.exception_handler(StarletteHTTPException)  # 404 for unknown paths, 405 for wrong methods
-    async def _starlette_error(_request: Request, err: StarletteHTTPException):
-        return error(err.status_code, str(err.detail), dict(err.headers or {}))
+    async def _starlette_error(request: Request, err: StarletteHTTPException):
+        return error(request, err.status_code, str(err.detail), dict(err.headers or {}))

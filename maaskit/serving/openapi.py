@@ -29,11 +29,14 @@ from .openai_schemas import ChatRequest, CompletionRequest, DetokenizeRequest, T
 from .schemas import SEED_MAX, ExplainRequest, InferRequest, PredictRequest, RepositoryIndexRequest
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from fastapi import FastAPI
 
     from .dataplane import ModelRepository, ServedLanguageModel, ServedModel
+    from .endpoints import Endpoints
 
-__all__ = ["DOCUMENTED_BATCH", "openapi_document"]
+__all__ = ["DOCUMENTED_BATCH", "language_model_bodies", "openapi_document", "per_model_paths"]
 
 DOCUMENTED_BATCH = 4  # the batch sizes a per-model V2 body lists (a tensor's values must match its shape)
 BINARY_EXTENSION = (
@@ -45,8 +48,16 @@ _BODIES = (InferRequest, PredictRequest, ExplainRequest, RepositoryIndexRequest,
            TokenizeRequest, DetokenizeRequest)  # fmt: skip
 
 
-def openapi_document(app: FastAPI, repository: ModelRepository, *, secured: bool, open_paths: tuple[str, ...]) -> dict:
-    """The document for the models served now (cached until they change)."""
+def openapi_document(
+    app: FastAPI,
+    repository: ModelRepository,
+    protocols: Sequence[Endpoints],
+    *,
+    secured: bool,
+    open_paths: tuple[str, ...],
+) -> dict:
+    """The document for the models served now (cached until they change): FastAPI's, then each
+    protocol's own part (:meth:`Endpoints.document`)."""
     served = _served_now(repository)
     cached = getattr(app.state, "openapi_cache", None)
     if cached is not None and cached[0] == served:
@@ -56,7 +67,8 @@ def openapi_document(app: FastAPI, repository: ModelRepository, *, secured: bool
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     for name, schema in defs.get("$defs", {}).items():
         schemas.setdefault(name, schema)
-    _per_model(doc, repository)
+    for protocol in protocols:
+        protocol.document(doc, repository)
     if secured:
         doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         for path, operations in doc["paths"].items():
@@ -75,34 +87,36 @@ def _served_now(repository: ModelRepository) -> tuple:
 # --- each model's own paths ----------------------------------------------------------------------
 
 
-def _per_model(doc: dict, repository: ModelRepository) -> None:
-    """Replace each path with ``{name}`` by one path per model it serves, its body made exact."""
+def per_model_paths(doc: dict, repository: ModelRepository, names_for: Callable[[str], list[str] | None]) -> None:
+    """Replace each path with ``{name}`` for which ``names_for(path)`` gives names by one path per name,
+    its body made exact for a classifier (its input, its classes); the others are left as they are."""
     classifiers = repository.classifiers()
-    language = repository.language_models()
     paths: dict[str, Any] = {}
     for path, item in doc["paths"].items():
-        if "{name}" not in path:
+        names = names_for(path) if "{name}" in path else None
+        if names is None:
             paths[path] = item
             continue
-        if path.startswith("/v2/repository/"):
-            names = repository.available()  # what load and unload take
-        elif path == "/v1/models/{name}":
-            names = [*classifiers, *language]  # TF Serving's status, or OpenAI's model object
-        else:
-            names = list(classifiers)
         for name in names:
             paths[path.replace("{name}", name)] = _for_model(item, name, path, classifiers.get(name), repository)
     doc["paths"] = paths
+
+
+def language_model_bodies(doc: dict, repository: ModelRepository) -> None:
+    """The OpenAI and token routes' bodies, one per served language model: its name, context and vocabulary."""
+    language = repository.language_models()
+    if not language:
+        return
     for route in ("/v1/completions", "/v1/chat/completions"):
         operation = doc["paths"].get(route, {}).get("post")
-        if operation is not None and language:
+        if operation is not None:
             kind = CompletionRequest if route == "/v1/completions" else ChatRequest
             schema = doc["components"]["schemas"][kind.__name__]
             bodies = [_openai_body(schema, served, kind is CompletionRequest) for served in language.values()]
             operation["requestBody"]["content"]["application/json"]["schema"] = _one_of(bodies)
     for route, body_model in (("/tokenize", TokenizeRequest), ("/detokenize", DetokenizeRequest)):
         operation = doc["paths"].get(route, {}).get("post")
-        if operation is not None and language:
+        if operation is not None:
             schema = doc["components"]["schemas"][body_model.__name__]
             bodies = [_token_body(schema, served, route) for served in language.values()]
             operation["requestBody"]["content"]["application/json"]["schema"] = _one_of(bodies)

@@ -16,6 +16,7 @@ it, with OpenAI's model object for a language model.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -30,6 +31,7 @@ from ..lm.constrain import UnsupportedGrammar, json_grammar, tools_grammar
 from ..lm.engine import ContextTooLong, Interrupted, SamplingParams, TokenEvent
 from ..lm.text import CHAT_TEMPLATE, TURN_ENDS, TextStream, chat_prompt
 from .dataplane import ModelRepository, ServedLanguageModel
+from .endpoints import Endpoints
 from .errors import InvalidInput, ModelNotFound
 from .keys import APIKey, APIKeys, RateLimited
 from .metrics import ServerMetrics
@@ -44,6 +46,7 @@ from .openai_schemas import (
     parse,
     response_constraint,
 )
+from .openapi import language_model_bodies
 from .protocol import ProtocolError, dumps, loads
 from .schemas import request_body_doc
 from .tool_calls import CallStream, whole_call
@@ -276,10 +279,13 @@ class _Job:
         return self.params[0].logprobs is not None
 
 
-class OpenAIEndpoints:
+class OpenAIEndpoints(Endpoints):
     """``GET /v1/models``, ``POST /v1/completions`` and ``POST /v1/chat/completions``: one method per
     route (as vLLM's ``OpenAIServingChat``); the answer, whole or streamed, is built from the same
     pieces of generated text."""
+
+    name = "openai"
+    inference = re.compile(r"^/v1/(?:chat/)?completions$")  # the model is named in the body
 
     def __init__(self, repository: ModelRepository, metrics: ServerMetrics, keys: APIKeys | None):
         self.repository, self.metrics, self.keys = repository, metrics, keys
@@ -318,6 +324,15 @@ class OpenAIEndpoints:
             api.add_api_route(path, endpoint, methods=["POST"], responses=errors, openapi_extra=request_body_doc(kind),
                               tags=["vLLM-compatible: tokens"])  # fmt: skip
         return api
+
+    def owns_errors(self, path: str) -> bool:
+        return path == "/v1/models" or path.startswith(OPENAI_PATHS)
+
+    def error_body(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> Any:
+        return OpenAIError(status, message, param=param, code=code).body()
+
+    def document(self, doc: dict, repository: ModelRepository) -> None:
+        language_model_bodies(doc, repository)
 
     # --- the routes -------------------------------------------------------------------------
 

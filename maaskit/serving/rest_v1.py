@@ -6,14 +6,17 @@ language models speak uses the same path for its model object.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Union
 
 import numpy as np
 from fastapi import APIRouter, Request
 
 from ..explain import LIMITS
-from .dataplane import LANGUAGE_MODEL, ModelRepository
+from .dataplane import CLASSIFIER, LANGUAGE_MODEL, ModelRepository
+from .endpoints import Endpoints
 from .openai_schemas import OpenAIModel
+from .openapi import per_model_paths
 from .protocol import ProtocolError, split_body, top_k, v1_rows
 from .schemas import (
     Alive,
@@ -31,8 +34,11 @@ from .schemas import (
 __all__ = ["V1Endpoints"]
 
 
-class V1Endpoints:
+class V1Endpoints(Endpoints):
     """TF Serving's REST routes (and KServe V1's liveness and explain verbs): one method per route."""
+
+    name = "v1"
+    inference = re.compile(r"^/v1/models/(?P<model>[^/:]+)(?:/versions/[^/:]+)?:(?:predict|classify|explain)$")
 
     def __init__(self, repository: ModelRepository):
         self.repository = repository
@@ -63,6 +69,16 @@ class V1Endpoints:
                     openapi_extra=request_body_doc(body),
                 )  # fmt: skip
         return api
+
+    def document(self, doc: dict, repository: ModelRepository) -> None:
+        """A path per classifier, its own body; the status path for language models too (OpenAI's object)."""
+
+        def names(path: str) -> list[str] | None:
+            if path == "/v1/models/{name}":
+                return repository.names()
+            return repository.names(CLASSIFIER) if path.startswith("/v1/models/") else None
+
+        per_model_paths(doc, repository, names)
 
     async def alive(self) -> dict:
         """KServe V1's liveness check."""

@@ -9,6 +9,7 @@ against the same Pydantic model.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,10 @@ from fastapi import APIRouter, Request, Response
 
 from .._version import __version__
 from ..explain import LIMITS
-from .dataplane import ModelRepository, ServedModel
+from .dataplane import CLASSIFIER, ModelRepository, ServedModel
+from .endpoints import Endpoints
 from .errors import Forbidden, NotReady
+from .openapi import per_model_paths
 from .protocol import (
     HEADER_LENGTH,
     ProtocolError,
@@ -52,9 +55,13 @@ async def _json_or_empty(request: Request, model: type, what: str) -> Any:
     return validate(model, split_body(body, None)[0], what) if body.strip() else None
 
 
-class V2Endpoints:
+class V2Endpoints(Endpoints):
     """The V2 routes, one method per route (as KServe's ``V2Endpoints``). ``admin``: loading and
     unloading models is allowed (a token guards the server)."""
+
+    name = "v2"
+    inference = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/[^/]+)?/infer$")
+    open_paths = ("/v2/health/",)  # the probes
 
     def __init__(self, repository: ModelRepository, *, admin: bool):
         self.repository, self.admin = repository, admin
@@ -101,6 +108,19 @@ class V2Endpoints:
                 status_code=200,
             )  # fmt: skip
         return api
+
+    def document(self, doc: dict, repository: ModelRepository) -> None:
+        """A path per model: what load and unload take, every model's metadata and readiness, and each
+        classifier's inference with its own body."""
+
+        def names(path: str) -> list[str] | None:
+            if path.startswith("/v2/repository/"):
+                return repository.available()
+            if path.startswith("/v2/models/"):
+                return repository.names(CLASSIFIER) if path.endswith("/infer") else repository.names()
+            return None
+
+        per_model_paths(doc, repository, names)
 
     async def live(self) -> dict:
         return {"live": True}
