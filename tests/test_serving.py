@@ -691,3 +691,68 @@ def test_one_serve_config_holds_the_defaults_and_one_rule_guards_a_public_addres
         serve_workers([str(artifact[0])], public.but(workers=2))
     with pytest.raises(ArtifactError):
         serve_workers([str(tmp_path / "missing")], public.but(workers=2, api_keys=str(keys)))
+
+
+def test_a_new_protocol_is_one_class_handed_to_the_app(artifact):
+    # routes, the paths that run a model (metrics), open paths, its error shape and its part of the
+    # document, all declared by the protocol itself: the app only loops over what it is given
+    from fastapi import APIRouter
+
+    from maaskit.serving.app import create_app
+    from maaskit.serving.dataplane import ModelRepository
+    from maaskit.serving.endpoints import Endpoints
+
+    class Echo(Endpoints):
+        name = "echo"
+        inference = re.compile(r"^/echo/(?P<model>[^/]+)/run$")
+        open_paths = ("/echo/health",)
+
+        def __init__(self, repository):
+            self.repository = repository
+
+        def router(self):
+            api = APIRouter()
+            api.add_api_route("/echo/health", self.health, methods=["GET"])
+            api.add_api_route("/echo/{name}/run", self.run, methods=["POST"])
+            return api
+
+        async def health(self):
+            return {"ok": True}
+
+        async def run(self, name: str):
+            return {"ran": self.repository.classifier(name).name}
+
+        def owns_errors(self, path):
+            return path.startswith("/echo/")
+
+        def error_body(self, status, message, *, param=None, code=None):
+            return {"echo_error": message, "status": status}
+
+        def document(self, doc, repository):
+            doc["paths"]["/echo/{name}/run"]["post"]["summary"] = f"runs one of {', '.join(repository.names())}"
+
+    repository = ModelRepository(device="cpu")
+    repository.add(artifact[0])
+    app = create_app(repository, token="t", protocols=[Echo(repository)])
+    auth = {"Authorization": "Bearer t"}
+
+    async def calls():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://maaskit") as http:
+            assert (await http.get("/echo/health")).json() == {"ok": True}  # open: no token
+            refused = await http.post("/echo/digits/run")
+            assert refused.status_code == 401 and refused.json()["echo_error"].startswith("missing or wrong")
+            assert (await http.post("/echo/digits/run", headers=auth)).json() == {"ran": "digits"}
+            missing = await http.post("/echo/cats/run", headers=auth)
+            assert missing.status_code == 404
+            assert missing.json() == {"echo_error": "unknown model 'cats'; this server has: digits", "status": 404}
+            doc = (await http.get("/openapi.json")).json()
+            assert doc["paths"]["/echo/{name}/run"]["post"]["summary"] == "runs one of digits"
+            assert "/v2/models/digits/infer" in doc["paths"]  # the others' parts are still there
+            return (await http.get("/metrics", headers=auth)).text
+
+    try:
+        metrics = asyncio.run(calls())
+    finally:
+        repository.close()
+    assert 'maaskit_requests_total{model="digits",protocol="echo"} 1.0' in metrics

@@ -216,10 +216,12 @@ def create_app(
     api_keys: APIKeys | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     drain_seconds: float = ServeConfig.drain_seconds,
+    protocols: Sequence[Endpoints] = (),
 ) -> FastAPI:
     """The ASGI app. ``token``: every route but the health checks and the docs needs
     ``Authorization: Bearer <token>``, and only then may models be loaded and unloaded.
     ``api_keys``: keys accepted as well, each with its own quotas on the language-model routes.
+    ``protocols``: more protocols to serve beside V2, V1 and OpenAI's (see :mod:`.endpoints`).
     ``app.state.drain`` stops it without losing work (:mod:`.drain`); the models are closed when
     it shuts down."""
     drain = Drain(repository, drain_seconds)
@@ -248,26 +250,27 @@ def create_app(
     repository.listeners.append(metrics.observe_batch)
 
     # the protocols served: a new one is its own module (an Endpoints) and a line here
-    protocols = Protocols(
+    served = Protocols(
         [
             V2Endpoints(repository, admin=token is not None),
             V1Endpoints(repository),
             OpenAIEndpoints(repository, metrics, api_keys),
+            *protocols,
         ]
     )
-    _answer_errors(app, protocols)
+    _answer_errors(app, served)
     # the routers' routes go straight into the app's: include_router would add a layer of dispatch
     # to every request (benchmarks/serving.py at concurrency 1 sees it)
-    for protocol in protocols.all:
+    for protocol in served.all:
         app.router.routes.extend(protocol.router().routes)
 
     _serve_metrics(app, metrics)
     secured = token is not None or api_keys is not None
     app.openapi = lambda: openapi_document(  # type: ignore[method-assign]
-        app, repository, protocols.all, secured=secured, open_paths=protocols.open_paths
+        app, repository, served.all, secured=secured, open_paths=served.open_paths
     )
     app.add_middleware(Guard, token=token, keys=api_keys, max_body_bytes=max_body_bytes, metrics=metrics, drain=drain,
-                       protocols=protocols)  # fmt: skip
+                       protocols=served)  # fmt: skip
     return app
 
 
