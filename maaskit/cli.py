@@ -8,13 +8,13 @@ import json
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import fields
+from dataclasses import Field, fields
 from typing import Any
 
 from ._version import __version__
 from .lm.config import GPTConfig, LMRecipe, SFTRecipe
 from .recipes import Recipe, default_recipe
-from .serving.config import ServeConfig
+from .serving.config import ServeConfig, options
 
 
 class _Names:
@@ -195,8 +195,19 @@ def _predict(args) -> int:
     return 0
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option says its default, once: not where its help says it already, nor when there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or nothing or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    helpful = argparse.ArgumentDefaultsHelpFormatter  # every option says its default
+    helpful = _Defaults
     parser = argparse.ArgumentParser(
         prog="maaskit", description="Models as a service, from the forward pass to the endpoint."
     )
@@ -262,7 +273,6 @@ def _add_train(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
     train.set_defaults(func=_train)
 
 
-# long: one add_argument per ServeConfig option reads best as one list, in the order of --help
 def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
     """``maaskit serve``: its options default to ServeConfig's."""
     serve = sub.add_parser(
@@ -277,94 +287,19 @@ def _add_serve(sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
         metavar="DIR",
         help="directories written by maaskit train or maaskit lm train, or Hugging Face model folders (Llama family)",
     )
-    serve.add_argument(
-        "--model-repository",
-        metavar="DIR",
-        help="a directory of artifact directories, loadable and unloadable through /v2/repository (Triton's)",
-    )
-    serve.add_argument("--name", help="the model's name (one artifact only; default: from its manifest)")
-    defaults = ServeConfig()
-    serve.add_argument("--host", default=defaults.host, help="address to bind (loopback: only this machine)")
-    serve.add_argument("--port", type=int, default=defaults.port, help="port to listen on (0: any free one)")
-    serve.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (or set MAASKIT_TOKEN)")
-    serve.add_argument("--allow-insecure", action="store_true", help="bind a non-loopback address without a token")
-    serve.add_argument("--device", default=defaults.device, help="auto, cpu, cuda, cuda:N or mps")
-    serve.add_argument(
-        "--max-batch-size", type=int, default=defaults.max_batch_size, help="most images in one forward pass"
-    )
-    serve.add_argument(
-        "--max-delay-ms",
-        type=float,
-        default=defaults.max_delay_ms,
-        help="extra wait for other requests to share a forward pass (0: a request that finds the model idle runs "
-        "at once; those arriving while it is busy share the next pass anyway)",
-    )
-    serve.add_argument(
-        "--max-queue",
-        type=int,
-        default=defaults.max_queue,
-        help="images that may wait; past that the answer is 503 + Retry-After",
-    )
-    serve.add_argument("--workers", type=int, default=defaults.workers, help="server processes (for CPU-bound models)")
-    serve.add_argument(
-        "--threads",
-        type=int,
-        default=defaults.threads,
-        help="PyTorch threads per process for forward passes (default, shared among --workers: all cores but one; "
-        "all cores for a language model of 32 MiB or more)",
-    )
-    serve.add_argument(
-        "--compile",
-        action="store_true",
-        help="language models: compile the decode step (short prompts joining go in as its rows) and a lone "
-        "prompt's pass with torch.compile (on a CPU 2-3x faster at 10M parameters or more, its products "
-        "Inductor's own kernels on frozen weights; minutes of compiling at start, a copy of the weights per "
-        "graph; needs a C++ compiler)",
-    )
-    serve.add_argument(
-        "--api-keys",
-        metavar="FILE",
-        help='JSON [{"name", "key", "rpm", "tpm"}, ...]: keys accepted, with per-key quotas (or set MAASKIT_API_KEYS)',
-    )
-    serve.add_argument(
-        "--max-sequences",
-        type=int,
-        default=defaults.max_sequences,
-        help="a language model's sequences sharing each decode step (continuous batching; 1: one at a time)",
-    )
-    serve.add_argument(
-        "--dtype",
-        default=defaults.dtype,
-        choices=("auto", "float32", "bfloat16"),
-        help="a language model's weights and cache (auto: the checkpoint's own; on a CPU without fast "
-        "bfloat16 products, float32)",
-    )
-    for option, kind, what in (  # a language model's engine: sizes and memory
-        ("context", int, "positions a Hugging Face model's cache holds (at most the model's own limit)"),
-        ("kv-cache-gb", float, "memory for the sequences' key/value caches; fewer slots than --max-sequences if "
-         "it holds fewer (more requests wait their turn); default: --max-sequences slots"),
-        ("prefill-chunk", int, "prompt tokens computed per step beside the running streams, at most (a long prompt "
-         "does not stall them)"),
-        ("prefill-stall", float, "fewer prompt tokens, sized by time, so that a step with them costs at most 1 + this "
-         "many decode steps (0: always --prefill-chunk)"),
-        ("prefix-cache-gb", float, "memory for the keys and values of shared prompt prefixes, reused across "
-         "requests (0: off)"),
-    ):  # fmt: skip
-        serve.add_argument(f"--{option}", type=kind, default=getattr(defaults, option.replace("-", "_")), help=what)
-    serve.add_argument(
-        "--drain-seconds",
-        type=float,
-        default=defaults.drain_seconds,
-        help="on SIGTERM or Ctrl-C, how long requests in flight may finish (streams still running then end with "
-        "an error event); the same signal again stops at once",
-    )
-    serve.add_argument(
-        "--access-log", action="store_true", help="log every request (off by default: it costs time on every request)"
-    )
-    serve.add_argument(
-        "--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"), help="%(choices)s"
-    )
-    serve.set_defaults(func=_serve, inline=defaults.inline, max_body_bytes=defaults.max_body_bytes)
+    for option in options():  # every other option is a ServeConfig field: its default, its help, once
+        if option.metadata["cli"]:
+            serve.add_argument(f"--{option.name.replace('_', '-')}", **_argument(option))
+    serve.set_defaults(func=_serve, **{o.name: o.default for o in options() if not o.metadata["cli"]})
+
+
+def _argument(option: Field) -> dict[str, Any]:
+    """argparse's settings for a ServeConfig field: its type from the annotation, its default and help."""
+    settings = {k: v for k, v in option.metadata.items() if k != "cli"}
+    kind = str(option.type).replace(" | None", "")
+    if kind == "bool":
+        return {"action": "store_true", **settings}
+    return {"type": {"int": int, "float": float, "str": str}[kind], "default": option.default, **settings}
 
 
 def _lm_finetune(args) -> int:
@@ -432,7 +367,11 @@ def _add_lm_assistant(lm_sub: Any, helpful: type[argparse.HelpFormatter]) -> Non
     ev.add_argument("url", help="the endpoint, e.g. http://127.0.0.1:8000 (/v1 is added)")
     ev.add_argument("--model", required=True, help="the model's name at the endpoint")
     ev.add_argument("--task", default="assistant", choices=sorted(TASKS), help="%(choices)s")
-    ev.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY", "none"), help="default: $OPENAI_API_KEY")
+    ev.add_argument(
+        "--api-key",
+        default=os.environ.get("OPENAI_API_KEY", "none"),
+        help='the key to send (default: $OPENAI_API_KEY, else "none")',
+    )
     ev.add_argument("-n", type=int, default=300, help="held-out requests")
     ev.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     ev.add_argument("--seed", type=int, default=0, help="which held-out requests")

@@ -202,5 +202,13 @@ def test_every_cli_option_has_a_help_line_with_its_default():
             if action.dest == "help":
                 continue
             assert action.help, f"maaskit {name} {action.option_strings or action.dest} has no help"
-            if action.option_strings and action.default not in (None, False) and not action.required:
+            said = "default" in action.help.replace("%(default)s", "")  # in words: "default: $OPENAI_API_KEY"
+            if action.option_strings and action.default not in (None, False) and not action.required and not said:
                 assert f"(default: {action.default})" in " ".join(text.split()), (name, action.dest)
+            # once: never a "(default: ...)" beside help that says its default in words, never "(default: None)"
+            shown = sub._get_formatter()._get_help_string(action) or ""
+            assert shown.replace("%(default)s", "").count("default") <= 1 and "(default: None)" not in shown, (
+                name,
+                action.dest,
+                shown,
+            )

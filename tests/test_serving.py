@@ -669,15 +669,21 @@ def test_one_serve_config_holds_the_defaults_and_one_rule_guards_a_public_addres
     import inspect
 
     from maaskit.serving.batching import DynamicBatcher
-    from maaskit.serving.config import ServeConfig
-    from maaskit.serving.runner import serve_workers
+    from maaskit.serving.config import ServeConfig, options
+    from maaskit.serving.runner import NOTEBOOK_DEFAULTS, serve_workers
 
     defaults = ServeConfig()
+    # serve()'s keywords and `maaskit serve`'s options are made from ServeConfig's fields: every one, its default
     params = inspect.signature(maaskit.serve).parameters
-    for name in ("max_batch_size", "max_delay_ms", "max_queue", "inline", "max_sequences", "max_body_bytes"):
-        assert params[name].default == getattr(defaults, name), name
+    parsed = vars(maaskit.cli.build_parser().parse_args(["serve"]))
+    for option in options():
+        if option.name != "api_keys":  # serve() also takes an APIKeys object
+            assert params[option.name].default == NOTEBOOK_DEFAULTS.get(option.name, option.default), option.name
+        assert parsed[option.name] == option.default, option.name
+    assert set(NOTEBOOK_DEFAULTS) == {"port"}  # in a notebook, any free port
+    with pytest.raises(TypeError, match="unexpected keyword arguments: max_batch"):
+        maaskit.serve(artifact[0], max_batch=4)
     assert inspect.signature(DynamicBatcher).parameters["max_queue"].default == defaults.max_queue
-    assert maaskit.cli.build_parser().parse_args(["serve"]).max_batch_size == defaults.max_batch_size
 
     public = ServeConfig(host="0.0.0.0")
     with pytest.raises(ValueError, match="without a token or API keys"):
@@ -756,3 +762,26 @@ def test_a_new_protocol_is_one_class_handed_to_the_app(artifact):
     finally:
         repository.close()
     assert 'maaskit_requests_total{model="digits",protocol="echo"} 1.0' in metrics
+
+
+def test_a_folder_to_serve_is_checked_from_its_description_without_loading_it(artifact, lm_dir, tmp_path):
+    import shutil
+
+    from maaskit.serving.dataplane import check_source
+
+    broken = tmp_path / "broken"  # its weights are not safetensors: loading would fail, checking does not read them
+    shutil.copytree(artifact[0], broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    check_source(broken)
+    check_source(lm_dir)
+    with pytest.raises(ArtifactError, match="is not a folder"):
+        check_source(tmp_path / "typo")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ArtifactError, match="manifest.json is missing"):
+        check_source(tmp_path / "empty")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
+    (hf / "tokenizer.json").write_text("{}")
+    with pytest.raises(ArtifactError, match="GPT2LMHeadModel"):
+        check_source(hf)

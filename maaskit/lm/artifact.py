@@ -67,7 +67,7 @@ def save_language_model(
 
 
 def load_language_model(
-    directory: str | Path, *, device: str = "cpu", context: int | None = 2048
+    directory: str | Path, *, device: str = "cpu", context: int | None = None
 ) -> tuple[CausalLM, Tokenizer, dict]:
     """``(model, tokenizer, manifest)`` from a directory ``save_language_model`` wrote (hashes checked),
     or from a Hugging Face model folder (see :mod:`maaskit.lm.hf`; ``context``: the positions its

@@ -121,7 +121,7 @@ class Engine:
     (:mod:`.compiled`: faster steps, after minutes of compiling here, before the engine is ready);
     short prompts arriving together or joining running ones go in as rows of the decode step."""
 
-    def __init__(self, model: CausalLM, *, max_sequences: int = 16, thread_setup: Callable[[], None] | None = None,
+    def __init__(self, model: CausalLM, *, max_sequences: int, thread_setup: Callable[[], None] | None = None,
                  guide: Guide | None = None, prefill_chunk: int | None = None, prefill_stall: float | None = None,
                  prefix_cache: PrefixCache | None = None, cache: SlotCache | None = None,
                  compile: bool = False):  # fmt: skip

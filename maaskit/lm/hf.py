@@ -23,7 +23,7 @@ from ..artifact import MANIFEST, ArtifactError
 from .llama import Llama, LlamaConfig
 from .template import ChatTemplate
 
-__all__ = ["HFModel", "is_huggingface_folder", "load_hf"]
+__all__ = ["HFModel", "check_hf", "is_huggingface_folder", "load_hf"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -121,12 +121,9 @@ def _token_text(token: Any) -> str | None:
     return token.get("content") if isinstance(token, dict) else token
 
 
-def load_hf(
-    directory: str | Path, *, context: int | None = 2048, dtype: str | None = None, device: str | torch.device = "cpu"
-) -> HFModel:
-    """Load the checkpoint in ``directory``. ``context``: positions the cache holds (at most the
-    model's own limit); ``dtype``: "float32" or "bfloat16" (default: the checkpoint's own, and
-    float32 for float16 checkpoints on a CPU)."""
+def check_hf(directory: str | Path, *, context: int | None = None) -> tuple[LlamaConfig, dict[str, Any], list[Path]]:
+    """The model ``directory`` holds, its ``config.json`` and its weight files, from the folder's
+    description alone (no weights read); raises what :func:`load_hf` would about the folder."""
     directory = Path(directory)
     config = _read_json(directory / "config.json")
     if not config:
@@ -138,6 +135,17 @@ def load_hf(
     files = _weight_files(directory)
     if not (directory / "tokenizer.json").is_file():
         raise ArtifactError(f"{directory} has no tokenizer.json (maaskit reads fast tokenizers only)")
+    return shape, config, files
+
+
+def load_hf(
+    directory: str | Path, *, context: int | None = None, dtype: str | None = None, device: str | torch.device = "cpu"
+) -> HFModel:
+    """Load the checkpoint in ``directory``. ``context``: positions the cache holds (at most the model's
+    own limit, which None keeps; a server passes its ``ServeConfig.context``); ``dtype``: "float32" or
+    "bfloat16" (default: the checkpoint's own, and float32 for float16 checkpoints on a CPU)."""
+    directory = Path(directory)
+    shape, config, files = check_hf(directory, context=context)
     saved = config.get("torch_dtype") or config.get("dtype") or "float32"
     name = dtype or ("float32" if saved == "float16" and str(device) == "cpu" else saved)
     if name not in DTYPES:

@@ -64,6 +64,16 @@ MAX_BODY_BYTES = ServeConfig.max_body_bytes  # the default, written once in Serv
 DOCS_PATHS = ("/docs", "/openapi.json")  # the API's documentation needs no token
 
 
+DESCRIPTION = (
+    "The Open Inference Protocol (KServe V2, with Triton's binary tensor, classification and "
+    "model repository extensions) and TF Serving's REST API (V1), for maaskit artifacts; and "
+    "OpenAI's completions and chat completions (streamed as server-sent events) for language models. "
+    'Every error is `{"error": "..."}` (OpenAI\'s `{"error": {"message", "type", "param", "code"}}` '
+    "on its routes) with the status documented for its route. `GET /v1/models/{name}` is TF Serving's "
+    "model status for a classifier and OpenAI's model object for a language model."
+)
+
+
 class _TooLarge(Exception):
     pass
 
@@ -236,14 +246,7 @@ def create_app(
         lifespan=lifespan,
         title="maaskit inference server",
         version=__version__,
-        description=(
-            "The Open Inference Protocol (KServe V2, with Triton's binary tensor, classification and "
-            "model repository extensions) and TF Serving's REST API (V1), for maaskit artifacts; and "
-            "OpenAI's completions and chat completions (streamed as server-sent events) for language models. "
-            'Every error is `{"error": "..."}` (OpenAI\'s `{"error": {"message", "type", "param", "code"}}` '
-            "on its routes) with the status documented for its route. `GET /v1/models/{name}` is TF Serving's "
-            "model status for a classifier and OpenAI's model object for a language model."
-        ),
+        description=DESCRIPTION,
     )
     metrics = ServerMetrics()
     app.state.repository, app.state.metrics, app.state.drain = repository, metrics, drain

@@ -9,12 +9,18 @@ import ipaddress
 import json
 import os
 import socket
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["ServeConfig"]
+__all__ = ["ServeConfig", "options"]
 
 _ENVIRONMENT = "MAASKIT_SERVE_CONFIG"  # how --workers hands the config to each worker process
+
+
+def _option(default: Any, help: str, *, cli: bool = True, **argparse: Any) -> Any:
+    """A field with its help, as ``maaskit serve --help`` and ``serve()``'s documentation show it
+    (``cli=False``: set from Python only; ``argparse``: more of the option's settings, e.g. choices)."""
+    return field(default=default, metadata={"help": help, "cli": cli, **argparse})
 
 
 @dataclass(frozen=True)
@@ -47,32 +53,79 @@ class ServeConfig:
     compiling at start.
     """
 
-    host: str = "127.0.0.1"
-    port: int = 8000  # serve() in a notebook passes 0: any free port
-    token: str | None = None
-    api_keys: str | None = None  # a JSON file of keys with quotas (else $MAASKIT_API_KEYS, if set)
-    allow_insecure: bool = False
-    device: str = "auto"
-    max_batch_size: int = 32
-    max_delay_ms: float = 0.0
-    max_queue: int = 1024
-    inline: bool | str = "auto"
-    max_sequences: int = 16
-    model_repository: str | None = None
-    name: str | None = None
-    max_body_bytes: int = 32 * 1024 * 1024
-    workers: int = 1
-    log_level: str = "warning"
-    access_log: bool = False
-    drain_seconds: float = 20.0  # under Kubernetes' default 30 s grace, with room for the rest of the stop
-    dtype: str = "auto"
-    context: int = 2048
-    kv_cache_gb: float | None = None
-    prefill_chunk: int = 256
-    prefill_stall: float = 0.5  # a step with a chunk: at most 1.5 decode steps (p99 ITL within 2x a lone stream's)
-    prefix_cache_gb: float = 0.25
-    threads: int | None = None
-    compile: bool = False
+    host: str = _option("127.0.0.1", "address to bind (loopback: only this machine)")
+    # serve() in a notebook passes 0 (any free port): see runner.NOTEBOOK_DEFAULTS
+    port: int = _option(8000, "port to listen on (0: any free one)")
+    token: str | None = _option(None, "require 'Authorization: Bearer TOKEN' (or set MAASKIT_TOKEN)")
+    api_keys: str | None = _option(
+        None,
+        'a JSON file [{"name", "key", "rpm", "tpm"}, ...]: keys accepted, with per-key quotas (default: '
+        "$MAASKIT_API_KEYS, if set)",
+        metavar="FILE",
+    )
+    allow_insecure: bool = _option(False, "bind a non-loopback address without a token")
+    device: str = _option("auto", "auto, cpu, cuda, cuda:N or mps")
+    max_batch_size: int = _option(32, "most images in one forward pass")
+    max_delay_ms: float = _option(
+        0.0,
+        "extra wait for other requests to share a forward pass (0: a request that finds the model idle runs at "
+        "once; those arriving while it is busy share the next pass anyway)",
+    )
+    max_queue: int = _option(1024, "images that may wait; past that the answer is 503 + Retry-After")
+    inline: bool | str = _option("auto", "run cheap passes on the event loop's thread", cli=False)
+    max_sequences: int = _option(
+        16, "a language model's sequences sharing each decode step (continuous batching; 1: one at a time)"
+    )
+    model_repository: str | None = _option(
+        None,
+        "a directory of model folders, loadable and unloadable through /v2/repository (Triton's); with no "
+        "DIR, all of them are served",
+        metavar="DIR",
+    )
+    name: str | None = _option(None, "the model's name (one model only; default: from its manifest)")
+    max_body_bytes: int = _option(32 * 1024 * 1024, "the largest request body", cli=False)
+    workers: int = _option(1, "server processes (for CPU-bound models)")
+    log_level: str = _option("warning", "the server's log", choices=("critical", "error", "warning", "info", "debug"))
+    access_log: bool = _option(False, "log every request (off by default: it costs time on every request)")
+    drain_seconds: float = _option(  # under Kubernetes' default 30 s grace, with room for the rest of the stop
+        20.0,
+        "on SIGTERM or Ctrl-C, how long requests in flight may finish (streams still running then end with an "
+        "error event); the same signal again stops at once",
+    )
+    dtype: str = _option(
+        "auto",
+        "a language model's weights and cache (auto: the checkpoint's own; on a CPU without fast bfloat16 "
+        "products, float32)",
+        choices=("auto", "float32", "bfloat16"),
+    )
+    context: int = _option(2048, "positions a Hugging Face model's cache holds (at most the model's own limit)")
+    kv_cache_gb: float | None = _option(
+        None,
+        "memory for the sequences' key/value caches; fewer slots than --max-sequences if it holds fewer (more "
+        "requests wait their turn); default: --max-sequences slots",
+    )
+    prefill_chunk: int = _option(
+        256, "prompt tokens computed per step beside the running streams, at most (a long prompt does not stall them)"
+    )
+    prefill_stall: float = _option(  # keeps p99 inter-token latency within 2x a lone stream's (benchmarks/FIGURES.md)
+        0.5,
+        "fewer prompt tokens, sized by time, so that a step with them costs at most 1 + this many decode steps "
+        "(0: always --prefill-chunk)",
+    )
+    prefix_cache_gb: float = _option(
+        0.25, "memory for the keys and values of shared prompt prefixes, reused across requests (0: off)"
+    )
+    threads: int | None = _option(
+        None,
+        "PyTorch threads per process for forward passes (default, shared among --workers: all cores but one; all "
+        "cores for a language model of 32 MiB or more)",
+    )
+    compile: bool = _option(
+        False,
+        "language models: compile the decode step (short prompts joining go in as its rows) and a lone prompt's "
+        "pass with torch.compile (its products Inductor's own kernels on frozen weights on a CPU; minutes of "
+        "compiling at start, a copy of the weights per graph; needs a C++ compiler)",
+    )
 
     def __post_init__(self) -> None:
         for name in (
@@ -133,3 +186,8 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
     except (OSError, ValueError):
         return False
+
+
+def options() -> list[Field]:
+    """ServeConfig's fields in order: what ``maaskit serve``'s options and ``serve()``'s keywords are made from."""
+    return list(fields(ServeConfig))

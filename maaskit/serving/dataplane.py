@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 from ..artifact import MANIFEST, ArtifactError, load_artifact, make_manifest, read_manifest
 from ..device import pick_device
 from ..explain import MAX_MAGNITUDE
+from ..models import MODELS
 from ..normalization import Normalization
 from .batching import DynamicBatcher
 from .config import ServeConfig
@@ -506,6 +507,29 @@ class ModelRepository:
         for versions in served.values():
             for one in versions.values():
                 one.close()
+
+
+def check_source(folder: str | Path) -> None:
+    """Say what is wrong with a folder to serve, reading only its description (the manifest, or a Hugging
+    Face ``config.json``): no weights loaded, nothing compiled. ``serve_workers`` checks its folders so
+    before each worker loads them, so that a typo fails once, at once."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder} is not a folder")
+    if _is_language_model(folder):
+        from ..lm.hf import check_hf, is_huggingface_folder
+
+        if is_huggingface_folder(folder):
+            check_hf(folder)
+        elif not (folder / "tokenizer.json").is_file():
+            raise ArtifactError(f"{folder} is a language model without its tokenizer.json")
+        return
+    manifest = read_manifest(folder)
+    if not manifest:
+        raise ArtifactError(f"{folder} is not a maaskit artifact: {MANIFEST} is missing or not JSON")
+    architecture = manifest.get("architecture") or {}
+    if architecture.get("name") not in MODELS:
+        raise ArtifactError(f"{folder}: unknown architecture {architecture.get('name')!r}")
 
 
 def _servable(folder: Path) -> bool:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 import signal
 import socket
@@ -19,7 +20,8 @@ import torch
 
 from .app import create_app
 from .config import ServeConfig
-from .dataplane import ModelRepository, ModelSource
+from .config import options as config_options
+from .dataplane import ModelRepository, ModelSource, check_source
 from .drain import DRAIN_GRACE_SECONDS, Drain, drain_on_signals
 from .keys import APIKeys
 
@@ -134,59 +136,55 @@ def _keys(api_keys: APIKeys | str | Path | None) -> APIKeys | None:
     return APIKeys.load(api_keys) if api_keys is not None else APIKeys.load()
 
 
+# serve()'s own defaults where they differ from ServeConfig's (the CLI's): in a notebook any free port
+NOTEBOOK_DEFAULTS = {"port": 0}
+
+
 def serve(
     *sources: ModelSource,
     data: ImageDataset | None = None,
-    name: str | None = None,
-    host: str = ServeConfig.host,
-    port: int = 0,
-    token: str | None = None,
-    allow_insecure: bool = False,
-    device: str | torch.device = ServeConfig.device,
-    max_batch_size: int = ServeConfig.max_batch_size,
-    max_delay_ms: float = ServeConfig.max_delay_ms,
-    max_queue: int = ServeConfig.max_queue,
-    inline: bool | str = ServeConfig.inline,
-    model_repository: str | Path | None = None,
-    max_body_bytes: int = ServeConfig.max_body_bytes,
-    log_level: str = ServeConfig.log_level,
-    access_log: bool = False,
     api_keys: APIKeys | str | Path | None = None,
-    max_sequences: int = ServeConfig.max_sequences,
-    drain_seconds: float = ServeConfig.drain_seconds,
-    dtype: str = ServeConfig.dtype,
-    context: int = ServeConfig.context,
-    kv_cache_gb: float | None = ServeConfig.kv_cache_gb,
-    prefill_chunk: int = ServeConfig.prefill_chunk,
-    prefill_stall: float = ServeConfig.prefill_stall,
-    prefix_cache_gb: float = ServeConfig.prefix_cache_gb,
-    threads: int | None = ServeConfig.threads,
-    compile: bool = ServeConfig.compile,
+    device: str | torch.device = ServeConfig.device,
+    **options: Any,
 ) -> RunningServer:
     """Serve artifact directories (or models with ``data=``, or ``(model, manifest)`` pairs) in a
-    background thread. The keywords are :class:`~maaskit.serving.config.ServeConfig`'s, which says
-    what each does and holds the defaults.
+    background thread, until ``.stop()``. Its keywords are :class:`~maaskit.serving.config.ServeConfig`'s
+    fields (its signature is made from them: ``help(serve)`` lists each with its default).
 
-    ``port=0`` picks a free port; the returned handle's ``url`` says which. Binding anything
-    but a loopback address without a ``token`` or API keys is refused unless ``allow_insecure=True``.
-    ``model_repository``: a directory of artifact directories (one per model, named as the model)
-    that ``/v2/repository`` can load from and unload, as Triton's does; with no ``sources``, all of
-    them are served.
-    Language models (directories from ``maaskit lm train``, Hugging Face folders of the Llama family,
-    or ``(model, tokenizer)`` pairs) are served through the OpenAI-compatible API. ``api_keys``: an
-    :class:`APIKeys`, or its JSON file (see :mod:`.keys`); by default ``$MAASKIT_API_KEYS`` if set.
-    Keys are accepted wherever the token is, and carry quotas on the language-model routes.
+    ``port=0`` (the default here) picks a free port; the returned handle's ``url`` says which. Binding
+    anything but a loopback address without a ``token`` or API keys is refused unless
+    ``allow_insecure=True``. ``model_repository``: a directory of model folders (one per model, named
+    as the model) that ``/v2/repository`` can load from and unload, as Triton's does; with no
+    ``sources``, all of them are served. Language models (directories from ``maaskit lm train``,
+    Hugging Face folders of the Llama family, or ``(model, tokenizer)`` pairs) are served through the
+    OpenAI-compatible API. ``api_keys``: an :class:`APIKeys`, or its JSON file (see :mod:`.keys`); by
+    default ``$MAASKIT_API_KEYS`` if set. ``device``: a name or a ``torch.device``.
     """
-    config = ServeConfig(
-        host=host, port=port, token=token, allow_insecure=allow_insecure, device=str(device),
-        max_batch_size=max_batch_size, max_delay_ms=max_delay_ms, max_queue=max_queue, inline=inline,
-        max_sequences=max_sequences, model_repository=None if model_repository is None else str(model_repository),
-        name=name, max_body_bytes=max_body_bytes, log_level=log_level, access_log=access_log,
-        drain_seconds=drain_seconds, dtype=dtype, context=context, kv_cache_gb=kv_cache_gb,
-        prefill_chunk=prefill_chunk, prefill_stall=prefill_stall, prefix_cache_gb=prefix_cache_gb, threads=threads,
-        compile=compile,
-    )  # fmt: skip
+    unknown = set(options) - {o.name for o in config_options()}
+    if unknown:
+        raise TypeError(f"serve() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    config = ServeConfig(**{**NOTEBOOK_DEFAULTS, **options, "device": str(device)})
+    if config.workers > 1:
+        raise ValueError("serve() runs one server in this process; for several, run `maaskit serve --workers N`")
+    if config.model_repository is not None:
+        config = config.but(model_repository=str(config.model_repository))
     return serve_config(config, *sources, data=data, api_keys=api_keys, device=device)
+
+
+def _signature() -> inspect.Signature:
+    """serve()'s signature as people read it: the sources, then each ServeConfig field as a keyword."""
+    own = [p for p in inspect.signature(serve).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    taken = {p.name for p in own}
+    fields = [
+        inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=NOTEBOOK_DEFAULTS.get(o.name, o.default),
+                          annotation=o.type)
+        for o in config_options()
+        if o.name not in taken
+    ]  # fmt: skip
+    return inspect.Signature([*own, *fields], return_annotation="RunningServer")
+
+
+serve.__signature__ = _signature()  # type: ignore[attr-defined]
 
 
 def serve_config(
@@ -277,8 +275,12 @@ def serve_workers(sources: list[str], config: ServeConfig, *, on_ready: Callable
     if config.workers < 2:
         raise ValueError("serve_workers is for 2 or more workers; use serve() for one")
     config.check_exposure(has_keys=_keys(config.api_keys) is not None)  # the same rule as one worker's
-    # each worker checks its artifacts before any binds, so a typo fails here rather than N times
-    _repository(tuple(sources), config, device="cpu").close()
+    # the folders are checked here, from their descriptions (nothing loaded or compiled: each worker
+    # loads its own), so that a typo fails once, at once
+    for source in sources:
+        check_source(source)
+    if not sources and config.model_repository is None:
+        raise ValueError("give at least one model folder to serve, or a model_repository directory")
     sock = _bind(config.host, config.port)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="maaskit-metrics-")  # the workers' add up
     os.environ[_SOURCES] = os.pathsep.join(str(s) for s in sources)
