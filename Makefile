@@ -12,7 +12,7 @@ PYTEST_NOTEBOOKS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/maaskit.json
 LINTED := maaskit tests benchmarks tools
 
-.PHONY: install lab test test-fast lint notebooks pins doctor clean chromium hey
+.PHONY: install lab test test-fast test-nightly lint notebooks pins doctor clean chromium hey
 
 install: $(STAMP) $(LAB_SETTINGS)
 
@@ -53,7 +53,12 @@ hey:
 # notebook, and the browser tests, in one pytest run. --dist loadfile keeps each notebook's cells on
 # one worker (nbval shares a kernel).
 test: install chromium hey lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile --timeout 900 --durations 12 tests notebooks $(PYTEST_NOTEBOOKS)
+	$(BIN)/python -m pytest -n 2 --dist loadfile --timeout 900 --durations 12 -m "not nightly" tests notebooks $(PYTEST_NOTEBOOKS)
+
+# The long variants of checks whose smoke form `make test` runs (e.g. every model shape through the compiled
+# decode step; tests/ marks them nightly): for a nightly job, or before changing what they cover.
+test-nightly: install
+	$(BIN)/python -m pytest -n 2 --timeout 1800 --durations 12 -m nightly tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED) notebooks

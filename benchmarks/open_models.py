@@ -322,8 +322,9 @@ def prefix_and_chunks(folder: Path, dtype: str, context: int, folder_log: Path, 
             server.thaw()
             streams = [sys.executable, str(HERE / "peers" / "sse_load.py"), server.url, "model", "8", "8",
                        "48" if smoke else "160", "--exact"]  # fmt: skip
+            before = first_tokens(server)
             running = subprocess.Popen(streams, stdout=subprocess.PIPE, text=True)
-            running_now(server, 8)
+            running_now(server, 8, before)
             if label != "no long prompt":
                 body = {"model": "model", "prompt": long, "max_tokens": 4, "ignore_eos": True}
                 start = time.perf_counter()
@@ -337,15 +338,24 @@ def prefix_and_chunks(folder: Path, dtype: str, context: int, folder_log: Path, 
     return out
 
 
-def running_now(server: Server, n: int) -> None:
-    """Until the server's engine runs ``n`` sequences (its /metrics gauge), at most 5 minutes."""
+def first_tokens(server: Server) -> float:
+    """How many sequences the server has given a first token so far (a count that only grows)."""
+    for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("maaskit_lm_time_to_first_token_seconds_count{"):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def running_now(server: Server, n: int, before: float) -> None:
+    """Until ``n`` more sequences than ``before`` have their first token, at most 5 minutes: each then has
+    the rest of its tokens to go. (A count, not the running-sequences gauge: a gauge read between polls
+    can miss a moment that a short smoke run passes through quickly.)"""
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        for line in httpx.get(f"{server.url}/metrics", timeout=10).text.splitlines():
-            if line.startswith("maaskit_lm_running_sequences{") and float(line.split()[-1]) >= n:
-                return
+        if first_tokens(server) >= before + n:
+            return
         time.sleep(0.05)
-    raise RuntimeError(f"{server.name} never ran {n} sequences at once")
+    raise RuntimeError(f"{server.name} never started {n} sequences")
 
 
 # --- the run ---------------------------------------------------------------------------------
