@@ -409,3 +409,28 @@ def test_every_route_that_runs_a_model_is_counted_and_timed_in_one_place(server,
     assert counted("openai", "gpt") == before["openai"] + 1 and counted("v1", name) == before["v1"] + 1
     assert _metric(server, 'maaskit_request_seconds_count{protocol="openai"}') == timed + 1
     assert _metric(server, 'maaskit_request_failures_total{status="404"}') == failures + 1
+
+
+def test_a_model_that_crashes_is_a_500_in_openais_shape_whole_or_streamed(tiny_lm):
+    # the engine's error goes through the one table of statuses (serving/errors.py) both ways
+    import copy
+
+    model, tokenizer = tiny_lm
+    broken = copy.deepcopy(model)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("the weights are gone")
+
+    broken.forward = crash
+    body = {"model": "gpt", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+    with maaskit.serve((broken, tokenizer)) as running, httpx.Client(base_url=running.url, timeout=60) as http:
+        whole = http.post("/v1/chat/completions", json=body)
+        assert whole.status_code == 500, whole.text
+        error = whole.json()["error"]
+        assert error["type"] == "server_error" and "generation failed: the weights are gone" in error["message"]
+        with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as streamed:
+            lines = [line for line in streamed.iter_lines() if line.startswith("data: ")]
+        assert streamed.status_code == 200 and lines[-1] == "data: [DONE]"
+        event = json.loads(lines[-2].removeprefix("data: "))["error"]
+        assert event["type"] == "server_error" and event["message"] == error["message"]
+        assert http.get("/v2/health/ready").status_code == 200  # the server carries on

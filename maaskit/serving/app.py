@@ -8,6 +8,7 @@ each request through an extra task and stream (a cost benchmarks/serving.py sees
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import time
@@ -25,16 +26,7 @@ from .config import ServeConfig
 from .dataplane import ModelRepository
 from .drain import Drain
 from .endpoints import Endpoints
-from .errors import (
-    Conflict,
-    ContextTooLong,
-    Forbidden,
-    InvalidInput,
-    ModelNotFound,
-    NotReady,
-    OverCapacity,
-    ServingError,
-)
+from .errors import ContextTooLong, ModelNotFound, ServingError, message_of, status_of
 from .keys import APIKeys
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .openai_schemas import OpenAIError
@@ -45,21 +37,11 @@ from .rest_v1 import V1Endpoints
 from .rest_v2 import V2Endpoints
 from .schemas import error_responses
 
-__all__ = ["MAX_BODY_BYTES", "STATUS", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "create_app"]
 
-# each domain error's status, the same in every protocol (the first match counts: subclasses first)
-STATUS: dict[type[Exception], int] = {
-    ContextTooLong: 400,
-    InvalidInput: 400,
-    Forbidden: 403,
-    ModelNotFound: 404,
-    Conflict: 409,
-    NotReady: 503,
-    OverCapacity: 503,
-    ServingError: 500,
-}
 OPENAI_CODES: dict[type[Exception], str] = {ContextTooLong: "context_length_exceeded", ModelNotFound: "model_not_found"}
 
+_log = logging.getLogger("maaskit.serving")
 MAX_BODY_BYTES = ServeConfig.max_body_bytes  # the default, written once in ServeConfig
 DOCS_PATHS = ("/docs", "/openapi.json")  # the API's documentation needs no token
 
@@ -292,8 +274,8 @@ def _serve_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
 
 
 def _answer_errors(app: FastAPI, protocols: Protocols) -> None:
-    """Every error, answered once here: a domain error with its status (:data:`STATUS`), each in the
-    shape of the protocol whose path was asked (:meth:`Endpoints.error_body`)."""
+    """Every error, answered once here: a domain error with its status (:data:`.errors.STATUS`), each in
+    the shape of the protocol whose path was asked (:meth:`Endpoints.error_body`)."""
 
     def error(
         request: Request, status: int, message: str, headers: dict[str, str] | None = None, **detail: str | None
@@ -301,14 +283,20 @@ def _answer_errors(app: FastAPI, protocols: Protocols) -> None:
         body = protocols.error_body(request.url.path, status, message, **detail)
         return Response(body, status, headers, media_type="application/json")
 
+    # RuntimeError: a model that crashed (the engine's "generation failed: ..."), answered here as a 500 in
+    # the protocol's shape, and logged. (A handler for Exception would run outside the app, in Starlette's
+    # last-resort middleware, whose re-raise makes uvicorn close the client's kept-alive connection.)
+    @app.exception_handler(RuntimeError)
     @app.exception_handler(ServingError)
     @app.exception_handler(ContextTooLong)
-    async def _serving_error(request: Request, err: ServingError | ContextTooLong):
-        status = next(code for kind, code in STATUS.items() if isinstance(err, kind))
+    async def _serving_error(request: Request, err: Exception):
+        status = status_of(err)
+        if status == 500:
+            _log.error("%s %s failed", request.method, request.url.path, exc_info=err)
         retry_after = getattr(err, "retry_after", None)
         headers = {"Retry-After": str(math.ceil(retry_after))} if retry_after else {}
         code = next((c for kind, c in OPENAI_CODES.items() if isinstance(err, kind)), None)
-        return error(request, status, str(err), headers, param=getattr(err, "param", None), code=code)
+        return error(request, status, message_of(err), headers, param=getattr(err, "param", None), code=code)
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(_request: Request, err: OpenAIError):

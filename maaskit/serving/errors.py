@@ -8,9 +8,10 @@ the error is passing; ``param`` names the request field at fault.
 
 from __future__ import annotations
 
-from ..lm.engine import ContextTooLong  # the engine's own words for it; answered as a 400
+from ..lm.engine import ContextTooLong, Interrupted  # the engine's own words: a 400, and a 503 (stopping)
 
 __all__ = [
+    "STATUS",
     "Conflict",
     "ContextTooLong",
     "Forbidden",
@@ -20,6 +21,8 @@ __all__ = [
     "NotReady",
     "OverCapacity",
     "ServingError",
+    "message_of",
+    "status_of",
 ]
 
 
@@ -58,3 +61,30 @@ class Forbidden(ServingError):
 class ModelFailed(ServingError):
     """The model ran but its answer cannot be sent: an output that is NaN or infinite (a 500, never a
     200 carrying ``NaN`` or ``null``)."""
+
+
+# each error's status, the same in every protocol and whether the answer is whole or streamed (the first
+# match counts: subclasses first). Anything else (a model that crashed) is a 500.
+STATUS: dict[type[Exception], int] = {
+    ContextTooLong: 400,
+    InvalidInput: 400,
+    Forbidden: 403,
+    ModelNotFound: 404,
+    Conflict: 409,
+    NotReady: 503,
+    OverCapacity: 503,
+    Interrupted: 503,  # the server is stopping: try another instance
+    ServingError: 500,
+}
+
+
+def status_of(err: BaseException) -> int:
+    return next((code for kind, code in STATUS.items() if isinstance(err, kind)), 500)
+
+
+def message_of(err: BaseException) -> str:
+    """What the client reads: a known error's own words; for anything else, what failed (the engine
+    already words a model's crash as "generation failed: ...")."""
+    if isinstance(err, (ServingError, ContextTooLong, Interrupted)) or str(err).startswith("generation failed"):
+        return str(err)
+    return f"the server failed: {type(err).__name__}: {err}"

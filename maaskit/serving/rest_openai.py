@@ -28,11 +28,11 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 
 from ..lm.constrain import UnsupportedGrammar, json_grammar, tools_grammar
-from ..lm.engine import ContextTooLong, Interrupted, SamplingParams, TokenEvent
+from ..lm.engine import ContextTooLong, SamplingParams, TokenEvent
 from ..lm.text import CHAT_TEMPLATE, TURN_ENDS, TextStream, chat_prompt
 from .dataplane import ModelRepository, ServedLanguageModel
 from .endpoints import Endpoints
-from .errors import InvalidInput, ModelNotFound
+from .errors import InvalidInput, ModelNotFound, message_of, status_of
 from .keys import APIKey, APIKeys, RateLimited
 from .metrics import ServerMetrics
 from .openai_schemas import (
@@ -557,9 +557,7 @@ async def _whole(job: _Job, head: dict) -> dict:
             collected[piece.index] += piece.events
             finishes[piece.index] = piece.finish_reason or finishes[piece.index]
             calls[piece.index] = calls[piece.index] or piece.call
-    except RuntimeError as err:
-        raise OpenAIError(503, str(err)) from None
-    finally:
+    finally:  # an error goes to the app, which answers it as it answers every error (errors.STATUS)
         job.settle()
     logprobs = job.logprobs
     choices = [
@@ -610,10 +608,9 @@ async def _stream(job: _Job, head: dict, include_usage: bool) -> AsyncIterator[b
                 yield chunk([shape.delta(served, piece.index, None, piece.finish_reason, [], 0, logprobs)])
         if include_usage:
             yield chunk([], usage=job.usage.as_dict())
-    except Interrupted as err:  # the server is stopping: the stream ends as on an error, not cut
-        yield _event(OpenAIError(503, str(err)).body())
-    except Exception as err:  # the status is sent already: the error is an event
-        yield _event(OpenAIError(500, f"generation failed: {err}").body())
+    except Exception as err:  # the status is sent already: the error is an event, with the status a whole
+        # answer would have had (errors.STATUS: 503 while stopping, 500 a crash)
+        yield _event(OpenAIError(status_of(err), message_of(err)).body())
     finally:
         job.settle()
         await pieces.aclose()
