@@ -516,3 +516,27 @@ def test_a_sequence_whose_reader_left_while_it_waited_is_counted_as_abandoned(mo
     first, rest, abandoned, dropped = _run(main())
     assert all(e.token is not None for e in first) and all(r[-1].finish_reason == "length" for r in rest)
     assert abandoned == 1 and dropped == [1]
+
+
+def test_one_chat_format_interface_over_the_three_kinds_of_model():
+    # chosen once from the tokenizer and manifest; the server only asks for ids and where an answer ends
+    from maaskit.lm import load_corpus, train_tokenizer
+    from maaskit.lm.chat import add_chat_tokens
+    from maaskit.lm.prompts import chat_prompts
+    from maaskit.lm.text import chat_prompt
+
+    plain_tokenizer = train_tokenizer([load_corpus()[:20_000]], vocab_size=280)
+    messages = [{"role": "user", "content": "Hi"}]
+    plain = chat_prompts(plain_tokenizer, {})
+    assert not plain.calls_tools and plain.stop == ("\nuser:", "\nsystem:")
+    assert plain.encode(messages) == plain_tokenizer.encode(chat_prompt(messages)).ids
+    template = {"source": "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>",
+                "special_tokens": {}}  # fmt: skip
+    templated = chat_prompts(plain_tokenizer, {"chat_template": template})
+    assert templated.stop == () and not templated.calls_tools
+    assert plain_tokenizer.decode(templated.encode(messages)) == "<user>Hi<assistant>"
+    tokens = chat_prompts(add_chat_tokens(plain_tokenizer), {"chat_template": template})  # its own tokens win
+    assert tokens.calls_tools and tokens.stop == ()
+    assert tokens.encode(messages, [{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    with pytest.raises(ValueError, match="messages"):
+        plain.encode([{"role": "robot", "content": "x"}])

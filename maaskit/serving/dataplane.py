@@ -180,18 +180,18 @@ class ServedLanguageModel:
         from ..lm.model import CausalLM, SlotCache
         from ..lm.packing import pack_for_cpu
         from ..lm.prefix import PrefixCache
-        from ..lm.template import ChatTemplate
+        from ..lm.prompts import chat_prompts
 
         if not isinstance(model, CausalLM):
             raise TypeError(f"a language model is a maaskit.lm GPT or Llama, got {type(model).__name__}")
         self.name, self.version, self.tokenizer, self.manifest = name, version, tokenizer, manifest
         self.created = int(time.time())
         self.end_of_text: int = manifest["tokenizer"]["end_of_text"]
+        # how a conversation becomes its prompt: its chat tokens, its template, or plain lines (lm/prompts.py)
+        self.prompts = chat_prompts(tokenizer, manifest)
         # a fine-tuned model has the chat tokens: its turns end with <|end|> and it can call tools
-        self.chat = ChatFormat(tokenizer) if ChatFormat.supports(tokenizer) else None
-        # a Hugging Face model: its own Jinja template, and the stop tokens its generation config lists
-        template = manifest.get("chat_template")
-        self.template = ChatTemplate(template["source"], template["special_tokens"]) if template else None
+        self.chat = ChatFormat(tokenizer) if self.prompts.calls_tools else None
+        # a Hugging Face model: the stop tokens its generation config lists
         self.stop_tokens: tuple[int, ...] = tuple(manifest["tokenizer"].get("stop_tokens") or ()) or (
             (self.end_of_text,) if self.chat is None else (self.end_of_text, self.chat.end)
         )

@@ -308,7 +308,7 @@ def _openai_body(schema: dict, served: ServedLanguageModel, completion: bool) ->
     for field in ("max_tokens", "max_completion_tokens"):
         if field in props:
             props[field] = {"anyOf": [room, {"type": "null"}], "description": props[field].get("description", "")}
-    if not completion and served.chat is None:  # no chat tokens: no tools, so nothing to choose from
+    if not completion and not served.prompts.calls_tools:  # no chat tokens: no tools, so nothing to choose from
         props["tools"] = {"type": "null", "description": "this model has no chat format, so it calls no tools: "
                           "fine-tune it with `maaskit lm finetune`"}  # fmt: skip
         props["tool_choice"] = {"anyOf": [{"enum": ["none", "auto"]}, {"type": "null"}]}

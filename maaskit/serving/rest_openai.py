@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from ..lm.constrain import UnsupportedGrammar, json_grammar, tools_grammar
 from ..lm.engine import ContextTooLong, SamplingParams, TokenEvent
-from ..lm.text import CHAT_TEMPLATE, TURN_ENDS, TextStream, chat_prompt
+from ..lm.text import CHAT_TEMPLATE, TextStream
 from .dataplane import ModelRepository, ServedLanguageModel
 from .endpoints import Endpoints
 from .errors import InvalidInput, ModelNotFound, message_of, status_of
@@ -363,10 +363,8 @@ class OpenAIEndpoints(Endpoints):
         tools = [t.model_dump() for t in req.tools or ()]
         # tool_choice "none": a fine-tuned model is not shown the tools; any other model still refuses them
         offered = [] if served.chat is not None and req.tool_choice == "none" else tools
-        prompt, own_turns = _chat_prompt(served, req.messages, offered)
-        # a model with its own turn tokens stops at them; the plain template's answer ends where the model
-        # would begin the next turn, unless the client says otherwise
-        stop = req.stop_sequences() or ([] if own_turns else list(TURN_ENDS))
+        prompt = _chat_prompt(served, req.messages, offered)
+        stop = req.stop_sequences() or list(served.prompts.stop)  # unless the client says otherwise
         params = replace(req.sampling_params(served.stop_tokens), grammar=_grammar(served, req, tools))
         return await self._answer(request, served, [prompt], req, params, stop, _Chat())
 
@@ -377,7 +375,7 @@ class OpenAIEndpoints(Endpoints):
         if (req.prompt is None) == (req.messages is None):
             raise OpenAIError(400, "give a prompt or messages (one of them)", param="prompt")
         if req.messages is not None:
-            tokens, _ = _chat_prompt(served, req.messages, [])
+            tokens = _chat_prompt(served, req.messages, [])
         else:
             tokens = served.tokenizer.encode(req.prompt or "", add_special_tokens=req.add_special_tokens).ids
         return {"count": len(tokens), "max_model_len": served.context, "tokens": tokens}
@@ -509,21 +507,13 @@ async def _body(request: Request) -> Any:
         raise OpenAIError(400, str(err)) from None
 
 
-def _chat_prompt(served: ServedLanguageModel, messages: list[Any], tools: list[dict]) -> tuple[list[int], bool]:
-    """The prompt of a conversation, and whether the model marks its turns with tokens of its own: a
-    model fine-tuned here has its chat tokens (tools listed when offered); a Hugging Face model its
-    Jinja template; any other the plain ``role: content`` lines."""
-    plain = [m.model_dump(exclude_none=True) for m in messages]
+def _chat_prompt(served: ServedLanguageModel, messages: list[Any], tools: list[dict]) -> list[int]:
+    """The prompt of a conversation, in the model's chat format (chosen when it loaded: lm/prompts.py)."""
+    if tools and not served.prompts.calls_tools:
+        raise OpenAIError(400, f"{served.name} has no chat format maaskit reads tool calls in, so it cannot "
+                          "call tools here: fine-tune a model with maaskit lm finetune", param="tools")  # fmt: skip
     try:
-        if served.chat is not None:
-            return served.chat.encode(plain, tools).ids, True
-        if tools:
-            raise OpenAIError(400, f"{served.name} has no chat format maaskit reads tool calls in, so it cannot "
-                              "call tools here: fine-tune a model with maaskit lm finetune", param="tools")  # fmt: skip
-        if served.template is not None:  # the template writes the special tokens itself
-            text = served.template.render(plain, add_generation_prompt=True)
-            return served.tokenizer.encode(text, add_special_tokens=False).ids, True
-        return served.tokenizer.encode(chat_prompt(plain)).ids, False
+        return served.prompts.encode([m.model_dump(exclude_none=True) for m in messages], tools)
     except ValueError as err:
         raise OpenAIError(400, str(err), param="messages") from None
 
