@@ -96,10 +96,13 @@ class Guard:
         self.protocols = protocols
         self.expected = f"Bearer {token}".encode() if token is not None else None
 
-    def _accepts(self, authorization: bytes) -> bool:
+    def _accepts(self, scope, authorization: bytes) -> bool:
         if self.expected is not None and secrets.compare_digest(authorization, self.expected):
             return True
-        return self.keys is not None and self.keys.identify(authorization) is not None
+        key = self.keys.identify(authorization) if self.keys is not None else None
+        if key is not None:  # whose request it is: the routes hold it to the key's quotas (rest_openai._admit)
+            scope.setdefault("state", {})["api_key"] = key
+        return key is not None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -135,6 +138,7 @@ class Guard:
                 self._record(scope, status[0], time.perf_counter() - start)
 
     def _record(self, scope, status: int, seconds: float) -> None:
+        self._record_key(scope.get("state") or {})
         if status >= 400:
             self.metrics.failures.labels(str(status)).inc()
             return
@@ -145,13 +149,27 @@ class Guard:
             self.metrics.requests.labels(model, protocol).inc()
             self.metrics.latency.labels(protocol).observe(seconds)
 
+    def _record_key(self, state: dict) -> None:
+        """An API key's use, as its route left it in the request's state: admitted (and the tokens it used)
+        or refused past its quota."""
+        key, quota = state.get("api_key"), state.get("quota")
+        if key is None or quota is None:
+            return
+        if quota == "refused":
+            self.metrics.key_rejections.labels(key.name).inc()
+            return
+        self.metrics.key_requests.labels(key.name).inc()
+        prompt, completion = state.get("tokens", (0, 0))
+        self.metrics.key_tokens.labels(key.name, "prompt").inc(prompt)
+        self.metrics.key_tokens.labels(key.name, "completion").inc(completion)
+
     async def _checked(self, scope, receive, send):
         headers = dict(scope["headers"])
         secured = self.expected is not None or self.keys is not None
         if (
             secured
             and not scope["path"].startswith(self.protocols.open_paths)
-            and not self._accepts(headers.get(b"authorization", b""))
+            and not self._accepts(scope, headers.get(b"authorization", b""))
         ):
             return await self._refuse(
                 scope,

@@ -403,19 +403,18 @@ class OpenAIEndpoints(Endpoints):
         return served
 
     def _admit(self, request: Request, job_tokens: int) -> tuple[APIKey | None, Any, dict[str, str]]:
-        """The caller's key, its admission for ``job_tokens`` at worst (429 past its quota), and its headers."""
-        keys = self.keys
-        # the Guard has already refused requests without a good key; this finds whose it is, for quotas
-        key = keys.identify(request.headers.get("authorization", "")) if keys is not None else None
-        if key is None or keys is None:
+        """The caller's key (the Guard found it), its admission for ``job_tokens`` at worst (429 past its
+        quota), and its headers. What happened is left in the request's state, where the Guard counts it."""
+        key: APIKey | None = getattr(request.state, "api_key", None)
+        if key is None or self.keys is None:
             return None, None, {}
         try:
-            use = keys.admit(key, job_tokens)
+            use = self.keys.admit(key, job_tokens)
         except RateLimited as err:
-            self.metrics.key_rejections.labels(key.name).inc()
+            request.state.quota = "refused"
             raise OpenAIError(429, str(err), code="rate_limit_exceeded", headers=err.headers) from None
-        self.metrics.key_requests.labels(key.name).inc()
-        return key, use, keys.headers(key)
+        request.state.quota = "admitted"
+        return key, use, self.keys.headers(key)
 
     async def _answer(self, request: Request, served: ServedLanguageModel, prompts: list[list[int]],
                       req: CompletionRequest | ChatRequest, params: SamplingParams, stop: list[str],
@@ -428,8 +427,7 @@ class OpenAIEndpoints(Endpoints):
         def settle() -> None:
             if use is not None and key is not None and self.keys is not None:
                 self.keys.settle(use, usage.prompt_tokens + usage.completion_tokens)
-                self.metrics.key_tokens.labels(key.name, "prompt").inc(usage.prompt_tokens)
-                self.metrics.key_tokens.labels(key.name, "completion").inc(usage.completion_tokens)
+                request.state.tokens = (usage.prompt_tokens, usage.completion_tokens)  # counted by the Guard
 
         job = _Job(served, prompts, fitted, stop, req.n, shape, headers, usage, settle)
         head = {"id": shape.id_prefix + secrets.token_hex(12), "created": int(time.time()), "model": served.name}
