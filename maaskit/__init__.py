@@ -14,6 +14,8 @@ from ._version import __version__
 
 if TYPE_CHECKING:  # the public names: for type checkers and editors, and read by lazy_exports
     from .artifact import load_artifact, save_artifact
+    from .callbacks import EarlyStopping, PrintProgress
+    from .checkpoint import Checkpoint
     from .data import ImageDataset, Split, load_dataset
     from .device import pick_device, seed_everything
     from .evaluation import evaluate
@@ -21,9 +23,10 @@ if TYPE_CHECKING:  # the public names: for type checkers and editors, and read b
     from .normalization import Normalization
     from .recipes import Recipe, default_recipe
     from .report import publish_metrics
+    from .run import Callback, History
     from .serving.client import Client, load_test
     from .serving.runner import serve
-    from .train import Callback, Checkpoint, EarlyStopping, History, PrintProgress, fit
+    from .train import fit
     from .workflows import load_or_train
 
 

@@ -21,7 +21,8 @@ from .data import ImageDataset, Split
 from .device import seed_everything
 from .models import build_model
 from .normalization import Normalization
-from .train import Callback, fit
+from .run import Callback
+from .train import fit
 
 __all__ = ["PerItemDataset", "fit_images_per_s", "tutorial_epoch", "tutorial_images_per_s"]
 

@@ -47,11 +47,12 @@ def _doctor(_args) -> int:
 
 def _train(args) -> int:
     from .artifact import save_artifact
+    from .callbacks import PrintProgress
     from .data import DatasetUnavailableError, load_dataset
     from .device import DeviceNotAvailableError, seed_everything
     from .evaluation import evaluate
     from .models import build_model
-    from .train import PrintProgress, fit
+    from .train import fit
 
     if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:  # start the ranks: torchrun, then us
         from .distributed import RankFailedError, launch

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .train import Callback, Run
+from .run import Callback, Run
 
 __all__ = ["GradientMonitor", "Record", "UPDATE_RATIO_TYPICAL"]
 

@@ -10,28 +10,31 @@ DDP the ranks agree on stopping every ``STOP_CHECK_EVERY`` steps, not every step
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol, TextIO, overload, runtime_checkable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
+from .callbacks import EarlyStopping, PrintProgress, Recorder
+from .checkpoint import Checkpoint, load_checkpoint
 from .device import pick_device, seed_everything
-from .scoring import IGNORE, Metric, Totals
+from .run import Callback, History, Run, TrainingData
+from .scoring import IGNORE, Totals
 
-__all__ = [
+__all__ = [  # the run, its callbacks and checkpoints live in their own modules; here too, as fit's vocabulary
     "Callback",
     "Checkpoint",
     "EarlyStopping",
+    "FitSettings",
     "History",
     "PrintProgress",
     "Recorder",
@@ -41,35 +44,27 @@ __all__ = [
 ]
 
 
-@runtime_checkable
-class TrainingData(Protocol):
-    """What ``fit()`` trains on: a :class:`maaskit.ImageDataset`, a :class:`maaskit.lm.TextDataset`,
-    or anything else with these members.
+@dataclass(frozen=True)
+class FitSettings:
+    """One ``fit()`` call's settings (its keywords but the model, the data and the callbacks). As asked
+    they may say "auto"; the run holds them resolved for the machine (``run.plan``): the device, and
+    whether autocast and channels-last are on."""
 
-    ``loader(split, batch_size=, augment=, device=, seed=, rank=, world_size=)`` gives batches of
-    ``(inputs, labels)`` on the device, with ``len()``, a ``generator`` (its random state, for
-    checkpoints) and a ``device``; ``unit`` names what a label counts (``"images"``, ``"tokens"``:
-    the throughput column is ``<unit>_per_s``); ``metrics()`` says what to measure besides the loss."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def unit(self) -> str: ...
-
-    def loader(
-        self,
-        split: str = "train",
-        *,
-        batch_size: int = ...,
-        augment: bool = ...,
-        device: str | torch.device = ...,
-        seed: int = ...,
-        rank: int = ...,
-        world_size: int = ...,
-    ) -> Any: ...
-
-    def metrics(self) -> Sequence[Metric]: ...
+    optimizer: str | torch.optim.Optimizer | Callable = "adam"
+    lr: float = 1e-3
+    epochs: int = 5
+    batch_size: int = 128
+    scheduler: str | Callable | None = None
+    device: str | torch.device = "auto"
+    early_stopping: int | None = None
+    amp: bool | str = "auto"
+    channels_last: bool | str = "auto"
+    compile: bool = False
+    seed: int = 0
+    augment: bool = False
+    weight_decay: float | None = None
+    grad_clip: float | None = None
+    resume_from: str | Path | None = None
 
 
 # name -> (optimizer class, its fixed keywords, the weight decay `weight_decay=None` means)
@@ -85,326 +80,6 @@ SCHEDULERS = {
         opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=steps
     ),
 }
-
-
-class History:
-    """One record per epoch, read like a pandas DataFrame: ``len(history)`` is the number of epochs,
-    ``history["val_acc"]`` that column as a list, iterating gives the column names; ``history[-1]``
-    (or ``history.last``) is the last epoch's record.
-
-    ``stopped`` says why training ended early (``"early stopping"``, ``"stop requested"``,
-    ``"interrupted"``) or is ``None``. A record with ``complete=False`` is an epoch cut short.
-    """
-
-    # fit() records each epoch: epoch, step, train_loss, train_<metric> for each of the data's
-    # metrics (train_acc; train_perplexity for text), <unit>_per_s (images_per_s, tokens_per_s),
-    # wall_time, val_loss, val_<metric>, lr, complete
-
-    def __init__(self, records: Sequence[dict] = ()):
-        self.records = [dict(r) for r in records]
-        self.stopped: str | None = None
-        self.settings: dict = {}  # what fit() ran with: device, amp, channels_last, compile, ...
-
-    def append(self, record: dict) -> None:
-        self.records.append(record)
-
-    @overload
-    def __getitem__(self, key: str) -> list: ...
-    @overload
-    def __getitem__(self, key: int) -> dict: ...
-
-    def __getitem__(self, key: str | int) -> list | dict:
-        if isinstance(key, str):
-            if not self.records or key not in self.records[0]:
-                raise KeyError(f"{key!r}: the history has columns {', '.join(self.keys()) or '(none yet)'}")
-            return [r[key] for r in self.records]
-        return self.records[key]
-
-    def keys(self) -> list[str]:
-        return list(self.records[0]) if self.records else []
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.keys())
-
-    def __contains__(self, column: object) -> bool:
-        return column in self.keys()
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    @property
-    def last(self) -> dict:
-        return self.records[-1] if self.records else {}
-
-    def summary(self) -> str:
-        """One line: epochs, steps, seconds, throughput in its unit, and why training stopped, if it did."""
-        last = self.last
-        rate = next((k for k in last if k.endswith("_per_s")), None)
-        speed = f", {last[rate]:,.0f} {rate.removesuffix('_per_s')}/s" if rate else ""
-        stopped = f" — stopped: {self.stopped}" if self.stopped else ""
-        return f"{len(self)} epochs, {last.get('step', 0)} steps, {last.get('wall_time', 0.0):.1f} s{speed}{stopped}"
-
-    def __repr__(self) -> str:
-        last = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.last.items())
-        return (
-            f"History({len(self.records)} epochs; last: {last}{'; stopped: ' + self.stopped if self.stopped else ''})"
-        )
-
-
-class Run:
-    """What a callback sees of one ``fit()`` call while it runs."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        data: TrainingData,
-        device: torch.device,
-        epochs: int,
-        steps_per_epoch: int,
-        batch_size: int,
-    ):
-        self.model, self.optimizer, self.scheduler, self.data = model, optimizer, scheduler, data
-        self.device, self.epochs, self.steps_per_epoch, self.batch_size = device, epochs, steps_per_epoch, batch_size
-        self.history = History()
-        self.epoch = 0  # the epoch running now, from 1; after resuming, the last one saved
-        self.step = 0  # optimizer steps since the start of training
-        self.epoch_step = 0  # steps into the current epoch
-        self.loss: torch.Tensor | None = None  # the last batch's loss, a tensor on the device
-        self.output: torch.Tensor | None = None  # the last batch's logits
-        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None  # the last (inputs, labels)
-        self.val_loader: Any = None
-        self.validation: dict[str, float] = {}  # the last validation pass: val_loss, val_<metric>
-        self.autocast: Callable[[], Any] = nullcontext
-        self.stop_reason: str | None = None
-        self._stop = threading.Event()
-        self.metrics = list(data.metrics())
-        self.totals = Totals(self.metrics, device)  # this epoch's training sums, on the device
-        self.unit = data.unit  # what a label counts: the throughput column is <unit>_per_s
-        self._epoch_start = time.perf_counter()
-        self._fit_start = time.perf_counter()
-        self.elapsed_before = 0.0  # wall time of earlier (resumed) runs
-        self.train_generator: torch.Generator | None = None
-        self.settings: dict[str, Any] = {}  # what fit() runs with
-
-    def request_stop(self, reason: str = "stop requested") -> None:
-        """Ask training to end after the current batch. Safe to call from any thread."""
-        if not self._stop.is_set():
-            self.stop_reason = reason
-            self._stop.set()
-
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop.is_set()
-
-    def running_metrics(self) -> dict:
-        """This epoch so far: mean loss, the metrics, throughput. Reads from the device: call it sparingly."""
-        seconds = time.perf_counter() - self._epoch_start
-        return {
-            "epoch": self.epoch,
-            "epoch_step": self.epoch_step,
-            "step": self.step,
-            **self.totals.read("train"),
-            f"{self.unit}_per_s": self.totals.count / seconds if seconds > 0 else 0.0,
-            "wall_time": self.elapsed_before + time.perf_counter() - self._fit_start,
-        }
-
-    def _reset_epoch(self):
-        self.totals.reset()
-        self.epoch_step = 0
-        self._epoch_start = time.perf_counter()
-
-
-class Callback:
-    """Override the events you need. ``run`` is the :class:`Run` in progress.
-
-    Callbacks are told of each event in ``order``, lowest first (ties: the order given to ``fit``);
-    the :class:`Recorder` goes first so that the others see the epoch's record.
-    """
-
-    order: int = 0
-
-    def on_fit_start(self, run: Run): ...
-    def on_epoch_start(self, run: Run): ...
-    def on_batch_start(self, run: Run): ...
-    def on_batch_end(self, run: Run): ...
-    def on_epoch_end(self, run: Run): ...
-    def on_fit_end(self, run: Run): ...
-
-
-class Recorder(Callback):
-    """Keeps the epoch's running loss and metrics on the device and, at its end, appends the record
-    (with ``fit``'s validation pass) to ``run.history``. ``fit`` always adds one (fastai's Recorder
-    idea); it goes first, so the other callbacks see the record."""
-
-    order = -100
-
-    def on_epoch_start(self, run: Run) -> None:
-        run._reset_epoch()
-
-    def on_batch_end(self, run: Run) -> None:
-        assert run.batch is not None and run.loss is not None and run.output is not None
-        labels = run.batch[1]  # one per image, or one per token (B x T) for a language model
-        scored = (labels != IGNORE).sum()  # all of them, unless a fine-tuning mask ignores some
-        run.totals.add(run.loss * scored, run.output, labels)  # stays on the device: no sync
-
-    def on_epoch_end(self, run: Run) -> None:
-        if distributed.world_size() > 1:
-            run.totals.all_reduce()  # every rank records the same, global, numbers
-        record = run.running_metrics()  # the one read from the device this epoch
-        record.pop("epoch_step")
-        record.update(run.validation)
-        record["lr"] = run.optimizer.param_groups[0]["lr"]
-        record["complete"] = run.epoch_step == run.steps_per_epoch
-        run.history.append(record)
-
-
-class PrintProgress(Callback):
-    """One line per epoch: for scripts, the CLI and headless runs."""
-
-    def __init__(self, file: TextIO | None = None):
-        self.file = file
-
-    def on_epoch_end(self, run: Run) -> None:
-        r = run.history.last
-        metrics = "  ".join(_shown(m, r, "train") for m in run.metrics)
-        val = "  ".join(_shown(m, r, "val") for m in run.metrics)
-        print(
-            f"epoch {r['epoch']:>3}/{run.epochs}  train loss {r['train_loss']:.4f} {metrics}  "
-            f"val loss {r['val_loss']:.4f} {val}  {r[run.unit + '_per_s']:,.0f} {run.unit}/s",
-            file=self.file,
-            flush=True,
-        )
-
-    def on_fit_end(self, run: Run) -> None:
-        if run.stop_reason:
-            print(f"stopped after epoch {run.epoch}: {run.stop_reason}", file=self.file, flush=True)
-
-
-def _shown(metric: Metric, record: dict, prefix: str) -> str:
-    value = record[f"{prefix}_{metric.name}"]
-    return f"{metric.name} {value:.2%}" if metric.name == "acc" else f"{metric.name} {value:.1f}"
-
-
-class EarlyStopping(Callback):
-    """Stop when ``monitor`` has not improved for ``patience`` epochs; put the best weights back."""
-
-    _MONITORABLE = tuple(f"{split}_{m}" for split in ("train", "val") for m in ("loss", "acc", "perplexity"))
-
-    def __init__(self, patience: int = 5, monitor: str = "val_loss", mode: str = "auto", restore_best: bool = True):
-        if monitor not in self._MONITORABLE:
-            raise ValueError(f"EarlyStopping cannot monitor {monitor!r}: fit() records {', '.join(self._MONITORABLE)}")
-        if mode == "auto":  # losses and perplexities should fall, accuracies rise
-            mode = "max" if monitor.endswith("acc") else "min"
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode must be 'min', 'max' or 'auto', got {mode!r}")
-        if not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be a whole number of epochs, at least 1, got {patience!r}")
-        self.patience, self.monitor, self.mode, self.restore_best = patience, monitor, mode, restore_best
-        self.best: float | None = None
-        self.best_epoch, self.waited = 0, 0
-        self.best_state: dict[str, torch.Tensor] | None = None
-
-    def on_epoch_end(self, run: Run) -> None:
-        value = run.history.last[self.monitor]
-        if self.best is None or (value < self.best if self.mode == "min" else value > self.best):
-            self.best, self.best_epoch, self.waited = value, run.epoch, 0
-            if self.restore_best:
-                self.best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
-        else:
-            self.waited += 1
-            if self.waited >= self.patience:
-                run.request_stop("early stopping")
-
-    def on_fit_end(self, run: Run) -> None:
-        if self.restore_best and self.best_state is not None and run.stop_reason == "early stopping":
-            run.model.load_state_dict(self.best_state)
-
-
-class Checkpoint(Callback):
-    """After every ``every`` epochs, save what resuming needs into ``directory``.
-
-    ``model.safetensors`` (weights), ``optimizer.safetensors`` (optimizer tensors and random
-    number generator states) and ``state.json`` (epoch, step, hyper-parameters, scheduler,
-    history). Nothing is pickled. Resume with ``fit(..., resume_from=directory)``.
-    """
-
-    def __init__(self, directory: str | Path, every: int = 1):
-        self.directory, self.every = Path(directory), every
-
-    def on_epoch_end(self, run: Run) -> None:
-        if run.epoch % self.every == 0 or run.epoch == run.epochs or run.stop_requested:
-            save_checkpoint(run, self.directory)
-
-
-def save_checkpoint(run: Run, directory: str | Path) -> Path:
-    from safetensors.torch import save_file, save_model
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_model(run.model, str(directory / "model.safetensors"))  # tied weights (a GPT's head) stored once
-    opt_state = run.optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    plain: dict[str, dict] = {}
-    for pid, state in opt_state["state"].items():
-        for key, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"optimizer.{pid}.{key}"] = value.detach().contiguous().cpu()
-            else:
-                plain.setdefault(str(pid), {})[key] = value
-    tensors["rng.cpu"] = torch.get_rng_state()
-    if run.train_generator is not None:
-        tensors["rng.loader"] = run.train_generator.get_state().cpu()
-    if run.device.type == "cuda":
-        tensors["rng.cuda"] = torch.cuda.get_rng_state(run.device)
-    save_file(tensors, directory / "optimizer.safetensors")
-    state = {
-        "epoch": run.epoch,
-        "step": run.step,
-        "wall_time": run.running_metrics()["wall_time"],
-        "optimizer": {"param_groups": opt_state["param_groups"], "state": plain},
-        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
-        "history": run.history.records,
-    }
-    (directory / "state.json").write_text(json.dumps(state, indent=1, default=_json_default))
-    return directory
-
-
-def _json_default(value):
-    if torch.is_tensor(value):
-        return value.tolist()
-    raise TypeError(f"cannot save {type(value).__name__} in a checkpoint's state.json")
-
-
-def load_checkpoint(run: Run, directory: str | Path) -> None:
-    from safetensors.torch import load_file, load_model
-
-    directory = Path(directory)
-    missing = [f for f in ("model.safetensors", "optimizer.safetensors", "state.json") if not (directory / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{directory} is not a maaskit checkpoint: missing {', '.join(missing)}")
-    state = json.loads((directory / "state.json").read_text())
-    load_model(run.model, str(directory / "model.safetensors"), device=str(run.device))
-    tensors = load_file(directory / "optimizer.safetensors")
-    opt_state = {"param_groups": state["optimizer"]["param_groups"], "state": {}}
-    for pid, plain in state["optimizer"]["state"].items():
-        opt_state["state"].setdefault(int(pid), {}).update(plain)
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            _, pid, key = name.split(".", 2)
-            opt_state["state"].setdefault(int(pid), {})[key] = value
-    run.optimizer.load_state_dict(opt_state)
-    if run.scheduler is not None and state["scheduler"] is not None:
-        run.scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.loader" in tensors and run.train_generator is not None:
-        run.train_generator.set_state(tensors["rng.loader"])  # a CPU byte tensor, for any device
-    if "rng.cuda" in tensors and run.device.type == "cuda":
-        torch.cuda.set_rng_state(tensors["rng.cuda"], run.device)
-    run.epoch, run.step, run.elapsed_before = state["epoch"], state["step"], state["wall_time"]
-    run.history = History(state["history"])
-    run.history.settings = getattr(run, "settings", {})
 
 
 def build_optimizer(
@@ -534,8 +209,9 @@ class _Fit:
     """One ``fit()`` call in its steps, after :func:`_set_up`: per epoch :meth:`train_epoch` and
     :func:`validate_epoch`, each telling the callbacks what happens."""
 
-    def __init__(self, run: Run, net: Callable[..., torch.Tensor], loader: Any, callbacks: list[Callback]):
-        self.run, self.net, self.loader, self.callbacks = run, net, loader, callbacks
+    def __init__(self, run: Run, plan: FitSettings, net: Callable[..., torch.Tensor], loader: Any,
+                 callbacks: list[Callback]):  # fmt: skip
+        self.run, self.plan, self.net, self.loader, self.callbacks = run, plan, net, loader, callbacks
         self.ranks = distributed.world_size()
 
     def fire(self, event: str) -> None:
@@ -548,9 +224,9 @@ class _Fit:
                 raise
 
     def train_step(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
-        run = self.run
-        grad_clip = run.settings["grad_clip"]
-        if run.settings["channels_last"]:
+        run, plan = self.run, self.plan
+        grad_clip = plan.grad_clip
+        if plan.channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         run.batch = (xb, yb)
         self.fire("on_batch_start")
@@ -595,65 +271,63 @@ class _Fit:
 
 
 def _set_up(
-    model: nn.Module, data: TrainingData, callbacks: list[Callback], settings: dict[str, Any]
-) -> tuple[Run, Callable[..., torch.Tensor], Any, list[Callback]]:
+    model: nn.Module, data: TrainingData, callbacks: list[Callback], asked: FitSettings
+) -> tuple[Run, FitSettings, Callable[..., torch.Tensor], Any, list[Callback]]:
     """The device, precision and memory layout; the loaders, optimizer, scheduler and wrappers (DDP,
-    compile); a checkpoint to resume from; the callbacks in their order."""
+    compile); a checkpoint to resume from; the callbacks in their order. Returns the run and the
+    settings resolved for this machine."""
     ranks, me = distributed.world_size(), distributed.rank()
-    device = pick_device(settings.pop("device"))
-    seed, batch_size, epochs = settings["seed"], settings["batch_size"], settings["epochs"]
-    seed_everything(seed)
-    amp, channels_last = settings["amp"], settings["channels_last"]
-    use_amp = device.type == "cuda" if amp == "auto" else bool(amp)
+    device = pick_device(asked.device)
+    seed_everything(asked.seed)
     has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    use_cl = (device.type == "cuda" and has_conv) if channels_last == "auto" else bool(channels_last)
+    plan = replace(
+        asked,
+        device=device,
+        amp=device.type == "cuda" if asked.amp == "auto" else bool(asked.amp),
+        channels_last=(device.type == "cuda" and has_conv)
+        if asked.channels_last == "auto"
+        else bool(asked.channels_last),
+    )
     model.to(device)
-    if use_cl:
+    if plan.channels_last:
         model.to(memory_format=torch.channels_last)
 
+    batch_size, epochs = plan.batch_size, plan.epochs
     train_loader = data.loader(
-        "train",
-        batch_size=batch_size,
-        augment=settings["augment"],
-        device=device,
-        seed=seed,
-        rank=me,
-        world_size=ranks,
+        "train", batch_size=batch_size, augment=plan.augment, device=device, seed=plan.seed, rank=me, world_size=ranks
     )
-    opt = build_optimizer(settings["optimizer"], model, settings["lr"], settings["weight_decay"])
-    sched = _make_scheduler(settings["scheduler"], opt, epochs * len(train_loader))
+    opt = build_optimizer(plan.optimizer, model, plan.lr, plan.weight_decay)
+    sched = _make_scheduler(plan.scheduler, opt, epochs * len(train_loader))
     wrapped: nn.Module = model
     if ranks > 1:  # gradients all-reduced (averaged) during backward, in buckets
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    net: Callable[..., torch.Tensor] = torch.compile(wrapped) if settings["compile"] else wrapped
+    net: Callable[..., torch.Tensor] = torch.compile(wrapped) if plan.compile else wrapped
 
     run = Run(model, opt, sched, data, device, epochs, len(train_loader), batch_size)
     run.train_generator = train_loader.generator
     run.val_loader = data.loader("val", batch_size=max(batch_size, 512), device=device)
-    run.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if use_amp else nullcontext
-    optimizer = settings["optimizer"]
-    run.settings = {
-        "optimizer": optimizer if isinstance(optimizer, str) else type(opt).__name__,
-        "lr": settings["lr"],
+    run.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if plan.amp else nullcontext
+    run.settings = {  # what the history and the dashboards show of the run
+        "optimizer": plan.optimizer if isinstance(plan.optimizer, str) else type(opt).__name__,
+        "lr": plan.lr,
         "batch_size": batch_size,
         "device": str(device),
-        "amp": use_amp,
-        "channels_last": use_cl,
-        "compile": settings["compile"],
-        "seed": seed,
-        "augment": settings["augment"],
-        "grad_clip": settings["grad_clip"],
+        "amp": plan.amp,
+        "channels_last": plan.channels_last,
+        "compile": plan.compile,
+        "seed": plan.seed,
+        "augment": plan.augment,
+        "grad_clip": plan.grad_clip,
     }
     run.history.settings = run.settings
-    if settings["resume_from"] is not None:
-        load_checkpoint(run, settings["resume_from"])
-    early = settings["early_stopping"]
-    on_rank_0 = [*callbacks, *([EarlyStopping(early)] if early else [])]
+    if plan.resume_from is not None:
+        load_checkpoint(run, plan.resume_from)
+    on_rank_0 = [*callbacks, *([EarlyStopping(plan.early_stopping)] if plan.early_stopping else [])]
     ordered = [Recorder(), *(on_rank_0 if me == 0 else [])]
     ordered.sort(key=lambda cb: cb.order)  # stable: equal orders keep the order given
-    return run, net, train_loader, ordered
+    return run, plan, net, train_loader, ordered
 
 
 # long: the docstring is the manual of every keyword; the body is a dozen lines
@@ -704,10 +378,12 @@ def fit(
     """
     callbacks = list(callbacks)
     _check_inputs(model, data, epochs, batch_size, lr, callbacks)
-    settings = dict(locals())
-    del settings["model"], settings["data"], settings["callbacks"]
-    run, net, loader, ordered = _set_up(model, data, callbacks, settings)
-    steps = _Fit(run, net, loader, ordered)
+    asked = FitSettings(optimizer=optimizer, lr=lr, epochs=epochs, batch_size=batch_size, scheduler=scheduler,
+                        device=device, early_stopping=early_stopping, amp=amp, channels_last=channels_last,
+                        compile=compile, seed=seed, augment=augment, weight_decay=weight_decay, grad_clip=grad_clip,
+                        resume_from=resume_from)  # fmt: skip
+    run, plan, net, loader, ordered = _set_up(model, data, callbacks, asked)
+    steps = _Fit(run, plan, net, loader, ordered)
     model.train()
     with _graceful_interrupt(run):
         steps.fire("on_fit_start")

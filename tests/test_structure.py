@@ -134,8 +134,8 @@ def test_every_public_parameter_is_typed():
 LAYERS = {
     "core": {
         "_lazy", "_version", "device", "normalization", "images", "scoring", "data", "models", "artifact",
-        "train", "evaluation", "recipes", "diagnostics", "explain", "projection", "surfaces", "baseline",
-        "distributed", "report",
+        "run", "callbacks", "checkpoint", "train", "evaluation", "recipes", "diagnostics", "explain", "projection",
+        "surfaces", "baseline", "distributed", "report",
     },
     "workflows": {"workflows"},
     "lm": {"lm"},

@@ -15,8 +15,8 @@ import torch
 from tokenizers import Tokenizer
 
 from ..device import pick_device
+from ..run import TrainingData
 from ..scoring import Accuracy, Metric, Perplexity
-from ..train import TrainingData
 from .corpus import load_corpus
 from .tokenizer import ENDOFTEXT, train_tokenizer
 

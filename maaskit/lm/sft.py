@@ -25,8 +25,8 @@ import torch
 from tokenizers import Tokenizer
 
 from ..device import seed_everything
+from ..run import Callback, History
 from ..scoring import IGNORE, Accuracy, Metric, Perplexity
-from ..train import Callback, History
 from .chat import ChatFormat, add_chat_tokens
 from .config import LMRecipe, SFTRecipe
 from .data import SplitLoaders

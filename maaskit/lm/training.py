@@ -15,8 +15,10 @@ from typing import TextIO
 
 from tokenizers import Tokenizer
 
+from ..callbacks import PrintProgress
 from ..device import seed_everything
-from ..train import Callback, History, PrintProgress, Run, fit
+from ..run import Callback, History, Run
+from ..train import fit
 from .config import LMRecipe, SFTRecipe
 from .corpus import load_corpus
 from .data import TextDataset, TokenData

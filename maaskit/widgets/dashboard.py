@@ -19,7 +19,8 @@ from ..device import available_devices, seed_everything
 from ..evaluation import Evaluation, evaluate
 from ..models import IMAGE_MODELS, build_model
 from ..recipes import Recipe, default_recipe
-from ..train import OPTIMIZERS, SCHEDULERS, Callback, History, Run, fit
+from ..run import Callback, History, Run
+from ..train import OPTIMIZERS, SCHEDULERS, fit
 from .base import CONTROL, WidgetBase, figure_image, flow, log_slider
 from .lm_dashboard import LMDashboard
 from .svgchart import line_chart

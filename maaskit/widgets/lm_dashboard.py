@@ -12,7 +12,7 @@ import ipywidgets as w
 from matplotlib.figure import Figure
 
 from .. import plots
-from ..train import Callback, History, Run
+from ..run import Callback, History, Run
 from .base import WidgetBase
 from .svgchart import line_chart
 
