@@ -27,10 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> int:
     import maaskit
-    from maaskit.lm import SFTRecipe, add_chat_tokens, evaluate, finetune
+    from maaskit.lm import SFTRecipe, add_chat_tokens, evaluate_endpoint, finetune, load_or_train
     from maaskit.lm.artifact import save_language_model
     from maaskit.lm.sft import grow_vocabulary
-    from maaskit.lm.training import load_or_train_language_model
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, default=ROOT / "notebooks" / "models" / "gpt-python-docs",
@@ -43,7 +42,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    pretrained, tokenizer, _ = load_or_train_language_model(args.base, seed=args.seed, device="cpu")
+    pretrained, tokenizer, _ = load_or_train(args.base, seed=args.seed, device="cpu")
     with tempfile.TemporaryDirectory(prefix="maaskit-assistant-") as tmp:
         before_dir, after_dir = Path(tmp) / "before", Path(tmp) / "after"
         chat_tokenizer = add_chat_tokens(tokenizer)
@@ -57,14 +56,14 @@ def main() -> int:
         with maaskit.serve(after_dir, before_dir) as server:
             url = server.url + "/v1"
             for name in ("before", "after"):
-                report = evaluate(url, "none", name, "assistant", n=args.n, seed=args.seed)
+                report = evaluate_endpoint(url, "none", name, "assistant", n=args.n, seed=args.seed)
                 print(report, "\n", flush=True)
                 figures[name] = report.as_dict()
             # bookings are every third request: 3x as many requests hold the bookings asked for
             for name in ("before", "after"):
                 for constrained in (True, False):
-                    report = evaluate(url, "none", name, "assistant", n=3 * args.validity_requests, seed=args.seed + 1,
-                                      constrained=constrained, kinds=["book"])  # fmt: skip
+                    report = evaluate_endpoint(url, "none", name, "assistant", n=3 * args.validity_requests,
+                                               seed=args.seed + 1, constrained=constrained, kinds=["book"])  # fmt: skip
                     hits, n = report.schema_valid
                     figures[f"validity {name} {'constrained' if constrained else 'free'}"] = [hits, n]
         steps = constrained_step_cost(after_dir, 32, 15)  # the steps vary by about 30% run to run here

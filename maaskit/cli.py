@@ -321,11 +321,12 @@ def _lm_finetune(args) -> int:
 
 
 def _lm_eval(args) -> int:
-    from .lm.harness import evaluate
+    from .lm.harness import evaluate_endpoint
 
     try:
-        report = evaluate(args.url, args.api_key, args.model, args.task, n=args.n, concurrency=args.concurrency,
-                          constrained=not args.no_constraints, seed=args.seed, progress=True)  # fmt: skip
+        report = evaluate_endpoint(args.url, args.api_key, args.model, args.task, n=args.n,
+                                   concurrency=args.concurrency, constrained=not args.no_constraints, seed=args.seed,
+                                   progress=True)  # fmt: skip
     except ValueError as err:
         print(f"maaskit lm eval: {err}", file=sys.stderr)
         return 2

@@ -285,9 +285,9 @@ def test_unsupported_schemas_and_tools_without_a_chat_format_get_400_in_openai_s
 
 
 def test_the_harness_grades_through_the_api_and_constrained_answers_always_fit(server):
-    from maaskit.lm import evaluate
+    from maaskit.lm import evaluate_endpoint
 
-    report = evaluate(server.url, "none", "assistant", "assistant", n=12, concurrency=4, max_tokens=150)
+    report = evaluate_endpoint(server.url, "none", "assistant", "assistant", n=12, concurrency=4, max_tokens=150)
     d = report.as_dict()
     assert d["n"] == 12 and d["errors"] == 0 and set(d["by_kind"]) == {"calculate", "convert", "book"}
     assert d["schema_valid"] == [4, 4]  # an untrained model's bookings all fit the schema: the constraint did it
@@ -296,7 +296,9 @@ def test_the_harness_grades_through_the_api_and_constrained_answers_always_fit(s
     low, high = d["interval"]
     assert 0 <= low <= d["accuracy"] <= high <= 1
     assert "exact match" in str(report) and "p50" in str(report)
-    free = evaluate(server.url, "none", "assistant", "assistant", n=6, concurrency=2, constrained=False, max_tokens=20)
+    free = evaluate_endpoint(
+        server.url, "none", "assistant", "assistant", n=6, concurrency=2, constrained=False, max_tokens=20
+    )
     assert free.as_dict()["schema_valid"][1] == 2
 
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # the public names: for type checkers and editors, and read b
     from .data import TextDataset, TokenLoader
     from .engine import Engine
     from .generation import Generation, generate
-    from .harness import EvalReport, evaluate
+    from .harness import EvalReport, evaluate_endpoint
     from .hf import HFModel, load_hf
     from .llama import Llama, LlamaConfig
     from .model import GPT, KVCache, SlotCache
@@ -35,6 +35,6 @@ if TYPE_CHECKING:  # the public names: for type checkers and editors, and read b
     from .tasks import get_task
     from .template import ChatTemplate
     from .tokenizer import ENDOFTEXT, load_tokenizer, train_tokenizer
-    from .training import SampleText, sample_text, train_language_model
+    from .training import SampleText, load_or_train, sample_text, train_language_model
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__)

@@ -2,7 +2,7 @@
 OpenAI-compatible endpoint (maaskit's, vLLM, a hosted API) with the official ``openai`` client,
 concurrently, runs the tools the model calls, and grades every answer exactly.
 
-    report = evaluate("http://127.0.0.1:8000/v1", "none", "assistant", "assistant", n=300)
+    report = evaluate_endpoint("http://127.0.0.1:8000/v1", "none", "assistant", "assistant", n=300)
     print(report)
 
 What it reports: exact-match accuracy with a 95% Wilson interval (overall and per kind), how many
@@ -28,7 +28,7 @@ from .tasks import AssistantTask, Example, get_task
 P = ParamSpec("P")
 T = TypeVar("T")
 
-__all__ = ["EvalReport", "evaluate", "wilson"]
+__all__ = ["EvalReport", "evaluate_endpoint", "wilson"]
 
 
 def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -72,7 +72,7 @@ def _pct(values: list[float], q: float) -> float:
 
 @dataclass
 class EvalReport:
-    """What :func:`evaluate` measured; ``str()`` is the table ``maaskit lm eval`` prints."""
+    """What :func:`evaluate_endpoint` measured; ``str()`` is the table ``maaskit lm eval`` prints."""
 
     model: str
     url: str
@@ -235,7 +235,7 @@ async def evaluate_async(
     kinds: Sequence[str] | None = None,
     progress: bool = False,
 ) -> EvalReport:
-    """:func:`evaluate`, awaitable (in a notebook, ``await evaluate_async(...)``)."""
+    """:func:`evaluate_endpoint`, awaitable (in a notebook, ``await evaluate_async(...)``)."""
     from openai import AsyncOpenAI
 
     the_task = get_task(task) if isinstance(task, str) else task
@@ -285,10 +285,10 @@ def _blocking(run: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
     return call
 
 
-evaluate = _blocking(evaluate_async)
-evaluate.__name__ = evaluate.__qualname__ = "evaluate"
-evaluate.__doc__ = """Run ``n`` held-out requests of ``task`` against ``model`` at ``base_url`` (``.../v1``), with
-    ``concurrency`` in flight, and grade them (see the module's docstring); ``kinds`` keeps only the
+evaluate_endpoint = _blocking(evaluate_async)
+evaluate_endpoint.__name__ = evaluate_endpoint.__qualname__ = "evaluate_endpoint"
+evaluate_endpoint.__doc__ = """Run ``n`` held-out requests of ``task`` against ``model`` at ``base_url``
+    (``.../v1``), with ``concurrency`` in flight, and grade them (see the module's docstring); ``kinds`` keeps only the
     requests of those kinds among the ``n``. Blocks; from a running event loop (a notebook cell) it
     runs in a thread of its own."""
 

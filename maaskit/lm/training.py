@@ -30,7 +30,7 @@ __all__ = [
     "SampleText",
     "fit_with_samples",
     "run_metrics",
-    "load_or_train_language_model",
+    "load_or_train",
     "sample_text",
     "train_language_model",
 ]
@@ -192,7 +192,7 @@ def train_language_model(
     return TrainedLanguageModel(model, data, history, sampler.samples)
 
 
-def load_or_train_language_model(
+def load_or_train(
     path: str | Path, *, recipe: LMRecipe | None = None, seed: int = 0, device: str = "auto", verbose: bool = True
 ) -> tuple[GPT, Tokenizer, dict]:
     """The language model at ``path`` if one is there; otherwise train ``recipe`` on the default corpus,
@@ -205,5 +205,5 @@ def load_or_train_language_model(
             print(f"{path} not found: training notebook 07's GPT (about a minute on a 2-core CPU)", flush=True)
         train_language_model(recipe=recipe, seed=seed, device=device, out=path)
     model, tokenizer, manifest = load_language_model(path)
-    assert isinstance(model, GPT), "load_or_train_language_model's folders hold maaskit GPTs"
+    assert isinstance(model, GPT), "maaskit.lm.load_or_train's folders hold maaskit GPTs"
     return model, tokenizer, manifest
