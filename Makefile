@@ -50,8 +50,8 @@ hey:
 	else echo "note: hey missing; install it (Debian: apt-get install hey) to run benchmarks/serving.py"; fi
 
 # Lint, format check and types; then unit tests, every notebook under papermill, nbval over every
-# notebook, and the browser tests, in one pytest run. --dist loadfile keeps each notebook's cells on
-# one worker (nbval shares a kernel).
+# notebook whose outputs it compares (tests/conftest.py), and the browser tests, in one pytest run.
+# --dist loadfile keeps each notebook's cells on one worker (nbval shares a kernel).
 test: install chromium hey lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile --timeout 900 --durations 12 -m "not nightly" tests notebooks $(PYTEST_NOTEBOOKS)
 

@@ -52,7 +52,23 @@ SLOW_MODULES = {
 NBVAL_OUTPUT_SECONDS = 300
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def _checks_outputs(notebook: Path) -> bool:
+    """Whether nbval compares any of the notebook's outputs (cells tagged ``nbval-check-output``)."""
+    import json
+
+    cells = json.loads(notebook.read_text())["cells"]
+    return any("nbval-check-output" in c.get("metadata", {}).get("tags", []) for c in cells)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # nbval runs a notebook once more, cell by cell, to compare the outputs it keeps. A notebook that
+    # keeps none would only be run again as tests/test_notebooks.py already runs it with its defaults
+    # (papermill fails on any cell's error too): minutes of CI for nothing checked, so it is left out.
+    compared = {path: _checks_outputs(path) for path in {i.path for i in items if i.path.suffix == ".ipynb"}}
+    dropped = [i for i in items if i.path.suffix == ".ipynb" and not compared[i.path]]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i not in dropped]
     for item in items:
         if item.path.name in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)

@@ -46,6 +46,9 @@ def test_every_notebook_is_covered_here():
         "11_open_models.ipynb",
     }
     assert {p.name for p in NOTEBOOKS.glob("*.ipynb")} == tested
+    # each runs here with its defaults: nbval runs only the notebooks whose outputs it compares (conftest.py)
+    source = Path(__file__).read_text()
+    assert all(f'run("{name}", "defaults")' in source for name in tested)
 
 
 def test_01_forward_pass_defaults():
