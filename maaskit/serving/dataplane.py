@@ -32,7 +32,6 @@ from .batching import DynamicBatcher
 from .config import ServeConfig
 from .errors import Conflict, InvalidInput, ModelFailed, ModelNotFound, NotReady, ServingError
 from .explainer import ExplainerProcess
-from .protocol import ProtocolError
 
 if TYPE_CHECKING:
     from ..data import ImageDataset
@@ -105,21 +104,21 @@ class ServedModel:
         """Check an input against the manifest and make it the model's normalized FP32 batch.
         UINT8 pixels are accepted too and normalized here, as the manifest says."""
         if name != self.input_name:
-            raise ProtocolError(f"model {self.name!r} takes one input named {self.input_name!r}, got {name!r:.60}")
+            raise InvalidInput(f"model {self.name!r} takes one input named {self.input_name!r}, got {name!r:.60}")
         expected = self.input_shape[1:]
         if array.ndim != len(self.input_shape) or list(array.shape[1:]) != expected or array.shape[0] < 1:
-            raise ProtocolError(
+            raise InvalidInput(
                 f"input {name!r} must have shape [N, {', '.join(map(str, expected))}] with N >= 1, "
                 f"got {list(array.shape)}"
             )
         if datatype == "UINT8":
             return self.normalization.to_float(array)
         if datatype != "FP32":
-            raise ProtocolError(f"input {name!r} must be FP32 (normalized) or UINT8 (pixels), got {datatype}")
+            raise InvalidInput(f"input {name!r} must be FP32 (normalized) or UINT8 (pixels), got {datatype}")
         if not np.isfinite(array).all():
-            raise ProtocolError(f"input {name!r} holds values that are not finite numbers (NaN or infinity)")
+            raise InvalidInput(f"input {name!r} holds values that are not finite numbers (NaN or infinity)")
         if array.size and np.abs(array).max() > MAX_MAGNITUDE:  # far past any normalized image: it would overflow
-            raise ProtocolError(
+            raise InvalidInput(
                 f"input {name!r} holds values beyond ±{MAX_MAGNITUDE:g}; a normalized image's are a few units "
                 "(send UINT8 pixels to have them normalized here)"
             )
@@ -142,9 +141,9 @@ class ServedModel:
         if target is not None:
             wanted = [target] if isinstance(target, int) else target
             if not isinstance(target, int) and len(wanted) != len(x):
-                raise ProtocolError(f"target must be one class or one per instance ({len(x)}), got {len(wanted)}")
+                raise InvalidInput(f"target must be one class or one per instance ({len(x)}), got {len(wanted)}")
             if max(wanted) >= len(self.classes):
-                raise ProtocolError(f"target classes are 0 to {len(self.classes) - 1}, got {max(wanted)}")
+                raise InvalidInput(f"target classes are 0 to {len(self.classes) - 1}, got {max(wanted)}")
         try:
             return await self._explainer.explain(x, method, target, params)
         except BrokenProcessPool:
