@@ -47,8 +47,8 @@ __all__ = [  # the run, its callbacks and checkpoints live in their own modules;
 @dataclass(frozen=True)
 class FitSettings:
     """One ``fit()`` call's settings (its keywords but the model, the data and the callbacks). As asked
-    they may say "auto"; the run holds them resolved for the machine (``run.plan``): the device, and
-    whether autocast and channels-last are on."""
+    they may say "auto"; the loop runs with them resolved for the machine (``_set_up``'s plan): the
+    device, and whether autocast and channels-last are on. Callbacks read ``run.settings``, their display."""
 
     optimizer: str | torch.optim.Optimizer | Callable = "adam"
     lr: float = 1e-3

@@ -29,6 +29,7 @@ class ChatPrompts:
     """The plain ``role: content`` lines; the base of the other two."""
 
     calls_tools = False  # whether the model reads tools and writes calls (fine-tuned here)
+    chat: ChatFormat | None = None  # its chat tokens, where it has them (a server reads <|call|> and <|end|>)
     stop: tuple[str, ...] = tuple(TURN_ENDS)  # text that ends an answer, unless the request says otherwise
 
     def __init__(self, tokenizer: Tokenizer):
@@ -58,10 +59,11 @@ class _ChatTokens(ChatPrompts):
 
     def __init__(self, tokenizer: Tokenizer):
         super().__init__(tokenizer)
-        self.format = ChatFormat(tokenizer)
+        self.chat = ChatFormat(tokenizer)
 
     def encode(self, messages: Sequence[dict], tools: Sequence[dict] = ()) -> list[int]:
-        return self.format.encode(messages, tools).ids
+        assert self.chat is not None
+        return self.chat.encode(messages, tools).ids
 
 
 def chat_prompts(tokenizer: Tokenizer, manifest: dict[str, Any]) -> ChatPrompts:

@@ -115,9 +115,10 @@ class ServedModel:
             return self.normalization.to_float(array)
         if datatype != "FP32":
             raise InvalidInput(f"input {name!r} must be FP32 (normalized) or UINT8 (pixels), got {datatype}")
-        if not np.isfinite(array).all():
+        peak = np.abs(array).max() if array.size else 0.0  # one pass: NaN or infinity anywhere shows here
+        if not np.isfinite(peak):
             raise InvalidInput(f"input {name!r} holds values that are not finite numbers (NaN or infinity)")
-        if array.size and np.abs(array).max() > MAX_MAGNITUDE:  # far past any normalized image: it would overflow
+        if peak > MAX_MAGNITUDE:  # far past any normalized image: it would overflow
             raise InvalidInput(
                 f"input {name!r} holds values beyond ±{MAX_MAGNITUDE:g}; a normalized image's are a few units "
                 "(send UINT8 pixels to have them normalized here)"
@@ -173,7 +174,6 @@ class ServedLanguageModel:
 
     def __init__(self, name: str, model: torch.nn.Module, tokenizer: Any, manifest: dict, device: torch.device,
                  config: ServeConfig, *, version: str = "1", owned: bool = False):  # fmt: skip
-        from ..lm.chat import ChatFormat
         from ..lm.constrain import Guide
         from ..lm.engine import Engine
         from ..lm.model import CausalLM, SlotCache
@@ -189,7 +189,7 @@ class ServedLanguageModel:
         # how a conversation becomes its prompt: its chat tokens, its template, or plain lines (lm/prompts.py)
         self.prompts = chat_prompts(tokenizer, manifest)
         # a fine-tuned model has the chat tokens: its turns end with <|end|> and it can call tools
-        self.chat = ChatFormat(tokenizer) if self.prompts.calls_tools else None
+        self.chat = self.prompts.chat
         # a Hugging Face model: the stop tokens its generation config lists
         self.stop_tokens: tuple[int, ...] = tuple(manifest["tokenizer"].get("stop_tokens") or ()) or (
             (self.end_of_text,) if self.chat is None else (self.end_of_text, self.chat.end)
