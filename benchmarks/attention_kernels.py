@@ -25,7 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from maaskit.lm.model import decode_attention
+from maaskit.lm.attention import decode_attention
 
 
 def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,10 @@ import torch
 
 import maaskit
 from maaskit.lm import GPT, GPTConfig
+from maaskit.lm.attention import SlotCache
 from maaskit.lm.engine import Engine, SamplingParams
 from maaskit.lm.generation import generate
 from maaskit.lm.llama import Llama, LlamaConfig
-from maaskit.lm.model import PackedStep, SlotCache
 from maaskit.lm.pace import PrefillPace
 from maaskit.lm.prefix import PrefixCache
 from maaskit.serving.config import ServeConfig
@@ -70,7 +70,7 @@ def _two_rows_a_chunk_and_a_prompt(model):
         for slot, prompt in ((0, A), (1, B), (2, C[:4])):
             model(torch.tensor([prompt]), cache.prefill(slot))
     separate, other = caches
-    rows = model(torch.tensor([[1], [2]]), separate.decode([0, 1], [5, 9]))[:, -1]
+    rows = model(torch.tensor([[1, 2]]), separate.batch(decodes=[(0, 5), (1, 9)]))[0]
     chunk = model(torch.tensor([C[4:]]), separate.prefill(2, 4))[:, -1]
     whole = model(torch.tensor([D]), separate.prefill(3))[:, -1]
     return separate, torch.cat([rows, chunk, whole]), other
@@ -78,36 +78,17 @@ def _two_rows_a_chunk_and_a_prompt(model):
 
 @pytest.mark.parametrize("kind", list(MODELS))
 @torch.inference_mode()
-def test_a_packed_step_gives_the_logits_and_the_cache_of_separate_passes(kind):
-    """Two rows decoding and two prompt chunks (one continuing its prompt, one a prompt's start) in
-    one pass (PackedStep) against a decode pass and a prefill pass each: the same logits, the same
-    keys and values."""
+def test_a_flat_batch_gives_the_logits_and_the_cache_of_separate_passes(kind):
+    """Two rows decoding (slots 0 and 1: of different lengths) and two prompt chunks (one continuing its
+    prompt, one a prompt's start) as one row of tokens in one pass, against a decode pass and a prefill
+    pass each: the same logits, the same keys and values."""
     model = MODELS[kind]()
-    separate, expected, packed = _two_rows_a_chunk_and_a_prompt(model)
-    positions = torch.tensor([[5, 9, *range(4, 10), *range(7)]])
-    step = PackedStep(packed.decode([0, 1], [5, 9]), [packed.prefill(2, 4), packed.prefill(3)], [6, 7], positions)
-    logits = model(torch.tensor([[1, 2, *C[4:], *D]]), step, select=torch.tensor([0, 1, 7, 14]))[:, -1]
+    separate, expected, flat = _two_rows_a_chunk_and_a_prompt(model)
+    batch = flat.batch(decodes=[(0, 5), (1, 9)], chunks=[(2, 4, 6), (3, 0, 7)])
+    assert batch.last == [0, 1, 7, 14] and batch.where.tolist() == [[5, 9, *range(4, 10), *range(7)]]
+    logits = model(torch.tensor([[1, 2, *C[4:], *D]]), batch, select=torch.tensor(batch.last))[:, -1]
     assert torch.allclose(logits, expected, atol=1e-5)
-    assert [chunk.length for chunk in step.chunks] == [10, 7]  # each chunk's slot advanced past its tokens
-    for mine, theirs in zip([*packed.keys, *packed.values], [*separate.keys, *separate.values]):
-        assert torch.allclose(mine[0, :, :6], theirs[0, :, :6], atol=1e-5)
-        assert torch.allclose(mine[1, :, :10], theirs[1, :, :10], atol=1e-5)
-        assert torch.allclose(mine[2, :, :10], theirs[2, :, :10], atol=1e-5)
-        assert torch.allclose(mine[3, :, :7], theirs[3, :, :7], atol=1e-5)
-
-
-@pytest.mark.parametrize("kind", list(MODELS))
-@torch.inference_mode()
-def test_prompt_tokens_as_rows_of_a_decode_step_give_the_logits_and_the_cache_of_separate_passes(kind):
-    """What a compiled engine does with short prompt chunks (Engine._as_rows): each chunk token a row
-    of one decode step on its prompt's slot. Two rows decoding, a chunk continuing a prompt and a whole
-    prompt, against a decode pass and a prefill pass each: the same logits, the same keys and values."""
-    model = MODELS[kind]()
-    separate, expected, as_rows = _two_rows_a_chunk_and_a_prompt(model)
-    step = as_rows.decode([0, 1, *[2] * 6, *[3] * 7], [5, 9, *range(4, 10), *range(7)])
-    logits = model(torch.tensor([[1], [2], *([t] for t in C[4:] + D)]), step)[:, -1]
-    assert torch.allclose(logits[[0, 1, 7, 14]], expected, atol=1e-5)
-    for mine, theirs in zip([*as_rows.keys, *as_rows.values], [*separate.keys, *separate.values]):
+    for mine, theirs in zip([*flat.keys, *flat.values], [*separate.keys, *separate.values]):
         for slot, length in enumerate((6, 10, 10, 7)):
             assert torch.allclose(mine[slot, :, :length], theirs[slot, :, :length], atol=1e-5)
 
@@ -343,37 +324,36 @@ def _llama(pack: bool):
     ],
     ids=["gpt", "fused llama", "packed llama"],
 )
-def test_a_compiled_decode_step_gives_eager_tokens_and_compiles_only_while_warming_up(make, frozen):
+def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(make, frozen):
     model = make()
     prompts = [[5, 6, 7], [8], list(range(20, 41)), [9] * 12, list(range(60, 66)), [3, 1, 4, 1, 5], [2] * 30]
     # the 12-token prompt runs longest: the last prompt joins it when the others are done
     jobs = [(p, SamplingParams(max_tokens=20 if len(p) == 12 else 10, temperature=0, ignore_eos=True)) for p in prompts]
     eager = run_engine(Engine(model, max_sequences=4), jobs)
     engine = Engine(model, max_sequences=4, compile=True)  # warms up: one row, several, and a prompt
-    assert engine._decode.frozen == frozen  # on a CPU, weights frozen into the graphs unless packed already
+    assert engine.runner.step.frozen == frozen  # on a CPU, weights frozen into the graphs unless packed already
 
     @torch.inference_mode()
     def gaps() -> list[float]:  # on the engine's thread: a graph is guarded by the thread count it was built with
         found = []
-        for slots, lengths in (([0], [30]), ([1, 3], [12, 40]), ([0, 1, 2, 3], [50] * 4)):
-            tokens = torch.tensor([[7]] * len(slots))
-            expected = model(tokens, engine.cache.decode(slots, lengths))
-            got = engine._decode(tokens, engine.cache.decode(slots, lengths))  # the same positions written again
-            found.append(float((got - expected).abs().max()))
-        for slot, start, prompt in ((2, 0, [5, 6, 7, 8]), (3, 9, list(range(20, 60)))):  # a prompt's pass
-            tokens, last = torch.tensor([prompt]), torch.tensor([len(prompt) - 1])
-            expected = model(tokens, engine.cache.decode([slot], [start], tokens=len(prompt)), select=last)
-            got = engine._decode.prefill(tokens, engine.cache.decode([slot], [start], tokens=len(prompt)), last)
+        for decodes, chunks in (
+            ([(0, 30)], []),  # one row
+            ([(1, 12), (3, 40)], []),  # rows of two lengths, slots apart
+            ([(0, 50), (1, 50), (2, 50), (3, 50)], []),  # rows of one length, consecutive slots
+            ([], [(2, 0, 4)]),  # a prompt alone
+            ([(0, 20)], [(3, 9, 40), (1, 0, 5)]),  # a row beside two chunks
+        ):
+            tokens = torch.randint(0, 200, (1, sum(1 for _ in decodes) + sum(n for *_, n in chunks)))
+            batch = engine.cache.batch(decodes, chunks)  # the same positions written again by each
+            select = torch.tensor(batch.last)
+            expected = model(tokens, batch, select=select)
+            got = engine.runner.step(tokens, engine.cache.batch(decodes, chunks), select)
             found.append(float((got - expected).abs().max()))
         return found  # what these wrote, the jobs below overwrite before they read it
 
     # then 1 to 4 rows, of one length and of several, consecutive slots and not, and prompts of any
-    # length, alone (the first two jobs: 3 tokens, then 1) or joining: no graph is built again. The
-    # four arriving together (44 tokens), then the last (30 tokens, joining the one still running),
-    # go in as rows of the decode graph (Engine._as_rows).
-    as_rows, joined = engine._as_rows, []
-    engine._as_rows = lambda running, plan, finished: joined.append(len(plan)) or as_rows(running, plan, finished)
+    # length, alone (the first two jobs: 3 tokens, then 1) or joining running ones: no graph is built again
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert max(engine._executor.submit(gaps).result()) < 1e-4
         compiled = run_engine(engine, jobs, alone=2)
-    assert compiled == eager and joined == [4, 1]
+    assert compiled == eager

@@ -456,7 +456,7 @@ def test_the_linear_kernels_benchmark_prints_each_kind_beside_f_linear():
 def test_a_bfloat16_decode_step_agrees_with_the_whole_sequence_in_bfloat16(tmp_path, lengths):
     # decoding in bfloat16 on a CPU attends on float32 copies (no mask where the rows are of one
     # length); the whole sequence goes through SDPA in bfloat16
-    from maaskit.lm.model import SlotCache
+    from maaskit.lm.attention import SlotCache
 
     write_checkpoint(tmp_path, "qwen2")
     exact = load_hf(tmp_path).model
@@ -469,7 +469,8 @@ def test_a_bfloat16_decode_step_agrees_with_the_whole_sequence_in_bfloat16(tmp_p
         for r, n in enumerate(lengths):  # rows 1, 2, ... of the cache, prefilled to all but a last token
             model(tokens[r : r + 1, : n - 1], cache.prefill(r + 1))
         last = torch.stack([tokens[r, n - 1] for r, n in enumerate(lengths)])[:, None]
-        step = model(last, cache.decode(list(range(1, len(lengths) + 1)), [n - 1 for n in lengths]))[:, 0].float()
+        rows = cache.batch(decodes=[(r + 1, n - 1) for r, n in enumerate(lengths)])
+        step = model(last.T, rows)[0].float()
     plain_gap, step_gap = ((x - expected).abs().max().item() for x in (whole, step))
     assert step_gap <= 2 * plain_gap + 1e-3 and step_gap < 0.02, (step_gap, plain_gap)
     assert (step.argmax(-1) == whole.argmax(-1)).all()

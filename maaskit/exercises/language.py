@@ -103,8 +103,8 @@ def _parse_tool_call(parse_tool_call):
     "Llama's own cache agrees.",
 )
 def _kv_cache_bytes(kv_cache_bytes):
+    from ..lm.attention import KVCache
     from ..lm.llama import Llama, LlamaConfig
-    from ..lm.model import KVCache
 
     same(
         kv_cache_bytes(30, 3, 64, 1000, 4),

@@ -20,6 +20,7 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:  # the public names: for type checkers and editors, and read by lazy_exports
     from .artifact import load_language_model, save_language_model
+    from .attention import KVCache, SlotCache
     from .chat import ChatFormat, add_chat_tokens
     from .config import GPTConfig, LMRecipe, SFTRecipe
     from .constrain import Guide
@@ -30,7 +31,7 @@ if TYPE_CHECKING:  # the public names: for type checkers and editors, and read b
     from .harness import EvalReport, evaluate_endpoint
     from .hf import HFModel, load_hf
     from .llama import Llama, LlamaConfig
-    from .model import GPT, KVCache, SlotCache
+    from .model import GPT
     from .sft import ChatDataset, finetune
     from .tasks import get_task
     from .template import ChatTemplate

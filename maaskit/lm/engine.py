@@ -1,18 +1,17 @@
-"""Continuous batching: many generations share each decode step of one model.
+"""Continuous batching: a scheduler that decides each step, and a model runner that runs it.
 
-A sequence waits, is given a slot of a :class:`~maaskit.lm.model.SlotCache` and prefilled, then
-joins the running batch: every step feeds each running sequence's last token at its own
-position, in one forward pass, and samples each row with its own settings and random generator.
-A sequence leaves the batch the step it finishes, or the step after its reader goes away, and
-its slot goes to the next in line. With ``max_sequences=1`` sequences run one after another (no
-batching), for comparison.
-
-A long prompt is prefilled in chunks of at most ``prefill_chunk`` tokens, one chunk per step beside
-the running sequences' decode, so it does not stall their streams (vLLM's chunked prefill); with
-``prefill_stall``, each chunk is sized by time so that a step takes at most ``1 + prefill_stall``
-decode steps (:mod:`~maaskit.lm.pace`). With a
-:class:`~maaskit.lm.prefix.PrefixCache`, a prompt that begins as an earlier one did (a system
-prompt, a tool list) copies those blocks' keys and values instead of computing them again.
+A sequence waits, is given a slot of a :class:`~maaskit.lm.attention.SlotCache`, and joins the
+running batch. Each step the scheduler plans what runs (a :class:`~maaskit.lm.runner.StepPlan`):
+every running sequence decodes one token, and prompts being prefilled advance by a chunk, within a
+budget of ``prefill_chunk`` prompt tokens per step (vLLM's ``max_num_batched_tokens``; with
+``prefill_stall`` the budget is sized by time so that a step takes at most ``1 + prefill_stall``
+decode steps: :mod:`~maaskit.lm.pace`). The :class:`~maaskit.lm.runner.ModelRunner` runs all those
+tokens as one flat batch in one forward pass, whatever the mix, and samples each sequence's token
+with its own settings and random generator. A sequence leaves the batch the step it finishes, or the
+step after its reader goes away, and its slot goes to the next in line. With ``max_sequences=1``
+sequences run one after another (no batching), for comparison. With a
+:class:`~maaskit.lm.prefix.PrefixCache`, a prompt that begins as an earlier one did (a system prompt,
+a tool list) takes those blocks' keys and values instead of computing them again.
 
 The forward passes run in one thread of their own, so the event loop keeps streaming tokens to
 clients meanwhile. Readers are async generators: when a client disconnects, Starlette cancels
@@ -27,26 +26,21 @@ import itertools
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .compiled import CompiledDecode
-from .constrain import SERIAL_BELOW, SPARE_CORES, Guide
-from .generation import check_sampling, sample_rows
-from .model import CausalLM, DecodeStep, PackedStep, SlotCache
+from .attention import SlotCache
+from .constrain import Guide
+from .generation import check_sampling
+from .model import CausalLM
 from .pace import PrefillPace
 from .prefix import PrefixCache
+from .runner import ModelRunner, Step, StepPlan
 
 __all__ = ["ContextTooLong", "Engine", "Interrupted", "SamplingParams", "TokenEvent"]
-
-# With a compiled step, prompt chunks of this many tokens in all (or fewer) go through the decode graph,
-# each token a row of its own (Engine._as_rows), instead of an eager packed pass: short chunks run faster
-# as rows of the compiled graph, long ones slower, as each row gathers its slot's keys. Measured by
-# benchmarks/open_models.py (figures: benchmarks/FIGURES.md, "prompt tokens as rows").
-AS_ROWS = 64
 
 
 class ContextTooLong(ValueError):
@@ -117,9 +111,8 @@ class Engine:
     at most (None: whole prompts); ``prefill_stall``: beside running sequences, chunks sized to cost
     at most that many decode steps (None: always ``prefill_chunk``); ``prefix_cache``: shared prompt
     prefixes reused; ``cache``: the slots' keys and values (made for ``max_sequences`` if not given);
-    ``compile``: decode steps, and a prompt's pass when it runs alone, through ``torch.compile``
-    (:mod:`.compiled`: faster steps, after minutes of compiling here, before the engine is ready);
-    short prompts arriving together or joining running ones go in as rows of the decode step."""
+    ``compile``: the forward pass through ``torch.compile`` (:mod:`.compiled`: faster steps, after
+    minutes of compiling here, before the engine is ready)."""
 
     def __init__(self, model: CausalLM, *, max_sequences: int, thread_setup: Callable[[], None] | None = None,
                  guide: Guide | None = None, prefill_chunk: int | None = None, prefill_stall: float | None = None,
@@ -132,19 +125,20 @@ class Engine:
         self.prefill_chunk, self.prefix_cache = prefill_chunk, prefix_cache
         self.pace = PrefillPace(prefill_stall) if prefill_stall is not None else None
         self.model = model.eval()
-        self.device = next(model.parameters()).device
         self.context, self.max_sequences = model.context, max_sequences
         self.guide = guide
         self.cache = cache if cache is not None else SlotCache.empty(model, max_sequences)
-        if self.cache.keys[0].shape[0] < max_sequences:
-            raise ValueError(f"the cache has {self.cache.keys[0].shape[0]} slots, fewer than max_sequences")
-        self._lengths = [0] * max_sequences  # how far each slot of the cache is filled
+        if self.cache.slots < max_sequences:
+            raise ValueError(f"the cache has {self.cache.slots} slots, fewer than max_sequences")
         self._executor = ThreadPoolExecutor(1, "maaskit-lm", initializer=thread_setup)
-        self._decode: Callable[[torch.Tensor, DecodeStep], torch.Tensor] = self.model
+        step: Step = self.model
         if compile:  # built now, on the engine's thread, so that no request waits for it
-            self._decode = CompiledDecode(self.model)
-            self._executor.submit(self._decode.warm_up, self.cache, max_sequences).result()
-        self._masker = ThreadPoolExecutor(1, "maaskit-lm-masks")  # grammar masks, beside the forward pass
+            from .compiled import CompiledStep
+
+            compiled = CompiledStep(self.model)
+            self._executor.submit(compiled.warm_up, self.cache, max_sequences).result()
+            step = compiled
+        self.runner = ModelRunner(step, self.cache, model.vocab_size, guide=guide)
         self._waiting: deque[_Sequence] = deque()
         self._readers: set[_Sequence] = set()  # every sequence someone reads: waiting, joining or running
         self._running: list[_Sequence] = []  # decoding: one token per step each
@@ -233,7 +227,7 @@ class Engine:
         if self._task is not None:
             self._task.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._masker.shutdown(wait=False, cancel_futures=True)
+        self.runner.close()
 
     # --- the scheduler ----------------------------------------------------------------------
 
@@ -329,14 +323,14 @@ class Engine:
         for listener in self.listeners:
             listener(kind, value)
 
-    def _plan_prefill(self, prefilling: list[_Sequence], decoding: bool) -> list[tuple[_Sequence, int]]:
-        """How many prompt tokens each prefilling sequence computes this step: whole prompts, or
-        ``prefill_chunk`` tokens in all (fewer beside ``decoding`` sequences, when paced), first come
+    def _plan(self, prefilling: list[_Sequence], running: list[_Sequence]) -> StepPlan:
+        """This step: every running sequence decodes a token, and the prefilling ones advance by
+        ``prefill_chunk`` prompt tokens in all (fewer beside running sequences, when paced), first come
         first served. A sequence new to its slot first takes what the prefix cache holds of its prompt."""
         budget = self.prefill_chunk or self.context * len(prefilling)
-        if decoding and self.pace is not None:
+        if running and self.pace is not None:
             budget = self.pace.chunk(budget)
-        plan = []
+        plan = StepPlan(decodes=running)
         for seq in prefilling:
             if seq.filled < 0:
                 seq.filled = (
@@ -345,178 +339,27 @@ class Engine:
             n = min(len(seq.prompt) - seq.filled, budget)
             if n <= 0:
                 break
-            plan.append((seq, n))
+            plan.chunks.append((seq, n))
             budget -= n
         return plan
 
-    @torch.inference_mode()
     def _step(self, prefilling: list[_Sequence], running: list[_Sequence]) -> list[tuple[_Sequence, TokenEvent]]:
-        """One forward pass for the running sequences, and the next prompt chunk of each prefilling
-        one; an event for every running sequence and for each whose prompt is now all in. Each slot's
-        length is kept here, on the host. The masks of constrained rows depend only on the tokens
-        chosen so far, so where cores are spare they are computed meanwhile, on another one."""
+        """On the engine's thread: plan the step, run it, and turn its tokens into events. A prompt
+        now all in its slot is offered to the prefix cache."""
         start = time.perf_counter()
-        plan = self._plan_prefill(prefilling, bool(running))
-        prefilled = sum(n for _, n in plan)
-        step = [*running, *(seq for seq, n in plan if seq.filled + n == len(seq.prompt))]  # rows sampled
-        constrained = [(s, i) for i, s in enumerate(step) if s.matcher is not None]
-        allowed = self._masks(constrained, len(step)) if constrained else None
-        parts: list[torch.Tensor] = []
-        finished: dict[int, torch.Tensor] = {}  # by id: the last prompt position's logits
-        as_rows = isinstance(self._decode, CompiledDecode) and 0 < prefilled <= AS_ROWS
-        if as_rows and (running or len(plan) > 1):  # (one prompt alone: CompiledDecode.prefill's graph)
-            parts.append(self._as_rows(running, plan, finished))
-            plan = []
-        elif running:
-            slots = [s.slot for s in running]
-            decode = self.cache.decode(slots, [self._lengths[slot] for slot in slots])
-            if plan:  # joining prompts: their chunks in the same pass as the decode
-                parts.append(self._packed(running, decode, plan, finished))
-                plan = []
-            else:
-                last = torch.tensor([[s.last] for s in running], device=self.device)
-                parts.append(self._decode(last, decode)[:, -1])
-        for seq in running:
-            self._lengths[seq.slot] += 1
-        for group in self._prefill_groups(plan):
-            finished |= self._prefill(group)
-        parts += [finished[id(seq)] for seq in step[len(running) :]]
-        if not step:  # only prompt chunks this step
-            if self.pace is not None:
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)  # time the chunk, not its launch
-                self.pace.record(time.perf_counter() - start, 0, prefilled)
-            return []
-        logits = torch.cat(parts).float()
-        if allowed is not None:  # each constrained row keeps the tokens its grammar allows
-            logits.masked_fill_(~allowed.result().to(logits.device), float("-inf"))
-        for i, s in enumerate(step):  # min_tokens: no stop token yet
-            if s.generated < s.params.min_tokens and s.params.stop_tokens:
-                logits[i, list(s.params.stop_tokens)] = float("-inf")
-        # every row sampled at once, each with its own settings and its own generator's draw
-        settings = [(s.params.temperature, s.params.top_k or 0, s.params.top_p or 1.0) for s in step]
-        temperature, top_k, top_p = (torch.tensor(column, device=self.device) for column in zip(*settings))
-        uniform = torch.cat([torch.rand(1, generator=s.generator) for s in step]).to(self.device)
-        tokens = sample_rows(logits, temperature, top_k, top_p, uniform).tolist()  # waits for the device
+        plan = self._plan(prefilling, running)
+        sampled, tokens, logits = self.runner.run(plan)
         if self.pace is not None:
-            self.pace.record(time.perf_counter() - start, len(running), prefilled)
-        for seq, i in constrained:  # fed to its matcher by the next step's mask job, beside that forward pass
-            seq.unread = tokens[i]
-        logprobs = logits.log_softmax(-1) if any(s.params.logprobs is not None for s in step) else None
+            self.pace.record(time.perf_counter() - start, len(running), plan.prompt_tokens)
+        if self.prefix_cache is not None:
+            for seq, _ in plan.chunks:
+                if seq.filled == len(seq.prompt):
+                    self.prefix_cache.keep(seq.prompt, self.cache, seq.slot)
+        logprobs = logits.log_softmax(-1) if any(s.params.logprobs is not None for s in sampled) else None
         return [
             (s, self._event(s, t, logprobs[i] if logprobs is not None else None))
-            for i, (s, t) in enumerate(zip(step, tokens))
+            for i, (s, t) in enumerate(zip(sampled, tokens))
         ]
-
-    def _prefill_groups(self, plan: list[tuple[_Sequence, int]]) -> list[list[tuple[_Sequence, int]]]:
-        """The chunks prefilled together: one forward pass each, the shorter chunks padded to the
-        longest. Chunks of like lengths go together (padding at most doubles the work), and a group
-        never writes past the context."""
-        groups: list[list[tuple[_Sequence, int]]] = []
-        for seq, n in sorted(plan, key=lambda item: item[1]):
-            group = groups[-1] if groups else None
-            if (group is not None and n * (len(group) + 1) <= 2 * (sum(m for _, m in group) + n) + 8
-                    and max(s.filled for s, _ in group + [(seq, n)]) + n <= self.context):  # fmt: skip
-                group.append((seq, n))
-            else:
-                groups.append([(seq, n)])
-        return groups
-
-    def _prefill(self, group: list[tuple[_Sequence, int]]) -> dict[int, torch.Tensor]:
-        """One forward pass over ``group``'s prompt chunks; the logits of each prompt now all in."""
-        width = max(n for _, n in group)
-        chunks = [seq.prompt[seq.filled : seq.filled + n] + [0] * (width - n) for seq, n in group]
-        step = self.cache.decode([seq.slot for seq, _ in group], [seq.filled for seq, _ in group], tokens=width)
-        last = torch.tensor([n - 1 for _, n in group], device=self.device)  # each row's last real token
-        tokens = torch.tensor(chunks, device=self.device)
-        if isinstance(self._decode, CompiledDecode) and len(group) == 1:  # a request that found the engine idle
-            logits = self._decode.prefill(tokens, step, last)[:, -1]
-        else:
-            logits = self.model(tokens, step, select=last)[:, -1]
-        return {id(seq): logits[i : i + 1] for i, (seq, n) in enumerate(group) if self._filled(seq, n)}
-
-    def _packed(self, running: list[_Sequence], decode: DecodeStep, plan: list[tuple[_Sequence, int]],
-                finished: dict[int, torch.Tensor]) -> torch.Tensor:  # fmt: skip
-        """One forward pass for the running rows and every planned prompt chunk, packed into one
-        sequence (:class:`~maaskit.lm.model.PackedStep`); the rows' logits, and into ``finished``
-        those of each prompt now all in."""
-        b = len(running)
-        tokens = [s.last for s in running]
-        positions = [self._lengths[s.slot] for s in running]
-        select, chunks = list(range(b)), []
-        for seq, n in plan:
-            start = seq.filled
-            tokens += seq.prompt[start : start + n]
-            positions += range(start, start + n)
-            chunks.append(self.cache.prefill(seq.slot, start))
-            if start + n == len(seq.prompt):  # its last token's logits give its first token
-                select.append(len(tokens) - 1)
-        step = PackedStep(decode, chunks, [n for _, n in plan], torch.tensor([positions], device=self.device))
-        logits = self.model(torch.tensor([tokens], device=self.device), step, select=torch.tensor(select,
-                            device=self.device))[:, -1]  # fmt: skip
-        complete = iter(range(b, len(select)))
-        for seq, n in plan:
-            if self._filled(seq, n):
-                i = next(complete)
-                finished[id(seq)] = logits[i : i + 1]
-        return logits[:b]
-
-    def _as_rows(self, running: list[_Sequence], plan: list[tuple[_Sequence, int]],
-                 finished: dict[int, torch.Tensor]) -> torch.Tensor:  # fmt: skip
-        """One pass of the compiled decode graph for the running rows and the planned prompt chunks,
-        each chunk token a row of its own on its sequence's slot, at its position. Every row's keys and
-        values are stored before any row reads its slot, so a chunk's token sees the tokens before it:
-        the causal attention of a prompt pass. The running rows' logits; into ``finished``, those of
-        each prompt now all in (its last token's row)."""
-        slots, lengths = [s.slot for s in running], [self._lengths[s.slot] for s in running]
-        tokens, ends = [s.last for s in running], []
-        for seq, n in plan:
-            slots += [seq.slot] * n
-            lengths += range(seq.filled, seq.filled + n)
-            tokens += seq.prompt[seq.filled : seq.filled + n]
-            ends.append(len(tokens) - 1)
-        step = self.cache.decode(slots, lengths)
-        logits = self._decode(torch.tensor(tokens, device=self.device)[:, None], step)[:, -1]
-        for (seq, n), end in zip(plan, ends):
-            if self._filled(seq, n):
-                finished[id(seq)] = logits[end : end + 1]
-        return logits[: len(running)]
-
-    def _filled(self, seq: _Sequence, n: int) -> bool:
-        """``n`` more of ``seq``'s prompt tokens are in its slot; True when that is all of them."""
-        seq.filled += n
-        self._lengths[seq.slot] = seq.filled
-        if seq.filled < len(seq.prompt):
-            return False
-        if self.prefix_cache is not None:
-            self.prefix_cache.keep(seq.prompt, self.cache, seq.slot)
-        return True
-
-    def _masks(self, constrained: list[tuple[_Sequence, int]], rows: int) -> Future:
-        """Which tokens each row may take (all, for the free ones), as booleans: each constrained
-        sequence's matcher first takes the token chosen last step, then gives its mask. Done in a
-        thread of its own while the forward pass runs where cores are spare, here otherwise (and for
-        a row or two, whose work costs less than a hand-off)."""
-        assert self.guide is not None
-        guide = self.guide
-
-        def work() -> torch.Tensor:
-            unread = [(s.matcher, s.unread) for s, _ in constrained if s.unread is not None]
-            if not all(guide.advance(unread)):
-                refused = next(m for m, _ in unread if m.is_error())
-                raise RuntimeError(f"a grammar refused the token chosen under its own mask: {refused.get_error()}")
-            for seq, _ in constrained:
-                seq.unread = None
-            masks = guide.masks(rows)
-            masks.fill_(-1)
-            guide.fill([(s.matcher, i) for s, i in constrained], masks)
-            return guide.unpack(masks, self.model.vocab_size)
-
-        if not SPARE_CORES or len(constrained) <= SERIAL_BELOW:
-            done: Future = Future()
-            done.set_result(work())
-            return done
-        return self._masker.submit(work)
 
     def _event(self, seq: _Sequence, token: int, logprobs: torch.Tensor | None) -> TokenEvent:
         p = seq.params

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .model import CausalLM, KVCache
+from .attention import KVCache
+from .model import CausalLM
 
 __all__ = ["Generation", "check_sampling", "generate", "next_token", "sample_rows"]
 

@@ -11,7 +11,8 @@ Four changes to notebook 07's GPT block, each a few lines here:
 
 Qwen2 adds a bias to the query, key and value projections, Qwen3 an RMSNorm on each head's queries
 and keys. Module names follow Hugging Face's, so a checkpoint loads by name (see
-:mod:`maaskit.lm.hf`); the cache interface is the GPT's, so the same engine serves both.
+:mod:`maaskit.lm.hf`); the batch it is given does the attention (:mod:`maaskit.lm.attention`), as for
+the GPT, so the same engine serves both.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import register_model
-from .model import Cache, CausalLM, DecodeStep, KVCache, PackedStep, pick
+from .attention import CAUSAL, Batch
+from .model import CausalLM, pick
 
 __all__ = ["Llama", "LlamaConfig"]
 
@@ -155,7 +157,7 @@ class _Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: Cache | None,
+        batch: Batch,
         layer: int,
     ) -> torch.Tensor:
         b, t, _ = x.shape
@@ -166,11 +168,8 @@ class _Attention(nn.Module):
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
-        gqa = self.kv_heads != self.heads  # each key/value head serves heads / kv_heads query heads
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-        else:  # the cache stores the new keys and values and says what each new token sees
-            y = cache.attention(layer, q, k, v, gqa)
+        # each key/value head serves heads / kv_heads query heads
+        y = batch.attention(layer, q, k, v, gqa=self.kv_heads != self.heads)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
 
@@ -197,8 +196,8 @@ class _Layer(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = _MLP(c)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: Any, layer: int) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer)
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: Batch, layer: int) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -238,27 +237,18 @@ class Llama(CausalLM):
         return c.num_hidden_layers, c.num_key_value_heads, c.head_dim
 
     def forward(
-        self, tokens: torch.Tensor, cache: Cache | None = None, select: torch.Tensor | None = None
+        self, tokens: torch.Tensor, batch: Batch | None = None, select: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``tokens``: B x T ids (the new ones, with a cache); B x T x vocab logits, or with ``select``
-        (a position per row) B x 1 x vocab."""
-        t = tokens.shape[1]
-        if isinstance(cache, (DecodeStep, PackedStep)):
-            where = cache.positions  # B x T: each row at its own positions
-        else:
-            start = cache.length if cache is not None else 0
-            if start + t > self.context:
-                raise ValueError(f"{start + t} tokens do not fit the model's context of {self.context}")
-            where = torch.arange(start, start + t, device=tokens.device)[None, :]
+        (indices into the B * T tokens) len(select) x 1 x vocab."""
+        batch = batch if batch is not None else CAUSAL
+        where = batch.positions(tokens, self.context)
         x = self.model.embed_tokens(tokens)
         cos, sin = (table[where][:, None].to(x.dtype) for table in (self.rope_cos, self.rope_sin))  # B x 1 x T x d
         for layer, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, cache, layer)
-        if isinstance(cache, (KVCache, PackedStep)):
-            cache.advance(t)
-        if select is not None:  # the head's work for the positions that are sampled only
-            x = pick(x, cache, select)
-        return self.lm_head(self.model.norm(x))
+            x = block(x, cos, sin, batch, layer)
+        batch.advance(tokens.shape[1])
+        return self.lm_head(self.model.norm(pick(x, select)))  # the head's work for the tokens sampled only
 
 
 def _rebuild(architecture: dict) -> Llama:

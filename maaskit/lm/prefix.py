@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from .model import KVCache, SlotCache
+from .attention import KVCache, SlotCache
 
 __all__ = ["PrefixCache"]
 

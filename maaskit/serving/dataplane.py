@@ -174,9 +174,10 @@ class ServedLanguageModel:
 
     def __init__(self, name: str, model: torch.nn.Module, tokenizer: Any, manifest: dict, device: torch.device,
                  config: ServeConfig, *, version: str = "1", owned: bool = False):  # fmt: skip
+        from ..lm.attention import SlotCache
         from ..lm.constrain import Guide
         from ..lm.engine import Engine
-        from ..lm.model import CausalLM, SlotCache
+        from ..lm.model import CausalLM
         from ..lm.packing import pack_for_cpu
         from ..lm.prefix import PrefixCache
         from ..lm.prompts import chat_prompts
