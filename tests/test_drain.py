@@ -80,8 +80,8 @@ def held(artifact, tiny_lm, digits):
     running = maaskit.serve(artifact[0], tiny_lm, inline=False, drain_seconds=60)
     served = running.repository.get("digits")
     engine = running.repository.language_model("gpt").engine
-    forward, step = Gate(served.batcher.fn), Gate(engine._step)
-    served.batcher.fn, engine._step = forward, step
+    forward, step = Gate(served.batcher.fn), Gate(engine.runner.run)
+    served.batcher.fn, engine.runner.run = forward, step
     yield running, forward, step
     forward.opened.set()
     step.opened.set()
@@ -137,8 +137,8 @@ def test_stop_finishes_every_admitted_request_refuses_new_ones_then_unloads(held
 def test_streams_still_running_at_the_deadline_end_with_an_error_event_then_done(artifact, tiny_lm):
     running = maaskit.serve(artifact[0], tiny_lm, drain_seconds=0.2)
     engine = running.repository.language_model("gpt").engine
-    step = Gate(engine._step)
-    engine._step = step
+    step = Gate(engine.runner.run)
+    engine.runner.run = step
     try:
         streams = [Stream(running.url, max_tokens=100).start() for _ in range(3)]
         for s in streams:

@@ -279,7 +279,7 @@ def test_the_engine_runs_its_steps_on_the_threads_it_is_given(lm_dir, threads):
     repository = ModelRepository(device="cpu", config=ServeConfig(threads=threads))
     served = repository.add(lm_dir, name="lm")
     try:  # PyTorch's thread count is per thread: ask the engine's own
-        used = served.engine._executor.submit(torch.get_num_threads).result()
+        used = served.engine.call(torch.get_num_threads)
     finally:
         served.close()
     assert used == (threads or max(1, (os.cpu_count() or 2) - 1))  # a small model: all cores but one
@@ -354,6 +354,6 @@ def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(m
     # then 1 to 4 rows, of one length and of several, consecutive slots and not, and prompts of any
     # length, alone (the first two jobs: 3 tokens, then 1) or joining running ones: no graph is built again
     with torch._dynamo.config.patch(error_on_recompile=True):
-        assert max(engine._executor.submit(gaps).result()) < 1e-4
+        assert max(engine.call(gaps)) < 1e-4
         compiled = run_engine(engine, jobs, alone=2)
     assert compiled == eager

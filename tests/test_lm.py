@@ -449,15 +449,15 @@ def test_a_failing_step_reaches_every_reader_and_the_engine_keeps_serving(model)
 
     async def main():
         engine = Engine(model, max_sequences=2)
-        real, calls = engine._step, []
+        real, calls = engine.runner.run, []
 
-        def flaky(joining, running):
+        def flaky(plan):
             calls.append(1)
             if len(calls) == 3:
                 raise RuntimeError("out of memory")
-            return real(joining, running)
+            return real(plan)
 
-        engine._step = flaky  # type: ignore[method-assign]
+        engine.runner.run = flaky  # type: ignore[method-assign]
 
         async def one(i):
             try:

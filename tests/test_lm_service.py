@@ -236,16 +236,16 @@ def test_a_client_that_disconnects_stops_its_generation(server):
 
 def test_an_error_after_the_stream_started_is_an_event_then_done(server, monkeypatch):
     served = server.repository.language_model("gpt")
-    real = served.engine._step
+    real = served.engine.runner.run
     calls = []
 
-    def failing(joining, running):
+    def failing(plan):
         calls.append(1)
         if len(calls) > 2:
             raise RuntimeError("the device fell over")
-        return real(joining, running)
+        return real(plan)
 
-    monkeypatch.setattr(served.engine, "_step", failing)
+    monkeypatch.setattr(served.engine.runner, "run", failing)
     events = _sse(server, "/v1/chat/completions", {"model": "gpt", "messages": [{"role": "user", "content": "hi"}],
                                                    "max_tokens": 20, "stream": True, "stop": ["zzz"]})  # fmt: skip
     assert events[-1] == "[DONE]" and "the device fell over" in events[-2]["error"]["message"]

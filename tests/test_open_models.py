@@ -61,6 +61,14 @@ FAMILY = {
     ),  # fmt: skip
     "qwen2": lambda: transformers.Qwen2Config(**SHAPE, tie_word_embeddings=True),
     "qwen3": lambda: transformers.Qwen3Config(**SHAPE, head_dim=32, tie_word_embeddings=False),
+    # sliding-window layers (8 positions) beside full ones, on sequences longer than the window
+    "gemma3": lambda: transformers.Gemma3TextConfig(
+        **SHAPE,
+        head_dim=32,
+        sliding_window=8,
+        query_pre_attn_scalar=24,
+        layer_types=["sliding_attention", "full_attention"],
+    ),
 }
 
 
@@ -116,18 +124,24 @@ def test_greedy_tokens_equal_transformers_with_and_without_the_cache(checkpoint)
     assert list(generate(ours, prompt, max_tokens=24, temperature=0, cache=False)) == expected, kind
 
 
-def test_a_continuous_batch_gives_each_prompt_its_own_greedy_tokens(tmp_path):
+@pytest.mark.parametrize("kind", ["qwen3", "gemma3"])
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole prompts", "chunks and prefix cache"])
+def test_a_continuous_batch_gives_each_prompt_its_own_greedy_tokens(tmp_path, kind, chunked):
+    """Also with prompts in chunks of 4 and a prefix cache of 4-token blocks (the 11-token prompt's second
+    copy reuses its first's): Gemma 3's sliding window (8) is crossed by chunks, decodes and reused blocks."""
     import asyncio
 
     from maaskit.lm.engine import Engine, SamplingParams
+    from maaskit.lm.prefix import PrefixCache
 
-    write_checkpoint(tmp_path, "qwen3")
+    write_checkpoint(tmp_path, kind)
     model = load_hf(tmp_path).model
-    prompts = [[1, 2, 3], [9] * 11, [40, 41], [7, 8, 9, 10, 11], [200]]
+    prompts = [[1, 2, 3], [9] * 11, [40, 41], [7, 8, 9, 10, 11], [200], [9] * 11 + [3, 4]]
     alone = [list(generate(model, p, max_tokens=10, temperature=0)) for p in prompts]
+    settings = {"prefill_chunk": 4, "prefix_cache": PrefixCache(16, block=4)} if chunked else {}
 
     async def main():
-        engine = Engine(model, max_sequences=3)  # 5 prompts, 3 slots: two wait and join mid-run
+        engine = Engine(model, max_sequences=3, **settings)  # 6 prompts, 3 slots: three wait and join mid-run
 
         async def one(prompt):
             run = engine.generate(prompt, SamplingParams(max_tokens=10, temperature=0))
@@ -139,6 +153,8 @@ def test_a_continuous_batch_gives_each_prompt_its_own_greedy_tokens(tmp_path):
             engine.close()
 
     assert asyncio.run(main()) == alone
+    if chunked:
+        assert settings["prefix_cache"].hits >= 8  # the last prompt took two blocks of 4 from the second
 
 
 CONVERSATIONS = [

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Batch", "Causal", "FlatBatch", "KVCache", "SlotCache", "decode_attention"]
+__all__ = ["Batch", "Causal", "FlatBatch", "KVCache", "SlotCache", "decode_attention", "visible"]
 
 
 class Batch(Protocol):
@@ -33,13 +33,25 @@ class Batch(Protocol):
         ...
 
     def attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool = False,
-                  dropout: float = 0.0) -> torch.Tensor:  # fmt: skip
-        """The new tokens' attention output (B x heads x T x width); their keys and values are kept."""
+                  dropout: float = 0.0, window: int | None = None) -> torch.Tensor:  # fmt: skip
+        """The new tokens' attention output (B x heads x T x width); their keys and values are kept.
+        ``window``: each token sees the ``window`` latest positions only, itself included (sliding-window
+        layers); None: every earlier one."""
         ...
 
     def advance(self, tokens: int) -> None:
         """Called once after the last layer: ``tokens`` more are in."""
         ...
+
+
+def visible(at: torch.Tensor, span: int, window: int | None) -> torch.Tensor:
+    """Which of ``span`` positions a query at position ``at`` sees (``at``'s shape x span): those up to
+    it, and with a ``window`` only the latest ``window`` of them."""
+    keys = torch.arange(span, device=at.device)
+    seen = keys <= at[..., None]
+    if window is not None:
+        seen &= keys > at[..., None] - window
+    return seen
 
 
 def _check(end: int, context: int) -> None:
@@ -55,8 +67,11 @@ class Causal:
         return torch.arange(tokens.shape[1], device=tokens.device)[None, :]
 
     def attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool = False,
-                  dropout: float = 0.0) -> torch.Tensor:  # fmt: skip
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=gqa)
+                  dropout: float = 0.0, window: int | None = None) -> torch.Tensor:  # fmt: skip
+        if window is None or window >= q.shape[2]:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=gqa)
+        mask = visible(torch.arange(q.shape[2], device=q.device), q.shape[2], window)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)
 
     def advance(self, tokens: int) -> None:
         pass
@@ -96,13 +111,13 @@ class KVCache:
         self.length += tokens
 
     def attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool = False,
-                  dropout: float = 0.0) -> torch.Tensor:  # fmt: skip
+                  dropout: float = 0.0, window: int | None = None) -> torch.Tensor:  # fmt: skip
         """Store the new keys and values after the kept ones; the new tokens attend to every kept
         position and, causally, to each other."""
         start, t = self.length, k.shape[2]
         self.keys[layer][:, :, start : start + t] = k
         self.values[layer][:, :, start : start + t] = v
-        allowed = torch.ones(t, start + t, dtype=torch.bool, device=k.device).tril(diagonal=start)
+        allowed = visible(torch.arange(start, start + t, device=k.device), start + t, window)
         keys, values = self.keys[layer][:, :, : start + t], self.values[layer][:, :, : start + t]
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=allowed, dropout_p=dropout, enable_gqa=gqa)
 
@@ -180,7 +195,7 @@ class FlatBatch:
         pass  # the engine keeps each slot's length
 
     def attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool = False,
-                  dropout: float = 0.0) -> torch.Tensor:  # fmt: skip
+                  dropout: float = 0.0, window: int | None = None) -> torch.Tensor:  # fmt: skip
         """``q``, ``k``, ``v``: 1 x heads x N x width. Every new key and value is written to its slot
         and position at once; then the decoding rows attend together, each chunk on its own."""
         keys, values = self.cache.keys[layer], self.cache.values[layer]
@@ -189,10 +204,10 @@ class FlatBatch:
         values[self.slots, :, at] = v[0].transpose(0, 1)
         parts, b = [], len(self.rows)
         if b:
-            parts.append(self._rows(layer, q[0, :, :b].transpose(0, 1)[:, :, None]))
+            parts.append(self._rows(layer, q[0, :, :b].transpose(0, 1)[:, :, None], window))
         start = b
         for slot, begin, n in self.chunks:  # each prompt chunk sees its own sequence only, causally
-            mask = torch.ones(n, begin + n, dtype=torch.bool, device=q.device).tril(diagonal=begin)
+            mask = visible(torch.arange(begin, begin + n, device=q.device), begin + n, window)
             seen = slice(slot, slot + 1), slice(None), slice(0, begin + n)
             y = F.scaled_dot_product_attention(q[:, :, start : start + n], keys[seen], values[seen],
                                                attn_mask=mask, enable_gqa=gqa)  # fmt: skip
@@ -200,7 +215,7 @@ class FlatBatch:
             start += n
         return torch.cat(parts).transpose(0, 1)[None]  # 1 x heads x N x width
 
-    def _rows(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+    def _rows(self, layer: int, q: torch.Tensor, window: int | None) -> torch.Tensor:
         """The decoding rows' attention (q: rows x heads x 1 x width), as N x heads x width."""
         span = max(self.lengths) + 1
         first = self.rows[0]
@@ -210,10 +225,9 @@ class FlatBatch:
         else:
             index = self.slots[: len(self.rows)]
             keys, values = self.cache.keys[layer][index, :, :span], self.cache.values[layer][index, :, :span]
-        mask = None  # rows of one length see all of the span
-        if len(set(self.lengths)) > 1:
-            at = self.where[0, : len(self.rows)]
-            mask = (torch.arange(span, device=q.device)[None, :] <= at[:, None])[:, None, None]
+        mask = None  # rows of one length see all of the span (or all of their window)
+        if len(set(self.lengths)) > 1 or (window is not None and span > window):
+            mask = visible(self.where[0, : len(self.rows)], span, window)[:, None, None]
         return decode_attention(q, keys, values, mask)[:, :, 0]
 
 

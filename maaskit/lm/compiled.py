@@ -36,18 +36,19 @@ _running: list[FlatBatch] = []
 # defined through torch.library.Library, as maaskit::packed_linear is (lm/packing.py): the @custom_op
 # decorator's wrapper costs about as long as a small product, once per layer here
 _LIBRARY = torch.library.Library("maaskit", "FRAGMENT")
-_LIBRARY.define("attention(Tensor q, Tensor k, Tensor v, int layer, bool gqa) -> Tensor")
+_LIBRARY.define("attention(Tensor q, Tensor k, Tensor v, int layer, bool gqa, int? window) -> Tensor")
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, gqa: bool) -> torch.Tensor:
-    return _running[-1].attention(layer, q, k, v, gqa).contiguous()
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, gqa: bool,
+               window: int | None) -> torch.Tensor:  # fmt: skip
+    return _running[-1].attention(layer, q, k, v, gqa, window=window).contiguous()
 
 
 _LIBRARY.impl("attention", _attention, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake("maaskit::attention")
-def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, gqa: bool) -> torch.Tensor:
+def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, gqa: bool, window: int | None) -> torch.Tensor:
     return q.new_empty(q.shape)  # contiguous, as _attention returns it
 
 
@@ -61,8 +62,8 @@ class _Traced:
         return self.where
 
     def attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gqa: bool = False,
-                  dropout: float = 0.0) -> torch.Tensor:  # fmt: skip
-        return torch.ops.maaskit.attention(q, k, v, layer, gqa)
+                  dropout: float = 0.0, window: int | None = None) -> torch.Tensor:  # fmt: skip
+        return torch.ops.maaskit.attention(q, k, v, layer, gqa, window)
 
     def advance(self, tokens: int) -> None:
         pass

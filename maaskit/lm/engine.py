@@ -213,6 +213,11 @@ class Engine:
                 seq.cancelled = True
                 self._wake.set()
 
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` run on the engine's own thread, where its steps run (with its thread count and its
+        compiled graphs' guards), once the step in progress is done; for inspecting the engine."""
+        return self._executor.submit(fn).result()
+
     def interrupt(self, reason: str) -> None:
         """End every sequence now, running or waiting: each reader hears :class:`Interrupted` (``reason``)."""
         for seq in list(self._readers):  # joining ones too: they are in neither list during their first step

@@ -20,7 +20,8 @@ import torch
 from tokenizers import Tokenizer
 
 from ..artifact import MANIFEST, ArtifactError
-from .llama import Llama, LlamaConfig
+from .architectures import architecture_of
+from .model import CausalLM
 from .template import ChatTemplate
 
 __all__ = ["HFModel", "check_hf", "is_huggingface_folder", "load_hf"]
@@ -38,7 +39,7 @@ def is_huggingface_folder(directory: str | Path) -> bool:
 class HFModel:
     """A loaded checkpoint: the model, its tokenizer, how it formats a chat, and what ends a reply."""
 
-    model: Llama
+    model: CausalLM
     tokenizer: Tokenizer
     template: ChatTemplate | None
     stop_tokens: tuple[int, ...]
@@ -79,7 +80,7 @@ def _check_blob(path: Path) -> None:
         raise ArtifactError(f"{path} does not match its sha256 ({target.name[:12]}…): the download is damaged")
 
 
-def _stream_weights(model: Llama, files: list[Path], dtype: torch.dtype) -> None:
+def _stream_weights(model: Any, files: list[Path], dtype: torch.dtype) -> None:
     """Each tensor read (memory-mapped), converted and assigned in place of a ``meta`` parameter."""
     from safetensors import safe_open
 
@@ -121,21 +122,24 @@ def _token_text(token: Any) -> str | None:
     return token.get("content") if isinstance(token, dict) else token
 
 
-def check_hf(directory: str | Path, *, context: int | None = None) -> tuple[LlamaConfig, dict[str, Any], list[Path]]:
-    """The model ``directory`` holds, its ``config.json`` and its weight files, from the folder's
-    description alone (no weights read); raises what :func:`load_hf` would about the folder."""
+def check_hf(
+    directory: str | Path, *, context: int | None = None
+) -> tuple[Any, type[CausalLM], dict[str, Any], list[Path]]:
+    """The shape of the model ``directory`` holds, its class (:mod:`.architectures`), its ``config.json``
+    and its weight files, from the folder's description alone (no weights read); raises what
+    :func:`load_hf` would about the folder."""
     directory = Path(directory)
     config = _read_json(directory / "config.json")
     if not config:
         raise ArtifactError(f"{directory} has no config.json: not a Hugging Face model folder")
     try:
-        shape = LlamaConfig.from_hf(config, context=context)
+        shape, family = architecture_of(config, context=context)
     except (KeyError, ValueError) as err:
         raise ArtifactError(f"{directory}: {err}") from None
     files = _weight_files(directory)
     if not (directory / "tokenizer.json").is_file():
         raise ArtifactError(f"{directory} has no tokenizer.json (maaskit reads fast tokenizers only)")
-    return shape, config, files
+    return shape, family, config, files
 
 
 def load_hf(
@@ -145,13 +149,13 @@ def load_hf(
     own limit, which None keeps; a server passes its ``ServeConfig.context``); ``dtype``: "float32" or
     "bfloat16" (default: the checkpoint's own, and float32 for float16 checkpoints on a CPU)."""
     directory = Path(directory)
-    shape, config, files = check_hf(directory, context=context)
+    shape, family, config, files = check_hf(directory, context=context)
     saved = config.get("torch_dtype") or config.get("dtype") or "float32"
     name = dtype or ("float32" if saved == "float16" and str(device) == "cpu" else saved)
     if name not in DTYPES:
         raise ValueError(f"dtype {name!r}: use one of {', '.join(DTYPES)}")
     with torch.device("meta"):
-        model = Llama(shape)
+        model = family(shape)
     _stream_weights(model, files, DTYPES[name])
     model.to(device)
     tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))

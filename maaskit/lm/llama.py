@@ -55,22 +55,18 @@ class LlamaConfig:
     model_type: str = "llama"
     extra: dict[str, Any] = field(default_factory=dict)  # what the loader kept (ids of special tokens)
 
-    ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
-                     "MistralForCausalLM": "mistral"}  # fmt: skip
+    # config.json's model_type: what sets the family's few differences
+    MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
     @classmethod
     def from_hf(cls, config: dict[str, Any], *, context: int | None = None) -> LlamaConfig:
-        """From a Hugging Face ``config.json``'s contents; refuses architectures it does not know."""
-        archs = config.get("architectures") or [config.get("model_type", "?")]
-        types = set(cls.ARCHITECTURES.values())
-        known = [cls.ARCHITECTURES.get(a, a) for a in archs if a in cls.ARCHITECTURES or a in types]
-        if not known:
-            raise ValueError(
-                f"architecture {', '.join(archs)} is not one maaskit knows; it loads {', '.join(cls.ARCHITECTURES)}"
-            )
+        """From a Hugging Face ``config.json``'s contents (maaskit.lm.architectures chooses the class)."""
+        kind = config.get("model_type", "llama")
+        if kind not in cls.MODEL_TYPES:
+            raise ValueError(f"model_type {kind!r} is not of the Llama family ({', '.join(cls.MODEL_TYPES)})")
         if config.get("hidden_act", "silu") != "silu":
             raise ValueError(f"hidden_act {config['hidden_act']!r}: the Llama family uses silu")
-        if config.get("sliding_window") and config.get("use_sliding_window", known[0] == "mistral"):
+        if config.get("sliding_window") and config.get("use_sliding_window", kind == "mistral"):
             raise ValueError("sliding-window attention is not supported")
         rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -91,9 +87,9 @@ class LlamaConfig:
             rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
             rope_scaling=dict(rope) if rope_type == "llama3" else None,
             tie_word_embeddings=config.get("tie_word_embeddings", False),
-            attention_bias=config.get("attention_bias", known[0] == "qwen2"),
-            qk_norm=known[0] == "qwen3",
-            model_type=known[0],
+            attention_bias=config.get("attention_bias", kind == "qwen2"),
+            qk_norm=kind == "qwen3",
+            model_type=kind,
         )
 
     def but(self, **changes: Any) -> LlamaConfig:
