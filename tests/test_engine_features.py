@@ -14,13 +14,13 @@ import torch
 import maaskit
 from maaskit.lm import GPT, GPTConfig
 from maaskit.lm.attention import SlotCache
+from maaskit.lm.backend import cache_slots
 from maaskit.lm.engine import Engine, SamplingParams
 from maaskit.lm.generation import generate
 from maaskit.lm.llama import Llama, LlamaConfig
 from maaskit.lm.pace import PrefillPace
 from maaskit.lm.prefix import PrefixCache
 from maaskit.serving.config import ServeConfig
-from maaskit.serving.dataplane import cache_slots
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0)
 
@@ -225,10 +225,10 @@ def test_min_tokens_and_ignore_eos():
 def test_a_kv_cache_budget_sets_how_many_sequences_run():
     model = _gpt()  # 2 layers x 2 heads x 16 wide x 96 positions x 4 bytes x 2 (keys, values) = 48 KiB a slot
     per_slot = 2 * 2 * 2 * 16 * 96 * 4
-    assert cache_slots(model, ServeConfig(max_sequences=16)) == 16
-    assert cache_slots(model, ServeConfig(max_sequences=16, kv_cache_gb=3.5 * per_slot / 2**30)) == 3
+    assert cache_slots(model, 16, None) == 16
+    assert cache_slots(model, 16, 3.5 * per_slot / 2**30) == 3
     with pytest.raises(ValueError, match="holds none: raise it or lower --context"):
-        cache_slots(model, ServeConfig(kv_cache_gb=0.5 * per_slot / 2**30))
+        cache_slots(model, 16, 0.5 * per_slot / 2**30)
 
 
 def test_served_with_tokenize_detokenize_echo_bf16_and_vllm_metrics(lm_dir, tiny_lm):

@@ -221,8 +221,8 @@ def test_bf16_loads_in_bf16(tmp_path):
 
 
 def test_auto_serves_a_checkpoint_in_its_own_dtype_where_the_cpu_runs_it_fast():
+    from maaskit.lm.backend import serving_dtype
     from maaskit.lm.packing import can_pack
-    from maaskit.serving.dataplane import serving_dtype
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     fp32, bf16 = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).to(torch.bfloat16)

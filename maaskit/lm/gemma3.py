@@ -119,12 +119,8 @@ class RMSNorm(nn.Module):
 
 
 class _Attention(nn.Module):
-    # products that read the same input, which a server runs as one (lm/packing.py: pack_for_cpu)
-    fusable = {"qkv": ("q_proj", "k_proj", "v_proj")}
-
     def __init__(self, c: Gemma3Config, layer: int):
         super().__init__()
-        self.qkv: nn.Module | None = None
         self.heads, self.kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         self.window = c.sliding_window if c.layer_types[layer] == SLIDING else None
         # SDPA scales by head_dim ** -0.5: the queries are scaled by what makes that query_pre_attn_scalar ** -0.5
@@ -137,7 +133,7 @@ class _Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: Batch, layer: int) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = self.qkv(x) if self.qkv is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = self.q_norm(q.view(b, t, self.heads, self.head_dim))
         k = self.k_norm(k.view(b, t, self.kv_heads, self.head_dim))
         v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -149,17 +145,14 @@ class _Attention(nn.Module):
 
 
 class _MLP(nn.Module):
-    fusable = {"gate_up": ("gate_proj", "up_proj")}
-
     def __init__(self, c: Gemma3Config):
         super().__init__()
-        self.gate_up: nn.Module | None = None
         self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x) if self.gate_up is not None else (self.gate_proj(x), self.up_proj(x))
+        gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
 

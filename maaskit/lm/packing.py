@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Fused", "PackedLinear", "can_pack", "pack_for_cpu", "pack_from"]
+__all__ = ["FUSED_NAMES", "Fused", "FusedPart", "PackedLinear", "can_pack", "pack_for_cpu", "pack_from"]
 
 # oneDNN's call costs more than PyTorch's: worth it for weights that take longer than that to read, a
 # loss on a small model's (notebook 07's GPT). benchmarks/linear_kernels.py measures where the two cross
@@ -102,9 +102,16 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, packed"
 
 
+# sibling products that read the same input, by their (Hugging Face) names: where a module has all of
+# a group as plain linear layers, they become one product (:class:`Fused`), whatever the model family
+FUSED_NAMES = {"qkv": ("q_proj", "k_proj", "v_proj"), "gate_up": ("gate_proj", "up_proj")}
+
+
 class Fused(nn.Module):
     """Linear layers that read the same input (a block's q, k and v; its gate and up) as one product:
-    one call and one pass over the weights instead of several. Returns each layer's output, in order."""
+    one call and one pass over the weights instead of several. Each layer is replaced by a
+    :class:`FusedPart`; the first part called with an input runs the product for all of them, and
+    each part takes its own share of it (nothing is kept once every part has taken its share)."""
 
     def __init__(self, linears: list[nn.Linear]):
         super().__init__()
@@ -118,19 +125,47 @@ class Fused(nn.Module):
                     linear.bias if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
                     for linear in linears
                 ]))  # fmt: skip
+        self._input: torch.Tensor | None = None
+        self._outputs: list[torch.Tensor] = []
+        self._taken = 0
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return self.product(x).split(self.sizes, dim=-1)
+    def share(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        """Part ``part`` of the product of ``x``, run by the first of the siblings to read ``x``."""
+        if self._input is not x:
+            self._input, self._outputs, self._taken = x, list(self.product(x).split(self.sizes, dim=-1)), 0
+        out = self._outputs[part]
+        self._taken += 1
+        if self._taken == len(self.sizes):
+            self._input, self._outputs = None, []
+        return out
+
+
+class FusedPart(nn.Module):
+    """One layer of a :class:`Fused` group, in the place of the ``nn.Linear`` it was."""
+
+    def __init__(self, fused: Fused, part: int):
+        super().__init__()
+        self.part = part
+        self.group = [fused]  # in a list: not a child of each part (the siblings' parent holds it once)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.group[0]
+        if torch.compiler.is_compiling():  # a graph keeps no state between calls: its own rows of the product
+            product, start = fused.product, sum(fused.sizes[: self.part])
+            rows = slice(start, start + fused.sizes[self.part])
+            return F.linear(x, product.weight[rows], product.bias[rows] if product.bias is not None else None)
+        return fused.share(x, self.part)
 
 
 def _fuse(model: nn.Module) -> None:
-    """Each module's ``fusable`` groups (name: the layers it replaces) become one :class:`Fused`."""
-    for module in model.modules():
-        for name, parts in getattr(module, "fusable", {}).items():
-            if all(type(getattr(module, part, None)) is nn.Linear for part in parts):
-                setattr(module, name, Fused([getattr(module, part) for part in parts]))
-                for part in parts:
-                    delattr(module, part)
+    """Each module's groups of :data:`FUSED_NAMES` become one :class:`Fused`, a child named after the group."""
+    for module in list(model.modules()):
+        for group, names in FUSED_NAMES.items():
+            if all(type(getattr(module, name, None)) is nn.Linear for name in names):
+                fused = Fused([getattr(module, name) for name in names])
+                module.add_module(group, fused)
+                for i, name in enumerate(names):
+                    setattr(module, name, FusedPart(fused, i))
 
 
 def pack_for_cpu(model: nn.Module, rows: int = 16, *, pack: bool = True) -> int:

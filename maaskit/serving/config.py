@@ -10,7 +10,10 @@ import json
 import os
 import socket
 from dataclasses import Field, asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..lm.backend import EngineConfig
 
 __all__ = ["ServeConfig", "options"]
 
@@ -122,9 +125,9 @@ class ServeConfig:
     )
     compile: bool = _option(
         False,
-        "language models: compile the decode step (short prompts joining go in as its rows) and a lone prompt's "
-        "pass with torch.compile (its products Inductor's own kernels on frozen weights on a CPU; minutes of "
-        "compiling at start, a copy of the weights per graph; needs a C++ compiler)",
+        "language models: compile the forward pass of every step with torch.compile (its products Inductor's "
+        "own kernels on frozen weights on a CPU; minutes of compiling at start, a copy of the weights per graph; "
+        "needs a C++ compiler)",
     )
 
     def __post_init__(self) -> None:
@@ -157,6 +160,14 @@ class ServeConfig:
 
     def but(self, **changes: Any) -> ServeConfig:
         return replace(self, **changes)
+
+    def engine(self) -> EngineConfig:
+        """What a language model's engine takes of these settings (:mod:`maaskit.lm.backend`)."""
+        from ..lm.backend import EngineConfig
+
+        return EngineConfig(dtype=self.dtype, max_sequences=self.max_sequences, kv_cache_gb=self.kv_cache_gb,
+                            prefix_cache_gb=self.prefix_cache_gb, prefill_chunk=self.prefill_chunk,
+                            prefill_stall=self.prefill_stall or None, compile=self.compile)  # fmt: skip
 
     def check_exposure(self, *, has_keys: bool) -> None:
         """Refuse a public address that nothing protects: neither a token nor API keys (the same rule

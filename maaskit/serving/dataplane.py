@@ -174,16 +174,13 @@ class ServedLanguageModel:
 
     def __init__(self, name: str, model: torch.nn.Module, tokenizer: Any, manifest: dict, device: torch.device,
                  config: ServeConfig, *, version: str = "1", owned: bool = False):  # fmt: skip
-        from ..lm.attention import SlotCache
+        from ..lm.backend import build_engine
         from ..lm.constrain import Guide
-        from ..lm.engine import Engine
         from ..lm.model import CausalLM
-        from ..lm.packing import pack_for_cpu
-        from ..lm.prefix import PrefixCache
         from ..lm.prompts import chat_prompts
 
         if not isinstance(model, CausalLM):
-            raise TypeError(f"a language model is a maaskit.lm GPT or Llama, got {type(model).__name__}")
+            raise TypeError(f"a language model is a maaskit.lm GPT, Llama or Gemma3, got {type(model).__name__}")
         self.name, self.version, self.tokenizer, self.manifest = name, version, tokenizer, manifest
         self.created = int(time.time())
         self.end_of_text: int = manifest["tokenizer"]["end_of_text"]
@@ -196,17 +193,12 @@ class ServedLanguageModel:
             (self.end_of_text,) if self.chat is None else (self.end_of_text, self.chat.end)
         )
         guide = Guide(tokenizer, model.vocab_size, self.stop_tokens[-1])
-        model = model.to(device=device, dtype=serving_dtype(config.dtype, model, device)).eval()
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())  # what a decode step reads
-        self.slots = cache_slots(model, config)
-        if owned and device.type == "cpu":  # a model it loaded itself (a caller's own is left as it is)
-            pack_for_cpu(model, rows=self.slots, pack=not config.compile)  # compiled: Inductor lays them out
-        cache = SlotCache.empty(model, self.slots)
-        prefix = PrefixCache.sized(cache, int(config.prefix_cache_gb * 2**30))
-        thread_setup = partial(forward_thread_setup, config.workers, threads=config.threads, weights=weights)
-        self.engine = Engine(model, max_sequences=self.slots, thread_setup=thread_setup, guide=guide,
-                             prefill_chunk=config.prefill_chunk, prefill_stall=config.prefill_stall or None,
-                             prefix_cache=prefix, cache=cache, compile=config.compile)  # fmt: skip
+
+        def thread_setup(weights: int) -> Callable[[], None]:
+            return partial(forward_thread_setup, config.workers, threads=config.threads, weights=weights)
+
+        self.engine = build_engine(model, device, config.engine(), guide=guide, thread_setup=thread_setup, owned=owned)
+        self.slots = self.engine.max_sequences
 
     @property
     def context(self) -> int:
@@ -229,35 +221,6 @@ class ServedLanguageModel:
 
     def close(self) -> None:
         self.engine.close()
-
-
-def serving_dtype(name: str, model: torch.nn.Module, device: torch.device) -> torch.dtype:
-    """The dtype a language model is served in: "auto" keeps the checkpoint's own, but on a CPU only
-    where it runs fast: bfloat16 where oneDNN has bfloat16 products (lm/packing.py; PyTorch's own are
-    slower than its float32), float32 otherwise. A model trained in float32 is served exactly as trained."""
-    from ..lm.packing import can_pack
-
-    if name == "auto":
-        own = next(model.parameters()).dtype
-        fast_on_cpu = own == torch.float32 or (own == torch.bfloat16 and can_pack(own))
-        return own if device.type != "cpu" or fast_on_cpu else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-
-
-def cache_slots(model: torch.nn.Module, config: ServeConfig) -> int:
-    """Sequences that run at once: ``max_sequences``, or fewer if ``kv_cache_gb`` holds fewer caches
-    of the whole context (a request beyond them waits for a slot: admission, never out of memory)."""
-    layers, heads, width = model.cache_shape()  # type: ignore[operator]
-    per_slot = 2 * layers * heads * width * model.context * next(model.parameters()).element_size()
-    if config.kv_cache_gb is None:
-        return config.max_sequences
-    fits = int(config.kv_cache_gb * 2**30 // per_slot)
-    if fits < 1:
-        raise ValueError(
-            f"one sequence's key/value cache takes {per_slot / 2**30:.3g} GB at a context of {model.context}; "
-            f"--kv-cache-gb {config.kv_cache_gb:g} holds none: raise it or lower --context"
-        )
-    return min(fits, config.max_sequences)
 
 
 # a language model whose decode step reads at least this many bytes of weights runs its engine on

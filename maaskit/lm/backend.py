@@ -1,0 +1,83 @@
+"""One place for speed on the machine a language model serves on.
+
+A server hands this module a model and an :class:`EngineConfig`; it gets back an engine whose model
+is prepared for the machine: in the dtype that runs fast there, its sibling products fused and
+its large products packed for the CPU's kernels (:mod:`.packing`), its step compiled when asked
+(:mod:`.compiled`), its key/value cache sized to the memory given, and its prefix cache beside it.
+The model files and the engine know none of this; the serving layer passes its settings and nothing
+else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .attention import SlotCache
+from .constrain import Guide
+from .engine import Engine
+from .model import CausalLM
+from .packing import can_pack, pack_for_cpu
+from .prefix import PrefixCache
+
+__all__ = ["EngineConfig", "build_engine", "cache_slots", "serving_dtype"]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How a served language model runs (``maaskit serve``'s options of the same names)."""
+
+    dtype: str = "auto"
+    max_sequences: int = 16
+    kv_cache_gb: float | None = None
+    prefix_cache_gb: float = 0.0
+    prefill_chunk: int | None = None
+    prefill_stall: float | None = None
+    compile: bool = False
+
+
+def serving_dtype(name: str, model: torch.nn.Module, device: torch.device) -> torch.dtype:
+    """The dtype a language model is served in: "auto" keeps the checkpoint's own, but on a CPU only
+    where it runs fast: bfloat16 where oneDNN has bfloat16 products (lm/packing.py; PyTorch's own are
+    slower than its float32), float32 otherwise. A model trained in float32 is served exactly as trained."""
+    if name == "auto":
+        own = next(model.parameters()).dtype
+        fast_on_cpu = own == torch.float32 or (own == torch.bfloat16 and can_pack(own))
+        return own if device.type != "cpu" or fast_on_cpu else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def cache_slots(model: CausalLM, max_sequences: int, kv_cache_gb: float | None) -> int:
+    """Sequences that run at once: ``max_sequences``, or fewer if ``kv_cache_gb`` holds fewer caches
+    of the whole context (a request beyond them waits for a slot: admission, never out of memory)."""
+    layers, heads, width = model.cache_shape()
+    per_slot = 2 * layers * heads * width * model.context * next(model.parameters()).element_size()
+    if kv_cache_gb is None:
+        return max_sequences
+    fits = int(kv_cache_gb * 2**30 // per_slot)
+    if fits < 1:
+        raise ValueError(
+            f"one sequence's key/value cache takes {per_slot / 2**30:.3g} GB at a context of {model.context}; "
+            f"--kv-cache-gb {kv_cache_gb:g} holds none: raise it or lower --context"
+        )
+    return min(fits, max_sequences)
+
+
+def build_engine(model: CausalLM, device: torch.device, config: EngineConfig, *, guide: Guide | None = None,
+                 thread_setup: Callable[[int], Callable[[], None]] | None = None,
+                 owned: bool = True) -> Engine:  # fmt: skip
+    """The engine serving ``model`` on ``device``. ``thread_setup(bytes a step reads)``: what the engine's
+    thread runs first (its thread count); ``owned``: the model is the server's own copy, which may be
+    rewritten for the CPU's kernels (a caller's model is served as it is)."""
+    model = model.to(device=device, dtype=serving_dtype(config.dtype, model, device)).eval()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())  # what a step reads
+    slots = cache_slots(model, config.max_sequences, config.kv_cache_gb)
+    if owned and device.type == "cpu":  # a compiled step: fused only, Inductor lays the products out itself
+        pack_for_cpu(model, rows=slots, pack=not config.compile)
+    cache = SlotCache.empty(model, slots)
+    prefix = PrefixCache.sized(cache, int(config.prefix_cache_gb * 2**30))
+    return Engine(model, max_sequences=slots, thread_setup=thread_setup(weights) if thread_setup else None,
+                  guide=guide, prefill_chunk=config.prefill_chunk, prefill_stall=config.prefill_stall,
+                  prefix_cache=prefix, cache=cache, compile=config.compile)  # fmt: skip
