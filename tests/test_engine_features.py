@@ -40,9 +40,10 @@ def _llama():
 MODELS = {"gpt": _gpt, "llama": _llama}
 
 
-def run_engine(engine: Engine, jobs, *, one_after_another: bool = False, alone: int = 0):
+def run_engine(engine: Engine, jobs, *, one_after_another: bool = False, alone: int = 0, close: bool = True):
     """Each job's tokens (``jobs``: (prompt, params)), all submitted together or one after another
-    (``alone``: the first that many one after another, then the rest together)."""
+    (``alone``: the first that many one after another, then the rest together); the engine is closed after,
+    unless ``close=False``."""
 
     async def one(prompt, params):
         return [e.token async for e in engine.generate(prompt, params) if e.token is not None]
@@ -53,7 +54,8 @@ def run_engine(engine: Engine, jobs, *, one_after_another: bool = False, alone: 
             done = [await one(p, params) for p, params in jobs[:first]]
             return done + list(await asyncio.gather(*(one(p, params) for p, params in jobs[first:])))
         finally:
-            engine.close()
+            if close:
+                engine.close()
 
     return asyncio.run(main())
 
@@ -300,38 +302,39 @@ def test_listeners_see_the_engine_empty_once_its_last_sequences_finished():
     assert (2, 2) in steps and steps[-1] == (0, 0)
 
 
-def _llama(pack: bool):
-    """A Llama whose products are large enough to be packed (lm/packing.py: PACK_FROM elements), packed
-    for oneDNN or (as a server that compiles its steps has it) only fused, for Inductor to lay out."""
-    from maaskit.lm.packing import pack_for_cpu
-
+def _large_llama():
+    """A Llama whose products are large enough to be packed (lm/packing.py: PACK_FROM elements)."""
     torch.manual_seed(0)
     shape = LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
                         num_attention_heads=8, num_key_value_heads=2, head_dim=64, context=96)  # fmt: skip
-    model = Llama(shape).eval()
-    assert (pack_for_cpu(model, rows=4, pack=pack) > 0) == pack
-    return model
+    return Llama(shape).eval()
 
 
 @pytest.mark.slow  # each graph takes Inductor a while to build on 2 cores
 @pytest.mark.parametrize(
-    "make, frozen",
+    "make, packs",
     [
-        (_gpt, True),  # the smoke form: a tiny model's frozen graphs, Inductor's own kernels
-        # a Llama's frozen graphs (~2.5 min of autotuning on 2 cores): the same path as the GPT's, larger
-        pytest.param(partial(_llama, pack=False), True, marks=pytest.mark.nightly),
-        (partial(_llama, pack=True), False),  # the other path: oneDNN's packed products, not frozen
+        (_gpt, False),  # the smoke form: a tiny model's graphs (its products too small to pack: column-major)
+        # a Llama's graphs (~2.5 min of autotuning on 2 cores), its engine's own model packed meanwhile
+        pytest.param(_large_llama, True, marks=pytest.mark.nightly),
     ],
-    ids=["gpt", "fused llama", "packed llama"],
+    ids=["gpt", "llama"],
 )
-def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(make, frozen):
+def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(make, packs):
+    from maaskit.lm.packing import pack_for_cpu
+
     model = make()
     prompts = [[5, 6, 7], [8], list(range(20, 41)), [9] * 12, list(range(60, 66)), [3, 1, 4, 1, 5], [2] * 30]
     # the 12-token prompt runs longest: the last prompt joins it when the others are done
     jobs = [(p, SamplingParams(max_tokens=20 if len(p) == 12 else 10, temperature=0, ignore_eos=True)) for p in prompts]
     eager = run_engine(Engine(model, max_sequences=4), jobs)
-    engine = Engine(model, max_sequences=4, compile=True)  # warms up: one row, several, and a prompt
-    assert engine.runner.step.frozen == frozen  # on a CPU, weights frozen into the graphs unless packed already
+    engine = Engine(model, max_sequences=4, compile=True)  # compiles a copy of the model, in the background
+    assert (pack_for_cpu(model, rows=4) > 0) == packs  # as a server does: the model the engine runs meanwhile
+    # the engine serves at once, with the eager pass, while its graphs are built
+    assert run_engine(engine, jobs[:1], close=False) == eager[:1]
+    assert engine.compiling is not None
+    engine.compiling.result()  # built: the compiled pass serves from the next step
+    assert engine.runner.forward.frozen  # on a CPU, weights frozen into the graphs
 
     @torch.inference_mode()
     def gaps() -> list[float]:  # on the engine's thread: a graph is guarded by the thread count it was built with
@@ -347,7 +350,7 @@ def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(m
             batch = engine.cache.batch(decodes, chunks)  # the same positions written again by each
             select = torch.tensor(batch.last)
             expected = model(tokens, batch, select=select)
-            got = engine.runner.step(tokens, engine.cache.batch(decodes, chunks), select)
+            got = engine.runner.forward(tokens, engine.cache.batch(decodes, chunks), select)
             found.append(float((got - expected).abs().max()))
         return found  # what these wrote, the jobs below overwrite before they read it
 
@@ -357,3 +360,72 @@ def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(m
         assert max(engine.call(gaps)) < 1e-4
         compiled = run_engine(engine, jobs, alone=2)
     assert compiled == eager
+
+
+def test_each_step_is_recorded_for_watchers_and_the_engine_scope_draws_it():
+    """Two streams decode while a long prompt joins in chunks of 8: the records say so step by step, the
+    cache's use rises and falls back to nothing, and EngineScope draws both kinds of cell and the cache."""
+    from maaskit.widgets import EngineScope
+
+    model = _gpt()
+    engine = Engine(model, max_sequences=3, prefill_chunk=8)
+    records = []
+    engine.watchers.append(records.append)
+    scope = EngineScope(engine, steps=200)
+    long = list(range(1, 41))  # 40 tokens: 5 chunks of 8
+
+    async def main():
+        started = asyncio.Event()
+
+        async def stream(prompt, tokens):
+            params = SamplingParams(max_tokens=tokens, temperature=0)
+            return [e.token async for e in engine.generate(prompt, params) if not started.set() and e.token is not None]
+
+        async def joining():
+            await started.wait()  # the two streams are decoding
+            return await stream(long, 4)
+
+        return await asyncio.gather(stream([1, 2], 20), stream([3, 4], 20), joining())
+
+    try:
+        first, _, late = asyncio.run(main())
+    finally:
+        engine.close()
+    assert first == list(generate(model, [1, 2], max_tokens=20, temperature=0))
+    assert late == list(generate(model, long, max_tokens=4, temperature=0))
+    assert [r.step for r in records] == list(range(1, engine.steps + 1))
+    joined = [r for r in records if any(n == 8 for _, n in r.chunks)]
+    assert len(joined) == 5 and all(len(r.decodes) == 2 for r in joined)  # each chunk beside both streams
+    assert max(r.cache_tokens for r in records) >= 40 and records[-1].cache_tokens == 0
+    assert records[-1].cache_capacity == 3 * model.context
+    assert scope.totals["steps"] == len(records) and scope.totals["most_running"] == 3
+    svg = scope.svg()
+    assert 'class="maaskit-prefill"' in svg and 'class="maaskit-decode"' in svg and "maaskit-cache" in svg
+    assert "steps seen" in str(scope) and scope.still_png().startswith(b"\x89PNG")
+    scope.close()
+    assert engine.watchers == [records.append]
+
+
+@pytest.mark.slow  # Inductor builds the graphs on 2 cores
+def test_maaskit_serve_compiles_in_the_background_by_default_and_answers_meanwhile(lm_dir, monkeypatch):
+    """With no flag, `maaskit serve` answers at once (the eager pass) while it compiles, then serves the same
+    tokens through the compiled pass, and /metrics says when it does."""
+    from conftest import start_cli, wait_for
+
+    monkeypatch.delenv("MAASKIT_COMPILE")  # the suite's servers serve eagerly (conftest.py): this one is the default
+
+    def compiled(url: str) -> bool:
+        lines = httpx.get(url + "/metrics", timeout=10).text.splitlines()
+        return 'maaskit_lm_compiled{model="gpt"} 1.0' in lines
+
+    body = {"model": "gpt", "prompt": "The list", "max_tokens": 12, "temperature": 0}
+    process, url, lines = start_cli(str(lm_dir))
+    try:
+        eager = httpx.post(url + "/v1/completions", json=body, timeout=120).json()["choices"][0]["text"]
+        assert 'maaskit_lm_compiled{model="gpt"} 0.0' in httpx.get(url + "/metrics", timeout=10).text.splitlines()
+        wait_for(partial(compiled, url), "the compiled forward pass to serve", seconds=900)
+        assert httpx.post(url + "/v1/completions", json=body, timeout=120).json()["choices"][0]["text"] == eager
+    finally:
+        process.terminate()
+        process.wait(60)
+    assert eager, "".join(lines)

@@ -680,7 +680,7 @@ def test_one_serve_config_holds_the_defaults_and_one_rule_guards_a_public_addres
         if option.name != "api_keys":  # serve() also takes an APIKeys object
             assert params[option.name].default == NOTEBOOK_DEFAULTS.get(option.name, option.default), option.name
         assert parsed[option.name] == option.default, option.name
-    assert set(NOTEBOOK_DEFAULTS) == {"port"}  # in a notebook, any free port
+    assert NOTEBOOK_DEFAULTS == {"port": 0, "compile": False}  # in a notebook, any free port, eager
     with pytest.raises(TypeError, match="unexpected keyword arguments: max_batch"):
         maaskit.serve(artifact[0], max_batch=4)
     assert inspect.signature(DynamicBatcher).parameters["max_queue"].default == defaults.max_queue

@@ -4,11 +4,13 @@ events. Prints one JSON object: per-stream time to first token, gaps between tok
 the server's usage counts them, when it sends it) and the wall time.
 
     python sse_load.py URL MODEL STREAMS CONCURRENCY MAX_TOKENS [--exact] [--rate R] [--prefix FILE]
+                       [--prompts FILE]
 
 ``--exact``: every stream generates exactly MAX_TOKENS (``ignore_eos`` and ``min_tokens``, as
 ``vllm bench serve`` sends). ``--rate R``: requests start as a Poisson process of R per second
 (still at most CONCURRENCY at once) instead of back to back. ``--prefix FILE``: each prompt begins
-with this text (a shared system prompt).
+with this text (a shared system prompt). ``--prompts FILE``: a JSON list of prompts, stream ``i`` sends
+the ``i``-th (modulo their number), instead of "Example i:".
 """
 
 import argparse
@@ -24,6 +26,7 @@ async def main(args: argparse.Namespace) -> dict:
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     results, next_index = [], iter(range(args.streams))
     prefix = open(args.prefix).read() if args.prefix else ""  # noqa: SIM115 (read once)
+    prompts = json.load(open(args.prompts)) if args.prompts else [f"Example {i}:" for i in range(50)]  # noqa: SIM115
     arrivals = random.Random(0)
     start = time.perf_counter()
     due = [0.0]  # when the next request may start (Poisson arrivals)
@@ -34,8 +37,8 @@ async def main(args: argparse.Namespace) -> dict:
                 if args.rate:
                     due[0] += arrivals.expovariate(args.rate)
                     await asyncio.sleep(max(0.0, start + due[0] - time.perf_counter()))
-                body = {"model": args.model, "prompt": f"{prefix}Example {i % 50}:", "max_tokens": args.max_tokens,
-                        "temperature": 1.0, "seed": i, "stream": True,
+                body = {"model": args.model, "prompt": prefix + prompts[i % len(prompts)],
+                        "max_tokens": args.max_tokens, "temperature": 1.0, "seed": i, "stream": True,
                         "stream_options": {"include_usage": True}}  # fmt: skip
                 if args.exact:
                     body |= {"ignore_eos": True, "min_tokens": args.max_tokens}
@@ -79,4 +82,5 @@ if __name__ == "__main__":
     parser.add_argument("--exact", action="store_true")
     parser.add_argument("--rate", type=float, default=0.0)
     parser.add_argument("--prefix")
+    parser.add_argument("--prompts")
     print(json.dumps(asyncio.run(main(parser.parse_args()))))

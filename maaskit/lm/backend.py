@@ -74,10 +74,13 @@ def build_engine(model: CausalLM, device: torch.device, config: EngineConfig, *,
     model = model.to(device=device, dtype=serving_dtype(config.dtype, model, device)).eval()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())  # what a step reads
     slots = cache_slots(model, config.max_sequences, config.kv_cache_gb)
-    if owned and device.type == "cpu":  # a compiled step: fused only, Inductor lays the products out itself
-        pack_for_cpu(model, rows=slots, pack=not config.compile)
     cache = SlotCache.empty(model, slots)
     prefix = PrefixCache.sized(cache, int(config.prefix_cache_gb * 2**30))
-    return Engine(model, max_sequences=slots, thread_setup=thread_setup(weights) if thread_setup else None,
-                  guide=guide, prefill_chunk=config.prefill_chunk, prefill_stall=config.prefill_stall,
-                  prefix_cache=prefix, cache=cache, compile=config.compile)  # fmt: skip
+    # the engine compiles a copy of the model as it is now (Inductor lays out its own weights), then the
+    # model it runs meanwhile is packed for the CPU's kernels
+    engine = Engine(model, max_sequences=slots, thread_setup=thread_setup(weights) if thread_setup else None,
+                    guide=guide, prefill_chunk=config.prefill_chunk, prefill_stall=config.prefill_stall,
+                    prefix_cache=prefix, cache=cache, compile=config.compile)  # fmt: skip
+    if owned and device.type == "cpu":
+        pack_for_cpu(model, rows=slots)
+    return engine

@@ -12,9 +12,12 @@ mix, is one opaque operation (``maaskit::attention``) that the graph calls with 
 values, and that runs the step's :class:`~maaskit.lm.attention.FlatBatch` eagerly (vLLM compiles its
 model around its attention the same way). The rest of the graph sees a row of N tokens and the
 positions of the S tokens it scores; PyTorch specializes sizes of 1, so three graphs (N = 1; S = 1
-beside a longer row; both longer) serve a server's life, all built by :meth:`CompiledStep.warm_up`
-before the first request. Each graph holds its own copy of the weights, as they were when it was
-built: a change to the model's parameters after :meth:`CompiledStep.warm_up` is not seen.
+beside a longer row; both longer) serve a server's life, all built by :meth:`CompiledForward.warm_up`
+on a scratch cache of its own, so that it can run while the engine serves with the eager pass. The
+graphs are not kept between starts: with its weights frozen, Inductor bypasses its on-disk graph cache
+("mkldnn tensors unpickleable"), and without freezing the products are slower than eager ones. Each
+graph holds its own copy of the weights, as they were when it was built: a change to the model's
+parameters after :meth:`CompiledForward.warm_up` is not seen.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import torch
 
 from .attention import FlatBatch, SlotCache
 from .model import CausalLM
-from .packing import PackedLinear
+from .packing import FusedPart, PackedLinear
 
-__all__ = ["CompiledStep"]
+__all__ = ["CompiledForward"]
 
 # the batch of the step being run: set around each call of the compiled graph, on the engine's thread
 _running: list[FlatBatch] = []
@@ -74,22 +77,24 @@ class _Traced:
 # where it benchmarks faster than oneDNN's (``ATEN``) on that shape; silently: no autotuning tables.
 # In force while the graphs are traced and built (torch.compile's ``options`` come too late for freezing,
 # which decides how the model's weights are traced), not around each step, where a patch would cost time.
+# (Inductor's freezing_discard_parameters would release the compiled copy's own parameters, but its guards
+# then fail on a tied head: `tokens.weight is head.weight`.)
 _CPU = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
         "autotune_num_choices_displayed": 0}  # fmt: skip
 
 
-class CompiledStep:
-    """``CompiledStep(model)(tokens, batch, select)``: ``model(tokens, batch, select=select)`` for a
+class CompiledForward:
+    """``CompiledForward(model)(tokens, batch, select)``: ``model(tokens, batch, select=select)`` for a
     server's flat batch, through ``torch.compile``; call :meth:`warm_up` first, or the first steps compile."""
 
     def __init__(self, model: CausalLM):
         if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
             raise RuntimeError("compiling the model's step needs a C++ compiler (g++ or clang++), and none is on PATH")
+        if any(isinstance(m, (PackedLinear, FusedPart)) for m in model.modules()):
+            raise ValueError("compile a model as it was built, not one packed for the CPU (lm/packing.py): on a "
+                             "CPU Inductor lays the weights out itself")  # fmt: skip
         self.model = model
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        # a model already packed for oneDNN (lm/packing.py) keeps its products as they are: opaque calls
-        packed = any(isinstance(m, PackedLinear) for m in model.modules())
-        self.frozen = on_cpu and not packed
+        self.frozen = next(model.parameters()).device.type == "cpu"
         self.compiled = torch.compile(self._forward, dynamic=True)
 
     def _forward(self, tokens: torch.Tensor, where: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
@@ -103,17 +108,14 @@ class CompiledStep:
             _running.pop()
 
     @torch.inference_mode()
-    def warm_up(self, cache: SlotCache, slots: int) -> None:
-        """Build the graphs a server needs: one token, a prompt scored at its last token, several rows.
-        What these steps write lands in the first slots, past nothing a sequence reads before writing it."""
+    def warm_up(self, slots: int) -> None:
+        """Build the graphs a server needs: one token, a prompt scored at its last token, several rows
+        (``slots`` sequences at most), on a scratch cache (the engine's own is never written)."""
+        scratch = SlotCache.empty(self.model, min(slots, 3))
+        device = scratch.keys[0].device
         with torch._inductor.config.patch(_CPU) if self.frozen else contextlib.nullcontext():
-            device = cache.keys[0].device
-            for decodes, chunks in (
-                ([(0, 1)], []),
-                ([], [(0, 0, 3)]),
-                ([(s, s + 1) for s in range(min(slots, 3))], []),
-            ):
-                batch = cache.batch(decodes, chunks)
+            rows = [(s, s + 1) for s in range(scratch.slots)]
+            for decodes, chunks in (([(0, 1)], []), ([], [(0, 0, 3)]), (rows, [])):
+                batch = scratch.batch(decodes, chunks)
                 tokens = torch.zeros(1, batch.tokens, dtype=torch.long, device=device)
-                select = torch.tensor(batch.last, device=device)
-                self(tokens, batch, select)
+                self(tokens, batch, torch.tensor(batch.last, device=device))

@@ -21,12 +21,14 @@ the generator, its ``finally`` marks the sequence cancelled, and the scheduler d
 from __future__ import annotations
 
 import asyncio
+import copy
 import heapq
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,9 +40,18 @@ from .generation import check_sampling
 from .model import CausalLM
 from .pace import PrefillPace
 from .prefix import PrefixCache
-from .runner import ModelRunner, Step, StepPlan
+from .runner import ModelRunner, StepPlan
 
-__all__ = ["ContextTooLong", "Engine", "Interrupted", "SamplingParams", "TokenEvent"]
+__all__ = ["ContextTooLong", "Engine", "Interrupted", "SamplingParams", "StepRecord", "TokenEvent"]
+
+
+_log = logging.getLogger(__name__)
+
+
+def _report_compile(done: Future) -> None:
+    if done.cancelled() or done.exception() is None:
+        return
+    _log.warning("compiling the forward pass failed, serving with the eager one: %s", done.exception())
 
 
 class ContextTooLong(ValueError):
@@ -80,6 +91,26 @@ class TokenEvent:
     top_logprobs: list[tuple[int, float]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class StepRecord:
+    """What one step of the engine did, for watchers (:attr:`Engine.watchers`: metrics, EngineScope).
+    Sequences are named by number, in the order they were submitted."""
+
+    step: int
+    seconds: float  # the step's time on the engine's thread
+    decodes: tuple[int, ...]  # sequences that decoded a token
+    chunks: tuple[tuple[int, int], ...]  # (sequence, prompt tokens computed) of each prompt chunk
+    finished: tuple[int, ...]  # sequences that left the batch after it
+    waiting: int  # sequences waiting for a slot
+    cache_tokens: int  # positions of the key/value cache in use, all slots together
+    cache_capacity: int  # positions it holds (slots x context)
+    prefix_hits: int  # prompt tokens taken from the prefix cache by sequences this step admitted
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(n for _, n in self.chunks)
+
+
 @dataclass(eq=False)
 class _Sequence:
     prompt: list[int]
@@ -96,6 +127,7 @@ class _Sequence:
     last_token_at: float | None = None
     matcher: Any = None  # the grammar's state, when constrained
     unread: int | None = None  # the token chosen last, not yet fed to the matcher (the next step's mask job does)
+    number: int = 0  # in submission order (StepRecord)
 
 
 class Engine:
@@ -111,8 +143,10 @@ class Engine:
     at most (None: whole prompts); ``prefill_stall``: beside running sequences, chunks sized to cost
     at most that many decode steps (None: always ``prefill_chunk``); ``prefix_cache``: shared prompt
     prefixes reused; ``cache``: the slots' keys and values (made for ``max_sequences`` if not given);
-    ``compile``: the forward pass through ``torch.compile`` (:mod:`.compiled`: faster steps, after
-    minutes of compiling here, before the engine is ready)."""
+    ``compile``: the forward pass through ``torch.compile`` (:mod:`.compiled`), built from a copy of the model
+    (as it was built: pack it for the CPU, :mod:`.packing`, after the engine is made) in a thread of its own
+    while the engine serves with the eager pass, which the compiled one replaces once it is built (minutes on
+    a CPU; ``engine.compiling``, a Future, is done then)."""
 
     def __init__(self, model: CausalLM, *, max_sequences: int, thread_setup: Callable[[], None] | None = None,
                  guide: Guide | None = None, prefill_chunk: int | None = None, prefill_stall: float | None = None,
@@ -131,14 +165,10 @@ class Engine:
         if self.cache.slots < max_sequences:
             raise ValueError(f"the cache has {self.cache.slots} slots, fewer than max_sequences")
         self._executor = ThreadPoolExecutor(1, "maaskit-lm", initializer=thread_setup)
-        step: Step = self.model
-        if compile:  # built now, on the engine's thread, so that no request waits for it
-            from .compiled import CompiledStep
-
-            compiled = CompiledStep(self.model)
-            self._executor.submit(compiled.warm_up, self.cache, max_sequences).result()
-            step = compiled
-        self.runner = ModelRunner(step, self.cache, model.vocab_size, guide=guide)
+        self.runner = ModelRunner(self.model, self.cache, model.vocab_size, guide=guide)
+        self.compiling: Future | None = None
+        if compile:
+            self.compiling = self._compile(thread_setup)
         self._waiting: deque[_Sequence] = deque()
         self._readers: set[_Sequence] = set()  # every sequence someone reads: waiting, joining or running
         self._running: list[_Sequence] = []  # decoding: one token per step each
@@ -148,9 +178,36 @@ class Engine:
         self._task: asyncio.Task | None = None
         self._seeds = itertools.count()
         self.listeners: list[Callable[[str, float], None]] = []
+        self.watchers: list[Callable[[StepRecord], None]] = []  # told what each step did, after it
+        self._numbers = itertools.count(1)
         self.steps = 0
         self.tokens_generated = 0
         self.abandoned = 0  # sequences dropped because their reader left before they finished
+
+    def _compile(self, thread_setup: Callable[[], None] | None) -> Future:
+        """Build the compiled forward pass from a copy of the model, in a thread of its own (with the engine
+        thread's settings: a graph is guarded by the thread count it was built with); the runner takes it
+        between two steps. A copy: the engine's own model may be packed for the CPU meanwhile (the price:
+        the copy's weights, beside the frozen copies the graphs keep)."""
+        from .compiled import CompiledForward
+
+        try:
+            compiled = CompiledForward(copy.deepcopy(self.model))  # refuses at once without a C++ compiler
+        except (RuntimeError, ValueError) as err:
+            refused: Future = Future()
+            refused.set_exception(err)
+            _report_compile(refused)
+            return refused
+        builder = ThreadPoolExecutor(1, "maaskit-lm-compile", initializer=thread_setup)
+
+        def build() -> None:
+            compiled.warm_up(self.max_sequences)
+            self.runner.forward = compiled
+
+        done = builder.submit(build)
+        builder.shutdown(wait=False)
+        done.add_done_callback(_report_compile)
+        return done
 
     @property
     def running(self) -> int:
@@ -192,6 +249,7 @@ class Engine:
         self.check(prompt, params)
         seed = params.seed if params.seed is not None else int(torch.randint(2**31, ())) + next(self._seeds)
         seq = _Sequence(list(prompt), params, torch.Generator().manual_seed(seed), asyncio.Queue(), time.perf_counter())
+        seq.number = next(self._numbers)
         if params.grammar is not None and self.guide is not None:
             seq.matcher = self.guide.matcher(params.grammar)
         self._start()
@@ -279,7 +337,7 @@ class Engine:
         # one step per hand-off: running steps back to back in the thread (tokens passed to the loop with
         # call_soon_threadsafe) was slower, as Inductor's kernels hold the GIL and the loop's streaming waited
         # on each step (benchmarks/lm_serving.py; figures: benchmarks/FIGURES.md, "one step per hand-off")
-        events = await loop.run_in_executor(self._executor, self._step, list(self._prefilling), running)
+        plan, seconds, events = await loop.run_in_executor(self._executor, self._step, list(self._prefilling), running)
         self.steps += 1
         now = time.perf_counter()
         for seq, event in events:
@@ -299,6 +357,8 @@ class Engine:
         # after the finished ones left: a listener reading the engine's counts (the /metrics gauges) sees
         # them as they are now, not one step stale, which after a last step would stay so while idle
         self._tell("step", sum(e.token is not None for _, e in events))
+        if self.watchers:
+            self._record(plan, seconds, [s for s, e in events if e.finish_reason is not None])
         # the readers of these tokens (their server-sent events) run now, before the next step is handed
         # over: run during it, their Python held the GIL that the step's thread takes back after each of its
         # operations (benchmarks/lm_serving.py; figures: benchmarks/FIGURES.md, "the readers' yield")
@@ -341,6 +401,7 @@ class Engine:
                 seq.filled = (
                     0 if self.prefix_cache is None else self.prefix_cache.reuse(seq.prompt, self.cache, seq.slot)
                 )
+                plan.reused += seq.filled
             n = min(len(seq.prompt) - seq.filled, budget)
             if n <= 0:
                 break
@@ -348,23 +409,42 @@ class Engine:
             budget -= n
         return plan
 
-    def _step(self, prefilling: list[_Sequence], running: list[_Sequence]) -> list[tuple[_Sequence, TokenEvent]]:
+    def _record(self, plan: StepPlan, seconds: float, finished: list[_Sequence]) -> None:
+        # a decoding sequence's newest token is fed (and cached) by the next step
+        in_cache = sum(len(s.prompt) + s.generated - 1 for s in self._running)
+        in_cache += sum(s.filled for s in self._prefilling if s.filled > 0)
+        record = StepRecord(
+            self.steps, seconds, tuple(s.number for s in plan.decodes),
+            tuple((s.number, n) for s, n in plan.chunks), tuple(s.number for s in finished), self.waiting,
+            in_cache, self.max_sequences * self.context, plan.reused,
+        )  # fmt: skip
+        for watcher in self.watchers:
+            watcher(record)
+
+    def _step(self, prefilling: list[_Sequence], running: list[_Sequence]
+              ) -> tuple[StepPlan, float, list[tuple[_Sequence, TokenEvent]]]:  # fmt: skip
         """On the engine's thread: plan the step, run it, and turn its tokens into events. A prompt
-        now all in its slot is offered to the prefix cache."""
+        now all in its slot is offered to the prefix cache. Returns the plan, the step's seconds and
+        the events."""
         start = time.perf_counter()
         plan = self._plan(prefilling, running)
         sampled, tokens, logits = self.runner.run(plan)
+        seconds = time.perf_counter() - start
         if self.pace is not None:
-            self.pace.record(time.perf_counter() - start, len(running), plan.prompt_tokens)
+            self.pace.record(seconds, len(running), plan.prompt_tokens)
         if self.prefix_cache is not None:
             for seq, _ in plan.chunks:
                 if seq.filled == len(seq.prompt):
                     self.prefix_cache.keep(seq.prompt, self.cache, seq.slot)
         logprobs = logits.log_softmax(-1) if any(s.params.logprobs is not None for s in sampled) else None
-        return [
-            (s, self._event(s, t, logprobs[i] if logprobs is not None else None))
-            for i, (s, t) in enumerate(zip(sampled, tokens))
-        ]
+        return (
+            plan,
+            seconds,
+            [
+                (s, self._event(s, t, logprobs[i] if logprobs is not None else None))
+                for i, (s, t) in enumerate(zip(sampled, tokens))
+            ],
+        )
 
     def _event(self, seq: _Sequence, token: int, logprobs: torch.Tensor | None) -> TokenEvent:
         p = seq.params

@@ -11,9 +11,8 @@ slower than its float32 (``benchmarks/linear_kernels.py`` measures each kind sid
 
 Where oneDNN is missing, weights are stored transposed instead (column-major, the same values):
 PyTorch's product then reads them without repacking (1.5x at 4 rows on the same machine).
-Training never sees any of this: only a server's own copy of a model is packed. A server that
-compiles its steps only fuses them: Inductor lays out frozen weights for faster kernels of its own
-(lm/compiled.py).
+Training never sees any of this: only a server's own copy of a model is packed. The copy a server
+compiles is not: Inductor lays out frozen weights for faster kernels of its own (lm/compiled.py).
 """
 
 from __future__ import annotations
@@ -31,27 +30,6 @@ PACK_FROM = 2**18  # elements of a weight
 # oneDNN's product at 1 or 2 rows takes longer than at 4, so a product of fewer rows is padded to this
 # many: the extra rows cost nothing (benchmarks/linear_kernels.py; benchmarks/FIGURES.md, "packing").
 MIN_ROWS = 4
-
-
-# defined through torch.library.Library rather than the @custom_op decorator: called from a compiled
-# graph, the decorator's wrapper cost about as long as a small product itself (benchmarks/FIGURES.md,
-# "packing", measured with benchmarks/linear_kernels.py's shapes)
-_LIBRARY = torch.library.Library("maaskit", "DEF")
-_LIBRARY.define("packed_linear(Tensor x, Tensor packed, Tensor? bias, SymInt out_features) -> Tensor")
-
-
-def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
-    """oneDNN's product on a packed weight, as one opaque operation for ``torch.compile``: Inductor
-    lowers ``_linear_pointwise`` itself only for weights that are constants of a frozen graph."""
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-
-
-_LIBRARY.impl("packed_linear", packed_linear, "CompositeExplicitAutograd")  # the packed weight is an MkldnnCPU tensor
-
-
-@torch.library.register_fake("maaskit::packed_linear")
-def _(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, out_features: int) -> torch.Tensor:
-    return x.new_empty(x.shape[0], out_features)
 
 
 def pack_from(dtype: torch.dtype) -> int:
@@ -88,11 +66,6 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
-        if torch.compiler.is_compiling():  # a compiled step (lm/compiled.py): one graph for any number of rows
-            flat = F.pad(flat, (0, 0, 0, (-rows) % MIN_ROWS))  # padded to a multiple: a branch would split it
-            return torch.ops.maaskit.packed_linear(flat, self.packed, self.bias, self.out_features)[:rows].view(
-                *x.shape[:-1], self.out_features
-            )
         if rows < MIN_ROWS:  # padded: oneDNN's kernel for fewer rows reads the weight more slowly
             flat = F.pad(flat, (0, 0, 0, MIN_ROWS - rows))
         out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
@@ -149,12 +122,7 @@ class FusedPart(nn.Module):
         self.group = [fused]  # in a list: not a child of each part (the siblings' parent holds it once)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = self.group[0]
-        if torch.compiler.is_compiling():  # a graph keeps no state between calls: its own rows of the product
-            product, start = fused.product, sum(fused.sizes[: self.part])
-            rows = slice(start, start + fused.sizes[self.part])
-            return F.linear(x, product.weight[rows], product.bias[rows] if product.bias is not None else None)
-        return fused.share(x, self.part)
+        return self.group[0].share(x, self.part)
 
 
 def _fuse(model: nn.Module) -> None:
@@ -168,17 +136,13 @@ def _fuse(model: nn.Module) -> None:
                     setattr(module, name, FusedPart(fused, i))
 
 
-def pack_for_cpu(model: nn.Module, rows: int = 16, *, pack: bool = True) -> int:
+def pack_for_cpu(model: nn.Module, rows: int = 16) -> int:
     """Replace every large linear layer of a CPU model (:func:`pack_from` elements or more) by a
     :class:`PackedLinear`; store the others' weights column-major. A weight tied to an embedding is
     packed as a copy, so the embedding keeps reading its own. Products that read the same input are
-    fused into one first (:class:`Fused`). Returns how many layers were packed.
-
-    ``pack=False``: only fuse them, for a model whose steps ``torch.compile`` builds (lm/compiled.py:
-    Inductor lays the weights out itself, for kernels faster than these)."""
+    fused into one first (:class:`Fused`). Returns how many layers were packed. (A model that
+    ``torch.compile`` builds is not packed: Inductor lays its weights out itself, lm/compiled.py.)"""
     _fuse(model)
-    if not pack:
-        return 0
     packed = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

@@ -21,7 +21,7 @@ from .attention import FlatBatch, SlotCache
 from .constrain import SERIAL_BELOW, SPARE_CORES, Guide
 from .generation import sample_rows
 
-__all__ = ["ModelRunner", "Scheduled", "StepPlan"]
+__all__ = ["Forward", "ModelRunner", "Scheduled", "StepPlan"]
 
 
 class Scheduled(Protocol):
@@ -44,6 +44,7 @@ class StepPlan:
 
     decodes: list[Any] = field(default_factory=list)
     chunks: list[tuple[Any, int]] = field(default_factory=list)
+    reused: int = 0  # prompt tokens the prefix cache supplied to sequences starting this step
 
     @property
     def prompt_tokens(self) -> int:
@@ -54,16 +55,18 @@ class StepPlan:
         return [*self.decodes, *(s for s, n in self.chunks if s.filled + n == len(s.prompt))]
 
 
-# a forward step: (tokens 1 x N, batch, select) -> logits of the selected tokens (the model, or a compiled one)
-Step = Callable[[torch.Tensor, FlatBatch, torch.Tensor], torch.Tensor]
+# the forward pass of a step: (tokens 1 x N, batch, select) -> logits of the selected tokens (the model, or
+# the model compiled: lm/compiled.py)
+Forward = Callable[[torch.Tensor, FlatBatch, torch.Tensor], torch.Tensor]
 
 
 class ModelRunner:
-    """Runs a :class:`StepPlan` on ``cache``'s slots through ``step``; returns each sampled sequence
-    with its token. ``guide`` masks the tokens of constrained sequences; ``vocab_size`` is the model's."""
+    """Runs a :class:`StepPlan` on ``cache``'s slots through ``forward``; returns each sampled sequence
+    with its token. ``guide`` masks the tokens of constrained sequences; ``vocab_size`` is the model's.
+    ``forward`` may be replaced between steps (a compiled pass, once it is built)."""
 
-    def __init__(self, step: Step, cache: SlotCache, vocab_size: int, *, guide: Guide | None = None):
-        self.step, self.cache, self.vocab_size, self.guide = step, cache, vocab_size, guide
+    def __init__(self, forward: Forward, cache: SlotCache, vocab_size: int, *, guide: Guide | None = None):
+        self.forward, self.cache, self.vocab_size, self.guide = forward, cache, vocab_size, guide
         self.device = cache.keys[0].device
         self._masker = ThreadPoolExecutor(1, "maaskit-lm-masks")  # grammar masks, beside the forward pass
 
@@ -86,11 +89,11 @@ class ModelRunner:
         for seq, n in plan.chunks:
             seq.filled += n
         if not sampled:  # only prompt chunks, none finished
-            self.step(torch.tensor([tokens], device=self.device), batch, torch.tensor(ends, device=self.device))
+            self.forward(torch.tensor([tokens], device=self.device), batch, torch.tensor(ends, device=self.device))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)  # the step's time is its work, not its launch
             return [], [], torch.empty(0)
-        logits = self.step(torch.tensor([tokens], device=self.device), batch,
+        logits = self.forward(torch.tensor([tokens], device=self.device), batch,
                            torch.tensor(select, device=self.device))[:, -1].float()  # fmt: skip
         if allowed is not None:  # each constrained row keeps the tokens its grammar allows
             logits.masked_fill_(~allowed.result().to(logits.device), float("-inf"))

@@ -123,11 +123,12 @@ class ServeConfig:
         "PyTorch threads per process for forward passes (default, shared among --workers: all cores but one; all "
         "cores for a language model of 32 MiB or more)",
     )
-    compile: bool = _option(
-        False,
-        "language models: compile the forward pass of every step with torch.compile (its products Inductor's "
-        "own kernels on frozen weights on a CPU; minutes of compiling at start, a copy of the weights per graph; "
-        "needs a C++ compiler)",
+    compile: bool | None = _option(
+        None,
+        "language models: compile the forward pass of every step with torch.compile, in the background: the "
+        "server answers at once with the eager pass and switches when the compiled one is built (minutes on a "
+        "CPU, both cores busy meanwhile; a copy of the weights per graph; needs a C++ compiler, else eager) "
+        "(default: on, unless MAASKIT_COMPILE=0)",
     )
 
     def __post_init__(self) -> None:
@@ -165,9 +166,10 @@ class ServeConfig:
         """What a language model's engine takes of these settings (:mod:`maaskit.lm.backend`)."""
         from ..lm.backend import EngineConfig
 
+        compile = self.compile if self.compile is not None else os.environ.get("MAASKIT_COMPILE", "1") != "0"
         return EngineConfig(dtype=self.dtype, max_sequences=self.max_sequences, kv_cache_gb=self.kv_cache_gb,
                             prefix_cache_gb=self.prefix_cache_gb, prefill_chunk=self.prefill_chunk,
-                            prefill_stall=self.prefill_stall or None, compile=self.compile)  # fmt: skip
+                            prefill_stall=self.prefill_stall or None, compile=compile)  # fmt: skip
 
     def check_exposure(self, *, has_keys: bool) -> None:
         """Refuse a public address that nothing protects: neither a token nor API keys (the same rule

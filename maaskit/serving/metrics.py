@@ -82,6 +82,10 @@ class ServerMetrics:
                               ("maaskit_lm_prefix_cache_queries", "Prompt tokens looked up in the prefix cache"),
                               ("maaskit_lm_prefix_cache_hits", "Prompt tokens the prefix cache supplied"))
         )  # fmt: skip
+        self.compiled = Gauge(
+            "maaskit_lm_compiled", "1 once the compiled forward pass serves (--compile; built after the start)", lm,
+            registry=r, multiprocess_mode="livemin",
+        )  # fmt: skip
         self.vllm = _VLLMNames(r)
         self.key_requests = Counter("maaskit_api_key_requests", "Requests admitted, per API key", ["key"], registry=r)
         self.key_tokens = Counter("maaskit_api_key_tokens", "Tokens used, per API key", ["key", "kind"], registry=r)
@@ -138,6 +142,9 @@ class ServerMetrics:
                     seen[i] = now
 
         engine.listeners.append(listener)
+        if engine.compiling is not None:
+            compiled = self.compiled.labels(name)
+            engine.compiling.add_done_callback(lambda done: compiled.set(int(done.exception() is None)))
 
     def observe_batch(self, served: ServedModel, size: int, seconds: float, queued: list[float]) -> None:
         self.batch_size.observe(size)

@@ -137,7 +137,9 @@ def _keys(api_keys: APIKeys | str | Path | None) -> APIKeys | None:
 
 
 # serve()'s own defaults where they differ from ServeConfig's (the CLI's): in a notebook any free port
-NOTEBOOK_DEFAULTS = {"port": 0}
+# in a notebook: any free port, and language models served eagerly (a background compile would take the
+# kernel's cores for minutes, on a machine such as Binder's, for the small models of the lessons)
+NOTEBOOK_DEFAULTS = {"port": 0, "compile": False}
 
 
 def serve(

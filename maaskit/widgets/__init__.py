@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # the public names: for type checkers and editors, and read b
     from .chat import ChatConsole
     from .console import EndpointConsole
     from .dashboard import TrainingDashboard
+    from .engine_scope import EngineScope
     from .inspector import GradientInspector
     from .lm_dashboard import LMDashboard
     from .playground import OptimizerPlayground
