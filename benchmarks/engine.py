@@ -43,7 +43,7 @@ import asyncio, json, statistics, sys, time
 import torch
 spec = json.loads(sys.argv[1])
 from maaskit.lm.engine import Engine, SamplingParams
-from maaskit.lm.packing import pack_for_cpu
+from maaskit.lm.backend.packing import pack_for_cpu
 torch.manual_seed(0)
 if spec["family"] == "gpt":
     from maaskit.lm import GPT, GPTConfig

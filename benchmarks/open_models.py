@@ -11,8 +11,9 @@ Models (random weights, built here from their configs: nothing is downloaded):
   gpt-default   notebook 07's GPT shape (0.14M parameters, 2 heads of 32, context 128), the same way
 
 Each server is swept over its documented knobs, and every variant is a row of its own: maaskit with
-no flag (its default) and with ``--compile`` (its forward pass compiled, in the background after the
-start), each on ``--threads`` 1 and 2; vLLM with its engine's threads bound to core 0 and to cores 0-1
+no flag (its default: its forward pass compiled in the background after the start, measured once the
+compiled pass serves) and with ``--no-compile`` (eager), each on ``--threads`` 1 and 2; vLLM with its
+engine's threads bound to core 0 and to cores 0-1
 (``VLLM_CPU_OMP_THREADS_BIND``). For each model and dtype, every server is started once and measured
 while the others are frozen (SIGSTOP: vLLM's engine busy-polls even when idle); rounds interleave the
 servers, the first server rotating. Prompts of ``--prompts`` tokens (random tokens, a different prompt
@@ -33,7 +34,7 @@ running streams while a whole-context prompt joins, chunked prefill on and off.
     python benchmarks/open_models.py [--models qwen2-53m,smollm2-135m,gpt-6x384] [--dtypes float32,bfloat16]
         [--prompts 4,128,512] [--concurrency 1,4,16] [--rounds 5] [--max-tokens 64] [--quick] [--smoke]
 
-``--quick``: maaskit's default and vLLM on both cores only (no sweep). ``--smoke``: a tiny Llama, one
+``--quick``: maaskit on its default threads only (compiled and eager). ``--smoke``: a tiny Llama, one
 dtype, one round, the test suite's.
 """
 
@@ -69,8 +70,8 @@ QWEN2_53M = dict(vocab_size=16384, hidden_size=512, intermediate_size=1536, num_
 TINY_LLAMA = dict(vocab_size=2048, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)  # fmt: skip
 # each server's variants: label -> flags of `maaskit serve`, or vLLM's cores
-MAASKIT = {"maaskit": [], "maaskit, 1 thread": ["--threads", "1"], "maaskit --compile": ["--compile"],
-           "maaskit --compile, 1 thread": ["--compile", "--threads", "1"]}  # fmt: skip
+MAASKIT = {"maaskit": [], "maaskit, 1 thread": ["--threads", "1"], "maaskit --no-compile": ["--no-compile"],
+           "maaskit --no-compile, 1 thread": ["--no-compile", "--threads", "1"]}  # fmt: skip
 VLLM = {"vLLM-CPU, 1 core": "1", "vLLM-CPU, 2 cores": "2"}
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
@@ -242,7 +243,9 @@ def maaskit_server(folder: Path, dtype: str, context: int, log: Path, *extra: st
     command = [sys.executable, "-m", "maaskit", "serve", str(folder), "--port", str(port), "--device", "cpu",
                "--dtype", dtype, "--context", str(context), "--name", "model", *extra]  # fmt: skip
     threads = int(extra[extra.index("--threads") + 1]) if "--threads" in extra else os.cpu_count() or 2
-    return Server(name, command, port, log, "model", threads=threads, compiled="--compile" in extra)
+    # compiled by default, in the background: measured once its compiled pass serves
+    compiled = "--no-compile" not in extra and os.environ.get("MAASKIT_COMPILE", "1") != "0"
+    return Server(name, command, port, log, "model", threads=threads, compiled=compiled)
 
 
 def vllm_server(folder: Path, dtype: str, context: int, log: Path, cores: str = "1", name: str = "vLLM-CPU") -> Server:
@@ -467,7 +470,7 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--streams", type=int, default=16, help="streams per cell (half at concurrency 1)")
     parser.add_argument("--smoke", action="store_true", help="a tiny Llama, one dtype, one round: the test suite's")
-    parser.add_argument("--quick", action="store_true", help="maaskit's default and vLLM on both cores only")
+    parser.add_argument("--quick", action="store_true", help="maaskit on its default threads only")
     parser.add_argument("--prefill-chunk", type=int, default=64, help="maaskit's chunk in the chunked-prefill run")
     parser.add_argument("--features-only", action="store_true", help="only the prefix-cache and chunked-prefill runs")
     parser.add_argument("--no-features", action="store_true", help="without the prefix-cache and chunked-prefill runs")
@@ -481,8 +484,10 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
     dtypes = args.dtypes.split(",")
     models = ["tiny-llama"] if args.smoke else args.models.split(",")
     ours_variants, vllm_variants = dict(MAASKIT), dict(VLLM)
-    if args.smoke or args.quick:  # no sweep: the default server, and vLLM on both cores (the smoke run: one)
-        ours_variants, vllm_variants = {"maaskit": []}, {"vLLM-CPU": "1" if args.smoke else "2"}
+    if args.quick:  # maaskit compiled and eager on its default threads; vLLM on one core and on both
+        ours_variants = {k: v for k, v in MAASKIT.items() if "thread" not in k}
+    if args.smoke:  # the default server, and vLLM as its docs advise on 2 cores
+        ours_variants, vllm_variants = {"maaskit": []}, {"vLLM-CPU": "1"}
     if args.smoke:
         args.rounds, args.max_tokens, args.streams, dtypes, lengths = 1, 8, 4, ["float32"], [4]
     for label, _, flags in (v.partition(":") for v in args.variant):

@@ -230,8 +230,12 @@ def test_a_client_that_disconnects_stops_its_generation(server):
     assert _metric(server, "maaskit_lm_abandoned_sequences_total") == abandoned + 1
     assert _metric(server, "maaskit_lm_running_sequences") == 0  # no work continues for nobody:
     assert _metric(server, "maaskit_lm_waiting_sequences") == 0  # nothing runs, nothing waits,
-    assert _metric(server, "maaskit_lm_cache_slots_used") == 0  # and its slot is free
+    assert _metric(server, "maaskit_lm_cache_slots_used") == 0  # and its slot is free,
+    assert _metric(server, "maaskit_lm_kv_cache_positions_used") == 0  # its cache's positions too
     assert _metric(server, "maaskit_lm_time_to_first_token_seconds_count") > 0
+    # the steps' records: each decoded a token for the one sequence, and its prompt went in first
+    assert _metric(server, 'maaskit_lm_step_tokens_count{kind="decode",model="gpt"}') >= 1
+    assert _metric(server, 'maaskit_lm_step_tokens_sum{kind="prompt",model="gpt"}') >= 1
 
 
 def test_an_error_after_the_stream_started_is_an_event_then_done(server, monkeypatch):

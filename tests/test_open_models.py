@@ -222,7 +222,7 @@ def test_bf16_loads_in_bf16(tmp_path):
 
 def test_auto_serves_a_checkpoint_in_its_own_dtype_where_the_cpu_runs_it_fast():
     from maaskit.lm.backend import serving_dtype
-    from maaskit.lm.packing import can_pack
+    from maaskit.lm.backend.packing import can_pack
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     fp32, bf16 = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).to(torch.bfloat16)
@@ -273,9 +273,9 @@ def test_a_damaged_blob_in_the_hub_cache_is_refused(tmp_path):
 def test_served_through_the_openai_api_it_answers_as_transformers_generates(tmp_path, monkeypatch, pack_from):
     openai = pytest.importorskip("openai")
     import maaskit
-    from maaskit.lm import packing
+    from maaskit.lm.backend import packing
 
-    if pack_from is not None:  # the server packs large layers for the CPU's kernels (lm/packing.py); all, here
+    if pack_from is not None:  # the server packs large layers for the CPU's kernels (lm/backend/packing.py); all, here
         monkeypatch.setattr(packing, "PACK_FROM", pack_from)
 
     folder = tmp_path / "tiny-qwen"
@@ -386,7 +386,7 @@ def test_a_sharded_checkpoint_loads_shard_by_shard(tmp_path):
 
 
 def test_packed_linear_layers_compute_what_nn_linear_does():
-    from maaskit.lm.packing import PackedLinear, can_pack
+    from maaskit.lm.backend.packing import PackedLinear, can_pack
 
     if not can_pack(torch.float32):
         pytest.skip("this PyTorch build has no oneDNN")
@@ -403,8 +403,8 @@ def test_packed_linear_layers_compute_what_nn_linear_does():
 
 
 def test_a_model_packed_for_the_cpu_gives_the_same_logits_and_tokens(checkpoint, monkeypatch):
-    from maaskit.lm import packing
-    from maaskit.lm.packing import Fused, PackedLinear, can_pack, pack_for_cpu
+    from maaskit.lm.backend import packing
+    from maaskit.lm.backend.packing import Fused, PackedLinear, can_pack, pack_for_cpu
 
     kind, directory, _ = checkpoint
     plain, packed = load_hf(directory).model, load_hf(directory).model
@@ -428,8 +428,8 @@ def test_a_model_packed_for_the_cpu_gives_the_same_logits_and_tokens(checkpoint,
 
 
 def test_a_bfloat16_model_packed_for_the_cpu_stays_close_to_float32(tmp_path, monkeypatch):
-    from maaskit.lm import packing
-    from maaskit.lm.packing import can_pack, pack_for_cpu
+    from maaskit.lm.backend import packing
+    from maaskit.lm.backend.packing import can_pack, pack_for_cpu
 
     if not can_pack(torch.bfloat16):
         pytest.skip("this CPU has no bfloat16 products in oneDNN")
@@ -451,7 +451,7 @@ def test_the_linear_kernels_benchmark_prints_each_kind_beside_f_linear():
     import subprocess
     import sys
 
-    from maaskit.lm.packing import can_pack
+    from maaskit.lm.backend.packing import can_pack
 
     root = Path(__file__).resolve().parents[1]
     shape = ["--hidden", "64", "--intermediate", "128", "--heads", "4", "--kv-heads", "2", "--layers", "1"]

@@ -3,6 +3,7 @@ light entry points (the client, ``maaskit --version``) importing no PyTorch."""
 
 import ast
 import inspect
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -326,3 +327,22 @@ def test_no_function_is_over_60_lines_without_a_reason_beside_it():
     body = "def f():\n" + "    x = 1\n" * 61
     assert len(_long_functions_without_a_reason(PACKAGE / "probe.py", body)) == 1
     assert _long_functions_without_a_reason(PACKAGE / "probe.py", "# long: a table\n" + body) == []
+
+
+# PyTorch's private names (torch._inductor, torch._dynamo, oneDNN's torch.ops.mkldnn): what a new PyTorch
+# may change under us, kept in one package (maaskit/lm/backend/), which prepares a model for the machine
+PRIVATE_TORCH = re.compile(r"\btorch\.(_[A-Za-z]\w*|ops\.mkldnn)")
+
+
+def _private_torch_uses(path: Path) -> list[str]:
+    return [f"{path.relative_to(ROOT)}:{n}" for n, line in enumerate(path.read_text().splitlines(), 1)
+            if PRIVATE_TORCH.search(line)]  # fmt: skip
+
+
+def test_pytorch_internals_are_used_in_the_lm_backend_only():
+    backend = PACKAGE / "lm" / "backend"
+    outside = [
+        use for path in PACKAGE.rglob("*.py") if backend not in path.parents for use in _private_torch_uses(path)
+    ]
+    assert outside == []
+    assert _private_torch_uses(backend / "compiled.py") and _private_torch_uses(backend / "packing.py")  # it sees them

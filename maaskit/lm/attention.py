@@ -16,7 +16,7 @@ runs in every setting through one of three batches:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -175,6 +175,7 @@ class FlatBatch:
     chunks: list[tuple[int, int, int]]  # (slot, start, tokens) of each prompt chunk, in the row's order
     slots: torch.Tensor  # N: each token's slot
     where: torch.Tensor  # 1 x N: each token's position in its own sequence
+    _plans: dict = field(default_factory=dict, repr=False)  # per sliding window: what attention needs
 
     @property
     def tokens(self) -> int:
@@ -202,33 +203,39 @@ class FlatBatch:
         at = self.where[0]
         keys[self.slots, :, at] = k[0].transpose(0, 1)  # (N, heads, width): advanced indices first
         values[self.slots, :, at] = v[0].transpose(0, 1)
+        plan = self._plan(window)  # what every layer needs, worked out once per step
         parts, b = [], len(self.rows)
         if b:
-            parts.append(self._rows(layer, q[0, :, :b].transpose(0, 1)[:, :, None], window))
+            rows, span, mask = plan["rows"]
+            y = decode_attention(q[0, :, :b].transpose(0, 1)[:, :, None], keys[rows, :, :span], values[rows, :, :span],
+                                 mask)  # fmt: skip
+            parts.append(y.transpose(0, 2))  # rows x heads x 1 x width -> 1 x heads x rows x width
         start = b
-        for slot, begin, n in self.chunks:  # each prompt chunk sees its own sequence only, causally
-            mask = visible(torch.arange(begin, begin + n, device=q.device), begin + n, window)
+        for (slot, begin, n), mask in zip(self.chunks, plan["chunks"]):  # each sees its own sequence, causally
             seen = slice(slot, slot + 1), slice(None), slice(0, begin + n)
-            y = F.scaled_dot_product_attention(q[:, :, start : start + n], keys[seen], values[seen],
-                                               attn_mask=mask, enable_gqa=gqa)  # fmt: skip
-            parts.append(y[0].transpose(0, 1))
+            parts.append(F.scaled_dot_product_attention(q[:, :, start : start + n], keys[seen], values[seen],
+                                                        attn_mask=mask, enable_gqa=gqa))  # fmt: skip
             start += n
-        return torch.cat(parts).transpose(0, 1)[None]  # 1 x heads x N x width
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
-    def _rows(self, layer: int, q: torch.Tensor, window: int | None) -> torch.Tensor:
-        """The decoding rows' attention (q: rows x heads x 1 x width), as N x heads x width."""
-        span = max(self.lengths) + 1
-        first = self.rows[0]
-        if self.rows == list(range(first, first + len(self.rows))):  # consecutive slots: a view, no gather
-            keys = self.cache.keys[layer][first : first + len(self.rows), :, :span]
-            values = self.cache.values[layer][first : first + len(self.rows), :, :span]
-        else:
-            index = self.slots[: len(self.rows)]
-            keys, values = self.cache.keys[layer][index, :, :span], self.cache.values[layer][index, :, :span]
-        mask = None  # rows of one length see all of the span (or all of their window)
-        if len(set(self.lengths)) > 1 or (window is not None and span > window):
-            mask = visible(self.where[0, : len(self.rows)], span, window)[:, None, None]
-        return decode_attention(q, keys, values, mask)[:, :, 0]
+    def _plan(self, window: int | None) -> dict:
+        """The rows' slots (a slice where they are consecutive: a view, no gather), span and mask, and each
+        chunk's mask, for layers of this ``window``: the same for every such layer of the step."""
+        if window in self._plans:
+            return self._plans[window]
+        device, plan = self.where.device, dict[str, Any]()
+        if self.rows:
+            span, first = max(self.lengths) + 1, self.rows[0]
+            consecutive = self.rows == list(range(first, first + len(self.rows)))
+            rows = slice(first, first + len(self.rows)) if consecutive else self.slots[: len(self.rows)]
+            mask = None  # rows of one length see all of the span (or all of their window)
+            if len(set(self.lengths)) > 1 or (window is not None and span > window):
+                mask = visible(self.where[0, : len(self.rows)], span, window)[:, None, None]
+            plan["rows"] = (rows, span, mask)
+        plan["chunks"] = [visible(torch.arange(begin, begin + n, device=device), begin + n, window)
+                          for _, begin, n in self.chunks]  # fmt: skip
+        self._plans[window] = plan
+        return plan
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,

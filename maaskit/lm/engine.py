@@ -143,8 +143,8 @@ class Engine:
     at most (None: whole prompts); ``prefill_stall``: beside running sequences, chunks sized to cost
     at most that many decode steps (None: always ``prefill_chunk``); ``prefix_cache``: shared prompt
     prefixes reused; ``cache``: the slots' keys and values (made for ``max_sequences`` if not given);
-    ``compile``: the forward pass through ``torch.compile`` (:mod:`.compiled`), built from a copy of the model
-    (as it was built: pack it for the CPU, :mod:`.packing`, after the engine is made) in a thread of its own
+    ``compile``: the forward pass through ``torch.compile`` (:mod:`.backend.compiled`), built from a copy of the model
+    (as it was built: pack it for the CPU, :mod:`.backend.packing`, after the engine is made) in a thread of its own
     while the engine serves with the eager pass, which the compiled one replaces once it is built (minutes on
     a CPU; ``engine.compiling``, a Future, is done then)."""
 
@@ -189,7 +189,7 @@ class Engine:
         thread's settings: a graph is guarded by the thread count it was built with); the runner takes it
         between two steps. A copy: the engine's own model may be packed for the CPU meanwhile (the price:
         the copy's weights, beside the frozen copies the graphs keep)."""
-        from .compiled import CompiledForward
+        from .backend.compiled import CompiledForward
 
         try:
             compiled = CompiledForward(copy.deepcopy(self.model))  # refuses at once without a C++ compiler
@@ -409,14 +409,18 @@ class Engine:
             budget -= n
         return plan
 
-    def _record(self, plan: StepPlan, seconds: float, finished: list[_Sequence]) -> None:
-        # a decoding sequence's newest token is fed (and cached) by the next step
+    @property
+    def cache_tokens(self) -> int:
+        """Positions of the key/value cache that hold a sequence's tokens now (a decoding sequence's newest
+        token is cached by the step that feeds it)."""
         in_cache = sum(len(s.prompt) + s.generated - 1 for s in self._running)
-        in_cache += sum(s.filled for s in self._prefilling if s.filled > 0)
+        return in_cache + sum(s.filled for s in self._prefilling if s.filled > 0)
+
+    def _record(self, plan: StepPlan, seconds: float, finished: list[_Sequence]) -> None:
         record = StepRecord(
             self.steps, seconds, tuple(s.number for s in plan.decodes),
             tuple((s.number, n) for s, n in plan.chunks), tuple(s.number for s in finished), self.waiting,
-            in_cache, self.max_sequences * self.context, plan.reused,
+            self.cache_tokens, self.max_sequences * self.context, plan.reused,
         )  # fmt: skip
         for watcher in self.watchers:
             watcher(record)

@@ -56,7 +56,7 @@ class StepPlan:
 
 
 # the forward pass of a step: (tokens 1 x N, batch, select) -> logits of the selected tokens (the model, or
-# the model compiled: lm/compiled.py)
+# the model compiled: lm/backend/compiled.py)
 Forward = Callable[[torch.Tensor, FlatBatch, torch.Tensor], torch.Tensor]
 
 

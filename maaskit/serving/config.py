@@ -50,10 +50,9 @@ class ServeConfig:
 
     ``threads``: PyTorch threads for each process's forward passes (None: shared among ``workers``, all
     cores but one, which the event loop needs; all cores for a language model of 32 MiB of weights or
-    more, whose decode steps are long). ``compile``: language models' decode steps (and a prompt's
-    pass when it runs alone, and short prompts arriving together or joining, as rows of the decode
-    step) run through ``torch.compile`` (:mod:`maaskit.lm.compiled`): faster, after minutes of
-    compiling at start.
+    more, whose decode steps are long). ``compile``: language models' forward passes run through
+    ``torch.compile`` (:mod:`maaskit.lm.backend.compiled`), built in the background while the eager
+    pass serves (None: on, unless the environment says ``MAASKIT_COMPILE=0``).
     """
 
     host: str = _option("127.0.0.1", "address to bind (loopback: only this machine)")

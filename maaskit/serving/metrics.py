@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -82,6 +82,14 @@ class ServerMetrics:
                               ("maaskit_lm_prefix_cache_queries", "Prompt tokens looked up in the prefix cache"),
                               ("maaskit_lm_prefix_cache_hits", "Prompt tokens the prefix cache supplied"))
         )  # fmt: skip
+        self.step_tokens = Histogram(
+            "maaskit_lm_step_tokens", "Tokens an engine step computed, by kind (prompt chunks, decodes)",
+            [*lm, "kind"], registry=r, buckets=(0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048),
+        )  # fmt: skip
+        self.cache_positions = Gauge(
+            "maaskit_lm_kv_cache_positions_used", "Positions of the key/value cache holding a sequence's tokens",
+            lm, registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self.compiled = Gauge(
             "maaskit_lm_compiled", "1 once the compiled forward pass serves (--compile; built after the start)", lm,
             registry=r, multiprocess_mode="livemin",
@@ -104,7 +112,7 @@ class ServerMetrics:
         first, inter = self.first_token.labels(name), self.inter_token.labels(name)
         tokens = self.tokens.labels(name)  # tokens/s is Prometheus' rate() of this counter
         running, waiting = self.running.labels(name), self.waiting_sequences.labels(name)
-        slots = self.slots.labels(name)
+        slots, positions = self.slots.labels(name), self.cache_positions.labels(name)
         dropped = self.abandoned.labels(name)
         prompts, queries, hits = (m.labels(name) for m in (self.prompt_tokens, self.prefix_queries, self.prefix_hits))
         v = self.vllm.labelled(name)
@@ -133,7 +141,8 @@ class ServerMetrics:
             slots.set(engine.slots_in_use)
             v.running.set(engine.running)
             v.waiting.set(engine.waiting)
-            v.cache_usage.set(engine.slots_in_use / engine.max_sequences)
+            positions.set(engine.cache_tokens)
+            v.cache_usage.set(engine.cache_tokens / (engine.max_sequences * engine.context))  # vLLM's: share in use
             if prefix is not None and (prefix.queries, prefix.hits) != tuple(seen):
                 for counter, alias, i, now in ((queries, v.prefix_queries, 0, prefix.queries),
                                                (hits, v.prefix_hits, 1, prefix.hits)):  # fmt: skip
@@ -142,6 +151,14 @@ class ServerMetrics:
                     seen[i] = now
 
         engine.listeners.append(listener)
+        # what each step ran, from the engine's step records (maaskit.lm.engine.StepRecord)
+        prompt_step, decode_step = self.step_tokens.labels(name, "prompt"), self.step_tokens.labels(name, "decode")
+
+        def watcher(record: Any) -> None:
+            prompt_step.observe(record.prompt_tokens)
+            decode_step.observe(len(record.decodes))
+
+        engine.watchers.append(watcher)
         if engine.compiling is not None:
             compiled = self.compiled.labels(name)
             engine.compiling.add_done_callback(lambda done: compiled.set(int(done.exception() is None)))

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import SlotCache
-from .constrain import Guide
-from .engine import Engine
-from .model import CausalLM
+from ..attention import SlotCache
+from ..constrain import Guide
+from ..engine import Engine
+from ..model import CausalLM
+from ..prefix import PrefixCache
 from .packing import can_pack, pack_for_cpu
-from .prefix import PrefixCache
 
 __all__ = ["EngineConfig", "build_engine", "cache_slots", "serving_dtype"]
 
@@ -40,7 +40,7 @@ class EngineConfig:
 
 def serving_dtype(name: str, model: torch.nn.Module, device: torch.device) -> torch.dtype:
     """The dtype a language model is served in: "auto" keeps the checkpoint's own, but on a CPU only
-    where it runs fast: bfloat16 where oneDNN has bfloat16 products (lm/packing.py; PyTorch's own are
+    where it runs fast: bfloat16 where oneDNN has bfloat16 products (lm/backend/packing.py; PyTorch's own are
     slower than its float32), float32 otherwise. A model trained in float32 is served exactly as trained."""
     if name == "auto":
         own = next(model.parameters()).dtype

@@ -12,7 +12,7 @@ slower than its float32 (``benchmarks/linear_kernels.py`` measures each kind sid
 Where oneDNN is missing, weights are stored transposed instead (column-major, the same values):
 PyTorch's product then reads them without repacking (1.5x at 4 rows on the same machine).
 Training never sees any of this: only a server's own copy of a model is packed. The copy a server
-compiles is not: Inductor lays out frozen weights for faster kernels of its own (lm/compiled.py).
+compiles is not: Inductor lays out frozen weights for faster kernels of its own (lm/backend/compiled.py).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def pack_for_cpu(model: nn.Module, rows: int = 16) -> int:
     :class:`PackedLinear`; store the others' weights column-major. A weight tied to an embedding is
     packed as a copy, so the embedding keeps reading its own. Products that read the same input are
     fused into one first (:class:`Fused`). Returns how many layers were packed. (A model that
-    ``torch.compile`` builds is not packed: Inductor lays its weights out itself, lm/compiled.py.)"""
+    ``torch.compile`` builds is not packed: Inductor lays its weights out itself, lm/backend/compiled.py.)"""
     _fuse(model)
     packed = 0
     for parent in list(model.modules()):

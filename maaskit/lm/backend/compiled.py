@@ -27,8 +27,8 @@ import shutil
 
 import torch
 
-from .attention import FlatBatch, SlotCache
-from .model import CausalLM
+from ..attention import FlatBatch, SlotCache
+from ..model import CausalLM
 from .packing import FusedPart, PackedLinear
 
 __all__ = ["CompiledForward"]
@@ -36,8 +36,8 @@ __all__ = ["CompiledForward"]
 # the batch of the step being run: set around each call of the compiled graph, on the engine's thread
 _running: list[FlatBatch] = []
 
-# defined through torch.library.Library, as maaskit::packed_linear is (lm/packing.py): the @custom_op
-# decorator's wrapper costs about as long as a small product, once per layer here
+# defined through torch.library.Library rather than the @custom_op decorator, whose wrapper costs about as
+# long as a small product (benchmarks/FIGURES.md, "packing"), once per layer here
 _LIBRARY = torch.library.Library("maaskit", "FRAGMENT")
 _LIBRARY.define("attention(Tensor q, Tensor k, Tensor v, int layer, bool gqa, int? window) -> Tensor")
 
@@ -91,8 +91,8 @@ class CompiledForward:
         if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
             raise RuntimeError("compiling the model's step needs a C++ compiler (g++ or clang++), and none is on PATH")
         if any(isinstance(m, (PackedLinear, FusedPart)) for m in model.modules()):
-            raise ValueError("compile a model as it was built, not one packed for the CPU (lm/packing.py): on a "
-                             "CPU Inductor lays the weights out itself")  # fmt: skip
+            raise ValueError("compile a model as it was built, not one packed for the CPU (lm/backend/packing.py): "
+                             "on a CPU Inductor lays the weights out itself")  # fmt: skip
         self.model = model
         self.frozen = next(model.parameters()).device.type == "cpu"
         self.compiled = torch.compile(self._forward, dynamic=True)
