@@ -267,7 +267,7 @@ def create_app(
     for protocol in served.all:
         app.router.routes.extend(protocol.router().routes)
 
-    _serve_metrics(app, metrics)
+    _serve_metrics(app, metrics, repository)
     secured = token is not None or api_keys is not None
     app.openapi = lambda: openapi_document(  # type: ignore[method-assign]
         app, repository, served.all, secured=secured, open_paths=served.open_paths
@@ -277,7 +277,7 @@ def create_app(
     return app
 
 
-def _serve_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
+def _serve_metrics(app: FastAPI, metrics: ServerMetrics, repository: ModelRepository) -> None:
     @app.get(
         "/metrics",
         tags=["operations"],
@@ -288,6 +288,8 @@ def _serve_metrics(app: FastAPI, metrics: ServerMetrics) -> None:
         },
     )
     async def prometheus_metrics():
+        for served in repository.language_models().values():  # a model not asked anything yet has its series too
+            metrics.watch_language_model(served)
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 
