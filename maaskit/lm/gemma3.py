@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -26,9 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import register_model
-from .attention import CAUSAL, Batch
-from .llama import rotate
-from .model import CausalLM, pick
+from .attention import Batch
+from .llama import Attention, DecoderLM, GatedMLP, rms_normalized
 
 __all__ = ["Gemma3", "Gemma3Config"]
 
@@ -113,47 +113,7 @@ class RMSNorm(nn.Module):
         self.weight, self.eps = nn.Parameter(torch.zeros(width)), eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (x32 * (1.0 + self.weight.float())).to(x.dtype)
-
-
-class _Attention(nn.Module):
-    def __init__(self, c: Gemma3Config, layer: int):
-        super().__init__()
-        self.heads, self.kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        self.window = c.sliding_window if c.layer_types[layer] == SLIDING else None
-        # SDPA scales by head_dim ** -0.5: the queries are scaled by what makes that query_pre_attn_scalar ** -0.5
-        self.q_scale = math.sqrt(c.head_dim / c.query_pre_attn_scalar)
-        self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=c.attention_bias)
-        self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
-        self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
-        self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=c.attention_bias)
-        self.q_norm, self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps), RMSNorm(c.head_dim, c.rms_norm_eps)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: Batch, layer: int) -> torch.Tensor:
-        b, t, _ = x.shape
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = self.q_norm(q.view(b, t, self.heads, self.head_dim))
-        k = self.k_norm(k.view(b, t, self.kv_heads, self.head_dim))
-        v = v.view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
-        if self.q_scale != 1.0:
-            q = q * self.q_scale
-        y = batch.attention(layer, q, k, v, gqa=self.kv_heads != self.heads, window=self.window)
-        return self.o_proj(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
-
-
-class _MLP(nn.Module):
-    def __init__(self, c: Gemma3Config):
-        super().__init__()
-        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
+        return (rms_normalized(x, self.eps) * (1.0 + self.weight.float())).to(x.dtype)
 
 
 class _Layer(nn.Module):
@@ -161,10 +121,13 @@ class _Layer(nn.Module):
         super().__init__()
         self.sliding = c.layer_types[layer] == SLIDING
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.self_attn = _Attention(c, layer)
+        # SDPA scales by head_dim ** -0.5: the queries are scaled by what makes that query_pre_attn_scalar ** -0.5
+        self.self_attn = Attention(c, norm=RMSNorm, window=c.sliding_window if self.sliding else None,
+                                   q_scale=math.sqrt(c.head_dim / c.query_pre_attn_scalar),
+                                   out_bias=c.attention_bias)  # fmt: skip
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.pre_feedforward_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.mlp = _MLP(c)
+        self.mlp = GatedMLP(c, partial(F.gelu, approximate="tanh"))
         self.post_feedforward_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: Batch, layer: int) -> torch.Tensor:
@@ -186,47 +149,33 @@ def _angles(c: Gemma3Config, theta: float, factor: float) -> torch.Tensor:
     return torch.cat((angles, angles), dim=-1)
 
 
-class Gemma3(CausalLM):
+class Gemma3(DecoderLM):
     """``Gemma3(Gemma3Config(...))``: next-token logits at every position, as the other families."""
+
+    model: _Trunk
 
     def __init__(self, config: Gemma3Config):
         super().__init__()
         self.config: Gemma3Config = self._checked_config(config, Gemma3Config, "gemma3", __name__)
         c = self.config
-        self.model = _Trunk(c)
-        self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
-        if c.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self._head(_Trunk(c))
         # each layer kind's cos and sin of every position (not saved: a checkpoint lacks them)
         for kind, theta, factor in (("full", c.rope_theta, c.rope_factor), ("local", c.rope_local_theta, 1.0)):
             angles = _angles(c, theta, factor)
             self.register_buffer(f"{kind}_cos", angles.cos(), persistent=False)
             self.register_buffer(f"{kind}_sin", angles.sin(), persistent=False)
 
-    vocab_size = property(lambda self: self.config.vocab_size)
-    context = property(lambda self: self.config.context)
-
-    def cache_shape(self) -> tuple[int, int, int]:
-        c = self.config
-        return c.num_hidden_layers, c.num_key_value_heads, c.head_dim
-
-    def forward(
-        self, tokens: torch.Tensor, batch: Batch | None = None, select: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """As :meth:`maaskit.lm.llama.Llama.forward`."""
-        batch = batch if batch is not None else CAUSAL
-        where = batch.positions(tokens, self.context)
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.model.embed_tokens(tokens)
-        x = x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)  # in the weights' dtype, as Gemma's
+        return x * torch.tensor(self.config.hidden_size**0.5, dtype=x.dtype)  # in the weights' dtype, as Gemma's
+
+    def rotations(self, where: torch.Tensor, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
         tables = {
-            kind: tuple(getattr(self, f"{kind}_{f}")[where][:, None].to(x.dtype) for f in ("cos", "sin"))
+            kind: (getattr(self, f"{kind}_cos")[where][:, None].to(dtype),
+                   getattr(self, f"{kind}_sin")[where][:, None].to(dtype))
             for kind in ("full", "local")
-        }  # B x 1 x T x d each
-        for layer, block in enumerate(self.model.layers):
-            cos, sin = tables["local" if block.sliding else "full"]
-            x = block(x, cos, sin, batch, layer)
-        batch.advance(tokens.shape[1])
-        return self.lm_head(self.model.norm(pick(x, select)))
+        }  # fmt: skip
+        return [tables["local" if block.sliding else "full"] for block in self.model.layers]
 
 
 def _rebuild(architecture: dict) -> Gemma3:

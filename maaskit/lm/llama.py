@@ -18,6 +18,7 @@ the GPT, so the same engine serves both.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,7 +30,7 @@ from ..models import register_model
 from .attention import CAUSAL, Batch
 from .model import CausalLM, pick
 
-__all__ = ["Llama", "LlamaConfig"]
+__all__ = ["Attention", "DecoderLM", "GatedMLP", "Llama", "LlamaConfig"]
 
 
 @dataclass(frozen=True)
@@ -96,17 +97,22 @@ class LlamaConfig:
         return replace(self, **changes)
 
 
+def rms_normalized(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x / sqrt(mean(x²) + eps)`` over the last dimension, in float32 (the references compute it so)."""
+    x32 = x.float()
+    return x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+
+
 class RMSNorm(nn.Module):
-    """``x / sqrt(mean(x²) + eps) * weight``, computed in float32 as Llama's reference does."""
+    """``x / sqrt(mean(x²) + eps) * weight``, normalized in float32 and scaled after the cast back, as
+    Llama's reference does."""
 
     def __init__(self, width: int, eps: float):
         super().__init__()
         self.weight, self.eps = nn.Parameter(torch.ones(width)), eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return self.weight * rms_normalized(x, self.eps).to(x.dtype)
 
 
 def rope_frequencies(c: LlamaConfig) -> torch.Tensor:
@@ -133,25 +139,25 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + turned * sin
 
 
-class _Attention(nn.Module):
-    def __init__(self, c: LlamaConfig):
+class Attention(nn.Module):
+    """Grouped-query attention with RoPE, laid out as Hugging Face's (``q_proj`` ... ``o_proj``). The
+    other families' differences are options: ``norm``, a norm class for each head's queries and keys
+    (Qwen3, Gemma 3); ``window``, the positions each token sees (Gemma 3's sliding layers); ``q_scale``,
+    a factor on the queries (SDPA scales by head_dim ** -0.5); ``out_bias``, a bias on ``o_proj``."""
+
+    def __init__(self, c: Any, *, norm: type[nn.Module] | None = None, window: int | None = None,
+                 q_scale: float = 1.0, out_bias: bool = False):  # fmt: skip
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.window, self.q_scale = window, q_scale
         self.q_proj = nn.Linear(c.hidden_size, c.num_attention_heads * c.head_dim, bias=c.attention_bias)
         self.k_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
         self.v_proj = nn.Linear(c.hidden_size, c.num_key_value_heads * c.head_dim, bias=c.attention_bias)
-        self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=False)
-        if c.qk_norm:
-            self.q_norm, self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps), RMSNorm(c.head_dim, c.rms_norm_eps)
+        self.o_proj = nn.Linear(c.num_attention_heads * c.head_dim, c.hidden_size, bias=out_bias)
+        if norm is not None:
+            self.q_norm, self.k_norm = norm(c.head_dim, c.rms_norm_eps), norm(c.head_dim, c.rms_norm_eps)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        batch: Batch,
-        layer: int,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: Batch, layer: int) -> torch.Tensor:
         b, t, _ = x.shape
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = q.view(b, t, self.heads, self.head_dim)
@@ -160,30 +166,34 @@ class _Attention(nn.Module):
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rotate(q.transpose(1, 2), cos, sin), rotate(k.transpose(1, 2), cos, sin)
+        if self.q_scale != 1.0:
+            q = q * self.q_scale
         # each key/value head serves heads / kv_heads query heads
-        y = batch.attention(layer, q, k, v, gqa=self.kv_heads != self.heads)
+        y = batch.attention(layer, q, k, v, gqa=self.kv_heads != self.heads, window=self.window)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
 
-class _MLP(nn.Module):
-    def __init__(self, c: LlamaConfig):
+class GatedMLP(nn.Module):
+    """``down(activation(gate(x)) * up(x))``: SwiGLU with SiLU (Llama), GeGLU with GELU (Gemma)."""
+
+    def __init__(self, c: Any, activation: Callable[[torch.Tensor], torch.Tensor] = F.silu):
         super().__init__()
+        self.activation = activation
         self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=False)
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(self.activation(self.gate_proj(x)) * self.up_proj(x))
 
 
 class _Layer(nn.Module):
     def __init__(self, c: LlamaConfig):
         super().__init__()
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.self_attn = _Attention(c)
+        self.self_attn = Attention(c, norm=RMSNorm if c.qk_norm else None)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.mlp = _MLP(c)
+        self.mlp = GatedMLP(c)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: Batch, layer: int) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, layer)
@@ -198,17 +208,58 @@ class _Trunk(nn.Module):  # "model." in a checkpoint's names
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
 
-class Llama(CausalLM):
+class DecoderLM(CausalLM):
+    """What the families in Hugging Face's layout share: ``model``, the trunk (``embed_tokens``,
+    ``layers``, ``norm``), and an ``lm_head`` tied to the embedding where the config says so; the
+    config's sizes; the shape of the key/value cache."""
+
+    config: Any
+
+    def _head(self, trunk: Any) -> None:
+        c = self.config
+        self.model = trunk
+        self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
+        if c.tie_word_embeddings:
+            self.lm_head.weight = trunk.embed_tokens.weight
+
+    vocab_size = property(lambda self: self.config.vocab_size)
+    context = property(lambda self: self.config.context)
+
+    def cache_shape(self) -> tuple[int, int, int]:
+        c = self.config
+        return c.num_hidden_layers, c.num_key_value_heads, c.head_dim
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(tokens)
+
+    def rotations(self, where: torch.Tensor, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's RoPE cos and sin at positions ``where`` (B x T), as B x 1 x T x head_dim."""
+        raise NotImplementedError
+
+    def forward(
+        self, tokens: torch.Tensor, batch: Batch | None = None, select: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``tokens``: B x T ids (the new ones, with a cache); B x T x vocab logits, or with ``select``
+        (indices into the B * T tokens) len(select) x 1 x vocab."""
+        batch = batch if batch is not None else CAUSAL
+        where = batch.positions(tokens, self.context)
+        x = self.embed(tokens)
+        for layer, (block, (cos, sin)) in enumerate(zip(self.model.layers, self.rotations(where, x.dtype))):
+            x = block(x, cos, sin, batch, layer)
+        batch.advance(tokens.shape[1])
+        return self.lm_head(self.model.norm(pick(x, select)))  # the head's work for the tokens sampled only
+
+
+class Llama(DecoderLM):
     """``Llama(LlamaConfig(...))``: next-token logits at every position; the GPT's cache interface."""
+
+    model: _Trunk
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
         self.config: LlamaConfig = self._checked_config(config, LlamaConfig, "llama", __name__)
         c = self.config
-        self.model = _Trunk(c)
-        self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
-        if c.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        self._head(_Trunk(c))
         # cos and sin of every position's angles, computed once (not saved: a checkpoint lacks them);
         # on the CPU even while the weights are built on "meta" (the loader streams those in)
         angles = torch.outer(torch.arange(c.context, dtype=torch.float32, device="cpu"), rope_frequencies(c))
@@ -218,26 +269,9 @@ class Llama(CausalLM):
         self.register_buffer("rope_cos", angles.cos(), persistent=False)
         self.register_buffer("rope_sin", angles.sin(), persistent=False)
 
-    vocab_size = property(lambda self: self.config.vocab_size)
-    context = property(lambda self: self.config.context)
-
-    def cache_shape(self) -> tuple[int, int, int]:
-        c = self.config
-        return c.num_hidden_layers, c.num_key_value_heads, c.head_dim
-
-    def forward(
-        self, tokens: torch.Tensor, batch: Batch | None = None, select: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``tokens``: B x T ids (the new ones, with a cache); B x T x vocab logits, or with ``select``
-        (indices into the B * T tokens) len(select) x 1 x vocab."""
-        batch = batch if batch is not None else CAUSAL
-        where = batch.positions(tokens, self.context)
-        x = self.model.embed_tokens(tokens)
-        cos, sin = (table[where][:, None].to(x.dtype) for table in (self.rope_cos, self.rope_sin))  # B x 1 x T x d
-        for layer, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, batch, layer)
-        batch.advance(tokens.shape[1])
-        return self.lm_head(self.model.norm(pick(x, select)))  # the head's work for the tokens sampled only
+    def rotations(self, where: torch.Tensor, dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        cos, sin = (table[where][:, None].to(dtype) for table in (self.rope_cos, self.rope_sin))  # B x 1 x T x d
+        return [(cos, sin)] * len(self.model.layers)  # one table for every layer
 
 
 def _rebuild(architecture: dict) -> Llama:
