@@ -388,14 +388,14 @@ class Engine:
         for listener in self.listeners:
             listener(kind, value)
 
-    def _plan(self, prefilling: list[_Sequence], running: list[_Sequence]) -> StepPlan:
+    def _plan(self, prefilling: list[_Sequence], running: list[_Sequence]) -> StepPlan[_Sequence]:
         """This step: every running sequence decodes a token, and the prefilling ones advance by
         ``prefill_chunk`` prompt tokens in all (fewer beside running sequences, when paced), first come
         first served. A sequence new to its slot first takes what the prefix cache holds of its prompt."""
         budget = self.prefill_chunk or self.context * len(prefilling)
         if running and self.pace is not None:
             budget = self.pace.chunk(budget)
-        plan = StepPlan(decodes=running)
+        plan = StepPlan[_Sequence](decodes=running)
         for seq in prefilling:
             if seq.filled < 0:
                 seq.filled = (
@@ -416,7 +416,7 @@ class Engine:
         in_cache = sum(len(s.prompt) + s.generated - 1 for s in self._running)
         return in_cache + sum(s.filled for s in self._prefilling if s.filled > 0)
 
-    def _record(self, plan: StepPlan, seconds: float, finished: list[_Sequence]) -> None:
+    def _record(self, plan: StepPlan[_Sequence], seconds: float, finished: list[_Sequence]) -> None:
         record = StepRecord(
             self.steps, seconds, tuple(s.number for s in plan.decodes),
             tuple((s.number, n) for s, n in plan.chunks), tuple(s.number for s in finished), self.waiting,
@@ -426,7 +426,7 @@ class Engine:
             watcher(record)
 
     def _step(self, prefilling: list[_Sequence], running: list[_Sequence]
-              ) -> tuple[StepPlan, float, list[tuple[_Sequence, TokenEvent]]]:  # fmt: skip
+              ) -> tuple[StepPlan[_Sequence], float, list[tuple[_Sequence, TokenEvent]]]:  # fmt: skip
         """On the engine's thread: plan the step, run it, and turn its tokens into events. A prompt
         now all in its slot is offered to the prefix cache. Returns the plan, the step's seconds and
         the events."""

@@ -10,10 +10,10 @@ decoders, and each prompt whose last chunk it was. Whatever the mix, there is on
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
@@ -38,19 +38,22 @@ class Scheduled(Protocol):
     unread: int | None
 
 
+S = TypeVar("S", bound=Scheduled)
+
+
 @dataclass
-class StepPlan:
+class StepPlan(Generic[S]):
     """One step: ``decodes`` feed one token each; each of ``chunks`` feeds that many more of its prompt."""
 
-    decodes: list[Any] = field(default_factory=list)
-    chunks: list[tuple[Any, int]] = field(default_factory=list)
+    decodes: list[S] = field(default_factory=list)
+    chunks: list[tuple[S, int]] = field(default_factory=list)
     reused: int = 0  # prompt tokens the prefix cache supplied to sequences starting this step
 
     @property
     def prompt_tokens(self) -> int:
         return sum(n for _, n in self.chunks)
 
-    def sampled(self) -> list[Any]:
+    def sampled(self) -> list[S]:
         """The sequences that get a token from this step: every decode, and each prompt it completes."""
         return [*self.decodes, *(s for s, n in self.chunks if s.filled + n == len(s.prompt))]
 
@@ -71,7 +74,7 @@ class ModelRunner:
         self._masker = ThreadPoolExecutor(1, "maaskit-lm-masks")  # grammar masks, beside the forward pass
 
     @torch.inference_mode()
-    def run(self, plan: StepPlan) -> tuple[list[Any], list[int], torch.Tensor]:
+    def run(self, plan: StepPlan[S]) -> tuple[list[S], list[int], torch.Tensor]:
         """The forward pass and the sampling: the sequences sampled, their tokens, and their logits
         (after masks, float32). Every chunk's sequence is ``filled`` further."""
         sampled = plan.sampled()
@@ -109,7 +112,7 @@ class ModelRunner:
             seq.unread = chosen[i]
         return sampled, chosen, logits
 
-    def _masks(self, constrained: list[tuple[Any, int]], rows: int) -> Future:
+    def _masks(self, constrained: Sequence[tuple[Scheduled, int]], rows: int) -> Future:
         """Which tokens each row may take (all, for the free ones), as booleans: each constrained
         sequence's matcher first takes the token chosen last step, then gives its mask. Done in a
         thread of its own while the forward pass runs where cores are spare, here otherwise (and for
