@@ -129,6 +129,12 @@ class _Sequence:
     unread: int | None = None  # the token chosen last, not yet fed to the matcher (the next step's mask job does)
     number: int = 0  # in submission order (StepRecord)
 
+    @property
+    def cached(self) -> int:
+        """Its positions in the cache while it decodes: the prompt and every token but the newest, which
+        the next step feeds."""
+        return len(self.prompt) + self.generated - 1
+
 
 class Engine:
     """``async for event in engine.generate(prompt_ids, params)``: tokens as they are sampled.
@@ -411,10 +417,8 @@ class Engine:
 
     @property
     def cache_tokens(self) -> int:
-        """Positions of the key/value cache that hold a sequence's tokens now (a decoding sequence's newest
-        token is cached by the step that feeds it)."""
-        in_cache = sum(len(s.prompt) + s.generated - 1 for s in self._running)
-        return in_cache + sum(s.filled for s in self._prefilling if s.filled > 0)
+        """Positions of the key/value cache that hold a sequence's tokens now."""
+        return sum(s.cached for s in self._running) + sum(s.filled for s in self._prefilling if s.filled > 0)
 
     def _record(self, plan: StepPlan[_Sequence], seconds: float, finished: list[_Sequence]) -> None:
         record = StepRecord(

@@ -155,10 +155,8 @@ class Gemma3(DecoderLM):
     model: _Trunk
 
     def __init__(self, config: Gemma3Config):
-        super().__init__()
-        self.config: Gemma3Config = self._checked_config(config, Gemma3Config, "gemma3", __name__)
+        super().__init__(config, Gemma3Config, "gemma3", __name__, _Trunk)
         c = self.config
-        self._head(_Trunk(c))
         # each layer kind's cos and sin of every position (not saved: a checkpoint lacks them)
         for kind, theta, factor in (("full", c.rope_theta, c.rope_factor), ("local", c.rope_local_theta, 1.0)):
             angles = _angles(c, theta, factor)

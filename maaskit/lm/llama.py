@@ -214,13 +214,17 @@ class DecoderLM(CausalLM):
     config's sizes; the shape of the key/value cache."""
 
     config: Any
+    model: Any  # each family's trunk
 
-    def _head(self, trunk: Any) -> None:
-        c = self.config
-        self.model = trunk
+    def __init__(self, config: Any, kind: type[Any], name: str, module: str, trunk: Callable[[Any], nn.Module]):
+        """``config`` checked to be a ``kind`` (``name`` and ``module``: what rebuilds it from an artifact),
+        then the family's ``trunk`` built from it and the head over it."""
+        super().__init__()
+        self.config = c = self._checked_config(config, kind, name, module)
+        self.model = trunk(c)
         self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
         if c.tie_word_embeddings:
-            self.lm_head.weight = trunk.embed_tokens.weight
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     vocab_size = property(lambda self: self.config.vocab_size)
     context = property(lambda self: self.config.context)
@@ -256,10 +260,8 @@ class Llama(DecoderLM):
     model: _Trunk
 
     def __init__(self, config: LlamaConfig):
-        super().__init__()
-        self.config: LlamaConfig = self._checked_config(config, LlamaConfig, "llama", __name__)
+        super().__init__(config, LlamaConfig, "llama", __name__, _Trunk)
         c = self.config
-        self._head(_Trunk(c))
         # cos and sin of every position's angles, computed once (not saved: a checkpoint lacks them);
         # on the CPU even while the weights are built on "meta" (the loader streams those in)
         angles = torch.outer(torch.arange(c.context, dtype=torch.float32, device="cpu"), rope_frequencies(c))

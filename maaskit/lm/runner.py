@@ -37,6 +37,11 @@ class Scheduled(Protocol):
     matcher: Any
     unread: int | None
 
+    @property
+    def cached(self) -> int:
+        """Its positions in the cache while it decodes (where its next token goes)."""
+        ...
+
 
 S = TypeVar("S", bound=Scheduled)
 
@@ -80,7 +85,7 @@ class ModelRunner:
         sampled = plan.sampled()
         constrained = [(s, i) for i, s in enumerate(sampled) if s.matcher is not None]
         allowed = self._masks(constrained, len(sampled)) if constrained else None
-        batch = self.cache.batch([(s.slot, len(s.prompt) + s.generated - 1) for s in plan.decodes],
+        batch = self.cache.batch([(s.slot, s.cached) for s in plan.decodes],
                                  [(s.slot, s.filled, n) for s, n in plan.chunks])  # fmt: skip
         tokens = [s.last for s in plan.decodes]
         for seq, n in plan.chunks:

@@ -141,8 +141,8 @@ class ServerMetrics:
             slots.set(engine.slots_in_use)
             v.running.set(engine.running)
             v.waiting.set(engine.waiting)
-            positions.set(engine.cache_tokens)
-            v.cache_usage.set(engine.cache_tokens / (engine.max_sequences * engine.context))  # vLLM's: share in use
+            positions.set(in_cache := engine.cache_tokens)
+            v.cache_usage.set(in_cache / (engine.max_sequences * engine.context))  # vLLM's: the share in use
             if prefix is not None and (prefix.queries, prefix.hits) != tuple(seen):
                 for counter, alias, i, now in ((queries, v.prefix_queries, 0, prefix.queries),
                                                (hits, v.prefix_hits, 1, prefix.hits)):  # fmt: skip
