@@ -94,6 +94,18 @@ def test_completions_whole_with_usage_logprobs_several_choices_and_a_seed(client
     assert [c.text for c in again.choices] == [c.text for c in several.choices]  # the seed reproduces
 
 
+def test_without_max_tokens_chat_runs_to_the_contexts_end_and_a_completion_writes_16(client):
+    # OpenAI's and vLLM's defaults: the rest of the context for Chat Completions, 16 for legacy Completions
+    messages = [{"role": "user", "content": "What is a tuple?"}]
+    chat = client.chat.completions.create(model="gpt", messages=messages, temperature=0,
+                                          extra_body={"ignore_eos": True})  # fmt: skip
+    assert chat.usage.prompt_tokens + chat.usage.completion_tokens == CONTEXT
+    assert chat.choices[0].finish_reason == "length"
+    completion = client.completions.create(model="gpt", prompt="The list", temperature=0,
+                                           extra_body={"ignore_eos": True})  # fmt: skip
+    assert completion.usage.completion_tokens == 16
+
+
 def test_chat_whole_and_streamed_through_the_official_client(client):
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is a tuple?"}]
     whole = client.chat.completions.create(model="gpt", messages=messages, max_tokens=12, seed=1, temperature=0.8)

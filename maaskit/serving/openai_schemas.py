@@ -65,15 +65,19 @@ class StreamOptions(_Lenient):
     include_usage: bool = Field(False, description="send a last chunk with the usage (and no choices) before [DONE]")
 
 
-DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
+DEFAULT_MAX_TOKENS = 16  # OpenAI's (legacy) Completions default; vLLM's completions route keeps it
+# Chat Completions (OpenAI's and vLLM's) default to the rest of the context: fit_to_context cuts this to the
+# room the prompt leaves
+REST_OF_CONTEXT = 2**31 - 1
 
 
 class _Sampling(_Lenient):
     model: str = Field(description="a language model this server serves (GET /v1/models)")
     max_tokens: Annotated[int, Field(ge=1), WHOLE] | None = Field(
         None,
-        description="new tokens at most (default 16), below the model's context; an answer that reaches the "
-        "context's end stops there (finish_reason 'length')",
+        description="new tokens at most, below the model's context (default: 16 on /v1/completions, the rest of "
+        "the context on /v1/chat/completions, as OpenAI and vLLM do); an answer that reaches the context's end "
+        "stops there (finish_reason 'length')",
     )
     temperature: float = Field(1.0, ge=0, le=2, description="0: greedy")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
@@ -102,9 +106,9 @@ class _Sampling(_Lenient):
             raise OpenAIError(400, f"stop takes at most 4 sequences, got {len(stop)}", param="stop")
         return stop
 
-    def _params(self, max_tokens: int | None, stop_tokens: tuple[int, ...], logprobs: int | None) -> SamplingParams:
+    def _params(self, max_tokens: int, stop_tokens: tuple[int, ...], logprobs: int | None) -> SamplingParams:
         return SamplingParams(
-            max_tokens=max_tokens or DEFAULT_MAX_TOKENS,
+            max_tokens=max_tokens,
             temperature=self.temperature,
             top_p=self.top_p if self.top_p < 1 else None,
             top_k=self.top_k,
@@ -163,7 +167,7 @@ class CompletionRequest(_Structured):
 
     def sampling_params(self, stop_tokens: tuple[int, ...]) -> SamplingParams:
         """How each choice is generated; any of ``stop_tokens`` ends a choice."""
-        return self._params(self.max_tokens, stop_tokens, self.logprobs)
+        return self._params(self.max_tokens or DEFAULT_MAX_TOKENS, stop_tokens, self.logprobs)
 
 
 class TextPart(_Lenient):
@@ -248,7 +252,7 @@ class ChatRequest(_Structured):
         if self.top_logprobs is not None and not self.logprobs:
             raise OpenAIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
         logprobs = (self.top_logprobs or 0) if self.logprobs else None
-        return self._params(self.max_completion_tokens or self.max_tokens, stop_tokens, logprobs)
+        return self._params(self.max_completion_tokens or self.max_tokens or REST_OF_CONTEXT, stop_tokens, logprobs)
 
 
 class TokenizeRequest(_Lenient):
