@@ -1,11 +1,13 @@
 """Every notebook, executed headless by papermill with its defaults and with other
 parameters; results are read from the metrics the notebook publishes."""
 
+import json
 import math
 from pathlib import Path
 
 import papermill as pm
 import pytest
+import torch
 from conftest import make_mnist_like
 
 from maaskit import build_model, load_dataset
@@ -409,15 +411,36 @@ def test_10_assistant_other_parameters_and_a_remote_endpoint(tmp_path, tiny_lm):
     assert (tmp_path / "assistant" / "manifest.json").is_file() and (tmp_path / "assistant-before").is_dir()
 
 
+def check_open_models(m: dict) -> None:
+    assert m["block_gap"] < 1e-5 and m["neighbour_gap"] > 1e-2  # the assembled block; RoPE's other pairing
+    assert m["by_name_gap"] < 1e-4 and m["logit_gap"] < 1e-4 and m["greedy_identical"] and m["template_identical"]
+    assert m["prefix_identical"] and m["prefix_hits"] == m["toy_prefix_hits"] > 0  # the toy says what the cache does
+    assert len(m["ttft_ms"]["lengths"]) >= 3
+    assert m["fits"]["SmolLM2-135M"] == "fp32" and m["fits"]["Llama-3.2-1B"] == "no"
+
+
 def test_11_open_models_defaults():
     m = run("11_open_models.ipynb", "defaults")
-    assert m["hf_model"] is None  # offline: a tiny random Llama built by the notebook
-    assert m["logit_gap"] < 1e-4 and m["greedy_identical"] and m["template_identical"]
-    assert m["prefix_identical"] and m["prefix_hits"] >= 5 * 352  # 5 requests x 11 shared blocks of 32
-    assert m["fits_binder"] == {"SmolLM2-135M": "fp32", "SmolLM2-360M": "bf16", "Qwen3-0.6B": "no",
-                                "Llama-3.2-1B": "no"}  # fmt: skip
+    assert m["hf_model"] is None and m["checkpoint_dtype"] == "bfloat16"  # a tiny random Llama, saved as real ones are
+    check_open_models(m)
+    assert m["prefix_hits"] == 5 * 384  # 5 requests x 12 shared blocks of 32
 
 
-def test_11_open_models_other_parameters(tmp_path):
-    m = run("11_open_models.ipynb", "small", context=256, max_tokens=8, shared_prompt_tokens=100)
-    assert m["greedy_identical"] and m["prefix_identical"] and m["prefix_hits"] >= 5 * 96
+def test_11_open_models_on_a_bfloat16_smollm2_style_checkpoint(tmp_path):
+    # the real-model path (a local folder): SmolLM2's shape of config, its ChatML template, bfloat16 weights
+    import transformers
+    from test_open_models import CHATML, _tokenizer
+
+    config = transformers.LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=172, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                                      tie_word_embeddings=True, rope_theta=100000.0, bos_token_id=None,
+                                      eos_token_id=None)  # fmt: skip
+    transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    _tokenizer().save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML, "eos_token": "<|im_end|>"}))
+    m = run("11_open_models.ipynb", "smollm2-style", hf_model=str(tmp_path), context=256, max_tokens=8,
+            shared_prompt_tokens=100)  # fmt: skip
+    assert m["checkpoint_dtype"] == "bfloat16"
+    check_open_models(m)
+    assert m["prefix_hits"] == 5 * 96

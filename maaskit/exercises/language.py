@@ -96,45 +96,82 @@ def _parse_tool_call(parse_tool_call):
 
 
 @exercise(
-    "11.kv_cache_bytes",
-    "kv_cache_bytes(layers, kv_heads, head_dim, tokens, bytes_per_value) is the memory a KV cache needs for "
-    "that many tokens: a key and a value vector per layer, key/value head and position. SmolLM2-135M "
-    "(30 layers, 3 key/value heads of 64) in float32 takes 46,080,000 bytes per 1,000 tokens; a maaskit "
-    "Llama's own cache agrees.",
+    "11.reused_tokens",
+    "reused_tokens(first, second, block) is how many of the prompt `second`'s tokens a prefix cache with "
+    "blocks of `block` tokens supplies after it has seen only the prompt `first`: whole blocks, named by "
+    "their whole prefix, and never the prompt's last token.",
 )
-def _kv_cache_bytes(kv_cache_bytes):
-    from ..lm.attention import KVCache
-    from ..lm.llama import Llama, LlamaConfig
+def _reused_tokens(reused_tokens):
+    from types import SimpleNamespace
 
-    same(
-        kv_cache_bytes(30, 3, 64, 1000, 4),
-        46_080_000,
-        "kv_cache_bytes(30, 3, 64, 1000, 4)",
-        hint="2 (a key and a value) x layers x kv_heads x head_dim x tokens x bytes_per_value",
-    )
-    config = LlamaConfig(64, 32, 64, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                         context=48)  # fmt: skip
-    model = Llama(config).to(torch.bfloat16)
-    cache = KVCache.empty(model)
-    held = sum(t.numel() * t.element_size() for t in [*cache.keys, *cache.values])
-    same(kv_cache_bytes(3, 2, 8, 48, 2), held, "a maaskit Llama's bfloat16 cache for 48 tokens")
+    from ..lm.prefix import PrefixCache
+
+    def cache_says(first, second, block):  # maaskit's PrefixCache on a one-layer, one-number cache
+        cache = PrefixCache(max_blocks=64, block=block)
+        rows = SimpleNamespace(keys=[torch.zeros(1, 1, 256, 1)], values=[torch.zeros(1, 1, 256, 1)])
+        cache.keep(first, rows, 0)
+        return cache.reuse(second, rows, 0)
+
+    shared = list(range(100, 170))  # 70 tokens: two full blocks of 32
+    cases = [
+        (shared + [1, 2], shared + [3, 4], 32, "two prompts that share 70 tokens"),
+        (shared, shared, 32, "the same prompt twice"),
+        (list(range(64)), list(range(64)), 32, "the same 64-token prompt twice"),
+        ([0] + shared, [1] + shared, 32, "prompts whose first tokens differ"),
+        (shared + [1], shared + [2], 8, "two prompts that share 70 tokens, blocks of 8"),
+        (shared[:10], shared, 4, "a short first prompt, blocks of 4"),
+    ]
+    for first, second, block, what in cases:
+        same(
+            reused_tokens(first, second, block),
+            cache_says(first, second, block),
+            f"{what} (reused_tokens(..., {block}))",
+            hint="count whole blocks of `second` without its last token, in order, while `first` has the same "
+            "tokens there; a block after a difference is not reused even if its own tokens match",
+        )
 
 
 @exercise(
-    "11.rope_angles",
-    "rope_angles(position, head_dim, theta) are the head_dim // 2 angles RoPE turns a query or key at that "
-    "position by: position x theta ** (-2i / head_dim) for pair i = 0, 1, ...; the first pair turns fastest. "
-    "maaskit's rope_frequencies gives the same speeds.",
+    "11.to_halves",
+    "to_halves(weight, heads) takes a query or key projection weight (heads x head_dim rows, one per "
+    "output) trained for RoPE that pairs neighbours (i, i + 1), as Meta's original Llama checkpoints are, "
+    "and returns it with its rows reordered for Hugging Face's pairs of halves (i, i + d/2), so that the "
+    "converted model computes the same attention.",
 )
-def _rope_angles(rope_angles):
-    from ..lm.llama import LlamaConfig, rope_frequencies
+def _to_halves(to_halves):
+    from ..lm.llama import LlamaConfig, rope_frequencies, rotate
 
-    config = LlamaConfig(64, 32, 64, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, head_dim=16,
-                         context=32, rope_theta=10000.0)  # fmt: skip
-    for position in (0, 1, 7):
-        same(
-            torch.as_tensor(rope_angles(position, 16, 10000.0), dtype=torch.float32),
-            position * rope_frequencies(config),
-            f"rope_angles({position}, 16, 10000.0)",
-            hint="theta ** (-torch.arange(0, head_dim, 2) / head_dim), times the position",
-        )
+    heads, head_dim, width, t = 2, 8, 12, 6
+    torch.manual_seed(0)
+    wq, wk, x = torch.randn(heads * head_dim, width), torch.randn(heads * head_dim, width), torch.randn(t, width)
+    config = LlamaConfig(16, width, 16, num_hidden_layers=1, num_attention_heads=heads, num_key_value_heads=heads,
+                         head_dim=head_dim, context=t)  # fmt: skip
+    angles = torch.outer(torch.arange(t).float(), rope_frequencies(config))  # t x head_dim / 2
+
+    def scores_neighbours(w_q, w_k):  # Meta's layout: pair (2i, 2i + 1) turns by angle i
+        def turn(v):
+            even, odd = v[..., 0::2], v[..., 1::2]
+            c, s = angles.cos()[:, None], angles.sin()[:, None]
+            return torch.stack([even * c - odd * s, even * s + odd * c], -1).flatten(-2)
+
+        q, k = turn((x @ w_q.T).view(t, heads, head_dim)), turn((x @ w_k.T).view(t, heads, head_dim))
+        return torch.einsum("qhd,khd->hqk", q, k)
+
+    def scores_halves(w_q, w_k):  # Hugging Face's layout: pair (i, i + d/2) turns by angle i
+        cos, sin = torch.cat([angles, angles], -1).cos()[:, None], torch.cat([angles, angles], -1).sin()[:, None]
+        q = rotate((x @ w_q.T).view(t, heads, head_dim), cos, sin)
+        k = rotate((x @ w_k.T).view(t, heads, head_dim), cos, sin)
+        return torch.einsum("qhd,khd->hqk", q, k)
+
+    q2, k2 = to_halves(wq.clone(), heads), to_halves(wk.clone(), heads)
+    if not isinstance(q2, torch.Tensor):
+        raise Hint(f"to_halves should return a tensor, got {type(q2).__name__}")
+    same(tuple(q2.shape), tuple(wq.shape), "the converted weight's shape", hint="reorder the rows, keep their number")
+    same(
+        scores_halves(q2, k2),
+        scores_neighbours(wq, wk),
+        "the attention scores of the converted weights, with Hugging Face's RoPE",
+        hint="within each head, the rows of the pairs' first members (0, 2, 4, ...) come first, then the "
+        "second members (1, 3, 5, ...); view the weight as heads x pairs x 2 x width",
+        atol=1e-4,
+    )

@@ -5,9 +5,11 @@ A prompt is cut into blocks of ``block`` tokens. Each full block is named by its
 number and its own tokens, so a block stands for its whole prefix (as in vLLM's automatic prefix
 caching); names are compared exactly, never by a hash alone, and a name costs one block of tokens.
 Its keys and values, for every layer, are kept after a prefill. A new prompt looks up its blocks in
-order and stops at the first miss; the engine copies the hits into the sequence's slot and
-prefills only the rest. Keys and values depend on the tokens and their positions only, and a
-prefix is always at positions 0.., so a reused block is what the prefill would have computed.
+order and stops at the first miss; the engine copies the hits into the sequence's slot (vLLM's
+paged cache shares them by reference instead, through each sequence's block table) and prefills
+only the rest. A block's keys and values depend on every token before it (through the layers
+below), which is why a name carries its parent: a hit stands for the same whole prefix, at the same
+positions, so a reused block is what the prefill would have computed (up to summation order).
 Least recently used blocks go first once ``max_blocks`` are kept.
 """
 
