@@ -79,6 +79,14 @@ def test_chat_rows_score_only_the_assistants_tokens_and_fit_trains_on_them(chat_
     scored = y[y != IGNORE]
     assert chat.ids["<|user|>"] not in scored.tolist() and chat.ids["<|tool|>"] not in scored.tolist()
     assert (scored == chat.end).sum() > 0 and 0.2 < data.scored_fraction < 0.7
+    # without the mask (notebook 10's experiment) every next token of a conversation is a label; padding is not
+    every = ChatDataset.from_conversations([(e.conversation(), e.tools) for e in examples], tokenizer, context=256,
+                                           assistant_only=False)  # fmt: skip
+    ex, ey = every.train
+    pad = ex == tokenizer.token_to_id("<|endoftext|>")
+    inner = ~pad[:, :-1] & ~pad[:, 1:]  # positions whose next token is in the same row and not padding
+    assert torch.equal(ex, x) and torch.equal(ey[:, :-1][inner], ex[:, 1:][inner])
+    assert (ey[:, :-1][pad[:, :-1]] == IGNORE).all() and (ey != IGNORE).sum() > 1.5 * len(scored)
     net = GPT(model.config)
     history = maaskit.fit(net, data, optimizer="adamw", lr=3e-3, epochs=2, batch_size=8, device="cpu", seed=0)
     assert history["train_loss"][-1] < history["train_loss"][0]
@@ -91,6 +99,21 @@ def test_chat_rows_score_only_the_assistants_tokens_and_fit_trains_on_them(chat_
     assert history.last["val_loss"] == pytest.approx(float(by_hand), rel=1e-4)
     right = (logits.argmax(-1)[keep] == vy[keep]).float().mean()
     assert history.last["val_acc"] == pytest.approx(float(right), abs=1e-6)
+
+
+def test_a_batch_ends_at_its_last_scored_label_and_the_loss_is_the_full_rows(chat_lm):
+    model, tokenizer = chat_lm
+    examples = get_task("assistant").examples("train", 40)
+    data = ChatDataset.from_conversations([(e.conversation(), e.tools) for e in examples], tokenizer, context=256)
+    xb, yb = next(iter(data.loader("train", batch_size=4, shuffle=False, device="cpu")))  # rows 0 to 3
+    x, y = data.train[0][:4], data.train[1][:4]
+    assert xb.shape[1] < x.shape[1] and torch.equal(xb, x[:, : xb.shape[1]])
+    assert (y[:, xb.shape[1] :] == IGNORE).all() and (yb[:, -1] != IGNORE).any()  # cut right after the last label
+    net = GPT(model.config).eval()
+    with torch.no_grad():
+        whole = torch.nn.functional.cross_entropy(net(x).flatten(0, 1), y.flatten())
+        cut = torch.nn.functional.cross_entropy(net(xb).flatten(0, 1), yb.flatten())
+    assert float(cut) == pytest.approx(float(whole), rel=1e-5)  # causal attention: the cut changes no loss
 
 
 def test_growing_the_vocabulary_keeps_every_old_tokens_logits(chat_lm):

@@ -423,7 +423,8 @@ def small_copy(lab_root: Path, notebook: str, **parameters) -> str:
 
 def test_chat_console_runs_a_tool_and_shows_the_final_answer_in_jupyterlab(page, lab, tmp_path):
     # notebook 10 with a short fine-tuning: enough for the model to call its tools (not to be right)
-    name = small_copy(lab.notebooks, "10_assistant.ipynb", examples=3000, epochs=3, compare_examples=200, eval_n=12)
+    name = small_copy(lab.notebooks, "10_assistant.ipynb", examples=3000, epochs=3, eval_n=12, experiment_examples=300,
+                      experiment_n=6)  # fmt: skip
     kernel, timings, console = run_and_find(page, lab, name, ".maaskit-chat-console")
     history = console.locator(".maaskit-chat-history")
     calls = history.locator(".maaskit-tool-call")

@@ -3,6 +3,7 @@ parameters; results are read from the metrics the notebook publishes."""
 
 import json
 import math
+import re
 from pathlib import Path
 
 import papermill as pm
@@ -374,9 +375,12 @@ def test_09_scaling_out_on_one_rank():
 
 def check_assistant(m: dict) -> None:
     assert m["held_out_seen_in_training"] == 0
-    assert set(m["compare_val_loss"]) == {"from 07's model", "from scratch"}
-    # constrained answers fit their schema whatever the model: the grammar guarantees it
+    assert m["forged_turn_blocked"] and m["packing_gap"] > 1e-3  # the chat format's defence; packing's caveat
+    assert re.fullmatch(r"[0-2][0-9]:[0-5][0-9]", m["constrained_time"])  # the hand-written mask decodes a time
+    # constrained answers fit their schema whatever the model: the grammar guarantees it, given the tokens
     assert m["schema_valid"]["before, constrained"] == m["schema_valid"]["assistant, constrained"] == 1.0
+    assert m["parsed_by_max_tokens"]["8"] < 1  # ... and not given them: a valid prefix, unfinished
+    assert set(m["loss_mask_token_accuracy"]) == {"with the mask", "without it"}
     low, high = m["interval"]["assistant"]
     assert 0 <= low <= m["accuracy"]["assistant"] <= high <= 1
 
@@ -384,9 +388,10 @@ def check_assistant(m: dict) -> None:
 def test_10_assistant_defaults():
     m = run("10_assistant.ipynb", "defaults")
     check_assistant(m)
-    # 07's model with the chat tokens but no fine-tuning fails the task; fine-tuned, it passes most of it
-    # (the >= 95% target is measured by benchmarks/assistant.py, not asserted here)
-    assert m["accuracy"]["before"] <= 0.05 and m["accuracy"]["assistant"] >= 0.8
+    # 07's model with the chat tokens but no fine-tuning fails the task; fine-tuned, it reaches the assistant's
+    # target of 95% on 300 held-out requests (benchmarks/assistant.py measures it on its own too)
+    assert m["n"] == 300 and m["accuracy"]["before"] <= 0.05 and m["accuracy"]["assistant"] >= 0.95
+    assert m["compare_val_loss"] == {"from 07's model": [], "from scratch": []}  # behind compare_scratch
     assert m["tool_call_finish_reason"] == "tool_calls" and m["console_tools"]
     assert m["remote"] is None
 
@@ -402,12 +407,14 @@ def test_10_assistant_other_parameters_and_a_remote_endpoint(tmp_path, tiny_lm):
     remote_model = grow_vocabulary(model, chat_tokenizer.get_vocab_size())
     with serve((remote_model, chat_tokenizer), name="remote-assistant") as remote:
         m = run(
-            "10_assistant.ipynb", "small-remote", seed=1, examples=600, epochs=1, compare_examples=200, eval_n=12,
+            "10_assistant.ipynb", "small-remote", seed=1, examples=600, epochs=1, compare_scratch=True, compare_seeds=1,
+            compare_examples=200, eval_n=12, experiment_examples=300, experiment_n=6,
             pretrained_path=str(base), model_path=str(tmp_path / "assistant"), endpoint_url=remote.url + "/v1",
             api_key="none", model="remote-assistant",
         )  # fmt: skip
     check_assistant(m)
     assert m["remote"]["n"] == 12 and m["remote"]["model"] == "remote-assistant"
+    assert [len(v) for v in m["compare_val_loss"].values()] == [1, 1]  # compare_scratch, one seed a side
     assert (tmp_path / "assistant" / "manifest.json").is_file() and (tmp_path / "assistant-before").is_dir()
 
 
@@ -437,8 +444,9 @@ def test_11_open_models_on_a_bfloat16_smollm2_style_checkpoint(tmp_path):
                                       eos_token_id=None)  # fmt: skip
     transformers.LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path)
     _tokenizer().save(str(tmp_path / "tokenizer.json"))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML, "eos_token": "<|im_end|>"}))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML, "eos_token": "<|im_end|>"})
+    )
     m = run("11_open_models.ipynb", "smollm2-style", hf_model=str(tmp_path), context=256, max_tokens=8,
             shared_prompt_tokens=100)  # fmt: skip
     assert m["checkpoint_dtype"] == "bfloat16"

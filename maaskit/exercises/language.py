@@ -47,35 +47,69 @@ def _positions_processed(positions_processed):
 
 
 @exercise(
-    "10.assistant_mask",
-    "assistant_mask(tokens) takes a conversation as a list of token strings and "
-    "returns 1 for each token the model is trained on — every token of an assistant's turn after its "
-    "<|assistant|> marker, up to and including that turn's <|end|> (so it learns to stop) — and 0 for "
-    "the rest, markers included.",
+    "10.shifted_labels",
+    "shifted_labels(ids, trained) are the labels of a conversation for fine-tuning: position i's label is "
+    "the token at i + 1 when that token is the assistant's (trained[i + 1]), and -100 otherwise; one fewer "
+    "label than ids.",
 )
-def _assistant_mask(assistant_mask):
-    tokens = [
-        "<|user|>",
-        "Hi",
-        "<|end|>",
-        "<|assistant|>",
-        "Hello",
-        "!",
-        "<|end|>",
-        "<|user|>",
-        "2+2?",
-        "<|end|>",
-        "<|assistant|>",
-        "4",
-        "<|end|>",
-    ]
-    want = [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 1, 1]
+def _shifted_labels(shifted_labels):
+    from ..lm.chat import ChatFormat, add_chat_tokens
+    from ..lm.sft import ChatDataset
+    from ..lm.tasks import get_task
+    from ..lm.tokenizer import train_tokenizer
+
     same(
-        list(assistant_mask(tokens)),
-        want,
-        "the mask",
-        hint="switch on after '<|assistant|>', write 1 for each token up to '<|end|>' included, then switch off",
+        list(shifted_labels([5, 6, 7, 8, 9], [False, False, True, True, False])),
+        [-100, 7, 8, -100],
+        "shifted_labels([5, 6, 7, 8, 9], [False, False, True, True, False])",
+        hint="label i belongs to token i + 1: look at ids[1:] and trained[1:] together",
     )
+    task = get_task("assistant")
+    tokenizer = add_chat_tokens(train_tokenizer([" ".join(e.question for e in task.examples("train", 60))], 300))
+    example = task.examples("train", 1)[0]
+    encoded = ChatFormat(tokenizer).encode(example.conversation(), example.tools, add_generation_prompt=False)
+    data = ChatDataset.from_conversations([(example.conversation(), example.tools)] * 40, tokenizer, context=256)
+    n = len(encoded.ids) - 1
+    same(
+        list(shifted_labels(encoded.ids, encoded.trained)),
+        data.train[1][0][:n].tolist(),
+        "the labels of a conversation of the assistant task, against the rows finetune trains on",
+        hint="-100 is the label where the next token is not the assistant's",
+    )
+
+
+@exercise(
+    "10.allowed_digits",
+    "allowed_digits(pieces, state, end) is the set of token ids allowed after `state` characters of a 4-digit "
+    "PIN ([0-9]{4}), given pieces (token id -> its text): a token whose characters are all digits and still "
+    "fit in the 4 places, and `end` once all 4 are written. Used with section 3's greedy, it makes any model "
+    "answer with a PIN.",
+)
+def _allowed_digits(allowed_digits):
+    import random
+
+    pieces = {0: "1", 1: "23", 2: "456", 3: "7890", 4: "a", 5: "1a", 6: "", 7: "12345", 8: " 1", 9: "0"}
+    end = 10
+    want = {0: {0, 1, 2, 3, 9}, 1: {0, 1, 2, 9}, 2: {0, 1, 9}, 3: {0, 9}, 4: {end}}
+    for state, expected in want.items():
+        same(
+            set(allowed_digits(pieces, state, end)),
+            expected,
+            f"allowed_digits(pieces, {state}, end) with pieces {pieces}",
+            hint="a piece fits when it is not empty, all its characters are digits, and state + its length <= 4; "
+            "end only at state 4",
+        )
+    rng = random.Random(0)  # a decode: any model's choices, held to the mask, give a PIN
+    written = ""
+    for _ in range(8):  # at most 4 tokens and the end
+        allowed = sorted(allowed_digits(pieces, len(written), end))
+        if not allowed:
+            raise Hint(f"after {written!r} nothing is allowed: the decode cannot go on")
+        token = rng.choice(allowed)
+        if token == end:
+            break
+        written += pieces[token]
+    same(len(written) == 4 and written.isdigit(), True, f"a random decode under your mask (it wrote {written!r})")
 
 
 @exercise(

@@ -73,3 +73,4 @@ class SFTRecipe:
     lr: float = 3e-3
     scheduler: str | None = "cosine"
     weight_decay: float | None = None  # None: AdamW's 0.01, as in pre-training
+    assistant_only: bool = True  # the loss on the assistant's tokens only (False: on every token, for comparison)

@@ -57,7 +57,11 @@ def grow_vocabulary(model: GPT, vocab_size: int) -> GPT:
 
 class ChatLoader:
     """Batches of packed rows, ``(tokens, next tokens)`` with unscored labels set to IGNORE, shuffled
-    with a seeded generator for training; each rank takes its own slice of every global batch."""
+    with a seeded generator for training; each rank takes its own slice of every global batch.
+
+    A batch ends at its last scored label: the positions after it hold padding, add nothing to the
+    loss and, attention being causal, change no earlier position; cutting them is exact and saves
+    their compute (a row is rarely full: conversations are packed whole)."""
 
     def __init__(
         self,
@@ -73,6 +77,8 @@ class ChatLoader:
     ):
         self.device = device
         self.x, self.y = x.to(device), y.to(device)
+        scored = y != IGNORE  # each row's end: one past its last scored label
+        self.ends = torch.where(scored.any(1), y.shape[1] - scored.flip(1).int().argmax(1), 1).to(device)
         self.batch_size, self.shuffle, self.rank, self.world_size = batch_size, shuffle, rank, world_size
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
@@ -86,7 +92,8 @@ class ChatLoader:
         step = self.batch_size * self.world_size
         for i in range(len(self)):
             rows = order[i * step + self.rank * self.batch_size :][: self.batch_size]
-            yield self.x[rows], self.y[rows]
+            end = int(self.ends[rows].max())
+            yield self.x[rows, :end], self.y[rows, :end]
 
 
 @dataclass(frozen=True)
@@ -113,8 +120,10 @@ class ChatDataset(SplitLoaders[ChatLoader]):
         val_fraction: float = 0.05,
         seed: int = 0,
         name: str = "chat",
+        assistant_only: bool = True,
     ) -> ChatDataset:
-        """Pack ``conversations`` (``(messages, tools offered)`` pairs) into rows of ``context`` tokens."""
+        """Pack ``conversations`` (``(messages, tools offered)`` pairs) into rows of ``context`` tokens;
+        the labels are the assistant's tokens only (``assistant_only=False``: every token, as in pre-training)."""
         chat = ChatFormat(tokenizer)
         pad = tokenizer.token_to_id(ENDOFTEXT)
         if pad is None:
@@ -138,7 +147,9 @@ class ChatDataset(SplitLoaders[ChatLoader]):
         y = torch.full((len(rows), context + 1), IGNORE, dtype=torch.long)
         for i, (ids, trained) in enumerate(rows):
             x[i, : len(ids)] = torch.tensor(ids)
-            y[i, : len(ids)] = torch.tensor([t if mine else IGNORE for t, mine in zip(ids, trained)])
+            y[i, : len(ids)] = torch.tensor(
+                [t if mine or not assistant_only else IGNORE for t, mine in zip(ids, trained)]
+            )
         cut = max(1, round(len(rows) * (1 - val_fraction)))
         if cut >= len(rows):
             raise ValueError(f"{len(conversations)} conversations are too few to hold some out for validation")
@@ -218,7 +229,12 @@ def finetune(
     )
     examples = the_task.examples("train", r.examples, seed)
     data = ChatDataset.from_conversations(
-        [(e.conversation(), e.tools) for e in examples], tokenizer, context=model.context, seed=seed, name=the_task.name
+        [(e.conversation(), e.tools) for e in examples],
+        tokenizer,
+        context=model.context,
+        seed=seed,
+        name=the_task.name,
+        assistant_only=r.assistant_only,
     )
     history, sampler = fit_with_samples(
         model,

@@ -3,15 +3,13 @@
 import json
 
 
-def assistant_mask(tokens):
-    mask, inside = [], False
-    for token in tokens:
-        mask.append(1 if inside else 0)
-        if token == "<|assistant|>":
-            inside = True
-        elif token == "<|end|>":
-            inside = False
-    return mask
+def shifted_labels(ids, trained):
+    return [token if mine else -100 for token, mine in zip(ids[1:], trained[1:])]
+
+
+def allowed_digits(pieces, state, end):
+    ok = {t for t, p in pieces.items() if p and p.isdigit() and state + len(p) <= 4}
+    return ok | ({end} if state == 4 else set())
 
 
 def parse_tool_call(text):
