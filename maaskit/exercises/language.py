@@ -136,13 +136,12 @@ def _parse_tool_call(parse_tool_call):
     "their whole prefix, and never the prompt's last token.",
 )
 def _reused_tokens(reused_tokens):
-    from types import SimpleNamespace
-
+    from ..lm.attention import SlotCache
     from ..lm.prefix import PrefixCache
 
     def cache_says(first, second, block):  # maaskit's PrefixCache on a one-layer, one-number cache
         cache = PrefixCache(max_blocks=64, block=block)
-        rows = SimpleNamespace(keys=[torch.zeros(1, 1, 256, 1)], values=[torch.zeros(1, 1, 256, 1)])
+        rows = SlotCache([torch.zeros(1, 1, 256, 1)], [torch.zeros(1, 1, 256, 1)])
         cache.keep(first, rows, 0)
         return cache.reuse(second, rows, 0)
 
