@@ -77,8 +77,9 @@ class ChatLoader:
     ):
         self.device = device
         self.x, self.y = x.to(device), y.to(device)
-        scored = y != IGNORE  # each row's end: one past its last scored label
-        self.ends = torch.where(scored.any(1), y.shape[1] - scored.flip(1).int().argmax(1), 1).to(device)
+        # each row's end, one past its last scored label; on the host, so a batch's end needs no device sync
+        scored = y.cpu() != IGNORE
+        self.ends = torch.where(scored.any(1), y.shape[1] - scored.flip(1).int().argmax(1), 1)
         self.batch_size, self.shuffle, self.rank, self.world_size = batch_size, shuffle, rank, world_size
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
@@ -88,11 +89,12 @@ class ChatLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = torch.randperm(len(self.x), generator=self.generator) if self.shuffle else torch.arange(len(self.x))
-        order = order.to(self.device)
+        on_device = order.to(self.device)
         step = self.batch_size * self.world_size
         for i in range(len(self)):
-            rows = order[i * step + self.rank * self.batch_size :][: self.batch_size]
-            end = int(self.ends[rows].max())
+            mine = slice(i * step + self.rank * self.batch_size, i * step + (self.rank + 1) * self.batch_size)
+            end = int(self.ends[order[mine]].max())
+            rows = on_device[mine]
             yield self.x[rows, :end], self.y[rows, :end]
 
 
