@@ -12,15 +12,17 @@ PYTEST_NOTEBOOKS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/maaskit.json
 LINTED := maaskit tests benchmarks tools
 
-.PHONY: install lab test test-fast test-nightly lint notebooks pins doctor clean chromium hey
+.PHONY: install lab test test-fast test-nightly lint notebooks pins doctor clean chromium hey peers-background
 
 install: $(STAMP) $(LAB_SETTINGS)
 
+# --no-compile: the .pyc files are written at first import, of what is imported (about 100 s instead of
+# 155 s for the install here: most of what torch and JupyterLab ship is never imported).
 $(STAMP): pyproject.toml requirements/pins.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "maaskit needs Python 3.10 or newer, found " + sys.version.split()[0])'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): on Debian/Ubuntu, apt-get install python3-venv"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --constraint requirements/pins.txt --editable ".[lab,dev]"
+	$(BIN)/python -m pip install --quiet --no-compile --constraint requirements/pins.txt --editable ".[lab,dev]"
 	@touch $@
 
 $(LAB_SETTINGS): binder/overrides.json $(STAMP)
@@ -49,11 +51,20 @@ hey:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hey >/dev/null; \
 	else echo "note: hey missing; install it (Debian: apt-get install hey) to run benchmarks/serving.py"; fi
 
+# The peers' own environments (KServe, MLServer, vLLM's CPU build: tools/peers.py), built in the background
+# while maaskit installs and the first tests run; the tests that need one wait for its build. (If a later
+# step fails, the build still finishes: .peers/ is a cache reused by the next run.)
+peers-background:
+	@mkdir -p .peers
+	@$(PYTHON) tools/peers.py kserve mlserver vllm > .peers/build.log 2>&1 &
+
 # Lint, format check and types; then unit tests, every notebook under papermill, nbval over every
 # notebook whose outputs it compares (tests/conftest.py), and the browser tests, in one pytest run.
-# --dist loadfile keeps each notebook's cells on one worker (nbval shares a kernel).
-test: install chromium hey lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile --timeout 900 --durations 12 -m "not nightly" tests notebooks $(PYTEST_NOTEBOOKS)
+# --dist loadfile keeps a module's tests on one worker (nbval's cells share a kernel); tests/conftest.py
+# spreads the independent papermill runs over both, and hands out the longest units first (the order it
+# gives is kept: --no-loadscope-reorder).
+test: peers-background install chromium hey lint
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --timeout 900 --durations 12 -m "not nightly" tests notebooks $(PYTEST_NOTEBOOKS)
 
 # The long variants of checks whose smoke form `make test` runs (e.g. every model shape through the compiled
 # decode step; tests/ marks them nightly): for a nightly job, or before changing what they cover.

@@ -81,6 +81,51 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.slow)
         if hasattr(item, "output_timeout"):  # an nbval cell
             item.output_timeout = NBVAL_OUTPUT_SECONDS
+    schedule_longest_first(items)
+
+
+# `make test` runs with `--dist loadfile`: a module's tests go to one worker together (they share its
+# fixtures; nbval's cells share a kernel), except tests/test_notebooks.py, whose papermill runs are
+# independent and together take as long as the rest of the suite: each of those is its own unit.
+INDEPENDENT_TESTS = "tests/test_notebooks.py"
+
+# The longest units first (measured with `--durations 0`; the figures, in seconds of one worker's time
+# on 2 cores, from a clean clone at 45f0927), so that no worker is left running a long one alone at the
+# end. Only the order depends on this list: a stale entry costs minutes, never a result.
+LONGEST_FIRST = (
+    "tests/test_notebooks.py::test_10_assistant_defaults",  # 431
+    "tests/test_peers.py",  # 473 (with the peers' builds, which `make test` now starts in the background)
+    "tests/test_browser.py",  # 407
+    "tests/test_serving_robustness.py",  # 228
+    "tests/test_distributed.py",  # 168
+    "tests/test_engine_features.py",  # 123
+    "tests/test_notebooks.py::test_07_language_model_service_defaults",  # 97
+    "tests/test_notebooks.py::test_09_scaling_out_two_ranks_equal_one",  # 69
+)
+
+
+def work_unit(nodeid: str) -> str:
+    """What one worker runs together: the module, or the test itself in INDEPENDENT_TESTS."""
+    module = nodeid.split("::", 1)[0]
+    return nodeid if module == INDEPENDENT_TESTS else module
+
+
+def schedule_longest_first(items: list[pytest.Item]) -> None:
+    rank = {unit: i for i, unit in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(work_unit(item.nodeid), len(LONGEST_FIRST)))  # stable: modules stay whole
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; the units above instead of whole files
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LongestFirst(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return LongestFirst(config, log)
 
 
 def require(module: str):

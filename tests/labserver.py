@@ -34,6 +34,12 @@ class Lab:
     def api(self, path: str):
         return json.loads(self.get(f"/api/{path}"))
 
+    def delete(self, path: str) -> None:
+        """DELETE ``/api/{path}``; answered once the server has done it (a kernel: once it is shut down)."""
+        request = urllib.request.Request(f"{self.base}/api/{path}?token={self.token}", method="DELETE")
+        with urllib.request.urlopen(request, timeout=60):
+            pass
+
     def url(self, path: str) -> str:
         sep = "&" if "?" in path else "?"
         return f"{self.base}{path}{sep}token={self.token}"

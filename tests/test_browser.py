@@ -88,6 +88,15 @@ def page(browser):
     page.close()
 
 
+@pytest.fixture(autouse=True)
+def kernels_shut_down_after(lab):
+    """Each test's notebook kernels are shut down when it ends: left running, a notebook's server and
+    its widgets' threads took CPU from every later test's kernel (all share one JupyterLab)."""
+    yield
+    for session in lab.api("sessions"):
+        lab.delete(f"sessions/{session['id']}")
+
+
 # Every element of a widget whose content is wider than its box: a clipped read-out, a control cut
 # off, a figure that brings a scroll bar. The output area around the widget is checked too. The
 # insides of a slider's track are not: noUiSlider hangs the handle half over each end by design.
