@@ -16,13 +16,11 @@ LINTED := maaskit tests benchmarks tools
 
 install: $(STAMP) $(LAB_SETTINGS)
 
-# --no-compile: the .pyc files are written at first import, of what is imported (about 100 s instead of
-# 155 s for the install here: most of what torch and JupyterLab ship is never imported).
 $(STAMP): pyproject.toml requirements/pins.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "maaskit needs Python 3.10 or newer, found " + sys.version.split()[0])'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): on Debian/Ubuntu, apt-get install python3-venv"; exit 1; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile --constraint requirements/pins.txt --editable ".[lab,dev]"
+	$(BIN)/python -m pip install --quiet --constraint requirements/pins.txt --editable ".[lab,dev]"
 	@touch $@
 
 $(LAB_SETTINGS): binder/overrides.json $(STAMP)

@@ -45,8 +45,7 @@ def peer_python(name: str, *, timeout: float = 900) -> Path:
         venv.EnvBuilder(clear=True, with_pip=True).create(home)
         try:
             subprocess.run(
-                [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile"]
-                + ["-r", str(requirements)],
+                [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(requirements)],
                 check=True,
                 capture_output=True,
                 text=True,
