@@ -3,7 +3,7 @@
 a KV-cache size in GiB, the engine's threads pinned to one core (on 2 cores, left alone, its busy
 polling starves its own HTTP front end).
 
-    python vllm_server.py FOLDER PORT [--dtype float32|bfloat16] [--max-model-len N] [--cores 1]
+    python vllm_server.py FOLDER PORT [--dtype float32|bfloat16] [--max-model-len N] [--cores 1] [--eager]
 
 Run with the peer's Python; it replaces itself with vLLM's OpenAI server (``vllm serve``'s console
 script fails in this build: "No package metadata was found for vllm").
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--kv-cache-gib", default="1")
     parser.add_argument("--name", default="model")
     parser.add_argument("--cores", default="1", help="cores for the engine's threads (VLLM_CPU_OMP_THREADS_BIND)")
+    parser.add_argument("--eager", action="store_true", help="--enforce-eager: no compiled graphs (a quicker start)")
     args = parser.parse_args()
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=args.kv_cache_gib, VLLM_TARGET_DEVICE="cpu")
     env["VLLM_CPU_OMP_THREADS_BIND"] = "0" if args.cores == "1" else f"0-{int(args.cores) - 1}"
@@ -37,7 +38,7 @@ def main() -> None:
         sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.folder,
         "--served-model-name", args.name, "--host", "127.0.0.1", "--port", args.port, "--dtype", args.dtype,
         "--max-model-len", args.max_model_len, "--disable-log-stats", "--max-num-seqs", "16",
-    ]  # fmt: skip
+    ] + (["--enforce-eager"] if args.eager else [])  # fmt: skip
     os.execve(sys.executable, command, env)
 
 
