@@ -56,13 +56,19 @@ peers-background:
 	@mkdir -p .peers
 	@$(PYTHON) tools/peers.py kserve mlserver vllm > .peers/build.log 2>&1 &
 
-# Lint, format check and types; then unit tests, every notebook under papermill, nbval over every
-# notebook whose outputs it compares (tests/conftest.py), and the browser tests, in one pytest run.
+# Unit tests, every notebook under papermill, nbval over every notebook whose outputs it compares
+# (tests/conftest.py), and the browser tests, in one pytest run; lint, format check and types beside it
+# (mypy's minute of one core, overlapped: its report comes at the end, and fails the run like a test).
 # --dist loadfile keeps a module's tests on one worker (nbval's cells share a kernel); tests/conftest.py
 # spreads the independent papermill runs over both, and hands out the longest units first (the order it
 # gives is kept: --no-loadscope-reorder).
-test: peers-background install chromium hey lint
-	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --timeout 900 --durations 12 -m "not nightly" tests notebooks $(PYTEST_NOTEBOOKS)
+test: peers-background install chromium hey
+	@$(MAKE) --no-print-directory lint > $(VENV)/lint.log 2>&1 & lint=$$!; \
+	echo "lint runs beside the tests (make lint); its report comes at the end"; \
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder --timeout 900 --durations 12 \
+		-m "not nightly" tests notebooks $(PYTEST_NOTEBOOKS); tests=$$?; \
+	wait $$lint; linted=$$?; echo "--- make lint:"; cat $(VENV)/lint.log; \
+	test $$linted = 0 || echo "make lint failed"; test $$tests = 0 && test $$linted = 0
 
 # The long variants of checks whose smoke form `make test` runs (e.g. every model shape through the compiled
 # decode step; tests/ marks them nightly): for a nightly job, or before changing what they cover.

@@ -88,26 +88,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # fixtures; nbval's cells share a kernel), except tests/test_notebooks.py, whose papermill runs are
 # independent and together take as long as the rest of the suite: each of those is its own unit.
 INDEPENDENT_TESTS = "tests/test_notebooks.py"
+# ... but for notebooks 07 and 10 at their defaults, one unit, 07 first: 07 trains the model that 10 fine-tunes
+# (notebooks/models/gpt-python-docs; 10 trains it itself where it is missing). Run apart, at once, both trained
+# it into that folder at the same time: a minute of CPU twice, and a reader racing a writer.
+NOTEBOOK_07_MODEL = "tests/test_notebooks.py::notebooks 07 and 10, which share 07's model"
+SHARED_UNITS = {
+    "tests/test_notebooks.py::test_07_language_model_service_defaults": NOTEBOOK_07_MODEL,
+    "tests/test_notebooks.py::test_10_assistant_defaults": NOTEBOOK_07_MODEL,
+}
 
 # The longest units first (measured with `--durations 0`; the figures, in seconds of one worker's time
 # on 2 cores, from a clean clone at 45f0927), so that no worker is left running a long one alone at the
 # end. Only the order depends on this list: a stale entry costs minutes, never a result.
 LONGEST_FIRST = (
-    "tests/test_notebooks.py::test_10_assistant_defaults",  # 431
+    NOTEBOOK_07_MODEL,  # 431 + 97, less the 75 of 07's model that 10 no longer trains again
     "tests/test_peers.py",  # 473 (with the peers' builds, which `make test` now starts in the background)
     "tests/test_browser.py",  # 407
     "tests/test_serving_robustness.py",  # 228
     "tests/test_distributed.py",  # 168
     "tests/test_engine_features.py",  # 123
-    "tests/test_notebooks.py::test_07_language_model_service_defaults",  # 97
     "tests/test_notebooks.py::test_09_scaling_out_two_ranks_equal_one",  # 69
 )
 
 
 def work_unit(nodeid: str) -> str:
-    """What one worker runs together: the module, or the test itself in INDEPENDENT_TESTS."""
+    """What one worker runs together, in collection order: the module, or in INDEPENDENT_TESTS the test
+    itself (or its SHARED_UNITS entry)."""
     module = nodeid.split("::", 1)[0]
-    return nodeid if module == INDEPENDENT_TESTS else module
+    return SHARED_UNITS.get(nodeid, nodeid) if module == INDEPENDENT_TESTS else module
 
 
 def schedule_longest_first(items: list[pytest.Item]) -> None:
