@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.maaskit-installed
+UV     := $(VENV)/.uv-installed
 # Jupyter refuses to run as root unless told; containers and CI machines often are root.
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_NOTEBOOKS := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
@@ -16,11 +17,20 @@ LINTED := maaskit tests benchmarks tools
 
 install: $(STAMP) $(LAB_SETTINGS)
 
-$(STAMP): pyproject.toml requirements/pins.txt
+# Python's bytecode is written as modules are first imported, whatever the environment says: uv installs
+# without compiling (all of torch, transformers, sympy ...: two minutes of a core), and a machine that sets
+# PYTHONDONTWRITEBYTECODE would otherwise compile torch again in every process of the tests.
+unexport PYTHONDONTWRITEBYTECODE
+
+# The venv with uv in it, which installs the tested sets (tools/uv_pip.py: with pip's package sources).
+$(UV): requirements/pins.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "maaskit needs Python 3.10 or newer, found " + sys.version.split()[0])'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { echo "could not create $(VENV): on Debian/Ubuntu, apt-get install python3-venv"; exit 1; }
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --constraint requirements/pins.txt --editable ".[lab,dev]"
+	$(BIN)/python -m pip install --quiet --constraint requirements/pins.txt uv
+	@touch $@
+
+$(STAMP): pyproject.toml requirements/pins.txt $(UV)
+	$(BIN)/python tools/uv_pip.py install --quiet --python $(BIN)/python --constraint requirements/pins.txt --editable ".[lab,dev]"
 	@touch $@
 
 $(LAB_SETTINGS): binder/overrides.json $(STAMP)
@@ -52,9 +62,9 @@ hey:
 # The peers' own environments (KServe, MLServer, vLLM's CPU build: tools/peers.py), built in the background
 # while maaskit installs and the first tests run; the tests that need one wait for its build. (If a later
 # step fails, the build still finishes: .peers/ is a cache reused by the next run.)
-peers-background:
+peers-background: $(UV)
 	@mkdir -p .peers
-	@$(PYTHON) tools/peers.py kserve mlserver vllm > .peers/build.log 2>&1 &
+	@$(BIN)/python tools/peers.py kserve mlserver vllm > .peers/build.log 2>&1 &
 
 # Unit tests, every notebook under papermill, nbval over every notebook whose outputs it compares
 # (tests/conftest.py), and the browser tests, in one pytest run; lint, format check and types beside it
