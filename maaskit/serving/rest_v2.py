@@ -39,6 +39,7 @@ from .schemas import (
     Ready,
     RepositoryEntry,
     RepositoryIndexRequest,
+    RequestOutput,
     ServerMetadata,
     error_responses,
     request_body_doc,
@@ -149,13 +150,14 @@ class V2Endpoints(Endpoints):
         inputs = header["inputs"]
         if len(inputs) != 1:
             raise ProtocolError(f"model {name!r} takes exactly one input, {served.input_name!r}; got {len(inputs)}")
-        array, _ = decode_tensor(inputs[0], memoryview(binary))
+        # its shape as validated: [1.0, 64] in the JSON is the whole numbers [1, 64], as the document says
+        array, _ = decode_tensor({**inputs[0], "shape": checked.inputs[0].shape}, memoryview(binary))
         x = served.prepare(array, inputs[0]["datatype"], inputs[0]["name"])
         explaining = checked.parameters.explain if checked.parameters is not None else None
         if explaining is not None:  # never through the batcher: see ServedModel.explain
             body, headers = await _explained(served, header, x, explaining.model_dump(exclude_unset=True))
         else:
-            body, headers = _reply(served, header, await served.infer(x))
+            body, headers = _reply(served, checked, header, await served.infer(x))
         return Response(body, headers=headers, media_type=headers["Content-Type"])
 
     async def repository_index(self, request: Request) -> list[dict]:
@@ -195,19 +197,21 @@ async def _explained(served: ServedModel, header: dict, x: np.ndarray, explainin
     return _response(served, header, [(name, values, binary) for name, values in named])
 
 
-def _reply(served: ServedModel, header: dict, logits: np.ndarray) -> tuple[bytes, dict]:
-    """The V2 response for ``logits``: the outputs asked for, JSON or binary, classified or raw."""
-    all_binary = bool((header.get("parameters") or {}).get("binary_data_output"))
+def _reply(served: ServedModel, checked: InferRequest, header: dict, logits: np.ndarray) -> tuple[bytes, dict]:
+    """The V2 response for ``logits``: the outputs asked for, JSON or binary, classified or raw. Read from
+    the validated request, whose numbers are Python's (``classification: 3.0`` in the JSON is 3 there)."""
+    all_binary = bool(checked.parameters is not None and checked.parameters.binary_data_output)
     wanted: list[tuple[str, np.ndarray, bool]] = []
-    for spec in header.get("outputs") or [{"name": served.output_name}]:
-        if spec["name"] != served.output_name:
+    for spec in checked.outputs or [RequestOutput(name=served.output_name)]:
+        if spec.name != served.output_name:
             raise ProtocolError(
-                f"model {served.name!r} has one output, {served.output_name!r}; got a request for {spec['name']!r}"
+                f"model {served.name!r} has one output, {served.output_name!r}; got a request for {spec.name!r}"
             )
-        params = spec.get("parameters") or {}
-        k = params.get("classification")
+        k = spec.parameters.classification if spec.parameters is not None else None
         values = classification_strings(logits, k, served.classes) if k else logits
-        wanted.append((served.output_name, values, bool(params.get("binary_data", all_binary))))
+        binary = spec.parameters.binary_data if spec.parameters is not None else None
+        binary = all_binary if binary is None else binary
+        wanted.append((served.output_name, values, binary))
     return _response(served, header, wanted)
 
 
