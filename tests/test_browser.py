@@ -114,9 +114,7 @@ def assert_fits(page, widget, name: str) -> None:
     """The widget fits the notebook at the default layout; its screenshot is kept for people to look at."""
     assert page.locator("#filebrowser").is_visible(), "the file browser should be open, as it is by default"
     widget.scroll_into_view_if_needed()
-    # the page's pixels in the widget's box: an element screenshot waits for one DOM node to hold still, and
-    # failed once when the widget's node was replaced meanwhile (04's dashboard after Stop, cause not found)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), clip=widget.bounding_box())
+    widget.screenshot(path=str(ARTIFACTS / f"{name}.png"))
     overflowing = widget.evaluate(OVERFLOWS)
     assert overflowing == [], f"{name} overflows at 1400x1000 with the file browser open: {overflowing}"
 
@@ -249,11 +247,19 @@ def test_training_dashboard_trains_and_stops_in_jupyterlab(page, lab):
     )
     page.screenshot(path=str(ARTIFACTS / "04_dashboard_training.png"))
 
+    # At the fit's end the dashboard updates its displayed output (the final picture, for headless runs), and
+    # JupyterLab renders the widget anew, a new node, after the status says "stopped": count the replacement.
+    page.evaluate(
+        """() => { window.dashboardsReplaced = 0; new MutationObserver(ms => { for (const m of ms)
+             for (const n of m.removedNodes) if (n.nodeType === 1 && n.matches('.maaskit-training-dashboard'))
+               window.dashboardsReplaced++; }).observe(document.body, {subtree: true, childList: true}); }"""
+    )
     start = time.monotonic()
     dashboard.get_by_role("button", name="Stop").click()
     page.wait_for_function(
         "el => el.innerText.includes('stopped: stop requested')", arg=status.element_handle(), timeout=60_000
     )
+    page.wait_for_function("() => window.dashboardsReplaced > 0", timeout=60_000)  # the locators find the new one
     timings["stop_shown_s"] = round(time.monotonic() - start, 2)
     summary = dashboard.locator(".maaskit-summary")
     expect(summary).to_contain_text("stopped: stop requested")
