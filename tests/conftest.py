@@ -102,7 +102,7 @@ SHARED_UNITS = {
 # end. Only the order depends on this list: a stale entry costs minutes, never a result.
 LONGEST_FIRST = (
     NOTEBOOK_07_MODEL,  # 431 + 97, less the 75 of 07's model that 10 no longer trains again
-    "tests/test_peers.py",  # 473 (with the peers' builds, which `make test` now starts in the background)
+    "tests/test_peers.py",  # 473 at 45f0927, its peers then built inside it (uv now: ~20 s, beside the install)
     "tests/test_browser.py",  # 407
     "tests/test_serving_robustness.py",  # 228
     "tests/test_distributed.py",  # 168

@@ -45,7 +45,7 @@ def peer_python(name: str, *, timeout: float = 900) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if stamp.is_file() and stamp.read_text() == digest and python.exists():
             return python
-        print(f"building the {name} peer environment in {home} (once; a few minutes)", file=sys.stderr, flush=True)
+        print(f"building the {name} peer environment in {home} (once; ~20 s)", file=sys.stderr, flush=True)
         venv.EnvBuilder(clear=True).create(home)
         try:
             uv("pip", "install", "-q", "--python", str(python), "-r", str(requirements), check=True,
