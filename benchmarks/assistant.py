@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     import maaskit
     from maaskit.lm import SFTRecipe, add_chat_tokens, evaluate_endpoint, finetune, load_or_train
-    from maaskit.lm.artifact import save_language_model
-    from maaskit.lm.sft import grow_vocabulary
+    from maaskit.lm.formats.artifact import save_language_model
+    from maaskit.lm.training.sft import grow_vocabulary
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", type=Path, default=ROOT / "notebooks" / "models" / "gpt-python-docs",

@@ -6,7 +6,7 @@ round by round, medians.
 - ``SDPA``: ``F.scaled_dot_product_attention`` with ``enable_gqa`` (PyTorch's CPU flash attention);
 - ``grouped``: the textbook formula as two batched products per layer, each key/value head's group
   of query heads at once;
-- ``maaskit``: what a decode step runs, :func:`maaskit.lm.model.decode_attention` (SDPA with each
+- ``maaskit``: what a decode step runs, :func:`maaskit.lm.models.attention.decode_attention` (SDPA with each
   key/value head's query heads as its queries; in bfloat16 on a CPU, on float32 copies);
 
 each in float32 and bfloat16, the keys read from a slot cache as the engine reads them (a view of the
@@ -25,7 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from maaskit.lm.attention import decode_attention
+from maaskit.lm.models.attention import decode_attention
 
 
 def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -42,14 +42,19 @@ CHILD = r"""
 import asyncio, json, statistics, sys, time
 import torch
 spec = json.loads(sys.argv[1])
-from maaskit.lm.engine import Engine, SamplingParams
-from maaskit.lm.backend.packing import pack_for_cpu
+from maaskit.lm import Engine
+try:  # the lm subpackages
+    from maaskit.lm.runtime.backend.packing import pack_for_cpu
+    from maaskit.lm.runtime.engine import SamplingParams
+except ImportError:  # a baseline checkout from before them (lm's modules side by side)
+    from maaskit.lm.runtime.backend.packing import pack_for_cpu
+    from maaskit.lm.runtime.engine import SamplingParams
 torch.manual_seed(0)
 if spec["family"] == "gpt":
     from maaskit.lm import GPT, GPTConfig
     model = GPT(GPTConfig(**spec["config"]))
 else:
-    from maaskit.lm.llama import Llama, LlamaConfig
+    from maaskit.lm import Llama, LlamaConfig
     model = Llama(LlamaConfig(**spec["config"]))
 model = model.to(getattr(torch, spec["dtype"])).eval()
 pack_for_cpu(model, rows=16)

@@ -4,7 +4,7 @@ head) at 1, 2, 4 and 16 rows, one thread, each kind in turn round by round, medi
 
 - ``F.linear``: PyTorch's product on the weight as stored (row-major: it repacks it every call);
 - ``column-major``: the same on the weight stored transposed (what maaskit did before packing);
-- ``packed``: oneDNN's product on a weight packed once (:class:`maaskit.lm.backend.packing.PackedLinear`),
+- ``packed``: oneDNN's product on a weight packed once (:class:`maaskit.lm.runtime.backend.packing.PackedLinear`),
   fewer rows than ``MIN_ROWS`` padded to that many;
 - ``packed, unpadded``: the same product on the rows as they are (what sets ``MIN_ROWS``);
 
@@ -23,7 +23,7 @@ import time
 import torch
 from torch import nn
 
-from maaskit.lm.backend.packing import PackedLinear, can_pack
+from maaskit.lm.runtime.backend.packing import PackedLinear, can_pack
 
 
 def shapes(a: argparse.Namespace) -> list[tuple[int, int, int]]:

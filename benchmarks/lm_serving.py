@@ -41,7 +41,7 @@ def engine_floor(model_dir: Path, max_tokens: int) -> dict[int, float]:
     import torch
 
     from maaskit.lm import load_language_model
-    from maaskit.lm.engine import Engine, SamplingParams
+    from maaskit.lm.runtime.engine import Engine, SamplingParams
 
     torch.set_num_threads(1)
     model, _, _ = load_language_model(model_dir)
@@ -68,8 +68,8 @@ def constrained_step_cost(model_dir: Path, max_tokens: int, rounds: int) -> dict
     import torch
 
     from maaskit.lm import load_language_model
-    from maaskit.lm.constrain import Guide, json_grammar
-    from maaskit.lm.engine import Engine, SamplingParams
+    from maaskit.lm.runtime.constrain import Guide, json_grammar
+    from maaskit.lm.runtime.engine import Engine, SamplingParams
 
     torch.set_num_threads(1)
     model, tokenizer, manifest = load_language_model(model_dir)

@@ -115,7 +115,7 @@ def gpt_folders(out: Path, layers: int, width: int, heads: int, context: int, vo
     import torch
 
     from maaskit.lm import GPT, GPTConfig, save_language_model
-    from maaskit.lm.export import export_gpt2
+    from maaskit.lm.formats.export import export_gpt2
 
     tokenizer = tokenizer_of(vocab)
     torch.manual_seed(0)

@@ -12,7 +12,8 @@ from dataclasses import Field, fields
 from typing import Any
 
 from ._version import __version__
-from .lm.config import GPTConfig, LMRecipe, SFTRecipe
+from .lm.models.config import GPTConfig
+from .lm.training.recipes import LMRecipe, SFTRecipe
 from .recipes import Recipe, default_recipe
 from .serving.config import ServeConfig, options
 
@@ -108,7 +109,7 @@ def _train(args) -> int:
 
 def _lm_train(args) -> int:
     from .device import DeviceNotAvailableError
-    from .lm.training import train_language_model
+    from .lm.training.pretrain import train_language_model
 
     shape = GPTConfig(
         vocab_size=args.vocab_size, context=args.context, layers=args.layers, heads=args.heads, width=args.width
@@ -305,7 +306,7 @@ def _argument(option: Field) -> dict[str, Any]:
 
 def _lm_finetune(args) -> int:
     from .device import DeviceNotAvailableError
-    from .lm.sft import finetune
+    from .lm.training.sft import finetune
 
     recipe = SFTRecipe(examples=args.examples, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     try:
@@ -321,7 +322,7 @@ def _lm_finetune(args) -> int:
 
 
 def _lm_eval(args) -> int:
-    from .lm.harness import evaluate_endpoint
+    from .lm.training.harness import evaluate_endpoint
 
     try:
         report = evaluate_endpoint(args.url, args.api_key, args.model, args.task, n=args.n,
@@ -338,7 +339,7 @@ def _lm_eval(args) -> int:
 
 def _add_lm_assistant(lm_sub: Any, helpful: type[argparse.HelpFormatter]) -> None:
     """``maaskit lm finetune``, ``maaskit lm eval`` and ``maaskit lm export``."""
-    from .lm.tasks import TASKS
+    from .lm.training.tasks import TASKS
 
     recipe = SFTRecipe()
     tune = lm_sub.add_parser(
@@ -395,8 +396,8 @@ def _lm_export(args) -> int:
     import warnings
 
     from .artifact import ArtifactError
-    from .lm.artifact import load_language_model
-    from .lm.export import export_gpt2
+    from .lm.formats.artifact import load_language_model
+    from .lm.formats.export import export_gpt2
 
     try:
         model, tokenizer, _ = load_language_model(args.directory)

@@ -187,7 +187,7 @@ def build_model(name: str, in_shape: Sequence[int], num_classes: int, **kwargs: 
 
 
 # architecture name -> a function of its ``maaskit_config`` (a manifest's ``architecture``) that
-# builds it with fresh weights. Other layers add theirs: ``maaskit.lm.model`` registers "gpt".
+# builds it with fresh weights. Other layers add theirs: ``maaskit.lm.models.gpt`` registers "gpt".
 MODELS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     name: (lambda config: build_model(config["name"], config["in_shape"], config["num_classes"], **config["kwargs"]))
     for name in IMAGE_MODELS

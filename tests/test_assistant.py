@@ -17,13 +17,14 @@ from pydantic import BaseModel, Field
 import maaskit
 import maaskit.cli
 from maaskit.lm import load_corpus, train_tokenizer
-from maaskit.lm.chat import ChatFormat, add_chat_tokens
-from maaskit.lm.config import GPTConfig, SFTRecipe
-from maaskit.lm.constrain import Guide, json_grammar, tools_grammar
-from maaskit.lm.engine import Engine, SamplingParams
-from maaskit.lm.model import GPT
-from maaskit.lm.sft import ChatDataset, finetune, grow_vocabulary
-from maaskit.lm.tasks import get_task
+from maaskit.lm.formats.chat import ChatFormat, add_chat_tokens
+from maaskit.lm.models.config import GPTConfig
+from maaskit.lm.models.gpt import GPT
+from maaskit.lm.runtime.constrain import Guide, json_grammar, tools_grammar
+from maaskit.lm.runtime.engine import Engine, SamplingParams
+from maaskit.lm.training.recipes import SFTRecipe
+from maaskit.lm.training.sft import ChatDataset, finetune, grow_vocabulary
+from maaskit.lm.training.tasks import get_task
 from maaskit.scoring import IGNORE
 
 TOOLS = get_task("assistant").tools
@@ -326,7 +327,7 @@ def test_the_harness_grades_through_the_api_and_constrained_answers_always_fit(s
 
 
 def test_the_wilson_interval():
-    from maaskit.lm.harness import wilson
+    from maaskit.lm.training.harness import wilson
 
     assert wilson(0, 10)[0] == 0 and wilson(10, 10)[1] == 1
     low, high = wilson(95, 100)

@@ -13,13 +13,13 @@ import torch
 
 import maaskit
 from maaskit.lm import GPT, GPTConfig
-from maaskit.lm.attention import SlotCache
-from maaskit.lm.backend import cache_slots
-from maaskit.lm.engine import Engine, SamplingParams
-from maaskit.lm.generation import generate
-from maaskit.lm.llama import Llama, LlamaConfig
-from maaskit.lm.pace import PrefillPace
-from maaskit.lm.prefix import PrefixCache
+from maaskit.lm.models.attention import SlotCache
+from maaskit.lm.models.llama import Llama, LlamaConfig
+from maaskit.lm.runtime.backend import cache_slots
+from maaskit.lm.runtime.engine import Engine, SamplingParams
+from maaskit.lm.runtime.generation import generate
+from maaskit.lm.runtime.pace import PrefillPace
+from maaskit.lm.runtime.prefix import PrefixCache
 from maaskit.serving.config import ServeConfig
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0)
@@ -303,7 +303,7 @@ def test_listeners_see_the_engine_empty_once_its_last_sequences_finished():
 
 
 def _large_llama():
-    """A Llama whose products are large enough to be packed (lm/backend/packing.py: PACK_FROM elements)."""
+    """A Llama whose products are large enough to be packed (lm/runtime/backend/packing.py: PACK_FROM elements)."""
     torch.manual_seed(0)
     shape = LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
                         num_attention_heads=8, num_key_value_heads=2, head_dim=64, context=96)  # fmt: skip
@@ -321,7 +321,7 @@ def _large_llama():
     ids=["gpt", "llama"],
 )
 def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(make, packs):
-    from maaskit.lm.backend.packing import pack_for_cpu
+    from maaskit.lm.runtime.backend.packing import pack_for_cpu
 
     model = make()
     prompts = [[5, 6, 7], [8], list(range(20, 41)), [9] * 12, list(range(60, 66)), [3, 1, 4, 1, 5], [2] * 30]

@@ -28,8 +28,8 @@ def model():
 
 
 def test_a_gpt_is_built_from_its_config_and_predicts_every_next_token(model):
-    assert model.maaskit_config == {"name": "gpt", "module": "maaskit.lm.model", "config": asdict(model.config)}
-    assert isinstance(maaskit.models.rebuild(model.maaskit_config), GPT)  # registered by maaskit.lm.model
+    assert model.maaskit_config == {"name": "gpt", "module": "maaskit.lm.models.gpt", "config": asdict(model.config)}
+    assert isinstance(maaskit.models.rebuild(model.maaskit_config), GPT)  # registered by maaskit.lm.models.gpt
     assert model.head.weight is model.tokens.weight  # tied embedding
     logits = model(torch.randint(300, (3, 10)))
     assert logits.shape == (3, 10, 300)
@@ -76,7 +76,7 @@ def test_sampling_is_reproducible_with_a_seed_and_filtered_by_top_k_and_top_p(mo
 
 
 def test_batched_sampling_follows_each_rows_distribution_and_settings():
-    from maaskit.lm.generation import sample_rows
+    from maaskit.lm.runtime.generation import sample_rows
 
     probs = torch.tensor([0.5, 0.25, 0.15, 0.1])
     logits = probs.log().repeat(1000, 1)
@@ -242,7 +242,7 @@ def _run(coro):
 def test_the_engine_gives_each_sequence_the_tokens_it_would_get_alone(model):
     import asyncio
 
-    from maaskit.lm.engine import Engine, SamplingParams
+    from maaskit.lm.runtime.engine import Engine, SamplingParams
 
     prompts = [[1, 2, 3], [5] * 10, [7, 8], [9, 10, 11, 12, 13], [4]]
     alone = [list(generate(model, p, max_tokens=12, temperature=0)) for p in prompts]
@@ -275,7 +275,7 @@ def test_the_engine_gives_each_sequence_the_tokens_it_would_get_alone(model):
 def test_concurrent_sequences_share_decode_steps_and_one_slot_runs_them_one_by_one(model):
     import asyncio
 
-    from maaskit.lm.engine import Engine, SamplingParams
+    from maaskit.lm.runtime.engine import Engine, SamplingParams
 
     async def steps(max_sequences):
         engine = Engine(model, max_sequences=max_sequences)
@@ -294,7 +294,7 @@ def test_concurrent_sequences_share_decode_steps_and_one_slot_runs_them_one_by_o
 def test_a_reader_that_leaves_frees_its_slot_within_a_step(model):
     import asyncio
 
-    from maaskit.lm.engine import Engine, SamplingParams
+    from maaskit.lm.runtime.engine import Engine, SamplingParams
 
     async def main():
         engine = Engine(model, max_sequences=2)
@@ -320,7 +320,7 @@ def test_a_reader_that_leaves_frees_its_slot_within_a_step(model):
 
 
 def test_the_engine_refuses_what_does_not_fit(model):
-    from maaskit.lm.engine import Engine, SamplingParams
+    from maaskit.lm.runtime.engine import Engine, SamplingParams
 
     engine = Engine(model, max_sequences=1)
     with pytest.raises(ValueError, match="context is 64 tokens; the prompt has 60 and max_tokens asks for 10"):
@@ -341,7 +341,7 @@ def tokenizer():
 
 
 def test_text_is_released_whole_and_never_shows_a_stop_sequence(tokenizer):
-    from maaskit.lm.text import TextStream
+    from maaskit.lm.formats.text import TextStream
 
     text = "café ☕ is hot. END and more"
     ids = tokenizer.encode(text).ids
@@ -361,7 +361,7 @@ def test_text_streamed_token_by_token_is_the_decode_of_all_tokens(tokenizer):
 
     from tokenizers import SentencePieceBPETokenizer
 
-    from maaskit.lm.text import TextStream
+    from maaskit.lm.formats.text import TextStream
 
     spm = SentencePieceBPETokenizer()
     spm.train_from_iterator(["a café ☕ is hot, the fox jumps over the lazy dog"] * 20, vocab_size=120)
@@ -376,7 +376,7 @@ def test_text_streamed_token_by_token_is_the_decode_of_all_tokens(tokenizer):
 
 
 def test_the_chat_template_is_one_line_per_message_then_the_assistant():
-    from maaskit.lm.text import chat_prompt
+    from maaskit.lm.formats.text import chat_prompt
 
     prompt = chat_prompt(
         [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
@@ -427,7 +427,7 @@ def test_the_gpt2_export_loads_in_transformers_with_the_same_logits_and_greedy_t
     from conftest import require
 
     transformers = require("transformers")
-    from maaskit.lm.export import export_gpt2
+    from maaskit.lm.formats.export import export_gpt2
 
     small = GPT(GPTConfig(vocab_size=tokenizer.get_vocab_size(), context=64, layers=2, heads=2, width=32)).eval()
     export_gpt2(small, tokenizer, tmp_path / "gpt2")
@@ -445,7 +445,7 @@ def test_the_gpt2_export_loads_in_transformers_with_the_same_logits_and_greedy_t
 def test_a_failing_step_reaches_every_reader_and_the_engine_keeps_serving(model):
     import asyncio
 
-    from maaskit.lm.engine import Engine, SamplingParams
+    from maaskit.lm.runtime.engine import Engine, SamplingParams
 
     async def main():
         engine = Engine(model, max_sequences=2)
@@ -480,7 +480,7 @@ def test_a_sequence_whose_reader_left_while_it_waited_is_counted_as_abandoned(mo
     has gone: the next round skips it as it lets the other two join, and counts it."""
     import asyncio
 
-    from maaskit.lm.engine import Engine, SamplingParams
+    from maaskit.lm.runtime.engine import Engine, SamplingParams
 
     async def until(condition, seconds: float = 60) -> None:
         """Poll the engine's state, with a deadline: each pass yields once to the event loop (the
@@ -521,9 +521,9 @@ def test_a_sequence_whose_reader_left_while_it_waited_is_counted_as_abandoned(mo
 def test_one_chat_format_interface_over_the_three_kinds_of_model():
     # chosen once from the tokenizer and manifest; the server only asks for ids and where an answer ends
     from maaskit.lm import load_corpus, train_tokenizer
-    from maaskit.lm.chat import add_chat_tokens
-    from maaskit.lm.prompts import chat_prompts
-    from maaskit.lm.text import chat_prompt
+    from maaskit.lm.formats.chat import add_chat_tokens
+    from maaskit.lm.formats.prompts import chat_prompts
+    from maaskit.lm.formats.text import chat_prompt
 
     plain_tokenizer = train_tokenizer([load_corpus()[:20_000]], vocab_size=280)
     messages = [{"role": "user", "content": "Hi"}]

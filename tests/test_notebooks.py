@@ -398,7 +398,7 @@ def test_10_assistant_defaults():
 
 def test_10_assistant_other_parameters_and_a_remote_endpoint(tmp_path, tiny_lm):
     from maaskit.lm import LMRecipe, add_chat_tokens, train_language_model
-    from maaskit.lm.sft import grow_vocabulary
+    from maaskit.lm.training.sft import grow_vocabulary
 
     base = tmp_path / "base"
     train_language_model(text=None, recipe=LMRecipe(epochs=1), out=base)  # a quick stand-in for 07's model

@@ -19,11 +19,11 @@ from conftest import require, start_cli, v2_body
 transformers = pytest.importorskip("transformers")
 
 from maaskit.artifact import ArtifactError, load_artifact  # noqa: E402
-from maaskit.lm.artifact import load_language_model  # noqa: E402
-from maaskit.lm.generation import generate  # noqa: E402
-from maaskit.lm.hf import load_hf  # noqa: E402
-from maaskit.lm.template import ChatTemplate, TemplateError  # noqa: E402
-from maaskit.lm.tokenizer import train_tokenizer  # noqa: E402
+from maaskit.lm.formats.artifact import load_language_model  # noqa: E402
+from maaskit.lm.formats.hf import load_hf  # noqa: E402
+from maaskit.lm.formats.template import ChatTemplate, TemplateError  # noqa: E402
+from maaskit.lm.formats.tokenizer import train_tokenizer  # noqa: E402
+from maaskit.lm.runtime.generation import generate  # noqa: E402
 
 # fp32 logits must agree to this absolute tolerance (the same operations in the same order: 0 observed)
 TOLERANCE = 1e-5
@@ -131,8 +131,8 @@ def test_a_continuous_batch_gives_each_prompt_its_own_greedy_tokens(tmp_path, ki
     copy reuses its first's): Gemma 3's sliding window (8) is crossed by chunks, decodes and reused blocks."""
     import asyncio
 
-    from maaskit.lm.engine import Engine, SamplingParams
-    from maaskit.lm.prefix import PrefixCache
+    from maaskit.lm.runtime.engine import Engine, SamplingParams
+    from maaskit.lm.runtime.prefix import PrefixCache
 
     write_checkpoint(tmp_path, kind)
     model = load_hf(tmp_path).model
@@ -221,8 +221,8 @@ def test_bf16_loads_in_bf16(tmp_path):
 
 
 def test_auto_serves_a_checkpoint_in_its_own_dtype_where_the_cpu_runs_it_fast():
-    from maaskit.lm.backend import serving_dtype
-    from maaskit.lm.backend.packing import can_pack
+    from maaskit.lm.runtime.backend import serving_dtype
+    from maaskit.lm.runtime.backend.packing import can_pack
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     fp32, bf16 = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2).to(torch.bfloat16)
@@ -273,9 +273,9 @@ def test_a_damaged_blob_in_the_hub_cache_is_refused(tmp_path):
 def test_served_through_the_openai_api_it_answers_as_transformers_generates(tmp_path, monkeypatch, pack_from):
     openai = pytest.importorskip("openai")
     import maaskit
-    from maaskit.lm.backend import packing
+    from maaskit.lm.runtime.backend import packing
 
-    if pack_from is not None:  # the server packs large layers for the CPU's kernels (lm/backend/packing.py); all, here
+    if pack_from is not None:  # the server packs large layers for the CPU (lm/runtime/backend/packing.py); all, here
         monkeypatch.setattr(packing, "PACK_FROM", pack_from)
 
     folder = tmp_path / "tiny-qwen"
@@ -311,9 +311,9 @@ def test_the_export_is_a_hugging_face_folder_transformers_chats_with_as_maaskit_
     import warnings
 
     from maaskit.lm import GPT, GPTConfig
-    from maaskit.lm.chat import ChatFormat, add_chat_tokens
-    from maaskit.lm.export import export_gpt2
-    from maaskit.lm.text import chat_prompt
+    from maaskit.lm.formats.chat import ChatFormat, add_chat_tokens
+    from maaskit.lm.formats.export import export_gpt2
+    from maaskit.lm.formats.text import chat_prompt
 
     tokenizer = add_chat_tokens(_tokenizer()) if chat else _tokenizer()
     torch.manual_seed(0)
@@ -350,7 +350,7 @@ def test_the_export_is_a_hugging_face_folder_transformers_chats_with_as_maaskit_
 
 def test_the_export_warns_when_vllm_cpu_cannot_run_its_heads(tmp_path):
     from maaskit.lm import GPT, GPTConfig
-    from maaskit.lm.export import export_gpt2
+    from maaskit.lm.formats.export import export_gpt2
 
     model = GPT(GPTConfig(vocab_size=VOCAB, context=64, layers=1, heads=4, width=64))
     with pytest.warns(UserWarning, match="heads of width 16 .* vLLM's CPU backend runs heads of 32, 64"):
@@ -386,7 +386,7 @@ def test_a_sharded_checkpoint_loads_shard_by_shard(tmp_path):
 
 
 def test_packed_linear_layers_compute_what_nn_linear_does():
-    from maaskit.lm.backend.packing import PackedLinear, can_pack
+    from maaskit.lm.runtime.backend.packing import PackedLinear, can_pack
 
     if not can_pack(torch.float32):
         pytest.skip("this PyTorch build has no oneDNN")
@@ -403,8 +403,8 @@ def test_packed_linear_layers_compute_what_nn_linear_does():
 
 
 def test_a_model_packed_for_the_cpu_gives_the_same_logits_and_tokens(checkpoint, monkeypatch):
-    from maaskit.lm.backend import packing
-    from maaskit.lm.backend.packing import Fused, PackedLinear, can_pack, pack_for_cpu
+    from maaskit.lm.runtime.backend import packing
+    from maaskit.lm.runtime.backend.packing import Fused, PackedLinear, can_pack, pack_for_cpu
 
     kind, directory, _ = checkpoint
     plain, packed = load_hf(directory).model, load_hf(directory).model
@@ -428,8 +428,8 @@ def test_a_model_packed_for_the_cpu_gives_the_same_logits_and_tokens(checkpoint,
 
 
 def test_a_bfloat16_model_packed_for_the_cpu_stays_close_to_float32(tmp_path, monkeypatch):
-    from maaskit.lm.backend import packing
-    from maaskit.lm.backend.packing import can_pack, pack_for_cpu
+    from maaskit.lm.runtime.backend import packing
+    from maaskit.lm.runtime.backend.packing import can_pack, pack_for_cpu
 
     if not can_pack(torch.bfloat16):
         pytest.skip("this CPU has no bfloat16 products in oneDNN")
@@ -451,7 +451,7 @@ def test_the_linear_kernels_benchmark_prints_each_kind_beside_f_linear():
     import subprocess
     import sys
 
-    from maaskit.lm.backend.packing import can_pack
+    from maaskit.lm.runtime.backend.packing import can_pack
 
     root = Path(__file__).resolve().parents[1]
     shape = ["--hidden", "64", "--intermediate", "128", "--heads", "4", "--kv-heads", "2", "--layers", "1"]
@@ -472,7 +472,7 @@ def test_the_linear_kernels_benchmark_prints_each_kind_beside_f_linear():
 def test_a_bfloat16_decode_step_agrees_with_the_whole_sequence_in_bfloat16(tmp_path, lengths):
     # decoding in bfloat16 on a CPU attends on float32 copies (no mask where the rows are of one
     # length); the whole sequence goes through SDPA in bfloat16
-    from maaskit.lm.attention import SlotCache
+    from maaskit.lm.models.attention import SlotCache
 
     write_checkpoint(tmp_path, "qwen2")
     exact = load_hf(tmp_path).model

@@ -167,7 +167,7 @@ def _maaskit_imports(path: Path, text: str | None = None) -> list[tuple[int, str
                 found.append((node.lineno, target))
         elif isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
-        elif (name := _imported_by_name(node)) is not None:  # import_module("maaskit.lm.hf") is an import too
+        elif (name := _imported_by_name(node)) is not None:  # import_module("maaskit.lm.formats.hf") is an import too
             if name.startswith("."):  # relative to the package, as import_module(".x", __package__) reads it
                 level = len(name) - len(name.lstrip("."))
                 name = ".".join(package[: len(package) - level + 1] + [name.lstrip(".")])
@@ -193,7 +193,7 @@ def _imported_by_name(node: ast.AST) -> str | None:
 
 
 def _layer(module: str) -> int:
-    """The rank of a module's layer: by its first name under maaskit (``maaskit.lm.engine`` -> lm)."""
+    """The rank of a module's layer: by its first name under maaskit (``maaskit.lm.runtime.engine`` -> lm)."""
     parts = module.split(".")
     top = parts[1] if len(parts) > 1 else "__init__"
     if top not in RANK:
@@ -216,12 +216,52 @@ def test_no_module_imports_from_a_layer_above_its_own():
     # the check itself sees the pattern it forbids: eager, relative, and lazy inside a function
     probe = "from ..serving.artifact import load_artifact\nfrom .. import widgets\ndef f():\n    import maaskit.cli\n"
     assert len(_upward_imports(PACKAGE / "lm" / "probe.py", probe)) == 3
-    assert _upward_imports(PACKAGE / "serving" / "probe.py", "from ..lm.engine import Engine\n") == []
+    assert _upward_imports(PACKAGE / "serving" / "probe.py", "from ..lm.runtime.engine import Engine\n") == []
+
+
+# lm's subpackages and which of the others each may import: models at the bottom, runtime and formats
+# side by side on it (neither imports the other), training over all three. lm/__init__.py, the facade,
+# names them all; no subpackage imports it.
+LM_PARTS = {
+    "models": set(),
+    "runtime": {"models"},
+    "formats": {"models"},
+    "training": {"models", "runtime", "formats"},
+}
+
+
+def _lm_part(module: str) -> str | None:
+    """``maaskit.lm.runtime.engine`` -> runtime; ``maaskit.lm`` itself -> "__init__"; outside lm, None."""
+    parts = module.split(".")
+    return None if parts[:2] != ["maaskit", "lm"] else parts[2] if len(parts) > 2 else "__init__"
+
+
+def _lm_crossings(path: Path, text: str | None = None) -> list[str]:
+    me = _lm_part(_module_name(path))
+    if me in (None, "__init__"):
+        return []
+    return [
+        f"{path.relative_to(ROOT)}:{line} imports {target} ({me} may import {sorted(LM_PARTS[me]) or 'none'})"
+        for line, target in _maaskit_imports(path, text)
+        if (part := _lm_part(target)) not in (None, me) and part not in LM_PARTS[me]
+    ]
+
+
+def test_lm_subpackages_import_only_those_below_them():
+    modules = [_module_name(path) for path in sorted((PACKAGE / "lm").rglob("*.py"))]
+    assert [m for m in modules if _lm_part(m) not in {*LM_PARTS, "__init__"}] == []  # every module in one
+    assert [hit for path in sorted((PACKAGE / "lm").rglob("*.py")) for hit in _lm_crossings(path)] == []
+    # the check sees an upward import, lm's facade, a lazy one, and siblings; it lets a downward one by
+    probe = "from ..runtime.engine import Engine\nfrom .. import GPT\ndef f():\n    import maaskit.lm.training.sft\n"
+    assert len(_lm_crossings(PACKAGE / "lm" / "models" / "probe.py", probe)) == 3
+    assert len(_lm_crossings(PACKAGE / "lm" / "runtime" / "probe.py", "from ..formats.chat import ChatFormat\n")) == 1
+    assert _lm_crossings(PACKAGE / "lm" / "training" / "probe.py", "from ..runtime.engine import Engine\n") == []
 
 
 def test_imports_by_name_are_seen_as_imports():
     # a module loaded by its name is an import like any other: layers and circles see it
-    probe = 'import importlib\ndef f():\n    importlib.import_module("maaskit.lm.hf")\n    __import__("maaskit.cli")\n'
+    probe = 'import importlib\ndef f():\n    importlib.import_module("maaskit.lm.formats.hf")\n'
+    probe += '    __import__("maaskit.cli")\n'
     assert len(_upward_imports(PACKAGE / "artifact.py", probe)) == 2
     relative = 'from importlib import import_module\nimport_module(".widgets", "maaskit")\n'
     assert _maaskit_imports(PACKAGE / "probe.py", relative) == [(2, "maaskit.widgets")]
@@ -250,7 +290,7 @@ def _import_graph(texts: dict[Path, str] | None = None) -> dict[str, set[str]]:
     sources = texts if texts is not None else {path: path.read_text() for path in PACKAGE.rglob("*.py")}
     modules = {_module_name(path) for path in sources}
 
-    def module_of(name: str) -> str:  # maaskit.lm.hf.load_hf -> maaskit.lm.hf
+    def module_of(name: str) -> str:  # maaskit.lm.formats.hf.load_hf -> maaskit.lm.formats.hf
         while name not in modules and "." in name:
             name = name.rsplit(".", 1)[0]
         return name
@@ -330,7 +370,7 @@ def test_no_function_is_over_60_lines_without_a_reason_beside_it():
 
 
 # PyTorch's private names (torch._inductor, torch._dynamo, oneDNN's torch.ops.mkldnn): what a new PyTorch
-# may change under us, kept in one package (maaskit/lm/backend/), which prepares a model for the machine
+# may change under us, kept in one package (maaskit/lm/runtime/backend/), which prepares a model for the machine
 PRIVATE_TORCH = re.compile(r"\btorch\.(_[A-Za-z]\w*|ops\.mkldnn)")
 
 
@@ -340,7 +380,7 @@ def _private_torch_uses(path: Path) -> list[str]:
 
 
 def test_pytorch_internals_are_used_in_the_lm_backend_only():
-    backend = PACKAGE / "lm" / "backend"
+    backend = PACKAGE / "lm" / "runtime" / "backend"
     outside = [
         use for path in PACKAGE.rglob("*.py") if backend not in path.parents for use in _private_torch_uses(path)
     ]

@@ -53,10 +53,10 @@ def _positions_processed(positions_processed):
     "label than ids.",
 )
 def _shifted_labels(shifted_labels):
-    from ..lm.chat import ChatFormat, add_chat_tokens
-    from ..lm.sft import ChatDataset
-    from ..lm.tasks import get_task
-    from ..lm.tokenizer import train_tokenizer
+    from ..lm.formats.chat import ChatFormat, add_chat_tokens
+    from ..lm.formats.tokenizer import train_tokenizer
+    from ..lm.training.sft import ChatDataset
+    from ..lm.training.tasks import get_task
 
     same(
         list(shifted_labels([5, 6, 7, 8, 9], [False, False, True, True, False])),
@@ -136,8 +136,8 @@ def _parse_tool_call(parse_tool_call):
     "their whole prefix, and never the prompt's last token.",
 )
 def _reused_tokens(reused_tokens):
-    from ..lm.attention import SlotCache
-    from ..lm.prefix import PrefixCache
+    from ..lm.models.attention import SlotCache
+    from ..lm.runtime.prefix import PrefixCache
 
     def cache_says(first, second, block):  # maaskit's PrefixCache on a one-layer, one-number cache
         cache = PrefixCache(max_blocks=64, block=block)
@@ -172,7 +172,7 @@ def _reused_tokens(reused_tokens):
     "converted model computes the same attention.",
 )
 def _to_halves(to_halves):
-    from ..lm.llama import LlamaConfig, rope_frequencies, rotate
+    from ..lm.models.llama import LlamaConfig, rope_frequencies, rotate
 
     heads, head_dim, width, t = 2, 8, 12, 6
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from dataclasses import Field, asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..lm.backend import EngineConfig
+    from ..lm.runtime.backend import EngineConfig
 
 __all__ = ["ServeConfig", "options"]
 
@@ -51,7 +51,7 @@ class ServeConfig:
     ``threads``: PyTorch threads for each process's forward passes (None: shared among ``workers``, all
     cores but one, which the event loop needs; all cores for a language model of 32 MiB of weights or
     more, whose decode steps are long). ``compile``: language models' forward passes run through
-    ``torch.compile`` (:mod:`maaskit.lm.backend.compiled`), built in the background while the eager
+    ``torch.compile`` (:mod:`maaskit.lm.runtime.backend.compiled`), built in the background while the eager
     pass serves (None: on, unless the environment says ``MAASKIT_COMPILE=0``).
     """
 
@@ -162,8 +162,8 @@ class ServeConfig:
         return replace(self, **changes)
 
     def engine(self) -> EngineConfig:
-        """What a language model's engine takes of these settings (:mod:`maaskit.lm.backend`)."""
-        from ..lm.backend import EngineConfig
+        """What a language model's engine takes of these settings (:mod:`maaskit.lm.runtime.backend`)."""
+        from ..lm.runtime.backend import EngineConfig
 
         compile = self.compile if self.compile is not None else os.environ.get("MAASKIT_COMPILE", "1") != "0"
         return EngineConfig(dtype=self.dtype, max_sequences=self.max_sequences, kv_cache_gb=self.kv_cache_gb,

@@ -174,17 +174,17 @@ class ServedLanguageModel:
 
     def __init__(self, name: str, model: torch.nn.Module, tokenizer: Any, manifest: dict, device: torch.device,
                  config: ServeConfig, *, version: str = "1", owned: bool = False):  # fmt: skip
-        from ..lm.backend import build_engine
-        from ..lm.constrain import Guide
-        from ..lm.model import CausalLM
-        from ..lm.prompts import chat_prompts
+        from ..lm.formats.prompts import chat_prompts
+        from ..lm.models.base import CausalLM
+        from ..lm.runtime.backend import build_engine
+        from ..lm.runtime.constrain import Guide
 
         if not isinstance(model, CausalLM):
             raise TypeError(f"a language model is a maaskit.lm GPT, Llama or Gemma3, got {type(model).__name__}")
         self.name, self.version, self.tokenizer, self.manifest = name, version, tokenizer, manifest
         self.created = int(time.time())
         self.end_of_text: int = manifest["tokenizer"]["end_of_text"]
-        # how a conversation becomes its prompt: its chat tokens, its template, or plain lines (lm/prompts.py)
+        # how a conversation becomes its prompt: its chat tokens, its template, or plain lines (lm/formats/prompts.py)
         self.prompts = chat_prompts(tokenizer, manifest)
         # a fine-tuned model has the chat tokens: its turns end with <|end|> and it can call tools
         self.chat = self.prompts.chat
@@ -252,8 +252,8 @@ def _is_language_model(source: Any) -> bool:
         return True
     if not isinstance(source, (str, Path)):
         return False
-    from ..lm.artifact import TASK
-    from ..lm.hf import is_huggingface_folder
+    from ..lm.formats.artifact import TASK
+    from ..lm.formats.hf import is_huggingface_folder
 
     return is_huggingface_folder(source) or read_manifest(source).get("task") == TASK
 
@@ -336,7 +336,7 @@ class ModelRepository:
         return served
 
     def _language_model(self, source: ModelSource, name: str | None) -> ServedLanguageModel:
-        from ..lm.artifact import language_model_manifest, load_language_model
+        from ..lm.formats.artifact import language_model_manifest, load_language_model
 
         if isinstance(source, (str, Path)):
             model, tokenizer, manifest = load_language_model(source, context=self.config.context)
@@ -480,7 +480,7 @@ def check_source(folder: str | Path) -> None:
     if not folder.is_dir():
         raise ArtifactError(f"{folder} is not a folder")
     if _is_language_model(folder):
-        from ..lm.hf import check_hf, is_huggingface_folder
+        from ..lm.formats.hf import check_hf, is_huggingface_folder
 
         if is_huggingface_folder(folder):
             check_hf(folder)

@@ -8,7 +8,7 @@ the error is passing; ``param`` names the request field at fault.
 
 from __future__ import annotations
 
-from ..lm.engine import ContextTooLong, Interrupted  # the engine's own words: a 400, and a 503 (stopping)
+from ..lm.runtime.engine import ContextTooLong, Interrupted  # the engine's own words: a 400, and a 503 (stopping)
 
 __all__ = [
     "STATUS",

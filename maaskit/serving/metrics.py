@@ -151,7 +151,7 @@ class ServerMetrics:
                     seen[i] = now
 
         engine.listeners.append(listener)
-        # what each step ran, from the engine's step records (maaskit.lm.engine.StepRecord)
+        # what each step ran, from the engine's step records (maaskit.lm.runtime.engine.StepRecord)
         prompt_step, decode_step = self.step_tokens.labels(name, "prompt"), self.step_tokens.labels(name, "decode")
 
         def watcher(record: Any) -> None:

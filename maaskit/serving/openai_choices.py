@@ -8,8 +8,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..lm.engine import SamplingParams, TokenEvent
-from ..lm.text import TextStream
+from ..lm.formats.text import TextStream
+from ..lm.runtime.engine import SamplingParams, TokenEvent
 
 if TYPE_CHECKING:
     from .dataplane import ServedLanguageModel

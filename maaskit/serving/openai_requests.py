@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 from pydantic import BaseModel
 
-from ..lm.constrain import UnsupportedGrammar, json_grammar, tools_grammar
-from ..lm.engine import ContextTooLong, SamplingParams
+from ..lm.runtime.constrain import UnsupportedGrammar, json_grammar, tools_grammar
+from ..lm.runtime.engine import ContextTooLong, SamplingParams
 from .errors import InvalidInput
 from .openai_schemas import ChatRequest, CompletionRequest, OpenAIError, response_constraint
 from .protocol import ProtocolError, loads
@@ -89,7 +89,7 @@ async def read_body(request: Request) -> Any:
 
 
 def chat_prompt_ids(served: ServedLanguageModel, messages: list[Any], tools: list[dict]) -> list[int]:
-    """The prompt of a conversation, in the model's chat format (chosen when it loaded: lm/prompts.py)."""
+    """The prompt of a conversation, in the model's chat format (chosen when it loaded: lm/formats/prompts.py)."""
     if tools and not served.prompts.calls_tools:
         raise OpenAIError(400, f"{served.name} has no chat format maaskit reads tool calls in, so it cannot "
                           "call tools here: fine-tune a model with maaskit lm finetune", param="tools")  # fmt: skip

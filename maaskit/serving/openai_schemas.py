@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..lm.engine import SamplingParams
+from ..lm.runtime.engine import SamplingParams
 from .schemas import WHOLE
 
 __all__ = [

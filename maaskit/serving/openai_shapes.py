@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..lm.engine import TokenEvent
+from ..lm.runtime.engine import TokenEvent
 from .openai_choices import Piece
 from .tool_calls import CallStream, whole_call
 

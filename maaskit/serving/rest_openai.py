@@ -25,8 +25,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ..lm.engine import SamplingParams, TokenEvent
-from ..lm.text import CHAT_TEMPLATE
+from ..lm.formats.text import CHAT_TEMPLATE
+from ..lm.runtime.engine import SamplingParams, TokenEvent
 from .dataplane import ModelRepository, ServedLanguageModel
 from .endpoints import Endpoints
 from .errors import ModelNotFound, message_of, status_of

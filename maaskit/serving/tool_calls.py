@@ -1,5 +1,5 @@
 """Tool calls in OpenAI's shape: what a model wrote after its ``<|call|>`` token
-(``{"name":"convert","arguments":{...}}``, compact, as :mod:`maaskit.lm.constrain` enforces) becomes
+(``{"name":"convert","arguments":{...}}``, compact, as :mod:`maaskit.lm.runtime.constrain` enforces) becomes
 ``message.tool_calls`` in a whole answer, and ``tool_calls`` deltas in a stream: first the call's
 index, id, type and name with empty arguments, then the arguments in pieces, as the official
 client assembles them.
@@ -11,7 +11,7 @@ import json
 import re
 import secrets
 
-from ..lm.chat import compact_json
+from ..lm.formats.chat import compact_json
 
 __all__ = ["CallStream", "whole_call"]
 

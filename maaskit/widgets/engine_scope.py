@@ -1,7 +1,7 @@
 """EngineScope: continuous batching and chunked prefill as they happen, one engine step at a time.
 
 Attached to an engine (a server's: ``EngineScope.of(server, "gpt")``), it keeps the records of its
-latest steps (:class:`~maaskit.lm.engine.StepRecord`) and draws them: a timeline with one row per
+latest steps (:class:`~maaskit.lm.runtime.engine.StepRecord`) and draws them: a timeline with one row per
 sequence and one column per step, each cell coloured by what that sequence did in that step (a chunk
 of its prompt, or one decoded token), and under it how much of the key/value cache is in use. Drawn
 in SVG, at most every ``refresh`` seconds while the engine runs and once more when it goes idle.

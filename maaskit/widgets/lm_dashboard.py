@@ -30,7 +30,7 @@ class LMDashboard(WidgetBase, Callback):
     order = 20  # after SampleText, so an epoch's sample is shown with its record
 
     def __init__(self, *, prompt: str = "The ", sample_every: float = 10.0, redraw_every: float = 0.5):
-        from ..lm.training import SampleText
+        from ..lm.training.pretrain import SampleText
 
         self.sampler = SampleText(prompt, every=sample_every)
         self.redraw_every = redraw_every

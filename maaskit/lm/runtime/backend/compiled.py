@@ -9,7 +9,7 @@ product's weight out once for a kernel of its own where that benchmarks faster t
 The price is the compilation: a minute or more per graph on two cores. So one graph serves every
 step, whatever its mix of decodes and prompt chunks: attention, the only part that depends on the
 mix, is one opaque operation (``maaskit::attention``) that the graph calls with its queries, keys and
-values, and that runs the step's :class:`~maaskit.lm.attention.FlatBatch` eagerly (vLLM compiles its
+values, and that runs the step's :class:`~maaskit.lm.models.attention.FlatBatch` eagerly (vLLM compiles its
 model around its attention the same way). The rest of the graph sees a row of N tokens and the
 positions of the S tokens it scores; PyTorch specializes sizes of 1, so three graphs (N = 1; S = 1
 beside a longer row; both longer) serve a server's life, all built by :meth:`CompiledForward.warm_up`
@@ -27,8 +27,8 @@ import shutil
 
 import torch
 
-from ..attention import FlatBatch, SlotCache
-from ..model import CausalLM
+from ...models.attention import FlatBatch, SlotCache
+from ...models.base import CausalLM
 from .packing import FusedPart, PackedLinear
 
 __all__ = ["CompiledForward"]

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from ..artifact import MANIFEST, ArtifactError
-from .architectures import architecture_of
-from .model import CausalLM
+from ...artifact import MANIFEST, ArtifactError
+from ..models.base import CausalLM
+from ..models.registry import architecture_of
 from .template import ChatTemplate
 
 __all__ = ["HFModel", "check_hf", "is_huggingface_folder", "load_hf"]

@@ -14,11 +14,11 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 import torch
 from tokenizers import Tokenizer
 
-from ..device import pick_device
-from ..run import TrainingData
-from ..scoring import Accuracy, Metric, Perplexity
+from ...device import pick_device
+from ...run import TrainingData
+from ...scoring import Accuracy, Metric, Perplexity
+from ..formats.tokenizer import ENDOFTEXT, train_tokenizer
 from .corpus import load_corpus
-from .tokenizer import ENDOFTEXT, train_tokenizer
 
 __all__ = ["SplitLoaders", "TextDataset", "TokenLoader"]
 

@@ -11,7 +11,7 @@ Four changes to notebook 07's GPT block, each a few lines here:
 
 Qwen2 adds a bias to the query, key and value projections, Qwen3 an RMSNorm on each head's queries
 and keys. Module names follow Hugging Face's, so a checkpoint loads by name (see
-:mod:`maaskit.lm.hf`); the batch it is given does the attention (:mod:`maaskit.lm.attention`), as for
+:mod:`maaskit.lm.formats.hf`); the batch it is given does the attention (:mod:`maaskit.lm.models.attention`), as for
 the GPT, so the same engine serves both.
 """
 
@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import register_model
+from ...models import register_model
 from .attention import CAUSAL, Batch
-from .model import CausalLM, pick
+from .base import CausalLM, pick
 
 __all__ = ["Attention", "DecoderLM", "GatedMLP", "Llama", "LlamaConfig"]
 
@@ -61,7 +61,7 @@ class LlamaConfig:
 
     @classmethod
     def from_hf(cls, config: dict[str, Any], *, context: int | None = None) -> LlamaConfig:
-        """From a Hugging Face ``config.json``'s contents (maaskit.lm.architectures chooses the class)."""
+        """From a Hugging Face ``config.json``'s contents (maaskit.lm.models.registry chooses the class)."""
         kind = config.get("model_type", "llama")
         if kind not in cls.MODEL_TYPES:
             raise ValueError(f"model_type {kind!r} is not of the Llama family ({', '.join(cls.MODEL_TYPES)})")

@@ -15,7 +15,7 @@ turn or forge a tool's answer. A tool call is the ``<|call|>`` token followed by
 object ``{"name": ..., "arguments": {...}}`` (the layout Hermes and Qwen use between their
 ``<tool_call>`` tags). Tools are listed by name only: a small model's context is short, and the
 server holds every call to the tool's full JSON schema as it is generated
-(:mod:`maaskit.lm.constrain`).
+(:mod:`maaskit.lm.runtime.constrain`).
 
 The same :func:`encode_chat` builds training examples and the server's prompts, so what the model
 is served is exactly what it was trained on.
@@ -45,7 +45,7 @@ ROLES = {
 
 def add_chat_tokens(tokenizer: Tokenizer) -> Tokenizer:
     """``tokenizer`` with the chat tokens added (new ids after its vocabulary; a copy, the original
-    is left as it was). The model's embedding must grow to match (:func:`maaskit.lm.sft.grow_vocabulary`)."""
+    is left as it was). The model's embedding must grow to match (:func:`maaskit.lm.training.sft.grow_vocabulary`)."""
     copy = Tokenizer.from_str(tokenizer.to_str())
     copy.add_special_tokens(list(CHAT_TOKENS))
     return copy

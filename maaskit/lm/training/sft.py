@@ -2,7 +2,7 @@
 
 Three steps, each small:
 
-1. The tokenizer gains the chat tokens (:func:`maaskit.lm.chat.add_chat_tokens`) and the model's
+1. The tokenizer gains the chat tokens (:func:`maaskit.lm.formats.chat.add_chat_tokens`) and the model's
    embedding grows to match (:func:`grow_vocabulary`; the new rows start at the mean of the old ones,
    so they begin as an "average token" rather than noise).
 2. Conversations become training rows (:class:`ChatDataset`): each is encoded with the chat format,
@@ -24,16 +24,16 @@ from typing import Any, TextIO
 import torch
 from tokenizers import Tokenizer
 
-from ..device import seed_everything
-from ..run import Callback, History
-from ..scoring import IGNORE, Accuracy, Metric, Perplexity
-from .chat import ChatFormat, add_chat_tokens
-from .config import LMRecipe, SFTRecipe
+from ...device import seed_everything
+from ...run import Callback, History
+from ...scoring import IGNORE, Accuracy, Metric, Perplexity
+from ..formats.chat import ChatFormat, add_chat_tokens
+from ..formats.tokenizer import ENDOFTEXT
+from ..models.gpt import GPT
 from .data import SplitLoaders
-from .model import GPT
+from .pretrain import fit_with_samples, run_metrics
+from .recipes import LMRecipe, SFTRecipe
 from .tasks import AssistantTask, Example, get_task
-from .tokenizer import ENDOFTEXT
-from .training import fit_with_samples, run_metrics
 
 __all__ = ["ChatDataset", "FineTuned", "SFTRecipe", "finetune", "grow_vocabulary"]
 
@@ -219,7 +219,7 @@ def finetune(
     """Fine-tune ``base`` (an artifact directory of ``maaskit lm train``, a ``(model, tokenizer)``
     pair, or None: a fresh model of the default shape, with a tokenizer trained on the default
     corpus) on ``task``'s training conversations; with ``out``, save the assistant there."""
-    from .artifact import load_language_model, save_language_model
+    from ..formats.artifact import load_language_model, save_language_model
 
     r = recipe or SFTRecipe()
     the_task = get_task(task) if isinstance(task, str) else task

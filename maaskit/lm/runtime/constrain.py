@@ -11,7 +11,7 @@ grammars with the tokenizer's special tokens in them, ships as one abi3 wheel wi
 and is what vLLM, SGLang and llama.cpp use.
 
 Grammars are written as text (Lark with ``%json`` blocks) so they travel in
-:class:`~maaskit.lm.engine.SamplingParams`; :class:`Guide` turns one into a matcher per sequence.
+:class:`~maaskit.lm.runtime.engine.SamplingParams`; :class:`Guide` turns one into a matcher per sequence.
 JSON is compact (no whitespace between tokens): a model, even an untrained one, cannot pad an
 answer with runaway spaces.
 """

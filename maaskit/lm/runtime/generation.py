@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .attention import KVCache
-from .model import CausalLM
+from ..models.attention import KVCache
+from ..models.base import CausalLM
 
 __all__ = ["Generation", "check_sampling", "generate", "next_token", "sample_rows"]
 

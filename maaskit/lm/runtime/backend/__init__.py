@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention import SlotCache
+from ...models.attention import SlotCache
+from ...models.base import CausalLM
 from ..constrain import Guide
 from ..engine import Engine
-from ..model import CausalLM
 from ..prefix import PrefixCache
 from .packing import can_pack, pack_for_cpu
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .chat import compact_json
+from ..formats.chat import compact_json
 
 __all__ = ["TASKS", "AssistantTask", "Example", "get_task"]
 

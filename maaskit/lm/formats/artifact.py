@@ -12,9 +12,10 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from ..artifact import FORMAT, ArtifactError, load_artifact, made_with, replacing, sha256_of, write_artifact
+from ...artifact import FORMAT, ArtifactError, load_artifact, made_with, replacing, sha256_of, write_artifact
+from ..models.base import CausalLM
+from ..models.gpt import GPT
 from .chat import CHAT_TOKENS, ChatFormat
-from .model import GPT, CausalLM
 from .tokenizer import ENDOFTEXT
 
 __all__ = ["TASK", "TOKENIZER", "language_model_manifest", "load_language_model", "save_language_model"]
@@ -70,7 +71,7 @@ def load_language_model(
     directory: str | Path, *, device: str = "cpu", context: int | None = None
 ) -> tuple[CausalLM, Tokenizer, dict]:
     """``(model, tokenizer, manifest)`` from a directory ``save_language_model`` wrote (hashes checked),
-    or from a Hugging Face model folder (see :mod:`maaskit.lm.hf`; ``context``: the positions its
+    or from a Hugging Face model folder (see :mod:`maaskit.lm.formats.hf`; ``context``: the positions its
     cache holds)."""
     from .hf import is_huggingface_folder, load_hf
 

@@ -15,15 +15,15 @@ from typing import TextIO
 
 from tokenizers import Tokenizer
 
-from ..callbacks import PrintProgress
-from ..device import seed_everything
-from ..run import Callback, History, Run
-from ..train import fit
-from .config import LMRecipe, SFTRecipe
+from ...callbacks import PrintProgress
+from ...device import seed_everything
+from ...run import Callback, History, Run
+from ...train import fit
+from ..models.gpt import GPT
+from ..runtime.generation import generate
 from .corpus import load_corpus
 from .data import TextDataset, TokenData
-from .generation import generate
-from .model import GPT
+from .recipes import LMRecipe, SFTRecipe
 
 __all__ = [
     "LMRecipe",
@@ -46,8 +46,8 @@ def sample_text(
     seed: int = 0,
 ) -> str:
     """What ``model`` writes after ``prompt`` (sampled with a fixed seed, so samples compare over
-    time); for a chat dataset (:class:`~maaskit.lm.sft.ChatDataset`) the prompt is a user's message and the answer
-    is shown with its chat tokens."""
+    time); for a chat dataset (:class:`~maaskit.lm.training.sft.ChatDataset`) the prompt is a user's
+    message and the answer is shown with its chat tokens."""
     out = list(
         generate(
             model,
@@ -185,7 +185,7 @@ def train_language_model(
         model, data, recipe=r, prompt="The ", progress=progress, callbacks=callbacks, device=device, seed=seed
     )
     if out is not None:
-        from .artifact import save_language_model
+        from ..formats.artifact import save_language_model
 
         metrics = run_metrics(history, "val_loss", "val_perplexity", recipe=asdict(r))
         save_language_model(model, data.tokenizer, out, name=name, metrics=metrics)
@@ -198,7 +198,7 @@ def load_or_train(
     """The language model at ``path`` if one is there; otherwise train ``recipe`` on the default corpus,
     save it there and return it: ``(model, tokenizer, manifest)``. Notebook 10 uses it to pick up
     notebook 07's model, or to make the same one when 07 has not run here."""
-    from .artifact import load_language_model
+    from ..formats.artifact import load_language_model
 
     if not (Path(path) / "manifest.json").is_file():
         if verbose:

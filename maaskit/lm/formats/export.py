@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
+from ..models.gpt import GPT
 from .chat import ChatFormat
-from .model import GPT
 from .tokenizer import ENDOFTEXT
 
 __all__ = ["CHATML_TEMPLATE", "PLAIN_TEMPLATE", "VLLM_CPU_HEAD_SIZES", "export_gpt2"]
@@ -28,13 +28,13 @@ __all__ = ["CHATML_TEMPLATE", "PLAIN_TEMPLATE", "VLLM_CPU_HEAD_SIZES", "export_g
 # the head widths vLLM's CPU attention runs (others: "Unsupported CPU attention configuration")
 VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256)
 
-# maaskit.lm.text.chat_prompt, in Jinja: each message as "role: content", then "assistant:"
+# maaskit.lm.formats.text.chat_prompt, in Jinja: each message as "role: content", then "assistant:"
 PLAIN_TEMPLATE = (
     "{% for message in messages %}{{ message['role'] }}: "
     "{{ message['content'] if message['content'] is string else '' }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"
 )
-# maaskit.lm.chat.ChatFormat.encode, in Jinja: the tools by name, each turn between its role's
+# maaskit.lm.formats.chat.ChatFormat.encode, in Jinja: the tools by name, each turn between its role's
 # token and <|end|>, an assistant's tool calls as <|call|> and compact JSON
 CHATML_TEMPLATE = (
     "{% set marks = {'system': '<|system|>', 'developer': '<|system|>', 'user': '<|user|>', "

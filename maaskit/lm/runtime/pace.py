@@ -1,7 +1,7 @@
 """How big a prompt chunk may be: sized by time, so that running streams slow by a bounded factor.
 
 A step that prefills a chunk beside the running sequences' decode (packed into the same forward
-pass: one :class:`~maaskit.lm.attention.FlatBatch`) takes the decode's time plus the chunk's arithmetic. A
+pass: one :class:`~maaskit.lm.models.attention.FlatBatch`) takes the decode's time plus the chunk's arithmetic. A
 fixed chunk of 256 tokens costs a 135M-parameter model on two CPU cores several decode steps, and
 every running stream waits that long for its next token. So the engine times its own steps and
 steers the chunk by feedback: a moving average of the decode step alone, and after each step with

@@ -2,7 +2,7 @@
 
 The scheduler (:mod:`.engine`) decides what a step runs, a :class:`StepPlan`: which sequences decode a
 token and which prompts advance by a chunk. The runner lays those tokens out as one row (a
-:class:`~maaskit.lm.attention.FlatBatch`: each token with its position and its sequence's cache slot),
+:class:`~maaskit.lm.models.attention.FlatBatch`: each token with its position and its sequence's cache slot),
 runs the model once, and samples a token for every sequence whose last token was in the pass: the
 decoders, and each prompt whose last chunk it was. Whatever the mix, there is one layout and one pass
 (vLLM's GPU model runner does the same).
@@ -17,7 +17,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
-from .attention import FlatBatch, SlotCache
+from ..models.attention import FlatBatch, SlotCache
 from .constrain import SERIAL_BELOW, SPARE_CORES, Guide
 from .generation import sample_rows
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from .attention import KVCache, SlotCache
+from ..models.attention import KVCache, SlotCache
 
 __all__ = ["PrefixCache"]
 

@@ -12,7 +12,7 @@ A Llama block with five changes, each a few lines here:
 - **Query scale** ``query_pre_attn_scalar ** -0.5`` instead of ``head_dim ** -0.5``, and an RMSNorm on
   each head's queries and keys (as Qwen3).
 
-Module names follow Hugging Face's, so a checkpoint loads by name (:mod:`maaskit.lm.hf`).
+Module names follow Hugging Face's, so a checkpoint loads by name (:mod:`maaskit.lm.formats.hf`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import register_model
+from ...models import register_model
 from .attention import Batch
 from .llama import Attention, DecoderLM, GatedMLP, rms_normalized
 

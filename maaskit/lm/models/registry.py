@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .base import CausalLM
 from .gemma3 import Gemma3, Gemma3Config
 from .llama import Llama, LlamaConfig
-from .model import CausalLM
 
 __all__ = ["ARCHITECTURES", "architecture_of"]
 

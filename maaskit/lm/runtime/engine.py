@@ -1,16 +1,16 @@
 """Continuous batching: a scheduler that decides each step, and a model runner that runs it.
 
-A sequence waits, is given a slot of a :class:`~maaskit.lm.attention.SlotCache`, and joins the
-running batch. Each step the scheduler plans what runs (a :class:`~maaskit.lm.runner.StepPlan`):
+A sequence waits, is given a slot of a :class:`~maaskit.lm.models.attention.SlotCache`, and joins the
+running batch. Each step the scheduler plans what runs (a :class:`~maaskit.lm.runtime.runner.StepPlan`):
 every running sequence decodes one token, and prompts being prefilled advance by a chunk, within a
 budget of ``prefill_chunk`` prompt tokens per step (vLLM's ``max_num_batched_tokens``; with
 ``prefill_stall`` the budget is sized by time so that a step takes at most ``1 + prefill_stall``
-decode steps: :mod:`~maaskit.lm.pace`). The :class:`~maaskit.lm.runner.ModelRunner` runs all those
+decode steps: :mod:`~maaskit.lm.runtime.pace`). The :class:`~maaskit.lm.runtime.runner.ModelRunner` runs all those
 tokens as one flat batch in one forward pass, whatever the mix, and samples each sequence's token
 with its own settings and random generator. A sequence leaves the batch the step it finishes, or the
 step after its reader goes away, and its slot goes to the next in line. With ``max_sequences=1``
 sequences run one after another (no batching), for comparison. With a
-:class:`~maaskit.lm.prefix.PrefixCache`, a prompt that begins as an earlier one did (a system prompt,
+:class:`~maaskit.lm.runtime.prefix.PrefixCache`, a prompt that begins as an earlier one did (a system prompt,
 a tool list) takes those blocks' keys and values instead of computing them again.
 
 The forward passes run in one thread of their own, so the event loop keeps streaming tokens to
@@ -34,10 +34,10 @@ from typing import Any
 
 import torch
 
-from .attention import SlotCache
+from ..models.attention import SlotCache
+from ..models.base import CausalLM
 from .constrain import Guide
 from .generation import check_sampling
-from .model import CausalLM
 from .pace import PrefillPace
 from .prefix import PrefixCache
 from .runner import ModelRunner, StepPlan
@@ -75,7 +75,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: int | None = None  # with a number: the chosen token's log-probability and that many alternatives
     stop_tokens: tuple[int, ...] = ()
-    grammar: str | None = None  # constrained decoding (maaskit.lm.constrain): only tokens that keep to it
+    grammar: str | None = None  # constrained decoding (maaskit.lm.runtime.constrain): only tokens that keep to it
     min_tokens: int = 0  # vLLM's: the stop tokens are masked until this many tokens are generated
     ignore_eos: bool = False  # vLLM's: a stop token does not end the sequence (fixed-length benchmarks)
 
@@ -144,7 +144,7 @@ class Engine:
     the sequence's last token)``, ``("step", tokens it produced)`` (once its finished sequences left),
     ``("prompt", tokens of a prompt taking a slot)`` and ``("dropped", sequences whose readers left)``
     (for metrics).
-    ``guide`` (a :class:`~maaskit.lm.constrain.Guide` for the model's tokenizer) lets sequences be
+    ``guide`` (a :class:`~maaskit.lm.runtime.constrain.Guide` for the model's tokenizer) lets sequences be
     constrained to a grammar, each row with its own mask. ``prefill_chunk``: prompt tokens per step
     at most (None: whole prompts); ``prefill_stall``: beside running sequences, chunks sized to cost
     at most that many decode steps (None: always ``prefill_chunk``); ``prefix_cache``: shared prompt
