@@ -68,6 +68,10 @@ def test_the_models_are_listed_and_the_shared_path_answers_in_each_apis_shape(se
     doc = httpx.get(server.url + "/openapi.json").json()
     assert {"/v1/models", "/v1/completions", "/v1/chat/completions"} <= set(doc["paths"])
     assert "CompletionRequest" in doc["components"]["schemas"] and "ChatRequest" in doc["components"]["schemas"]
+    for route, field in (("/v1/chat/completions", "messages"), ("/v1/completions", "prompt")):
+        body = doc["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        # the context, a limit in tokens no schema keyword can state on text, is said in words
+        assert f"fit in {CONTEXT} tokens, this model's context" in body["properties"][field]["description"], body
 
 
 def test_completions_whole_with_usage_logprobs_several_choices_and_a_seed(client, language_model):

@@ -308,6 +308,11 @@ def _openai_body(schema: dict, served: ServedLanguageModel, completion: bool) ->
     for field in ("max_tokens", "max_completion_tokens"):
         if field in props:
             props[field] = {"anyOf": [room, {"type": "null"}], "description": props[field].get("description", "")}
+    # a limit in tokens: no JSON Schema keyword can state it on text or messages, so the words do
+    fits = (f"; prompt and answer fit in {served.context} tokens, this model's context, which no rule on"
+            " characters or items can state (past it: a 400)")  # fmt: skip
+    if not completion:
+        props["messages"] = {**props["messages"], "description": props["messages"].get("description", "") + fits}
     if not completion and not served.prompts.calls_tools:  # no chat tokens: no tools, so nothing to choose from
         props["tools"] = {"type": "null", "description": "this model has no chat format, so it calls no tools: "
                           "fine-tune it with `maaskit lm finetune`"}  # fmt: skip
@@ -326,7 +331,7 @@ def _openai_body(schema: dict, served: ServedLanguageModel, completion: bool) ->
         ids = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0, "maximum": vocab - 1}}
         texts = {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}}
         text = {"type": "string", "minLength": 1}
-        props["prompt"] = {"anyOf": [text, texts, ids], "description": "text, texts, or token ids"}
+        props["prompt"] = {"anyOf": [text, texts, ids], "description": "text, texts, or token ids" + fits}
     return body
 
 
