@@ -5,7 +5,11 @@ sets how many sequences run, bf16 serving; and through the server, vLLM's ``/tok
 generation (greedy), which does none of these things."""
 
 import asyncio
+import os
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import httpx
 import pytest
@@ -314,27 +318,29 @@ def _large_llama():
 @pytest.mark.parametrize(
     "make, packs",
     [
-        (_gpt, False),  # the smoke form: a tiny model's graphs (its products too small to pack: column-major)
-        # a Llama's graphs (~2.5 min of autotuning on 2 cores), its engine's own model packed meanwhile
-        pytest.param(_large_llama, True, marks=pytest.mark.nightly),
+        # the products packed (oneDNN), called from the graphs as opaque operations, q/k/v and gate/up fused
+        (_large_llama, True),
+        # a tiny GPT's graphs (its products too small to pack: column-major, Inductor's own)
+        pytest.param(_gpt, False, marks=pytest.mark.nightly),
     ],
-    ids=["gpt", "llama"],
+    ids=["llama", "gpt"],
 )
-def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(make, packs):
+def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(make, packs, tmp_path, monkeypatch):
     from maaskit.lm.runtime.backend.packing import pack_for_cpu
 
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # built here, read again below
     model = make()
     prompts = [[5, 6, 7], [8], list(range(20, 41)), [9] * 12, list(range(60, 66)), [3, 1, 4, 1, 5], [2] * 30]
     # the 12-token prompt runs longest: the last prompt joins it when the others are done
     jobs = [(p, SamplingParams(max_tokens=20 if len(p) == 12 else 10, temperature=0, ignore_eos=True)) for p in prompts]
     eager = run_engine(Engine(model, max_sequences=4), jobs)
-    engine = Engine(model, max_sequences=4, compile=True)  # compiles a copy of the model, in the background
-    assert (pack_for_cpu(model, rows=4) > 0) == packs  # as a server does: the model the engine runs meanwhile
+    assert (pack_for_cpu(model, rows=4) > 0) == packs  # as a server does, before its engine is made
+    engine = Engine(model, max_sequences=4, compile=True)  # compiles in the background
     # the engine serves at once, with the eager pass, while its graphs are built
     assert run_engine(engine, jobs[:1], close=False) == eager[:1]
     assert engine.compiling is not None
     engine.compiling.result()  # built: the compiled pass serves from the next step
-    assert engine.runner.forward.frozen  # on a CPU, weights frozen into the graphs
+    assert (engine.runner.forward.opaque_products > 0) == packs  # the graphs call the model's own packed products
 
     @torch.inference_mode()
     def gaps() -> list[float]:  # on the engine's thread: a graph is guarded by the thread count it was built with
@@ -356,10 +362,35 @@ def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(m
 
     # then 1 to 4 rows, of one length and of several, consecutive slots and not, and prompts of any
     # length, alone (the first two jobs: 3 tokens, then 1) or joining running ones: no graph is built again
+    threads = engine.call(torch.get_num_threads)  # the graphs' thread count: part of their cache key
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert max(engine.call(gaps)) < 1e-4
         compiled = run_engine(engine, jobs, alone=2)
     assert compiled == eager
+
+    # a second start of a model of the same shapes (its weights' values are not in the graphs) reads the
+    # three graphs from Inductor's on-disk cache instead of building them
+    again = subprocess.run(
+        [sys.executable, "-c", SECOND_START.format(make=make.__name__, threads=threads)],
+        capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(Path(__file__).parent)}, check=False,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.split() == ["3", "from", "the", "cache"], again.stderr[-3000:]
+
+
+SECOND_START = """
+import torch
+from test_engine_features import {make}
+from maaskit.lm.runtime.backend.compiled import CompiledForward
+from maaskit.lm.runtime.backend.packing import pack_for_cpu
+
+torch.set_num_threads({threads})
+model = {make}()
+pack_for_cpu(model, rows=4)
+compiled = CompiledForward(model)
+compiled.warm_up(4)
+print(compiled.cached_graphs, "from the cache")
+"""
 
 
 def test_each_step_is_recorded_for_watchers_and_the_engine_scope_draws_it():

@@ -21,7 +21,6 @@ the generator, its ``finally`` marks the sequence cancelled, and the scheduler d
 from __future__ import annotations
 
 import asyncio
-import copy
 import heapq
 import itertools
 import logging
@@ -149,10 +148,10 @@ class Engine:
     at most (None: whole prompts); ``prefill_stall``: beside running sequences, chunks sized to cost
     at most that many decode steps (None: always ``prefill_chunk``); ``prefix_cache``: shared prompt
     prefixes reused; ``cache``: the slots' keys and values (made for ``max_sequences`` if not given);
-    ``compile``: the forward pass through ``torch.compile`` (:mod:`.backend.compiled`), built from a copy of the model
-    (as it was built: pack it for the CPU, :mod:`.backend.packing`, after the engine is made) in a thread of its own
-    while the engine serves with the eager pass, which the compiled one replaces once it is built (minutes on
-    a CPU; ``engine.compiling``, a Future, is done then)."""
+    ``compile``: the forward pass through ``torch.compile`` (:mod:`.backend.compiled`; pack the model for the CPU,
+    :mod:`.backend.packing`, before the engine is made), built in a thread of its own while the engine serves with
+    the eager pass, which the compiled one replaces once it is built (a minute or more on a CPU, seconds from
+    Inductor's on-disk cache; ``engine.compiling``, a Future, is done then)."""
 
     def __init__(self, model: CausalLM, *, max_sequences: int, thread_setup: Callable[[], None] | None = None,
                  guide: Guide | None = None, prefill_chunk: int | None = None, prefill_stall: float | None = None,
@@ -191,14 +190,13 @@ class Engine:
         self.abandoned = 0  # sequences dropped because their reader left before they finished
 
     def _compile(self, thread_setup: Callable[[], None] | None) -> Future:
-        """Build the compiled forward pass from a copy of the model, in a thread of its own (with the engine
-        thread's settings: a graph is guarded by the thread count it was built with); the runner takes it
-        between two steps. A copy: the engine's own model may be packed for the CPU meanwhile (the price:
-        the copy's weights, beside the frozen copies the graphs keep)."""
+        """Build the compiled forward pass in a thread of its own (with the engine thread's settings: a graph
+        is guarded by the thread count it was built with); the runner takes it between two steps. It runs
+        on the model's own weights, traced from a copy of its modules (:mod:`.backend.compiled`)."""
         from .backend.compiled import CompiledForward
 
         try:
-            compiled = CompiledForward(copy.deepcopy(self.model))  # refuses at once without a C++ compiler
+            compiled = CompiledForward(self.model)  # refuses at once without a C++ compiler
         except (RuntimeError, ValueError) as err:
             refused: Future = Future()
             refused.set_exception(err)

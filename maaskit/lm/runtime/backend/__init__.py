@@ -76,11 +76,9 @@ def build_engine(model: CausalLM, device: torch.device, config: EngineConfig, *,
     slots = cache_slots(model, config.max_sequences, config.kv_cache_gb)
     cache = SlotCache.empty(model, slots)
     prefix = PrefixCache.sized(cache, int(config.prefix_cache_gb * 2**30))
-    # the engine compiles a copy of the model as it is now (Inductor lays out its own weights), then the
-    # model it runs meanwhile is packed for the CPU's kernels
+    if owned and device.type == "cpu":
+        pack_for_cpu(model, rows=slots)  # before the engine: its compiled pass calls the packed products
     engine = Engine(model, max_sequences=slots, thread_setup=thread_setup(weights) if thread_setup else None,
                     guide=guide, prefill_chunk=config.prefill_chunk, prefill_stall=config.prefill_stall,
                     prefix_cache=prefix, cache=cache, compile=config.compile)  # fmt: skip
-    if owned and device.type == "cpu":
-        pack_for_cpu(model, rows=slots)
     return engine

@@ -2,9 +2,7 @@
 
 Outside its matrix products, a step of a model of real shape is a few thousand small operations
 (norms, rotations, reshapes), each paying eager PyTorch's cost of a call; Inductor fuses them into a
-few C++ loops. On a CPU, with the weights frozen into the graph as constants, it also lays each
-product's weight out once for a kernel of its own where that benchmarks faster than oneDNN's
-(``benchmarks/open_models.py`` measures a compiled server beside the eager one).
+few C++ loops (``benchmarks/open_models.py`` measures a compiled server beside the eager one).
 
 The price is the compilation: a minute or more per graph on two cores. So one graph serves every
 step, whatever its mix of decodes and prompt chunks: attention, the only part that depends on the
@@ -13,19 +11,30 @@ values, and that runs the step's :class:`~maaskit.lm.models.attention.FlatBatch`
 model around its attention the same way). The rest of the graph sees a row of N tokens and the
 positions of the S tokens it scores; PyTorch specializes sizes of 1, so three graphs (N = 1; S = 1
 beside a longer row; both longer) serve a server's life, all built by :meth:`CompiledForward.warm_up`
-on a scratch cache of its own, so that it can run while the engine serves with the eager pass. The
-graphs are not kept between starts: with its weights frozen, Inductor bypasses its on-disk graph cache
-("mkldnn tensors unpickleable"), and without freezing the products are slower than eager ones. Each
-graph holds its own copy of the weights, as they were when it was built: a change to the model's
-parameters after :meth:`CompiledForward.warm_up` is not seen.
+on a scratch cache of its own, so that it can run while the engine serves with the eager pass.
+
+On a CPU the products stay the served model's own (oneDNN's packed weights, :mod:`.packing`), each
+called as one opaque operation by number (``maaskit::packed_linear``; a fused q/k/v or gate/up product
+once, :class:`_MergeProducts`). So the graphs hold no weights: they run on the model's own parameters,
+with no second copy, and Inductor keeps them in its on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by
+default under the system's temporary folder), keyed by the graph (the model's shapes and dtype, not its
+weights' values), PyTorch's version, the C++ compiler and the CPU's instruction set: a second start of
+a model of the same shapes reads them instead of building them. (Inductor's own kernels for weights
+frozen into the graph, its other way, ran a step at one row faster, but no such graph can be cached
+and each start built them for minutes: benchmarks/FIGURES.md, "the compiled forward pass".)
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
+import logging
 import shutil
+import time
+from typing import Any
 
 import torch
+from torch._dynamo.utils import counters
+from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 from ...models.attention import FlatBatch, SlotCache
 from ...models.base import CausalLM
@@ -72,15 +81,42 @@ class _Traced:
         pass
 
 
-# on a CPU the graph's weights are frozen into it as constants, which lets Inductor lay each product's
-# weight out once for a C++ kernel of its own (AMX or AVX-512 micro-kernels), fused with what follows it,
-# where it benchmarks faster than oneDNN's (``ATEN``) on that shape; silently: no autotuning tables.
-# In force while the graphs are traced and built (torch.compile's ``options`` come too late for freezing,
-# which decides how the model's weights are traced), not around each step, where a patch would cost time.
-# (Inductor's freezing_discard_parameters would release the compiled copy's own parameters, but its guards
-# then fail on a tied head: `tokens.weight is head.weight`.)
-_CPU = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN",
-        "autotune_num_choices_displayed": 0}  # fmt: skip
+class _MergeProducts(CustomGraphPass):
+    """Inductor's pass over each graph: calls of ``maaskit::packed_linear`` on the same input and
+    layer become one (each part of a fused q/k/v or gate/up product asks for the whole product)."""
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        seen: dict[Any, torch.fx.Node] = {}
+        for node in list(graph.nodes):
+            if node.op == "call_function" and node.target is torch.ops.maaskit.packed_linear.default:
+                key = (node.args, tuple(sorted(node.kwargs.items())))
+                if key in seen:
+                    node.replace_all_uses_with(seen[key])
+                    graph.erase_node(node)
+                else:
+                    seen[key] = node
+
+    def uuid(self) -> bytes:  # part of the on-disk cache's key: a change to this file builds anew
+        return get_hash_for_files((__file__,))
+
+
+_log = logging.getLogger(__name__)
+
+
+def _opaque_copy(model: CausalLM) -> CausalLM:
+    """The model's modules again, on the same tensors (no weight is copied), with each packed product
+    called as ``maaskit::packed_linear``: what is traced, apart from the modules the engine runs meanwhile."""
+    shared: dict[int, Any] = {}
+    for module in model.modules():
+        for value in module.__dict__.values():  # parameters, buffers, and tensors kept as attributes
+            for tensor in value.values() if isinstance(value, dict) else [value]:
+                if isinstance(tensor, torch.Tensor):
+                    shared[id(tensor)] = tensor
+    traced = copy.deepcopy(model, shared)
+    for module in traced.modules():
+        if isinstance(module, (PackedLinear, FusedPart)):
+            module.opaque = True
+    return traced
 
 
 class CompiledForward:
@@ -90,12 +126,10 @@ class CompiledForward:
     def __init__(self, model: CausalLM):
         if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
             raise RuntimeError("compiling the model's step needs a C++ compiler (g++ or clang++), and none is on PATH")
-        if any(isinstance(m, (PackedLinear, FusedPart)) for m in model.modules()):
-            raise ValueError("compile a model as it was built, not one packed for the CPU (lm/backend/packing.py): "
-                             "on a CPU Inductor lays the weights out itself")  # fmt: skip
-        self.model = model
-        self.frozen = next(model.parameters()).device.type == "cpu"
+        self.model = _opaque_copy(model)
+        self.opaque_products = sum(isinstance(m, PackedLinear) for m in self.model.modules())
         self.compiled = torch.compile(self._forward, dynamic=True)
+        self.cached_graphs = 0  # of those warm_up built, how many Inductor read from its on-disk cache
 
     def _forward(self, tokens: torch.Tensor, where: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
         return self.model(tokens, _Traced(where), select=select)
@@ -113,9 +147,15 @@ class CompiledForward:
         (``slots`` sequences at most), on a scratch cache (the engine's own is never written)."""
         scratch = SlotCache.empty(self.model, min(slots, 3))
         device = scratch.keys[0].device
-        with torch._inductor.config.patch(_CPU) if self.frozen else contextlib.nullcontext():
+        started, hits = time.perf_counter(), counters["inductor"]["fxgraph_cache_hit"]
+        # in force while the graphs are built (it is part of their cache key), not around each step
+        with torch._inductor.config.patch(post_grad_custom_pre_pass=_MergeProducts()):
             rows = [(s, s + 1) for s in range(scratch.slots)]
             for decodes, chunks in (([(0, 1)], []), ([], [(0, 0, 3)]), (rows, [])):
                 batch = scratch.batch(decodes, chunks)
                 tokens = torch.zeros(1, batch.tokens, dtype=torch.long, device=device)
                 self(tokens, batch, torch.tensor(batch.last, device=device))
+        # counters are process-wide: another graph built meanwhile would be counted too (not in a server)
+        self.cached_graphs = counters["inductor"]["fxgraph_cache_hit"] - hits
+        _log.info("the compiled forward pass is built in %.0f s (%d of its 3 graphs from Inductor's on-disk cache)",
+                  time.perf_counter() - started, self.cached_graphs)  # fmt: skip

@@ -11,11 +11,16 @@ slower than its float32 (``benchmarks/linear_kernels.py`` measures each kind sid
 
 Where oneDNN is missing, weights are stored transposed instead (column-major, the same values):
 PyTorch's product then reads them without repacking (1.5x at 4 rows on the same machine).
-Training never sees any of this: only a server's own copy of a model is packed. The copy a server
-compiles is not: Inductor lays out frozen weights for faster kernels of its own (lm/backend/compiled.py).
+Training never sees any of this: only a server's own copy of a model is packed. A compiled step
+calls the same packed products, each as one opaque operation (lm/runtime/backend/compiled.py).
 """
 
 from __future__ import annotations
+
+import itertools
+import statistics
+import time
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +32,9 @@ __all__ = ["FUSED_NAMES", "Fused", "FusedPart", "PackedLinear", "can_pack", "pac
 # loss on a small model's (notebook 07's GPT). benchmarks/linear_kernels.py measures where the two cross
 # (figures: benchmarks/FIGURES.md, "packing").
 PACK_FROM = 2**18  # elements of a weight
-# oneDNN's product at 1 or 2 rows takes longer than at 4, so a product of fewer rows is padded to this
-# many: the extra rows cost nothing (benchmarks/linear_kernels.py; benchmarks/FIGURES.md, "packing").
+# on some CPUs oneDNN's product at 1 or 2 rows reads the weight more slowly than at 4, so that padding a
+# product of fewer rows to this many costs nothing; on others padding is the slower: pack_for_cpu measures
+# which, on the machine at hand (benchmarks/FIGURES.md, "packing")
 MIN_ROWS = 4
 
 
@@ -49,9 +55,33 @@ def can_pack(dtype: torch.dtype) -> bool:
     return dtype == torch.float32
 
 
+# A compiled graph calls a packed product as one opaque operation, ``maaskit::packed_linear``, naming
+# its layer by a number: the packed weight, in oneDNN's own layout, is not a tensor a graph can take
+# or Inductor's on-disk cache can keep, and by number the graph holds no weights at all
+# (lm/runtime/backend/compiled.py). Defined through torch.library.Library rather than the @custom_op
+# decorator, whose wrapper costs about as long as a small product (benchmarks/FIGURES.md, "packing").
+_PACKED: weakref.WeakValueDictionary[int, PackedLinear] = weakref.WeakValueDictionary()
+_NUMBERS = itertools.count()
+_LIBRARY = torch.library.Library("maaskit", "FRAGMENT")
+_LIBRARY.define("packed_linear(Tensor x, int layer, int out) -> Tensor")
+
+
+def _packed_linear(x: torch.Tensor, layer: int, out: int) -> torch.Tensor:
+    return _PACKED[layer].product(x)
+
+
+_LIBRARY.impl("packed_linear", _packed_linear, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("maaskit::packed_linear")
+def _(x: torch.Tensor, layer: int, out: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], out)
+
+
 class PackedLinear(nn.Module):
     """``nn.Linear``'s product on a weight oneDNN packed once. Inference only: the packed weight is
-    not a parameter (no gradient, not in the state dict); the layer's shape and dtype are kept."""
+    not a parameter (no gradient, not in the state dict); the layer's shape and dtype are kept.
+    ``opaque``: called as ``maaskit::packed_linear`` (in a copy of the model that is compiled)."""
 
     def __init__(self, linear: nn.Linear, rows: int):
         super().__init__()
@@ -59,20 +89,46 @@ class PackedLinear(nn.Module):
         weight = linear.weight.detach()
         self.dtype = weight.dtype
         # ``rows``: the batch oneDNN lays the weight out for (any number still works, but a layout for
-        # 1 row runs 4 rows at about half speed); at least MIN_ROWS, the fewest it is given
+        # 1 row runs 4 rows at about half speed)
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, max(rows, MIN_ROWS))
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
+        self.min_rows = 1  # a product of fewer rows is padded to this many (pack_for_cpu measures which is faster)
+        self.opaque = False
+        self.number = next(_NUMBERS)
+        _PACKED[self.number] = self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.opaque:
+            return torch.ops.maaskit.packed_linear(x, self.number, self.out_features)
+        return self.product(x)
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
         rows = flat.shape[0]
-        if rows < MIN_ROWS:  # padded: oneDNN's kernel for fewer rows reads the weight more slowly
-            flat = F.pad(flat, (0, 0, 0, MIN_ROWS - rows))
+        if rows < self.min_rows:
+            flat = F.pad(flat, (0, 0, 0, self.min_rows - rows))
         out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
         return out[:rows].view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, packed"
+
+
+def _padding_pays(layer: PackedLinear, rounds: int = 7) -> bool:
+    """Whether oneDNN's product of one row runs faster padded to :data:`MIN_ROWS` rows, on this
+    machine, on the model's largest packed weight (medians of interleaved rounds; a few milliseconds)."""
+    x = torch.randn(1, layer.in_features, dtype=layer.dtype)
+    times: dict[int, list[float]] = {1: [], MIN_ROWS: []}
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for rows in times:
+                layer.min_rows = rows
+                start = time.perf_counter()
+                for _ in range(3):
+                    layer.product(x)
+                times[rows].append(time.perf_counter() - start)
+    layer.min_rows = 1
+    return statistics.median(times[MIN_ROWS]) < statistics.median(times[1])
 
 
 # sibling products that read the same input, by their (Hugging Face) names: where a module has all of
@@ -114,15 +170,21 @@ class Fused(nn.Module):
 
 
 class FusedPart(nn.Module):
-    """One layer of a :class:`Fused` group, in the place of the ``nn.Linear`` it was."""
+    """One layer of a :class:`Fused` group, in the place of the ``nn.Linear`` it was. ``opaque`` (in a
+    copy of the model that is compiled): each part runs the whole product and takes its share, which
+    the compiled graph runs once (lm/runtime/backend/compiled.py: identical products are merged)."""
 
     def __init__(self, fused: Fused, part: int):
         super().__init__()
         self.part = part
         self.group = [fused]  # in a list: not a child of each part (the siblings' parent holds it once)
+        self.opaque = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.group[0].share(x, self.part)
+        fused = self.group[0]
+        if self.opaque:
+            return fused.product(x).split(fused.sizes, dim=-1)[self.part]
+        return fused.share(x, self.part)
 
 
 def _fuse(model: nn.Module) -> None:
@@ -140,16 +202,19 @@ def pack_for_cpu(model: nn.Module, rows: int = 16) -> int:
     """Replace every large linear layer of a CPU model (:func:`pack_from` elements or more) by a
     :class:`PackedLinear`; store the others' weights column-major. A weight tied to an embedding is
     packed as a copy, so the embedding keeps reading its own. Products that read the same input are
-    fused into one first (:class:`Fused`). Returns how many layers were packed. (A model that
-    ``torch.compile`` builds is not packed: Inductor lays its weights out itself, lm/backend/compiled.py.)"""
+    fused into one first (:class:`Fused`). Whether a product of one row is padded (:data:`MIN_ROWS`)
+    is measured here, on this machine. Returns how many layers were packed."""
     _fuse(model)
-    packed = 0
+    packed: list[PackedLinear] = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and child.weight.device.type == "cpu":
                 if child.weight.numel() >= pack_from(child.weight.dtype) and can_pack(child.weight.dtype):
-                    setattr(parent, name, PackedLinear(child, rows))
-                    packed += 1
+                    packed.append(PackedLinear(child, rows))
+                    setattr(parent, name, packed[-1])
                 elif child.weight.is_contiguous():
                     child.weight.data = child.weight.data.t().contiguous().t()
-    return packed
+    if packed and _padding_pays(max(packed, key=lambda layer: layer.in_features * layer.out_features)):
+        for layer in packed:
+            layer.min_rows = MIN_ROWS
+    return len(packed)
