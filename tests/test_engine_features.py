@@ -117,7 +117,7 @@ class _EightTokens(PrefillPace):
         super().__init__()
         self.records: list[tuple[float, int, int]] = []
 
-    def chunk(self, limit: int) -> int:
+    def chunk(self, limit: int, running: int) -> int:
         return min(limit, 8)
 
     def record(self, seconds: float, running: int, prefilled: int) -> None:
@@ -166,22 +166,62 @@ def test_a_long_prompt_joins_running_streams_a_chunk_per_step(paced):
 
 def test_the_prefill_pace_steers_the_chunk_by_the_time_steps_take():
     pace = PrefillPace(stall=1.0, floor=16, first=32)
-    assert pace.chunk(256) == 32 and pace.chunk(20) == 20  # before any step: a modest first chunk
+    # beside running sequences whose decode step alone was never timed: no prompt tokens, that step times it
+    assert pace.chunk(256, running=4) == 0
     pace.record(0.9, running=0, prefilled=500)  # a prompt alone: nobody waited, nothing learned
-    assert pace.chunk(256) == 32 and pace.decode_s is None
-    pace.record(0.100, running=4, prefilled=0)  # decode steps of 100 ms
+    assert pace.chunk(256, running=4) == 0 and pace.decode_s == {}
+    pace.record(0.100, running=4, prefilled=0)  # decode steps of 100 ms at 4 rows
+    assert pace.chunk(256, running=4) == 32 and pace.chunk(20, running=4) == 20  # then a modest first chunk
+    assert pace.chunk(256, running=5) == 0  # 5 rows: timed on their own
     pace.record(0.140, running=4, prefilled=32)  # 32 tokens added 40 ms of the 100 allowed: grow, at most x2
-    assert pace.chunk(256) == 64
+    assert pace.chunk(256, running=4) == 64
     pace.record(0.300, running=4, prefilled=64)  # 64 tokens added 200 ms: halve
-    assert pace.chunk(256) == 32
+    assert pace.chunk(256, running=4) == 32
     pace.record(0.150, running=4, prefilled=32)  # 50 ms of 100: double again, never past the limit
-    assert pace.chunk(256) == 64 and pace.chunk(40) == 40
+    assert pace.chunk(256, running=4) == 64 and pace.chunk(40, running=4) == 40
     for _ in range(5):  # a chunk that costs more than a decode step whatever its size: down to the floor
-        pace.record(0.250, running=4, prefilled=pace.chunk(256))
-    assert pace.chunk(256) == 16
+        pace.record(0.250, running=4, prefilled=pace.chunk(256, running=4))
+    assert pace.chunk(256, running=4) == 16
+    pace.record(0.400, running=16, prefilled=0)  # 16 rows take longer: their chunk is sized against their own
+    pace.record(0.500, running=16, prefilled=16)  # 100 ms of the 400 allowed: grow
+    assert pace.chunk(256, running=16) == 32
     assert PrefillPace(stall=2.0).stall == 2.0
     with pytest.raises(ValueError, match="stall must be more than 0"):
         PrefillPace(stall=0)
+
+
+def test_a_burst_of_prompts_beside_running_streams_is_not_held_at_the_floor():
+    """Prompts that keep arriving beside running streams leave no step without prompt tokens: the pace
+    times a decode step of those rows first (one step with none), then sizes chunks against it."""
+    model = _gpt()
+    engine = Engine(model, max_sequences=6, prefill_chunk=64, prefill_stall=1.0)
+    records = []
+    engine.watchers.append(records.append)
+    prompts = [[1, 2]] + [list(range(10 + i, 50 + i)) for i in range(5)]  # one stream, then 5 prompts of 40
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+
+    async def main():
+        decoding = asyncio.Event()  # set by the first step that decodes a token (watchers run on the loop)
+        engine.watchers.append(lambda record: decoding.set() if record.decodes else None)
+
+        async def stream(prompt):
+            return [e.token async for e in engine.generate(prompt, params) if e.token is not None]
+
+        first = asyncio.create_task(stream(prompts[0]))
+        await asyncio.wait_for(decoding.wait(), 60)
+        return [await first, *await asyncio.gather(*(stream(p) for p in prompts[1:]))]
+
+    try:
+        done = asyncio.run(main())
+    finally:
+        engine.close()
+    assert done == [list(generate(model, p, max_tokens=12, temperature=0)) for p in prompts]
+    beside = [r for r in records if r.decodes and (r.chunks or r.waiting)]
+    # every number of running rows had one step of their decode alone before prompt tokens joined them
+    for rows in {len(r.decodes) for r in beside if r.chunks}:
+        first_chunk = next(r.step for r in records if len(r.decodes) == rows and r.chunks)
+        assert any(len(r.decodes) == rows and not r.chunks for r in records if r.step < first_chunk)
+    assert engine.pace is not None and repr(engine.pace).startswith("PrefillPace(stall 1.0: decode steps by rows {1:")
 
 
 @pytest.mark.parametrize("kind", list(MODELS))

@@ -398,7 +398,7 @@ class Engine:
         first served. A sequence new to its slot first takes what the prefix cache holds of its prompt."""
         budget = self.prefill_chunk or self.context * len(prefilling)
         if running and self.pace is not None:
-            budget = self.pace.chunk(budget)
+            budget = self.pace.chunk(budget, len(running))
         plan = StepPlan[_Sequence](decodes=running)
         for seq in prefilling:
             if seq.filled < 0:
