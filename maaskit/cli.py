@@ -146,8 +146,10 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 def _serve(args) -> int:
     from .artifact import ArtifactError
-    from .serving.dataplane import LANGUAGE_MODEL
+    from .serving.dataplane import LANGUAGE_MODEL, loading_thread_setup
     from .serving.runner import serve_config, serve_workers
+
+    loading_thread_setup()  # this process only serves: its forward passes run on threads of their own
 
     config = ServeConfig(
         **{f.name: getattr(args, f.name) for f in fields(ServeConfig) if f.name != "token"},

@@ -239,6 +239,16 @@ def forward_threads(processes: int = 1, *, weights: int = 0) -> int:
     return max(1, (cores if weights >= ALL_CORES_FROM else cores - 1) // processes)
 
 
+def loading_thread_setup() -> None:
+    """Run in a server process's main thread before it loads models: one PyTorch thread there, so that
+    only the threads that run forward passes have OpenMP teams. Each thread that runs a parallel
+    region gets a team of its own, and once teams' threads outnumber the cores, libgomp stops them
+    spinning between regions: each of a step's hundred-odd regions then waits for its threads to
+    wake. A language model's steps on its engine thread ran 1.4x slower once the main thread had
+    loaded a model on two threads (benchmarks/FIGURES.md, "threads")."""
+    torch.set_num_threads(1)
+
+
 def forward_thread_setup(processes: int = 1, threads: int | None = None, *, weights: int = 0) -> None:
     """Run in each thread that runs forward passes: PyTorch's thread count is per thread (``threads``:
     the server's ``--threads``, else :func:`forward_threads`)."""

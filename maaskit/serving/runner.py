@@ -21,7 +21,7 @@ import torch
 from .app import create_app
 from .config import ServeConfig
 from .config import options as config_options
-from .dataplane import ModelRepository, ModelSource, check_source
+from .dataplane import ModelRepository, ModelSource, check_source, loading_thread_setup
 from .drain import DRAIN_GRACE_SECONDS, Drain, drain_on_signals
 from .keys import APIKeys
 
@@ -331,6 +331,7 @@ def app_from_environment() -> FastAPI:
     """The app of one ``--workers`` process, from the config its parent left in the environment."""
     config = ServeConfig.from_environment()
     sources = tuple(s for s in os.environ.get(_SOURCES, "").split(os.pathsep) if s)
+    loading_thread_setup()  # until thread_setup() below: a language model's engine runs on a thread of its own
     repository = _repository(sources, config)
     app = _app(repository, config, _keys(config.api_keys))
     _drain_worker_on_signals(app)
