@@ -35,6 +35,10 @@ SHAPES = {
     "smollm2-135m": ("llama", {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
                                "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
                                "head_dim": 64, "context": 1024, "tie_word_embeddings": True}),
+    # the smallest shape whose products are packed (the smoke form in the tests)
+    "tiny-llama": ("llama", {"vocab_size": 512, "hidden_size": 512, "intermediate_size": 1024,
+                             "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
+                             "head_dim": 64, "context": 256}),
 }  # fmt: skip
 
 # run in a child process with the checkout's maaskit first on the path: one JSON line of results
@@ -47,8 +51,9 @@ try:  # the lm subpackages
     from maaskit.lm.runtime.backend.packing import pack_for_cpu
     from maaskit.lm.runtime.engine import SamplingParams
 except ImportError:  # a baseline checkout from before them (lm's modules side by side)
-    from maaskit.lm.runtime.backend.packing import pack_for_cpu
-    from maaskit.lm.runtime.engine import SamplingParams
+    from maaskit.lm.backend.packing import pack_for_cpu
+    from maaskit.lm.engine import SamplingParams
+torch.set_num_threads(1)  # as a server's main thread: only the engine's thread runs parallel regions
 torch.manual_seed(0)
 if spec["family"] == "gpt":
     from maaskit.lm import GPT, GPTConfig

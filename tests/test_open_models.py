@@ -468,6 +468,22 @@ def test_the_linear_kernels_benchmark_prints_each_kind_beside_f_linear():
     assert done.stdout.count("row(s): ms per step") == 2
 
 
+@pytest.mark.slow
+@pytest.mark.nightly  # two builds of the graphs; make test covers the cache in test_engine_features.py
+def test_the_compiled_step_benchmark_runs_and_its_second_start_reads_the_cache():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "compiled_step.py"), "--model", "tiny-llama", "--rounds", "1"],
+        capture_output=True, text=True, timeout=900, cwd=root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "second start: graphs built in" in done.stdout and "(3 of 3 from the cache)" in done.stdout
+    assert done.stdout.count("128-token chunk") == 2
+
+
 @pytest.mark.parametrize("lengths", [[12, 12, 12], [12], [12, 7, 9]], ids=["one-length", "one-row", "lengths"])
 def test_a_bfloat16_decode_step_agrees_with_the_whole_sequence_in_bfloat16(tmp_path, lengths):
     # decoding in bfloat16 on a CPU attends on float32 copies (no mask where the rows are of one
