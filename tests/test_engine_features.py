@@ -402,6 +402,21 @@ def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(m
 
     # then 1 to 4 rows, of one length and of several, consecutive slots and not, and prompts of any
     # length, alone (the first two jobs: 3 tokens, then 1) or joining running ones: no graph is built again
+    if packs:  # each packed product runs once a step: a fused q/k/v or gate/up product's parts merged into one call
+        from maaskit.lm.runtime.backend.packing import PackedLinear
+
+        called = []
+        product = PackedLinear.product
+
+        @torch.inference_mode()
+        def one_step() -> None:
+            batch = engine.cache.batch([(0, 5), (1, 7)], [(2, 0, 3)])
+            engine.runner.forward(torch.zeros(1, batch.tokens, dtype=torch.long), batch, torch.tensor(batch.last))
+
+        with monkeypatch.context() as patched:
+            patched.setattr(PackedLinear, "product", lambda self, x: called.append(id(self)) or product(self, x))
+            engine.call(one_step)
+        assert len(called) == len(set(called)) == engine.runner.forward.opaque_products
     threads = engine.call(torch.get_num_threads)  # the graphs' thread count: part of their cache key
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert max(engine.call(gaps)) < 1e-4

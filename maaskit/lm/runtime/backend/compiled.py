@@ -14,14 +14,16 @@ beside a longer row; both longer) serve a server's life, all built by :meth:`Com
 on a scratch cache of its own, so that it can run while the engine serves with the eager pass.
 
 On a CPU the products stay the served model's own (oneDNN's packed weights, :mod:`.packing`), each
-called as one opaque operation by number (``maaskit::packed_linear``; a fused q/k/v or gate/up product
-once, :class:`_MergeProducts`). So the graphs hold no weights: they run on the model's own parameters,
-with no second copy, and Inductor keeps them in its on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by
-default under the system's temporary folder), keyed by the graph (the model's shapes and dtype, not its
-weights' values), PyTorch's version, the C++ compiler and the CPU's instruction set: a second start of
-a model of the same shapes reads them instead of building them. (Inductor's own kernels for weights
-frozen into the graph, its other way, ran a step at one row faster, but no such graph can be cached
-and each start built them for minutes: benchmarks/FIGURES.md, "the compiled forward pass".)
+called as one opaque operation by its place in the model (``maaskit::packed_linear``; a fused q/k/v
+or gate/up product once, :class:`_MergeProducts`): oneDNN's packed layout is no tensor a graph can
+take as an input or Inductor can keep in its cache. So the graphs hold no weights: they run on the
+model's own, with no second copy, and Inductor keeps them in its on-disk cache
+(``TORCHINDUCTOR_CACHE_DIR``, by default under the system's temporary folder), keyed by the graph
+(the model's shapes and dtype, not its weights' values), the thread count, PyTorch's version, the C++
+compiler and the CPU's instruction set: a second start of a model of the same shapes reads them
+instead of building them. (Inductor's own kernels for weights frozen into the graph, its other way,
+ran a step at one row faster, but no such graph can be cached and each start built them for minutes:
+benchmarks/FIGURES.md, "the compiled forward pass".)
 """
 
 from __future__ import annotations
@@ -33,35 +35,48 @@ import time
 from typing import Any
 
 import torch
+from torch import nn
 from torch._dynamo.utils import counters
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
 from ...models.attention import FlatBatch, SlotCache
 from ...models.base import CausalLM
-from .packing import FusedPart, PackedLinear
+from .packing import Fused, FusedPart, PackedLinear
 
 __all__ = ["CompiledForward"]
 
-# the batch of the step being run: set around each call of the compiled graph, on the engine's thread
-_running: list[FlatBatch] = []
+# the step being run: its batch and the model's packed products, set around each call of the compiled
+# graph, on the engine's thread
+_running: list[tuple[FlatBatch, list[PackedLinear]]] = []
 
 # defined through torch.library.Library rather than the @custom_op decorator, whose wrapper costs about as
-# long as a small product (benchmarks/FIGURES.md, "packing"), once per layer here
+# long as a small product (benchmarks/FIGURES.md, "packing"), several times per layer here
 _LIBRARY = torch.library.Library("maaskit", "FRAGMENT")
 _LIBRARY.define("attention(Tensor q, Tensor k, Tensor v, int layer, bool gqa, int? window) -> Tensor")
+_LIBRARY.define("packed_linear(Tensor x, int product, int out) -> Tensor")
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, gqa: bool,
                window: int | None) -> torch.Tensor:  # fmt: skip
-    return _running[-1].attention(layer, q, k, v, gqa, window=window).contiguous()
+    return _running[-1][0].attention(layer, q, k, v, gqa, window=window).contiguous()
+
+
+def _packed_linear(x: torch.Tensor, product: int, out: int) -> torch.Tensor:
+    return _running[-1][1][product].product(x)
 
 
 _LIBRARY.impl("attention", _attention, "CompositeExplicitAutograd")
+_LIBRARY.impl("packed_linear", _packed_linear, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake("maaskit::attention")
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, gqa: bool, window: int | None) -> torch.Tensor:
     return q.new_empty(q.shape)  # contiguous, as _attention returns it
+
+
+@torch.library.register_fake("maaskit::packed_linear")
+def _(x: torch.Tensor, product: int, out: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], out)
 
 
 class _Traced:
@@ -103,9 +118,35 @@ class _MergeProducts(CustomGraphPass):
 _log = logging.getLogger(__name__)
 
 
-def _opaque_copy(model: CausalLM) -> CausalLM:
-    """The model's modules again, on the same tensors (no weight is copied), with each packed product
-    called as ``maaskit::packed_linear``: what is traced, apart from the modules the engine runs meanwhile."""
+class _Product(nn.Module):
+    """In the traced copy, in a packed product's place: ``maaskit::packed_linear``, by its place in the model."""
+
+    def __init__(self, product: int, out_features: int):
+        super().__init__()
+        self.product, self.out_features = product, out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.maaskit.packed_linear(x, self.product, self.out_features)
+
+
+class _Share(nn.Module):
+    """In the traced copy, in a :class:`~.packing.FusedPart`'s place: the whole fused product, then this
+    part's share (each part asks for the product; :class:`_MergeProducts` leaves one call)."""
+
+    def __init__(self, fused: Fused, part: int):
+        super().__init__()
+        self.part, self.group = part, [fused]  # in a list: not a child of each part
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.group[0]
+        return fused.product(x).split(fused.sizes, dim=-1)[self.part]
+
+
+def _opaque_copy(model: CausalLM) -> tuple[CausalLM, list[PackedLinear]]:
+    """The model's modules again, on the same tensors (no weight is copied), each packed product called
+    as ``maaskit::packed_linear`` by its place in the model (the same for every model of the same
+    layout, so that a graph from the cache serves any of them): what is traced, apart from the modules
+    the engine runs meanwhile. Returns the copy and the packed products, in those places."""
     shared: dict[int, Any] = {}
     for module in model.modules():
         for value in module.__dict__.values():  # parameters, buffers, and tensors kept as attributes
@@ -113,10 +154,15 @@ def _opaque_copy(model: CausalLM) -> CausalLM:
                 if isinstance(tensor, torch.Tensor):
                     shared[id(tensor)] = tensor
     traced = copy.deepcopy(model, shared)
-    for module in traced.modules():
-        if isinstance(module, (PackedLinear, FusedPart)):
-            module.opaque = True
-    return traced
+    products: list[PackedLinear] = []
+    for parent in list(traced.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, PackedLinear):
+                products.append(child)
+                setattr(parent, name, _Product(len(products) - 1, child.out_features))
+            elif isinstance(child, FusedPart):
+                setattr(parent, name, _Share(child.group[0], child.part))
+    return traced, products
 
 
 class CompiledForward:
@@ -126,8 +172,8 @@ class CompiledForward:
     def __init__(self, model: CausalLM):
         if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
             raise RuntimeError("compiling the model's step needs a C++ compiler (g++ or clang++), and none is on PATH")
-        self.model = _opaque_copy(model)
-        self.opaque_products = sum(isinstance(m, PackedLinear) for m in self.model.modules())
+        self.model, self.products = _opaque_copy(model)
+        self.opaque_products = len(self.products)
         self.compiled = torch.compile(self._forward, dynamic=True)
         self.cached_graphs = 0  # of those warm_up built, how many Inductor read from its on-disk cache
 
@@ -135,7 +181,7 @@ class CompiledForward:
         return self.model(tokens, _Traced(where), select=select)
 
     def __call__(self, tokens: torch.Tensor, batch: FlatBatch, select: torch.Tensor) -> torch.Tensor:
-        _running.append(batch)
+        _running.append((batch, self.products))
         try:
             return self.compiled(tokens, batch.where, select)
         finally:

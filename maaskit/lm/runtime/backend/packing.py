@@ -17,10 +17,8 @@ calls the same packed products, each as one opaque operation (lm/runtime/backend
 
 from __future__ import annotations
 
-import itertools
 import statistics
 import time
-import weakref
 
 import torch
 import torch.nn.functional as F
@@ -55,33 +53,10 @@ def can_pack(dtype: torch.dtype) -> bool:
     return dtype == torch.float32
 
 
-# A compiled graph calls a packed product as one opaque operation, ``maaskit::packed_linear``, naming
-# its layer by a number: the packed weight, in oneDNN's own layout, is not a tensor a graph can take
-# or Inductor's on-disk cache can keep, and by number the graph holds no weights at all
-# (lm/runtime/backend/compiled.py). Defined through torch.library.Library rather than the @custom_op
-# decorator, whose wrapper costs about as long as a small product (benchmarks/FIGURES.md, "packing").
-_PACKED: weakref.WeakValueDictionary[int, PackedLinear] = weakref.WeakValueDictionary()
-_NUMBERS = itertools.count()
-_LIBRARY = torch.library.Library("maaskit", "FRAGMENT")
-_LIBRARY.define("packed_linear(Tensor x, int layer, int out) -> Tensor")
-
-
-def _packed_linear(x: torch.Tensor, layer: int, out: int) -> torch.Tensor:
-    return _PACKED[layer].product(x)
-
-
-_LIBRARY.impl("packed_linear", _packed_linear, "CompositeExplicitAutograd")
-
-
-@torch.library.register_fake("maaskit::packed_linear")
-def _(x: torch.Tensor, layer: int, out: int) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], out)
-
-
 class PackedLinear(nn.Module):
     """``nn.Linear``'s product on a weight oneDNN packed once. Inference only: the packed weight is
     not a parameter (no gradient, not in the state dict); the layer's shape and dtype are kept.
-    ``opaque``: called as ``maaskit::packed_linear`` (in a copy of the model that is compiled)."""
+    A compiled step calls :meth:`product` as one opaque operation (lm/runtime/backend/compiled.py)."""
 
     def __init__(self, linear: nn.Linear, rows: int):
         super().__init__()
@@ -93,13 +68,8 @@ class PackedLinear(nn.Module):
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, max(rows, MIN_ROWS))
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
         self.min_rows = 1  # a product of fewer rows is padded to this many (pack_for_cpu measures which is faster)
-        self.opaque = False
-        self.number = next(_NUMBERS)
-        _PACKED[self.number] = self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.opaque:
-            return torch.ops.maaskit.packed_linear(x, self.number, self.out_features)
         return self.product(x)
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,21 +140,15 @@ class Fused(nn.Module):
 
 
 class FusedPart(nn.Module):
-    """One layer of a :class:`Fused` group, in the place of the ``nn.Linear`` it was. ``opaque`` (in a
-    copy of the model that is compiled): each part runs the whole product and takes its share, which
-    the compiled graph runs once (lm/runtime/backend/compiled.py: identical products are merged)."""
+    """One layer of a :class:`Fused` group, in the place of the ``nn.Linear`` it was."""
 
     def __init__(self, fused: Fused, part: int):
         super().__init__()
         self.part = part
         self.group = [fused]  # in a list: not a child of each part (the siblings' parent holds it once)
-        self.opaque = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = self.group[0]
-        if self.opaque:
-            return fused.product(x).split(fused.sizes, dim=-1)[self.part]
-        return fused.share(x, self.part)
+        return self.group[0].share(x, self.part)
 
 
 def _fuse(model: nn.Module) -> None:
