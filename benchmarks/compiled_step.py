@@ -23,9 +23,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import SHAPES  # noqa: E402
+from engine import BUILD_MODEL, SHAPES  # noqa: E402
 
-CHILD = r"""
+CHILD = (
+    r"""
 import json, resource, statistics, sys, time
 import torch
 spec = json.loads(sys.argv[1])
@@ -33,15 +34,9 @@ torch.set_num_threads(spec["threads"])
 from maaskit.lm.models.attention import SlotCache
 from maaskit.lm.runtime.backend.compiled import CompiledForward
 from maaskit.lm.runtime.backend.packing import pack_for_cpu
-torch.manual_seed(0)
-if spec["family"] == "gpt":
-    from maaskit.lm import GPT, GPTConfig
-    model = GPT(GPTConfig(**spec["config"]))
-else:
-    from maaskit.lm import Llama, LlamaConfig
-    model = Llama(LlamaConfig(**spec["config"]))
-model = model.to(getattr(torch, spec["dtype"])).eval()
-pack_for_cpu(model, rows=16)
+"""
+    + BUILD_MODEL
+    + r"""
 compiled = CompiledForward(model)
 start = time.perf_counter()
 compiled.warm_up(16)
@@ -68,6 +63,7 @@ print(json.dumps({"built_s": built, "cached_graphs": compiled.cached_graphs,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "ms": {f"{side}|{cell}": statistics.median(v) for (side, cell), v in times.items()}}))
 """
+)
 
 
 def main() -> None:

@@ -41,8 +41,22 @@ SHAPES = {
                              "head_dim": 64, "context": 256}),
 }  # fmt: skip
 
+# in a child process: `model`, of the shape `spec` names, random weights, packed as a server packs it
+BUILD_MODEL = r"""
+torch.manual_seed(0)
+if spec["family"] == "gpt":
+    from maaskit.lm import GPT, GPTConfig
+    model = GPT(GPTConfig(**spec["config"]))
+else:
+    from maaskit.lm import Llama, LlamaConfig
+    model = Llama(LlamaConfig(**spec["config"]))
+model = model.to(getattr(torch, spec["dtype"])).eval()
+pack_for_cpu(model, rows=16)
+"""
+
 # run in a child process with the checkout's maaskit first on the path: one JSON line of results
-CHILD = r"""
+CHILD = (
+    r"""
 import asyncio, json, statistics, sys, time
 import torch
 spec = json.loads(sys.argv[1])
@@ -54,15 +68,9 @@ except ImportError:  # a baseline checkout from before them (lm's modules side b
     from maaskit.lm.backend.packing import pack_for_cpu
     from maaskit.lm.engine import SamplingParams
 torch.set_num_threads(1)  # as a server's main thread: only the engine's thread runs parallel regions
-torch.manual_seed(0)
-if spec["family"] == "gpt":
-    from maaskit.lm import GPT, GPTConfig
-    model = GPT(GPTConfig(**spec["config"]))
-else:
-    from maaskit.lm import Llama, LlamaConfig
-    model = Llama(LlamaConfig(**spec["config"]))
-model = model.to(getattr(torch, spec["dtype"])).eval()
-pack_for_cpu(model, rows=16)
+"""
+    + BUILD_MODEL
+    + r"""
 threads = spec["threads"]
 engine = Engine(model, max_sequences=16, thread_setup=lambda: torch.set_num_threads(threads),
                 prefill_chunk=512, prefill_stall=0.5)
@@ -96,6 +104,7 @@ async def main():
 print(json.dumps(asyncio.run(main())))
 engine.close()
 """
+)
 
 
 def run_side(checkout: Path, spec: dict) -> dict[str, list[float]]:
