@@ -98,7 +98,7 @@ class _Traced:
 
 class _MergeProducts(CustomGraphPass):
     """Inductor's pass over each graph: calls of ``maaskit::packed_linear`` on the same input and
-    layer become one (each part of a fused q/k/v or gate/up product asks for the whole product)."""
+    product become one (each part of a fused q/k/v or gate/up product asks for the whole product)."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         seen: dict[Any, torch.fx.Node] = {}
