@@ -48,7 +48,7 @@ times = {(side, cell): [] for side in ("eager", "compiled") for cell in cells}
 
 def step(forward, rows, chunk):
     batch = cache.batch([(s, 200) for s in range(rows)], [(15, 0, chunk)] if chunk else [])
-    return forward(torch.randint(0, 1000, (1, batch.tokens)), batch, torch.tensor(batch.last))
+    return forward(torch.randint(0, model.vocab_size, (1, batch.tokens)), batch, torch.tensor(batch.last))
 
 with torch.inference_mode():
     for _ in range(spec["rounds"]):
