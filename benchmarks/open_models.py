@@ -269,9 +269,13 @@ def load(server: Server, streams: int, concurrency: int, max_tokens: int, *optio
                str(concurrency), str(max_tokens), "--exact", *options]  # fmt: skip
     server.thaw()
     try:
-        raw = json.loads(subprocess.run(command, capture_output=True, text=True, timeout=1800, check=True).stdout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
     finally:
         server.freeze()
+    if done.returncode:  # what the load process saw, rather than its exit status alone
+        raise RuntimeError(f"the load against {server.name} ({streams} streams, {concurrency} at once) failed:\n"
+                           f"{done.stderr[-3000:]}")  # fmt: skip
+    raw = json.loads(done.stdout)
     good = sum(t <= 1.0 and p <= 0.1 for t, p in zip(raw["ttft_s"], raw["tpot_s"]))
     return {
         "ttft_p50_ms": 1000 * percentile(raw["ttft_s"], 0.5), "ttft_p99_ms": 1000 * percentile(raw["ttft_s"], 0.99),
