@@ -80,8 +80,8 @@ test: peers-background install chromium hey
 	wait $$lint; linted=$$?; echo "--- make lint:"; cat $(VENV)/lint.log; \
 	test $$linted = 0 || echo "make lint failed"; test $$tests = 0 && test $$linted = 0
 
-# The long variants of checks whose smoke form `make test` runs (e.g. every model shape through the compiled
-# decode step; tests/ marks them nightly): for a nightly job, or before changing what they cover.
+# The long variants of checks whose smoke form `make test` runs (e.g. a second model family through the
+# compiled forward pass; tests/ marks them nightly): for a nightly job, or before changing what they cover.
 test-nightly: install
 	$(BIN)/python -m pytest -n 2 --timeout 1800 --durations 12 -m nightly tests
 
