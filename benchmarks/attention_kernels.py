@@ -13,7 +13,14 @@ each in float32 and bfloat16, the keys read from a slot cache as the engine read
 first rows, positions up to the span). Printed: milliseconds per step, and each kind's ratio to SDPA in
 float32.
 
+With ``--layouts``: the cache's layout instead, ``maaskit``'s kernel in float32 on each: the slot cache
+(one row of the whole context per sequence) read as a view (rows in consecutive slots, as the engine
+takes the lowest free ones) and gathered (rows in scattered slots); and a paged cache (vLLM's: blocks of
+``--block`` positions anywhere in one pool, a block table per row), its blocks gathered into rows each
+layer, as PyTorch without a kernel of its own must.
+
     python benchmarks/attention_kernels.py [--rounds 15] [--rows 1,4,16] [--spans 100,500] [--layers 30 ...]
+    python benchmarks/attention_kernels.py --layouts [--block 16]
 """
 
 from __future__ import annotations
@@ -40,6 +47,55 @@ def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     return torch.matmul(weights.view(b, kv, group * t, -1), values).view(b, heads, t, width)
 
 
+def paged(blocks: torch.Tensor, table: torch.Tensor, span: int) -> torch.Tensor:
+    """Rows x kv heads x span x width gathered from ``blocks`` (pool x kv heads x block x width) by each
+    row's ``table`` of block numbers."""
+    rows, size = table.shape[0], blocks.shape[2]
+    used = -(-span // size)
+    gathered = blocks[table[:, :used]]  # rows x used x kv heads x block x width
+    return gathered.transpose(1, 2).reshape(rows, blocks.shape[1], used * size, -1)[:, :, :span]
+
+
+def _readers(rows: int, span: int, scattered: torch.Tensor, table: torch.Tensor, block: int) -> dict:
+    """Each layout's read of a layer's keys and values (slot cache ``k``, ``v``; paged pools ``pk``, ``pv``)."""
+    return {
+        "slot cache, consecutive rows (a view)": lambda k, v, pk, pv: (k[:rows, :, :span], v[:rows, :, :span]),
+        "slot cache, scattered rows (gathered)": lambda k, v, pk, pv: (k[scattered, :, :span], v[scattered, :, :span]),
+        f"paged, blocks of {block} (gathered)": lambda k, v, pk, pv: (paged(pk, table, span), paged(pv, table, span)),
+    }
+
+
+def layouts(a: argparse.Namespace) -> None:
+    """The slot cache read as a view, gathered, and a paged cache gathered: maaskit's kernel on each."""
+    shape = (a.slots, a.kv_heads, a.context, a.head_dim)
+    per_slot = a.context // a.block
+    for rows in (int(r) for r in a.rows.split(",")):
+        for span in (int(s) for s in a.spans.split(",")):
+            scattered = torch.randperm(a.slots)[:rows]
+            table = torch.randperm(a.slots * per_slot).view(a.slots, per_slot)[:rows]
+            layers = []
+            for _ in range(a.layers):
+                k, v = torch.randn(shape), torch.randn(shape)
+                pool = (k.view(a.slots, a.kv_heads, per_slot, a.block, a.head_dim).transpose(1, 2)
+                        .reshape(-1, a.kv_heads, a.block, a.head_dim))  # fmt: skip
+                layers.append((k, v, pool, pool.clone()))
+            q = torch.randn(rows, a.heads, 1, a.head_dim)
+            kinds = _readers(rows, span, scattered, table, a.block)
+            table_ms: dict[str, list[float]] = {name: [] for name in kinds}
+            with torch.inference_mode():
+                for _ in range(a.rounds + 1):  # the first round warms up
+                    for name, read in kinds.items():
+                        start = time.perf_counter()
+                        for layer in layers:
+                            decode_attention(q, *read(*layer), None)
+                        table_ms[name].append((time.perf_counter() - start) * 1e3)
+            base = statistics.median(table_ms[next(iter(kinds))][1:])
+            print(f"\n{rows} row(s), {span} positions, float32: ms per step (every layer), median of {a.rounds} rounds")
+            for name, times in table_ms.items():
+                ms = statistics.median(times[1:])
+                print(f"  {name:<40} {ms:8.2f} ms   x{ms / base:5.2f} the view's time")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=15)
@@ -51,9 +107,14 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=16)
     p.add_argument("--rows", default="1,4,16")
     p.add_argument("--spans", default="100,500")
+    p.add_argument("--layouts", action="store_true", help="the cache's layouts instead of the kernels")
+    p.add_argument("--block", type=int, default=16, help="positions per block of the paged cache")
     a = p.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    if a.layouts:
+        layouts(a)
+        return
     print(f"torch {torch.__version__}, one thread; {a.layers} layers of {a.heads} query heads, {a.kv_heads} "
           f"key/value heads of {a.head_dim}")  # fmt: skip
     kinds = {

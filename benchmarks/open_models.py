@@ -10,21 +10,21 @@ Models (random weights, built here from their configs: nothing is downloaded):
                 by vLLM from ``export_gpt2``'s folder
   gpt-default   notebook 07's GPT shape (0.14M parameters, 2 heads of 32, context 128), the same way
 
-Each server is swept over its documented knobs, and every variant is a row of its own: maaskit with
-no flag (its default: its forward pass compiled in the background after the start, measured once the
+Each server is swept over its documented knobs, and every variant is a row of its own: maaskit with no
+flag (its default: its forward pass compiled in the background after the start, measured once the
 compiled pass serves) and with ``--no-compile`` (eager), each on ``--threads`` 1 and 2; vLLM with its
-engine's threads bound to core 0 and to cores 0-1
-(``VLLM_CPU_OMP_THREADS_BIND``). For each model and dtype, every server is started once and measured
-while the others are frozen (SIGSTOP: vLLM's engine busy-polls even when idle); rounds interleave the
-servers, the first server rotating. Prompts of ``--prompts`` tokens (random tokens, a different prompt
-per stream, so that no prefix cache helps), every stream generating exactly ``--max-tokens`` tokens
+engine's threads bound to core 0 and to cores 0-1 (``VLLM_CPU_OMP_THREADS_BIND``). For each model and
+dtype, every server is started once and measured while the others are frozen (SIGSTOP: vLLM's engine
+busy-polls even when idle); rounds interleave the servers, the first server rotating. Prompts of
+``--prompts`` tokens (random tokens, a prompt no server has seen for every stream of every cell and
+round, so that no prefix cache helps), every stream generating exactly ``--max-tokens`` tokens
 (``ignore_eos``, ``min_tokens``). Per cell: TTFT, TPOT and ITL p50/p99 and tokens/s, medians of the
 rounds (each round's tokens/s printed too); per server: the time to its first answer (and, compiled,
-until its compiled pass serves) and its peak resident memory (every process of it). At one stream
-with the shortest prompt, the decode roofline: bytes of weights read per step x steps/s against the
-memory bandwidth that the server's thread count measures here (MBU). Goodput (requests/s meeting
-TTFT <= 1 s and TPOT <= 100 ms) under Poisson arrivals. The load comes from a process of its own,
-which shares the machine's cores with the server measured.
+until its compiled pass serves) and its peak resident memory (every process of it). At one stream with
+the shortest prompt, the decode roofline: bytes of weights read per step x steps/s against the memory
+bandwidth that the server's thread count measures here (MBU). Goodput (requests/s meeting TTFT <= 1 s
+and TPOT <= 100 ms) under Poisson arrivals. The load comes from a process of its own, which shares the
+machine's cores with the server measured.
 
 First, the same greedy chat requests to maaskit and vLLM, compared token by token with their
 log-probabilities (the export and the chat template are exact). Then maaskit alone: TTFT with a
@@ -286,6 +286,11 @@ def load(server: Server, streams: int, concurrency: int, max_tokens: int, *optio
     }  # fmt: skip
 
 
+def cell_streams(concurrency: int, streams: int) -> int:
+    """Streams in a cell of ``concurrency``: ``streams``, half of it at one stream, at least two rounds of it."""
+    return max(2 * concurrency, streams if concurrency > 1 else streams // 2)
+
+
 def compare(servers: list[Server], prompts: dict[int, Path], concurrency: list[int], rounds: int, max_tokens: int,
             streams: int) -> tuple[dict, dict]:  # fmt: skip
     """Medians over rounds of every (prompt tokens, concurrency) cell, servers taking turns within each
@@ -295,16 +300,18 @@ def compare(servers: list[Server], prompts: dict[int, Path], concurrency: list[i
     }
     for s in servers:
         load(s, 2, 2, 4)  # warm-up
+    first = dict.fromkeys(prompts, 0)  # each load's prompts unseen by every server: no prefix cache answers them
     for r in range(rounds):
         order = servers[r % len(servers) :] + servers[: r % len(servers)]
         for p, c in cells[servers[0].name]:
+            n = cell_streams(c, streams)
             for s in order:
-                cell = load(s, max(2 * c, streams if c > 1 else streams // 2), c, max_tokens, "--prompts",
-                            str(prompts[p]))  # fmt: skip
+                cell = load(s, n, c, max_tokens, "--prompts", str(prompts[p]), "--first", str(first[p]))
                 cells[s.name][(p, c)].append(cell)
                 print(f"  round {r + 1} {s.name:<27} prompt {p:<4} c={c:<3} TTFT p50 {cell['ttft_p50_ms']:7.1f} ms  "
                       f"TPOT p50 {cell['tpot_p50_ms']:6.2f} ms  {cell['tokens_per_s']:7,.1f} tokens/s  "
                       f"errors {cell['errors']}", flush=True)  # fmt: skip
+            first[p] += n
     medians = {n: {k: {f: statistics.median(x[f] for x in xs) for f in xs[0]} for k, xs in by.items()}
                for n, by in cells.items()}  # fmt: skip
     spread = {n: {k: [round(x["tokens_per_s"], 1) for x in xs] for k, xs in by.items()} for n, by in cells.items()}
@@ -515,8 +522,9 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
                 shape = {"tiny-llama": TINY_LLAMA, "qwen2-53m": QWEN2_53M}.get(name, SMOLLM2_135M)
                 ours = theirs = llama_folder(folder / name, shape, "qwen2" if name.startswith("qwen2") else "llama")
             fitting = [p for p in lengths if p + args.max_tokens + 8 <= context]
+            count = args.rounds * sum(cell_streams(c, args.streams) for c in concurrency)  # no prompt sent twice
             prompts = {p: prompt_file(ours if (ours / "tokenizer.json").exists() else theirs, p,
-                                      folder / f"{name}.prompts-{p}.json") for p in fitting}  # fmt: skip
+                                      folder / f"{name}.prompts-{p}.json", count) for p in fitting}  # fmt: skip
             for dtype in [] if args.features_only else dtypes:
                 print(f"\n{name}, {dtype}", flush=True)
                 servers: list[Server] = []

@@ -4,13 +4,14 @@ events. Prints one JSON object: per-stream time to first token, gaps between tok
 the server's usage counts them, when it sends it) and the wall time.
 
     python sse_load.py URL MODEL STREAMS CONCURRENCY MAX_TOKENS [--exact] [--rate R] [--prefix FILE]
-                       [--prompts FILE]
+                       [--prompts FILE] [--first K]
 
 ``--exact``: every stream generates exactly MAX_TOKENS (``ignore_eos`` and ``min_tokens``, as
 ``vllm bench serve`` sends). ``--rate R``: requests start as a Poisson process of R per second
 (still at most CONCURRENCY at once) instead of back to back. ``--prefix FILE``: each prompt begins
 with this text (a shared system prompt). ``--prompts FILE``: a JSON list of prompts, stream ``i`` sends
-the ``i``-th (modulo their number), instead of "Example i:".
+the ``(K + i)``-th (modulo their number), instead of "Example i:"; ``--first K`` (default 0) lets loads
+run one after another send prompts no server has seen, so that no prefix cache answers them.
 """
 
 import argparse
@@ -37,7 +38,7 @@ async def main(args: argparse.Namespace) -> dict:
                 if args.rate:
                     due[0] += arrivals.expovariate(args.rate)
                     await asyncio.sleep(max(0.0, start + due[0] - time.perf_counter()))
-                body = {"model": args.model, "prompt": prefix + prompts[i % len(prompts)],
+                body = {"model": args.model, "prompt": prefix + prompts[(args.first + i) % len(prompts)],
                         "max_tokens": args.max_tokens, "temperature": 1.0, "seed": i, "stream": True,
                         "stream_options": {"include_usage": True}}  # fmt: skip
                 if args.exact:
@@ -83,4 +84,5 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=0.0)
     parser.add_argument("--prefix")
     parser.add_argument("--prompts")
+    parser.add_argument("--first", type=int, default=0)
     print(json.dumps(asyncio.run(main(parser.parse_args()))))
