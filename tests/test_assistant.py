@@ -150,6 +150,36 @@ def test_masks_equal_a_from_scratch_automaton_on_a_small_pattern(chat_lm):
         assert set(Guide.allowed(masks, 0, tokenizer.get_vocab_size())) == allowed_by_hand(prefix), prefix
 
 
+def test_masks_and_advances_are_the_same_one_by_one_and_in_parallel(chat_lm, monkeypatch):
+    """With cores to spare a step's matchers are filled and advanced in parallel (llguidance's executor,
+    on the masks' buffer); on this 2-core machine never, so both ways are run here and compared."""
+    import maaskit.lm.runtime.constrain as constrain
+
+    _, tokenizer = chat_lm
+    guide = Guide(tokenizer, tokenizer.get_vocab_size(), ChatFormat(tokenizer).end)
+    grammars = ["start: /(yes|no)[0-9]/\n", json_grammar(get_task("assistant").schema), "start: /[a-z]+!/\n"]
+    prefixes = ["ye", '{"', "abc"]
+
+    def run(parallel: bool) -> tuple[torch.Tensor, list[bool], torch.Tensor]:
+        monkeypatch.setattr(constrain, "SPARE_CORES", parallel)
+        matchers = [guide.matcher(g) for g in grammars]
+        for m, prefix in zip(matchers, prefixes):
+            assert m.consume_tokens(tokenizer.encode(prefix).ids)
+        before = guide.masks(len(matchers))
+        guide.fill([(m, row) for row, m in enumerate(matchers)], before)
+        allowed = [int(Guide.allowed(before, row, tokenizer.get_vocab_size())[0]) for row in range(len(matchers))]
+        taken = guide.advance(list(zip(matchers, allowed)))
+        after = guide.masks(len(matchers))
+        guide.fill([(m, row) for row, m in enumerate(matchers)], after)
+        return before, taken, after
+
+    serial, parallel = run(False), run(True)
+    assert torch.equal(serial[0], parallel[0]) and serial[1] == parallel[1] == [True] * 3
+    assert torch.equal(serial[2], parallel[2]) and not torch.equal(serial[0], serial[2])
+    with pytest.raises(ValueError, match="contiguous int32"):
+        guide.fill([], torch.zeros(2, 4, dtype=torch.int64))
+
+
 def test_a_mixed_batch_gives_each_sequence_the_tokens_it_gets_alone(chat_lm):
     model, tokenizer = chat_lm
     chat = ChatFormat(tokenizer)

@@ -24,7 +24,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 
 import llguidance
-import llguidance.torch as llt
 import torch
 from tokenizers import Tokenizer
 
@@ -129,23 +128,30 @@ class Guide:
         """Raise :class:`UnsupportedGrammar` now, at the request, rather than in a decode step."""
         self.matcher(grammar)
 
+    # llguidance.torch's helpers are not imported: that module compiles a kernel with torch.compile as it
+    # is imported, which loads torch._dynamo, Inductor, Triton and SymPy into every server (~2.6 s and
+    # ~200 MB resident, used or not); its three helpers below are calls on the matchers' own buffers
+
     def masks(self, rows: int) -> torch.Tensor:
-        """Room for ``rows`` masks (bits, 32 tokens to an int32)."""
-        return llt.allocate_token_bitmask(rows, self.vocab_size)
+        """Room for ``rows`` masks (bits, 32 tokens to an int32; all allowed)."""
+        return torch.full((rows, (self.vocab_size + 31) // 32), -1, dtype=torch.int32)
 
     def fill(self, matchers: Sequence[tuple[llguidance.LLMatcher, int]], masks: torch.Tensor) -> None:
         """Write each matcher's allowed tokens into its row of ``masks`` (off the GIL; with cores to
         spare, several in parallel)."""
+        if masks.dtype != torch.int32 or masks.device.type != "cpu" or not masks.is_contiguous():
+            raise ValueError("masks are a contiguous int32 tensor on the CPU (Guide.masks)")
+        row_bytes = masks.shape[1] * masks.element_size()
         if SPARE_CORES and len(matchers) > SERIAL_BELOW:
-            llt.fill_next_token_bitmask_par(self.executor, list(matchers), masks)
+            self.executor.unsafe_compute_mask_ptr(list(matchers), masks.data_ptr(), row_bytes, masks.shape[0])
         else:
             for matcher, row in matchers:
-                llt.fill_next_token_bitmask(matcher, masks, row)
+                matcher.unsafe_compute_mask_ptr(masks[row].data_ptr(), row_bytes)
 
     def advance(self, matchers: Sequence[tuple[llguidance.LLMatcher, int]]) -> list[bool]:
         """Each matcher takes its token (``(matcher, token)`` pairs); False where the grammar refused it."""
         if SPARE_CORES and len(matchers) > SERIAL_BELOW:
-            return llt.consume_token_par(self.executor, list(matchers))
+            return self.executor.consume_token_par(list(matchers))
         return [matcher.consume_token(token) for matcher, token in matchers]
 
     @staticmethod
