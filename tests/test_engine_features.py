@@ -120,7 +120,7 @@ class _EightTokens(PrefillPace):
     def chunk(self, limit: int, running: int) -> int:
         return min(limit, 8)
 
-    def record(self, seconds: float, running: int, prefilled: int) -> None:
+    def record(self, seconds: float, running: int, prefilled: int, waiting: int = 1) -> None:
         self.records.append((seconds, running, prefilled))
 
 
@@ -185,6 +185,14 @@ def test_the_prefill_pace_steers_the_chunk_by_the_time_steps_take():
     pace.record(0.400, running=16, prefilled=0)  # 16 rows take longer: their chunk is sized against their own
     pace.record(0.500, running=16, prefilled=16)  # 100 ms of the 400 allowed: grow
     assert pace.chunk(256, running=16) == 32
+    # as many sequences waiting for their first token as running ones, or more: each gets a running one's share
+    pace = PrefillPace(stall=0.5, first=32)
+    assert pace.share(running=8, waiting=1) == 0.5 and pace.share(running=4, waiting=8) == 2.0
+    pace.record(0.100, running=4, prefilled=0)
+    pace.record(0.200, running=4, prefilled=32, waiting=1)  # 100 ms added, 50 allowed: halve
+    assert pace.chunk(256, running=4) == 16
+    pace.record(0.200, running=4, prefilled=16, waiting=8)  # 8 waiting beside 4: 200 ms allowed, 100 taken: grow
+    assert pace.chunk(256, running=4) == 32
     assert PrefillPace(stall=2.0).stall == 2.0
     with pytest.raises(ValueError, match="stall must be more than 0"):
         PrefillPace(stall=0)

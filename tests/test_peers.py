@@ -158,4 +158,4 @@ def test_the_open_models_benchmark_runs_against_vllm():
     assert int(tokens) >= 16 and float(gap) < 1e-3, out  # the same tokens with the same log-probabilities
     errors = [int(n) for n in re.findall(r"errors (\d+)", out)]
     assert errors and set(errors) == {0}, out  # every stream of every cell answered in full
-    assert "identical outputs: True" in out and "while a whole-context prompt joins (paced)" in out
+    assert "identical outputs: True" in out and "while a whole-context prompt joins (the default)" in out

@@ -43,10 +43,10 @@ class ServeConfig:
     bfloat16 only where it has fast bfloat16 products, else float32); ``context``: positions a Hugging
     Face model's cache holds (its own limit is often far more than a small machine needs);
     ``kv_cache_gb``: memory for the sequences' caches, which caps ``max_sequences`` (None:
-    ``max_sequences`` slots); ``prefill_chunk``: prompt tokens computed per step beside the running
-    streams, at most; ``prefill_stall``: fewer, sized by time, so that such a step costs at most ``1 +
-    prefill_stall`` decode steps (0: always ``prefill_chunk``); ``prefix_cache_gb``: memory for shared
-    prompt prefixes (0: off).
+    ``max_sequences`` slots); ``prefill_chunk``: prompt tokens computed per step, at most (vLLM's
+    ``max_num_batched_tokens``); ``prefill_stall``: fewer beside running streams, sized by time, so that
+    such a step costs at most ``1 + prefill_stall`` decode steps (0: off, always up to ``prefill_chunk``);
+    ``prefix_cache_gb``: memory for shared prompt prefixes (0: off).
 
     ``threads``: PyTorch threads for each process's forward passes (None: shared among ``workers``, all
     cores but one, which the event loop needs; all cores for a language model of 32 MiB of weights or
@@ -106,13 +106,17 @@ class ServeConfig:
         "memory for the sequences' key/value caches; fewer slots than --max-sequences if it holds fewer (more "
         "requests wait their turn); default: --max-sequences slots",
     )
+    # vLLM's max_num_batched_tokens on a CPU server: prompts that arrive together go in together, and their
+    # streams then decode together; paced by default, prompts of 512 tokens at 16 streams got half vLLM's
+    # tokens/s and 5x its time to first token (benchmarks/FIGURES.md, "prefill pacing")
     prefill_chunk: int = _option(
-        256, "prompt tokens computed per step beside the running streams, at most (a long prompt does not stall them)"
+        2048, "prompt tokens computed per step, at most (a longer prompt is computed in chunks beside the streams)"
     )
-    prefill_stall: float = _option(  # keeps p99 inter-token latency within 2x a lone stream's (benchmarks/FIGURES.md)
-        0.5,
-        "fewer prompt tokens, sized by time, so that a step with them costs at most 1 + this many decode steps "
-        "(0: always --prefill-chunk)",
+    prefill_stall: float = _option(
+        0.0,
+        "fewer prompt tokens beside running streams, sized by time, so that a step with them costs at most 1 + "
+        "this many decode steps: no long gap in a stream when a long prompt joins, at the price of tokens/s "
+        "and time to first token when long prompts keep coming (0: off)",
     )
     prefix_cache_gb: float = _option(
         0.25, "memory for the keys and values of shared prompt prefixes, reused across requests (0: off)"

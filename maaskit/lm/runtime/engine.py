@@ -341,7 +341,9 @@ class Engine:
         # one step per hand-off: running steps back to back in the thread (tokens passed to the loop with
         # call_soon_threadsafe) was slower, as Inductor's kernels hold the GIL and the loop's streaming waited
         # on each step (benchmarks/lm_serving.py; figures: benchmarks/FIGURES.md, "one step per hand-off")
-        plan, seconds, events = await loop.run_in_executor(self._executor, self._step, list(self._prefilling), running)
+        waiting = len(self._prefilling) + self.waiting  # for their first token: the pace's share for prompts
+        plan, seconds, events = await loop.run_in_executor(self._executor, self._step, list(self._prefilling), running,
+                                                           waiting)  # fmt: skip
         self.steps += 1
         now = time.perf_counter()
         for seq, event in events:
@@ -427,17 +429,18 @@ class Engine:
         for watcher in self.watchers:
             watcher(record)
 
-    def _step(self, prefilling: list[_Sequence], running: list[_Sequence]
+    def _step(self, prefilling: list[_Sequence], running: list[_Sequence], waiting: int
               ) -> tuple[StepPlan[_Sequence], float, list[tuple[_Sequence, TokenEvent]]]:  # fmt: skip
-        """On the engine's thread: plan the step, run it, and turn its tokens into events. A prompt
-        now all in its slot is offered to the prefix cache. Returns the plan, the step's seconds and
+        """On the engine's thread: plan the step, run it, and turn its tokens into events (``waiting``:
+        sequences without their first token, for the pace). A prompt now all in its slot is offered to
+        the prefix cache. Returns the plan, the step's seconds and
         the events."""
         start = time.perf_counter()
         plan = self._plan(prefilling, running)
         sampled, tokens, logits = self.runner.run(plan)
         seconds = time.perf_counter() - start
         if self.pace is not None:
-            self.pace.record(seconds, len(running), plan.prompt_tokens)
+            self.pace.record(seconds, len(running), plan.prompt_tokens, waiting)
         if self.prefix_cache is not None:
             for seq, _ in plan.chunks:
                 if seq.filled == len(seq.prompt):

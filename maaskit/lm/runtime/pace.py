@@ -26,7 +26,8 @@ __all__ = ["PrefillPace"]
 
 
 class PrefillPace:
-    """``chunk(limit)``: prompt tokens for this step; ``record(seconds, running, prefilled)`` after each step."""
+    """``chunk(limit, running)``: prompt tokens for this step; ``record(seconds, running, prefilled, waiting)``
+    after each step."""
 
     def __init__(self, stall: float = 1.0, *, floor: int = 8, first: int = 8, weight: float = 0.3):
         if not stall > 0:
@@ -35,6 +36,12 @@ class PrefillPace:
         self.decode_s: dict[int, float] = {}  # running sequences -> moving average of a step with no prompt tokens
         self.size = float(first)  # the chunk beside running sequences, steered by record()
 
+    def share(self, running: int, waiting: int) -> float:
+        """The prompt tokens' time allowed in a step, in decode steps of the ``running`` sequences: ``stall``,
+        or more where ``waiting`` sequences (for their first token) are as many: each gets what a running
+        one does."""
+        return max(self.stall, waiting / running) if running else float("inf")
+
     def chunk(self, limit: int, running: int) -> int:
         """Prompt tokens for a step beside ``running`` sequences: at least ``floor``, at most ``limit``;
         none while their decode step alone is untimed (that step times it)."""
@@ -42,15 +49,16 @@ class PrefillPace:
             return 0
         return max(min(self.floor, limit), min(limit, int(self.size)))
 
-    def record(self, seconds: float, running: int, prefilled: int) -> None:
-        """A step took ``seconds``: ``running`` sequences decoded and ``prefilled`` prompt tokens computed."""
+    def record(self, seconds: float, running: int, prefilled: int, waiting: int = 1) -> None:
+        """A step took ``seconds``: ``running`` sequences decoded and ``prefilled`` prompt tokens of
+        ``waiting`` sequences were computed."""
         if not running:
             return  # nobody waited on this step
         decode = self.decode_s.get(running)
         if prefilled == 0:
             self.decode_s[running] = seconds if decode is None else (1 - self.weight) * decode + self.weight * seconds
         elif decode is not None:
-            extra, allowed = seconds - decode, self.stall * decode
+            extra, allowed = seconds - decode, self.share(running, waiting) * decode
             ratio = 2.0 if extra <= 0 else min(2.0, max(0.5, allowed / extra))
             self.size = max(float(self.floor), prefilled * ratio)
 
