@@ -210,6 +210,29 @@ def test_a_hugging_face_folder_loads_through_the_lm_layer_only_and_never_unpickl
     assert not any(b.device.type == "meta" for b in model.buffers())
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's list of this process's mappings")
+def test_a_served_model_keeps_no_mapping_of_its_checkpoint(tmp_path):
+    """Loading reads the safetensors file memory-mapped; the server's engine copies what its model still
+    reads (embeddings, norms) out of it, so the file is unmapped: mapped, all of it stayed resident beside
+    the packed copies of the products (benchmarks/lm_memory.py)."""
+    import gc
+
+    from maaskit.lm.runtime.backend import EngineConfig, build_engine
+
+    write_checkpoint(tmp_path, "llama")
+    weights = str((tmp_path / "model.safetensors").resolve())
+    model, _, _ = load_language_model(tmp_path)
+    assert weights in Path("/proc/self/maps").read_text()  # the model's tensors read the mapped file
+    engine = build_engine(model, torch.device("cpu"), EngineConfig())
+    try:
+        gc.collect()
+        assert weights not in Path("/proc/self/maps").read_text()
+        prompt = [5, 17, 42, 99]
+        assert engine.model is model and list(generate(model, prompt, max_tokens=4, temperature=0))
+    finally:
+        engine.close()
+
+
 def test_bf16_loads_in_bf16(tmp_path):
     reference = write_checkpoint(tmp_path, "llama")
     model = load_hf(tmp_path, dtype="bfloat16").model
