@@ -32,7 +32,7 @@ shared 512-token system prompt, prefix cache on and off; and the p99 inter-token
 running streams while a whole-context prompt joins: in fixed chunks, paced, and as the default does.
 
     python benchmarks/open_models.py [--models qwen2-53m,smollm2-135m,gpt-6x384] [--dtypes float32,bfloat16]
-        [--prompts 4,128,512] [--concurrency 1,4,16] [--rounds 5] [--max-tokens 64] [--quick] [--smoke]
+        [--prompts 4,128,512] [--concurrency 1,4,16] [--rounds 5] [--max-tokens 64] [--quick | --best] [--smoke]
 
 ``--quick``: maaskit on its default threads only (compiled and eager). ``--smoke``: a tiny Llama, one
 dtype, one round, vLLM without compiled graphs (``--enforce-eager``: a quicker start), the test suite's.

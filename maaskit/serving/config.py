@@ -107,8 +107,8 @@ class ServeConfig:
         "requests wait their turn); default: --max-sequences slots",
     )
     # vLLM's max_num_batched_tokens on a CPU server: prompts that arrive together go in together, and their
-    # streams then decode together; paced by default, prompts of 512 tokens at 16 streams got half vLLM's
-    # tokens/s and 5x its time to first token (benchmarks/FIGURES.md, "prefill pacing")
+    # streams then decode together; paced by default (stall 0.5), prompts of 512 tokens at 16 streams got
+    # 0.4x vLLM's tokens/s and 6-7x its time to first token (benchmarks/FIGURES.md, "prefill pacing")
     prefill_chunk: int = _option(
         2048, "prompt tokens computed per step, at most (a longer prompt is computed in chunks beside the streams)"
     )

@@ -433,8 +433,7 @@ class Engine:
               ) -> tuple[StepPlan[_Sequence], float, list[tuple[_Sequence, TokenEvent]]]:  # fmt: skip
         """On the engine's thread: plan the step, run it, and turn its tokens into events (``waiting``:
         sequences without their first token, for the pace). A prompt now all in its slot is offered to
-        the prefix cache. Returns the plan, the step's seconds and
-        the events."""
+        the prefix cache. Returns the plan, the step's seconds and the events."""
         start = time.perf_counter()
         plan = self._plan(prefilling, running)
         sampled, tokens, logits = self.runner.run(plan)
