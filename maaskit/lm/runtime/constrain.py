@@ -129,7 +129,7 @@ class Guide:
         self.matcher(grammar)
 
     # llguidance.torch's helpers are not imported: that module compiles a kernel with torch.compile as it
-    # is imported, which loads torch._dynamo, Inductor, Triton and SymPy into every server (~2.6 s and
+    # is imported, which loads Dynamo, Inductor, Triton and SymPy into every server (~2.6 s and
     # ~200 MB resident, used or not); its three helpers below are calls on the matchers' own buffers
 
     def masks(self, rows: int) -> torch.Tensor:
