@@ -105,7 +105,7 @@ def child(folder: Path, compile: bool, prompt_tokens: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="qwen2-53m", choices=("qwen2-53m", "smollm2-135m", "tiny-llama"))
+    parser.add_argument("--model", default="qwen2-53m", help="qwen2-53m, smollm2-135m or tiny-llama")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--prompt", type=int, default=500, help="prompt tokens of each request")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
@@ -114,11 +114,12 @@ def main() -> None:
         child(args.child, not args.no_compile, args.prompt)
         return
     sys.path.insert(0, str(HERE))
-    from open_models import QWEN2_53M, SMOLLM2_135M, TINY_LLAMA, llama_folder
+    from open_models import LLAMA_SHAPES, named_folder
 
-    shape = {"qwen2-53m": QWEN2_53M, "smollm2-135m": SMOLLM2_135M, "tiny-llama": TINY_LLAMA}[args.model]
+    if args.model not in LLAMA_SHAPES:
+        parser.error(f"--model is one of {', '.join(LLAMA_SHAPES)}")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = llama_folder(Path(tmp) / args.model, shape, "qwen2" if args.model.startswith("qwen2") else "llama")
+        folder = named_folder(Path(tmp), args.model)
         command = [sys.executable, __file__, "--child", str(folder), "--prompt", str(args.prompt)]
         subprocess.run(command + ["--no-compile"] * args.no_compile, check=True)
 

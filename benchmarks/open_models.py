@@ -69,6 +69,7 @@ QWEN2_53M = dict(vocab_size=16384, hidden_size=512, intermediate_size=1536, num_
                  tie_word_embeddings=False)  # fmt: skip
 TINY_LLAMA = dict(vocab_size=2048, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=True)  # fmt: skip
+LLAMA_SHAPES = {"smollm2-135m": SMOLLM2_135M, "qwen2-53m": QWEN2_53M, "tiny-llama": TINY_LLAMA}
 # each server's variants: label -> flags of `maaskit serve`, or vLLM's cores
 MAASKIT = {"maaskit": [], "maaskit, 1 thread": ["--threads", "1"], "maaskit --no-compile": ["--no-compile"],
            "maaskit --no-compile, 1 thread": ["--no-compile", "--threads", "1"]}  # fmt: skip
@@ -109,6 +110,12 @@ def llama_folder(out: Path, shape: dict, family: str = "llama") -> Path:
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHATML, "eos_token": end}
     (out / "tokenizer_config.json").write_text(json.dumps(config))
     return out
+
+
+def named_folder(out: Path, name: str) -> Path:
+    """``llama_folder`` of one of :data:`LLAMA_SHAPES` (a Qwen2 one in Qwen2's layout), in ``out / name``."""
+    family = "qwen2" if name.startswith("qwen2") else "llama"
+    return llama_folder(out / name, LLAMA_SHAPES.get(name, SMOLLM2_135M), family)
 
 
 def gpt_folders(out: Path, layers: int, width: int, heads: int, context: int, vocab: int) -> tuple[Path, Path]:
@@ -526,8 +533,7 @@ def main() -> int:  # long: the run reads top to bottom as the note's table
             elif name == "gpt-default":
                 ours, theirs = gpt_folders(folder / name, 2, 64, 2, context, 512)
             else:
-                shape = {"tiny-llama": TINY_LLAMA, "qwen2-53m": QWEN2_53M}.get(name, SMOLLM2_135M)
-                ours = theirs = llama_folder(folder / name, shape, "qwen2" if name.startswith("qwen2") else "llama")
+                ours = theirs = named_folder(folder, name)
             fitting = [p for p in lengths if p + args.max_tokens + 8 <= context]
             count = args.rounds * sum(cell_streams(c, args.streams) for c in concurrency)  # no prompt sent twice
             prompts = {p: prompt_file(ours if (ours / "tokenizer.json").exists() else theirs, p,

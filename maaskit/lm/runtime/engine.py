@@ -341,7 +341,8 @@ class Engine:
         # one step per hand-off: running steps back to back in the thread (tokens passed to the loop with
         # call_soon_threadsafe) was slower, as Inductor's kernels hold the GIL and the loop's streaming waited
         # on each step (benchmarks/lm_serving.py; figures: benchmarks/FIGURES.md, "one step per hand-off")
-        waiting = len(self._prefilling) + self.waiting  # for their first token: the pace's share for prompts
+        # sequences without their first token: the pace's share for prompts (a count over the queue: paced only)
+        waiting = len(self._prefilling) + self.waiting if self.pace is not None else 0
         plan, seconds, events = await loop.run_in_executor(self._executor, self._step, list(self._prefilling), running,
                                                            waiting)  # fmt: skip
         self.steps += 1
