@@ -51,7 +51,7 @@ else:
     from maaskit.lm import Llama, LlamaConfig
     model = Llama(LlamaConfig(**spec["config"]))
 model = model.to(getattr(torch, spec["dtype"])).eval()
-pack_for_cpu(model, rows=16)
+pack_for_cpu(model, rows=16, **spec.get("pack", {}))
 """
 
 # run in a child process with the checkout's maaskit first on the path: one JSON line of results

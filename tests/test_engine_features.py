@@ -382,7 +382,8 @@ def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(m
     # the 12-token prompt runs longest: the last prompt joins it when the others are done
     jobs = [(p, SamplingParams(max_tokens=20 if len(p) == 12 else 10, temperature=0, ignore_eos=True)) for p in prompts]
     eager = run_engine(Engine(model, max_sequences=4), jobs)
-    assert (pack_for_cpu(model, rows=4) > 0) == packs  # as a server does, before its engine is made
+    # as a compiling server does, before its engine is made: each packed weight kept as stored too
+    assert (pack_for_cpu(model, rows=4, keep_weights=True) > 0) == packs
     engine = Engine(model, max_sequences=4, compile=True)  # compiles in the background
     # the engine serves at once, with the eager pass, while its graphs are built
     assert run_engine(engine, jobs[:1], close=False) == eager[:1]
@@ -421,10 +422,18 @@ def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(m
             batch = engine.cache.batch([(0, 5), (1, 7)], [(2, 0, 3)])
             engine.runner.forward(torch.zeros(1, batch.tokens, dtype=torch.long), batch, torch.tensor(batch.last))
 
+        @torch.inference_mode()
+        def one_row() -> None:
+            batch = engine.cache.batch([(0, 5)], [])
+            engine.runner.forward(torch.zeros(1, 1, dtype=torch.long), batch, torch.tensor(batch.last))
+
         with monkeypatch.context() as patched:
             patched.setattr(PackedLinear, "product", lambda self, x: called.append(id(self)) or product(self, x))
             engine.call(one_step)
-        assert len(called) == len(set(called)) == engine.runner.forward.opaque_products
+            assert len(called) == len(set(called)) == engine.runner.forward.opaque_products
+            called.clear()
+            engine.call(one_row)  # one row: the graph reads each weight as stored with a loop of its own
+            assert called == []
     threads = engine.call(torch.get_num_threads)  # the graphs' thread count: part of their cache key
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert max(engine.call(gaps)) < 1e-4
@@ -449,7 +458,7 @@ from maaskit.lm.runtime.backend.packing import pack_for_cpu
 
 torch.set_num_threads({threads})
 model = {make}()
-pack_for_cpu(model, rows=4)
+pack_for_cpu(model, rows=4, keep_weights=True)
 compiled = CompiledForward(model)
 compiled.warm_up(4)
 print(compiled.cached_graphs, "from the cache")

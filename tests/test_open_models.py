@@ -233,6 +233,35 @@ def test_a_served_model_keeps_no_mapping_of_its_checkpoint(tmp_path):
         engine.close()
 
 
+def test_weights_kept_beside_their_packed_copies_leave_the_file_too_and_a_tied_one_stays_shared(
+    tmp_path, monkeypatch
+):
+    """A compiling server keeps each packed weight as stored too (its one-row graph reads it there:
+    lm/runtime/backend/compiled.py). Those are copied out of the checkpoint's mapped file with the rest,
+    and a tied head's stays the embedding's own, copied once."""
+    import gc
+
+    from maaskit.lm.runtime.backend import _off_the_file, packing
+
+    if not packing.can_pack(torch.float32):
+        pytest.skip("this PyTorch build has no oneDNN products")
+    monkeypatch.setattr(packing, "PACK_FROM", 0)  # every product of this tiny model packed
+    write_checkpoint(tmp_path, "qwen2")  # its head tied to its embedding
+    weights = str((tmp_path / "model.safetensors").resolve())
+    model = load_hf(tmp_path).model
+    packing.pack_for_cpu(model, rows=4, keep_weights=True)
+    kept = [m.weight for m in model.modules() if isinstance(m, packing.PackedLinear)]
+    assert kept and all(w is not None for w in kept) and model.lm_head.weight is not None
+    mapped = model.model.embed_tokens.weight.data_ptr()
+    assert model.lm_head.weight.data_ptr() == mapped  # the tied weight itself, not a copy
+    assert weights in Path("/proc/self/maps").read_text()
+    _off_the_file(model)
+    gc.collect()
+    assert weights not in Path("/proc/self/maps").read_text()
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr() != mapped
+    assert "weight" not in str(list(model.lm_head.state_dict()))  # not saved with the model
+
+
 def test_bf16_loads_in_bf16(tmp_path):
     reference = write_checkpoint(tmp_path, "llama")
     model = load_hf(tmp_path, dtype="bfloat16").model

@@ -77,7 +77,9 @@ def build_engine(model: CausalLM, device: torch.device, config: EngineConfig, *,
     cache = SlotCache.empty(model, slots)
     prefix = PrefixCache.sized(cache, int(config.prefix_cache_gb * 2**30))
     if owned and device.type == "cpu":
-        pack_for_cpu(model, rows=slots)  # before the engine: its compiled pass calls the packed products
+        # before the engine: its compiled pass calls the packed products (and reads the weights as stored
+        # at one row)
+        pack_for_cpu(model, rows=slots, keep_weights=config.compile)
         _off_the_file(model)
     engine = Engine(model, max_sequences=slots, thread_setup=thread_setup(weights) if thread_setup else None,
                     guide=guide, prefill_chunk=config.prefill_chunk, prefill_stall=config.prefill_stall,
@@ -89,6 +91,10 @@ def _off_the_file(model: torch.nn.Module) -> None:
     """Every tensor the model still reads (embeddings, norms) copied out of the checkpoint's memory-mapped
     file, which is then unmapped: while one tensor read it, the whole file stayed resident beside the
     packed copies of its products (202 of a 53M model's 1,842 MB; benchmarks/lm_memory.py)."""
+    copies: dict[tuple, torch.Tensor] = {}  # a tensor read in two places (a tied head's weight) copied once
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
-            tensor.data = tensor.data.clone()
+            key = (tensor.data_ptr(), tensor.shape, tensor.stride(), tensor.dtype)
+            if key not in copies:
+                copies[key] = tensor.data.clone()
+            tensor.data = copies[key]

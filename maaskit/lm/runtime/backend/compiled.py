@@ -16,8 +16,12 @@ on a scratch cache of its own, so that it can run while the engine serves with t
 On a CPU the products stay the served model's own (oneDNN's packed weights, :mod:`.packing`), each
 called as one opaque operation by its place in the model (``maaskit::packed_linear``; a fused q/k/v
 or gate/up product once, :class:`_MergeProducts`): oneDNN's packed layout is no tensor a graph can
-take as an input or Inductor can keep in its cache. So the graphs hold no weights: they run on the
-model's own, with no second copy, and Inductor keeps them in its on-disk cache
+take as an input or Inductor can keep in its cache. One row is the exception: its product is a plain
+read of the weight, which Inductor's own loop, fused with the operations around it, runs at 1.6x
+oneDNN's call (a decode step of one stream: :class:`_Product`), so a server that compiles keeps each
+weight as stored beside its packed copy (``pack_for_cpu(keep_weights=True)``: the products' memory
+twice) and the N = 1 graph takes those as inputs. So the graphs hold no weights: they run on the
+model's own, and Inductor keeps them in its on-disk cache
 (``TORCHINDUCTOR_CACHE_DIR``, by default under the system's temporary folder), keyed by the graph
 (the model's shapes and dtype, not its weights' values), the thread count, PyTorch's version, the C++
 compiler and the CPU's instruction set: a second start of a model of the same shapes reads them
@@ -119,13 +123,24 @@ _log = logging.getLogger(__name__)
 
 
 class _Product(nn.Module):
-    """In the traced copy, in a packed product's place: ``maaskit::packed_linear``, by its place in the model."""
+    """In the traced copy, in a packed product's place: ``maaskit::packed_linear``, by its place in the model;
+    for one row of float32, where the layer kept its weight as stored, Inductor's own loop over that weight
+    (a graph input, not a constant: the graph stays the same for any weights, and in the on-disk cache)."""
 
-    def __init__(self, product: int, out_features: int):
+    def __init__(self, product: int, linear: PackedLinear):
         super().__init__()
-        self.product, self.out_features = product, out_features
+        self.product, self.out_features = product, linear.out_features
+        one_row = linear.weight is not None and linear.weight.dtype == torch.float32
+        self.register_buffer("weight", linear.weight if one_row else None, persistent=False)
+        self.register_buffer("bias", linear.bias if one_row else None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # one row (the N = 1 graph's products, and the head wherever one token is scored): a product is a
+        # read of its weight, which oneDNN's call made at 0.6x the speed of Inductor's loop, fused with the
+        # operations around it (benchmarks/compiled_step.py; benchmarks/FIGURES.md, "one row")
+        if self.weight is not None and x.numel() == x.shape[-1]:
+            y = (x.unsqueeze(-2) * self.weight).sum(-1)
+            return y if self.bias is None else y + self.bias
         return torch.ops.maaskit.packed_linear(x, self.product, self.out_features)
 
 
@@ -159,7 +174,7 @@ def _opaque_copy(model: CausalLM) -> tuple[CausalLM, list[PackedLinear]]:
         for name, child in list(parent.named_children()):
             if isinstance(child, PackedLinear):
                 products.append(child)
-                setattr(parent, name, _Product(len(products) - 1, child.out_features))
+                setattr(parent, name, _Product(len(products) - 1, child))
             elif isinstance(child, FusedPart):
                 setattr(parent, name, _Share(child.group[0], child.part))
     return traced, products

@@ -58,7 +58,7 @@ class PackedLinear(nn.Module):
     not a parameter (no gradient, not in the state dict); the layer's shape and dtype are kept.
     A compiled step calls :meth:`product` as one opaque operation (lm/runtime/backend/compiled.py)."""
 
-    def __init__(self, linear: nn.Linear, rows: int):
+    def __init__(self, linear: nn.Linear, rows: int, *, keep_weight: bool = False):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach()
@@ -66,6 +66,9 @@ class PackedLinear(nn.Module):
         # ``rows``: the batch oneDNN lays the weight out for (any number still works, but a layout for
         # 1 row runs 4 rows at about half speed)
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, max(rows, MIN_ROWS))
+        # ``keep_weight``: the weight as stored too, for a compiled step's product of one row, which reads it
+        # with Inductor's own loop (lm/runtime/backend/compiled.py); a buffer, not saved with the model
+        self.register_buffer("weight", weight if keep_weight else None, persistent=False)
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
         self.min_rows = 1  # a product of fewer rows is padded to this many (pack_for_cpu measures which is faster)
 
@@ -162,19 +165,20 @@ def _fuse(model: nn.Module) -> None:
                     setattr(module, name, FusedPart(fused, i))
 
 
-def pack_for_cpu(model: nn.Module, rows: int = 16) -> int:
+def pack_for_cpu(model: nn.Module, rows: int = 16, *, keep_weights: bool = False) -> int:
     """Replace every large linear layer of a CPU model (:func:`pack_from` elements or more) by a
     :class:`PackedLinear`; store the others' weights column-major. A weight tied to an embedding is
     packed as a copy, so the embedding keeps reading its own. Products that read the same input are
     fused into one first (:class:`Fused`). Whether a product of one row is padded (:data:`MIN_ROWS`)
-    is measured here, on this machine. Returns how many layers were packed."""
+    is measured here, on this machine. ``keep_weights``: each packed layer keeps its weight as stored
+    too (a compiled step reads it at one row). Returns how many layers were packed."""
     _fuse(model)
     packed: list[PackedLinear] = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and child.weight.device.type == "cpu":
                 if child.weight.numel() >= pack_from(child.weight.dtype) and can_pack(child.weight.dtype):
-                    packed.append(PackedLinear(child, rows))
+                    packed.append(PackedLinear(child, rows, keep_weight=keep_weights))
                     setattr(parent, name, packed[-1])
                 elif child.weight.is_contiguous():
                     child.weight.data = child.weight.data.t().contiguous().t()
