@@ -233,9 +233,7 @@ def test_a_served_model_keeps_no_mapping_of_its_checkpoint(tmp_path):
         engine.close()
 
 
-def test_weights_kept_beside_their_packed_copies_leave_the_file_too_and_a_tied_one_stays_shared(
-    tmp_path, monkeypatch
-):
+def test_weights_kept_beside_their_packed_copies_leave_the_file_too_and_a_tied_one_stays_shared(tmp_path, monkeypatch):
     """A compiling server keeps each packed weight as stored too (its one-row graph reads it there:
     lm/runtime/backend/compiled.py). Those are copied out of the checkpoint's mapped file with the rest,
     and a tied head's stays the embedding's own, copied once."""
