@@ -127,6 +127,9 @@ class _Product(nn.Module):
     for one row of float32, where the layer kept its weight as stored, Inductor's own loop over that weight
     (a graph input, not a constant: the graph stays the same for any weights, and in the on-disk cache)."""
 
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+
     def __init__(self, product: int, linear: PackedLinear):
         super().__init__()
         self.product, self.out_features = product, linear.out_features

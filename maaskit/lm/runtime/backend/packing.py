@@ -58,6 +58,8 @@ class PackedLinear(nn.Module):
     not a parameter (no gradient, not in the state dict); the layer's shape and dtype are kept.
     A compiled step calls :meth:`product` as one opaque operation (lm/runtime/backend/compiled.py)."""
 
+    weight: torch.Tensor | None
+
     def __init__(self, linear: nn.Linear, rows: int, *, keep_weight: bool = False):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
