@@ -17,7 +17,7 @@ On a CPU the products stay the served model's own (oneDNN's packed weights, :mod
 called as one opaque operation by its place in the model (``maaskit::packed_linear``; a fused q/k/v
 or gate/up product once, :class:`_MergeProducts`): oneDNN's packed layout is no tensor a graph can
 take as an input or Inductor can keep in its cache. One row is the exception: its product is a plain
-read of the weight, which Inductor's own loop, fused with the operations around it, runs at 1.6x
+read of the weight, which Inductor's own loop, fused with the operations around it, runs at 1.5x
 oneDNN's call (a decode step of one stream: :class:`_Product`), so a server that compiles keeps each
 weight as stored beside its packed copy (``pack_for_cpu(keep_weights=True)``: the products' memory
 twice) and the N = 1 graph takes those as inputs. So the graphs hold no weights: they run on the
@@ -139,7 +139,7 @@ class _Product(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # one row (the N = 1 graph's products, and the head wherever one token is scored): a product is a
-        # read of its weight, which oneDNN's call made at 0.6x the speed of Inductor's loop, fused with the
+        # read of its weight, which oneDNN's call made at two-thirds the speed of Inductor's loop, fused with the
         # operations around it (benchmarks/compiled_step.py; benchmarks/FIGURES.md, "one row")
         if self.weight is not None and x.numel() == x.shape[-1]:
             y = (x.unsqueeze(-2) * self.weight).sum(-1)
