@@ -6,8 +6,11 @@ round by round, medians.
 - ``SDPA``: ``F.scaled_dot_product_attention`` with ``enable_gqa`` (PyTorch's CPU flash attention);
 - ``grouped``: the textbook formula as two batched products per layer, each key/value head's group
   of query heads at once;
-- ``maaskit``: what a decode step runs, :func:`maaskit.lm.models.attention.decode_attention` (SDPA with each
-  key/value head's query heads as its queries; in bfloat16 on a CPU, on float32 copies);
+- ``maaskit``: :func:`maaskit.lm.models.attention.decode_attention`, what a decode step runs without the
+  kernel below (SDPA with each key/value head's query heads as its queries; in bfloat16 on a CPU, on
+  float32 copies);
+- ``kernel``: maaskit's C++ kernel (:mod:`maaskit.lm.runtime.backend.kernels`; float32), what a server's
+  step runs on a CPU once it is built, given each row's slot and positions instead of a view;
 
 each in float32 and bfloat16, the keys read from a slot cache as the engine reads them (a view of the
 first rows, positions up to the span). Printed: milliseconds per step, and each kind's ratio to SDPA in
@@ -20,6 +23,7 @@ takes the lowest free ones) and gathered (rows in scattered slots); and a paged 
 layer, as PyTorch without a kernel of its own must.
 
     python benchmarks/attention_kernels.py [--rounds 15] [--rows 1,4,16] [--spans 100,500] [--layers 30 ...]
+                                           [--threads 1]
     python benchmarks/attention_kernels.py --layouts [--block 16]
 """
 
@@ -28,11 +32,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
 from maaskit.lm.models.attention import decode_attention
+from maaskit.lm.runtime.backend import kernels
 
 
 def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -45,6 +51,12 @@ def grouped_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     scores = scores.view(b, kv, group, t, -1).masked_fill(~mask.unsqueeze(-3), float("-inf"))
     weights = torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype)
     return torch.matmul(weights.view(b, kv, group * t, -1), values).view(b, heads, t, width)
+
+
+def _kernel(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+            where: tuple[torch.Tensor, ...]) -> torch.Tensor:  # fmt: skip
+    """maaskit's kernel on a layer's whole cache, each row at its slot and positions (``where``)."""
+    return kernels.decode_attention(q[:, :, 0], keys, values, *where)
 
 
 def paged(blocks: torch.Tensor, table: torch.Tensor, span: int) -> torch.Tensor:
@@ -109,13 +121,15 @@ def main() -> None:
     p.add_argument("--spans", default="100,500")
     p.add_argument("--layouts", action="store_true", help="the cache's layouts instead of the kernels")
     p.add_argument("--block", type=int, default=16, help="positions per block of the paged cache")
+    p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     if a.layouts:
         layouts(a)
         return
-    print(f"torch {torch.__version__}, one thread; {a.layers} layers of {a.heads} query heads, {a.kv_heads} "
+    kernels.load()
+    print(f"torch {torch.__version__}, {a.threads} thread(s); {a.layers} layers of {a.heads} query heads, {a.kv_heads} "
           f"key/value heads of {a.head_dim}")  # fmt: skip
     kinds = {
         "SDPA": lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=True),
@@ -133,6 +147,10 @@ def main() -> None:
                 for kind, f in kinds.items():
                     steps[f"{kind} {str(dtype)[6:]}"] = (f, q, [(k[:rows, :, :span], v[:rows, :, :span])
                                                                 for k, v in caches], mask)  # fmt: skip
+                if dtype == torch.float32:  # the kernel reads the whole cache, each row at its slot's positions
+                    where = torch.arange(rows), torch.zeros(rows, dtype=torch.long), torch.full((rows,), span)
+                    kernel = partial(_kernel, where=where)
+                    steps["kernel float32"] = (kernel, q, caches, mask)
             table: dict[str, list[float]] = {name: [] for name in steps}
             with torch.inference_mode():
                 for _ in range(a.rounds + 1):  # the first round warms up

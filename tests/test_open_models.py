@@ -558,7 +558,7 @@ def test_a_bfloat16_decode_step_agrees_with_the_whole_sequence_in_bfloat16(tmp_p
     assert (step.argmax(-1) == whole.argmax(-1)).all()
 
 
-def test_the_attention_kernels_benchmark_prints_each_kind_beside_sdpa():
+def test_the_attention_kernels_benchmark_prints_each_kind_and_the_cpu_kernel_beside_sdpa():
     import subprocess
     import sys
 
@@ -571,6 +571,7 @@ def test_the_attention_kernels_benchmark_prints_each_kind_beside_sdpa():
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = [re.split(r"\s{2,}", line.strip())[0] for line in done.stdout.splitlines() if "against SDPA" in line]
     kinds = [f"{kind} {dtype}" for dtype in ("float32", "bfloat16") for kind in ("SDPA", "grouped", "maaskit")]
+    kinds.insert(3, "kernel float32")  # maaskit's C++ kernel: float32 only
     assert rows == kinds * 2
 
 

@@ -15,14 +15,17 @@ runs in every setting through one of three batches:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Batch", "Causal", "FlatBatch", "KVCache", "SlotCache", "decode_attention", "visible"]
+__all__ = ["Batch", "Causal", "DecodeKernel", "FlatBatch", "KVCache", "SlotCache", "decode_attention", "visible"]
+
+DecodeKernel = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+                        torch.Tensor]  # fmt: skip
 
 
 class Batch(Protocol):
@@ -132,6 +135,9 @@ class SlotCache:
 
     keys: list[torch.Tensor]  # per layer: slots x heads x context x head width
     values: list[torch.Tensor]
+    # the machine's own attention for decoding rows, where the backend gave one (lm/runtime/backend/kernels.py):
+    # (q rows x heads x width, keys, values, slots, starts, ends) -> rows x heads x width
+    kernel: DecodeKernel | None = field(default=None, repr=False)
 
     @classmethod
     def empty(cls, model: Any, slots: int) -> SlotCache:
@@ -205,7 +211,11 @@ class FlatBatch:
         values[self.slots, :, at] = v[0].transpose(0, 1)
         plan = self._plan(window)  # what every layer needs, worked out once per step
         parts, b = [], len(self.rows)
-        if b:
+        if b and "kernel" in plan:  # each row's slot and positions as numbers: no gather, no mask
+            kernel, where = plan["kernel"]
+            y = kernel(q[0, :, :b].transpose(0, 1).contiguous(), keys, values, *where)
+            parts.append(y.transpose(0, 1)[None])  # rows x heads x width -> 1 x heads x rows x width
+        elif b:
             rows, span, mask = plan["rows"]
             y = decode_attention(q[0, :, :b].transpose(0, 1)[:, :, None], keys[rows, :, :span], values[rows, :, :span],
                                  mask)  # fmt: skip
@@ -219,12 +229,18 @@ class FlatBatch:
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
     def _plan(self, window: int | None) -> dict:
-        """The rows' slots (a slice where they are consecutive: a view, no gather), span and mask, and each
-        chunk's mask, for layers of this ``window``: the same for every such layer of the step."""
+        """The rows' slots, first and last positions for the cache's kernel where it has one; else their slots (a
+        slice where they are consecutive: a view, no gather), span and mask; and each chunk's mask, for layers
+        of this ``window``: the same for every such layer of the step."""
         if window in self._plans:
             return self._plans[window]
         device, plan = self.where.device, dict[str, Any]()
-        if self.rows:
+        kernel = self.cache.kernel  # read once: the backend may set it while a step runs
+        if self.rows and kernel is not None:
+            ends = self.where[0, : len(self.rows)] + 1
+            starts = (ends - window).clamp(min=0) if window is not None else torch.zeros_like(ends)
+            plan["kernel"] = (kernel, (self.slots[: len(self.rows)], starts, ends))
+        elif self.rows:
             span, first = max(self.lengths) + 1, self.rows[0]
             consecutive = self.rows == list(range(first, first + len(self.rows)))
             rows = slice(first, first + len(self.rows)) if consecutive else self.slots[: len(self.rows)]

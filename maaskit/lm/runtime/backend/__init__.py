@@ -3,7 +3,8 @@
 A server hands this module a model and an :class:`EngineConfig`; it gets back an engine whose model
 is prepared for the machine: in the dtype that runs fast there, its sibling products fused and
 its large products packed for the CPU's kernels (:mod:`.packing`), its step compiled when asked
-(:mod:`.compiled`), its key/value cache sized to the memory given, and its prefix cache beside it.
+(:mod:`.compiled`), its key/value cache sized to the memory given and read by maaskit's own attention
+kernel on a CPU (:mod:`.kernels`), and its prefix cache beside it.
 The model files and the engine know none of this; the serving layer passes its settings and nothing
 else.
 """
@@ -20,6 +21,7 @@ from ...models.base import CausalLM
 from ..constrain import Guide
 from ..engine import Engine
 from ..prefix import PrefixCache
+from .kernels import attach
 from .packing import can_pack, pack_for_cpu
 
 __all__ = ["EngineConfig", "build_engine", "cache_slots", "serving_dtype"]
@@ -81,6 +83,7 @@ def build_engine(model: CausalLM, device: torch.device, config: EngineConfig, *,
         # at one row)
         pack_for_cpu(model, rows=slots, keep_weights=config.compile)
         _off_the_file(model)
+    attach(cache)  # in the background: PyTorch's attention serves until the kernel is built (seconds, once)
     engine = Engine(model, max_sequences=slots, thread_setup=thread_setup(weights) if thread_setup else None,
                     guide=guide, prefill_chunk=config.prefill_chunk, prefill_stall=config.prefill_stall,
                     prefix_cache=prefix, cache=cache, compile=config.compile)  # fmt: skip
