@@ -412,10 +412,6 @@ def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(m
     # then 1 to 4 rows, of one length and of several, consecutive slots and not, and prompts of any
     # length, alone (the first two jobs: 3 tokens, then 1) or joining running ones: no graph is built again
     if packs:  # each packed product runs once a step: a fused q/k/v or gate/up product's parts merged into one call
-        from maaskit.lm.runtime.backend.packing import PackedLinear
-
-        called = []
-        product = PackedLinear.product
 
         @torch.inference_mode()
         def one_step() -> None:
@@ -427,13 +423,16 @@ def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(m
             batch = engine.cache.batch([(0, 5)], [])
             engine.runner.forward(torch.zeros(1, 1, dtype=torch.long), batch, torch.tensor(batch.last))
 
-        with monkeypatch.context() as patched:
-            patched.setattr(PackedLinear, "product", lambda self, x: called.append(id(self)) or product(self, x))
-            engine.call(one_step)
-            assert len(called) == len(set(called)) == engine.runner.forward.opaque_products
-            called.clear()
-            engine.call(one_row)  # one row: the graph reads each weight as stored with a loop of its own
-            assert called == []
+        def calls(step) -> int:  # the packed products a step calls, as the profiler records the operations
+            def run() -> int:
+                with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+                    step()
+                return sum(e.count for e in profile.key_averages() if e.key == "maaskit_cpu::packed_linear")
+
+            return engine.call(run)
+
+        assert calls(one_step) == engine.runner.forward.opaque_products
+        assert calls(one_row) == 0  # one row: the graph reads each weight as stored with a loop of its own
     threads = engine.call(torch.get_num_threads)  # the graphs' thread count: part of their cache key
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert max(engine.call(gaps)) < 1e-4

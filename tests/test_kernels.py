@@ -1,7 +1,10 @@
-"""maaskit's C++ attention kernel for decoding rows on a CPU (lm/runtime/backend/kernels.py), against
-PyTorch's attention: the same outputs, the same cache, the same greedy tokens through the engine."""
+"""maaskit's C++ for a server's CPU (lm/runtime/backend/kernels.py): the attention kernel for decoding rows
+against PyTorch's attention (the same outputs, the same cache, the same greedy tokens through the engine),
+and the packed products a compiled graph calls by number against the layers they came from."""
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -74,3 +77,40 @@ def test_only_a_float32_cache_on_the_cpu_takes_the_kernel(built):
     model = MODELS["llama"]()
     cache = SlotCache.empty(model.to(torch.bfloat16), 2)
     assert kernels.attach(cache).result() is False and cache.kernel is None
+
+
+@torch.inference_mode()
+def test_packed_products_are_looked_up_by_number_in_the_set_a_thread_uses(built):
+    """What a compiled step's graph calls (lm/runtime/backend/compiled.py): each product by its number, in
+    the set registered for its model; padded to its row count where that is set; an error, not a crash,
+    with no set in use, a number out of the set, or a released set."""
+    from torch import nn
+
+    from maaskit.lm.runtime.backend.packing import PackedLinear
+
+    torch.manual_seed(0)
+    linears = [nn.Linear(512, 768), nn.Linear(512, 1024, bias=False)]
+    packed = [PackedLinear(linear, 4) for linear in linears]
+    packed[1].min_rows = 4
+    ops = torch.ops.maaskit_cpu
+
+    def run(*calls):  # on a thread of its own: no set in use there until it says which
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(lambda: [call() for call in calls]).result()
+
+    handle = ops.register_products([p.packed for p in packed], [p.bias for p in packed], [p.min_rows for p in packed])
+    for rows in (1, 3, 5):
+        x = torch.randn(1, rows, 512)
+        got = run(lambda: ops.use_products(handle), lambda x=x: ops.packed_linear(x, 0, 768),
+                  lambda x=x: ops.packed_linear(x, 1, 1024))[1:]  # fmt: skip
+        for y, linear in zip(got, linears):
+            assert y.shape == (1, rows, linear.out_features)
+            assert torch.allclose(y, linear(x), atol=1e-5)
+    x = torch.randn(2, 512)
+    with pytest.raises(RuntimeError, match="no products in use"):
+        run(lambda: ops.packed_linear(x, 0, 768))
+    with pytest.raises(RuntimeError, match="no product 2"):
+        run(lambda: ops.use_products(handle), lambda: ops.packed_linear(x, 2, 768))
+    ops.release_products(handle)
+    with pytest.raises(RuntimeError, match="no product 0"):
+        run(lambda: ops.use_products(handle), lambda: ops.packed_linear(x, 0, 768))

@@ -103,9 +103,11 @@ def test_no_module_imports_the_package_root():
     assert len(_imports_of_root(PACKAGE / "serving" / "probe.py", probe)) == 2
 
 
-def test_the_package_is_typed():
+def test_the_package_is_typed_and_ships_its_cpp_sources():
     assert (PACKAGE / "py.typed").is_file()
-    assert 'maaskit = ["py.typed"]' in (ROOT / "pyproject.toml").read_text()
+    # the C++ kernels are built from their sources on the machine that serves (lm/runtime/backend/kernels.py)
+    assert list((PACKAGE / "lm" / "runtime" / "backend").glob("*.cpp"))
+    assert 'maaskit = ["py.typed", "lm/runtime/backend/*.cpp"]' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_every_public_parameter_is_typed():

@@ -14,19 +14,19 @@ beside a longer row; both longer) serve a server's life, all built by :meth:`Com
 on a scratch cache of its own, so that it can run while the engine serves with the eager pass.
 
 On a CPU the products stay the served model's own (oneDNN's packed weights, :mod:`.packing`), each
-called as one opaque operation by its place in the model (``maaskit::packed_linear``; a fused q/k/v
-or gate/up product once, :class:`_MergeProducts`): oneDNN's packed layout is no tensor a graph can
-take as an input or Inductor can keep in its cache. One row is the exception: its product is a plain
-read of the weight, which Inductor's own loop, fused with the operations around it, runs at 1.5x
-oneDNN's call (a decode step of one stream: :class:`_Product`), so a server that compiles keeps each
-weight as stored beside its packed copy (``pack_for_cpu(keep_weights=True)``: the products' memory
-twice) and the N = 1 graph takes those as inputs. So the graphs hold no weights: they run on the
-model's own, and Inductor keeps them in its on-disk cache
-(``TORCHINDUCTOR_CACHE_DIR``, by default under the system's temporary folder), keyed by the graph
-(the model's shapes and dtype, not its weights' values), the thread count, PyTorch's version, the C++
-compiler and the CPU's instruction set: a second start of a model of the same shapes reads them
-instead of building them. (Inductor's own kernels for weights frozen into the graph, its other way,
-ran a step at one row faster, but no such graph can be cached and each start built them for minutes:
+called as one opaque operation by its place in the model (``maaskit_cpu::packed_linear``, which looks the
+weight up in C++: ``packed_linear.cpp``; a fused q/k/v or gate/up product once, :class:`_MergeProducts`):
+oneDNN's packed layout is no tensor a graph can take as an input or Inductor can keep in its cache.
+One row is the exception: its product is a plain read of the weight, which Inductor's own loop, fused
+with the operations around it, runs at 1.5x oneDNN's call (a decode step of one stream:
+:class:`_Product`), so a server that compiles keeps each weight as stored beside its packed copy
+(``pack_for_cpu(keep_weights=True)``: the products' memory twice) and the N = 1 graph takes those as
+inputs. So the graphs hold no weights: they run on the model's own, and Inductor keeps them in its
+on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by default under the system's temporary folder), keyed by
+the graph (the model's shapes and dtype, not its weights' values), the thread count, PyTorch's version,
+the C++ compiler and the CPU's instruction set: a second start of a model of the same shapes reads them
+instead of building them. (Inductor's own kernels for weights frozen into the graph, its other way, ran
+a step at one row faster, but no such graph can be cached and each start built them for minutes:
 benchmarks/FIGURES.md, "the compiled forward pass".)
 """
 
@@ -35,7 +35,9 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import threading
 import time
+import weakref
 from typing import Any
 
 import torch
@@ -45,42 +47,31 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 
 from ...models.attention import FlatBatch, SlotCache
 from ...models.base import CausalLM
+from . import kernels
 from .packing import Fused, FusedPart, PackedLinear
 
 __all__ = ["CompiledForward"]
 
-# the step being run: its batch and the model's packed products, set around each call of the compiled
-# graph, on the engine's thread
-_running: list[tuple[FlatBatch, list[PackedLinear]]] = []
+# the step being run by this thread: its batch, set around each call of the compiled graph
+_running = threading.local()
 
 # defined through torch.library.Library rather than the @custom_op decorator, whose wrapper costs about as
-# long as a small product (benchmarks/FIGURES.md, "packing"), several times per layer here
+# long as a small product (benchmarks/FIGURES.md, "packing")
 _LIBRARY = torch.library.Library("maaskit", "FRAGMENT")
 _LIBRARY.define("attention(Tensor q, Tensor k, Tensor v, int layer, bool gqa, int? window) -> Tensor")
-_LIBRARY.define("packed_linear(Tensor x, int product, int out) -> Tensor")
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, gqa: bool,
                window: int | None) -> torch.Tensor:  # fmt: skip
-    return _running[-1][0].attention(layer, q, k, v, gqa, window=window).contiguous()
-
-
-def _packed_linear(x: torch.Tensor, product: int, out: int) -> torch.Tensor:
-    return _running[-1][1][product].product(x)
+    return _running.batch.attention(layer, q, k, v, gqa, window=window).contiguous()
 
 
 _LIBRARY.impl("attention", _attention, "CompositeExplicitAutograd")
-_LIBRARY.impl("packed_linear", _packed_linear, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake("maaskit::attention")
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, gqa: bool, window: int | None) -> torch.Tensor:
     return q.new_empty(q.shape)  # contiguous, as _attention returns it
-
-
-@torch.library.register_fake("maaskit::packed_linear")
-def _(x: torch.Tensor, product: int, out: int) -> torch.Tensor:
-    return x.new_empty(*x.shape[:-1], out)
 
 
 class _Traced:
@@ -101,13 +92,13 @@ class _Traced:
 
 
 class _MergeProducts(CustomGraphPass):
-    """Inductor's pass over each graph: calls of ``maaskit::packed_linear`` on the same input and
+    """Inductor's pass over each graph: calls of ``maaskit_cpu::packed_linear`` on the same input and
     product become one (each part of a fused q/k/v or gate/up product asks for the whole product)."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         seen: dict[Any, torch.fx.Node] = {}
         for node in list(graph.nodes):
-            if node.op == "call_function" and node.target is torch.ops.maaskit.packed_linear.default:
+            if node.op == "call_function" and node.target is torch.ops.maaskit_cpu.packed_linear.default:
                 key = (node.args, tuple(sorted(node.kwargs.items())))
                 if key in seen:
                     node.replace_all_uses_with(seen[key])
@@ -123,7 +114,7 @@ _log = logging.getLogger(__name__)
 
 
 class _Product(nn.Module):
-    """In the traced copy, in a packed product's place: ``maaskit::packed_linear``, by its place in the model;
+    """In the traced copy, in a packed product's place: ``maaskit_cpu::packed_linear``, by its place in the model;
     for one row of float32, where the layer kept its weight as stored, Inductor's own loop over that weight
     (a graph input, not a constant: the graph stays the same for any weights, and in the on-disk cache)."""
 
@@ -144,7 +135,7 @@ class _Product(nn.Module):
         if self.weight is not None and x.numel() == x.shape[-1]:
             y = (x.unsqueeze(-2) * self.weight).sum(-1)
             return y if self.bias is None else y + self.bias
-        return torch.ops.maaskit.packed_linear(x, self.product, self.out_features)
+        return torch.ops.maaskit_cpu.packed_linear(x, self.product, self.out_features)
 
 
 class _Share(nn.Module):
@@ -162,7 +153,7 @@ class _Share(nn.Module):
 
 def _opaque_copy(model: CausalLM) -> tuple[CausalLM, list[PackedLinear]]:
     """The model's modules again, on the same tensors (no weight is copied), each packed product called
-    as ``maaskit::packed_linear`` by its place in the model (the same for every model of the same
+    as ``maaskit_cpu::packed_linear`` by its place in the model (the same for every model of the same
     layout, so that a graph from the cache serves any of them): what is traced, apart from the modules
     the engine runs meanwhile. Returns the copy and the packed products, in those places."""
     shared: dict[int, Any] = {}
@@ -190,8 +181,13 @@ class CompiledForward:
     def __init__(self, model: CausalLM):
         if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
             raise RuntimeError("compiling the model's step needs a C++ compiler (g++ or clang++), and none is on PATH")
-        self.model, self.products = _opaque_copy(model)
-        self.opaque_products = len(self.products)
+        kernels.load()  # the packed products' lookup (packed_linear.cpp)
+        self.model, products = _opaque_copy(model)
+        self.opaque_products = len(products)
+        register = torch.ops.maaskit_cpu.register_products
+        packed, biases, rows = [p.packed for p in products], [p.bias for p in products], [p.min_rows for p in products]
+        self.products = register(packed, biases, rows)
+        weakref.finalize(self, torch.ops.maaskit_cpu.release_products, self.products)  # the packed copies' memory
         self.compiled = torch.compile(self._forward, dynamic=True)
         self.cached_graphs = 0  # of those warm_up built, how many Inductor read from its on-disk cache
 
@@ -199,11 +195,12 @@ class CompiledForward:
         return self.model(tokens, _Traced(where), select=select)
 
     def __call__(self, tokens: torch.Tensor, batch: FlatBatch, select: torch.Tensor) -> torch.Tensor:
-        _running.append((batch, self.products))
+        _running.batch = batch
+        torch.ops.maaskit_cpu.use_products(self.products)  # this thread's products, for the graph's calls
         try:
             return self.compiled(tokens, batch.where, select)
         finally:
-            _running.pop()
+            _running.batch = None
 
     @torch.inference_mode()
     def warm_up(self, slots: int) -> None:

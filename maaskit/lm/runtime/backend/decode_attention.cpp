@@ -130,7 +130,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
 
 }  // namespace
 
-TORCH_LIBRARY(maaskit_cpu, m) {
+TORCH_LIBRARY_FRAGMENT(maaskit_cpu, m) {
   m.def("decode_attention(Tensor q, Tensor keys, Tensor values, Tensor slots, Tensor starts, Tensor ends, float scale) -> Tensor");
 }
 

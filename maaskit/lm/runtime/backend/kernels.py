@@ -1,4 +1,5 @@
-"""maaskit's own C++ kernel for a server's CPU: a decode step's attention (``decode_attention.cpp``).
+"""maaskit's own C++ for a server's CPU: a decode step's attention (``decode_attention.cpp``), and the
+compiled step's packed products called by their number (``packed_linear.cpp``, used by :mod:`.compiled`).
 
 A decoding row has one new query; PyTorch's attention runs its few query heads as a tiny matrix
 product per key/value head, and at a server's shapes read the cache at about a third of the speed
@@ -33,7 +34,7 @@ from ...models.attention import SlotCache
 
 __all__ = ["attach", "decode_attention", "folder", "load"]
 
-SOURCE = Path(__file__).with_name("decode_attention.cpp")
+SOURCES = [Path(__file__).with_name(name) for name in ("decode_attention.cpp", "packed_linear.cpp")]
 _lock = threading.Lock()  # one build and one load per process (a library's ops are registered once)
 _loaded: list[Path] = []
 _log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def _command(compiler: str, target: Path) -> list[str]:
     """The compiler's command line: the kernel as a shared library against this PyTorch's headers and libraries."""
     root = Path(torch.__file__).parent
     isa = _ISA.get(torch.backends.cpu.get_cpu_capability(), [])
-    return [compiler, str(SOURCE), "-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", *isa,
+    return [compiler, *map(str, SOURCES), "-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", *isa,
             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}",
             f"-I{root / 'include'}", f"-I{root / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
             f"-L{root / 'lib'}", f"-Wl,-rpath,{root / 'lib'}", "-lc10", "-ltorch_cpu", "-o", str(target)]  # fmt: skip
@@ -64,7 +65,7 @@ def folder() -> Path:
 
 
 def load() -> Path:
-    """Build the kernel if no earlier process did, and load it into this one; returns the library's path.
+    """Build the kernels if no earlier process did, and load them into this one; returns the library's path.
     Raises where it cannot be built (no C++ compiler, a compiler error)."""
     with _lock:
         if _loaded:
@@ -75,8 +76,8 @@ def load() -> Path:
         name = "maaskit_cpu_kernels.so"
         # named by everything that makes the library: its source, the command (PyTorch's path, the CPU's
         # instructions) and PyTorch's version
-        key = hashlib.sha256(SOURCE.read_bytes() + " ".join(_command(compiler, Path(name))).encode()
-                             + torch.__version__.encode()).hexdigest()[:20]  # fmt: skip
+        made_of = [*(source.read_bytes() for source in SOURCES), " ".join(_command(compiler, Path(name))).encode()]
+        key = hashlib.sha256(b"".join(made_of) + torch.__version__.encode()).hexdigest()[:20]
         target = folder() / key / name
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -84,11 +85,17 @@ def load() -> Path:
             with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
                 built = subprocess.run(_command(compiler, Path(scratch) / name), capture_output=True, text=True)
                 if built.returncode:
-                    raise RuntimeError(f"building {SOURCE.name} failed:\n{built.stderr[-3000:]}")
+                    raise RuntimeError(f"building maaskit's C++ kernels failed:\n{built.stderr[-3000:]}")
                 os.replace(Path(scratch) / name, target)
         torch.ops.load_library(str(target))
+        # its shape, for the compiled graphs that call it (lm/runtime/backend/compiled.py)
+        torch.library.register_fake("maaskit_cpu::packed_linear", _packed_linear_shape)
         _loaded.append(target)
         return target
+
+
+def _packed_linear_shape(x: torch.Tensor, product: int, out: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], out)
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
