@@ -58,6 +58,10 @@ def _command(compiler: str, target: Path) -> list[str]:
             f"-L{root / 'lib'}", f"-Wl,-rpath,{root / 'lib'}", "-lc10", "-ltorch_cpu", "-o", str(target)]  # fmt: skip
 
 
+def _compiler() -> str | None:
+    return next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+
+
 def folder() -> Path:
     """Where built kernels are kept: ``MAASKIT_KERNELS_DIR``, by default a folder in the system's temporary one."""
     default = Path(tempfile.gettempdir()) / f"maaskit_kernels_{getpass.getuser()}"
@@ -70,9 +74,9 @@ def load() -> Path:
     with _lock:
         if _loaded:
             return _loaded[0]
-        compiler = next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
+        compiler = _compiler()
         if compiler is None:
-            raise RuntimeError("maaskit's CPU kernel needs a C++ compiler (g++ or clang++), and none is on PATH")
+            raise RuntimeError("maaskit's CPU kernels need a C++ compiler (g++ or clang++), and none is on PATH")
         name = "maaskit_cpu_kernels.so"
         # named by everything that makes the library: its source, the command (PyTorch's path, the CPU's
         # instructions) and PyTorch's version
@@ -107,10 +111,14 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
 
 
 def attach(cache: SlotCache) -> Future:
-    """Give ``cache`` the kernel, once it is built (in a thread of its own: a first build takes about 15 s of
-    one core). Only a float32 cache on the CPU takes it. The Future's result: whether it did."""
+    """Give ``cache`` the kernel, once it is built (in a thread of its own: a first build takes about half a
+    minute of one core). Only a float32 cache on the CPU takes it. The Future's result: whether it did."""
     done: Future = Future()
     if cache.keys[0].device.type != "cpu" or cache.keys[0].dtype != torch.float32:
+        done.set_result(False)
+        return done
+    if not _loaded and _compiler() is None:  # a machine without one: PyTorch's attention, as before
+        _log.info("no C++ compiler on PATH: PyTorch's attention serves (maaskit's CPU kernel needs g++ or clang++)")
         done.set_result(False)
         return done
 
