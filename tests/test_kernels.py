@@ -73,7 +73,10 @@ def test_the_engine_gives_the_same_tokens_with_the_kernel(built, kind):
     assert tokens[0] == tokens[1] and all(len(t) == 8 for t in tokens[0])
 
 
-def test_only_a_float32_cache_on_the_cpu_takes_the_kernel_and_only_where_a_compiler_builds_it(built, monkeypatch):
+def test_only_a_float32_cache_on_the_cpu_takes_the_kernel_and_only_where_a_compiler_builds_it(built, monkeypatch,
+                                                                                             tmp_path):  # fmt: skip
+    monkeypatch.setenv("MAASKIT_KERNELS_DIR", str(tmp_path))
+    assert kernels.folder() == tmp_path  # where a build would go
     model = MODELS["llama"]()
     cache = SlotCache.empty(model.to(torch.bfloat16), 2)
     assert kernels.attach(cache).result() is False and cache.kernel is None

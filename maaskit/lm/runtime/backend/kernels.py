@@ -10,9 +10,10 @@ benchmarks/FIGURES.md, "decode attention").
 
 It is built on first use with the machine's C++ compiler (a compiled server needs one anyway), for
 the vector instructions PyTorch's own kernels use here, into a folder (:func:`folder`) named by the
-source, the command and PyTorch's version; later processes load it in milliseconds. :func:`attach` does that in the
-background and then gives a float32 CPU :class:`~maaskit.lm.models.attention.SlotCache` the kernel:
-until then, and wherever it cannot be built, the cache's attention is PyTorch's.
+sources, the command and PyTorch's version; later processes load it in milliseconds. :func:`attach`
+does that in the background and then gives a float32 CPU
+:class:`~maaskit.lm.models.attention.SlotCache` the kernel: until then, and wherever it cannot be
+built, the cache's attention is PyTorch's.
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ def _compiler() -> str | None:
 
 def folder() -> Path:
     """Where built kernels are kept: ``MAASKIT_KERNELS_DIR``, by default a folder in the system's temporary one."""
-    default = Path(tempfile.gettempdir()) / f"maaskit_kernels_{getpass.getuser()}"
-    return Path(os.environ.get("MAASKIT_KERNELS_DIR") or default)
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container's user with no name
+        user = "user"
+    return Path(os.environ.get("MAASKIT_KERNELS_DIR") or Path(tempfile.gettempdir()) / f"maaskit_kernels_{user}")
 
 
 def load() -> Path:
