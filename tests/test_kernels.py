@@ -82,7 +82,7 @@ def test_only_a_float32_cache_on_the_cpu_takes_the_kernel_and_only_where_a_compi
     assert kernels.attach(cache).result() is False and cache.kernel is None
     # a machine without a C++ compiler (and nothing built yet in this process): PyTorch's attention serves
     monkeypatch.setattr(kernels, "_loaded", [])
-    monkeypatch.setattr(kernels, "_compiler", lambda: None)
+    monkeypatch.setattr(kernels, "compiler", lambda: None)
     cache = SlotCache.empty(model.float(), 2)
     assert kernels.attach(cache).result() is False and cache.kernel is None
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
 import threading
 import time
 import weakref
@@ -179,7 +178,7 @@ class CompiledForward:
     server's flat batch, through ``torch.compile``; call :meth:`warm_up` first, or the first steps compile."""
 
     def __init__(self, model: CausalLM):
-        if not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        if kernels.compiler() is None:
             raise RuntimeError("compiling the model's step needs a C++ compiler (g++ or clang++), and none is on PATH")
         kernels.load()  # the packed products' lookup (packed_linear.cpp)
         self.model, products = _opaque_copy(model)

@@ -33,7 +33,7 @@ import torch
 
 from ...models.attention import SlotCache
 
-__all__ = ["attach", "decode_attention", "folder", "load"]
+__all__ = ["attach", "compiler", "decode_attention", "folder", "load"]
 
 SOURCES = [Path(__file__).with_name(name) for name in ("decode_attention.cpp", "packed_linear.cpp")]
 _lock = threading.Lock()  # one build and one load per process (a library's ops are registered once)
@@ -49,17 +49,18 @@ _ISA = {
 }
 
 
-def _command(compiler: str, target: Path) -> list[str]:
+def _command(cxx: str, target: Path) -> list[str]:
     """The compiler's command line: the kernel as a shared library against this PyTorch's headers and libraries."""
     root = Path(torch.__file__).parent
     isa = _ISA.get(torch.backends.cpu.get_cpu_capability(), [])
-    return [compiler, *map(str, SOURCES), "-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", *isa,
+    return [cxx, *map(str, SOURCES), "-O3", "-std=c++20", "-shared", "-fPIC", "-fopenmp", *isa,
             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}",
             f"-I{root / 'include'}", f"-I{root / 'include' / 'torch' / 'csrc' / 'api' / 'include'}",
             f"-L{root / 'lib'}", f"-Wl,-rpath,{root / 'lib'}", "-lc10", "-ltorch_cpu", "-o", str(target)]  # fmt: skip
 
 
-def _compiler() -> str | None:
+def compiler() -> str | None:
+    """The C++ compiler on PATH (``c++``, ``g++`` or ``clang++``), or None: the kernels and a compiled step need one."""
     return next((c for c in ("c++", "g++", "clang++") if shutil.which(c)), None)
 
 
@@ -78,20 +79,20 @@ def load() -> Path:
     with _lock:
         if _loaded:
             return _loaded[0]
-        compiler = _compiler()
-        if compiler is None:
+        cxx = compiler()
+        if cxx is None:
             raise RuntimeError("maaskit's CPU kernels need a C++ compiler (g++ or clang++), and none is on PATH")
         name = "maaskit_cpu_kernels.so"
         # named by everything that makes the library: its source, the command (PyTorch's path, the CPU's
         # instructions) and PyTorch's version
-        made_of = [*(source.read_bytes() for source in SOURCES), " ".join(_command(compiler, Path(name))).encode()]
+        made_of = [*(source.read_bytes() for source in SOURCES), " ".join(_command(cxx, Path(name))).encode()]
         key = hashlib.sha256(b"".join(made_of) + torch.__version__.encode()).hexdigest()[:20]
         target = folder() / key / name
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             # built aside, then renamed into place: a process building at the same time never loads half a file
             with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-                built = subprocess.run(_command(compiler, Path(scratch) / name), capture_output=True, text=True)
+                built = subprocess.run(_command(cxx, Path(scratch) / name), capture_output=True, text=True)
                 if built.returncode:
                     raise RuntimeError(f"building maaskit's C++ kernels failed:\n{built.stderr[-3000:]}")
                 os.replace(Path(scratch) / name, target)
@@ -121,7 +122,7 @@ def attach(cache: SlotCache) -> Future:
     if cache.keys[0].device.type != "cpu" or cache.keys[0].dtype != torch.float32:
         done.set_result(False)
         return done
-    if not _loaded and _compiler() is None:  # a machine without one: PyTorch's attention, as before
+    if not _loaded and compiler() is None:  # a machine without one: PyTorch's attention, as before
         _log.info("no C++ compiler on PATH: PyTorch's attention serves (maaskit's CPU kernel needs g++ or clang++)")
         done.set_result(False)
         return done

@@ -56,7 +56,8 @@ def can_pack(dtype: torch.dtype) -> bool:
 class PackedLinear(nn.Module):
     """``nn.Linear``'s product on a weight oneDNN packed once. Inference only: the packed weight is
     not a parameter (no gradient, not in the state dict); the layer's shape and dtype are kept.
-    A compiled step calls :meth:`product` as one opaque operation (lm/runtime/backend/compiled.py)."""
+    A compiled step calls the same oneDNN product on :attr:`packed`, looked up by number in C++
+    (lm/runtime/backend/compiled.py, packed_linear.cpp)."""
 
     weight: torch.Tensor | None
 
