@@ -7,9 +7,9 @@ for the CPU as a server packs it (:mod:`maaskit.lm.runtime.backend.packing`), th
 compiled (:class:`~maaskit.lm.runtime.backend.compiled.CompiledForward`) in two fresh processes, the
 second reading the first's graphs from a cache folder of its own. Each process times a step of 1, 4
 and 16 decoding rows and of one 128-token prompt chunk, eager and compiled taking turns: medians of
-``--rounds`` rounds, each the mean of 5 steps. The second also times, in the same turns, one row of
-the same model compiled with its weights packed only (its products through oneDNN's call, as before
-the compiled graph read the weights itself at one row).
+``--rounds`` rounds, each the mean of 5 steps. The second also times, in the same turns, the decoding
+rows of the same model compiled without its weights in column blocks: every product through oneDNN's
+call, as before maaskit's row kernel (``row_products.cpp``) ran products of a few rows.
 
     python benchmarks/compiled_step.py [--model qwen2-53m] [--dtype float32] [--threads 2] [--rounds 7]
 """
@@ -36,14 +36,19 @@ spec = json.loads(sys.argv[1])
 torch.set_num_threads(spec["threads"])
 from maaskit.lm.models.attention import SlotCache
 from maaskit.lm.runtime.backend.compiled import CompiledForward
-from maaskit.lm.runtime.backend.packing import pack_for_cpu
+from maaskit.lm.runtime.backend import kernels
+from maaskit.lm.runtime.backend.packing import PackedLinear, pack_for_cpu
+
+kernels.load()  # as a server's cache does, in the background (lm/runtime/backend/__init__.py)
 
 
-def build(keep_weights):  # a model as a compiling server packs it: its weights kept as stored too
-    spec["pack"] = {"keep_weights": keep_weights}
+def build(blocks):  # a model as a server packs it; without its weights in column blocks, if not ``blocks``
 """
     + textwrap.indent(BUILD_MODEL, "    ")
     + r"""
+    for layer in model.modules():
+        if isinstance(layer, PackedLinear) and not blocks:
+            layer.blocked = None
     return model
 
 model = build(True)
@@ -57,10 +62,10 @@ cells = {"1 row": (1, 0), "4 rows": (4, 0), "16 rows": (16, 0), "128-token chunk
 times = {(side, cell): [] for side in ("eager", "compiled") for cell in cells}
 forwards = {"eager": eager, "compiled": compiled}
 peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before a second model, if any
-if spec["one_row_packed"]:  # the same model, its weights packed only: one row through oneDNN's call
-    forwards["one row packed"] = CompiledForward(build(False))
-    forwards["one row packed"].warm_up(16)
-    times[("one row packed", "1 row")] = []
+if spec["onednn_only"]:  # the same model, every product through oneDNN's call
+    forwards["oneDNN only"] = CompiledForward(build(False))
+    forwards["oneDNN only"].warm_up(16)
+    times.update({("oneDNN only", cell): [] for cell in ("1 row", "4 rows", "16 rows")})
 
 def step(forward, rows, chunk):
     batch = cache.batch([(s, 200) for s in range(rows)], [(15, 0, chunk)] if chunk else [])
@@ -91,11 +96,10 @@ def main() -> None:
     args = parser.parse_args()
     family, config = SHAPES[args.model]
     spec = {"family": family, "config": config, "dtype": args.dtype, "threads": args.threads, "rounds": args.rounds}
-    packed = None
     with tempfile.TemporaryDirectory(prefix="maaskit-inductor-") as cache:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
         for start in ("first start", "second start"):
-            spec["one_row_packed"] = start == "second start"  # its graphs mostly from the cache
+            spec["onednn_only"] = start == "second start"  # its graphs mostly from the cache
             done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], env=env, capture_output=True,
                                   text=True, check=False)  # fmt: skip
             if done.returncode:
@@ -106,11 +110,11 @@ def main() -> None:
             for cell in ("1 row", "4 rows", "16 rows", "128-token chunk"):
                 e, c = result["ms"][f"eager|{cell}"], result["ms"][f"compiled|{cell}"]
                 print(f"  {cell:<16} eager {e:7.2f} ms   compiled {c:7.2f} ms   {e / c:.2f}x")
-            packed = result["ms"].get("one row packed|1 row", packed)
-        if packed is not None:  # the second start's
-            c = result["ms"]["compiled|1 row"]
-            print(f"one row, its products through oneDNN's packed call: {packed:.2f} ms against {c:.2f} read by the "
-                  f"compiled graph's own loop ({packed / c:.2f}x)")  # fmt: skip
+        # the second start's
+        print("compiled, every product through oneDNN's call against maaskit's row kernel at a few rows:")
+        for cell in ("1 row", "4 rows", "16 rows"):
+            o, c = result["ms"][f"oneDNN only|{cell}"], result["ms"][f"compiled|{cell}"]
+            print(f"  {cell:<16} oneDNN {o:7.2f} ms   row kernel {c:7.2f} ms   {o / c:.2f}x")
 
 
 if __name__ == "__main__":

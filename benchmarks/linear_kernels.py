@@ -1,17 +1,19 @@
 """The decode step's matrix products, kernel against kernel, side by side in one process: the
 linear layers of a model of real shape (SmolLM2-135M's by default: 30 layers and a 49,152-token
-head) at 1, 2, 4 and 16 rows, one thread, each kind in turn round by round, medians.
+head) at 1, 2, 4 and 16 rows, one thread (``--threads``), each kind in turn round by round, medians.
 
 - ``F.linear``: PyTorch's product on the weight as stored (row-major: it repacks it every call);
 - ``column-major``: the same on the weight stored transposed (what maaskit did before packing);
 - ``packed``: oneDNN's product on a weight packed once (:class:`maaskit.lm.runtime.backend.packing.PackedLinear`),
   fewer rows than ``MIN_ROWS`` padded to that many;
 - ``packed, unpadded``: the same product on the rows as they are (what sets ``MIN_ROWS``);
+- ``row kernel``: maaskit's own product of a few rows (``row_products.cpp``) on the weight laid out in
+  column blocks (``packing.lay_out``), float32 only: what a server runs at up to ``ROW_PRODUCT_ROWS`` rows;
 
-each in float32 and bfloat16. Printed: milliseconds per step (all layers and the head), and each
+each in float32 and bfloat16 (where the kind has it). Printed: milliseconds per step (all layers and the head), and each
 kind's ratio to ``F.linear`` in float32.
 
-    python benchmarks/linear_kernels.py [--rounds 15] [--rows 1,2,4,16] [--hidden 576 --intermediate 1536 ...]
+    python benchmarks/linear_kernels.py [--rounds 15] [--rows 1,2,4,16] [--threads 1] [--hidden 576 ...]
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 import torch
 from torch import nn
 
+from maaskit.lm.runtime.backend import kernels
 from maaskit.lm.runtime.backend.packing import PackedLinear, can_pack
 
 
@@ -48,9 +51,22 @@ def kinds(weights: list[torch.Tensor], dtype: torch.dtype, rows: int) -> dict[st
         found["column-major"].append(column)
         if can_pack(dtype):
             packed = PackedLinear(row_major, rows)
-            found.setdefault("packed", []).append(packed)
+            found.setdefault("packed", []).append(OneDNN(packed))
             found.setdefault("packed, unpadded", []).append(Unpadded(packed))
+            if packed.blocked is not None and kernels.loaded():
+                found.setdefault("row kernel", []).append(packed)  # its product at a few rows
     return found
+
+
+class OneDNN(nn.Module):
+    """A :class:`PackedLinear`'s oneDNN product (padded to its ``min_rows``), at any number of rows."""
+
+    def __init__(self, packed: PackedLinear):
+        super().__init__()
+        self.packed, self.in_features = packed, packed.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.packed.onednn(x)
 
 
 class Unpadded(nn.Module):
@@ -74,11 +90,16 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=30)
     p.add_argument("--vocab", type=int, default=49152)
     p.add_argument("--rows", default="1,2,4,16")
+    p.add_argument("--threads", type=int, default=1)
     a = p.parse_args()
-    torch.set_num_threads(1)  # as the server's engine thread runs on 2 cores
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, one thread; oneDNN packing: float32 {can_pack(torch.float32)}, "
-          f"bfloat16 {can_pack(torch.bfloat16)}")  # fmt: skip
+    try:
+        kernels.load()
+    except RuntimeError as err:  # no C++ compiler: the other kinds still run
+        print(f"no row kernel: {err}")
+    print(f"torch {torch.__version__}, {a.threads} thread(s); oneDNN packing: float32 {can_pack(torch.float32)}, "
+          f"bfloat16 {can_pack(torch.bfloat16)}; row kernel {kernels.loaded()}")  # fmt: skip
     weights = [torch.randn(o, i) * 0.02 for i, o, n in shapes(a) for _ in range(n)]
     for rows in (int(r) for r in a.rows.split(",")):
         steps = {}

@@ -374,7 +374,7 @@ def _large_llama():
     ids=["llama", "gpt"],
 )
 def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(make, packs, tmp_path, monkeypatch):
-    from maaskit.lm.runtime.backend.packing import pack_for_cpu
+    from maaskit.lm.runtime.backend.packing import PackedLinear, pack_for_cpu
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # built here, read again below
     model = make()
@@ -382,8 +382,7 @@ def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(m
     # the 12-token prompt runs longest: the last prompt joins it when the others are done
     jobs = [(p, SamplingParams(max_tokens=20 if len(p) == 12 else 10, temperature=0, ignore_eos=True)) for p in prompts]
     eager = run_engine(Engine(model, max_sequences=4), jobs)
-    # as a compiling server does, before its engine is made: each packed weight kept as stored too
-    assert (pack_for_cpu(model, rows=4, keep_weights=True) > 0) == packs
+    assert (pack_for_cpu(model, rows=4) > 0) == packs  # as a server does, before its engine is made
     engine = Engine(model, max_sequences=4, compile=True)  # compiles in the background
     # the engine serves at once, with the eager pass, while its graphs are built
     assert run_engine(engine, jobs[:1], close=False) == eager[:1]
@@ -423,16 +422,21 @@ def test_a_compiled_step_gives_eager_tokens_and_compiles_only_while_warming_up(m
             batch = engine.cache.batch([(0, 5)], [])
             engine.runner.forward(torch.zeros(1, 1, dtype=torch.long), batch, torch.tensor(batch.last))
 
-        def calls(step) -> int:  # the packed products a step calls, as the profiler records the operations
+        def calls(step, op="maaskit_cpu::packed_linear") -> int:  # as the profiler records the operations
             def run() -> int:
                 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
                     step()
-                return sum(e.count for e in profile.key_averages() if e.key == "maaskit_cpu::packed_linear")
+                return sum(e.count for e in profile.key_averages() if e.key == op)
 
             return engine.call(run)
 
-        assert calls(one_step) == engine.runner.forward.opaque_products
-        assert calls(one_row) == 0  # one row: the graph reads each weight as stored with a loop of its own
+        products = engine.runner.forward.opaque_products
+        # a few rows: each float32 product by maaskit's row kernel, on its weight in column blocks
+        blocked = sum(m.blocked is not None for m in model.modules() if isinstance(m, PackedLinear))
+        assert blocked == (products if next(model.parameters()).dtype == torch.float32 else 0)
+        for step in (one_step, one_row):
+            assert calls(step) == products
+            assert calls(step, "maaskit_cpu::row_product") == blocked
     threads = engine.call(torch.get_num_threads)  # the graphs' thread count: part of their cache key
     with torch._dynamo.config.patch(error_on_recompile=True):
         assert max(engine.call(gaps)) < 1e-4
@@ -457,7 +461,7 @@ from maaskit.lm.runtime.backend.packing import pack_for_cpu
 
 torch.set_num_threads({threads})
 model = {make}()
-pack_for_cpu(model, rows=4, keep_weights=True)
+pack_for_cpu(model, rows=4)
 compiled = CompiledForward(model)
 compiled.warm_up(4)
 print(compiled.cached_graphs, "from the cache")

@@ -1,9 +1,11 @@
 """maaskit's C++ for a server's CPU (lm/runtime/backend/kernels.py): the attention kernel for decoding rows
 against PyTorch's attention (the same outputs, the same cache, the same greedy tokens through the engine),
-and the packed products a compiled graph calls by number against the layers they came from."""
+the product of a few rows against ``F.linear``, and the packed products a compiled graph calls by number
+against the layers they came from."""
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -87,11 +89,64 @@ def test_only_a_float32_cache_on_the_cpu_takes_the_kernel_and_only_where_a_compi
     assert kernels.attach(cache).result() is False and cache.kernel is None
 
 
+@pytest.mark.parametrize("out", [768, 1000, 5], ids=["whole blocks", "a part block", "one part block"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no bias"])
+@torch.inference_mode()
+def test_the_row_kernel_gives_f_linear_at_every_row_count_and_refuses_what_it_cannot_read(built, out, bias):
+    """1-17 rows (every remainder of its groups of four), leading dimensions kept, a non-contiguous input;
+    a last block of fewer than 16 columns writes only its own."""
+    import torch.nn.functional as F
+
+    from maaskit.lm.runtime.backend.packing import lay_out
+
+    torch.manual_seed(0)
+    weight, b = torch.randn(out, 96), torch.randn(out) if bias else None
+    blocked = lay_out(weight)
+    for rows in range(1, 18):
+        x = torch.randn(1, rows, 96)
+        y = torch.ops.maaskit_cpu.row_product(x, blocked, b, out)
+        assert y.shape == (1, rows, out)
+        torch.testing.assert_close(y, F.linear(x, weight, b), atol=1e-4, rtol=1e-4)
+    x = torch.randn(96, 3).t()  # 3 rows, not contiguous
+    torch.testing.assert_close(torch.ops.maaskit_cpu.row_product(x, blocked, b, out), F.linear(x, weight, b),
+                               atol=1e-4, rtol=1e-4)  # fmt: skip
+    with pytest.raises(RuntimeError, match="features"):
+        torch.ops.maaskit_cpu.row_product(torch.randn(2, 95), blocked, b, out)
+    with pytest.raises(RuntimeError, match="blocks of 16 columns"):
+        torch.ops.maaskit_cpu.row_product(torch.randn(2, 96), weight, b, out)
+    with pytest.raises(RuntimeError, match="float32 only"):
+        torch.ops.maaskit_cpu.row_product(torch.randn(2, 96).double(), blocked, b, out)
+    with pytest.raises(RuntimeError, match="out features"):
+        torch.ops.maaskit_cpu.row_product(torch.randn(2, 96), blocked, None, out + 16)
+
+
+@torch.inference_mode()
+def test_a_packed_layer_runs_the_row_kernel_at_a_few_rows_and_onednn_beyond(built):
+    """The same values either way; the row kernel only up to ROW_PRODUCT_ROWS rows (a profile of the
+    layer's calls says which ran)."""
+    from torch import nn
+
+    from maaskit.lm.runtime.backend.packing import ROW_PRODUCT_ROWS, PackedLinear
+
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 300)
+    packed = PackedLinear(linear, 4)
+    for rows, kernel in ((1, "maaskit_cpu::row_product"), (ROW_PRODUCT_ROWS, "maaskit_cpu::row_product"),
+                         (ROW_PRODUCT_ROWS + 1, "mkldnn::_linear_pointwise")):  # fmt: skip
+        x = torch.randn(rows, 256)
+        with torch.profiler.profile() as profile:
+            y = packed(x)
+        names = {event.name for event in profile.events()}
+        assert kernel in names and not {"maaskit_cpu::row_product", "mkldnn::_linear_pointwise"} - {kernel} & names
+        torch.testing.assert_close(y, linear(x), atol=1e-4, rtol=1e-4)
+
+
 @torch.inference_mode()
 def test_packed_products_are_looked_up_by_number_in_the_set_a_thread_uses(built):
     """What a compiled step's graph calls (lm/runtime/backend/compiled.py): each product by its number, in
-    the set registered for its model; padded to its row count where that is set; an error, not a crash,
-    with no set in use, a number out of the set, or a released set."""
+    the set registered for its model; the row kernel at up to the set's row count where the product has
+    its weight in blocks, oneDNN's product beyond (padded to its row count where that is set); an error,
+    not a crash, with no set in use, a number out of the set, or a released set."""
     from torch import nn
 
     from maaskit.lm.runtime.backend.packing import PackedLinear
@@ -102,15 +157,24 @@ def test_packed_products_are_looked_up_by_number_in_the_set_a_thread_uses(built)
     packed[1].min_rows = 4
     ops = torch.ops.maaskit_cpu
 
-    def run(*calls):  # on a thread of its own: no set in use there until it says which
-        with ThreadPoolExecutor(1) as pool:
-            return pool.submit(lambda: [call() for call in calls]).result()
+    def run(*calls, profile=None):  # on a thread of its own: no set in use there until it says which
+        def calls_in_turn():
+            with profile or contextlib.nullcontext():
+                return [call() for call in calls]
 
-    handle = ops.register_products([p.packed for p in packed], [p.bias for p in packed], [p.min_rows for p in packed])
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(calls_in_turn).result()
+
+    blocked = [packed[0].blocked, None]  # the first with its weight in blocks, the second oneDNN's only
+    handle = ops.register_products([p.packed for p in packed], [p.bias for p in packed],
+                                   [p.min_rows for p in packed], blocked, 2)  # fmt: skip
     for rows in (1, 3, 5):
         x = torch.randn(1, rows, 512)
+        profile = torch.profiler.profile()
         got = run(lambda: ops.use_products(handle), lambda x=x: ops.packed_linear(x, 0, 768),
-                  lambda x=x: ops.packed_linear(x, 1, 1024))[1:]  # fmt: skip
+                  lambda x=x: ops.packed_linear(x, 1, 1024), profile=profile)[1:]  # fmt: skip
+        ran = [event.name for event in profile.events()]
+        assert ran.count("maaskit_cpu::row_product") == (rows <= 2)
         for y, linear in zip(got, linears):
             assert y.shape == (1, rows, linear.out_features)
             assert torch.allclose(y, linear(x), atol=1e-5)

@@ -233,10 +233,10 @@ def test_a_served_model_keeps_no_mapping_of_its_checkpoint(tmp_path):
         engine.close()
 
 
-def test_weights_kept_beside_their_packed_copies_leave_the_file_too_and_a_tied_one_stays_shared(tmp_path, monkeypatch):
-    """A compiling server keeps each packed weight as stored too (its one-row graph reads it there:
-    lm/runtime/backend/compiled.py). Those are copied out of the checkpoint's mapped file with the rest,
-    and a tied head's stays the embedding's own, copied once."""
+def test_packed_layers_keep_their_weights_in_blocks_copied_off_the_file_and_the_embedding_its_own(tmp_path, monkeypatch):
+    """A float32 packed layer keeps its weight in column blocks too, for products of a few rows
+    (lm/runtime/backend/packing.py): a copy of the weight's values, not saved with the model, not in the
+    checkpoint's mapped file; a tied head's embedding still reads its own tensor, which leaves the file too."""
     import gc
 
     from maaskit.lm.runtime.backend import _off_the_file, packing
@@ -247,17 +247,19 @@ def test_weights_kept_beside_their_packed_copies_leave_the_file_too_and_a_tied_o
     write_checkpoint(tmp_path, "qwen2")  # its head tied to its embedding
     weights = str((tmp_path / "model.safetensors").resolve())
     model = load_hf(tmp_path).model
-    packing.pack_for_cpu(model, rows=4, keep_weights=True)
-    kept = [m.weight for m in model.modules() if isinstance(m, packing.PackedLinear)]
-    assert kept and all(w is not None for w in kept) and model.lm_head.weight is not None
-    mapped = model.model.embed_tokens.weight.data_ptr()
-    assert model.lm_head.weight.data_ptr() == mapped  # the tied weight itself, not a copy
-    assert weights in Path("/proc/self/maps").read_text()
+    head = model.lm_head.weight.detach().clone()
+    packing.pack_for_cpu(model, rows=4)
+    layers = [m for m in model.modules() if isinstance(m, packing.PackedLinear)]
+    assert model.lm_head in layers and all(m.blocked is not None for m in layers)
+    blocked = model.lm_head.blocked  # blocks x in x 16: column j of block b is output 16 b + j
+    assert blocked.shape == (-(-head.shape[0] // 16), head.shape[1], 16)
+    assert torch.equal(blocked.transpose(1, 2).reshape(-1, head.shape[1])[: head.shape[0]], head)
+    assert "blocked" not in model.lm_head.state_dict()  # not saved with the model
+    assert weights in Path("/proc/self/maps").read_text()  # the embedding still reads the file
     _off_the_file(model)
     gc.collect()
     assert weights not in Path("/proc/self/maps").read_text()
-    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr() != mapped
-    assert "weight" not in model.lm_head.state_dict()  # not saved with the model
+    assert torch.equal(model.model.embed_tokens.weight, head)
 
 
 def test_bf16_loads_in_bf16(tmp_path):

@@ -79,9 +79,7 @@ def build_engine(model: CausalLM, device: torch.device, config: EngineConfig, *,
     cache = SlotCache.empty(model, slots)
     prefix = PrefixCache.sized(cache, int(config.prefix_cache_gb * 2**30))
     if owned and device.type == "cpu":
-        # before the engine: its compiled pass calls the packed products (and reads the weights as stored
-        # at one row)
-        pack_for_cpu(model, rows=slots, keep_weights=config.compile)
+        pack_for_cpu(model, rows=slots)  # before the engine: its compiled pass calls the packed products
         _off_the_file(model)
     attach(cache)  # in the background: PyTorch's attention serves until the kernel is built (seconds, once)
     engine = Engine(model, max_sequences=slots, thread_setup=thread_setup(weights) if thread_setup else None,

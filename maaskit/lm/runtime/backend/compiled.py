@@ -16,18 +16,17 @@ on a scratch cache of its own, so that it can run while the engine serves with t
 On a CPU the products stay the served model's own (oneDNN's packed weights, :mod:`.packing`), each
 called as one opaque operation by its place in the model (``maaskit_cpu::packed_linear``, which looks the
 weight up in C++: ``packed_linear.cpp``; a fused q/k/v or gate/up product once, :class:`_MergeProducts`):
-oneDNN's packed layout is no tensor a graph can take as an input or Inductor can keep in its cache.
-One row is the exception: its product is a plain read of the weight, which Inductor's own loop, fused
-with the operations around it, runs at 1.5x oneDNN's call (a decode step of one stream:
-:class:`_Product`), so a server that compiles keeps each weight as stored beside its packed copy
-(``pack_for_cpu(keep_weights=True)``: the products' memory twice) and the N = 1 graph takes those as
-inputs. So the graphs hold no weights: they run on the model's own, and Inductor keeps them in its
-on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by default under the system's temporary folder), keyed by
-the graph (the model's shapes and dtype, not its weights' values), the thread count, PyTorch's version,
-the C++ compiler and the CPU's instruction set: a second start of a model of the same shapes reads them
-instead of building them. (Inductor's own kernels for weights frozen into the graph, its other way, ran
-a step at one row faster, but no such graph can be cached and each start built them for minutes:
-benchmarks/FIGURES.md, "the compiled forward pass".)
+oneDNN's packed layout is no tensor a graph can take as an input or Inductor can keep in its cache;
+at a decode step's few rows the same call runs maaskit's row kernel on the weight's copy in column blocks
+(:mod:`.packing`, ``row_products.cpp``). So the graphs hold no weights: they run on the model's own, and
+Inductor keeps them in its on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, by default under the system's
+temporary folder), keyed by the graph (the model's shapes and dtype, not its weights' values), the
+thread count, PyTorch's version, the C++ compiler and the CPU's instruction set: a second start of a
+model of the same shapes reads them instead of building them. (Inductor's own kernels for weights
+frozen into the graph, its other way, ran a step at one row faster, but no such graph can be cached
+and each start built them for minutes: benchmarks/FIGURES.md, "the compiled forward pass". Inductor's
+loop over a weight as stored, fused with the operations around it, ran one row at 1.5x oneDNN's call,
+and served a step of one row until the row kernel read the weights faster still.)
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 from ...models.attention import FlatBatch, SlotCache
 from ...models.base import CausalLM
 from . import kernels
-from .packing import Fused, FusedPart, PackedLinear
+from .packing import ROW_PRODUCT_ROWS, Fused, FusedPart, PackedLinear
 
 __all__ = ["CompiledForward"]
 
@@ -113,27 +112,13 @@ _log = logging.getLogger(__name__)
 
 
 class _Product(nn.Module):
-    """In the traced copy, in a packed product's place: ``maaskit_cpu::packed_linear``, by its place in the model;
-    for one row of float32, where the layer kept its weight as stored, Inductor's own loop over that weight
-    (a graph input, not a constant: the graph stays the same for any weights, and in the on-disk cache)."""
-
-    weight: torch.Tensor | None
-    bias: torch.Tensor | None
+    """In the traced copy, in a packed product's place: ``maaskit_cpu::packed_linear``, by its place in the model."""
 
     def __init__(self, product: int, linear: PackedLinear):
         super().__init__()
         self.product, self.out_features = product, linear.out_features
-        one_row = linear.weight is not None and linear.weight.dtype == torch.float32
-        self.register_buffer("weight", linear.weight if one_row else None, persistent=False)
-        self.register_buffer("bias", linear.bias if one_row else None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # one row (the N = 1 graph's products, and the head wherever one token is scored): a product is a
-        # read of its weight, which oneDNN's call made at two-thirds the speed of Inductor's loop, fused with the
-        # operations around it (benchmarks/compiled_step.py; benchmarks/FIGURES.md, "one row")
-        if self.weight is not None and x.numel() == x.shape[-1]:
-            y = (x.unsqueeze(-2) * self.weight).sum(-1)
-            return y if self.bias is None else y + self.bias
         return torch.ops.maaskit_cpu.packed_linear(x, self.product, self.out_features)
 
 
@@ -183,9 +168,9 @@ class CompiledForward:
         kernels.load()  # the packed products' lookup (packed_linear.cpp)
         self.model, products = _opaque_copy(model)
         self.opaque_products = len(products)
-        register = torch.ops.maaskit_cpu.register_products
-        packed, biases, rows = [p.packed for p in products], [p.bias for p in products], [p.min_rows for p in products]
-        self.products = register(packed, biases, rows)
+        self.products = torch.ops.maaskit_cpu.register_products(
+            [p.packed for p in products], [p.bias for p in products], [p.min_rows for p in products],
+            [p.blocked for p in products], ROW_PRODUCT_ROWS)
         weakref.finalize(self, torch.ops.maaskit_cpu.release_products, self.products)  # the packed copies' memory
         self.compiled = torch.compile(self._forward, dynamic=True)
         self.cached_graphs = 0  # of those warm_up built, how many Inductor read from its on-disk cache

@@ -1,5 +1,6 @@
-"""maaskit's own C++ for a server's CPU: a decode step's attention (``decode_attention.cpp``), and the
-compiled step's packed products called by their number (``packed_linear.cpp``, used by :mod:`.compiled`).
+"""maaskit's own C++ for a server's CPU: a decode step's attention (``decode_attention.cpp``), products of a
+few rows (``row_products.cpp``, used by :mod:`.packing`), and the compiled step's products called by their
+number (``packed_linear.cpp``, used by :mod:`.compiled`).
 
 A decoding row has one new query; PyTorch's attention runs its few query heads as a tiny matrix
 product per key/value head, and at a server's shapes read the cache at about a third of the speed
@@ -33,9 +34,9 @@ import torch
 
 from ...models.attention import SlotCache
 
-__all__ = ["attach", "compiler", "decode_attention", "folder", "load"]
+__all__ = ["attach", "compiler", "decode_attention", "folder", "load", "loaded"]
 
-SOURCES = [Path(__file__).with_name(name) for name in ("decode_attention.cpp", "packed_linear.cpp")]
+SOURCES = [Path(__file__).with_name(name) for name in ("decode_attention.cpp", "packed_linear.cpp", "row_products.cpp")]
 _lock = threading.Lock()  # one build and one load per process (a library's ops are registered once)
 _loaded: list[Path] = []
 _log = logging.getLogger(__name__)
@@ -99,11 +100,21 @@ def load() -> Path:
         torch.ops.load_library(str(target))
         # its shape, for the compiled graphs that call it (lm/runtime/backend/compiled.py)
         torch.library.register_fake("maaskit_cpu::packed_linear", _packed_linear_shape)
+        torch.library.register_fake("maaskit_cpu::row_product", _row_product_shape)
         _loaded.append(target)
         return target
 
 
+def loaded() -> bool:
+    """Whether this process has loaded the kernels (:func:`load`)."""
+    return bool(_loaded)
+
+
 def _packed_linear_shape(x: torch.Tensor, product: int, out: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], out)
+
+
+def _row_product_shape(x: torch.Tensor, blocked: torch.Tensor, bias: torch.Tensor | None, out: int) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], out)
 
 

@@ -4,7 +4,8 @@
 // oneDNN's packed weights are no tensors a graph can take as inputs, so the graph names each product by
 // its number and the step's products are looked up here: a compiled pass registers its model's packed
 // weights once (register_products), says before each step which set its thread runs (use_products),
-// and each call runs oneDNN's product (mkldnn::_linear_pointwise) on that weight. The same lookup in
+// and each call runs oneDNN's product (mkldnn::_linear_pointwise) on that weight, or, at a decode step's few
+// rows, maaskit's own on the weight's copy in column blocks (row_products.cpp). The same lookup in
 // Python cost about 40 us a call, 2 ms of a 4-row step of 49 products (benchmarks/FIGURES.md, "packed
 // products called from C++").
 #include <ATen/core/Tensor.h>
@@ -23,6 +24,8 @@ struct Product {
   at::Tensor packed;
   std::optional<at::Tensor> bias;
   int64_t min_rows;  // a product of fewer rows is padded to this many (measured faster on some CPUs)
+  std::optional<at::Tensor> blocked;  // the weight in column blocks, for products of up to row_rows rows
+  int64_t row_rows;
 };
 
 std::mutex mutex;
@@ -30,10 +33,12 @@ std::deque<std::vector<Product>> sets;  // a deque: a set's address never moves 
 thread_local const std::vector<Product>* current = nullptr;
 
 int64_t register_products(at::TensorList packed, const c10::List<std::optional<at::Tensor>>& bias,
-                          at::IntArrayRef min_rows) {
-  TORCH_CHECK(packed.size() == bias.size() && packed.size() == min_rows.size(), "one bias and one row count per product");
+                          at::IntArrayRef min_rows, const c10::List<std::optional<at::Tensor>>& blocked,
+                          int64_t rows) {
+  TORCH_CHECK(packed.size() == bias.size() && packed.size() == min_rows.size() && packed.size() == blocked.size(),
+              "one bias, one row count and one blocked weight (or None) per product");
   std::vector<Product> set;
-  for (size_t i = 0; i < packed.size(); ++i) set.push_back({packed[i], bias.get(i), min_rows[i]});
+  for (size_t i = 0; i < packed.size(); ++i) set.push_back({packed[i], bias.get(i), min_rows[i], blocked.get(i), rows});
   std::lock_guard<std::mutex> hold(mutex);
   sets.push_back(std::move(set));
   return static_cast<int64_t>(sets.size()) - 1;
@@ -63,6 +68,12 @@ at::Tensor packed_linear(const at::Tensor& x, int64_t product, int64_t out) {
   TORCH_CHECK(0 <= product && product < static_cast<int64_t>(current->size()), "no product ", product, " in use");
   const Product& p = (*current)[product];
   const int64_t rows = x.numel() / x.size(-1);
+  if (p.blocked && rows <= p.row_rows) {  // through the dispatcher: a profile says which product ran
+    static const auto row_product = c10::Dispatcher::singleton()
+        .findSchemaOrThrow("maaskit_cpu::row_product", "")
+        .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, int64_t)>();
+    return row_product.call(x, *p.blocked, p.bias, out);
+  }
   if (rows >= p.min_rows) return linear(x, p);
   at::Tensor padded = at::constant_pad_nd(x.reshape({rows, x.size(-1)}), {0, 0, 0, p.min_rows - rows});
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
@@ -73,7 +84,8 @@ at::Tensor packed_linear(const at::Tensor& x, int64_t product, int64_t out) {
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(maaskit_cpu, m) {
-  m.def("register_products(Tensor[] packed, Tensor?[] bias, int[] min_rows) -> int", TORCH_FN(register_products));
+  m.def("register_products(Tensor[] packed, Tensor?[] bias, int[] min_rows, Tensor?[] blocked, int rows) -> int",
+        TORCH_FN(register_products));
   m.def("use_products(int handle) -> ()", TORCH_FN(use_products));
   m.def("release_products(int handle) -> ()", TORCH_FN(release_products));
   m.def("packed_linear(Tensor x, int product, int out) -> Tensor");

@@ -11,8 +11,15 @@ slower than its float32 (``benchmarks/linear_kernels.py`` measures each kind sid
 
 Where oneDNN is missing, weights are stored transposed instead (column-major, the same values):
 PyTorch's product then reads them without repacking (1.5x at 4 rows on the same machine).
+A decode step's product of a few rows is a read of the weight, and oneDNN's read it at about 12 GB/s
+where ``tensor.sum()`` reads 20 on the same cores: so a float32 weight is also kept laid out in
+blocks of 16 columns (:func:`lay_out`), which maaskit's own C++ product (``row_products.cpp``, built by
+:mod:`.kernels`) streams at the memory's speed, for products of up to :data:`ROW_PRODUCT_ROWS`
+rows (benchmarks/linear_kernels.py; benchmarks/FIGURES.md, "a few rows"). The price is a second copy
+of each float32 product's weight.
+
 Training never sees any of this: only a server's own copy of a model is packed. A compiled step
-calls the same packed products, each as one opaque operation (lm/runtime/backend/compiled.py).
+calls the same products, each as one opaque operation (lm/runtime/backend/compiled.py).
 """
 
 from __future__ import annotations
@@ -24,7 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FUSED_NAMES", "Fused", "FusedPart", "PackedLinear", "can_pack", "pack_for_cpu", "pack_from"]
+from . import kernels
+
+__all__ = ["FUSED_NAMES", "ROW_PRODUCT_ROWS", "Fused", "FusedPart", "PackedLinear", "can_pack", "lay_out",
+           "pack_for_cpu", "pack_from"]  # fmt: skip
 
 # oneDNN's call costs more than PyTorch's: worth it for weights that take longer than that to read, a
 # loss on a small model's (notebook 07's GPT). benchmarks/linear_kernels.py measures where the two cross
@@ -34,6 +44,20 @@ PACK_FROM = 2**18  # elements of a weight
 # product of fewer rows to this many costs nothing; on others padding is the slower: pack_for_cpu measures
 # which, on the machine at hand (benchmarks/FIGURES.md, "packing")
 MIN_ROWS = 4
+# products of up to this many rows run maaskit's row kernel, where it is built: faster than oneDNN's at 1-16
+# rows on this project's machine, at 1 thread and at 2 (benchmarks/linear_kernels.py)
+ROW_PRODUCT_ROWS = 16
+BLOCK = 16  # columns of a block of row_products.cpp's layout
+
+
+def lay_out(weight: torch.Tensor) -> torch.Tensor:
+    """A float32 weight (out x in) as ``row_products.cpp`` reads it: blocks of :data:`BLOCK` output columns,
+    each in features x columns (blocks x in x BLOCK), the last block zero-filled."""
+    out, features = weight.shape
+    blocks = -(-out // BLOCK)
+    padded = torch.zeros(blocks * BLOCK, features, dtype=weight.dtype, device=weight.device)
+    padded[:out] = weight
+    return padded.view(blocks, BLOCK, features).transpose(1, 2).contiguous()
 
 
 def pack_from(dtype: torch.dtype) -> int:
@@ -56,12 +80,13 @@ def can_pack(dtype: torch.dtype) -> bool:
 class PackedLinear(nn.Module):
     """``nn.Linear``'s product on a weight oneDNN packed once. Inference only: the packed weight is
     not a parameter (no gradient, not in the state dict); the layer's shape and dtype are kept.
-    A compiled step calls the same oneDNN product on :attr:`packed`, looked up by number in C++
-    (lm/runtime/backend/compiled.py, packed_linear.cpp)."""
+    A float32 layer also keeps its weight in column blocks (:attr:`blocked`, :func:`lay_out`), for products
+    of up to :data:`ROW_PRODUCT_ROWS` rows once maaskit's kernels are loaded. A compiled step calls the same
+    products, looked up by number in C++ (lm/runtime/backend/compiled.py, packed_linear.cpp)."""
 
-    weight: torch.Tensor | None
+    blocked: torch.Tensor | None
 
-    def __init__(self, linear: nn.Linear, rows: int, *, keep_weight: bool = False):
+    def __init__(self, linear: nn.Linear, rows: int):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach()
@@ -69,9 +94,8 @@ class PackedLinear(nn.Module):
         # ``rows``: the batch oneDNN lays the weight out for (any number still works, but a layout for
         # 1 row runs 4 rows at about half speed)
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, max(rows, MIN_ROWS))
-        # ``keep_weight``: the weight as stored too, for a compiled step's product of one row, which reads it
-        # with Inductor's own loop (lm/runtime/backend/compiled.py); a buffer, not saved with the model
-        self.register_buffer("weight", weight if keep_weight else None, persistent=False)
+        # a buffer, not saved with the model
+        self.register_buffer("blocked", lay_out(weight) if weight.dtype == torch.float32 else None, persistent=False)
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
         self.min_rows = 1  # a product of fewer rows is padded to this many (pack_for_cpu measures which is faster)
 
@@ -80,11 +104,16 @@ class PackedLinear(nn.Module):
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features)
+        if self.blocked is not None and flat.shape[0] <= ROW_PRODUCT_ROWS and kernels.loaded():
+            return torch.ops.maaskit_cpu.row_product(x, self.blocked, self.bias, self.out_features)
+        return self.onednn(flat).view(*x.shape[:-1], self.out_features)
+
+    def onednn(self, flat: torch.Tensor) -> torch.Tensor:
+        """oneDNN's product of ``flat`` (rows x in features), padded to :attr:`min_rows` rows."""
         rows = flat.shape[0]
         if rows < self.min_rows:
             flat = F.pad(flat, (0, 0, 0, self.min_rows - rows))
-        out = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
-        return out[:rows].view(*x.shape[:-1], self.out_features)
+        return torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")[:rows]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, dtype={self.dtype}, packed"
@@ -101,7 +130,7 @@ def _padding_pays(layer: PackedLinear, rounds: int = 7) -> bool:
                 layer.min_rows = rows
                 start = time.perf_counter()
                 for _ in range(3):
-                    layer.product(x)
+                    layer.onednn(x)
                 times[rows].append(time.perf_counter() - start)
     layer.min_rows = 1
     return statistics.median(times[MIN_ROWS]) < statistics.median(times[1])
@@ -168,20 +197,19 @@ def _fuse(model: nn.Module) -> None:
                     setattr(module, name, FusedPart(fused, i))
 
 
-def pack_for_cpu(model: nn.Module, rows: int = 16, *, keep_weights: bool = False) -> int:
+def pack_for_cpu(model: nn.Module, rows: int = 16) -> int:
     """Replace every large linear layer of a CPU model (:func:`pack_from` elements or more) by a
     :class:`PackedLinear`; store the others' weights column-major. A weight tied to an embedding is
     packed as a copy, so the embedding keeps reading its own. Products that read the same input are
     fused into one first (:class:`Fused`). Whether a product of one row is padded (:data:`MIN_ROWS`)
-    is measured here, on this machine. ``keep_weights``: each packed layer keeps its weight as stored
-    too (a compiled step reads it at one row). Returns how many layers were packed."""
+    is measured here, on this machine. Returns how many layers were packed."""
     _fuse(model)
     packed: list[PackedLinear] = []
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and child.weight.device.type == "cpu":
                 if child.weight.numel() >= pack_from(child.weight.dtype) and can_pack(child.weight.dtype):
-                    packed.append(PackedLinear(child, rows, keep_weight=keep_weights))
+                    packed.append(PackedLinear(child, rows))
                     setattr(parent, name, packed[-1])
                 elif child.weight.is_contiguous():
                     child.weight.data = child.weight.data.t().contiguous().t()
