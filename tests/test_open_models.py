@@ -233,7 +233,7 @@ def test_a_served_model_keeps_no_mapping_of_its_checkpoint(tmp_path):
         engine.close()
 
 
-def test_packed_layers_keep_their_weights_in_blocks_copied_off_the_file_and_the_embedding_its_own(tmp_path, monkeypatch):
+def test_packed_layers_keep_their_weights_in_blocks_and_the_embedding_its_own_off_the_file(tmp_path, monkeypatch):
     """A float32 packed layer keeps its weight in column blocks too, for products of a few rows
     (lm/runtime/backend/packing.py): a copy of the weight's values, not saved with the model, not in the
     checkpoint's mapped file; a tied head's embedding still reads its own tensor, which leaves the file too."""
