@@ -168,9 +168,9 @@ class CompiledForward:
         kernels.load()  # the packed products' lookup (packed_linear.cpp)
         self.model, products = _opaque_copy(model)
         self.opaque_products = len(products)
-        self.products = torch.ops.maaskit_cpu.register_products(
-            [p.packed for p in products], [p.bias for p in products], [p.min_rows for p in products],
-            [p.blocked for p in products], ROW_PRODUCT_ROWS)
+        packed, biases, rows = [p.packed for p in products], [p.bias for p in products], [p.min_rows for p in products]
+        blocked = [p.blocked for p in products]  # the row kernel's, for products of a few rows
+        self.products = torch.ops.maaskit_cpu.register_products(packed, biases, rows, blocked, ROW_PRODUCT_ROWS)
         weakref.finalize(self, torch.ops.maaskit_cpu.release_products, self.products)  # the packed copies' memory
         self.compiled = torch.compile(self._forward, dynamic=True)
         self.cached_graphs = 0  # of those warm_up built, how many Inductor read from its on-disk cache
