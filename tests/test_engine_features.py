@@ -342,6 +342,48 @@ def test_the_engine_runs_its_steps_on_the_threads_it_is_given(lm_dir, threads):
     assert forward_threads(2, weights=ALL_CORES_FROM - 1) == max(1, ((os.cpu_count() or 2) - 1) // 2)
 
 
+@pytest.mark.parametrize("first_call", ["PyTorch's", "maaskit's kernels'"])
+def test_a_threads_own_count_survives_another_threads_setting_and_its_first_parallel_call(first_call):
+    """PyTorch's first parallel call on a thread (once per library) sets the thread's count to the process's
+    last ``torch.set_num_threads``: the engine's thread, set to 2, ran on the 1 the event loop's thread set
+    after it. ``set_threads`` counts for good, and maaskit's kernels leave a thread's count as it is."""
+    import threading
+
+    from maaskit.lm.runtime.backend import kernels
+    from maaskit.serving.dataplane import set_threads
+
+    if first_call != "PyTorch's":
+        kernels.load()
+    blocked = torch.zeros(4, 8, 16)  # a weight of 64 x 8 in row_products.cpp's layout
+
+    def count_on_a_thread(setter) -> int:
+        set_up, other_set, counts = threading.Event(), threading.Event(), []
+
+        def engine() -> None:
+            setter(2)
+            set_up.set()
+            other_set.wait()
+            if first_call == "PyTorch's":
+                torch.ones(2**20).sum()
+            else:
+                torch.ops.maaskit_cpu.row_product(torch.ones(3, 8), blocked, None, 64)
+            counts.append(torch.get_num_threads())
+
+        thread = threading.Thread(target=engine)
+        thread.start()
+        set_up.wait()
+        loop = threading.Thread(target=set_threads, args=(1,))  # as the event loop's thread does
+        loop.start()
+        loop.join()
+        other_set.set()
+        thread.join()
+        return counts[0]
+
+    assert count_on_a_thread(set_threads) == 2
+    if first_call == "PyTorch's":  # what set_threads is for
+        assert count_on_a_thread(torch.set_num_threads) == 1
+
+
 def test_listeners_see_the_engine_empty_once_its_last_sequences_finished():
     # /metrics sets its gauges from these calls: after the last step they must read none running, not
     # stay one step stale while the engine sleeps (clients that vanished were seen as still running)

@@ -186,3 +186,19 @@ def test_packed_products_are_looked_up_by_number_in_the_set_a_thread_uses(built)
     ops.release_products(handle)
     with pytest.raises(RuntimeError, match="no product 0"):
         run(lambda: ops.use_products(handle), lambda: ops.packed_linear(x, 0, 768))
+
+
+@torch.inference_mode()
+def test_a_layer_keeps_no_blocks_where_the_row_kernel_cannot_be_built(monkeypatch):
+    """No C++ compiler and no kernels loaded: no second copy of the weight, and oneDNN's product at any row count."""
+    from torch import nn
+
+    from maaskit.lm.runtime.backend.packing import PackedLinear
+
+    monkeypatch.setattr(kernels, "compiler", lambda: None)
+    monkeypatch.setattr(kernels, "loaded", lambda: False)
+    linear = nn.Linear(64, 40)
+    layer = PackedLinear(linear, 4)
+    assert layer.blocked is None
+    x = torch.randn(2, 64)
+    torch.testing.assert_close(layer(x), linear(x), atol=1e-5, rtol=1e-5)

@@ -104,10 +104,15 @@ def test_no_module_imports_the_package_root():
 
 
 def test_the_package_is_typed_and_ships_its_cpp_sources():
+    from maaskit.lm.runtime.backend import kernels
+
     assert (PACKAGE / "py.typed").is_file()
-    # the C++ kernels are built from their sources on the machine that serves (lm/runtime/backend/kernels.py)
-    assert list((PACKAGE / "lm" / "runtime" / "backend").glob("*.cpp"))
-    assert 'maaskit = ["py.typed", "lm/runtime/backend/*.cpp"]' in (ROOT / "pyproject.toml").read_text()
+    # the C++ kernels are built from their sources on the machine that serves (lm/runtime/backend/kernels.py),
+    # every one of which the package ships and the build's key reads
+    backend = PACKAGE / "lm" / "runtime" / "backend"
+    assert set(backend.glob("*.cpp")) | set(backend.glob("*.h")) == {*kernels.SOURCES, *kernels.HEADERS}
+    shipped = 'maaskit = ["py.typed", "lm/runtime/backend/*.cpp", "lm/runtime/backend/*.h"]'
+    assert shipped in (ROOT / "pyproject.toml").read_text()
 
 
 def test_every_public_parameter_is_typed():

@@ -246,13 +246,24 @@ def loading_thread_setup() -> None:
     spinning between regions: each of a step's hundred-odd regions then waits for its threads to
     wake. A language model's steps on its engine thread ran 1.4x slower once the main thread had
     loaded a model on two threads (benchmarks/FIGURES.md, "threads")."""
-    torch.set_num_threads(1)
+    set_threads(1)
 
 
 def forward_thread_setup(processes: int = 1, threads: int | None = None, *, weights: int = 0) -> None:
     """Run in each thread that runs forward passes: PyTorch's thread count is per thread (``threads``:
     the server's ``--threads``, else :func:`forward_threads`)."""
-    torch.set_num_threads(threads or forward_threads(processes, weights=weights))
+    set_threads(threads or forward_threads(processes, weights=weights))
+
+
+def set_threads(count: int) -> None:
+    """This thread's PyTorch thread count, for good. PyTorch's count is per thread, but a thread's first
+    parallel operation sets it to the process's last ``torch.set_num_threads``, from whichever thread: in
+    a server, the event loop's thread set 1 after the engine's set 2, the engine's thread ran on one, and
+    its compiled graphs were built again for one thread (a 512-token prompt took 1.7x as long;
+    benchmarks/FIGURES.md, "threads: a thread's own count"). ``torch.get_num_threads`` makes that first
+    setting now; the count set after it stays."""
+    torch.get_num_threads()
+    torch.set_num_threads(count)
 
 
 def _is_language_model(source: Any) -> bool:

@@ -7,12 +7,13 @@
 // (benchmarks/attention_kernels.py; benchmarks/FIGURES.md, "decode attention"). The rows' slots and
 // their visible positions [start, end) are arguments: rows in any slots, of any lengths, any window, with
 // no gather and no mask. float32 only; the query scale is width ** -0.5, as SDPA's.
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
+
+#include "parallel.h"
 
 #include <algorithm>
 #include <cmath>
@@ -106,7 +107,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& keys, const a
   const float *qp = q.data_ptr<float>(), *kp = keys.data_ptr<float>(), *vp = values.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const float scale_f = static_cast<float>(scale);
-  at::parallel_for(0, rows * kv, 1, [&](int64_t begin, int64_t end) {
+  maaskit::split(rows * kv, [&](int64_t begin, int64_t end) {
     std::vector<float> scores;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r = task / kv, h = task % kv, span = last[r] - first[r];

@@ -37,6 +37,7 @@ from ...models.attention import SlotCache
 __all__ = ["attach", "compiler", "decode_attention", "folder", "load", "loaded"]
 
 SOURCES = [Path(__file__).with_name(name) for name in ("decode_attention.cpp", "packed_linear.cpp", "row_products.cpp")]
+HEADERS = [Path(__file__).with_name("parallel.h")]
 _lock = threading.Lock()  # one build and one load per process (a library's ops are registered once)
 _loaded: list[Path] = []
 _log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def load() -> Path:
         name = "maaskit_cpu_kernels.so"
         # named by everything that makes the library: its source, the command (PyTorch's path, the CPU's
         # instructions) and PyTorch's version
-        made_of = [*(source.read_bytes() for source in SOURCES), " ".join(_command(cxx, Path(name))).encode()]
+        made_of = [*(source.read_bytes() for source in [*SOURCES, *HEADERS]), " ".join(_command(cxx, Path(name))).encode()]
         key = hashlib.sha256(b"".join(made_of) + torch.__version__.encode()).hexdigest()[:20]
         target = folder() / key / name
         if not target.exists():

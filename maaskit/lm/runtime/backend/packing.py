@@ -94,8 +94,9 @@ class PackedLinear(nn.Module):
         # ``rows``: the batch oneDNN lays the weight out for (any number still works, but a layout for
         # 1 row runs 4 rows at about half speed)
         self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, max(rows, MIN_ROWS))
-        # a buffer, not saved with the model
-        self.register_buffer("blocked", lay_out(weight) if weight.dtype == torch.float32 else None, persistent=False)
+        # a buffer, not saved with the model; none where the row kernel cannot be built (no C++ compiler)
+        blocks = weight.dtype == torch.float32 and (kernels.loaded() or kernels.compiler() is not None)
+        self.register_buffer("blocked", lay_out(weight) if blocks else None, persistent=False)
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
         self.min_rows = 1  # a product of fewer rows is padded to this many (pack_for_cpu measures which is faster)
 

@@ -8,9 +8,10 @@
 // block zero-filled), so that each thread streams whole blocks front to back; each block is read from
 // memory once for the first four rows, and from the cache for the next four.
 #include <ATen/core/Tensor.h>
-#include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
+
+#include "parallel.h"
 
 #include <algorithm>
 #include <cstring>
@@ -66,7 +67,7 @@ at::Tensor row_product(const at::Tensor& x, const at::Tensor& blocked, const std
   const float* bp = bias ? b.data_ptr<float>() : nullptr;
   float* yp = y.data_ptr<float>();
   // a task per run of blocks; each block's weight is read for every four rows while it is in the cache
-  at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+  maaskit::split(blocks, [&](int64_t first, int64_t last) {
     for (int64_t blk = first; blk < last; ++blk) {
       const float* w = wp + blk * in * B;
       const float* bb = bp ? bp + blk * B : nullptr;
