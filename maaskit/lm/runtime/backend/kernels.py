@@ -87,7 +87,8 @@ def load() -> Path:
         name = "maaskit_cpu_kernels.so"
         # named by everything that makes the library: its source, the command (PyTorch's path, the CPU's
         # instructions) and PyTorch's version
-        made_of = [*(source.read_bytes() for source in [*SOURCES, *HEADERS]), " ".join(_command(cxx, Path(name))).encode()]
+        sources = [source.read_bytes() for source in [*SOURCES, *HEADERS]]
+        made_of = [*sources, " ".join(_command(cxx, Path(name))).encode()]
         key = hashlib.sha256(b"".join(made_of) + torch.__version__.encode()).hexdigest()[:20]
         target = folder() / key / name
         if not target.exists():
