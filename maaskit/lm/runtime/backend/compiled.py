@@ -25,8 +25,9 @@ thread count, PyTorch's version, the C++ compiler and the CPU's instruction set:
 model of the same shapes reads them instead of building them. (Inductor's own kernels for weights
 frozen into the graph, its other way, ran a step at one row faster, but no such graph can be cached
 and each start built them for minutes: benchmarks/FIGURES.md, "the compiled forward pass". Inductor's
-loop over a weight as stored, fused with the operations around it, ran one row at 1.5x oneDNN's call,
-and served a step of one row until the row kernel read the weights faster still.)
+loop over a weight as stored, fused with the operations around it, ran one row at 1.5x oneDNN's call
+and served a step of one row (on each weight kept as stored too) until the row kernel took every step of
+1-16 rows: benchmarks/FIGURES.md, "a few rows".)
 """
 
 from __future__ import annotations
