@@ -44,8 +44,9 @@ class ServeConfig:
     Face model's cache holds (its own limit is often far more than a small machine needs);
     ``kv_cache_gb``: memory for the sequences' caches, which caps ``max_sequences`` (None:
     ``max_sequences`` slots); ``prefill_chunk``: prompt tokens computed per step, at most (vLLM's
-    ``max_num_batched_tokens``); ``prefill_stall``: fewer beside running streams, sized by time, so that
-    such a step costs at most ``1 + prefill_stall`` decode steps (0: off, always up to ``prefill_chunk``);
+    ``max_num_batched_tokens``; None: measured, :mod:`maaskit.lm.runtime.backend.budget`);
+    ``prefill_stall``: fewer beside running streams, sized by time, so that such a step costs at most
+    ``1 + prefill_stall`` decode steps (0: off, always up to ``prefill_chunk``);
     ``prefix_cache_gb``: memory for shared prompt prefixes (0: off).
 
     ``threads``: PyTorch threads for each process's forward passes (None: shared among ``workers``, all
@@ -106,11 +107,15 @@ class ServeConfig:
         "memory for the sequences' key/value caches; fewer slots than --max-sequences if it holds fewer (more "
         "requests wait their turn); default: --max-sequences slots",
     )
-    # vLLM's max_num_batched_tokens on a CPU server: prompts that arrive together go in together, and their
-    # streams then decode together; paced by default (stall 0.5), prompts of 512 tokens at 16 streams got
-    # 0.4x vLLM's tokens/s and 6-7x its time to first token (benchmarks/FIGURES.md, "prefill pacing")
-    prefill_chunk: int = _option(
-        2048, "prompt tokens computed per step, at most (a longer prompt is computed in chunks beside the streams)"
+    # unpaced by default: paced (stall 0.5), prompts of 512 tokens at 16 streams got 0.4x vLLM's tokens/s and
+    # 6-7x its time to first token (benchmarks/FIGURES.md, "prefill pacing"); the budget is measured rather than
+    # vLLM's 2,048: prompts arriving together then get their first tokens one after another, not all at the end
+    # of one long step (benchmarks/FIGURES.md, "prefill budget")
+    prefill_chunk: int | None = _option(
+        None,
+        "prompt tokens computed per step, at most (a longer prompt is computed in chunks beside the streams); "
+        "default: on a CPU, the fewest at which the model's products run at full speed, measured at start "
+        "(256 for a 53M model on 2 cores), else 2048",
     )
     prefill_stall: float = _option(
         0.0,
@@ -145,6 +150,8 @@ class ServeConfig:
             "prefill_chunk",
         ):
             value = getattr(self, name)
+            if value is None and name == "prefill_chunk":
+                continue  # measured
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):

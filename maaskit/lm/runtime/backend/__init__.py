@@ -12,7 +12,9 @@ else.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -21,6 +23,7 @@ from ...models.base import CausalLM
 from ..constrain import Guide
 from ..engine import Engine
 from ..prefix import PrefixCache
+from .budget import FALLBACK, prefill_budget
 from .kernels import attach
 from .packing import can_pack, pack_for_cpu
 
@@ -35,7 +38,7 @@ class EngineConfig:
     max_sequences: int = 16
     kv_cache_gb: float | None = None
     prefix_cache_gb: float = 0.0
-    prefill_chunk: int | None = None
+    prefill_chunk: int | None = None  # None: measured on a CPU (budget.py), else budget.FALLBACK
     prefill_stall: float | None = None
     compile: bool = False
 
@@ -81,11 +84,21 @@ def build_engine(model: CausalLM, device: torch.device, config: EngineConfig, *,
     if owned and device.type == "cpu":
         pack_for_cpu(model, rows=slots)  # before the engine: its compiled pass calls the packed products
         _off_the_file(model)
+    setup = thread_setup(weights) if thread_setup else None
+    chunk = config.prefill_chunk
+    if chunk is None:  # timed before the kernel's build below takes a core, with the engine's thread count
+        chunk = _on_a_thread(setup, prefill_budget, model) if owned and device.type == "cpu" else FALLBACK
     attach(cache)  # in the background: PyTorch's attention serves until the kernel is built (seconds, once)
-    engine = Engine(model, max_sequences=slots, thread_setup=thread_setup(weights) if thread_setup else None,
-                    guide=guide, prefill_chunk=config.prefill_chunk, prefill_stall=config.prefill_stall,
+    engine = Engine(model, max_sequences=slots, thread_setup=setup,
+                    guide=guide, prefill_chunk=chunk, prefill_stall=config.prefill_stall,
                     prefix_cache=prefix, cache=cache, compile=config.compile)  # fmt: skip
     return engine
+
+
+def _on_a_thread(setup: Callable[[], None] | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` on a thread of its own that ran ``setup`` first (PyTorch's thread count is per thread)."""
+    with ThreadPoolExecutor(1, "maaskit-lm-measure", initializer=setup) as pool:
+        return pool.submit(fn, *args).result()
 
 
 def _off_the_file(model: torch.nn.Module) -> None:
