@@ -147,11 +147,9 @@ class ServeConfig:
             "workers",
             "max_body_bytes",
             "context",
-            "prefill_chunk",
+            *(("prefill_chunk",) if self.prefill_chunk is not None else ()),  # None: measured
         ):
             value = getattr(self, name)
-            if value is None and name == "prefill_chunk":
-                continue  # measured
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
